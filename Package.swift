@@ -1,0 +1,60 @@
+// swift-tools-version:6.0
+// Tessera: version control for machine-learning model weights, tensor by tensor, inside git.
+//
+// Module shape (see docs/architecture.md):
+//   C* system-library targets     thin wrappers over the Debian C libraries (installed by scripts/setup.sh)
+//   TesseraCore                   tensors, dtypes, formats, manifest, pure encodings: imports no C library
+//   TesseraStore                  the content-addressed object store (zstd, SHA-256)
+//   TesseraGit                    libgit2 reads, git's filter protocol, hooks, Git LFS transport
+//   TesseraMerge                  merge methods and task vectors behind a registry
+//   TesseraEngine                 CPU inference engine (OpenBLAS)
+//   TesseraEval                   evaluation tasks and metrics
+//   TesseraCLI                    every command, as a library so tests can drive it
+//   tessera                       the thin executable
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "tessera",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "tessera", targets: ["tessera"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+    ],
+    targets: [
+        .systemLibrary(name: "CZstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CGit2", providers: [.apt(["libgit2-dev"])]),
+        .systemLibrary(name: "CCrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "COpenBLAS", providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
+
+        .target(name: "TesseraCore", swiftSettings: swiftSettings),
+        .target(name: "TesseraStore", dependencies: ["TesseraCore", "CZstd", "CCrypto"], swiftSettings: swiftSettings),
+        .target(name: "TesseraGit", dependencies: ["TesseraCore", "TesseraStore", "CGit2"], swiftSettings: swiftSettings),
+        .target(name: "TesseraMerge", dependencies: ["TesseraCore", "Yams"], swiftSettings: swiftSettings),
+        .target(name: "TesseraEngine", dependencies: ["TesseraCore", "COpenBLAS"], swiftSettings: swiftSettings),
+        .target(name: "TesseraEval", dependencies: ["TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
+        .target(
+            name: "TesseraCLI",
+            dependencies: [
+                "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge", "TesseraEngine", "TesseraEval",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(name: "tessera", dependencies: ["TesseraCLI"], swiftSettings: swiftSettings),
+
+        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore"]),
+        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraCore", "TesseraStore"]),
+        .testTarget(name: "TesseraGitTests", dependencies: ["TesseraCore", "TesseraStore", "TesseraGit", "TesseraCLI"]),
+        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraCore", "TesseraMerge"]),
+        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraCore", "TesseraEngine"]),
+        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraCore", "TesseraEngine", "TesseraEval"]),
+    ]
+)

@@ -1,0 +1,2 @@
+// TesseraCLI: see docs/architecture.md
+import TesseraCore

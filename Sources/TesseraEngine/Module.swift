@@ -1,0 +1,2 @@
+// TesseraEngine: see docs/architecture.md
+import TesseraCore

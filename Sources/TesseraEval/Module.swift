@@ -1,0 +1,2 @@
+// TesseraEval: see docs/architecture.md
+import TesseraCore

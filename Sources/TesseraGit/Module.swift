@@ -1,0 +1,2 @@
+// TesseraGit: see docs/architecture.md
+import TesseraCore

@@ -1,0 +1,2 @@
+// TesseraMerge: see docs/architecture.md
+import TesseraCore

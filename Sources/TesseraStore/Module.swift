@@ -1,0 +1,2 @@
+// TesseraStore: see docs/architecture.md
+import TesseraCore

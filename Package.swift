@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "TesseraCore", swiftSettings: swiftSettings),
         .target(name: "TesseraStore", dependencies: ["TesseraCore", "CZstd", "CCrypto"], swiftSettings: swiftSettings),
         .target(name: "TesseraGit", dependencies: ["TesseraCore", "TesseraStore", "CGit2"], swiftSettings: swiftSettings),
-        .target(name: "TesseraMerge", dependencies: ["TesseraCore", "Yams"], swiftSettings: swiftSettings),
+        .target(name: "TesseraMerge", dependencies: ["TesseraCore", "COpenBLAS", "Yams"], swiftSettings: swiftSettings),
         .target(name: "TesseraEngine", dependencies: ["TesseraCore", "COpenBLAS"], swiftSettings: swiftSettings),
         .target(name: "TesseraEval", dependencies: ["TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
         .target(

@@ -83,8 +83,8 @@ public final class SafetensorsFile: @unchecked Sendable {
         layout = try SafetensorsLayout.parse(headerBytes: Array(data.prefix(8 + n)), fileSize: data.count, file: path)
     }
 
+    /// Tensor names in file (data-offset) order.
     public var tensorNames: [String] { layout.tensors.map(\.name) }
-    public var metadata: [String: String] { Dictionary(layout.metadata, uniquingKeysWith: { a, _ in a }) }
 
     public func info(_ name: String) -> SafetensorsTensor? { layout.tensors.first { $0.name == name } }
 

@@ -1,0 +1,36 @@
+/// Anything that serves named tensors: a safetensors file, a GGUF file, a checkpoint read from the object store at
+/// a revision (`REV:path`), a merge in progress. Merge methods and the engine read weights only through this, so
+/// they work the same on a checkout, on history and on files.
+public protocol TensorSource: AnyObject {
+    /// A name for messages ("model.safetensors", "HEAD~1:model.safetensors").
+    var sourceName: String { get }
+    /// Tensor names in the source's own order.
+    var tensorNames: [String] { get }
+    /// dtype and shape of a tensor, or nil if there is no such tensor.
+    func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])?
+    /// The tensor's bytes in its stored dtype.
+    func rawTensor(_ name: String) throws -> RawTensor
+    /// String metadata (safetensors `__metadata__`, GGUF key/values rendered as text).
+    var metadata: [(String, String)] { get }
+}
+
+extension TensorSource {
+    /// The tensor as float32 values (F32/F16/BF16 and quantised types the source knows how to dequantise).
+    public func floats(_ name: String) throws -> [Float] { try rawTensor(name).floats(name: "\(sourceName): \(name)") }
+
+    public func requireInfo(_ name: String) throws -> (dtype: DType, shape: [Int]) {
+        guard let i = tensorInfo(name) else {
+            throw TesseraError(.notFound, "\(sourceName): no tensor named '\(name)'", hint: "`tessera ls` lists the tensors")
+        }
+        return i
+    }
+}
+
+extension SafetensorsFile: TensorSource {
+    public var sourceName: String { path }
+    public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? {
+        info(name).map { ($0.dtype, $0.shape) }
+    }
+    public func rawTensor(_ name: String) throws -> RawTensor { try tensor(name) }
+    public var metadata: [(String, String)] { layout.metadata }
+}

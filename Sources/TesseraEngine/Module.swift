@@ -1,2 +1,0 @@
-// TesseraEngine: see docs/architecture.md
-import TesseraCore

@@ -1,11 +1,42 @@
 import ArgumentParser
+import Foundation
 import TesseraCore
 
 public struct TesseraCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "tessera",
         abstract: "Version control for model weights, tensor by tensor, inside git.",
-        subcommands: []
+        discussion: """
+        Quick start:
+          tessera install                      # once per repository (or --global once per user)
+          tessera track "*.safetensors"        # then plain git add / commit / checkout / push / clone
+          git diff                             # names each changed tensor with a numeric summary
+          tessera ls HEAD~1:model.safetensors  # tensors of a file at any revision
+        Also reachable as `git tessera ...`.
+        """,
+        version: TesseraVersion.string,
+        subcommands: [
+            InstallCommand.self, UninstallCommand.self, TrackCommand.self, UntrackCommand.self,
+            LsCommand.self, LogCommand.self, FsckCommand.self, GcCommand.self, FetchCommand.self,
+            FilterProcessCommand.self, HookCommand.self, DiffDriverCommand.self,
+        ]
     )
     public init() {}
+
+    /// Runs the command line: domain errors print one line (`tessera: what is wrong; what to do`) and exit 1.
+    public static func runMain(_ arguments: [String]? = nil) {
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+        } catch let error as TesseraError {
+            FileHandle.standardError.write(Data("tessera: \(error.description)\n".utf8))
+            Foundation.exit(error.code == .usage ? 2 : 1)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+public enum TesseraVersion {
+    public static let string = "0.1.0"
 }

@@ -1,3 +1,3 @@
 import TesseraCLI
 
-TesseraCommand.main()
+TesseraCommand.runMain()

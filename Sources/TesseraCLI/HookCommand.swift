@@ -1,0 +1,115 @@
+import ArgumentParser
+import Foundation
+import TesseraCore
+import TesseraGit
+import TesseraStore
+
+/// Run by the git hooks that `tessera install` writes.
+struct HookCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hook",
+        abstract: "Work done from git hooks (pre-push, post-checkout, post-merge, pre-commit).",
+        shouldDisplay: false
+    )
+
+    @Argument var name: String
+    @Argument(parsing: .allUnrecognized) var arguments: [String] = []
+
+    func run() throws {
+        let context = try RepositoryContext(directory: ".")
+        switch name {
+        case "pre-push": try prePush(context)
+        case "post-checkout", "post-merge":
+            if let worktree = context.repository.workdir {
+                try StatCache(store: context.store, worktree: worktree).promotePending()
+            }
+        case "pre-commit": try preCommit(context)
+        default: throw TesseraError(.usage, "unknown hook \(name)")
+        }
+    }
+
+    /// Sends the objects that the pushed commits' manifests name, as Git LFS objects, before git sends the commits.
+    private func prePush(_ context: RepositoryContext) throws {
+        let remote = arguments.first ?? "origin"
+        let transport = LFSTransport(repository: context.repository, store: context.store)
+        var wanted: [String] = []
+        var seen = Set<String>()
+        while let line = readLine() {
+            let f = line.split(separator: " ").map(String.init)
+            guard f.count == 4 else { continue }
+            let (localSHA, remoteSHA) = (f[1], f[3])
+            if localSHA.allSatisfy({ $0 == "0" }) { continue }  // deleting a remote ref sends nothing
+            let ids = try transport.objectsToPush(local: localSHA, remoteSHA: remoteSHA.allSatisfy({ $0 == "0" }) ? nil : remoteSHA, remote: remote)
+            for id in ids where seen.insert(id).inserted { wanted.append(id) }
+        }
+        let present = wanted.filter { context.store.contains($0) }
+        let absent = wanted.count - present.count
+        if absent > 0 {
+            FileHandle.standardError.write(Data("tessera: \(absent) object(s) named by the pushed commits are not in this repository's store; they must already be on '\(remote)' (fetch them with `git tessera fetch --all` to check)\n".utf8))
+        }
+        if !present.isEmpty {
+            try transport.push(present, remote: remote)
+            if isatty(2) != 0 { FileHandle.standardError.write(Data("tessera: sent \(present.count) object(s) to \(remote)\n".utf8)) }
+        }
+    }
+
+    /// Refuses a commit that would store a tracked checkpoint raw (the filter was not configured when it was added).
+    private func preCommit(_ context: RepositoryContext) throws {
+        let r = try Subprocess.run(["git", "diff", "--cached", "--name-only", "-z", "--diff-filter=AM"], directory: context.repository.workdir)
+        let paths = r.stdout.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        var raw: [String] = []
+        for path in paths where context.repository.attribute("filter", path: path) == "tessera" {
+            if let bytes = try? context.repository.blob(":" + path), !Manifest.looksLikeManifest(bytes), bytes.count > 1 << 20 {
+                raw.append("\(path) (\(humanBytes(bytes.count)))")
+            }
+        }
+        if !raw.isEmpty {
+            throw TesseraError(.usage, "\(raw.joined(separator: ", ")) is tracked by tessera in .gitattributes but was staged as a raw file, because the tessera filter is not configured here",
+                               hint: "run `tessera install`, then `git add` the file again (or commit with --no-verify to store it raw on purpose)")
+        }
+    }
+}
+
+struct FetchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fetch",
+        abstract: "Download the objects that tracked files need, from a remote's Git LFS storage.",
+        discussion: """
+        A checkout fetches what it needs by itself; use this to prefetch or to make history available offline.
+        Examples:
+          git tessera fetch                 # objects for HEAD
+          git tessera fetch origin/main v2  # objects for these revisions
+          git tessera fetch --all           # objects for every revision of every ref
+        """
+    )
+
+    @Argument(help: "Revisions whose files' objects to fetch (default HEAD).")
+    var revisions: [String] = []
+
+    @Flag(help: "Fetch objects for the whole history of every ref.")
+    var all = false
+
+    @Option(help: "The remote to fetch from (default: the branch's remote, else origin).")
+    var remote: String?
+
+    @Option(name: [.customShort("C")], help: "Run as if tessera was started in this directory.")
+    var directory: String = "."
+
+    func run() throws {
+        let context = try RepositoryContext(directory: directory)
+        let commits: [String]
+        if all {
+            commits = try context.repository.commits(reachableFrom: [], globs: ["refs/*"]) + (context.repository.resolveCommit("HEAD").map { [$0] } ?? [])
+        } else {
+            commits = (revisions.isEmpty ? ["HEAD"] : revisions).compactMap { context.repository.resolveCommit($0) }
+        }
+        var objects: [(id: String, size: Int)] = []
+        var seen = Set<String>()
+        for (_, m) in try context.repository.manifests(inCommits: commits) {
+            for o in m.objects where seen.insert(o.id).inserted && !context.store.contains(o.id) { objects.append(o) }
+        }
+        if objects.isEmpty { print("all objects are present"); return }
+        try LFSTransport(repository: context.repository, store: context.store).fetch(objects, remote: remote)
+        print("fetched \(objects.count) object(s)")
+    }
+}

@@ -1,2 +1,0 @@
-// TesseraCLI: see docs/architecture.md
-import TesseraCore

@@ -1,0 +1,41 @@
+import Foundation
+import TesseraCore
+import TesseraGit
+import TesseraStore
+
+/// Everything that keeps an object alive: manifests in the history of every ref and reflog entry (stashes
+/// included), in every worktree's HEAD and index (staged but uncommitted files), and in the stat cache.
+struct Reachability {
+    var manifests: [(origin: String, manifest: Manifest)] = []
+
+    init(context: RepositoryContext) throws {
+        let repo = context.repository
+        var tips: [String] = []
+        if let head = repo.resolveCommit("HEAD") { tips.append(head) }
+        tips += repo.reflogCommits()
+        for wt in repo.linkedWorktreeGitDirectories() {
+            if let text = try? String(contentsOfFile: wt + "/HEAD", encoding: .utf8) {
+                let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                if t.hasPrefix("ref: ") { if let c = repo.resolveCommit(String(t.dropFirst(5))) { tips.append(c) } } else { tips.append(t) }
+            }
+        }
+        let commits = try repo.commits(reachableFrom: tips, globs: ["refs/*"])
+        for (path, m) in try repo.manifests(inCommits: commits) { manifests.append(("history:\(path)", m)) }
+        for (path, m) in repo.manifestsInIndex() { manifests.append(("index:\(path)", m)) }
+        for wt in repo.linkedWorktreeGitDirectories() {
+            for (path, m) in repo.manifestsInIndex(path: wt + "/index") { manifests.append(("index:\(path)", m)) }
+        }
+        let cacheDir = context.store.root + "/statcache"
+        for name in FileSystem.list(cacheDir) {
+            guard let bytes = try? FileSystem.readFile(cacheDir + "/" + name), let nl = bytes.firstIndex(of: 0x0A),
+                  let m = try? Manifest.parse(String(decoding: bytes[(nl + 1)...], as: UTF8.self)) else { continue }
+            manifests.append(("statcache", m))
+        }
+    }
+
+    var objectIDs: Set<String> {
+        var s = Set<String>()
+        for (_, m) in manifests { s.formUnion(m.objectIDs) }
+        return s
+    }
+}

@@ -1,0 +1,302 @@
+/// The manifest: what git stores for a tracked file instead of its bytes.
+///
+/// Text, deterministic (the same file always yields the same bytes), one line per segment of the file in file
+/// order, so that `git diff` and `git log -p` read naturally. It holds everything needed to rebuild the file byte for
+/// byte: the format's header (as an object), every tensor's bytes (as objects) and any bytes between them. See
+/// docs/manifest-format.md.
+///
+///     tessera-manifest 1
+///     format safetensors
+///     size 497759232
+///     header 0 18440 zstd <raw sha256> <object id> <object size>
+///     tensor h.0.attn.c_attn.weight F32 [768,2304] 18440 7096200 bg4+zstd <raw sha256> <object id> <object size>
+///     gap 7096200 7096204 inline 00000000
+///     end
+public struct Manifest: Equatable, Sendable {
+    public static let magic = "tessera-manifest"
+    public static let version = 1
+
+    public enum Format: String, Sendable {
+        case safetensors
+        /// Any file that is not a recognised checkpoint: stored whole, as one object.
+        case opaque
+    }
+
+    /// A stored run of bytes: its encoding, the SHA-256 of its raw bytes (the value's identity) and the object id
+    /// (SHA-256 of the stored object's bytes: the address in the store and the Git LFS oid).
+    public struct Stored: Equatable, Sendable {
+        public var encoding: String
+        public var rawSHA256: String
+        public var objectID: String
+        /// Size of the stored object in bytes (what a Git LFS pointer and transfer need).
+        public var objectSize: Int
+        public init(encoding: String, rawSHA256: String, objectID: String, objectSize: Int) {
+            self.encoding = encoding
+            self.rawSHA256 = rawSHA256
+            self.objectID = objectID
+            self.objectSize = objectSize
+        }
+        var text: String { "\(encoding) \(rawSHA256) \(objectID) \(objectSize)" }
+    }
+
+    public enum Segment: Equatable, Sendable {
+        /// The format's header (for safetensors: the 8 length bytes and the JSON text).
+        case header(begin: Int, end: Int, Stored)
+        case tensor(name: String, dtype: DType, shape: [Int], begin: Int, end: Int, Stored)
+        /// Bytes not covered by the header or a tensor (alignment padding, trailing bytes). Small gaps inline.
+        case gap(begin: Int, end: Int, GapContent)
+        /// The whole file as one object (opaque files).
+        case blob(begin: Int, end: Int, Stored)
+
+        public var begin: Int {
+            switch self {
+            case let .header(b, _, _), let .tensor(_, _, _, b, _, _), let .gap(b, _, _), let .blob(b, _, _): return b
+            }
+        }
+        public var end: Int {
+            switch self {
+            case let .header(_, e, _), let .tensor(_, _, _, _, e, _), let .gap(_, e, _), let .blob(_, e, _): return e
+            }
+        }
+        public var stored: Stored? {
+            switch self {
+            case let .header(_, _, s), let .tensor(_, _, _, _, _, s), let .blob(_, _, s): return s
+            case .gap(_, _, .object(let s)): return s
+            case .gap: return nil
+            }
+        }
+    }
+
+    public enum GapContent: Equatable, Sendable {
+        case inline([UInt8])
+        case object(Stored)
+    }
+
+    public static let inlineGapLimit = 64
+
+    public var format: Format
+    public var size: Int
+    public var segments: [Segment]
+
+    public init(format: Format, size: Int, segments: [Segment]) {
+        self.format = format
+        self.size = size
+        self.segments = segments
+    }
+
+    /// Every object the manifest refers to (what a checkout needs and what a push must carry), in order, unique.
+    /// Objects that an object depends on (delta bases) are named in the encoding field after '@'.
+    public var objectIDs: [String] { objects.map(\.id) }
+
+    /// Object ids with their sizes (a delta base's size is not recorded: -1).
+    public var objects: [(id: String, size: Int)] {
+        var seen = Set<String>()
+        var out: [(String, Int)] = []
+        for s in segments {
+            guard let st = s.stored else { continue }
+            if seen.insert(st.objectID).inserted { out.append((st.objectID, st.objectSize)) }
+            for id in Manifest.baseObjects(encoding: st.encoding) where seen.insert(id).inserted { out.append((id, -1)) }
+        }
+        return out
+    }
+
+    /// Delta encodings name their base object: "xor+bg4+zstd@<object id>".
+    public static func baseObjects(encoding: String) -> [String] {
+        guard let at = encoding.firstIndex(of: "@") else { return [] }
+        return [String(encoding[encoding.index(after: at)...])]
+    }
+
+    public var tensors: [(name: String, dtype: DType, shape: [Int], begin: Int, end: Int, stored: Stored)] {
+        segments.compactMap {
+            if case let .tensor(n, d, s, b, e, st) = $0 { return (n, d, s, b, e, st) }
+            return nil
+        }
+    }
+
+    // MARK: - Text form
+
+    public func render() -> String {
+        var out = "\(Manifest.magic) \(Manifest.version)\nformat \(format.rawValue)\nsize \(size)\n"
+        for s in segments {
+            switch s {
+            case let .header(b, e, st):
+                out += "header \(b) \(e) \(st.text)\n"
+            case let .tensor(name, dtype, shape, b, e, st):
+                out += "tensor \(Manifest.escapeName(name)) \(dtype.rawValue) [\(shape.map(String.init).joined(separator: ","))] \(b) \(e) \(st.text)\n"
+            case let .gap(b, e, .inline(bytes)):
+                out += "gap \(b) \(e) inline \(bytes.hexString)\n"
+            case let .gap(b, e, .object(st)):
+                out += "gap \(b) \(e) \(st.text)\n"
+            case let .blob(b, e, st):
+                out += "blob \(b) \(e) \(st.text)\n"
+            }
+        }
+        out += "end\n"
+        return out
+    }
+
+    /// Whether bytes begin like a manifest (used to tell manifests from raw files git may hand the filter).
+    public static func looksLikeManifest<C: Collection>(_ bytes: C) -> Bool where C.Element == UInt8 {
+        let prefix = Array((magic + " ").utf8)
+        return bytes.count >= prefix.count && zip(bytes, prefix).allSatisfy { $0 == $1 }
+    }
+
+    public static func parse(_ text: String, file: String = "manifest") throws -> Manifest {
+        func bad(_ line: Int, _ why: String) -> TesseraError {
+            TesseraError(.invalidManifest, "\(file): manifest line \(line): \(why)",
+                         hint: "the manifest was edited or damaged; restore it with `git checkout -- \(file)`")
+        }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        guard lines.count >= 4, lines[0] == "\(magic) \(version)" else {
+            if lines.first?.hasPrefix(magic) == true {
+                throw TesseraError(.invalidManifest, "\(file): manifest \(lines[0]) is newer than this tessera understands",
+                                   hint: "upgrade tessera")
+            }
+            throw bad(1, "not a tessera manifest")
+        }
+        guard lines[1].hasPrefix("format "), let format = Format(rawValue: String(lines[1].dropFirst(7))) else {
+            throw bad(2, "unknown format")
+        }
+        guard lines[2].hasPrefix("size "), let size = Int(lines[2].dropFirst(5)), size >= 0 else { throw bad(3, "invalid size") }
+        var segments: [Segment] = []
+        var ended = false
+        var position = 0
+        for (k, raw) in lines.enumerated().dropFirst(3) {
+            let n = k + 1
+            if ended {
+                guard raw.isEmpty, k == lines.count - 1 else { throw bad(n, "text after 'end'") }
+                continue
+            }
+            let f = raw.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+            guard let kind = f.first else { throw bad(n, "empty line") }
+            func stored(_ at: Int) throws -> Stored {
+                guard f.count == at + 4, isHex64(f[at + 1]), isHex64(f[at + 2]), let size = Int(f[at + 3]), size >= 0 else {
+                    throw bad(n, "invalid object reference")
+                }
+                return Stored(encoding: f[at], rawSHA256: f[at + 1], objectID: f[at + 2], objectSize: size)
+            }
+            func range(_ a: Int) throws -> (Int, Int) {
+                guard f.count > a + 1, let b = Int(f[a]), let e = Int(f[a + 1]), b >= 0, e >= b, e <= size else {
+                    throw bad(n, "invalid byte range")
+                }
+                guard b == position else { throw bad(n, "segments do not tile the file (expected offset \(position))") }
+                position = e
+                return (b, e)
+            }
+            switch kind {
+            case "end": ended = true
+            case "header":
+                let (b, e) = try range(1)
+                segments.append(.header(begin: b, end: e, try stored(3)))
+            case "blob":
+                let (b, e) = try range(1)
+                segments.append(.blob(begin: b, end: e, try stored(3)))
+            case "gap":
+                let (b, e) = try range(1)
+                if f.count == 5, f[3] == "inline" {
+                    guard let bytes = [UInt8](hex: f[4]), bytes.count == e - b else { throw bad(n, "invalid inline bytes") }
+                    segments.append(.gap(begin: b, end: e, .inline(bytes)))
+                } else {
+                    segments.append(.gap(begin: b, end: e, .object(try stored(3))))
+                }
+            case "tensor":
+                guard f.count == 10 else { throw bad(n, "a tensor line has 10 fields") }
+                let name = try unescapeName(f[1], line: n, file: file)
+                guard let dtype = DType(rawValue: f[2]) else { throw bad(n, "unknown dtype \(f[2])") }
+                guard f[3].hasPrefix("["), f[3].hasSuffix("]") else { throw bad(n, "invalid shape") }
+                let dims = f[3].dropFirst().dropLast()
+                var shape: [Int] = []
+                for part in dims.split(separator: ",", omittingEmptySubsequences: false) where !dims.isEmpty {
+                    guard let d = Int(part), d >= 0 else { throw bad(n, "invalid shape") }
+                    shape.append(d)
+                }
+                let (b, e) = try range(4)
+                segments.append(.tensor(name: name, dtype: dtype, shape: shape, begin: b, end: e, try stored(6)))
+            default:
+                throw bad(n, "unknown line kind '\(kind)'")
+            }
+        }
+        guard ended else { throw bad(lines.count, "missing 'end': the manifest is truncated") }
+        guard position == size else { throw bad(lines.count, "segments cover \(position) of \(size) bytes") }
+        return Manifest(format: format, size: size, segments: segments)
+    }
+
+    /// Names are written with '%', ' ' and non-ASCII-printable bytes percent-encoded, so a line always splits on spaces.
+    public static func escapeName(_ name: String) -> String {
+        String(decoding: escapeBytes(name), as: UTF8.self)
+    }
+
+    private static func escapeBytes(_ name: String) -> [UInt8] {
+        var out: [UInt8] = []
+        for b in name.utf8 {
+            if b == UInt8(ascii: "%") || b == UInt8(ascii: " ") || b < 0x21 || b == 0x7F {
+                out += Array("%\(String(format2: b))".utf8)
+            } else {
+                out.append(b)
+            }
+        }
+        return out
+    }
+
+    static func unescapeName(_ s: String, line: Int, file: String) throws -> String {
+        var out: [UInt8] = []
+        var bytes = Array(s.utf8)[...]
+        while let b = bytes.popFirst() {
+            if b == UInt8(ascii: "%") {
+                guard bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) else {
+                    throw TesseraError(.invalidManifest, "\(file): manifest line \(line): invalid escape in tensor name")
+                }
+                out.append(v)
+                bytes = bytes.dropFirst(2)
+            } else {
+                out.append(b)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+@inline(__always) func isHex64(_ s: String) -> Bool {
+    s.utf8.count == 64 && s.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
+}
+
+extension String {
+    init(format2 b: UInt8) {
+        let digits = Array("0123456789ABCDEF".utf8)
+        self = String(decoding: [digits[Int(b >> 4)], digits[Int(b & 15)]], as: UTF8.self)
+    }
+}
+
+extension Array where Element == UInt8 {
+    public var hexString: String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8](repeating: 0, count: count * 2)
+        for (k, b) in enumerated() {
+            out[2 * k] = digits[Int(b >> 4)]
+            out[2 * k + 1] = digits[Int(b & 15)]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    public init?(hex: String) {
+        let u = Array(hex.utf8)
+        guard u.count % 2 == 0 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(u.count / 2)
+        func v(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 0x30...0x39: return c - 0x30
+            case 0x61...0x66: return c - 0x61 + 10
+            case 0x41...0x46: return c - 0x41 + 10
+            default: return nil
+            }
+        }
+        var i = 0
+        while i < u.count {
+            guard let hi = v(u[i]), let lo = v(u[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        self = out
+    }
+}

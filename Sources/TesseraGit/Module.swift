@@ -1,2 +1,0 @@
-// TesseraGit: see docs/architecture.md
-import TesseraCore

@@ -1,0 +1,360 @@
+import Dispatch
+import Foundation
+import TesseraCore
+
+/// Turns a file's bytes, arriving in pieces (git's filter stream), into a manifest plus objects in the store.
+///
+/// The format is detected from the bytes: safetensors (a plausible header length followed by '{'), an existing
+/// manifest (passed through unchanged, so cleaning is idempotent), or anything else, which is stored whole as one
+/// object. Memory is bounded by the largest tensor plus a constant: one tensor is filled while the previous one is
+/// hashed, compressed and written on a second core.
+public final class CheckpointCleaner: @unchecked Sendable {
+    // @unchecked: driven by one thread; the only state the encoding thread touches, `segments`, is guarded by `lock`.
+    private enum State {
+        case detecting([UInt8])
+        case manifestText([UInt8])
+        case header([UInt8], total: Int)
+        case data
+        case opaque(StreamingObjectWriter, length: Int)
+        case finished
+    }
+
+    private enum PlanItem {
+        case tensor(SafetensorsTensor)
+        case gap(begin: Int, end: Int)
+    }
+
+    private let store: ObjectStore
+    private let fileName: String
+    private var state: State = .detecting([])
+    private let pipeline: EncodePipeline
+
+    // Safetensors progress.
+    private var layout: SafetensorsLayout?
+    private var plan: [PlanItem] = []
+    private var planIndex = 0
+    private var position = 0          // absolute offset of the next byte in the file
+    private var segments: [Manifest.Segment?] = []
+    private var current: TensorBuffer?
+    private let hasher = SHA256Hasher()
+    private var gapBytes: [UInt8] = []
+    private var gapWriter: StreamingObjectWriter?
+    private var trailingBegin = 0
+
+    /// Previous manifest of the same path, if known: its tensors are XOR-delta bases for changed tensors.
+    public init(store: ObjectStore, fileName: String, deltaBases: [String: Manifest.Stored] = [:]) {
+        self.store = store
+        self.fileName = fileName
+        pipeline = EncodePipeline(store: store, fileName: fileName, deltaBases: deltaBases)
+    }
+
+    public static let manifestPassthroughLimit = 64 << 20
+
+    public func consume(_ piece: UnsafeRawBufferPointer) throws {
+        var piece = piece
+        while piece.count > 0 {
+            switch state {
+            case var .detecting(prefix):
+                let need = 17 - prefix.count
+                let take = min(need, piece.count)
+                prefix += UnsafeRawBufferPointer(rebasing: piece[0..<take])
+                piece = UnsafeRawBufferPointer(rebasing: piece[take...])
+                if prefix.count < 17 { state = .detecting(prefix); continue }
+                try decide(prefix)
+            case var .manifestText(bytes):
+                bytes += piece
+                piece = UnsafeRawBufferPointer(start: nil, count: 0)
+                if bytes.count > CheckpointCleaner.manifestPassthroughLimit {
+                    // Not a manifest after all: store as an opaque object.
+                    let w = try store.beginStreamingObject()
+                    try bytes.withUnsafeBytes { try w.append($0) }
+                    state = .opaque(w, length: bytes.count)
+                } else {
+                    state = .manifestText(bytes)
+                }
+            case .header(var bytes, let total):
+                let take = min(total - bytes.count, piece.count)
+                bytes += UnsafeRawBufferPointer(rebasing: piece[0..<take])
+                piece = UnsafeRawBufferPointer(rebasing: piece[take...])
+                if bytes.count < total { state = .header(bytes, total: total); continue }
+                try startData(headerBytes: bytes)
+            case .data:
+                let used = try consumeData(piece)
+                piece = UnsafeRawBufferPointer(rebasing: piece[used...])
+            case let .opaque(writer, length):
+                try writer.append(piece)
+                state = .opaque(writer, length: length + piece.count)
+                piece = UnsafeRawBufferPointer(start: nil, count: 0)
+            case .finished:
+                throw TesseraError(.io, "\(fileName): data after the end of the file")
+            }
+        }
+    }
+
+    private func decide(_ prefix: [UInt8]) throws {
+        if Manifest.looksLikeManifest(prefix) {
+            state = .manifestText(prefix)
+        } else if SafetensorsLayout.looksLikeSafetensors(prefix: prefix) {
+            let n = try SafetensorsLayout.headerLength(prefix: prefix, fileSize: nil, file: fileName)
+            state = .header(prefix, total: 8 + n)
+            if prefix.count >= 8 + n { try startData(headerBytes: Array(prefix[0..<(8 + n)])); try consume(prefix[(8 + n)...]) }
+        } else {
+            let w = try store.beginStreamingObject()
+            try prefix.withUnsafeBytes { try w.append($0) }
+            state = .opaque(w, length: prefix.count)
+        }
+    }
+
+    private func consume(_ rest: ArraySlice<UInt8>) throws {
+        try Array(rest).withUnsafeBytes { try consume($0) }
+    }
+
+    private func startData(headerBytes: [UInt8]) throws {
+        let layout = try SafetensorsLayout.parse(headerBytes: headerBytes, fileSize: nil, file: fileName)
+        self.layout = layout
+        let stored = try headerBytes.withUnsafeBytes {
+            try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: pipeline.mainEncoder)
+        }
+        segments = [.header(begin: 0, end: layout.dataStart, stored)]
+        var at = 0
+        for t in layout.tensors {
+            if t.begin > at { plan.append(.gap(begin: at, end: t.begin)) }
+            plan.append(.tensor(t))
+            at = max(at, t.end)
+        }
+        position = layout.dataStart
+        trailingBegin = layout.dataStart + layout.dataEnd
+        segments += [Manifest.Segment?](repeating: nil, count: plan.count)
+        state = .data
+        try beginPlanItem()
+    }
+
+    private func beginPlanItem() throws {
+        guard planIndex < plan.count else { return }
+        switch plan[planIndex] {
+        case let .tensor(t):
+            current = TensorBuffer(count: t.byteCount)
+            if t.byteCount == 0 { try completeTensor() }
+        case .gap:
+            gapBytes.removeAll()
+            gapWriter = nil
+        }
+    }
+
+    /// Consumes bytes of the data region; returns how many were used.
+    private func consumeData(_ piece: UnsafeRawBufferPointer) throws -> Int {
+        guard let layout else { return 0 }
+        if planIndex >= plan.count {
+            // Bytes after the last tensor: kept as a trailing gap.
+            try appendGap(piece)
+            position += piece.count
+            return piece.count
+        }
+        switch plan[planIndex] {
+        case let .tensor(t):
+            let end = layout.dataStart + t.end
+            let take = min(end - position, piece.count)
+            let part = UnsafeRawBufferPointer(rebasing: piece[0..<take])
+            current!.append(part)
+            hasher.update(part)
+            position += take
+            if position == end { try completeTensor() }
+            return take
+        case let .gap(_, gapEnd):
+            let end = layout.dataStart + gapEnd
+            let take = min(end - position, piece.count)
+            try appendGap(UnsafeRawBufferPointer(rebasing: piece[0..<take]))
+            position += take
+            if position == end {
+                let seg = try finishGap(begin: layout.dataStart + gapBegin(planIndex), end: end)
+                record(index: 1 + planIndex, seg)
+                planIndex += 1
+                try beginPlanItem()
+            }
+            return take
+        }
+    }
+
+    private func gapBegin(_ index: Int) -> Int {
+        if case let .gap(b, _) = plan[index] { return b }
+        return 0
+    }
+
+    private func appendGap(_ bytes: UnsafeRawBufferPointer) throws {
+        if let gapWriter { try gapWriter.append(bytes); return }
+        gapBytes += bytes
+        if gapBytes.count > Manifest.inlineGapLimit {
+            let w = try store.beginStreamingObject()
+            try gapBytes.withUnsafeBytes { try w.append($0) }
+            gapBytes.removeAll()
+            gapWriter = w
+        }
+    }
+
+    private func finishGap(begin: Int, end: Int) throws -> Manifest.Segment {
+        defer { gapWriter = nil; gapBytes.removeAll() }
+        if let gapWriter { return .gap(begin: begin, end: end, .object(try gapWriter.finish())) }
+        return .gap(begin: begin, end: end, .inline(gapBytes))
+    }
+
+    private func completeTensor() throws {
+        guard case let .tensor(t) = plan[planIndex], let layout, let buffer = current else { return }
+        let rawSHA = hasher.finalizeHex()
+        let index = 1 + planIndex
+        current = nil
+        try pipeline.submit(buffer: buffer, rawSHA256: rawSHA, tensor: t) { [weak self] stored in
+            self?.record(index: index, .tensor(name: t.name, dtype: t.dtype, shape: t.shape,
+                                               begin: layout.dataStart + t.begin, end: layout.dataStart + t.end, stored))
+        }
+        planIndex += 1
+        try beginPlanItem()
+    }
+
+    private let lock = NSLock()
+    private func record(index: Int, _ segment: Manifest.Segment) {
+        lock.lock(); segments[index] = segment; lock.unlock()
+    }
+
+    /// Completes the file and returns its manifest text. Throws if the file ended early.
+    public func finish() throws -> [UInt8] {
+        defer { state = .finished }
+        switch state {
+        case let .detecting(prefix):
+            if SafetensorsLayout.looksLikeSafetensors(prefix: prefix) {
+                throw TesseraError(.invalidCheckpoint, "\(fileName): truncated safetensors header")
+            }
+            let w = try store.beginStreamingObject()
+            try prefix.withUnsafeBytes { try w.append($0) }
+            return try opaqueManifest(w, length: prefix.count)
+        case let .manifestText(bytes):
+            let text = String(decoding: bytes, as: UTF8.self)
+            if let m = try? Manifest.parse(text, file: fileName), m.render() == text { return bytes }
+            let w = try store.beginStreamingObject()
+            try bytes.withUnsafeBytes { try w.append($0) }
+            return try opaqueManifest(w, length: bytes.count)
+        case let .header(bytes, total):
+            throw TesseraError(.invalidCheckpoint, "\(fileName): header length \(total - 8) is longer than the file (\(bytes.count) bytes)",
+                               hint: "the file is truncated or corrupt; re-save or re-download it")
+        case let .opaque(w, length):
+            return try opaqueManifest(w, length: length)
+        case .data:
+            guard let layout else { throw TesseraError(.invalidCheckpoint, "\(fileName): no header") }
+            if planIndex < plan.count {
+                pipeline.cancel()
+                var name = "?"
+                if case let .tensor(t) = plan[planIndex] { name = t.name }
+                else if let t = layout.tensors.first(where: { layout.dataStart + $0.end > position }) { name = t.name }
+                throw TesseraError(.invalidCheckpoint,
+                                   "\(fileName): truncated: the file ends at byte \(position) inside tensor '\(name)', which the header places up to byte \(layout.dataStart + layout.dataEnd)",
+                                   hint: "the file is incomplete; re-save or re-download it")
+            }
+            try pipeline.wait()
+            var all = segments.compactMap { $0 }
+            guard all.count == segments.count else {
+                throw TesseraError(.io, "\(fileName): internal error: a tensor was not stored")
+            }
+            if position > trailingBegin {
+                all.append(try finishGap(begin: trailingBegin, end: position))
+            }
+            return Array(Manifest(format: .safetensors, size: position, segments: all).render().utf8)
+        case .finished:
+            throw TesseraError(.io, "\(fileName): finished twice")
+        }
+    }
+
+    private func opaqueManifest(_ w: StreamingObjectWriter, length: Int) throws -> [UInt8] {
+        let stored = try w.finish()
+        return Array(Manifest(format: .opaque, size: length, segments: [.blob(begin: 0, end: length, stored)]).render().utf8)
+    }
+
+    /// Abandons the file (on error): temporary objects are removed; complete objects stay (they are valid).
+    public func abandon() {
+        pipeline.cancel()
+        if case let .opaque(w, _) = state { w.abandon() }
+        gapWriter?.abandon()
+    }
+}
+
+/// A tensor's bytes while they arrive and until they are encoded.
+final class TensorBuffer: @unchecked Sendable {
+    // @unchecked: filled by the reading thread, then handed over whole to the encoding thread; never shared.
+    let pointer: UnsafeMutableRawBufferPointer
+    var filled = 0
+
+    init(count: Int) { pointer = .allocate(byteCount: max(count, 1), alignment: 64) }
+    deinit { pointer.deallocate() }
+
+    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(pointer)[0..<filled]) }
+
+    func append(_ piece: UnsafeRawBufferPointer) {
+        guard piece.count > 0 else { return }
+        (pointer.baseAddress! + filled).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+        filled += piece.count
+    }
+}
+
+/// Encodes tensors on a second thread while the next tensor is read. At most one tensor is being encoded while one
+/// is being filled, which bounds memory by twice the largest tensor.
+final class EncodePipeline: @unchecked Sendable {
+    // @unchecked: `failure` is guarded by `lock`; the queue serialises all use of `workerEncoder`.
+    private let store: ObjectStore
+    private let fileName: String
+    private let queue = DispatchQueue(label: "tessera.encode")
+    private let slots = DispatchSemaphore(value: 1)
+    private let lock = NSLock()
+    private var failure: (any Error)?
+    private var cancelled = false
+    private let workerEncoder = ObjectEncoder()
+    let mainEncoder = ObjectEncoder()
+    private let deltaBases: [String: Manifest.Stored]
+
+    init(store: ObjectStore, fileName: String, deltaBases: [String: Manifest.Stored]) {
+        self.store = store
+        self.fileName = fileName
+        self.deltaBases = deltaBases
+    }
+
+    private func currentFailure() -> (any Error)? { lock.lock(); defer { lock.unlock() }; return failure }
+
+    func submit(buffer: TensorBuffer, rawSHA256: String, tensor: SafetensorsTensor,
+                completion: @escaping @Sendable (Manifest.Stored) -> Void) throws {
+        if let f = currentFailure() { throw f }
+        // Unchanged tensors (the common case after a fine-tune of a few layers) cost only their hash.
+        if let existing = store.lookup(rawSHA256: rawSHA256) {
+            completion(existing)
+            return
+        }
+        slots.wait()
+        if let f = currentFailure() { slots.signal(); throw f }
+        let width = tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1
+        queue.async { [self] in
+            defer { slots.signal() }
+            lock.lock(); let stop = cancelled || failure != nil; lock.unlock()
+            if stop { return }
+            do {
+                let stored = try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder)
+                completion(stored)
+            } catch {
+                lock.lock()
+                if failure == nil {
+                    if let e = error as? TesseraError {
+                        failure = TesseraError(e.code, "\(fileName): tensor '\(tensor.name)': \(e.message)", hint: e.hint)
+                    } else {
+                        failure = error
+                    }
+                }
+                lock.unlock()
+            }
+        }
+    }
+
+    func wait() throws {
+        queue.sync {}
+        if let f = currentFailure() { throw f }
+    }
+
+    func cancel() {
+        lock.lock(); cancelled = true; lock.unlock()
+        queue.sync {}
+    }
+}

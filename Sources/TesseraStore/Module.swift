@@ -1,2 +1,0 @@
-// TesseraStore: see docs/architecture.md
-import TesseraCore

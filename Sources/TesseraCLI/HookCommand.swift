@@ -113,3 +113,18 @@ struct FetchCommand: ParsableCommand {
         print("fetched \(objects.count) object(s)")
     }
 }
+
+struct HookScriptCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hook-script",
+        abstract: "Print the text of a hook that `tessera install` writes (scripts/write-hooks.sh uses it).",
+        shouldDisplay: false
+    )
+
+    @Argument var name: String
+
+    func run() throws {
+        guard Installer.hookNames.contains(name) else { throw TesseraError(.usage, "unknown hook \(name)", hint: "one of " + Installer.hookNames.joined(separator: ", ")) }
+        print(Installer.hookScript(name), terminator: "")
+    }
+}

@@ -68,6 +68,7 @@ public final class GitRepository {
 
     /// The bytes of the blob that `REV:path` (or `:path` for the index) names.
     public func blob(_ spec: String) throws -> [UInt8] {
+        if spec.hasPrefix(":") { return try indexBlob(spec) }
         var obj: OpaquePointer?
         guard git_revparse_single(&obj, pointer, spec) == 0, let obj else {
             throw TesseraError(.notFound, "\(spec) does not name a file in this repository",
@@ -78,6 +79,27 @@ public final class GitRepository {
             throw TesseraError(.notFound, "\(spec) is not a file", hint: "name a file, e.g. HEAD:model.safetensors")
         }
         return blobBytes(obj)
+    }
+
+    /// `:path` or `:N:path`: the blob staged in the index (stage N, default 0), as git's revision syntax means it.
+    private func indexBlob(_ spec: String) throws -> [UInt8] {
+        var rest = spec.dropFirst()
+        var stage: Int32 = 0
+        if rest.count > 2, let n = Int32(String(rest.prefix(1))), rest.dropFirst().first == ":" {
+            stage = n
+            rest = rest.dropFirst(2)
+        }
+        var index: OpaquePointer?
+        guard git_repository_index(&index, pointer) == 0, let index else { throw GitRepository.lastError("cannot read the index") }
+        defer { git_index_free(index) }
+        guard let entry = git_index_get_bypath(index, String(rest), stage) else {
+            throw TesseraError(.notFound, "\(rest) is not in the index", hint: "`git add` it first, or name a revision: REV:\(rest)")
+        }
+        var id = entry.pointee.id
+        var blob: OpaquePointer?
+        guard git_blob_lookup(&blob, pointer, &id) == 0, let blob else { throw GitRepository.lastError("cannot read \(spec)") }
+        defer { git_blob_free(blob) }
+        return blobBytes(blob)
     }
 
     private func blobBytes(_ blob: OpaquePointer) -> [UInt8] {

@@ -88,22 +88,24 @@ public struct Manifest: Equatable, Sendable {
     /// Objects that an object depends on (delta bases) are named in the encoding field after '@'.
     public var objectIDs: [String] { objects.map(\.id) }
 
-    /// Object ids with their sizes (a delta base's size is not recorded: -1).
+    /// Object ids with their sizes.
     public var objects: [(id: String, size: Int)] {
         var seen = Set<String>()
         var out: [(String, Int)] = []
         for s in segments {
             guard let st = s.stored else { continue }
             if seen.insert(st.objectID).inserted { out.append((st.objectID, st.objectSize)) }
-            for id in Manifest.baseObjects(encoding: st.encoding) where seen.insert(id).inserted { out.append((id, -1)) }
+            for (id, size) in Manifest.baseObjects(encoding: st.encoding) where seen.insert(id).inserted { out.append((id, size)) }
         }
         return out
     }
 
-    /// Delta encodings name their base object: "xor+bg4+zstd@<object id>".
-    public static func baseObjects(encoding: String) -> [String] {
+    /// Delta encodings name their base object and its size: "xor+bg4+zstd@<object id>:<object size>".
+    public static func baseObjects(encoding: String) -> [(id: String, size: Int)] {
         guard let at = encoding.firstIndex(of: "@") else { return [] }
-        return [String(encoding[encoding.index(after: at)...])]
+        let ref = encoding[encoding.index(after: at)...].split(separator: ":")
+        guard ref.count == 2, let size = Int(ref[1]) else { return [] }
+        return [(String(ref[0]), size)]
     }
 
     public var tensors: [(name: String, dtype: DType, shape: [Int], begin: Int, end: Int, stored: Stored)] {

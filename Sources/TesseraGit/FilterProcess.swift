@@ -117,7 +117,7 @@ public final class FilterProcess {
                 (manifest, failure) = cleanFromWorktree(path: path, expectedFastHash: fast.finalize(), expectedLength: length)
             }
         } else {
-            let cleaner = CheckpointCleaner(store: store, fileName: path)
+            let cleaner = CheckpointCleaner(store: store, fileName: path, deltaBases: previousVersion(of: path))
             var fast = FastHash()
             var length = 0
             do {
@@ -150,6 +150,16 @@ public final class FilterProcess {
         try writer.flushPacket()
         try writer.flushPacket()  // empty list: keep "success"
         try writer.drain()
+    }
+
+    /// Tensors of the version of `path` staged in the index (before this add): bases for XOR deltas.
+    private func previousVersion(of path: String) -> [String: Manifest.Stored] {
+        guard ProcessInfo.processInfo.environment["TESSERA_NO_DELTA"] == nil,
+              let bytes = try? repository.blob(":" + path), Manifest.looksLikeManifest(bytes),
+              let m = try? Manifest.parse(String(decoding: bytes, as: UTF8.self), file: path) else { return [:] }
+        var out: [String: Manifest.Stored] = [:]
+        for t in m.tensors { out[t.name] = t.stored }
+        return out
     }
 
     private func cleanFromWorktree(path: String, expectedFastHash: UInt64, expectedLength: Int) -> ([UInt8]?, (any Error)?) {

@@ -124,6 +124,7 @@ public final class CheckpointCleaner: @unchecked Sendable {
         }
         position = layout.dataStart
         trailingBegin = layout.dataStart + layout.dataEnd
+        pipeline.budget = 2 * (layout.tensors.map(\.byteCount).max() ?? 0)
         segments += [Manifest.Segment?](repeating: nil, count: plan.count)
         state = .data
         try beginPlanItem()
@@ -133,6 +134,7 @@ public final class CheckpointCleaner: @unchecked Sendable {
         guard planIndex < plan.count else { return }
         switch plan[planIndex] {
         case let .tensor(t):
+            pipeline.reserve(t.byteCount)
             current = TensorBuffer(count: t.byteCount)
             if t.byteCount == 0 { try completeTensor() }
         case .gap:
@@ -293,49 +295,96 @@ final class TensorBuffer: @unchecked Sendable {
     }
 }
 
-/// Encodes tensors on a second thread while the next tensor is read. At most one tensor is being encoded while one
-/// is being filled, which bounds memory by twice the largest tensor.
+/// Encodes tensors on a second thread while the next tensor is read.
+///
+/// Memory is accounted in bytes: the buffer being filled, the buffers waiting or being encoded, and the previous
+/// versions loaded as XOR-delta bases all count against a budget of twice the largest tensor, so the filter's memory
+/// stays within 2 × the largest tensor plus a constant whatever the file's size.
 final class EncodePipeline: @unchecked Sendable {
-    // @unchecked: `failure` is guarded by `lock`; the queue serialises all use of `workerEncoder`.
+    // @unchecked: `failure`, `cancelled` and `inFlight` are guarded by `condition`; the queue serialises all use of
+    // `workerEncoder`.
     private let store: ObjectStore
     private let fileName: String
     private let queue = DispatchQueue(label: "tessera.encode")
-    private let slots = DispatchSemaphore(value: 1)
-    private let lock = NSLock()
+    private let condition = NSCondition()
     private var failure: (any Error)?
     private var cancelled = false
+    private var inFlight = 0
+    var budget = 0
     private let workerEncoder = ObjectEncoder()
     let mainEncoder = ObjectEncoder()
     private let deltaBases: [String: Manifest.Stored]
+    private let previousByRawHash: [String: Manifest.Stored]
 
     init(store: ObjectStore, fileName: String, deltaBases: [String: Manifest.Stored]) {
         self.store = store
         self.fileName = fileName
         self.deltaBases = deltaBases
+        previousByRawHash = Dictionary(deltaBases.values.map { ($0.rawSHA256, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
-    private func currentFailure() -> (any Error)? { lock.lock(); defer { lock.unlock() }; return failure }
+    private func currentFailure() -> (any Error)? { condition.lock(); defer { condition.unlock() }; return failure }
+
+    /// Blocks until `bytes` more fit in the budget (a single item larger than the budget waits for an empty pipeline).
+    func reserve(_ bytes: Int) {
+        condition.lock()
+        while inFlight > 0 && inFlight + bytes > budget && failure == nil && !cancelled { condition.wait() }
+        inFlight += bytes
+        condition.unlock()
+    }
+
+    func release(_ bytes: Int) {
+        condition.lock()
+        inFlight -= bytes
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// The stored previous version of a tensor, when an XOR delta against it is allowed: same name, same byte
+    /// length, a floating-point type, and the base itself stored whole (delta chains have depth one).
+    private func deltaBase(for tensor: SafetensorsTensor) -> Manifest.Stored? {
+        guard tensor.dtype.isFloatingPoint, tensor.dtype.byteWidth > 1, tensor.byteCount >= 4096,
+              let base = deltaBases[tensor.name], !base.encoding.hasPrefix("xor"), store.contains(base.objectID) else { return nil }
+        return base
+    }
 
     func submit(buffer: TensorBuffer, rawSHA256: String, tensor: SafetensorsTensor,
                 completion: @escaping @Sendable (Manifest.Stored) -> Void) throws {
-        if let f = currentFailure() { throw f }
-        // Unchanged tensors (the common case after a fine-tune of a few layers) cost only their hash.
+        if let f = currentFailure() { release(tensor.byteCount); throw f }
+        // Unchanged tensors (the common case after a fine-tune of a few layers) cost only their hash. The previous
+        // version's manifest is asked first: re-cleaning an unchanged file then yields the very same manifest, even
+        // in a fresh clone whose raw-value index is still empty.
+        if let previous = previousByRawHash[rawSHA256], store.contains(previous.objectID) {
+            release(tensor.byteCount)
+            completion(previous)
+            return
+        }
         if let existing = store.lookup(rawSHA256: rawSHA256) {
+            release(tensor.byteCount)
             completion(existing)
             return
         }
-        slots.wait()
-        if let f = currentFailure() { slots.signal(); throw f }
+        let base = deltaBase(for: tensor)
+        if base != nil { reserve(tensor.byteCount) }
         let width = tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1
         queue.async { [self] in
-            defer { slots.signal() }
-            lock.lock(); let stop = cancelled || failure != nil; lock.unlock()
+            defer { release(tensor.byteCount * (base == nil ? 1 : 2)) }
+            condition.lock(); let stop = cancelled || failure != nil; condition.unlock()
             if stop { return }
             do {
-                let stored = try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder)
+                var stored: Manifest.Stored
+                if let base, let baseBytes = try? store.readAll(base.objectID), baseBytes.count == tensor.byteCount,
+                   EncodePipeline.deltaPays(buffer.bytes, baseBytes, width: width) {
+                    stored = try baseBytes.withUnsafeBytes { b in
+                        try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder,
+                                      base: (objectID: base.objectID, raw: b))
+                    }
+                } else {
+                    stored = try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder)
+                }
                 completion(stored)
             } catch {
-                lock.lock()
+                condition.lock()
                 if failure == nil {
                     if let e = error as? TesseraError {
                         failure = TesseraError(e.code, "\(fileName): tensor '\(tensor.name)': \(e.message)", hint: e.hint)
@@ -343,9 +392,25 @@ final class EncodePipeline: @unchecked Sendable {
                         failure = error
                     }
                 }
-                lock.unlock()
+                condition.broadcast()
+                condition.unlock()
             }
         }
+    }
+
+    /// Whether XOR against the previous version makes the value more compressible: in a fine-tune, sign and
+    /// exponent rarely change, so the top byte of each XORed element is mostly zero. Decided on a sample.
+    static func deltaPays(_ new: UnsafeRawBufferPointer, _ old: [UInt8], width: Int) -> Bool {
+        let elements = min(new.count / width, 65536)
+        guard elements > 0 else { return false }
+        var zero = 0
+        old.withUnsafeBytes { o in
+            for i in 0..<elements {
+                let k = i * width + width - 1
+                if new[k] ^ o[k] == 0 { zero += 1 }
+            }
+        }
+        return zero * 2 > elements
     }
 
     func wait() throws {
@@ -354,7 +419,7 @@ final class EncodePipeline: @unchecked Sendable {
     }
 
     func cancel() {
-        lock.lock(); cancelled = true; lock.unlock()
+        condition.lock(); cancelled = true; condition.broadcast(); condition.unlock()
         queue.sync {}
     }
 }

@@ -19,7 +19,7 @@ public enum ObjectEncoding: UInt8, Sendable {
     /// XOR against a base object's raw bytes, byte-grouped in chunks, then zstd.
     case xorByteGroupedZstd = 3
 
-    /// The name the manifest shows ("bg4+zstd", "xor+bg2+zstd@<base>").
+    /// The name the manifest shows ("bg4+zstd", "xor+bg2+zstd@<base id>:<base size>").
     public func manifestName(width: Int, base: String?) -> String {
         switch self {
         case .raw: return "raw"

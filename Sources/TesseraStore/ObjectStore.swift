@@ -76,7 +76,8 @@ public final class ObjectStore: @unchecked Sendable {
                                         rawLength: UInt64(raw.count), encoding: encoding, width: UInt8(width))
             let (id, size) = try writer.finish(trailer: trailer)
             let stored = Manifest.Stored(
-                encoding: encoding.manifestName(width: width, base: encoding == .xorByteGroupedZstd ? base?.objectID : nil),
+                encoding: encoding.manifestName(width: width, base: encoding == .xorByteGroupedZstd
+                    ? base.map { "\($0.objectID):\(FileSystem.fileStat(objectPath($0.objectID))?.size ?? 0)" } : nil),
                 rawSHA256: rawSHA256, objectID: id, objectSize: size)
             try recordRaw(stored)
             return stored

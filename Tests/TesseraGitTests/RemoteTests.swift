@@ -75,3 +75,42 @@ import Testing
         #expect(s.objectCount("clone") == s.objectCount("repo"))
     }
 }
+
+@Suite struct DeltaTests {
+    /// A fine-tune: every weight moves by about 0.1% of itself (sign and exponent mostly unchanged).
+    static func fineTuned(_ c: TestCheckpoint) -> TestCheckpoint {
+        var out = c
+        for k in out.entries.indices where out.entries[k].dtype == "F32" {
+            var values = out.entries[k].bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            let noise = TestCheckpoint.floats(values.count, seed: UInt64(k + 77), scale: 1)
+            for i in values.indices { values[i] += 1e-3 * abs(values[i]) * noise[i] }
+            out.entries[k].bytes = TestCheckpoint.f32Bytes(values)
+        }
+        return out
+    }
+
+    @Test func fineTuneIsStoredAsXorDeltasAndRoundTripsThroughARemote() throws {
+        let s = try Sandbox()
+        let repo = try s.makeRepository()
+        var base = TestCheckpoint()
+        for i in 0..<4 { base.add("w\(i)", shape: [256, 256], seed: UInt64(i + 1)) }
+        try base.write(to: s.path("\(repo)/model.safetensors"))
+        try s.run("git add model.safetensors && git commit -qm base", in: repo)
+        let afterBase = s.storeBytes(repo)
+        let tuned = DeltaTests.fineTuned(base).encode()
+        try Data(tuned).write(to: URL(fileURLWithPath: s.path("\(repo)/model.safetensors")))
+        try s.run("git commit -qam finetune", in: repo)
+        let ls = try s.run("\"$T\" ls HEAD:model.safetensors", in: repo).stdout
+        #expect(ls.split(separator: "\n").filter { $0.contains("xor+bg4+zstd") }.count == 4, "\(ls)")
+        // The fine-tune costs well under its raw size (4 × 256 KB).
+        let growth = s.storeBytes(repo) - afterBase
+        #expect(growth < 4 * 262_144 * 7 / 10, "fine-tune grew the store by \(growth) bytes")
+        // A clone checks it out byte-exact: the delta bases travel too (named in the manifest).
+        try s.run("git init -q --bare remote.git")
+        try s.run("git remote add origin \"file://$PWD/../remote.git\" && git push -q origin main", in: repo)
+        try s.run("git -c filter.tessera.process=\"$T filter-process\" -c filter.tessera.required=true clone -q \"file://$PWD/remote.git\" clone")
+        #expect(Array(try s.bytes("clone/model.safetensors")) == tuned)
+        try s.run("\"$T\" install >/dev/null && git status --porcelain && \"$T\" fsck", in: "clone")
+        #expect(try s.run("git status --porcelain", in: "clone").stdout.isEmpty)
+    }
+}

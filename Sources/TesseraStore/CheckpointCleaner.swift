@@ -280,11 +280,11 @@ public final class CheckpointCleaner: @unchecked Sendable {
 /// A tensor's bytes while they arrive and until they are encoded.
 final class TensorBuffer: @unchecked Sendable {
     // @unchecked: filled by the reading thread, then handed over whole to the encoding thread; never shared.
-    let pointer: UnsafeMutableRawBufferPointer
+    private let storage: LargeBuffer
+    var pointer: UnsafeMutableRawBufferPointer { storage.bytes }
     var filled = 0
 
-    init(count: Int) { pointer = .allocate(byteCount: max(count, 1), alignment: 64) }
-    deinit { pointer.deallocate() }
+    init(count: Int) { storage = LargeBuffer(count: count) }
 
     var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(pointer)[0..<filled]) }
 
@@ -313,6 +313,8 @@ final class EncodePipeline: @unchecked Sendable {
     var budget = 0
     private let workerEncoder = ObjectEncoder()
     let mainEncoder = ObjectEncoder()
+    /// Tensors' objects, made durable and visible together when the file is complete.
+    let batch: ObjectBatch
     private let deltaBases: [String: Manifest.Stored]
     private let previousByRawHash: [String: Manifest.Stored]
 
@@ -320,6 +322,7 @@ final class EncodePipeline: @unchecked Sendable {
         self.store = store
         self.fileName = fileName
         self.deltaBases = deltaBases
+        batch = ObjectBatch(store: store)
         previousByRawHash = Dictionary(deltaBases.values.map { ($0.rawSHA256, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
@@ -359,7 +362,7 @@ final class EncodePipeline: @unchecked Sendable {
             completion(previous)
             return
         }
-        if let existing = store.lookup(rawSHA256: rawSHA256) {
+        if let existing = batch.lookup(rawSHA256: rawSHA256) ?? store.lookup(rawSHA256: rawSHA256) {
             release(tensor.byteCount)
             completion(existing)
             return
@@ -373,14 +376,12 @@ final class EncodePipeline: @unchecked Sendable {
             if stop { return }
             do {
                 var stored: Manifest.Stored
-                if let base, let baseBytes = try? store.readAll(base.objectID), baseBytes.count == tensor.byteCount,
-                   EncodePipeline.deltaPays(buffer.bytes, baseBytes, width: width) {
-                    stored = try baseBytes.withUnsafeBytes { b in
-                        try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder,
-                                      base: (objectID: base.objectID, raw: b))
-                    }
+                if let base, let baseBytes = try? store.readAll(base.objectID, into: LargeBuffer(count: tensor.byteCount)),
+                   EncodePipeline.deltaPays(buffer.bytes, UnsafeRawBufferPointer(baseBytes.bytes), width: width) {
+                    stored = try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder,
+                                           base: (objectID: base.objectID, raw: UnsafeRawBufferPointer(baseBytes.bytes)), batch: batch)
                 } else {
-                    stored = try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder)
+                    stored = try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder, batch: batch)
                 }
                 completion(stored)
             } catch {
@@ -400,26 +401,27 @@ final class EncodePipeline: @unchecked Sendable {
 
     /// Whether XOR against the previous version makes the value more compressible: in a fine-tune, sign and
     /// exponent rarely change, so the top byte of each XORed element is mostly zero. Decided on a sample.
-    static func deltaPays(_ new: UnsafeRawBufferPointer, _ old: [UInt8], width: Int) -> Bool {
+    static func deltaPays(_ new: UnsafeRawBufferPointer, _ old: UnsafeRawBufferPointer, width: Int) -> Bool {
         let elements = min(new.count / width, 65536)
         guard elements > 0 else { return false }
         var zero = 0
-        old.withUnsafeBytes { o in
-            for i in 0..<elements {
-                let k = i * width + width - 1
-                if new[k] ^ o[k] == 0 { zero += 1 }
-            }
+        for i in 0..<elements {
+            let k = i * width + width - 1
+            if new[k] ^ old[k] == 0 { zero += 1 }
         }
         return zero * 2 > elements
     }
 
+    /// Waits for every tensor, then makes their objects durable and visible.
     func wait() throws {
         queue.sync {}
-        if let f = currentFailure() { throw f }
+        if let f = currentFailure() { batch.abandon(); throw f }
+        try batch.commit()
     }
 
     func cancel() {
         condition.lock(); cancelled = true; condition.broadcast(); condition.unlock()
         queue.sync {}
+        batch.abandon()
     }
 }

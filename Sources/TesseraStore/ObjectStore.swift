@@ -57,8 +57,8 @@ public final class ObjectStore: @unchecked Sendable {
     /// `width` is the element size for byte grouping (1 disables it); `base`, when given, is the raw value of the
     /// same tensor's previous version, for an XOR delta.
     public func put(raw: UnsafeRawBufferPointer, rawSHA256: String, width: Int, encoder: ObjectEncoder,
-                    base: (objectID: String, raw: UnsafeRawBufferPointer)? = nil) throws -> Manifest.Stored {
-        if let existing = lookup(rawSHA256: rawSHA256) { return existing }
+                    base: (objectID: String, raw: UnsafeRawBufferPointer)? = nil, batch: ObjectBatch? = nil) throws -> Manifest.Stored {
+        if let existing = batch?.lookup(rawSHA256: rawSHA256) ?? lookup(rawSHA256: rawSHA256) { return existing }
         let writer = try ObjectWriter(store: self)
         do {
             let encoding: ObjectEncoding
@@ -74,12 +74,12 @@ public final class ObjectStore: @unchecked Sendable {
             }
             let trailer = ObjectTrailer(rawSHA256: [UInt8](hex: rawSHA256)!, baseObject: base.flatMap { encoding == .xorByteGroupedZstd ? [UInt8](hex: $0.objectID) : nil },
                                         rawLength: UInt64(raw.count), encoding: encoding, width: UInt8(width))
-            let (id, size) = try writer.finish(trailer: trailer)
+            let (id, size) = try writer.finish(trailer: trailer, batch: batch)
             let stored = Manifest.Stored(
                 encoding: encoding.manifestName(width: width, base: encoding == .xorByteGroupedZstd
                     ? base.map { "\($0.objectID):\(FileSystem.fileStat(objectPath($0.objectID))?.size ?? 0)" } : nil),
                 rawSHA256: rawSHA256, objectID: id, objectSize: size)
-            try recordRaw(stored)
+            if let batch { batch.record(stored) } else { try recordRaw(stored) }
             return stored
         } catch {
             writer.abandon()
@@ -112,7 +112,7 @@ public final class ObjectStore: @unchecked Sendable {
         }
     }
 
-    private func corrupt(_ id: String, _ why: String) -> TesseraError {
+    func corrupt(_ id: String, _ why: String) -> TesseraError {
         TesseraError(.objectCorrupt, "object \(id.prefix(12)) is corrupt: \(why)",
                      hint: "delete \(objectPath(id)) and fetch it again (`git tessera fetch`), or run `tessera fsck`")
     }
@@ -127,14 +127,14 @@ public final class ObjectStore: @unchecked Sendable {
         var t = [UInt8](repeating: 0, count: ObjectTrailer.size)
         _ = try t.withUnsafeMutableBytes { try f.pread(into: $0, at: size - ObjectTrailer.size) }
         let trailer = try ObjectTrailer.decode(t, object: id)
-        var baseBytes: [UInt8]? = nil
+        var baseBytes: LargeBuffer? = nil
         if trailer.encoding == .xorByteGroupedZstd {
             guard let baseID = trailer.baseObjectID else { throw corrupt(id, "its delta base is not recorded") }
-            var b: [UInt8] = []
-            b.reserveCapacity(Int(trailer.rawLength))
-            try read(baseID, decoder: ObjectDecoder()) { b += $0 }
-            guard b.count == Int(trailer.rawLength) else { throw corrupt(id, "its delta base has a different length") }
-            baseBytes = b
+            do {
+                baseBytes = try readAll(baseID, into: LargeBuffer(count: Int(trailer.rawLength)))
+            } catch let e as TesseraError where e.code == .objectCorrupt && !e.message.contains(baseID.prefix(12)) {
+                throw corrupt(id, "its delta base has a different length")
+            }
         }
         let stored = SHA256Hasher()
         let raw = SHA256Hasher()
@@ -158,6 +158,19 @@ public final class ObjectStore: @unchecked Sendable {
         if let t = try? trailer(of: id) { out.reserveCapacity(Int(t.rawLength)) }
         try read(id, decoder: decoder) { out += $0 }
         return out
+    }
+
+    /// Decodes a whole object into a buffer of exactly its raw length (verified); throws if the length differs.
+    public func readAll(_ id: String, into buffer: LargeBuffer, decoder: ObjectDecoder = ObjectDecoder()) throws -> LargeBuffer {
+        var at = 0
+        let capacity = buffer.bytes.count
+        try read(id, decoder: decoder) { piece in
+            guard at + piece.count <= capacity else { throw corrupt(id, "it is longer than expected") }
+            (buffer.bytes.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            at += piece.count
+        }
+        guard at == capacity else { throw corrupt(id, "it is shorter than expected") }
+        return buffer
     }
 
     /// Checks an object fully (as a read does) without keeping its bytes.
@@ -231,7 +244,7 @@ public final class ObjectDecoder {
 
     public init() {}
 
-    func decode(file: FileDescriptor, payloadLength: Int, trailer: ObjectTrailer, base: [UInt8]?,
+    func decode(file: FileDescriptor, payloadLength: Int, trailer: ObjectTrailer, base: LargeBuffer?,
                 storedHasher: SHA256Hasher, objectID: String, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let rawLength = Int(trailer.rawLength)
         var remaining = payloadLength
@@ -298,9 +311,7 @@ public final class ObjectDecoder {
                             ByteGrouping.ungroup(g.baseAddress!, p.baseAddress!, count: elements, width: width)
                             if tail > 0 { (p.baseAddress! + elements * width).copyMemory(from: g.baseAddress! + elements * width, byteCount: tail) }
                             if let base {
-                                base.withUnsafeBytes { b in
-                                    ByteGrouping.xor(p.baseAddress!, b.baseAddress! + produced, p.baseAddress!, byteCount: want)
-                                }
+                                ByteGrouping.xor(p.baseAddress!, base.bytes.baseAddress! + produced, p.baseAddress!, byteCount: want)
                             }
                             try sink(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(p)[0..<want]))
                         }

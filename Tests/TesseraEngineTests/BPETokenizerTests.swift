@@ -1,0 +1,188 @@
+import Foundation
+import Testing
+import TesseraCore
+import TesseraEngine
+
+/// Byte-level BPE against ids computed by Hugging Face `tokenizers` (scripts/make_tokenizer_fixtures.py) for the
+/// reference SmolLM2 tokenizer.json in /work/shared/reference/engine.
+@Suite("BPE tokenizer")
+struct BPETokenizerTests {
+    typealias Support = TokenizerTestSupport
+
+    @Test("\"= Robert Boulter =\" gives the ids in shared/reference/engine/README.md")
+    func robertBoulter() throws {
+        let tokenizer = try Support.reference.get()
+        #expect(try tokenizer.encode("= Robert Boulter =") == [45, 6356, 389, 9226, 352, 446])
+        #expect(tokenizer.vocabularySize == 49152)
+        #expect(tokenizer.stopTokenIDs.contains(2))  // <|im_end|>, the EOS in tokenizer_config.json
+        #expect(tokenizer.eosTokenID == 2)
+        #expect(tokenizer.bosTokenID == 1)
+    }
+
+    @Test("every WikiText-2 test line encodes to Hugging Face's ids and decodes back to itself")
+    func wikitextLines() throws {
+        let tokenizer = try Support.reference.get()
+        let lines = try Support.wikitextLines()
+        let reference = try Support.wikitextReferenceIDs()
+        #expect(lines.count == 2891)
+        #expect(reference.count == lines.count)
+        var mismatches = 0
+        var roundTripFailures = 0
+        let start = Date()
+        var encoded: [[Int]] = []
+        encoded.reserveCapacity(lines.count)
+        for line in lines { encoded.append(try tokenizer.encode(line)) }
+        let seconds = Date().timeIntervalSince(start)
+        for (k, line) in lines.enumerated() where k < reference.count {
+            if encoded[k] != reference[k] {
+                mismatches += 1
+                if mismatches <= 5 {
+                    Issue.record("line \(k + 1) \(line.prefix(80).debugDescription): \(encoded[k].prefix(40)) != \(reference[k].prefix(40))")
+                }
+            }
+            if tokenizer.decode(encoded[k]) != line {
+                roundTripFailures += 1
+                if roundTripFailures <= 5 { Issue.record("line \(k + 1) does not round-trip") }
+            }
+        }
+        #expect(mismatches == 0)
+        #expect(roundTripFailures == 0)
+        let tokens = encoded.reduce(0) { $0 + $1.count }
+        #expect(tokens == 301_948)
+        print("BPE: encoded \(lines.count) WikiText-2 lines, \(tokens) tokens, in \(String(format: "%.3f", seconds)) s")
+    }
+
+    @Test("the whole WikiText-2 file as one text: fresh tokenizer, no warm cache")
+    func wikitextWholeFile() throws {
+        // A fresh tokenizer so that the timing printed includes filling the word cache.
+        let tokenizer = try BPETokenizer(tokenizerJSONPath: Support.referenceTokenizerJSON)
+        let text = String(decoding: try Support.read(Support.wikitextPath), as: UTF8.self)
+        let start = Date()
+        let ids = try tokenizer.encode(text)
+        let seconds = Date().timeIntervalSince(start)
+        #expect(tokenizer.decode(ids) == text)
+        #expect(ids.count > 290_000)
+        print("BPE: whole WikiText-2 test file (\(text.utf8.count) bytes) → \(ids.count) tokens in \(String(format: "%.3f", seconds)) s (cold cache)")
+    }
+
+    @Test("hard strings: unicode, digits, whitespace runs, contractions, emoji, special tokens in text")
+    func hardStrings() throws {
+        let tokenizer = try Support.reference.get()
+        let cases = try #require(try Support.cases()["cases"]?.arrayValue)
+        #expect(cases.count >= 40)
+        for item in cases {
+            let text = try #require(item["text"]?.stringValue)
+            let expected = try #require(item["ids"]?.arrayValue).compactMap(\.intValue)
+            let ids = try tokenizer.encode(text)
+            #expect(ids == expected, "\(text.debugDescription)")
+            #expect(tokenizer.decode(ids) == item["decoded"]?.stringValue, "\(text.debugDescription)")
+            #expect(tokenizer.decode(ids, skipSpecialTokens: true) == item["decoded_skip_special"]?.stringValue,
+                    "\(text.debugDescription)")
+        }
+    }
+
+    @Test("pre-tokenizer variants (Digits, Split with GPT-2 / Llama 3 / Qwen 2 regexes, prefix space)",
+          arguments: ["digits", "digits_contiguous", "split_gpt2", "split_llama3", "split_qwen2", "prefix_space"])
+    func preTokenizerVariants(name: String) throws {
+        let document = try Support.cases()
+        let preTokenizer = try #require(document["variant_pre_tokenizers"]?[name])
+        let tokenizer = try Support.variant(preTokenizer: preTokenizer)
+        for item in try #require(document["cases"]?.arrayValue) {
+            let text = try #require(item["text"]?.stringValue)
+            let expected = try #require(item["variants"]?[name]?.arrayValue).compactMap(\.intValue)
+            #expect(try tokenizer.encode(text) == expected, "\(name): \(text.debugDescription)")
+        }
+        let lines = try Support.wikitextLines()
+        let indices = try #require(document["wikitext_variant_lines"]?.arrayValue).compactMap(\.intValue)
+        let expectedLines = try #require(document["wikitext_variant_ids"]?[name]?.arrayValue)
+        #expect(indices.count == expectedLines.count && indices.count > 50)
+        for (index, expected) in zip(indices, expectedLines) {
+            let ids = try tokenizer.encode(lines[index])
+            #expect(ids == (expected.arrayValue ?? []).compactMap(\.intValue), "\(name): WikiText line \(index + 1)")
+        }
+    }
+
+    @Test("the tokenizer built from the SmolLM2 GGUF's metadata equals the tokenizer.json one")
+    func ggufMatchesTokenizerJSON() throws {
+        let metadata = try TestGGUFMetadata(path: Support.smolLM2GGUF)
+        let fromGGUF = try metadata.tokenizer()
+        let fromJSON = try Support.reference.get()
+        #expect(fromGGUF.vocabulary == fromJSON.vocabulary)
+        #expect(fromGGUF.vocabularySize == fromJSON.vocabularySize)
+        #expect(fromGGUF.addedTokens == fromJSON.addedTokens)
+        #expect(fromGGUF.specialTokenIDs == fromJSON.specialTokenIDs)
+        #expect(fromGGUF.eosTokenID == 2 && fromGGUF.bosTokenID == 1)
+        #expect(fromGGUF.stopTokenIDs.contains(2))
+        #expect(fromGGUF.prefixIDs.isEmpty)  // tokenizer.ggml.add_bos_token is false
+        #expect(try fromGGUF.encode("= Robert Boulter =") == [45, 6356, 389, 9226, 352, 446])
+
+        let reference = try Support.wikitextReferenceIDs()
+        var mismatches = 0
+        for (k, line) in try Support.wikitextLines().enumerated() where try fromGGUF.encode(line) != reference[k] {
+            mismatches += 1
+        }
+        #expect(mismatches == 0)
+        for item in try #require(try Support.cases()["cases"]?.arrayValue) {
+            let text = try #require(item["text"]?.stringValue)
+            #expect(try fromGGUF.encode(text) == (item["ids"]?.arrayValue ?? []).compactMap(\.intValue),
+                    "\(text.debugDescription)")
+        }
+    }
+
+    @Test("llama.cpp's reading of tokenizer.ggml.pre \"smollm\" is the Digits variant")
+    func ggufLlamaCppConvention() throws {
+        let metadata = try TestGGUFMetadata(path: Support.smolLM2GGUF)
+        #expect(metadata.values["tokenizer.ggml.pre"]?.string == "smollm")
+        let tokenizer = try metadata.tokenizer(convention: .llamaCpp)
+        let document = try Support.cases()
+        for item in try #require(document["cases"]?.arrayValue) {
+            let text = try #require(item["text"]?.stringValue)
+            let expected = try #require(item["variants"]?["digits"]?.arrayValue).compactMap(\.intValue)
+            #expect(try tokenizer.encode(text) == expected, "\(text.debugDescription)")
+        }
+    }
+
+    @Test("GGUF initializer: control tokens are special, BOS/EOS added on request, bad input rejected")
+    func ggufInitializerOptions() throws {
+        // A toy byte-level vocabulary: the 256 byte characters plus one merge and one control token.
+        var tokens: [String] = ["<|end|>"]
+        for byte in 0..<256 {
+            let scalar: Unicode.Scalar
+            if (33...126).contains(byte) || (161...172).contains(byte) || (174...255).contains(byte) {
+                scalar = Unicode.Scalar(UInt8(byte))
+            } else {
+                let shifted = (0..<byte).filter { !((33...126).contains($0) || (161...172).contains($0) || (174...255).contains($0)) }.count
+                scalar = Unicode.Scalar(UInt32(256 + shifted))!
+            }
+            tokens.append(String(Character(scalar)))
+        }
+        tokens.append("ab")
+        let types = [3] + Array(repeating: 1, count: tokens.count - 1)
+        let tokenizer = try BPETokenizer(tokens: tokens, merges: ["a b"], tokenTypes: types, preTokenizer: "gpt2",
+                                         bosID: 0, eosID: 0, addBOS: true, addEOS: true)
+        let ab = tokens.firstIndex(of: "ab")!
+        let ids = try tokenizer.encode("ab<|end|>a")
+        #expect(ids == [0, ab, 0, tokens.firstIndex(of: "a")!, 0])
+        #expect(tokenizer.encode("ab", addSpecialTokens: false) == [ab])
+        #expect(tokenizer.decode(ids, skipSpecialTokens: true) == "aba")
+        #expect(tokenizer.decode(ids) == "<|end|>ab<|end|>a<|end|>")
+        #expect(throws: TesseraError.self) {
+            try BPETokenizer(tokens: tokens, merges: ["a zz"], tokenTypes: types, preTokenizer: "gpt2", eosID: 0)
+        }
+        #expect(throws: TesseraError.self) {
+            try BPETokenizer(tokens: tokens, merges: [], tokenTypes: types, preTokenizer: "made-up", eosID: 0,
+                             convention: .llamaCpp)
+        }
+    }
+
+    @Test("unsupported tokenizer.json features are reported, not silently mis-tokenized")
+    func unsupportedFeatures() throws {
+        let metaspace = JSONValue.object([("type", .string("Metaspace")), ("replacement", .string("▁"))])
+        #expect(throws: TesseraError.self) { try Support.variant(preTokenizer: metaspace) }
+        let unknownRegex = JSONValue.object([
+            ("type", .string("Split")), ("pattern", .object([("Regex", .string("\\w+"))])),
+            ("behavior", .string("Isolated")), ("invert", .bool(false)),
+        ])
+        #expect(throws: TesseraError.self) { try Support.variant(preTokenizer: unknownRegex) }
+    }
+}

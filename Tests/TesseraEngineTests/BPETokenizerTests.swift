@@ -105,16 +105,22 @@ struct BPETokenizerTests {
         }
     }
 
-    @Test("pre-tokenizer variants (Digits, Split with GPT-2 / Llama 3 / Qwen 2 regexes, prefix space)",
-          arguments: ["digits", "digits_contiguous", "split_gpt2", "split_llama3", "split_qwen2", "prefix_space"])
-    func preTokenizerVariants(name: String) throws {
+    @Test("variants: Digits, Split with GPT-2 / Llama 3 / Qwen 2 regexes, prefix space, ignore_merges, added-token flags",
+          arguments: ["digits", "digits_contiguous", "split_gpt2", "split_llama3", "split_qwen2", "prefix_space",
+                      "ignore_merges", "added_token_flags"])
+    func variants(name: String) throws {
         let document = try Support.cases()
-        let preTokenizer = try #require(document["variant_pre_tokenizers"]?[name])
-        let tokenizer = try Support.variant(preTokenizer: preTokenizer)
+        let variant = try #require(document["variants"]?[name])
+        let tokenizer = try Support.variant(variant)
         for item in try #require(document["cases"]?.arrayValue) {
             let text = try #require(item["text"]?.stringValue)
             let expected = try #require(item["variants"]?[name]?.arrayValue).compactMap(\.intValue)
-            #expect(try tokenizer.encode(text) == expected, "\(name): \(text.debugDescription)")
+            let ids = try tokenizer.encode(text)
+            #expect(ids == expected, "\(name): \(text.debugDescription)")
+            if name == "added_token_flags" {
+                #expect(tokenizer.decode(ids, skipSpecialTokens: true) == item["added_token_flags_decoded"]?.stringValue,
+                        "\(text.debugDescription)")
+            }
         }
         let lines = try Support.wikitextLines()
         let indices = try #require(document["wikitext_variant_lines"]?.arrayValue).compactMap(\.intValue)

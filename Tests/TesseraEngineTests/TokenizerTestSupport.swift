@@ -33,12 +33,29 @@ enum TokenizerTestSupport {
         try BPETokenizer(tokenizerJSONPath: referenceTokenizerJSON)
     }
 
-    /// The reference tokenizer.json with its pre_tokenizer replaced (the variants the fixture script also ran).
-    static func variant(preTokenizer: JSONValue) throws -> BPETokenizer {
+    /// The reference tokenizer.json changed as the fixture script changed it: the variant's top-level keys replace
+    /// the file's, and the keys of its "model_overrides" replace those of "model".
+    static func variant(_ variant: JSONValue) throws -> BPETokenizer {
         let json = try JSONParser.parse(try read(referenceTokenizerJSON))
-        guard case let .object(pairs) = json else { throw TesseraError(.invalidCheckpoint, "not an object") }
-        let replaced = JSONValue.object(pairs.map { $0.0 == "pre_tokenizer" ? ($0.0, preTokenizer) : $0 })
-        return try BPETokenizer(tokenizerJSON: Array(replaced.serialized().utf8), source: "variant tokenizer.json")
+        func replacing(_ object: JSONValue, with overrides: [(String, JSONValue)]) throws -> JSONValue {
+            guard case var .object(pairs) = object else { throw TesseraError(.invalidCheckpoint, "not an object") }
+            for (key, value) in overrides {
+                if let k = pairs.firstIndex(where: { $0.0 == key }) { pairs[k].1 = value } else { pairs.append((key, value)) }
+            }
+            return .object(pairs)
+        }
+        var overrides = variant.objectValue ?? []
+        if let k = overrides.firstIndex(where: { $0.0 == "model_overrides" }) {
+            let model = try replacing(json["model"] ?? .null, with: overrides[k].1.objectValue ?? [])
+            overrides[k] = ("model", model)
+        }
+        let changed = try replacing(json, with: overrides)
+        return try BPETokenizer(tokenizerJSON: Array(changed.serialized().utf8), source: "variant tokenizer.json")
+    }
+
+    /// The reference tokenizer.json with its pre_tokenizer replaced.
+    static func variant(preTokenizer: JSONValue) throws -> BPETokenizer {
+        try variant(.object([("pre_tokenizer", preTokenizer)]))
     }
 
     /// WikiText-2 raw test lines without their "\r\n" / "\n" terminators, as the fixture script splits them.

@@ -299,6 +299,53 @@ public final class BPETokenizer: TextTokenizer, @unchecked Sendable {
         try self.init(tokenizerJSON: [UInt8](data), bosToken: bos, eosToken: eos, source: path)
     }
 
+    /// From GPT-2's vocab.json and merges.txt (GPT-2 and GPT-Neo checkpoints without a tokenizer.json), set up as
+    /// transformers' GPT-2 conversion sets them up: ByteLevel split without prefix space, ByteLevel decoder, no ids
+    /// added around the text. `specialTokens` that are in the vocabulary become special added tokens. A first line
+    /// starting with "#version" is skipped, as are empty lines.
+    public convenience init(vocabJSONPath: String, mergesPath: String, specialTokens: [String] = ["<|endoftext|>"],
+                            bosToken: String? = "<|endoftext|>", eosToken: String? = "<|endoftext|>") throws {
+        guard let vocabData = FileManager.default.contents(atPath: vocabJSONPath) else {
+            throw TesseraError(.notFound, "cannot read \(vocabJSONPath)", hint: "check the path")
+        }
+        guard let mergesData = FileManager.default.contents(atPath: mergesPath) else {
+            throw TesseraError(.notFound, "cannot read \(mergesPath)", hint: "check the path")
+        }
+        let vocabJSON: JSONValue
+        do {
+            vocabJSON = try JSONParser.parse([UInt8](vocabData))
+        } catch {
+            throw TesseraError(.invalidCheckpoint, "\(vocabJSONPath) is not valid JSON", underlying: error)
+        }
+        guard let pairs = vocabJSON.objectValue else {
+            throw TesseraError(.invalidCheckpoint, "\(vocabJSONPath) is not a JSON object of token ids")
+        }
+        var vocab: [(String, Int)] = []
+        vocab.reserveCapacity(pairs.count)
+        for (token, value) in pairs {
+            guard let id = value.intValue else {
+                throw TesseraError(.invalidCheckpoint, "\(vocabJSONPath): entry \(token) has no integer id")
+            }
+            vocab.append((token, id))
+        }
+        var merges: [(String, String)] = []
+        let lines = String(decoding: mergesData, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+        for (number, rawLine) in lines.enumerated() {
+            let line = rawLine.hasSuffix("\r") ? rawLine.dropLast() : rawLine
+            if line.isEmpty || (number == 0 && line.hasPrefix("#version")) { continue }
+            let parts = line.split(separator: " ", omittingEmptySubsequences: false)
+            guard parts.count == 2 else {
+                throw TesseraError(.invalidCheckpoint, "\(mergesPath) line \(number + 1) is not two tokens separated by one space")
+            }
+            merges.append((String(parts[0]), String(parts[1])))
+        }
+        let ids = Dictionary(vocab, uniquingKeysWith: { _, last in last })
+        let added = specialTokens.compactMap { token in ids[token].map { AddedToken(content: token, id: $0, special: true) } }
+        try self.init(vocabulary: vocab, merges: merges, addedTokens: added,
+                      preTokenizer: .gpt2, bosTokenID: bosToken.flatMap { ids[$0] },
+                      eosTokenID: eosToken.flatMap { ids[$0] }, source: vocabJSONPath)
+    }
+
     /// From GGUF metadata (`tokenizer.ggml.*`, model "gpt2").
     /// - Parameters:
     ///   - tokens: `tokenizer.ggml.tokens`, in id order.

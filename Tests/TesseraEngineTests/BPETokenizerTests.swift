@@ -159,6 +159,39 @@ struct BPETokenizerTests {
         }
     }
 
+    @Test("vocab.json + merges.txt (GPT-2 layout) holding SmolLM2's vocabulary tokenize like its tokenizer.json")
+    func vocabAndMergesFiles() throws {
+        let json = try JSONParser.parse(try Support.read(Support.referenceTokenizerJSON))
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-bpe-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let vocabPath = directory.appendingPathComponent("vocab.json").path
+        let mergesPath = directory.appendingPathComponent("merges.txt").path
+        let vocab = try #require(json["model"]?["vocab"])
+        #expect(FileManager.default.createFile(atPath: vocabPath, contents: Data(vocab.serialized().utf8)))
+        var merges = "#version: 0.2\n"
+        for merge in try #require(json["model"]?["merges"]?.arrayValue) {
+            let pair = (merge.arrayValue ?? []).compactMap(\.stringValue)
+            merges += pair.joined(separator: " ") + "\n"
+        }
+        #expect(FileManager.default.createFile(atPath: mergesPath, contents: Data(merges.utf8)))
+        let specials = (json["added_tokens"]?.arrayValue ?? []).compactMap { $0["content"]?.stringValue }
+        let tokenizer = try BPETokenizer(vocabJSONPath: vocabPath, mergesPath: mergesPath, specialTokens: specials,
+                                         bosToken: "<|im_start|>", eosToken: "<|im_end|>")
+        #expect(tokenizer.eosTokenID == 2)
+        let reference = try Support.wikitextReferenceIDs()
+        var mismatches = 0
+        for (k, line) in try Support.wikitextLines().enumerated() where try tokenizer.encode(line) != reference[k] {
+            mismatches += 1
+        }
+        #expect(mismatches == 0)
+        for item in try #require(try Support.cases()["cases"]?.arrayValue) {
+            let text = try #require(item["text"]?.stringValue)
+            #expect(try tokenizer.encode(text) == (item["ids"]?.arrayValue ?? []).compactMap(\.intValue),
+                    "\(text.debugDescription)")
+        }
+    }
+
     @Test("llama.cpp's reading of tokenizer.ggml.pre \"smollm\" is the Digits variant")
     func ggufLlamaCppConvention() throws {
         let metadata = try TestGGUFMetadata(path: Support.smolLM2GGUF)

@@ -177,6 +177,14 @@ EXERCISE = """{{ bos_token }}
 {{- 'ASSISTANT (' ~ messages|length ~ ' turns, first ' ~ (messages[0]['role'] if messages else 'none') ~ '):' }}
 {%- endif %}"""
 
+# Expression semantics: Python integer division and modulo, membership, printing of lists / none / booleans.
+EXPRESSIONS = ("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ messages|length * 2 - 1 }} {{ 'a' in 'cat' }} "
+               "{{ 'x' not in ['x'] }} {{ [1, 'b'] }} {{ none }} {{ true }} {{ undefined_name }}|"
+               "{{ messages[0].role if messages else 'empty' }}|{{ messages[-1]['content'] | upper if messages }}|"
+               "{% for m in messages %}{{ loop.index }}/{{ loop.length }}:{{ loop.revindex0 }}"
+               "{% if loop.first %}F{% elif loop.last %}L{% else %}-{% endif %} {% else %}no messages{% endfor %}|"
+               "{% set n = 1 %}{% for m in messages %}{% set n = n + 1 %}{% endfor %}{{ n }}")
+
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"},
@@ -229,7 +237,7 @@ def render(template, messages, add_generation_prompt):
 
 def chat_fixture(reference):
     templates = {"smollm2": gguf_metadata_string(GGUF, "tokenizer.chat_template"), "chatml": CHATML,
-                 "zephyr": ZEPHYR, "exercise": EXERCISE}
+                 "zephyr": ZEPHYR, "exercise": EXERCISE, "expressions": EXPRESSIONS}
     renders = []
     for name, template in templates.items():
         for index, messages in enumerate(CONVERSATIONS):

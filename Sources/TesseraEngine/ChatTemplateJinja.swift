@@ -98,6 +98,7 @@ enum Jinja {
                 let close: Unicode.Scalar = kind == "{" ? "}" : kind
                 var j = i + 2
                 let stripBefore = j < s.count && s[j] == "-"
+                let keepBefore = j < s.count && s[j] == "+"  // `{%+` turns lstrip_blocks off for this tag
                 if j < s.count && (s[j] == "-" || s[j] == "+") { j += 1 }
                 // Find the closing `}}` / `%}` / `#}` (outside string literals for expressions and statements).
                 var k = j
@@ -119,7 +120,7 @@ enum Jinja {
                 if stripAfter || (bodyEnd > j && s[bodyEnd - 1] == "+") { bodyEnd -= 1 }
                 if stripBefore {
                     while let last = text.last, last.properties.isWhitespace { text.removeLast() }
-                } else if kind != "{" {
+                } else if kind != "{" && !keepBefore {
                     // lstrip_blocks: spaces and tabs between the start of the source line and a block tag go.
                     var m = i
                     while m > 0 && (s[m - 1] == " " || s[m - 1] == "\t") { m -= 1 }
@@ -638,7 +639,8 @@ enum Jinja {
             case "+": return .int(x + y)
             case "-": return .int(x - y)
             case "*": return .int(x * y)
-            case "//", "/" where y != 0 && x % y == 0: return .int(x / y)
+            // Python floor division and modulo; true division ("/") would give a float, which is not supported.
+            case "//" where y != 0: return .int(Int((Double(x) / Double(y)).rounded(.down)))
             case "%" where y != 0: return .int(((x % y) + y) % y)
             case "<": return .bool(x < y)
             case ">": return .bool(x > y)

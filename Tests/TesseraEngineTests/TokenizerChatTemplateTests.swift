@@ -30,7 +30,7 @@ struct TokenizerChatTemplateTests {
                 + "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
     }
 
-    @Test("renders equal jinja2's", arguments: ["smollm2", "chatml", "zephyr", "exercise"])
+    @Test("renders equal jinja2's", arguments: ["smollm2", "chatml", "zephyr", "exercise", "expressions"])
     func rendersMatchJinja2(name: String) throws {
         let fixture = try Self.fixture()
         let source = try #require(fixture["templates"]?[name]?.stringValue)
@@ -41,7 +41,7 @@ struct TokenizerChatTemplateTests {
         for item in try #require(fixture["renders"]?.arrayValue) where item["template"]?.stringValue == name {
             let conversation = try #require(item["conversation"]?.intValue)
             let messages = Self.messages(conversations[conversation])
-            let generation = try #require(item["add_generation_prompt"]?.boolValue)
+            let generation = try #require(item["add_generation_prompt"].flatMap(\.boolValue))
             let text = try template.render(messages, addGenerationPrompt: generation,
                                            bosToken: fixture["bos_token"]?.stringValue ?? "",
                                            eosToken: fixture["eos_token"]?.stringValue ?? "")

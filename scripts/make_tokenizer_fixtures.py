@@ -252,6 +252,31 @@ def chat_fixture(reference):
             "conversations": CONVERSATIONS, "renders": renders}
 
 
+def fnv1a64(ids):
+    """FNV-1a over the ids as little-endian u32: a compact fingerprint of a long id sequence."""
+    h = 0xcbf29ce484222325
+    for i in ids:
+        for byte in struct.pack("<I", i):
+            h = ((h ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
+def arc_easy_requests(reference, count=100):
+    """lm-eval-harness ARC-Easy requests: context and each " {choice}" continuation, tokenized separately."""
+    rows = []
+    with open(os.path.join(SHARED, "data", "ARC-Easy-test.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            if len(rows) == count:
+                break
+            item = json.loads(line)
+            context = "Question: " + item["question"] + "\nAnswer:"
+            continuations = [" " + choice for choice in item["choices"]["text"]]
+            rows.append({"id": item["id"], "context": context, "context_ids": reference.encode(context).ids,
+                         "continuations": continuations,
+                         "continuation_ids": [reference.encode(c).ids for c in continuations]})
+    return rows
+
+
 def wikitext_lines():
     with open(WIKITEXT, encoding="utf-8", newline="") as f:
         text = f.read()
@@ -310,7 +335,11 @@ def main():
         "cases": cases,
         "wikitext_variant_lines": interesting,
         "wikitext_variant_ids": wikitext_variants,
+        "arc_easy_test_first100": arc_easy_requests(reference),
     }
+    with open(os.path.join(SHARED, "data", "tinyshakespeare.txt"), encoding="utf-8", newline="") as f:
+        shakespeare = reference.encode(f.read()).ids
+    document["tinyshakespeare"] = {"tokens": len(shakespeare), "fnv1a64": fnv1a64(shakespeare)}
     with open(os.path.join(OUT, "tokenizer_smollm2_cases.json"), "w", encoding="utf-8") as f:
         json.dump(document, f, ensure_ascii=True, indent=None, separators=(",", ":"))
         f.write("\n")

@@ -89,6 +89,35 @@ struct BPETokenizerTests {
         for k in 0..<lines.count { #expect(results.ids[k] == reference[k], "line \(k + 1)") }
     }
 
+    @Test("ARC-Easy test requests (lm-eval-harness contexts and continuations) and all of tinyshakespeare")
+    func arcEasyAndShakespeare() throws {
+        let tokenizer = try Support.reference.get()
+        let document = try Support.cases()
+        let requests = try #require(document["arc_easy_test_first100"]?.arrayValue)
+        #expect(requests.count == 100)
+        for request in requests {
+            let context = try #require(request["context"]?.stringValue)
+            #expect(try tokenizer.encode(context) == (request["context_ids"]?.arrayValue ?? []).compactMap(\.intValue))
+            let continuations = (request["continuations"]?.arrayValue ?? []).compactMap(\.stringValue)
+            let expected = (request["continuation_ids"]?.arrayValue ?? []).map { ($0.arrayValue ?? []).compactMap(\.intValue) }
+            #expect(try continuations.map { try tokenizer.encode($0) } == expected)
+        }
+        let text = String(decoding: try Support.read(Support.sharedDirectory + "/data/tinyshakespeare.txt"), as: UTF8.self)
+        let ids = try tokenizer.encode(text)
+        // FNV-1a 64 over the ids as little-endian u32, as the fixture script computes it.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for id in ids {
+            for shift in stride(from: 0, to: 32, by: 8) {
+                hash = (hash ^ UInt64((UInt32(id) >> UInt32(shift)) & 0xFF)) &* 0x0000_0100_0000_01b3
+            }
+        }
+        #expect(ids.count == document["tinyshakespeare"]?["tokens"]?.intValue)
+        let fingerprint = String(hash, radix: 16)
+        #expect(String(repeating: "0", count: 16 - fingerprint.count) + fingerprint
+                == document["tinyshakespeare"]?["fnv1a64"]?.stringValue)
+        #expect(tokenizer.decode(ids) == text)
+    }
+
     @Test("hard strings: unicode, digits, whitespace runs, contractions, emoji, special tokens in text")
     func hardStrings() throws {
         let tokenizer = try Support.reference.get()

@@ -1,0 +1,151 @@
+/// Exact rank selection by magnitude in O(n), without sorting and without a copy of the tensor.
+///
+/// The magnitude key of a float is its bit pattern with the sign cleared: for every non-NaN float, ordering these
+/// unsigned keys is ordering |x| (+0 and -0 share key 0; NaN keys sort above infinity). A two-pass radix select
+/// finds the key at a given rank: pass 1 histograms the high 15 bits, pass 2 the low 16 bits of the elements in the
+/// bucket that holds the rank. Both passes run over two cores with per-thread histograms.
+///
+/// Ties are ordered by flat index (lower index first), the deterministic order the reference spec uses in place of
+/// torch's implementation-defined one, so "the k largest" is a set, not a choice.
+enum MagnitudeSelect {
+    @inline(__always) static func key(_ x: Float) -> UInt32 { x.bitPattern & 0x7FFF_FFFF }
+
+    /// Where rank `rank` (0-based) falls in the order by key, descending (`descending`) or ascending:
+    /// `value` is the key of the element at that rank, `before` the number of elements strictly before all
+    /// elements with that key, `ties` the number of elements with that key.
+    struct Threshold: Equatable {
+        var value: UInt32
+        var before: Int
+        var ties: Int
+    }
+
+    static func threshold(_ x: UnsafeBufferPointer<Float>, rank: Int, descending: Bool) -> Threshold {
+        precondition(rank >= 0 && rank < x.count)
+        let hiBins = 1 << 15, loBins = 1 << 16
+        // Pass 1: high 15 bits.
+        let hist1 = histogram(x, bins: hiBins) { k in Int(k >> 16) }
+        var before = 0
+        var bucket = 0
+        if descending {
+            var b = hiBins - 1
+            while b >= 0 { if before + hist1[b] > rank { break }; before += hist1[b]; b -= 1 }
+            bucket = b
+        } else {
+            var b = 0
+            while b < hiBins { if before + hist1[b] > rank { break }; before += hist1[b]; b += 1 }
+            bucket = b
+        }
+        // Pass 2: low 16 bits of the elements in that bucket.
+        let hi = UInt32(bucket) << 16
+        let hist2 = histogram(x, bins: loBins) { k in (k & 0xFFFF_0000) == hi ? Int(k & 0xFFFF) : -1 }
+        var lo = 0
+        if descending {
+            var b = loBins - 1
+            while b >= 0 { if before + hist2[b] > rank { break }; before += hist2[b]; b -= 1 }
+            lo = b
+        } else {
+            var b = 0
+            while b < loBins { if before + hist2[b] > rank { break }; before += hist2[b]; b += 1 }
+            lo = b
+        }
+        return Threshold(value: hi | UInt32(lo), before: before, ties: hist2[lo])
+    }
+
+    /// Per-thread histograms of `bin(key)` (a negative bin skips the element), summed.
+    private static func histogram(_ x: UnsafeBufferPointer<Float>, bins: Int, _ bin: (UInt32) -> Int) -> [Int] {
+        let ranges = Parallel.chunkRanges(x.count)
+        var partial = [UInt32](repeating: 0, count: bins * ranges.count)
+        partial.withUnsafeMutableBufferPointer { h in
+            let hp = SharedMutablePointer(h.baseAddress!)
+            Parallel.forRanges(ranges) { c, range in
+                let mine = hp.base + c * bins
+                for i in range {
+                    let b = bin(key(x[i]))
+                    if b >= 0 { mine[b] &+= 1 }
+                }
+            }
+        }
+        var total = [Int](repeating: 0, count: bins)
+        for c in 0..<ranges.count {
+            for b in 0..<bins { total[b] += Int(partial[c * bins + b]) }
+        }
+        return total
+    }
+
+    /// Keeps the `k` largest-magnitude entries (ties at the threshold go to the lower flat indices), multiplying them
+    /// by `scale`, and sets every other entry to zero, in place. `k` must be in 1...count.
+    static func keepTopK(_ x: UnsafeMutableBufferPointer<Float>, k: Int, scale: Float) {
+        let n = x.count
+        if k >= n {
+            if scale != 1 { Parallel.forChunks(n) { _, r in for i in r { x[i] *= scale } } }
+            return
+        }
+        let t = threshold(UnsafeBufferPointer(x), rank: k - 1, descending: true)
+        let v = t.value
+        let tiesKept = k - t.before
+        if tiesKept == t.ties {
+            // Every element at the threshold is kept: a pure predicate, no order needed.
+            Parallel.forChunks(n) { _, r in
+                for i in r { x[i] = key(x[i]) >= v ? x[i] * scale : 0 }
+            }
+            return
+        }
+        // Only the first `tiesKept` elements with key == v (by index) survive: count ties per chunk, then mask with
+        // each chunk's starting tie rank.
+        let ranges = Parallel.chunkRanges(n)
+        var tieCounts = [Int](repeating: 0, count: ranges.count)
+        tieCounts.withUnsafeMutableBufferPointer { tc in
+            let p = SharedMutablePointer(tc.baseAddress!)
+            Parallel.forRanges(ranges) { c, r in
+                var count = 0
+                for i in r where key(x[i]) == v { count += 1 }
+                p[c] = count
+            }
+        }
+        var starts = [Int](repeating: 0, count: ranges.count)
+        for c in 1..<max(1, ranges.count) { starts[c] = starts[c - 1] + tieCounts[c - 1] }
+        Parallel.forRanges(ranges) { c, r in
+            var tieRank = starts[c]
+            for i in r {
+                let kx = key(x[i])
+                if kx > v {
+                    x[i] *= scale
+                } else if kx == v {
+                    x[i] = tieRank < tiesKept ? x[i] * scale : 0
+                    tieRank += 1
+                } else {
+                    x[i] = 0
+                }
+            }
+        }
+    }
+
+    /// Membership of each element in ranks `lower..<upper` of the ascending magnitude order (ties by lower index
+    /// first), as mergekit's `magnitude_outliers` (breadcrumbs) keeps them. Zeroes the others in place; returns the
+    /// number kept. Serial: breadcrumbs is not on the hot path.
+    @discardableResult
+    static func keepAscendingRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int) -> Int {
+        let n = x.count
+        let lo = max(0, min(lower, n)), hi = max(lo, min(upper, n))
+        if lo == hi { for i in 0..<n { x[i] = 0 }; return 0 }
+        if lo == 0 && hi == n { return n }
+        // rank < lo  <=>  key < a.value || (key == a.value && tie# < lo - a.before); same for hi.
+        let a = lo > 0 ? threshold(UnsafeBufferPointer(x), rank: lo, descending: false) : nil
+        let b = hi < n ? threshold(UnsafeBufferPointer(x), rank: hi, descending: false) : nil
+        var tieA = 0, tieB = 0
+        var kept = 0
+        for i in 0..<n {
+            let kx = key(x[i])
+            var belowLower = false
+            if let a {
+                if kx < a.value { belowLower = true } else if kx == a.value { belowLower = tieA < lo - a.before; tieA += 1 }
+            }
+            var belowUpper = true
+            if let b {
+                if kx > b.value { belowUpper = false } else if kx == b.value { belowUpper = tieB < hi - b.before; tieB += 1 }
+            }
+            if !belowLower && belowUpper { kept += 1 } else { x[i] = 0 }
+        }
+        return kept
+    }
+}

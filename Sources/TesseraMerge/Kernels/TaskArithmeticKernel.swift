@@ -1,0 +1,191 @@
+import TesseraCore
+
+/// mergekit's "generalized task arithmetic", the kernel under task_arithmetic, ties, dare_linear, dare_ties,
+/// breadcrumbs and breadcrumbs_ties (mergekit 0.1.5 semantics, as restated in the reference spec `mk_gta`):
+///
+///     δ_i  = sparsify(θ_i − θ_base)                   per model, with its own density
+///     wδ_i = w_i · δ_i                                 weights BEFORE the sign election
+///     consensus sum:   s = Σ_i wδ_i,   count: s = Σ_i sign(wδ_i);   elected sign = s ≥ 0 ? +1 : −1
+///                      (an exact zero vote elects +1; zero entries never agree)
+///     mixed = Σ_{i agreeing} wδ_i,     divisor = Σ_{i agreeing} w_i  (0 → 1)
+///     no consensus:    mixed = Σ_i wδ_i, divisor = Σ_i w_i
+///     normalize:       mixed /= divisor     (signed divisor: a lone weight −1 cancels itself; negate with λ = −1)
+///     θ = θ_base + λ · mixed
+enum TaskArithmeticKernel {
+    enum Sparsification { case none, magnitude, magnitudeOutliers, random }
+    enum Consensus: String { case none, sum, count }
+
+    static func consensus(_ p: MergeParameters, method: String) throws -> Consensus {
+        let s = p.has("consensus") ? try p.string("consensus") : "sum"
+        guard let c = Consensus(rawValue: s), c != .none else {
+            throw TesseraError(.invalidParameter, "\(method): consensus must be 'sum' or 'count', not '\(s)'", hint: "use consensus: sum (TIES) or count")
+        }
+        return c
+    }
+
+    static func density(_ p: MergeParameters, model: Int, tensor: String, method: String) throws -> Double {
+        let d = p.has("density") ? try p.double("density") : 1
+        guard d > 0, d <= 1, !d.isNaN else {
+            throw TesseraError(.invalidParameter, "\(method): density \(d) of model \(model) for tensor '\(tensor)' is outside (0, 1]",
+                               hint: "density is the fraction of each task vector kept: use a value in (0, 1]")
+        }
+        return d
+    }
+
+    static func merge(_ input: inout TensorMergeInput, method: String, sparsification: Sparsification, consensus: Consensus) throws -> [Float] {
+        var base = try input.requireBase(method)
+        input.base = nil
+        for i in input.models.indices where input.isBaseModel[i] { input.models[i] = [] } // keep `base` uniquely owned
+        let n = base.count
+        let indices = input.nonBaseIndices
+        if indices.isEmpty { return base }
+        let p = input.parameters
+        let normalize = try p.bool("normalize")
+        let rescale = p.has("rescale") ? try p.bool("rescale") : false
+        let lambda = Float(p.has("lambda") ? try p.double("lambda") : 1)
+        let seed = p.has("seed") ? try DareSeed.value(p, method: method) : 0
+
+        var weights: [Float] = []
+        var deltas: [[Float]] = []
+        for i in indices {
+            var d = input.models[i]
+            input.models[i] = []
+            guard d.count == n else {
+                throw TesseraError(.shapeMismatch, "\(method): tensor '\(input.name)' of model \(i) has \(d.count) values, the base has \(n)")
+            }
+            let mp = input.modelParameters[i]
+            weights.append(Float(try mp.double("weight")))
+            let density = try density(mp, model: i, tensor: input.name, method: method)
+            d.withUnsafeMutableBufferPointer { dp in
+                base.withUnsafeBufferPointer { bp in
+                    Parallel.forChunks(n) { _, r in for j in r { dp[j] -= bp[j] } }
+                }
+            }
+            if density < 1, n > 0 {
+                switch sparsification {
+                case .none:
+                    break
+                case .magnitude:
+                    let k = max(1, Int(density * Double(n)))
+                    let before = rescale ? l1(d) : 0
+                    d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k, scale: 1) }
+                    if rescale { rescaleL1(&d, originalSum: before) }
+                case .magnitudeOutliers:
+                    let gamma = mp.has("gamma") ? try mp.double("gamma") : 0.01
+                    guard gamma >= 0, gamma < 1 else {
+                        throw TesseraError(.invalidParameter, "\(method): gamma \(gamma) of model \(i) for tensor '\(input.name)' is outside [0, 1)",
+                                           hint: "gamma is the fraction of largest-magnitude outliers dropped")
+                    }
+                    let target = Int(density * Double(n))
+                    // n_bot = n − target − n_top; when negative mergekit shrinks n_top instead, so n_bot = 0.
+                    let bottom = max(0, n - target - Int(gamma * Double(n)))
+                    let before = rescale ? l1(d) : 0
+                    _ = d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepAscendingRanks($0, lower: bottom, upper: bottom + target) }
+                    if rescale { rescaleL1(&d, originalSum: before) }
+                case .random:
+                    let key = DropRNG.streamKey(seed: seed, tensor: input.name, model: i)
+                    let scale: Float = rescale ? 1 / Float(density) : 1
+                    if rescale {
+                        // mergekit divides by density after masking; x * (1/d) can differ from x / d in the last bit.
+                        d.withUnsafeMutableBufferPointer { DropRNG.dropAndRescale($0, density: density, scale: 1, key: key) }
+                        let fd = Float(density)
+                        d.withUnsafeMutableBufferPointer { dp in Parallel.forChunks(n) { _, r in for j in r { dp[j] /= fd } } }
+                    } else {
+                        d.withUnsafeMutableBufferPointer { DropRNG.dropAndRescale($0, density: density, scale: scale, key: key) }
+                    }
+                }
+            }
+            deltas.append(d)
+        }
+
+        var scalarDivisor: Float = 1
+        if consensus == .none {
+            var sum: Float = 0
+            for w in weights { sum += w }
+            if normalize {
+                guard abs(sum) >= 1e-8 else {
+                    throw TesseraError(.invalidParameter, "\(method): the weights sum to \(sum) under normalize: true (tensor '\(input.name)')",
+                                       hint: "use weights with a non-zero sum, or normalize: false (to negate a task vector use lambda: -1)")
+                }
+                scalarDivisor = sum
+            }
+        }
+        let m = deltas.count
+        let w = weights
+        withBufferPointers(&deltas) { dps in
+            base.withUnsafeMutableBufferPointer { bp in
+                let d = dps
+                Parallel.forChunks(n) { _, r in
+                    var wd = [Float](repeating: 0, count: m)
+                    wd.withUnsafeMutableBufferPointer { wdp in
+                        for j in r {
+                            var mixed: Float = 0
+                            var divisor: Float = scalarDivisor
+                            switch consensus {
+                            case .none:
+                                for i in 0..<m { mixed += d[i][j] * w[i] }
+                            case .sum, .count:
+                                var s: Float = 0
+                                for i in 0..<m {
+                                    let v = d[i][j] * w[i]
+                                    wdp[i] = v
+                                    if consensus == .sum { s += v } else { s += v > 0 ? 1 : (v < 0 ? -1 : 0) }
+                                }
+                                let positive = s >= 0
+                                var agreeing: Float = 0
+                                for i in 0..<m {
+                                    let v = wdp[i]
+                                    if positive ? v > 0 : v < 0 { mixed += v; agreeing += w[i] }
+                                }
+                                divisor = agreeing == 0 ? 1 : agreeing
+                            }
+                            if normalize { mixed /= divisor }
+                            if lambda != 1 { mixed *= lambda }
+                            bp[j] = bp[j] + mixed
+                        }
+                    }
+                }
+            }
+        }
+        return base
+    }
+
+    static func l1(_ x: [Float]) -> Double {
+        var s = 0.0
+        for v in x { s += Double(abs(v)) }
+        return s
+    }
+
+    /// mergekit's `rescale_sum` for magnitude-based sparsification: restore the L1 norm the pruning removed.
+    static func rescaleL1(_ x: inout [Float], originalSum: Double) {
+        let newSum = l1(x)
+        guard originalSum >= 1e-8, newSum >= 1e-8 else { return }
+        let f = Float(originalSum / newSum)
+        for j in x.indices { x[j] *= f }
+    }
+}
+
+/// Pointers to several arrays at once (nested `withUnsafeMutableBufferPointer`), for kernels that read N models per
+/// element. The pointers are valid only inside `body`.
+func withBufferPointers<R>(_ arrays: inout [[Float]], from k: Int = 0, _ acc: [UnsafeMutablePointer<Float>] = [],
+                           _ body: ([UnsafeMutablePointer<Float>]) throws -> R) rethrows -> R {
+    if k == arrays.count { return try body(acc) }
+    var a = arrays[k]
+    arrays[k] = []
+    defer { arrays[k] = a }
+    return try a.withUnsafeMutableBufferPointer { p in
+        // An empty array has no storage; its pointer is never dereferenced (the loops run over zero elements).
+        let ptr = p.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
+        return try withBufferPointers(&arrays, from: k + 1, acc + [ptr], body)
+    }
+}
+
+enum DareSeed {
+    static func value(_ p: MergeParameters, method: String) throws -> UInt64 {
+        let d = try p.double("seed")
+        guard d == d.rounded(), abs(d) < 9.007_199_254_740_992e15 else {
+            throw TesseraError(.invalidParameter, "\(method): seed \(d) is not an integer", hint: "use an integer seed, e.g. seed: 42")
+        }
+        return UInt64(bitPattern: Int64(d))
+    }
+}

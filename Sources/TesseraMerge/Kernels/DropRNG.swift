@@ -35,14 +35,14 @@ public enum DropRNG {
         UInt64((density * 9_007_199_254_740_992.0).rounded(.down))
     }
 
-    /// DARE's drop: keeps each entry with probability `density` and multiplies survivors by `scale` (1/density when
-    /// rescaling), zeroing the rest, in place. Returns nothing; the kept fraction is density in expectation.
-    static func dropAndRescale(_ x: UnsafeMutableBufferPointer<Float>, density: Double, scale: Float, key: UInt64) {
+    /// DARE's drop: keeps each entry with probability `density` and zeroes the rest, in place (the kept fraction is
+    /// density in expectation). Rescaling is the caller's.
+    static func drop(_ x: UnsafeMutableBufferPointer<Float>, density: Double, key: UInt64) {
         let limit = threshold(density: density)
         Parallel.forChunks(x.count) { _, r in
             for j in r {
                 let u = mix64(key &+ UInt64(j + 1) &* golden) >> 11
-                x[j] = u < limit ? x[j] * scale : 0
+                if u >= limit { x[j] = 0 }
             }
         }
     }

@@ -44,6 +44,11 @@ enum TaskArithmeticKernel {
         let rescale = p.has("rescale") ? try p.bool("rescale") : false
         let lambda = Float(p.has("lambda") ? try p.double("lambda") : 1)
         let seed = p.has("seed") ? try DareSeed.value(p, method: method) : 0
+        let rescaleMode = p.has("rescale_mode") ? try p.string("rescale_mode") : "l1"
+        guard rescaleMode == "l1" || rescaleMode == "density" else {
+            throw TesseraError(.invalidParameter, "\(method): rescale_mode must be 'l1' or 'density', not '\(rescaleMode)'",
+                               hint: "l1 restores each task vector's L1 norm (mergekit); density divides by the keep probability (DARE paper)")
+        }
 
         var weights: [Float] = []
         var deltas: [[Float]] = []
@@ -84,14 +89,16 @@ enum TaskArithmeticKernel {
                     if rescale { rescaleL1(&d, originalSum: before) }
                 case .random:
                     let key = DropRNG.streamKey(seed: seed, tensor: input.name, model: i)
-                    let scale: Float = rescale ? 1 / Float(density) : 1
+                    let before = rescale ? l1(d) : 0
+                    d.withUnsafeMutableBufferPointer { DropRNG.drop($0, density: density, key: key) }
                     if rescale {
-                        // mergekit divides by density after masking; x * (1/d) can differ from x / d in the last bit.
-                        d.withUnsafeMutableBufferPointer { DropRNG.dropAndRescale($0, density: density, scale: 1, key: key) }
-                        let fd = Float(density)
-                        d.withUnsafeMutableBufferPointer { dp in Parallel.forChunks(n) { _, r in for j in r { dp[j] /= fd } } }
-                    } else {
-                        d.withUnsafeMutableBufferPointer { DropRNG.dropAndRescale($0, density: density, scale: scale, key: key) }
+                        if rescaleMode == "density" {
+                            // The DARE paper's rescale: survivors divided by the keep probability.
+                            let fd = Float(density)
+                            d.withUnsafeMutableBufferPointer { dp in Parallel.forChunks(n) { _, r in for j in r { dp[j] /= fd } } }
+                        } else {
+                            rescaleL1(&d, originalSum: before)
+                        }
                     }
                 }
             }
@@ -156,10 +163,11 @@ enum TaskArithmeticKernel {
         return s
     }
 
-    /// mergekit's `rescale_sum` for magnitude-based sparsification: restore the L1 norm the pruning removed.
+    /// mergekit's L1 rescale (`rescaled_masked_tensor` with norm l1): multiply the survivors by ‖τ‖₁ / ‖mask ⊙ τ‖₁,
+    /// unless either norm is below 1e-7.
     static func rescaleL1(_ x: inout [Float], originalSum: Double) {
         let newSum = l1(x)
-        guard originalSum >= 1e-8, newSum >= 1e-8 else { return }
+        guard originalSum >= 1e-7, newSum >= 1e-7 else { return }
         let f = Float(originalSum / newSum)
         for j in x.indices { x[j] *= f }
     }

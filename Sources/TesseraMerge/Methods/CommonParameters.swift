@@ -9,6 +9,7 @@ enum CommonParameters {
     static func rescale(_ d: Bool) -> ParameterDefinition {
         .bool("rescale", d, help: "DARE: divide survivors by density; magnitude methods: restore the L1 norm")
     }
+    static let rescaleMode = ParameterDefinition.string("rescale_mode", "l1", help: "DARE rescale: l1 (restore ‖τ‖₁, mergekit) or density (divide by density, DARE paper)")
     static let lambda = ParameterDefinition.number("lambda", 1, help: "scale of the merged task vector")
     static let int8Mask = ParameterDefinition.bool("int8_mask", false, help: "mergekit memory option; accepted and ignored")
     static let consensus = ParameterDefinition.string("consensus", "sum", help: "sign election: sum (TIES) or count")

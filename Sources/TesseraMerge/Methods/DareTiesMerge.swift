@@ -5,7 +5,7 @@ public struct DareTiesMerge: MergeMethod {
     public static let summary = "random drop + rescale, then TIES sign election"
     public static let baseUse = BaseUse.required
     public static let globalParameters: [ParameterDefinition] = [
-        CommonParameters.normalize(false), CommonParameters.rescale(true), CommonParameters.lambda, CommonParameters.seed,
+        CommonParameters.normalize(false), CommonParameters.rescale(true), CommonParameters.rescaleMode, CommonParameters.lambda, CommonParameters.seed,
         CommonParameters.consensus, CommonParameters.int8Mask,
     ]
     public static let modelParameters: [ParameterDefinition] = [CommonParameters.weight, CommonParameters.density]

@@ -156,7 +156,12 @@ final class MergeJob {
             throw TesseraError(.shapeMismatch, "tensor '\(name)' is \(info.dtype.rawValue) in '\(input.name)' but \(reference.dtype.rawValue) in '\(reference.name)'",
                                hint: "set dtype (e.g. dtype: float32) to merge inputs of different dtypes")
         }
-        var values = try FloatCodec.decode(try input.source.rawTensor(name), name: "\(input.name): \(name)")
+        var values: [Float]
+        if let direct = input.source as? StreamingSafetensorsSource, let v = try direct.readFloat32(name) {
+            values = v
+        } else {
+            values = try FloatCodec.decode(try input.source.rawTensor(name), name: "\(input.name): \(name)")
+        }
         if let d = plan.dtype { FloatCodec.quantize(&values, to: d) }
         return values
     }

@@ -69,6 +69,35 @@ public final class StreamingSafetensorsSource: TensorSource, @unchecked Sendable
     public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { index[name].map { ($0.dtype, $0.shape) } }
     public var metadata: [(String, String)] { layout.metadata }
 
+    /// F32 tensors read straight into float32 storage (one copy fewer than `rawTensor` + decode); nil for other dtypes.
+    func readFloat32(_ name: String) throws -> [Float]? {
+        guard let t = index[name], t.dtype == .f32, t.byteCount == 4 * t.elementCount else { return nil }
+        let n = t.elementCount
+        if n == 0 { return [] }
+        var failedAt: Int? = nil
+        let values = [Float](unsafeUninitializedCapacity: n) { buf, initialized in
+            let raw = UnsafeMutableRawPointer(buf.baseAddress!)
+            let count = t.byteCount, offset = layout.dataStart + t.begin
+            var done = 0
+            while done < count {
+                let r = pread(fd, raw + done, count - done, off_t(offset + done))
+                if r < 0 && errno == EINTR { continue }
+                if r <= 0 { failedAt = offset + done; break }
+                done += r
+            }
+            if failedAt != nil { raw.initializeMemory(as: UInt8.self, repeating: 0, count: count) }
+            initialized = n
+        }
+        if let failedAt {
+            throw TesseraError(.io, "\(path): read failed at byte \(failedAt) (tensor '\(name)')", hint: "the file may be truncated or unreadable")
+        }
+        #if _endian(big)
+        return values.map { Float(bitPattern: UInt32(littleEndian: $0.bitPattern)) }
+        #else
+        return values
+        #endif
+    }
+
     public func rawTensor(_ name: String) throws -> RawTensor {
         guard let t = index[name] else {
             throw TesseraError(.notFound, "\(path): no tensor named '\(name)'", hint: "`tessera ls \(path)` lists the tensors")

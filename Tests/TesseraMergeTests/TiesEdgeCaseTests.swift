@@ -74,7 +74,8 @@ import TesseraMerge
         }
         let out = try runMerge(MergePlan(method: "ties", base: MergeInputModel(name: "b", source: baseSource), models: inputs))["t"]!.floats()
         let expected = NaiveSpec.mergekitTies(base: base, models: models, weights: weights, density: density)
-        #expect(out == expected)
+        let mismatches = out.indices.filter { out[$0] != expected[$0] }
+        #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first at \(mismatches.first ?? -1)")
     }
 
     @Test func peftVariantMatchesSpec() throws {

@@ -23,7 +23,7 @@ enum MagnitudeSelect {
         precondition(rank >= 0 && rank < x.count)
         let hiBins = 1 << 15, loBins = 1 << 16
         // Pass 1: high 15 bits.
-        let hist1 = histogram(x, bins: hiBins) { k in Int(k >> 16) }
+        let hist1 = histogram(x, bins: hiBins, highBitsOf: nil)
         var before = 0
         var bucket = 0
         if descending {
@@ -37,7 +37,7 @@ enum MagnitudeSelect {
         }
         // Pass 2: low 16 bits of the elements in that bucket.
         let hi = UInt32(bucket) << 16
-        let hist2 = histogram(x, bins: loBins) { k in (k & 0xFFFF_0000) == hi ? Int(k & 0xFFFF) : -1 }
+        let hist2 = histogram(x, bins: loBins, highBitsOf: hi)
         var lo = 0
         if descending {
             var b = loBins - 1
@@ -51,18 +51,16 @@ enum MagnitudeSelect {
         return Threshold(value: hi | UInt32(lo), before: before, ties: hist2[lo])
     }
 
-    /// Per-thread histograms of `bin(key)` (a negative bin skips the element), summed.
-    private static func histogram(_ x: UnsafeBufferPointer<Float>, bins: Int, _ bin: (UInt32) -> Int) -> [Int] {
+    /// Per-thread histograms, summed: of the high 15 key bits (`high` nil), or of the low 16 bits of the keys whose
+    /// high bits equal `high`.
+    private static func histogram(_ x: UnsafeBufferPointer<Float>, bins: Int, highBitsOf high: UInt32?) -> [Int] {
         let ranges = Parallel.chunkRanges(x.count)
         var partial = [UInt32](repeating: 0, count: bins * ranges.count)
         partial.withUnsafeMutableBufferPointer { h in
             let hp = SharedMutablePointer(h.baseAddress!)
+            let src = x.baseAddress ?? UnsafePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
             Parallel.forRanges(ranges) { c, range in
-                let mine = hp.base + c * bins
-                for i in range {
-                    let b = bin(key(x[i]))
-                    if b >= 0 { mine[b] &+= 1 }
-                }
+                countChunk(src, range, into: hp.base + c * bins, high: high)
             }
         }
         var total = [Int](repeating: 0, count: bins)
@@ -70,6 +68,18 @@ enum MagnitudeSelect {
             for b in 0..<bins { total[b] += Int(partial[c * bins + b]) }
         }
         return total
+    }
+
+    @inline(never)
+    private static func countChunk(_ x: UnsafePointer<Float>, _ range: Range<Int>, into h: UnsafeMutablePointer<UInt32>, high: UInt32?) {
+        if let high {
+            for i in range {
+                let k = key(x[i])
+                if k & 0xFFFF_0000 == high { h[Int(k & 0xFFFF)] &+= 1 }
+            }
+        } else {
+            for i in range { h[Int(key(x[i]) >> 16)] &+= 1 }
+        }
     }
 
     /// Keeps the `k` largest-magnitude entries (ties at the threshold go to the lower flat indices), multiplying them

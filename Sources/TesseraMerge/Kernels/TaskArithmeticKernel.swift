@@ -118,43 +118,72 @@ enum TaskArithmeticKernel {
             }
         }
         let m = deltas.count
-        let w = weights
+        let weightPointer = UnsafeMutablePointer<Float>.allocate(capacity: m)
+        let deltaPointers = UnsafeMutablePointer<UnsafeMutablePointer<Float>>.allocate(capacity: m)
+        defer { weightPointer.deallocate(); deltaPointers.deallocate() }
+        for i in 0..<m { weightPointer[i] = weights[i] }
+        let divisor = scalarDivisor
         withBufferPointers(&deltas) { dps in
+            for i in 0..<m { deltaPointers[i] = dps[i] }
             base.withUnsafeMutableBufferPointer { bp in
-                let d = dps
+                let out = bp.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
                 Parallel.forChunks(n) { _, r in
-                    var wd = [Float](repeating: 0, count: m)
-                    wd.withUnsafeMutableBufferPointer { wdp in
-                        for j in r {
-                            var mixed: Float = 0
-                            var divisor: Float = scalarDivisor
-                            switch consensus {
-                            case .none:
-                                for i in 0..<m { mixed += d[i][j] * w[i] }
-                            case .sum, .count:
-                                var s: Float = 0
-                                for i in 0..<m {
-                                    let v = d[i][j] * w[i]
-                                    wdp[i] = v
-                                    if consensus == .sum { s += v } else { s += v > 0 ? 1 : (v < 0 ? -1 : 0) }
-                                }
-                                let positive = s >= 0
-                                var agreeing: Float = 0
-                                for i in 0..<m {
-                                    let v = wdp[i]
-                                    if positive ? v > 0 : v < 0 { mixed += v; agreeing += w[i] }
-                                }
-                                divisor = agreeing == 0 ? 1 : agreeing
-                            }
-                            if normalize { mixed /= divisor }
-                            if lambda != 1 { mixed *= lambda }
-                            bp[j] = bp[j] + mixed
-                        }
-                    }
+                    combine(r, out: out, deltas: deltaPointers, weights: weightPointer, models: m, consensus: consensus,
+                            normalize: normalize, lambda: lambda, divisor: divisor)
                 }
             }
         }
         return base
+    }
+
+    /// The per-element election and mix over one chunk (see the type's comment for the arithmetic). Works in blocks
+    /// that stay in L1 cache, looping models outside and elements inside, so the inner loops are branch-free and
+    /// vectorise whatever the number of models. Sums run over models in order, as mergekit's do.
+    @inline(never)
+    static func combine(_ r: Range<Int>, out: UnsafeMutablePointer<Float>, deltas d: UnsafeMutablePointer<UnsafeMutablePointer<Float>>,
+                        weights w: UnsafeMutablePointer<Float>, models m: Int, consensus: Consensus, normalize: Bool,
+                        lambda: Float, divisor: Float) {
+        let block = 2048
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 3 * block)
+        defer { scratch.deallocate() }
+        let vote = scratch, mixed = scratch + block, agreeing = scratch + 2 * block
+        var start = r.lowerBound
+        while start < r.upperBound {
+            let len = min(block, r.upperBound - start)
+            let o = out + start
+            mixed.update(repeating: 0, count: len)
+            if consensus == .none {
+                for i in 0..<m {
+                    let di = d[i] + start, wi = w[i]
+                    for j in 0..<len { mixed[j] += di[j] * wi }
+                }
+                if normalize { for j in 0..<len { mixed[j] /= divisor } }
+            } else {
+                vote.update(repeating: 0, count: len)
+                agreeing.update(repeating: 0, count: len)
+                for i in 0..<m {
+                    let di = d[i] + start, wi = w[i]
+                    if consensus == .sum {
+                        for j in 0..<len { vote[j] += di[j] * wi }
+                    } else {
+                        for j in 0..<len { let v = di[j] * wi; vote[j] += v > 0 ? 1 : (v < 0 ? -1 : 0) }
+                    }
+                }
+                for i in 0..<m {
+                    let di = d[i] + start, wi = w[i]
+                    for j in 0..<len {
+                        let v = di[j] * wi
+                        let agrees = vote[j] >= 0 ? v > 0 : v < 0   // an exact zero vote elects +1; zeros never agree
+                        mixed[j] += agrees ? v : 0
+                        agreeing[j] += agrees ? wi : 0
+                    }
+                }
+                if normalize { for j in 0..<len { mixed[j] /= agreeing[j] == 0 ? 1 : agreeing[j] } }
+            }
+            if lambda != 1 { for j in 0..<len { mixed[j] *= lambda } }
+            for j in 0..<len { o[j] = o[j] + mixed[j] }
+            start += len
+        }
     }
 
     static func l1(_ x: [Float]) -> Double {

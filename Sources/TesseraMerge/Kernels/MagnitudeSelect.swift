@@ -82,51 +82,25 @@ enum MagnitudeSelect {
         }
     }
 
-    /// Keeps the `k` largest-magnitude entries (ties at the threshold go to the lower flat indices), multiplying them
-    /// by `scale`, and sets every other entry to zero, in place. `k` must be in 1...count.
-    static func keepTopK(_ x: UnsafeMutableBufferPointer<Float>, k: Int, scale: Float) {
+    /// Keeps the `k` largest-magnitude entries (ties at the threshold go to the lower flat indices) and sets every other
+    /// entry to zero, in place. `k` must be in 1...count.
+    static func keepTopK(_ x: UnsafeMutableBufferPointer<Float>, k: Int) {
         let n = x.count
-        if k >= n {
-            if scale != 1 { Parallel.forChunks(n) { _, r in for i in r { x[i] *= scale } } }
-            return
-        }
+        if k >= n { return }
         let t = threshold(UnsafeBufferPointer(x), rank: k - 1, descending: true)
         let v = t.value
         let tiesKept = k - t.before
-        if tiesKept == t.ties {
-            // Every element at the threshold is kept: a pure predicate, no order needed.
-            Parallel.forChunks(n) { _, r in
-                for i in r { x[i] = key(x[i]) >= v ? x[i] * scale : 0 }
-            }
-            return
+        // Keep every element at or above the threshold (a branch-free pass over two cores) ...
+        Parallel.forChunks(n) { _, r in
+            for i in r { x[i] = key(x[i]) >= v ? x[i] : 0 }
         }
-        // Only the first `tiesKept` elements with key == v (by index) survive: count ties per chunk, then mask with
-        // each chunk's starting tie rank.
-        let ranges = Parallel.chunkRanges(n)
-        var tieCounts = [Int](repeating: 0, count: ranges.count)
-        tieCounts.withUnsafeMutableBufferPointer { tc in
-            let p = SharedMutablePointer(tc.baseAddress!)
-            Parallel.forRanges(ranges) { c, r in
-                var count = 0
-                for i in r where key(x[i]) == v { count += 1 }
-                p[c] = count
-            }
-        }
-        var starts = [Int](repeating: 0, count: ranges.count)
-        for c in 1..<max(1, ranges.count) { starts[c] = starts[c - 1] + tieCounts[c - 1] }
-        Parallel.forRanges(ranges) { c, r in
-            var tieRank = starts[c]
-            for i in r {
-                let kx = key(x[i])
-                if kx > v {
-                    x[i] *= scale
-                } else if kx == v {
-                    x[i] = tieRank < tiesKept ? x[i] * scale : 0
-                    tieRank += 1
-                } else {
-                    x[i] = 0
-                }
-            }
+        // ... then, when more elements share the threshold magnitude than fit (float32 magnitudes collide often in a
+        // large tensor), drop the surplus ties with the highest flat indices, scanning from the end.
+        var surplus = t.ties - tiesKept
+        var i = n - 1
+        while surplus > 0 && i >= 0 {
+            if key(x[i]) == v { x[i] = 0; surplus -= 1 }
+            i -= 1
         }
     }
 

@@ -73,7 +73,7 @@ enum TaskArithmeticKernel {
                 case .magnitude:
                     let k = max(1, Int(density * Double(n)))
                     let before = rescale ? l1(d) : 0
-                    d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k, scale: 1) }
+                    d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k) }
                     if rescale { rescaleL1(&d, originalSum: before) }
                 case .magnitudeOutliers:
                     let gamma = mp.has("gamma") ? try mp.double("gamma") : 0.01

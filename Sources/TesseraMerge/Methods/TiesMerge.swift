@@ -77,7 +77,7 @@ public struct TiesMerge: MergeMethod {
                 if k == 0 {
                     for j in 0..<n { d[j] = 0 }
                 } else {
-                    d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k, scale: 1) }
+                    d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k) }
                 }
             }
             trimmed.append(d)

@@ -112,6 +112,15 @@ import TesseraMerge
         }
     }
 
+    /// The driver's direct float32 read path (pread into float storage) gives the same merge.
+    @Test func streamingSourcesReproduceTies() throws {
+        let text = try String(contentsOfFile: ReferenceData.path("mergekit/configs/ties_density0.2.yaml"), encoding: .utf8)
+        let plan = try MergeConfig.parse(yaml: text).plan { try StreamingSafetensorsSource(path: ReferenceData.path($0)) }
+        let out = try runMerge(plan)
+        let ref = try ReferenceData.file("mergekit/ties_density0.2.safetensors")
+        for name in ref.tensorNames { #expect(relativeError(try out[name]!.floats(), try ref.floats(name)) <= 1e-6) }
+    }
+
     @Test func streamingSourceReadsTheSameTensors() throws {
         let path = ReferenceData.path("inputs/ft1.safetensors")
         let mapped = try SafetensorsFile(path: path)

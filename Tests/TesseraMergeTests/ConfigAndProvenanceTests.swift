@@ -129,3 +129,25 @@ import TesseraMerge
         }
     }
 }
+
+@Suite struct SlerpTests {
+    /// Nearly colinear tensors fall back to the plain lerp, as mergekit does; otherwise the spherical formula holds.
+    @Test func colinearFallsBackToLerp() throws {
+        let v0: [Float] = [1, 2, 3, 4]
+        let v1 = v0.map { $0 * 2 }
+        let base = try MemorySource("base", floats: [("x", [4], v0)])
+        let other = try MemorySource("other", floats: [("x", [4], v1)])
+        let plan = MergePlan(method: "slerp", base: MergeInputModel(name: "base", source: base),
+                             models: [MergeInputModel(name: "base", source: base), MergeInputModel(name: "other", source: other)],
+                             parameters: ["t": .number(0.25)])
+        let out = try runMerge(plan)["x"]!.floats()
+        #expect(out == zip(v0, v1).map { 0.75 * $0 + 0.25 * $1 })
+        // Orthogonal unit vectors: slerp at t stays on the unit circle at angle t·90°.
+        let a = try MemorySource("a", floats: [("x", [2], [1, 0])])
+        let b = try MemorySource("b", floats: [("x", [2], [0, 1])])
+        let p2 = MergePlan(method: "slerp", base: MergeInputModel(name: "a", source: a), models: [MergeInputModel(name: "b", source: b)],
+                           parameters: ["t": .number(1.0 / 3)])
+        let o2 = try runMerge(p2)["x"]!.floats()
+        #expect(abs(o2[0] - Float(cos(Double.pi / 6))) < 1e-6 && abs(o2[1] - Float(sin(Double.pi / 6))) < 1e-6)
+    }
+}

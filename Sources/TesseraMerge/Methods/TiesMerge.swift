@@ -71,11 +71,13 @@ public struct TiesMerge: MergeMethod {
             let mp = input.modelParameters[i]
             weights.append(Float(try mp.double("weight")))
             let density = try TaskArithmeticKernel.density(mp, model: i, tensor: input.name, method: Self.name)
-            for j in 0..<n { d[j] -= base[j] }
+            d.withUnsafeMutableBufferPointer { dp in
+                base.withUnsafeBufferPointer { bp in Parallel.forChunks(n) { _, r in for j in r { dp[j] -= bp[j] } } }
+            }
             if density < 1 {
                 let k = Int(density * Double(n))
                 if k == 0 {
-                    for j in 0..<n { d[j] = 0 }
+                    d = [Float](repeating: 0, count: n)
                 } else {
                     d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k) }
                 }
@@ -84,21 +86,28 @@ public struct TiesMerge: MergeMethod {
         }
         let m = trimmed.count
         if m == 0 { return base }
-        for j in 0..<n {
-            var s: Float = 0
-            for i in 0..<m {
-                let v = trimmed[i][j]
-                s += consensus == .sum ? v : (v > 0 ? 1 : (v < 0 ? -1 : 0))
+        let bySum = consensus == .sum
+        let w = UnsafeMutablePointer<Float>.allocate(capacity: m)
+        defer { w.deallocate() }
+        for i in 0..<m { w[i] = weights[i] }
+        withBufferPointers(&trimmed) { t in
+            base.withUnsafeMutableBufferPointer { out in
+                Parallel.forChunks(n) { _, r in
+                    for j in r {
+                        var s: Float = 0
+                        for i in 0..<m { let v = t[i][j]; s += bySum ? v : (v > 0 ? 1 : (v < 0 ? -1 : 0)) }
+                        var mixed: Float = 0
+                        var count: Float = 0
+                        for i in 0..<m {
+                            let v = t[i][j]
+                            let agrees = s >= 0 ? v > 0 : v < 0
+                            mixed += agrees ? v * w[i] : 0
+                            count += agrees ? 1 : 0
+                        }
+                        out[j] += lambda * (mixed / max(count, 1))
+                    }
+                }
             }
-            let positive = s >= 0
-            var mixed: Float = 0
-            var count: Float = 0
-            for i in 0..<m {
-                let v = trimmed[i][j]
-                if positive ? v > 0 : v < 0 { mixed += v * weights[i]; count += 1 }
-            }
-            mixed /= max(count, 1)
-            base[j] += lambda * mixed
         }
         return base
     }

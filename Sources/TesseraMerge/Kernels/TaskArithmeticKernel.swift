@@ -1,0 +1,228 @@
+import TesseraCore
+
+/// mergekit's "generalized task arithmetic", the kernel under task_arithmetic, ties, dare_linear, dare_ties,
+/// breadcrumbs and breadcrumbs_ties (mergekit 0.1.5 semantics, as restated in the reference spec `mk_gta`):
+///
+///     δ_i  = sparsify(θ_i − θ_base)                   per model, with its own density
+///     wδ_i = w_i · δ_i                                 weights BEFORE the sign election
+///     consensus sum:   s = Σ_i wδ_i,   count: s = Σ_i sign(wδ_i);   elected sign = s ≥ 0 ? +1 : −1
+///                      (an exact zero vote elects +1; zero entries never agree)
+///     mixed = Σ_{i agreeing} wδ_i,     divisor = Σ_{i agreeing} w_i  (0 → 1)
+///     no consensus:    mixed = Σ_i wδ_i, divisor = Σ_i w_i
+///     normalize:       mixed /= divisor     (signed divisor: a lone weight −1 cancels itself; negate with λ = −1)
+///     θ = θ_base + λ · mixed
+enum TaskArithmeticKernel {
+    enum Sparsification { case none, magnitude, magnitudeOutliers, random }
+    enum Consensus: String { case none, sum, count }
+
+    static func consensus(_ p: MergeParameters, method: String) throws -> Consensus {
+        let s = p.has("consensus") ? try p.string("consensus") : "sum"
+        guard let c = Consensus(rawValue: s), c != .none else {
+            throw TesseraError(.invalidParameter, "\(method): consensus must be 'sum' or 'count', not '\(s)'", hint: "use consensus: sum (TIES) or count")
+        }
+        return c
+    }
+
+    static func density(_ p: MergeParameters, model: Int, tensor: String, method: String) throws -> Double {
+        let d = p.has("density") ? try p.double("density") : 1
+        guard d > 0, d <= 1, !d.isNaN else {
+            throw TesseraError(.invalidParameter, "\(method): density \(d) of model \(model) for tensor '\(tensor)' is outside (0, 1]",
+                               hint: "density is the fraction of each task vector kept: use a value in (0, 1]")
+        }
+        return d
+    }
+
+    static func merge(_ input: inout TensorMergeInput, method: String, sparsification: Sparsification, consensus: Consensus) throws -> [Float] {
+        var base = try input.requireBase(method)
+        input.base = nil
+        for i in input.models.indices where input.isBaseModel[i] { input.models[i] = [] } // keep `base` uniquely owned
+        let n = base.count
+        let indices = input.nonBaseIndices
+        if indices.isEmpty { return base }
+        let p = input.parameters
+        let normalize = try p.bool("normalize")
+        let rescale = p.has("rescale") ? try p.bool("rescale") : false
+        let lambda = Float(p.has("lambda") ? try p.double("lambda") : 1)
+        let seed = p.has("seed") ? try DareSeed.value(p, method: method) : 0
+        let rescaleMode = p.has("rescale_mode") ? try p.string("rescale_mode") : "l1"
+        guard rescaleMode == "l1" || rescaleMode == "density" else {
+            throw TesseraError(.invalidParameter, "\(method): rescale_mode must be 'l1' or 'density', not '\(rescaleMode)'",
+                               hint: "l1 restores each task vector's L1 norm (mergekit); density divides by the keep probability (DARE paper)")
+        }
+
+        var weights: [Float] = []
+        var deltas: [[Float]] = []
+        for i in indices {
+            var d = input.models[i]
+            input.models[i] = []
+            guard d.count == n else {
+                throw TesseraError(.shapeMismatch, "\(method): tensor '\(input.name)' of model \(i) has \(d.count) values, the base has \(n)")
+            }
+            let mp = input.modelParameters[i]
+            weights.append(Float(try mp.double("weight")))
+            let density = try density(mp, model: i, tensor: input.name, method: method)
+            d.withUnsafeMutableBufferPointer { dp in
+                base.withUnsafeBufferPointer { bp in
+                    Parallel.forChunks(n) { _, r in for j in r { dp[j] -= bp[j] } }
+                }
+            }
+            if density < 1, n > 0 {
+                switch sparsification {
+                case .none:
+                    break
+                case .magnitude:
+                    let k = max(1, Int(density * Double(n)))
+                    let before = rescale ? l1(d) : 0
+                    d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k) }
+                    if rescale { rescaleL1(&d, originalSum: before) }
+                case .magnitudeOutliers:
+                    let gamma = mp.has("gamma") ? try mp.double("gamma") : 0.01
+                    guard gamma >= 0, gamma < 1 else {
+                        throw TesseraError(.invalidParameter, "\(method): gamma \(gamma) of model \(i) for tensor '\(input.name)' is outside [0, 1)",
+                                           hint: "gamma is the fraction of largest-magnitude outliers dropped")
+                    }
+                    let target = Int(density * Double(n))
+                    // n_bot = n − target − n_top; when negative mergekit shrinks n_top instead, so n_bot = 0.
+                    let bottom = max(0, n - target - Int(gamma * Double(n)))
+                    let before = rescale ? l1(d) : 0
+                    _ = d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepAscendingRanks($0, lower: bottom, upper: bottom + target) }
+                    if rescale { rescaleL1(&d, originalSum: before) }
+                case .random:
+                    let key = DropRNG.streamKey(seed: seed, tensor: input.name, model: i)
+                    let before = rescale ? l1(d) : 0
+                    d.withUnsafeMutableBufferPointer { DropRNG.drop($0, density: density, key: key) }
+                    if rescale {
+                        if rescaleMode == "density" {
+                            // The DARE paper's rescale: survivors divided by the keep probability.
+                            let fd = Float(density)
+                            d.withUnsafeMutableBufferPointer { dp in Parallel.forChunks(n) { _, r in for j in r { dp[j] /= fd } } }
+                        } else {
+                            rescaleL1(&d, originalSum: before)
+                        }
+                    }
+                }
+            }
+            deltas.append(d)
+        }
+
+        var scalarDivisor: Float = 1
+        if consensus == .none {
+            var sum: Float = 0
+            for w in weights { sum += w }
+            if normalize {
+                guard abs(sum) >= 1e-8 else {
+                    throw TesseraError(.invalidParameter, "\(method): the weights sum to \(sum) under normalize: true (tensor '\(input.name)')",
+                                       hint: "use weights with a non-zero sum, or normalize: false (to negate a task vector use lambda: -1)")
+                }
+                scalarDivisor = sum
+            }
+        }
+        let m = deltas.count
+        let weightPointer = UnsafeMutablePointer<Float>.allocate(capacity: m)
+        let deltaPointers = UnsafeMutablePointer<UnsafeMutablePointer<Float>>.allocate(capacity: m)
+        defer { weightPointer.deallocate(); deltaPointers.deallocate() }
+        for i in 0..<m { weightPointer[i] = weights[i] }
+        let divisor = scalarDivisor
+        withBufferPointers(&deltas) { dps in
+            for i in 0..<m { deltaPointers[i] = dps[i] }
+            base.withUnsafeMutableBufferPointer { bp in
+                let out = bp.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
+                Parallel.forChunks(n) { _, r in
+                    combine(r, out: out, deltas: deltaPointers, weights: weightPointer, models: m, consensus: consensus,
+                            normalize: normalize, lambda: lambda, divisor: divisor)
+                }
+            }
+        }
+        return base
+    }
+
+    /// The per-element election and mix over one chunk (see the type's comment for the arithmetic). Works in blocks
+    /// that stay in L1 cache, looping models outside and elements inside, so the inner loops are branch-free and
+    /// vectorise whatever the number of models. Sums run over models in order, as mergekit's do.
+    @inline(never)
+    static func combine(_ r: Range<Int>, out: UnsafeMutablePointer<Float>, deltas d: UnsafeMutablePointer<UnsafeMutablePointer<Float>>,
+                        weights w: UnsafeMutablePointer<Float>, models m: Int, consensus: Consensus, normalize: Bool,
+                        lambda: Float, divisor: Float) {
+        let block = 2048
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 3 * block)
+        defer { scratch.deallocate() }
+        let vote = scratch, mixed = scratch + block, agreeing = scratch + 2 * block
+        var start = r.lowerBound
+        while start < r.upperBound {
+            let len = min(block, r.upperBound - start)
+            let o = out + start
+            mixed.update(repeating: 0, count: len)
+            if consensus == .none {
+                for i in 0..<m {
+                    let di = d[i] + start, wi = w[i]
+                    for j in 0..<len { mixed[j] += di[j] * wi }
+                }
+                if normalize { for j in 0..<len { mixed[j] /= divisor } }
+            } else {
+                vote.update(repeating: 0, count: len)
+                agreeing.update(repeating: 0, count: len)
+                for i in 0..<m {
+                    let di = d[i] + start, wi = w[i]
+                    if consensus == .sum {
+                        for j in 0..<len { vote[j] += di[j] * wi }
+                    } else {
+                        for j in 0..<len { let v = di[j] * wi; vote[j] += v > 0 ? 1 : (v < 0 ? -1 : 0) }
+                    }
+                }
+                for i in 0..<m {
+                    let di = d[i] + start, wi = w[i]
+                    for j in 0..<len {
+                        let v = di[j] * wi
+                        let agrees = vote[j] >= 0 ? v > 0 : v < 0   // an exact zero vote elects +1; zeros never agree
+                        mixed[j] += agrees ? v : 0
+                        agreeing[j] += agrees ? wi : 0
+                    }
+                }
+                if normalize { for j in 0..<len { mixed[j] /= agreeing[j] == 0 ? 1 : agreeing[j] } }
+            }
+            if lambda != 1 { for j in 0..<len { mixed[j] *= lambda } }
+            for j in 0..<len { o[j] = o[j] + mixed[j] }
+            start += len
+        }
+    }
+
+    static func l1(_ x: [Float]) -> Double {
+        var s = 0.0
+        for v in x { s += Double(abs(v)) }
+        return s
+    }
+
+    /// mergekit's L1 rescale (`rescaled_masked_tensor` with norm l1): multiply the survivors by ‖τ‖₁ / ‖mask ⊙ τ‖₁,
+    /// unless either norm is below 1e-7.
+    static func rescaleL1(_ x: inout [Float], originalSum: Double) {
+        let newSum = l1(x)
+        guard originalSum >= 1e-7, newSum >= 1e-7 else { return }
+        let f = Float(originalSum / newSum)
+        for j in x.indices { x[j] *= f }
+    }
+}
+
+/// Pointers to several arrays at once (nested `withUnsafeMutableBufferPointer`), for kernels that read N models per
+/// element. The pointers are valid only inside `body`.
+func withBufferPointers<R>(_ arrays: inout [[Float]], from k: Int = 0, _ acc: [UnsafeMutablePointer<Float>] = [],
+                           _ body: ([UnsafeMutablePointer<Float>]) throws -> R) rethrows -> R {
+    if k == arrays.count { return try body(acc) }
+    var a = arrays[k]
+    arrays[k] = []
+    defer { arrays[k] = a }
+    return try a.withUnsafeMutableBufferPointer { p in
+        // An empty array has no storage; its pointer is never dereferenced (the loops run over zero elements).
+        let ptr = p.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
+        return try withBufferPointers(&arrays, from: k + 1, acc + [ptr], body)
+    }
+}
+
+enum DareSeed {
+    static func value(_ p: MergeParameters, method: String) throws -> UInt64 {
+        let d = try p.double("seed")
+        guard d == d.rounded(), abs(d) < 9.007_199_254_740_992e15 else {
+            throw TesseraError(.invalidParameter, "\(method): seed \(d) is not an integer", hint: "use an integer seed, e.g. seed: 42")
+        }
+        return UInt64(bitPattern: Int64(d))
+    }
+}

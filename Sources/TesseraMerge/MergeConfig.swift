@@ -1,0 +1,226 @@
+import TesseraCore
+import Yams
+
+/// A mergekit YAML config, as parsed (model references are still strings).
+///
+/// Supported keys: `merge_method`, `base_model`, `models` (each `model:` and optional `parameters:`), top-level
+/// `parameters`, `dtype`, `out_dtype`, `name`. Parameter values may be scalars, gradient lists of numbers, or lists
+/// of `{filter, value}`. A per-model `fisher: PATH` parameter gives the Fisher for `fisher`. `slices`, `modules`,
+/// `tokenizer_source`, `tokenizer` and `chat_template` are refused with a clear "not supported" error; any other
+/// unknown key is an error too (a typo must not silently change a merge).
+public struct MergeConfig: Sendable, Equatable {
+    public struct Model: Sendable, Equatable {
+        public var model: String
+        public var parameters: [String: ParameterSetting]
+        public var fisher: String?
+        public init(model: String, parameters: [String: ParameterSetting] = [:], fisher: String? = nil) {
+            self.model = model
+            self.parameters = parameters
+            self.fisher = fisher
+        }
+    }
+
+    public var method: String
+    public var baseModel: String?
+    public var models: [Model]
+    public var parameters: [String: ParameterSetting]
+    public var dtype: DType?
+    public var outDType: DType?
+
+    public init(method: String, baseModel: String? = nil, models: [Model], parameters: [String: ParameterSetting] = [:],
+                dtype: DType? = nil, outDType: DType? = nil) {
+        self.method = method
+        self.baseModel = baseModel
+        self.models = models
+        self.parameters = parameters
+        self.dtype = dtype
+        self.outDType = outDType
+    }
+
+    static let unsupportedKeys: [String: String] = [
+        "slices": "layer slicing (frankenmerges) is not supported; merge whole models",
+        "modules": "per-module slicing is not supported; merge whole models",
+        "tokenizer_source": "tokenizer merging is not supported; merge models that share a tokenizer",
+        "tokenizer": "tokenizer merging is not supported; merge models that share a tokenizer",
+        "chat_template": "chat templates are not part of a weight merge",
+    ]
+
+    public static func parse(yaml text: String, file: String = "merge config") throws -> MergeConfig {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            throw TesseraError(.invalidParameter, "\(file): invalid YAML", hint: "fix the YAML syntax", underlying: error)
+        }
+        guard let root, let top = root.mapping else {
+            throw TesseraError(.invalidParameter, "\(file): the config is not a YAML mapping", hint: "see the mergekit config format")
+        }
+        var method: String?
+        var base: String?
+        var models: [Model] = []
+        var parameters: [String: ParameterSetting] = [:]
+        var dtype: DType?
+        var outDType: DType?
+        for (k, v) in top {
+            guard let key = k.string else { throw TesseraError(.invalidParameter, "\(file): a key is not a string", hint: "fix the config") }
+            if let why = unsupportedKeys[key] {
+                throw TesseraError(.unsupported, "\(file): '\(key)' is not supported", hint: why)
+            }
+            switch key {
+            case "merge_method": method = try string(v, "merge_method", file)
+            case "base_model": base = try modelReference(v, "base_model", file)
+            case "models":
+                guard let seq = v.sequence else { throw TesseraError(.invalidParameter, "\(file): models must be a list", hint: "write models: - model: PATH") }
+                for (i, entry) in seq.enumerated() {
+                    guard let map = entry.mapping else {
+                        throw TesseraError(.invalidParameter, "\(file): models[\(i)] must be a mapping with 'model:'", hint: "write - model: PATH")
+                    }
+                    var ref: String?
+                    var params: [String: ParameterSetting] = [:]
+                    var fisher: String?
+                    for (mk, mv) in map {
+                        switch mk.string ?? "" {
+                        case "model": ref = try modelReference(mv, "models[\(i)].model", file)
+                        case "parameters":
+                            params = try parameterMap(mv, "models[\(i)].parameters", file)
+                            if let f = params.removeValue(forKey: "fisher") {
+                                guard case let .value(.string(path)) = f else {
+                                    throw TesseraError(.invalidParameter, "\(file): models[\(i)].parameters.fisher must be a path", hint: "write fisher: PATH")
+                                }
+                                fisher = path
+                            }
+                        default:
+                            throw TesseraError(.invalidParameter, "\(file): unknown key '\(mk.string ?? "?")' in models[\(i)]", hint: "a model entry has model: and parameters:")
+                        }
+                    }
+                    guard let ref else { throw TesseraError(.invalidParameter, "\(file): models[\(i)] has no 'model:'", hint: "write - model: PATH") }
+                    models.append(Model(model: ref, parameters: params, fisher: fisher))
+                }
+            case "parameters": parameters = try parameterMap(v, "parameters", file)
+            case "dtype": dtype = try dtypeValue(v, "dtype", file)
+            case "out_dtype": outDType = try dtypeValue(v, "out_dtype", file)
+            case "name": break
+            default:
+                throw TesseraError(.invalidParameter, "\(file): unknown key '\(key)'",
+                                   hint: "supported: merge_method, base_model, models, parameters, dtype, out_dtype")
+            }
+        }
+        guard let method else { throw TesseraError(.invalidParameter, "\(file): merge_method is missing", hint: "set merge_method, e.g. merge_method: ties") }
+        _ = try MergeRegistry.method(named: method)
+        guard !models.isEmpty else { throw TesseraError(.invalidParameter, "\(file): models is empty", hint: "list the models to merge") }
+        return MergeConfig(method: method, baseModel: base, models: models, parameters: parameters, dtype: dtype, outDType: outDType)
+    }
+
+    /// Resolves model references to sources. Each distinct reference is resolved once (a model listed twice, or the
+    /// base listed among the models, is the same source).
+    public func plan(resolver: (String) throws -> TensorSource) throws -> MergePlan {
+        var cache: [String: TensorSource] = [:]
+        func source(_ ref: String) throws -> TensorSource {
+            if let s = cache[ref] { return s }
+            let s = try resolver(ref)
+            cache[ref] = s
+            return s
+        }
+        let base = try baseModel.map { MergeInputModel(name: $0, source: try source($0)) }
+        let inputs = try models.map { m in
+            MergeInputModel(name: m.model, source: try source(m.model), parameters: m.parameters,
+                            fisher: try m.fisher.map { try source($0) }, fisherName: m.fisher)
+        }
+        return MergePlan(method: method, base: base, models: inputs, parameters: parameters, dtype: dtype, outDType: outDType)
+    }
+
+    // MARK: YAML values
+
+    static func string(_ n: Node, _ what: String, _ file: String) throws -> String {
+        guard case .scalar = n, let s = n.string else {
+            throw TesseraError(.invalidParameter, "\(file): \(what) must be a string", hint: "fix the config")
+        }
+        return s
+    }
+
+    static func modelReference(_ n: Node, _ what: String, _ file: String) throws -> String {
+        if case .mapping = n {
+            throw TesseraError(.unsupported, "\(file): \(what) as a mapping (LoRA or override form) is not supported",
+                               hint: "give the model as a path or REV:path string")
+        }
+        return try string(n, what, file)
+    }
+
+    static func dtypeValue(_ n: Node, _ what: String, _ file: String) throws -> DType {
+        let s = try string(n, what, file)
+        switch s.lowercased() {
+        case "float32", "fp32", "float", "f32": return .f32
+        case "float16", "fp16", "half", "f16": return .f16
+        case "bfloat16", "bf16": return .bf16
+        default:
+            throw TesseraError(.unsupported, "\(file): \(what) '\(s)' is not supported", hint: "use float32, float16 or bfloat16")
+        }
+    }
+
+    static func parameterMap(_ n: Node, _ what: String, _ file: String) throws -> [String: ParameterSetting] {
+        if case let .scalar(s) = n, n.null != nil || s.string.isEmpty { return [:] }
+        guard let map = n.mapping else {
+            throw TesseraError(.invalidParameter, "\(file): \(what) must be a mapping of parameter names to values", hint: "write parameters: {weight: 0.5}")
+        }
+        var out: [String: ParameterSetting] = [:]
+        for (k, v) in map {
+            guard let key = k.string else { throw TesseraError(.invalidParameter, "\(file): a key in \(what) is not a string", hint: "fix the config") }
+            out[key] = try setting(v, "\(what).\(key)", file)
+        }
+        return out
+    }
+
+    static func scalarValue(_ n: Node, _ what: String, _ file: String) throws -> MergeValue {
+        guard case let .scalar(s) = n else {
+            throw TesseraError(.invalidParameter, "\(file): \(what) must be a scalar", hint: "fix the config")
+        }
+        // Quoted scalars are strings; plain ones are resolved as YAML 1.1 core types, as mergekit's loader does.
+        if s.style == .plain {
+            if n.null != nil { throw TesseraError(.invalidParameter, "\(file): \(what) is empty", hint: "give it a value") }
+            if let i = n.int { return .number(Double(i)) }
+            if let d = n.float { return .number(d) }
+            if let b = n.bool { return .bool(b) }
+        }
+        return .string(s.string)
+    }
+
+    static func setting(_ n: Node, _ what: String, _ file: String) throws -> ParameterSetting {
+        switch n {
+        case .scalar:
+            return .value(try scalarValue(n, what, file))
+        case let .sequence(seq):
+            let items = Array(seq)
+            if items.allSatisfy({ $0.mapping != nil }) && !items.isEmpty {
+                var entries: [FilteredSetting] = []
+                for (i, item) in items.enumerated() {
+                    var filter: String?
+                    var value: ParameterSetting?
+                    for (k, v) in item.mapping! {
+                        switch k.string ?? "" {
+                        case "filter": filter = try string(v, "\(what)[\(i)].filter", file)
+                        case "value": value = try setting(v, "\(what)[\(i)].value", file)
+                        default:
+                            throw TesseraError(.invalidParameter, "\(file): unknown key '\(k.string ?? "?")' in \(what)[\(i)]", hint: "a filter entry has filter: and value:")
+                        }
+                    }
+                    guard let value else { throw TesseraError(.invalidParameter, "\(file): \(what)[\(i)] has no value", hint: "write {filter: ..., value: ...}") }
+                    entries.append(FilteredSetting(filter: filter, value: value))
+                }
+                return .filtered(entries)
+            }
+            var points: [Double] = []
+            for (i, item) in items.enumerated() {
+                guard case let .number(d) = try scalarValue(item, "\(what)[\(i)]", file) else {
+                    throw TesseraError(.unsupported, "\(file): \(what) is a list of non-numbers; only numeric gradients and filter lists are supported",
+                                       hint: "write a number, a list of numbers, or a list of {filter, value}")
+                }
+                points.append(d)
+            }
+            guard !points.isEmpty else { throw TesseraError(.invalidParameter, "\(file): \(what) is an empty list", hint: "give it a value") }
+            return .gradient(points)
+        case .mapping:
+            throw TesseraError(.unsupported, "\(file): \(what) is a mapping; parameter values are scalars, gradient lists or lists of {filter, value}",
+                               hint: "fix the config")
+        }
+    }
+}

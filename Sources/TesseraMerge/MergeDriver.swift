@@ -1,0 +1,207 @@
+import Foundation
+import TesseraCore
+
+/// What a finished merge reports.
+public struct MergeSummary: Sendable {
+    public var method: String
+    public var tensorCount: Int
+    public var parameterCount: Int
+    /// Global parameters as resolved for the first tensor (defaults filled in): what provenance records.
+    public var resolvedParameters: MergeParameters
+    /// Method-specific provenance (DARE: seed and generator).
+    public var methodProvenance: [(String, String)]
+}
+
+/// The streaming merge: one tensor at a time, from the sources to the sink. Memory is bounded by one tensor of each
+/// input plus the output, never a whole model.
+public enum MergeDriver {
+    /// Merges every tensor of the plan and hands each result to `sink` in the reference model's tensor order (the
+    /// base's, else the first model's).
+    @discardableResult
+    public static func run(_ plan: MergePlan, sink: (_ name: String, _ tensor: RawTensor) throws -> Void) throws -> MergeSummary {
+        let type = try MergeRegistry.method(named: plan.method)
+        let job = try MergeJob(plan: plan, type: type)
+        var method = type.init()
+        try method.prepare(MergePreparation(tensorNames: job.floatTensorNames, loadInput: { try job.loadInput($0) }))
+        var parameterCount = 0
+        for name in job.names {
+            if let passthrough = try job.nonFloatPassthrough(name) {
+                try sink(name, passthrough)
+                continue
+            }
+            var input = try job.loadInput(name)
+            let shape = input.shape
+            let count = input.elementCount
+            let out = try method.merge(&input)
+            guard out.count == count else {
+                throw TesseraError(.shapeMismatch, "\(plan.method): produced \(out.count) values for tensor '\(name)' of shape \(shape)")
+            }
+            if let k = FloatCodec.firstNonFinite(out) {
+                throw TesseraError(.invalidParameter, "\(plan.method): the merge of tensor '\(name)' produced \(out[k]) at index \(k)",
+                                   hint: "check the inputs and parameters (zero weight sums, zero Fishers, NaN inputs); nothing was written for this tensor")
+            }
+            try sink(name, try FloatCodec.encode(out, shape: shape, dtype: job.outputDType(name)))
+            parameterCount += count
+        }
+        let global = try job.globalParameters(job.names.first ?? "")
+        return MergeSummary(method: type.name, tensorCount: job.names.count, parameterCount: parameterCount,
+                            resolvedParameters: global, methodProvenance: method.provenance(parameters: global))
+    }
+
+    /// Merges into a safetensors file (tensors collected, then written atomically with provenance metadata).
+    /// For very large models prefer a sink that writes tensor by tensor.
+    public static func mergeToFile(_ plan: MergePlan, path: String, metadata extra: [(String, String)] = [],
+                                   tensorHash: ((TensorSource, String) -> String?)? = nil) throws -> MergeSummary {
+        var tensors: [(String, RawTensor)] = []
+        let summary = try run(plan) { tensors.append(($0, $1)) }
+        let meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: tensorHash) + extra
+        try SafetensorsWriter.write(tensors: tensors, metadata: meta, to: path)
+        return summary
+    }
+}
+
+/// The checked plan: sources agree on names, shapes and dtypes; parameters are known to the method.
+final class MergeJob {
+    let plan: MergePlan
+    let type: any MergeMethod.Type
+    let names: [String]
+    let floatTensorNames: [String]
+    let positions: LayerPositions
+    let isBase: [Bool]
+
+    init(plan: MergePlan, type: any MergeMethod.Type) throws {
+        self.plan = plan
+        self.type = type
+        guard !plan.models.isEmpty else {
+            throw TesseraError(.usage, "\(type.name): no models to merge", hint: "list at least one model")
+        }
+        if type.baseUse == .required && plan.base == nil {
+            throw TesseraError(.usage, "\(type.name) needs a base model", hint: "set base_model (the model the task vectors are taken from)")
+        }
+        if type.needsFisher, let i = plan.models.firstIndex(where: { $0.fisher == nil }) {
+            throw TesseraError(.usage, "\(type.name): model '\(plan.models[i].name)' has no Fisher",
+                               hint: "give every model a diagonal Fisher, in a config as parameters: {fisher: PATH}")
+        }
+        isBase = plan.models.indices.map { plan.isBase($0) }
+        // Unknown parameters fail before any tensor is read.
+        _ = try MergeParameters.resolve(plan.parameters, definitions: type.globalParameters, tensor: "", layerPosition: 0,
+                                        method: type.name, scope: "global")
+        for m in plan.models {
+            _ = try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: "", layerPosition: 0,
+                                            method: type.name, scope: "model '\(m.name)'")
+        }
+        let reference = plan.base ?? plan.models[0]
+        names = reference.source.tensorNames
+        let nameSet = Set(names)
+        var sources: [MergeInputModel] = plan.models
+        if let b = plan.base { sources.insert(b, at: 0) }
+        for s in sources where s.source !== reference.source {
+            if let missing = names.first(where: { s.source.tensorInfo($0) == nil }) {
+                throw TesseraError(.notFound, "tensor '\(missing)' is in '\(reference.name)' but missing from '\(s.name)'",
+                                   hint: "merge checkpoints of the same architecture")
+            }
+            if let extra = s.source.tensorNames.first(where: { !nameSet.contains($0) }) {
+                throw TesseraError(.notFound, "tensor '\(extra)' is in '\(s.name)' but missing from '\(reference.name)'",
+                                   hint: "merge checkpoints of the same architecture")
+            }
+        }
+        for m in plan.models {
+            if let f = m.fisher, let missing = names.first(where: { f.tensorInfo($0) == nil }) {
+                throw TesseraError(.notFound, "tensor '\(missing)' has no Fisher in '\(m.fisherName ?? f.sourceName)' (model '\(m.name)')",
+                                   hint: "estimate the Fisher for every tensor of the model")
+            }
+        }
+        positions = LayerPositions(tensorNames: names)
+        floatTensorNames = names.filter { n in reference.source.tensorInfo(n).map { MergeJob.isMergeable($0.dtype) } ?? false }
+    }
+
+    static func isMergeable(_ d: DType) -> Bool { [.f32, .f16, .bf16, .f64].contains(d) }
+
+    func outputDType(_ name: String) -> DType {
+        if let d = plan.outDType ?? plan.dtype { return d }
+        let stored = (plan.base ?? plan.models[0]).source.tensorInfo(name)?.dtype ?? .f32
+        return MergeJob.isMergeable(stored) ? stored : .f32
+    }
+
+    func globalParameters(_ name: String) throws -> MergeParameters {
+        try MergeParameters.resolve(plan.parameters, definitions: type.globalParameters, tensor: name,
+                                    layerPosition: positions.position(name), method: type.name, scope: "global")
+    }
+
+    /// Integer and other non-float tensors (position ids, masks) are not merged: taken as they are when every input
+    /// agrees byte for byte, an error otherwise.
+    func nonFloatPassthrough(_ name: String) throws -> RawTensor? {
+        let reference = plan.base ?? plan.models[0]
+        guard let info = reference.source.tensorInfo(name), !MergeJob.isMergeable(info.dtype) else { return nil }
+        let raw = try reference.source.rawTensor(name)
+        for m in plan.models where m.source !== reference.source {
+            let other = try m.source.rawTensor(name)
+            guard other.dtype == raw.dtype, other.shape == raw.shape, other.bytes == raw.bytes else {
+                throw TesseraError(.unsupported, "tensor '\(name)' is \(info.dtype.rawValue) and differs between '\(reference.name)' and '\(m.name)'; non-float tensors cannot be merged",
+                                   hint: "make the inputs agree on this tensor")
+            }
+        }
+        return raw
+    }
+
+    private func load(_ input: MergeInputModel, _ name: String, reference: (name: String, dtype: DType, shape: [Int])) throws -> [Float] {
+        guard let info = input.source.tensorInfo(name) else {
+            throw TesseraError(.notFound, "tensor '\(name)' is missing from '\(input.name)'", hint: "merge checkpoints of the same architecture")
+        }
+        guard info.shape == reference.shape else {
+            throw TesseraError(.shapeMismatch, "tensor '\(name)' has shape \(info.shape) in '\(input.name)' but \(reference.shape) in '\(reference.name)'",
+                               hint: "merge checkpoints of the same architecture")
+        }
+        if plan.dtype == nil && info.dtype != reference.dtype {
+            throw TesseraError(.shapeMismatch, "tensor '\(name)' is \(info.dtype.rawValue) in '\(input.name)' but \(reference.dtype.rawValue) in '\(reference.name)'",
+                               hint: "set dtype (e.g. dtype: float32) to merge inputs of different dtypes")
+        }
+        var values: [Float]
+        if let direct = input.source as? StreamingSafetensorsSource, let v = try direct.readFloat32(name) {
+            values = v
+        } else {
+            values = try FloatCodec.decode(try input.source.rawTensor(name), name: "\(input.name): \(name)")
+        }
+        if let d = plan.dtype { FloatCodec.quantize(&values, to: d) }
+        return values
+    }
+
+    /// Loads one tensor of every input (each source once), with parameters resolved for it.
+    func loadInput(_ name: String) throws -> TensorMergeInput {
+        let referenceInput = plan.base ?? plan.models[0]
+        let info = try referenceInput.source.requireInfo(name)
+        let reference = (name: referenceInput.name, dtype: info.dtype, shape: info.shape)
+        let t = positions.position(name)
+        var base: [Float]? = nil
+        if let b = plan.base, type.baseUse == .required || isBase.contains(true) {
+            base = try load(b, name, reference: reference)
+        }
+        var models: [[Float]] = []
+        var modelParameters: [MergeParameters] = []
+        for (i, m) in plan.models.enumerated() {
+            if isBase[i], let base {
+                models.append(base) // shares storage with the base (copy on write)
+            } else if let j = plan.models[..<i].firstIndex(where: { $0.source === m.source }) {
+                models.append(models[j])
+            } else {
+                models.append(try load(m, name, reference: reference))
+            }
+            modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: name,
+                                                               layerPosition: t, method: type.name, scope: "model '\(m.name)'"))
+        }
+        var fishers: [[Float]]? = nil
+        if type.needsFisher {
+            fishers = try plan.models.map { m in
+                let f = m.fisher!
+                let fi = try f.requireInfo(name)
+                guard fi.shape == info.shape else {
+                    throw TesseraError(.shapeMismatch, "tensor '\(name)' has shape \(fi.shape) in the Fisher of '\(m.name)' but \(info.shape) in the model",
+                                       hint: "use the Fisher estimated for this model")
+                }
+                return try FloatCodec.decode(try f.rawTensor(name), name: "\(m.fisherName ?? f.sourceName): \(name)")
+            }
+        }
+        return TensorMergeInput(name: name, shape: info.shape, base: base, models: models, isBaseModel: isBase,
+                                modelParameters: modelParameters, parameters: try globalParameters(name), fishers: fishers)
+    }
+}

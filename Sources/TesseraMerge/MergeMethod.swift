@@ -1,0 +1,112 @@
+import TesseraCore
+
+/// How a method uses the base model.
+public enum BaseUse: String, Sendable {
+    /// Merges task vectors θ_i − θ_base: a base is required.
+    case required
+    /// Ignores any base that is given (linear, Fisher, ours/theirs).
+    case ignored
+}
+
+/// Everything a method sees for one tensor. Values are float32 (inputs are decoded and, when the plan sets a merge
+/// `dtype`, first rounded to it, as mergekit does); methods may consume the arrays in place.
+public struct TensorMergeInput: Sendable {
+    /// The tensor's name, for errors and for keying random draws.
+    public var name: String
+    public var shape: [Int]
+    /// The base model's tensor (nil when no base is given).
+    public var base: [Float]?
+    /// One array per listed model, in config order. An entry whose `isBaseModel` is true is the base model listed
+    /// again (mergekit lists it among the models for SLERP); task-vector methods skip it.
+    public var models: [[Float]]
+    public var isBaseModel: [Bool]
+    /// Per-model parameters (weight, density, ...), resolved for this tensor.
+    public var modelParameters: [MergeParameters]
+    /// Global parameters (normalize, lambda, t, seed, ...), resolved for this tensor.
+    public var parameters: MergeParameters
+    /// Per-model diagonal Fisher tensors, for methods that declare `needsFisher`.
+    public var fishers: [[Float]]?
+
+    public init(name: String, shape: [Int], base: [Float]?, models: [[Float]], isBaseModel: [Bool]? = nil,
+                modelParameters: [MergeParameters], parameters: MergeParameters, fishers: [[Float]]? = nil) {
+        self.name = name
+        self.shape = shape
+        self.base = base
+        self.models = models
+        self.isBaseModel = isBaseModel ?? Array(repeating: false, count: models.count)
+        self.modelParameters = modelParameters
+        self.parameters = parameters
+        self.fishers = fishers
+    }
+
+    public var elementCount: Int { elementCount(shape) }
+    private func elementCount(_ s: [Int]) -> Int { TesseraCore.elementCount(s) ?? 0 }
+
+    /// Indices of the models that are not the base model.
+    public var nonBaseIndices: [Int] { models.indices.filter { !isBaseModel[$0] } }
+
+    func requireBase(_ method: String) throws -> [Float] {
+        guard let base else {
+            throw TesseraError(.usage, "\(method) needs a base model (tensor '\(name)')", hint: "set base_model in the merge config")
+        }
+        return base
+    }
+}
+
+/// A merge method: merges one tensor at a time. Methods are stateless apart from what `prepare` gathers in a pass
+/// over the whole model (the TIES paper's model-wide trim threshold, Fisher norms), so tensors can stream through.
+public protocol MergeMethod: Sendable {
+    /// mergekit's name for the method (or Tessera's for `fisher`, `ours`, `theirs`, `base`).
+    static var name: String { get }
+    /// One line for `tessera merge --help` and the docs.
+    static var summary: String { get }
+    static var baseUse: BaseUse { get }
+    static var globalParameters: [ParameterDefinition] { get }
+    static var modelParameters: [ParameterDefinition] { get }
+    /// Whether each model needs a diagonal Fisher source.
+    static var needsFisher: Bool { get }
+
+    init()
+
+    /// An optional pass over the whole model before merging (default: nothing).
+    mutating func prepare(_ context: MergePreparation) throws
+
+    /// Merges one tensor; returns float32 values of `input.shape`.
+    func merge(_ input: inout TensorMergeInput) throws -> [Float]
+
+    /// Extra provenance entries (DARE records its seed and generator).
+    func provenance(parameters: MergeParameters) -> [(String, String)]
+}
+
+extension MergeMethod {
+    public static var needsFisher: Bool { false }
+    public mutating func prepare(_ context: MergePreparation) throws {}
+    public func provenance(parameters: MergeParameters) -> [(String, String)] { [] }
+}
+
+/// What `prepare` may read: tensor names, and each tensor's full input (loaded on demand, one at a time).
+public struct MergePreparation {
+    public let tensorNames: [String]
+    public let loadInput: (String) throws -> TensorMergeInput
+    public init(tensorNames: [String], loadInput: @escaping (String) throws -> TensorMergeInput) {
+        self.tensorNames = tensorNames
+        self.loadInput = loadInput
+    }
+}
+
+/// Name → method. mergekit's names for the methods it has, Tessera's for the others.
+public enum MergeRegistry {
+    public static let methods: [any MergeMethod.Type] = [
+        LinearMerge.self, TaskArithmeticMerge.self, TiesMerge.self, DareLinearMerge.self, DareTiesMerge.self,
+        BreadcrumbsMerge.self, BreadcrumbsTiesMerge.self, SlerpMerge.self, FisherMerge.self,
+        TakeOursMerge.self, TakeTheirsMerge.self, TakeBaseMerge.self,
+    ]
+
+    public static var names: [String] { methods.map { $0.name } }
+
+    public static func method(named name: String) throws -> any MergeMethod.Type {
+        if let m = methods.first(where: { $0.name == name }) { return m }
+        throw TesseraError(.invalidParameter, "unknown merge method '\(name)'",
+                           hint: "known methods: " + names.joined(separator: ", "))
+    }
+}

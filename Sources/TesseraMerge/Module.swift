@@ -1,2 +1,0 @@
-// TesseraMerge: see docs/architecture.md
-import TesseraCore

@@ -1,0 +1,132 @@
+import Foundation
+import Testing
+import TesseraCore
+import TesseraMerge
+
+/// Every bad input is a TesseraError that names the tensor (or the parameter), never a NaN in the output.
+@Suite struct BadInputTests {
+    static func source(_ name: String, _ tensors: [(String, [Int], [Float])], dtype: DType = .f32) throws -> MemorySource {
+        try MemorySource(name, floats: tensors, dtype: dtype)
+    }
+    static let w: [Float] = [1, 2, 3, 4]
+
+    static func plan(_ method: String, base: MemorySource? = nil, models: [MemorySource], weights: [Double]? = nil,
+                     model extra: [String: ParameterSetting] = [:], global: [String: ParameterSetting] = [:]) -> MergePlan {
+        MergePlan(method: method, base: base.map { MergeInputModel(name: $0.sourceName, source: $0) },
+                  models: models.enumerated().map { i, m in
+                      var p = extra
+                      p["weight"] = .number(weights?[i] ?? 1)
+                      return MergeInputModel(name: m.sourceName, source: m, parameters: p)
+                  },
+                  parameters: global)
+    }
+
+    static func error(_ plan: MergePlan) -> TesseraError? {
+        #expect(throws: TesseraError.self) { try runMerge(plan) }
+    }
+
+    @Test func shapeMismatchNamesTheTensor() throws {
+        let a = try Self.source("a", [("x", [4], Self.w)])
+        let b = try Self.source("b", [("x", [2, 2], Self.w)])
+        let e = Self.error(Self.plan("linear", models: [a, b]))
+        #expect(e?.code == .shapeMismatch)
+        #expect(e?.message.contains("'x'") == true)
+    }
+
+    @Test func dtypeMismatchNamesTheTensor() throws {
+        let a = try Self.source("a", [("x", [4], Self.w)])
+        let b = try Self.source("b", [("x", [4], Self.w)], dtype: .bf16)
+        let e = Self.error(Self.plan("linear", models: [a, b]))
+        #expect(e?.message.contains("'x'") == true)
+        #expect(e?.message.contains("BF16") == true)
+        // With an explicit merge dtype the inputs are converted, as mergekit does.
+        var plan = Self.plan("linear", models: [a, b])
+        plan.dtype = .f32
+        #expect(try runMerge(plan)["x"]!.floats() == Self.w)
+    }
+
+    @Test func missingTensorIsNamed() throws {
+        let a = try Self.source("a", [("x", [4], Self.w), ("y", [4], Self.w)])
+        let b = try Self.source("b", [("x", [4], Self.w)])
+        let e = Self.error(Self.plan("linear", models: [a, b]))
+        #expect(e?.code == .notFound)
+        #expect(e?.message.contains("'y'") == true)
+        let e2 = Self.error(Self.plan("linear", models: [b, a]))
+        #expect(e2?.message.contains("'y'") == true)
+    }
+
+    @Test func zeroWeightSumUnderNormalisation() throws {
+        let a = try Self.source("a", [("x", [4], Self.w)])
+        let b = try Self.source("b", [("x", [4], Self.w.map { $0 + 1 })])
+        let e = Self.error(Self.plan("linear", models: [a, b], weights: [1, -1]))
+        #expect(e?.code == .invalidParameter)
+        #expect(e?.message.contains("'x'") == true)
+        let base = try Self.source("base", [("x", [4], [0, 0, 0, 0])])
+        let e2 = Self.error(Self.plan("task_arithmetic", base: base, models: [a, b], weights: [1, -1], global: ["normalize": .bool(true)]))
+        #expect(e2?.message.contains("'x'") == true)
+        // Without normalisation a zero sum is fine: the weighted sum a − b.
+        let ok = try runMerge(Self.plan("linear", models: [a, b], weights: [1, -1], global: ["normalize": .bool(false)]))
+        #expect(try ok["x"]!.floats() == [-1, -1, -1, -1])
+    }
+
+    @Test(arguments: [0.0, -0.1, 1.5, Double.nan])
+    func densityOutsideUnitInterval(density: Double) throws {
+        let base = try Self.source("base", [("x", [4], [0, 0, 0, 0])])
+        let a = try Self.source("a", [("x", [4], Self.w)])
+        for method in ["ties", "dare_ties", "dare_linear", "breadcrumbs"] {
+            let e = Self.error(Self.plan(method, base: base, models: [a], model: ["density": .number(density)]))
+            #expect(e?.code == .invalidParameter)
+            #expect(e?.message.contains("density") == true && e?.message.contains("'x'") == true, "\(method): \(String(describing: e))")
+        }
+    }
+
+    @Test(arguments: [Float(-1e-3), Float.nan])
+    func badFisherEntries(value: Float) throws {
+        let a = try Self.source("a", [("x", [4], Self.w)])
+        let b = try Self.source("b", [("x", [4], Self.w)])
+        let fa = try Self.source("fa", [("x", [4], [1, 1, 1, 1])])
+        let fb = try Self.source("fb", [("x", [4], [1, value, 1, 1])])
+        let plan = MergePlan(method: "fisher", models: [
+            MergeInputModel(name: "a", source: a, fisher: fa), MergeInputModel(name: "b", source: b, fisher: fb),
+        ])
+        let e = Self.error(plan)
+        #expect(e?.code == .invalidParameter)
+        #expect(e?.message.contains("'x'") == true)
+    }
+
+    @Test func fisherNeedsAFisherPerModel() throws {
+        let a = try Self.source("a", [("x", [4], Self.w)])
+        let e = Self.error(MergePlan(method: "fisher", models: [MergeInputModel(name: "a", source: a)]))
+        #expect(e?.message.contains("Fisher") == true)
+    }
+
+    @Test func unknownMethodAndParameters() throws {
+        let a = try Self.source("a", [("x", [4], Self.w)])
+        let base = try Self.source("base", [("x", [4], [0, 0, 0, 0])])
+        let e1 = Self.error(Self.plan("della_magic", models: [a]))
+        #expect(e1?.message.contains("della_magic") == true)
+        let e2 = Self.error(Self.plan("ties", base: base, models: [a], global: ["lambada": .number(1)]))
+        #expect(e2?.message.contains("lambada") == true)
+        let e3 = Self.error(Self.plan("ties", base: base, models: [a], model: ["densty": .number(0.5)]))
+        #expect(e3?.message.contains("densty") == true)
+        let e4 = Self.error(Self.plan("ties", base: base, models: [a], global: ["ties_variant": .string("fancy")]))
+        #expect(e4?.message.contains("fancy") == true)
+        let e5 = Self.error(Self.plan("ties", models: [a]))
+        #expect(e5?.message.contains("base") == true)
+    }
+
+    @Test func nonFiniteOutputIsAnErrorNamingTheTensor() throws {
+        let a = try Self.source("a", [("ok", [2], [1, 2]), ("bad", [4], [1, .nan, 3, 4])])
+        let b = try Self.source("b", [("ok", [2], [1, 2]), ("bad", [4], Self.w)])
+        var emitted: [String] = []
+        let e = #expect(throws: TesseraError.self) {
+            try MergeDriver.run(Self.plan("linear", models: [a, b])) { name, _ in emitted.append(name) }
+        }
+        #expect(e?.message.contains("'bad'") == true)
+        #expect(emitted == ["ok"])
+        // Overflow to infinity is caught the same way.
+        let big = try Self.source("big", [("x", [1], [3e38])])
+        let e2 = Self.error(Self.plan("linear", models: [big, big], global: ["normalize": .bool(false)]))
+        #expect(e2?.message.contains("'x'") == true)
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import Testing
+import TesseraCore
+import TesseraMerge
+
+@Suite struct ConfigTests {
+    @Test func parsesEveryReferenceConfig() throws {
+        let dir = ReferenceData.path("mergekit/configs")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".yaml") }.sorted()
+        #expect(files.count == 9)
+        for f in files {
+            let c = try MergeConfig.parse(yaml: try String(contentsOfFile: dir + "/" + f, encoding: .utf8), file: f)
+            #expect(f.hasPrefix(c.method), "\(f): method \(c.method)")
+            #expect(!c.models.isEmpty)
+        }
+        let slerp = try MergeConfig.parse(yaml: try String(contentsOfFile: dir + "/slerp_base_ft1_t0.3.yaml", encoding: .utf8))
+        #expect(slerp.parameters["t"] == .number(0.3))
+        #expect(slerp.baseModel == "inputs/base.safetensors")
+        let bf = try MergeConfig.parse(yaml: try String(contentsOfFile: dir + "/linear_uniform_bf16.yaml", encoding: .utf8))
+        #expect(bf.dtype == .bf16)
+    }
+
+    @Test(arguments: ["slices", "tokenizer_source"])
+    func unsupportedKeysAreRefused(key: String) throws {
+        let yaml = """
+        merge_method: linear
+        models:
+          - model: a.safetensors
+        \(key): base
+        """
+        let e = #expect(throws: TesseraError.self) { try MergeConfig.parse(yaml: yaml) }
+        #expect(e?.code == .unsupported)
+        #expect(e?.message.contains(key) == true)
+    }
+
+    @Test func unknownKeysAndMethodsAreErrors() throws {
+        #expect(throws: TesseraError.self) { try MergeConfig.parse(yaml: "merge_method: linear\nmodels:\n  - model: a\nnormalise: true\n") }
+        let e = #expect(throws: TesseraError.self) { try MergeConfig.parse(yaml: "merge_method: linaer\nmodels:\n  - model: a\n") }
+        #expect(e?.message.contains("linaer") == true)
+    }
+
+    @Test func gradientsAndFiltersEvaluatePerTensor() throws {
+        let yaml = """
+        merge_method: slerp
+        base_model: a
+        models:
+          - model: a
+          - model: b
+        parameters:
+          t:
+            - filter: self_attn
+              value: [0, 0.5, 0.3, 0.7, 1]
+            - filter: mlp
+              value: [1, 0.5, 0.7, 0.3, 0]
+            - value: 0.5
+        """
+        let c = try MergeConfig.parse(yaml: yaml)
+        let t = try #require(c.parameters["t"])
+        #expect(t.evaluate(tensor: "model.layers.0.self_attn.q_proj.weight", layerPosition: 0) == .number(0))
+        #expect(t.evaluate(tensor: "model.layers.9.self_attn.q_proj.weight", layerPosition: 0.5) == .number(0.3))
+        #expect(t.evaluate(tensor: "model.layers.9.self_attn.q_proj.weight", layerPosition: 0.625) == .number(0.5))
+        #expect(t.evaluate(tensor: "model.layers.3.mlp.up_proj.weight", layerPosition: 1) == .number(0))
+        #expect(t.evaluate(tensor: "model.norm.weight", layerPosition: 1) == .number(0.5))
+        let positions = LayerPositions(tensorNames: (0..<5).map { "model.layers.\($0).mlp.weight" } + ["model.embed_tokens.weight", "lm_head.weight"])
+        #expect(positions.position("model.layers.2.mlp.weight") == 0.5)
+        #expect(positions.position("model.embed_tokens.weight") == 0)
+        #expect(positions.position("lm_head.weight") == 1)
+    }
+
+    @Test func resolverSeesEachReferenceOnce() throws {
+        let text = try String(contentsOfFile: ReferenceData.path("mergekit/configs/slerp_base_ft1_t0.3.yaml"), encoding: .utf8)
+        var calls: [String] = []
+        let plan = try MergeConfig.parse(yaml: text).plan { ref in
+            calls.append(ref)
+            return try SafetensorsFile(path: ReferenceData.path(ref))
+        }
+        #expect(calls == ["inputs/base.safetensors", "inputs/ft1.safetensors"])
+        #expect(plan.isBase(0) && !plan.isBase(1))
+    }
+}
+
+@Suite struct ProvenanceTests {
+    @Test func metadataRecordsMethodParametersInputsAndHashes() throws {
+        let text = try String(contentsOfFile: ReferenceData.path("mergekit/configs/ties_density0.5.yaml"), encoding: .utf8)
+        let plan = try MergeConfig.parse(yaml: text).plan { try SafetensorsFile(path: ReferenceData.path($0)) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tessera-merge-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("merged.safetensors").path
+        _ = try MergeDriver.mergeToFile(plan, path: path, tensorHash: { source, tensor in
+            source.sourceName.hasSuffix("ft1.safetensors") ? "hash-of-\(tensor)" : nil
+        })
+        let written = try SafetensorsFile(path: path)
+        let meta = Dictionary(written.metadata, uniquingKeysWith: { a, _ in a })
+        #expect(meta["tessera.merge.method"] == "ties")
+        let params = try JSONParser.parse(try #require(meta["tessera.merge.parameters"]))
+        #expect(params["global"]?["normalize"] == .bool(true))
+        #expect(params["global"]?["ties_variant"]?.stringValue == "mergekit")
+        #expect(params["models"]?.arrayValue?.count == 3)
+        #expect(params["models"]?.arrayValue?[0]["density"]?.doubleValue == 0.5)
+        let inputs = try JSONParser.parse(try #require(meta["tessera.merge.inputs"]))
+        #expect(inputs.arrayValue?.map { $0["name"]?.stringValue ?? "" } == [
+            "inputs/base.safetensors", "inputs/ft1.safetensors", "inputs/ft2.safetensors", "inputs/ft3.safetensors",
+        ])
+        let hashes = try JSONParser.parse(try #require(meta["tessera.merge.input_hashes"]))
+        #expect(hashes["inputs/ft1.safetensors"]?["hashes"]?["layer.bias"]?.stringValue == "hash-of-layer.bias")
+        #expect(hashes["inputs/ft2.safetensors"]?["tensors"]?.intValue == 3)
+        #expect(hashes["inputs/ft2.safetensors"]?["hashes"] == nil)
+        // The written tensors are the merge.
+        let ref = try ReferenceData.file("mergekit/ties_density0.5.safetensors")
+        for name in ref.tensorNames { #expect(relativeError(try written.floats(name), try ref.floats(name)) <= 1e-6) }
+    }
+
+    @Test func registryHasEveryMethod() throws {
+        for name in ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "slerp",
+                     "fisher", "ours", "theirs", "base"] {
+            #expect(try MergeRegistry.method(named: name).name == name)
+        }
+    }
+
+    @Test func takeMethodsReturnTheirSide() throws {
+        let base = try MemorySource("base", floats: [("x", [2], [0, 0])])
+        let ours = try MemorySource("ours", floats: [("x", [2], [1, 1])])
+        let theirs = try MemorySource("theirs", floats: [("x", [2], [2, 2])])
+        for (method, expected) in [("ours", [Float(1), 1]), ("theirs", [2, 2]), ("base", [0, 0])] {
+            let plan = MergePlan(method: method, base: MergeInputModel(name: "base", source: base),
+                                 models: [MergeInputModel(name: "ours", source: ours), MergeInputModel(name: "theirs", source: theirs)])
+            #expect(try runMerge(plan)["x"]!.floats() == expected)
+        }
+    }
+}
+
+@Suite struct SlerpTests {
+    /// Nearly colinear tensors fall back to the plain lerp, as mergekit does; otherwise the spherical formula holds.
+    @Test func colinearFallsBackToLerp() throws {
+        let v0: [Float] = [1, 2, 3, 4]
+        let v1 = v0.map { $0 * 2 }
+        let base = try MemorySource("base", floats: [("x", [4], v0)])
+        let other = try MemorySource("other", floats: [("x", [4], v1)])
+        let plan = MergePlan(method: "slerp", base: MergeInputModel(name: "base", source: base),
+                             models: [MergeInputModel(name: "base", source: base), MergeInputModel(name: "other", source: other)],
+                             parameters: ["t": .number(0.25)])
+        let out = try runMerge(plan)["x"]!.floats()
+        #expect(out == zip(v0, v1).map { 0.75 * $0 + 0.25 * $1 })
+        // Orthogonal unit vectors: slerp at t stays on the unit circle at angle t·90°.
+        let a = try MemorySource("a", floats: [("x", [2], [1, 0])])
+        let b = try MemorySource("b", floats: [("x", [2], [0, 1])])
+        let p2 = MergePlan(method: "slerp", base: MergeInputModel(name: "a", source: a), models: [MergeInputModel(name: "b", source: b)],
+                           parameters: ["t": .number(1.0 / 3)])
+        let o2 = try runMerge(p2)["x"]!.floats()
+        #expect(abs(o2[0] - Float(cos(Double.pi / 6))) < 1e-6 && abs(o2[1] - Float(sin(Double.pi / 6))) < 1e-6)
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import TesseraCore
+import TesseraMerge
+
+/// An in-memory tensor source for tests.
+final class MemorySource: TensorSource {
+    let sourceName: String
+    var tensors: [(String, RawTensor)]
+    init(_ name: String, _ tensors: [(String, RawTensor)]) {
+        sourceName = name
+        self.tensors = tensors
+    }
+    convenience init(_ name: String, floats: [(String, [Int], [Float])], dtype: DType = .f32) throws {
+        self.init(name, try floats.map { ($0.0, try RawTensor(floats: $0.2, shape: $0.1, dtype: dtype)) })
+    }
+    var tensorNames: [String] { tensors.map(\.0) }
+    func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? {
+        tensors.first { $0.0 == name }.map { ($0.1.dtype, $0.1.shape) }
+    }
+    func rawTensor(_ name: String) throws -> RawTensor {
+        guard let t = tensors.first(where: { $0.0 == name }) else {
+            throw TesseraError(.notFound, "\(sourceName): no tensor '\(name)'")
+        }
+        return t.1
+    }
+    var metadata: [(String, String)] { [] }
+}
+
+/// Runs a plan and collects its output.
+func runMerge(_ plan: MergePlan) throws -> [String: RawTensor] {
+    var out: [String: RawTensor] = [:]
+    try MergeDriver.run(plan) { out[$0] = $1 }
+    return out
+}
+
+/// max |a − b| / max |b|: the relative error the reference README asks for (1e-6).
+func relativeError(_ a: [Float], _ b: [Float]) -> Double {
+    precondition(a.count == b.count)
+    var num = 0.0, den = 0.0
+    for k in a.indices {
+        num = max(num, abs(Double(a[k]) - Double(b[k])))
+        den = max(den, abs(Double(b[k])))
+    }
+    return den == 0 ? num : num / den
+}
+
+/// A deterministic pseudo-random generator for test data (independent of the library's DropRNG).
+struct TestRNG {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        var x = state
+        x ^= x >> 33; x = x &* 0xff51afd7ed558ccd; x ^= x >> 33
+        return x
+    }
+    mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) }
+    mutating func normal() -> Float {
+        let u1 = max(Double(uniform()), 1e-7), u2 = Double(uniform())
+        return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
+    }
+}
+
+/// Plain, slow restatements of the reference spec (spec_reference.py), used as independent oracles: sort-based,
+/// no radix select, no parallelism.
+enum NaiveSpec {
+    /// Indices by |x| descending, ties by lower index (spec `stable_desc_order`).
+    static func descOrder(_ x: [Float]) -> [Int] {
+        x.indices.sorted { (abs(x[$0]), -$0) > (abs(x[$1]), -$1) }
+    }
+
+    static func magnitude(_ d: [Float], density: Double, atLeastOne: Bool = true) -> [Float] {
+        if density >= 1 { return d }
+        var k = Int(density * Double(d.count))
+        if atLeastOne { k = max(1, k) }
+        var out = [Float](repeating: 0, count: d.count)
+        for i in descOrder(d).prefix(k) { out[i] = d[i] }
+        return out
+    }
+
+    static func sign(_ v: Float) -> Float { v > 0 ? 1 : (v < 0 ? -1 : 0) }
+
+    /// mergekit's GTA with magnitude sparsification and sum consensus (spec `mk_gta`).
+    static func mergekitTies(base: [Float], models: [[Float]], weights: [Float], density: Double, normalize: Bool = true, lambda: Float = 1) -> [Float] {
+        let D = models.map { m in magnitude(zip(m, base).map { $0 - $1 }, density: density) }
+        var out = base
+        for j in base.indices {
+            var s: Float = 0
+            for i in D.indices { s += D[i][j] * weights[i] }
+            let maj: Float = s >= 0 ? 1 : -1
+            var mixed: Float = 0, div: Float = 0
+            for i in D.indices where sign(D[i][j] * weights[i]) == maj { mixed += D[i][j] * weights[i]; div += weights[i] }
+            if div == 0 { div = 1 }
+            if normalize { mixed /= div }
+            out[j] = base[j] + mixed * lambda
+        }
+        return out
+    }
+
+    /// PEFT's ties (spec `peft_ties`), applied to the base.
+    static func peftTies(base: [Float], models: [[Float]], weights: [Float], density: Double, lambda: Float = 1) -> [Float] {
+        let T = models.map { m in magnitude(zip(m, base).map { $0 - $1 }, density: density, atLeastOne: false) }
+        var out = base
+        for j in base.indices {
+            var s: Float = 0
+            for t in T { s += t[j] }
+            let maj: Float = s >= 0 ? 1 : -1
+            var acc: Float = 0, count: Float = 0
+            for i in T.indices where sign(T[i][j]) == maj { acc += T[i][j] * weights[i]; count += 1 }
+            out[j] = base[j] + lambda * acc / max(count, 1)
+        }
+        return out
+    }
+
+    /// The TIES paper's code (spec `ties_paper`) over flat task vectors [model][param].
+    static func paperTies(_ tvs: [[Float]], k: Double, lambda: Float = 1) -> [Float] {
+        let n = tvs[0].count
+        let kth = n - Int(k * Double(n))
+        let T: [[Float]] = tvs.map { tv in
+            let thr = tv.map { abs($0) }.sorted()[kth - 1]
+            return tv.map { abs($0) >= thr ? $0 : 0 }
+        }
+        var elected = [Float](repeating: 0, count: n)
+        for j in 0..<n { var s: Float = 0; for t in T { s += t[j] }; elected[j] = sign(s) }
+        let global = sign(elected.reduce(0, +))
+        for j in 0..<n where elected[j] == 0 { elected[j] = global }
+        var out = [Float](repeating: 0, count: n)
+        for j in 0..<n {
+            var acc: Float = 0, count: Float = 0
+            for t in T {
+                let v = t[j]
+                if elected[j] > 0 ? v > 0 : v < 0 { acc += v; count += 1 }
+            }
+            out[j] = lambda * acc / max(count, 1)
+        }
+        return out
+    }
+}

@@ -111,6 +111,7 @@ struct MergeCommand: ParsableCommand {
             plan = MergePlan(method: method!, base: baseModel, models: inputs, parameters: try parameterOptions.parsed(),
                              dtype: try dtype.map(Self.dtype))
         }
+        plan = try plan.distributingModelDefaults()
         let started = Date()
         let writer = try SafetensorsStreamWriter(path: output)
         let summary = try MergeDriver.run(plan) { name, tensor in try writer.append(name, tensor) }

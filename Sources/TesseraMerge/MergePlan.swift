@@ -52,3 +52,22 @@ public struct MergePlan {
         return models[i].source === base.source || models[i].name == base.name
     }
 }
+
+extension MergePlan {
+    /// mergekit lets per-model parameters stand at the top level as defaults for every model (`parameters:
+    /// {density: 0.5}` beside `models:`); this moves such entries into each model that does not set them, so that
+    /// methods see them where they look for them.
+    public func distributingModelDefaults() throws -> MergePlan {
+        let type = try MergeRegistry.method(named: method)
+        let globalNames = Set(type.globalParameters.flatMap { [$0.name] + $0.aliases })
+        let modelNames = Set(type.modelParameters.flatMap { [$0.name] + $0.aliases })
+        var out = self
+        for (key, value) in parameters where !globalNames.contains(key) && modelNames.contains(key) {
+            out.parameters.removeValue(forKey: key)
+            for k in out.models.indices where out.models[k].parameters[key] == nil {
+                out.models[k].parameters[key] = value
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,269 @@
+import Foundation
+import TesseraCore
+import TesseraGit
+import TesseraMerge
+import TesseraStore
+import Yams
+
+/// How `git merge` combines tensors changed on both branches: rules from the committed file `.tessera/merge.yml`,
+/// first match wins, overridable for one merge with `git -c tessera.merge.method=... merge` (see docs/merging.md).
+///
+///     rules:
+///       - path: "*.safetensors"     # glob on the file's path (default "*")
+///         tensors: "*.attn.*"       # glob on tensor names (default "*")
+///         method: ties
+///         weights: [1, 1]           # ours, theirs (default 1, 1)
+///         parameters: {density: 0.5}
+struct MergeRules {
+    struct Rule {
+        var path: String = "*"
+        var tensors: String = "*"
+        var method: String
+        var weights: [Double]?
+        var parameters: [String: ParameterSetting] = [:]
+    }
+
+    var rules: [Rule] = []
+    static let file = ".tessera/merge.yml"
+
+    static func load(worktree: String, overrides: Rule?) throws -> MergeRules {
+        var out = MergeRules()
+        if let overrides { out.rules.append(overrides) }
+        let path = worktree + "/" + file
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return out }
+        let yaml: Any?
+        do { yaml = try Yams.load(yaml: text) } catch {
+            throw TesseraError(.invalidParameter, "\(file): invalid YAML", hint: "fix the file (see docs/merging.md)", underlying: error)
+        }
+        guard let top = yaml as? [String: Any], let list = top["rules"] as? [[String: Any]] else {
+            throw TesseraError(.invalidParameter, "\(file): expected a top-level 'rules:' list", hint: "see docs/merging.md for the format")
+        }
+        for (k, r) in list.enumerated() {
+            guard let method = r["method"] as? String else {
+                throw TesseraError(.invalidParameter, "\(file): rule \(k + 1) has no method", hint: "add e.g. `method: linear`")
+            }
+            _ = try MergeRegistry.method(named: method)
+            var rule = Rule(method: method)
+            if let p = r["path"] as? String { rule.path = p }
+            if let t = r["tensors"] as? String { rule.tensors = t }
+            if let w = r["weights"] as? [Any] { rule.weights = w.compactMap { ($0 as? Double) ?? ($0 as? Int).map(Double.init) } }
+            if let params = r["parameters"] as? [String: Any] {
+                for (name, value) in params {
+                    if let d = value as? Double { rule.parameters[name] = .number(d) }
+                    else if let i = value as? Int { rule.parameters[name] = .number(Double(i)) }
+                    else if let b = value as? Bool { rule.parameters[name] = .bool(b) }
+                    else if let s = value as? String { rule.parameters[name] = .string(s) }
+                }
+            }
+            out.rules.append(rule)
+        }
+        return out
+    }
+
+    /// Reads `tessera.merge.method`, `.weights` and `.parameters` from git's configuration (as `git -c` passes it).
+    static func commandLineOverride(directory: String) -> Rule? {
+        func get(_ key: String) -> String? {
+            guard let r = try? Subprocess.run(["git", "config", "--get", key], directory: directory), r.status == 0 else { return nil }
+            return r.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        guard let method = get("tessera.merge.method") else { return nil }
+        var rule = Rule(method: method)
+        if let w = get("tessera.merge.weights") { rule.weights = w.split(separator: ",").compactMap { Double($0) } }
+        if let p = get("tessera.merge.parameters") {
+            for item in p.split(separator: ",") {
+                let kv = item.split(separator: "=", maxSplits: 1)
+                if kv.count == 2 { rule.parameters[String(kv[0])] = MergeParameterOptions.value(String(kv[1])) }
+            }
+        }
+        return rule
+    }
+
+    func rule(path: String, tensor: String) -> Rule? {
+        rules.first { glob($0.path, path) && glob($0.tensors, tensor) }
+    }
+}
+
+/// fnmatch-style glob: `*` any run, `?` one character.
+func glob(_ pattern: String, _ text: String) -> Bool {
+    let p = Array(pattern), t = Array(text)
+    var pi = 0, ti = 0, star = -1, mark = 0
+    while ti < t.count {
+        if pi < p.count && (p[pi] == "?" || p[pi] == t[ti]) { pi += 1; ti += 1 }
+        else if pi < p.count && p[pi] == "*" { star = pi; mark = ti; pi += 1 }
+        else if star >= 0 { pi = star + 1; mark += 1; ti = mark }
+        else { return false }
+    }
+    while pi < p.count && p[pi] == "*" { pi += 1 }
+    return pi == p.count
+}
+
+/// A source restricted to some tensors of another (the merge methods see only the tensors being merged).
+final class SubsetSource: TensorSource {
+    let inner: TensorSource
+    let tensorNames: [String]
+    init(_ inner: TensorSource, names: [String]) { self.inner = inner; tensorNames = names }
+    var sourceName: String { inner.sourceName }
+    func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
+    func rawTensor(_ name: String) throws -> RawTensor { try inner.rawTensor(name) }
+    var metadata: [(String, String)] { inner.metadata }
+}
+
+/// The tensor-wise three-way merge behind the git merge driver and `tessera resolve`.
+struct ThreeWayMerge {
+    struct Outcome {
+        var manifest: Manifest
+        var conflicts: [String]
+        var merged: [(tensor: String, method: String)]
+        var report: [String]
+    }
+
+    let store: ObjectStore
+    let path: String
+
+    /// One side: its tensors (name → (dtype, shape, stored)) in file order, and its metadata.
+    struct Side {
+        var order: [String]
+        var tensors: [String: (dtype: DType, shape: [Int], stored: Manifest.Stored)]
+        var metadata: [(String, String)]
+        var checkpoint: StoredCheckpoint
+    }
+
+    func side(_ manifest: Manifest, label: String) throws -> Side {
+        let c = try StoredCheckpoint(manifest: manifest, store: store, name: label)
+        var t: [String: (DType, [Int], Manifest.Stored)] = [:]
+        for x in manifest.tensors { t[x.name] = (x.dtype, x.shape, x.stored) }
+        return Side(order: manifest.tensors.map(\.name), tensors: t, metadata: c.metadata, checkpoint: c)
+    }
+
+    func run(base: Manifest?, ours: Manifest, theirs: Manifest, rules: MergeRules) throws -> Outcome {
+        let O = try base.map { try side($0, label: "base:\(path)") }
+        let A = try side(ours, label: "ours:\(path)")
+        let B = try side(theirs, label: "theirs:\(path)")
+        func id(_ s: Side?, _ n: String) -> String? { s?.tensors[n].map { "\($0.dtype.rawValue)\($0.shape)\($0.stored.rawSHA256)" } }
+
+        var order = A.order
+        let inA = Set(A.order)
+        order += B.order.filter { !inA.contains($0) }
+        var chosen: [String: (dtype: DType, shape: [Int], stored: Manifest.Stored)] = [:]
+        var removed = Set<String>()
+        var conflicts: [String] = []
+        var report: [String] = []
+        var toMerge: [String: MergeRules.Rule] = [:]
+        for n in order {
+            let (o, a, b) = (id(O, n), id(A, n), id(B, n))
+            if a == b {                           // unchanged, or changed identically (or removed on both sides)
+                if let x = A.tensors[n] { chosen[n] = x } else { removed.insert(n) }
+            } else if a == o {                    // changed (or added, or removed) on their side only
+                if let x = B.tensors[n] { chosen[n] = x } else { removed.insert(n) }
+            } else if b == o {                    // on our side only
+                if let x = A.tensors[n] { chosen[n] = x } else { removed.insert(n) }
+            } else if let ta = A.tensors[n], let tb = B.tensors[n], let rule = rules.rule(path: path, tensor: n) {
+                if ta.shape != tb.shape || ta.dtype != tb.dtype {
+                    conflicts.append(n)
+                    report.append("\(n): shape or dtype differs (ours \(ta.dtype.rawValue) \(ta.shape), theirs \(tb.dtype.rawValue) \(tb.shape)); cannot be merged by \(rule.method)")
+                    chosen[n] = ta
+                } else {
+                    toMerge[n] = rule
+                    chosen[n] = ta  // placeholder until merged
+                }
+            } else {
+                conflicts.append(n)
+                let what = A.tensors[n] == nil ? "removed on our side, changed on theirs"
+                    : B.tensors[n] == nil ? "changed on our side, removed on theirs"
+                    : "changed on both sides and no merge method is configured for it"
+                report.append("\(n): \(what)")
+                if let x = A.tensors[n] { chosen[n] = x } else { removed.insert(n) }
+            }
+        }
+
+        // Merge the two-sided changes, grouped by rule, with the merge base as the base model.
+        var merged: [(String, String)] = []
+        var provenance: [(String, String)] = []
+        let groups = Dictionary(grouping: toMerge.keys.sorted(), by: { toMerge[$0]!.method + "|" + String(describing: toMerge[$0]!.parameters.sorted { $0.key < $1.key }) + "|\(toMerge[$0]!.weights ?? [])" })
+        let encoder = ObjectEncoder()
+        for key in groups.keys.sorted() {
+            let names = groups[key]!
+            let rule = toMerge[names[0]]!
+            if rule.method == "ours" || rule.method == "theirs" || rule.method == "base" {
+                for n in names {
+                    if rule.method == "theirs" { chosen[n] = B.tensors[n]! }
+                    else if rule.method == "base" {
+                        guard let x = O?.tensors[n] else {
+                            conflicts.append(n); report.append("\(n): method 'base' but the merge base has no such tensor"); continue
+                        }
+                        chosen[n] = x
+                    }
+                    merged.append((n, rule.method))
+                }
+                continue
+            }
+            let type = try MergeRegistry.method(named: rule.method)
+            var usable = names
+            if type.baseUse == .required, let O {
+                let lacking = names.filter { O.tensors[$0] == nil }
+                for n in lacking { conflicts.append(n); report.append("\(n): added on both sides; \(rule.method) needs it in the merge base") }
+                usable = names.filter { O.tensors[$0] != nil }
+            } else if type.baseUse == .required {
+                for n in names { conflicts.append(n); report.append("\(n): no merge base; \(rule.method) needs one") }
+                usable = []
+            }
+            guard !usable.isEmpty else { continue }
+            let w = rule.weights ?? [1, 1]
+            let plan = try MergePlan(
+                method: rule.method,
+                base: type.baseUse == .required ? O.map { MergeInputModel(name: "base", source: SubsetSource($0.checkpoint, names: usable)) } : nil,
+                models: [MergeInputModel(name: "ours", source: SubsetSource(A.checkpoint, names: usable), parameters: ["weight": .number(w.first ?? 1)]),
+                         MergeInputModel(name: "theirs", source: SubsetSource(B.checkpoint, names: usable), parameters: ["weight": .number(w.count > 1 ? w[1] : 1)])],
+                parameters: rule.parameters).distributingModelDefaults()
+            let summary = try MergeDriver.run(plan) { name, tensor in
+                let sha = SHA256Hasher.hex(tensor.bytes)
+                let width = tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1
+                let stored = try tensor.bytes.withUnsafeBytes { try store.put(raw: $0, rawSHA256: sha, width: width, encoder: encoder) }
+                chosen[name] = (tensor.dtype, tensor.shape, stored)
+                merged.append((name, rule.method))
+            }
+            provenance += try MergeProvenance.metadata(plan: plan, summary: summary) { source, name in
+                (source as? SubsetSource).flatMap { ($0.inner as? StoredCheckpoint)?.stored(name)?.rawSHA256 }
+            }
+        }
+        conflicts = Array(Set(conflicts)).sorted()
+
+        // The result: our metadata (plus provenance when a method ran), tensors in our order, contiguous.
+        var metadata = A.metadata.filter { !$0.0.hasPrefix("tessera.merge.") }
+        if !merged.isEmpty {
+            var seen = Set<String>()
+            for (k, v) in provenance where seen.insert(k).inserted { metadata.append((k, v)) }
+            metadata.append(("tessera.merge.tensors", JSONValue.array(merged.map { JSONValue.string($0.0) }).serialized()))
+        }
+        let final = order.filter { !removed.contains($0) && chosen[$0] != nil }
+        return Outcome(manifest: try assemble(final.map { ($0, chosen[$0]!) }, metadata: metadata), conflicts: conflicts,
+                       merged: merged, report: report)
+    }
+
+    /// Builds the manifest of a checkpoint made of stored tensors, writing only its new header.
+    func assemble(_ tensors: [(String, (dtype: DType, shape: [Int], stored: Manifest.Stored))], metadata: [(String, String)]) throws -> Manifest {
+        var pairs: [(String, JSONValue)] = []
+        if !metadata.isEmpty { pairs.append(("__metadata__", .object(metadata.map { ($0.0, JSONValue.string($0.1)) }))) }
+        var offset = 0
+        var extents: [(Int, Int)] = []
+        for (name, t) in tensors {
+            let n = t.dtype.byteCount(elements: elementCount(t.shape) ?? 0) ?? 0
+            pairs.append((name, .object([("dtype", .string(t.dtype.rawValue)), ("shape", .array(t.shape.map { JSONValue.int($0) })),
+                                         ("data_offsets", .array([.int(offset), .int(offset + n)]))])))
+            extents.append((offset, offset + n))
+            offset += n
+        }
+        var json = Array(JSONValue.object(pairs).serialized().utf8)
+        while json.count % 8 != 0 { json.append(0x20) }
+        var header: [UInt8] = []
+        var len = UInt64(json.count)
+        for _ in 0..<8 { header.append(UInt8(len & 0xFF)); len >>= 8 }
+        header += json
+        let headerStored = try header.withUnsafeBytes { try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: ObjectEncoder()) }
+        var segments: [Manifest.Segment] = [.header(begin: 0, end: header.count, headerStored)]
+        for ((name, t), (b, e)) in zip(tensors, extents) {
+            segments.append(.tensor(name: name, dtype: t.dtype, shape: t.shape, begin: header.count + b, end: header.count + e, t.stored))
+        }
+        return Manifest(format: .safetensors, size: header.count + offset, segments: segments)
+    }
+}

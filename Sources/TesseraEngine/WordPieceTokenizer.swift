@@ -136,12 +136,10 @@ public final class WordPieceTokenizer: TextTokenizer, @unchecked Sendable {
             throw TesseraError(.io, "\(path): cannot read the vocabulary", hint: "check the path")
         }
         var vocabulary: [String: Int] = [:]
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { String($0) }
+        // LF or CRLF line ends ("\r\n" is a single Character in Swift).
+        var lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).map { String($0) }
         if lines.last == "" { lines.removeLast() }
-        for (i, line) in lines.enumerated() {
-            let token = line.hasSuffix("\r") ? String(line.dropLast()) : line
-            if vocabulary[token] == nil { vocabulary[token] = i }
-        }
+        for (i, token) in lines.enumerated() where vocabulary[token] == nil { vocabulary[token] = i }
         try self.init(vocabulary: vocabulary, specialTokens: ["[MASK]"], maxLength: maxLength, lowercase: lowercase, source: path)
     }
 

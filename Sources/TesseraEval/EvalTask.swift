@@ -153,8 +153,8 @@ func readText(_ path: String, for task: String) throws -> String {
 func jsonLines(_ path: String, for task: String) throws -> [(line: Int, value: JSONValue)] {
     let text = try readText(path, for: task)
     var out: [(Int, JSONValue)] = []
-    for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-        let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
+    for (i, raw) in textLines(text).enumerated() {
+        let line = raw
         if line.allSatisfy({ $0 == " " || $0 == "\t" }) { continue }
         do {
             out.append((i + 1, try JSONParser.parse(String(line))))
@@ -170,4 +170,10 @@ func jsonLines(_ path: String, for task: String) throws -> [(line: Int, value: J
 func applyLimit<T>(_ items: [T], _ limit: Int?) -> [T] {
     guard let limit else { return items }
     return Array(items.prefix(limit))
+}
+
+/// Lines split at LF or CRLF (the line end is dropped). Swift counts "\r\n" as one Character, so splitting a String
+/// on "\n" alone would miss CRLF line ends (wikitext2_raw_test.txt has them).
+func textLines(_ text: String) -> [Substring] {
+    text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
 }

@@ -18,7 +18,7 @@ public struct WikitextTask: EvalTask {
     public static func texts(fromFile path: String, limit: Int?) throws -> [String] {
         let text = try readText(path, for: "wikitext")
         var lines: [String] = []
-        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        for line in textLines(text) {
             let stripped = line.trimmingCharacters(in: .whitespacesAndNewlines)
             if !stripped.isEmpty { lines.append(stripped) }
             if let limit, lines.count >= limit { break }

@@ -56,3 +56,28 @@ with open(out, "w", encoding="utf-8") as f:
     for t in texts:
         f.write(json.dumps({"text": t, "ids": tok.encode(t).ids}, ensure_ascii=False) + "\n")
 print(f"wrote {len(texts)} cases to {os.path.relpath(out, root)}", file=sys.stderr)
+
+# Porter stems (NLTK's default mode, which rouge-score's use_stemmer=True applies to tokens longer than three
+# characters) of every distinct Rouge token in the Self-Instruct predictions file. Needs `pip install nltk`.
+try:
+    import re
+    from nltk.stem import porter
+except ImportError:
+    print("nltk not installed: skipping the Porter fixture", file=sys.stderr)
+    sys.exit(0)
+stemmer = porter.PorterStemmer()
+predictions = os.path.join(root, "..", "shared", "data", "selfinstruct_text-davinci-003_predictions.jsonl")
+words = set()
+with open(predictions, encoding="utf-8") as f:
+    for line in f:
+        row = json.loads(line)
+        for field in ("response", "target"):
+            words.update(t for t in re.split(r"\s+", re.sub(r"[^a-z0-9]+", " ", row[field].lower())) if len(t) > 3)
+words.update(["skies", "dying", "ties", "cried", "happy", "enjoy", "relational", "conditional", "hopefully",
+              "analogies", "controlling", "rolling", "agreed", "feed", "hopping", "falling", "filing", "generalization"])
+porter_out = os.path.join(root, "Tests", "TesseraEvalTests", "Fixtures", "porter_stems.tsv")
+os.makedirs(os.path.dirname(porter_out), exist_ok=True)
+with open(porter_out, "w", encoding="utf-8") as f:
+    for w in sorted(words):
+        f.write(f"{w}\t{stemmer.stem(w)}\n")
+print(f"wrote {len(words)} stems to {os.path.relpath(porter_out, root)}", file=sys.stderr)

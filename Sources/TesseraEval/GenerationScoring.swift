@@ -21,7 +21,7 @@ public enum GenerationScoring {
     /// end-of-turn ids) and scores it with Rouge-L F1 against the best reference. Returns the metric and the texts.
     public static func evaluate(_ examples: [GenerationExample], model: any CausalLanguageModel, tokenizer: any TextTokenizer,
                                 template: ChatTemplate?, maxNewTokens: Int, sampling: Sampling = .greedy,
-                                progress: ProgressReporter) throws -> (metrics: [EvalMetric], outputs: [String]) {
+                                stemming: Bool = false, progress: ProgressReporter) throws -> (metrics: [EvalMetric], outputs: [String]) {
         var scores: [Double] = []
         var outputs: [String] = []
         for example in examples {
@@ -34,7 +34,7 @@ public enum GenerationScoring {
             if let last = generated.last, tokenizer.stopTokenIDs.contains(last) { generated.removeLast() }
             let answer = tokenizer.decode(generated).trimmingCharacters(in: .whitespacesAndNewlines)
             outputs.append(answer)
-            scores.append(RougeL.f1(prediction: answer, references: example.references))
+            scores.append(RougeL.f1(prediction: answer, references: example.references, stemming: stemming))
             progress.advance()
         }
         let mean = scores.isEmpty ? 0 : scores.reduce(0, +) / Double(scores.count)

@@ -1,6 +1,7 @@
 /// Rouge-L as Google's `rouge-score` computes it without stemming: lower-case, every run of characters other than
 /// ASCII letters and digits becomes a space, whitespace-separated tokens; precision = LCS / prediction length,
-/// recall = LCS / reference length, F = 2PR / (P + R) (0 when either side has no tokens).
+/// recall = LCS / reference length, F = 2PR / (P + R) (0 when either side has no tokens). With `stemming`, tokens
+/// longer than three characters are reduced by the Porter stemmer first (rouge-score's `use_stemmer=True`).
 public enum RougeL {
     public struct Score: Sendable, Equatable {
         public var precision: Double
@@ -8,7 +9,7 @@ public enum RougeL {
         public var f1: Double
     }
 
-    public static func tokenize(_ text: String) -> [String] {
+    public static func tokenize(_ text: String, stemming: Bool = false) -> [String] {
         var tokens: [String] = []
         var current = String.UnicodeScalarView()
         for u in text.lowercased().unicodeScalars {
@@ -20,11 +21,11 @@ public enum RougeL {
             }
         }
         if !current.isEmpty { tokens.append(String(current)) }
-        return tokens
+        return stemming ? tokens.map { $0.utf8.count > 3 ? PorterStemmer.stem($0) : $0 } : tokens
     }
 
-    public static func score(prediction: String, reference: String) -> Score {
-        score(predictionTokens: tokenize(prediction), referenceTokens: tokenize(reference))
+    public static func score(prediction: String, reference: String, stemming: Bool = false) -> Score {
+        score(predictionTokens: tokenize(prediction, stemming: stemming), referenceTokens: tokenize(reference, stemming: stemming))
     }
 
     public static func score(predictionTokens p: [String], referenceTokens r: [String]) -> Score {
@@ -36,9 +37,9 @@ public enum RougeL {
     }
 
     /// F1 against the best of several references (rouge-score's `score_multi` keeps the highest F).
-    public static func f1(prediction: String, references: [String]) -> Double {
-        let p = tokenize(prediction)
-        return references.map { score(predictionTokens: p, referenceTokens: tokenize($0)).f1 }.max() ?? 0
+    public static func f1(prediction: String, references: [String], stemming: Bool = false) -> Double {
+        let p = tokenize(prediction, stemming: stemming)
+        return references.map { score(predictionTokens: p, referenceTokens: tokenize($0, stemming: stemming)).f1 }.max() ?? 0
     }
 
     /// Length of the LCS by dynamic programming over two rows, tokens interned to integers first.

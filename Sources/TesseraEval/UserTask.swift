@@ -33,6 +33,8 @@ public struct UserTask: EvalTask {
     /// Generation settings.
     public let maxNewTokens: Int
     public let template: ChatTemplate?
+    /// Generation: Rouge-L with the Porter stemmer.
+    public let stemming: Bool
 
     public var name: String { taskName + (limit.map { ":\($0)" } ?? "") }
     public var requirement: ModelRequirement { kind == .classification ? .sentenceEmbedder : .causalLanguageModel }
@@ -75,7 +77,7 @@ public struct UserTask: EvalTask {
             throw fail(headerLine, "the header has no non-empty \"name\" string")
         }
         let headerKeys: [Kind: Set<String>] = [
-            .perplexity: [], .multipleChoice: ["choice_prefix"], .generation: ["max_new_tokens", "chat", "system"],
+            .perplexity: [], .multipleChoice: ["choice_prefix"], .generation: ["max_new_tokens", "chat", "system", "stemming"],
             .classification: ["labels", "head"],
         ]
         let allowedHeader = Set(["tessera_task", "type", "name", "description"]).union(headerKeys[kind]!)
@@ -91,6 +93,7 @@ public struct UserTask: EvalTask {
         var maxNewTokens = 128
         var template: ChatTemplate? = ChatTemplate()
         var choicePrefix = " "
+        var stemming = false
         switch kind {
         case .multipleChoice:
             if let p = header["choice_prefix"] {
@@ -105,6 +108,10 @@ public struct UserTask: EvalTask {
             if let c = header["chat"] {
                 guard let b = c.boolValue else { throw fail(headerLine, "\"chat\" must be true or false") }
                 if !b { template = nil }
+            }
+            if let st = header["stemming"] {
+                guard let b = st.boolValue else { throw fail(headerLine, "\"stemming\" must be true or false") }
+                stemming = b
             }
             if let s = header["system"], template != nil {
                 if s == .null { template = ChatTemplate(system: nil) } else {
@@ -131,6 +138,7 @@ public struct UserTask: EvalTask {
         self.headPath = headPath
         self.maxNewTokens = maxNewTokens
         self.template = template
+        self.stemming = stemming
 
         // Examples.
         let rows = Array(lines.dropFirst())
@@ -219,11 +227,11 @@ public struct UserTask: EvalTask {
                 return MultipleChoiceScoring.metrics(try MultipleChoiceScoring.score(questions, model: lm, tokenizer: tokenizer, progress: progress))
             }
         case let .generation(examples):
-            let maxNewTokens = self.maxNewTokens, template = self.template
+            let maxNewTokens = self.maxNewTokens, template = self.template, stemming = self.stemming
             return PreparedEvaluation(taskName: name, requirement: requirement, exampleCount: examples.count) { models, progress in
                 let (lm, tokenizer) = try models.requireLanguageModel(for: name)
                 return try GenerationScoring.evaluate(examples, model: lm, tokenizer: tokenizer, template: template,
-                                                      maxNewTokens: maxNewTokens, progress: progress).metrics
+                                                      maxNewTokens: maxNewTokens, stemming: stemming, progress: progress).metrics
             }
         case let .classification(texts, labels):
             guard let headPath, FileManager.default.fileExists(atPath: headPath) else {

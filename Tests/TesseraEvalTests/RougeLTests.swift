@@ -16,6 +16,28 @@ import TesseraEval
         #expect(abs(mean - 0.330146) < 5e-7, "mean \(mean)")
     }
 
+    /// With rouge-score's use_stemmer=True (NLTK Porter on tokens longer than three characters): 0.336378.
+    @Test func stemmedRougeLMatchesRougeScore() throws {
+        let rows = try EvalTestFiles.jsonLines(EvalTestFiles.data + "/selfinstruct_text-davinci-003_predictions.jsonl")
+        let scores = rows.map { RougeL.score(prediction: $0["response"] as! String, reference: $0["target"] as! String, stemming: true).f1 }
+        let mean = scores.reduce(0, +) / Double(scores.count)
+        #expect(abs(mean - 0.336378) < 5e-7, "mean \(mean)")
+    }
+
+    /// Every distinct token of the predictions file, stemmed by NLTK (scripts/make_eval_fixtures.py).
+    @Test func porterStemsMatchNLTK() throws {
+        let path = EvalTestFiles.packageRoot + "/Tests/TesseraEvalTests/Fixtures/porter_stems.tsv"
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count > 4000)
+        var wrong: [String] = []
+        for line in lines {
+            let parts = line.split(separator: "\t").map(String.init)
+            let got = PorterStemmer.stem(parts[0])
+            if got != parts[1] { wrong.append("\(parts[0]): \(got), NLTK \(parts[1])") }
+        }
+        #expect(wrong.isEmpty, "\(wrong.count) differ: \(wrong.prefix(30).joined(separator: "; "))")
+    }
+
     @Test func tokenizationAndEdgeCases() {
         #expect(RougeL.tokenize("Hello, World! It's 2024-11-24.") == ["hello", "world", "it", "s", "2024", "11", "24"])
         #expect(RougeL.tokenize("Café  naïve") == ["caf", "na", "ve"])

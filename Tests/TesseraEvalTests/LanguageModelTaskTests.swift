@@ -106,7 +106,7 @@ import TesseraEval
 
     /// Mean NLL is per predicted token over all lines (not a mean of line means).
     @Test func perplexityWeightsTokensNotLines() throws {
-        let path = try EvalTestFiles.temporaryFile("ppl.jsonl", """
+        let path = try EvalTestFiles.temporaryFile("ppl-weights.jsonl", """
         {"tessera_task": 1, "type": "perplexity", "name": "two-lines"}
         {"text": "ab"}
         {"text": "abcde"}

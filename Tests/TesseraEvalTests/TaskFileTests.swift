@@ -27,11 +27,12 @@ import TesseraEval
         #expect(questions[1].id == "line 3")
 
         let gen = try UserTask(path: try EvalTestFiles.temporaryFile("gen.jsonl", """
-        {"tessera_task": 1, "type": "generation", "name": "echo", "max_new_tokens": 16, "chat": false}
+        {"tessera_task": 1, "type": "generation", "name": "echo", "max_new_tokens": 16, "chat": false, "stemming": true}
         {"prompt": "Say hi", "reference": "hi"}
         {"prompt": "Say yo", "references": ["yo", "hey"]}
         """), limit: 1)
         #expect(gen.name == "echo:1" && gen.exampleCount == 1 && gen.maxNewTokens == 16 && gen.template == nil)
+        #expect(gen.stemming)
 
         let ppl = try UserTask(path: try EvalTestFiles.temporaryFile("ppl.jsonl", """
         {"tessera_task": 1, "type": "perplexity", "name": "toy-ppl"}
@@ -151,5 +152,28 @@ import TesseraEval
         let limited = try EvalTaskRegistry.task(path + ":1")
         #expect(limited.name == "lim:1")
         #expect(try limited.prepare(data: data).exampleCount == 1)
+    }
+
+    /// Two revisions through the runner: results keep task, metric, revision and n, and render side by side.
+    @Test func runnerCollectsResultsPerRevision() throws {
+        let path = try EvalTestFiles.temporaryFile("rev.jsonl", """
+        {"tessera_task": 1, "type": "multiple_choice", "name": "pick"}
+        {"context": "Q1", "choices": ["aa", "b"], "answer": 0}
+        {"context": "Q2", "choices": ["aa", "b"], "answer": 1}
+        """)
+        let prepared = try EvalRunner.prepare([try EvalTaskRegistry.task(path)], data: data)
+        let tokenizer = ByteTokenizer()
+        // Revision A prefers the longer continuation (2 tokens × -1 = -2 vs -3), B the shorter one.
+        let preferLong = ScriptedLanguageModel(scorer: { r in r.continuation.count == 3 ? [-1, -0.5, -0.5] : [-3, -0.5] })
+        let preferShort = ScriptedLanguageModel(scorer: { r in r.continuation.count == 3 ? [-3, -1, -1] : [-1, -0.5] })
+        let silent: (String, Int) -> ProgressReporter = { _, _ in .silent }
+        let results = try EvalRunner.run(prepared, models: EvalModels(languageModel: preferLong, tokenizer: tokenizer), revision: "A", progress: silent)
+            + EvalRunner.run(prepared, models: EvalModels(languageModel: preferShort, tokenizer: tokenizer), revision: "B", progress: silent)
+        #expect(results.map(\.revision) == ["A", "A", "B", "B"])
+        #expect(results.map(\.metric) == ["acc", "acc_norm", "acc", "acc_norm"])
+        #expect(results[0].value == 0.5 && results[2].value == 0.5 && results[0].count == 2)
+        let report = EvalReport(results)
+        #expect(report.revisions == ["A", "B"])
+        #expect(report.table().split(separator: "\n").first?.hasSuffix("B") == true)
     }
 }

@@ -261,12 +261,14 @@ public final class BERTModel: @unchecked Sendable {
                             for head in 0..<heads {
                                 let q = q0 + s * t * 3 * h + head * d
                                 let k = q + h, v = q + 2 * h
-                                // scores[t × len] = scale · Q[t × d] · K[len × d]ᵀ (rows strided by 3H inside qkv)
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(t), Int32(len), Int32(d),
+                                // Only the real query rows are computed: a padded row never feeds a real one (keys
+                                // are masked, every other operation is row-wise), so its context stays zero.
+                                // scores[len × len] = scale · Q[len × d] · K[len × d]ᵀ (rows strided by 3H inside qkv)
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(len), Int32(len), Int32(d),
                                             scale, q, Int32(3 * h), k, Int32(3 * h), 0, s0, Int32(t))
-                                for i in 0..<t { BERTModel.softmax(s0 + i * t, count: len) }
-                                // context[t × d] = P[t × len] · V[len × d], written into this head's columns.
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(t), Int32(d), Int32(len),
+                                for i in 0..<len { BERTModel.softmax(s0 + i * t, count: len) }
+                                // context[len × d] = P[len × len] · V[len × d], written into this head's columns.
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(len), Int32(d), Int32(len),
                                             1, s0, Int32(t), v, Int32(3 * h), 0,
                                             cp.baseAddress! + s * t * h + head * d, Int32(h))
                             }

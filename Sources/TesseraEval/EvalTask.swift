@@ -153,8 +153,7 @@ func readText(_ path: String, for task: String) throws -> String {
 func jsonLines(_ path: String, for task: String) throws -> [(line: Int, value: JSONValue)] {
     let text = try readText(path, for: task)
     var out: [(Int, JSONValue)] = []
-    for (i, raw) in textLines(text).enumerated() {
-        let line = raw
+    for (i, line) in textLines(text).enumerated() {
         if line.allSatisfy({ $0 == " " || $0 == "\t" }) { continue }
         do {
             out.append((i + 1, try JSONParser.parse(String(line))))

@@ -23,8 +23,7 @@ public struct SST2Task: EvalTask {
     public static func examples(fromFile path: String, limit: Int?) throws -> [(text: String, label: Int)] {
         let text = try readText(path, for: "sst2")
         var rows: [(String, Int)] = []
-        for (i, raw) in textLines(text).enumerated() {
-            let line = raw
+        for (i, line) in textLines(text).enumerated() {
             if i == 0 {
                 guard line.split(separator: "\t").map(String.init) == ["text", "label"] else {
                     throw TesseraError(.invalidParameter, "\(path):1: expected the header 'text<TAB>label'")

@@ -95,6 +95,15 @@ public struct EvalDataDirectory: Sendable, Equatable {
 
     public init(_ path: String) { self.path = path }
 
+    /// The directory to use: an explicit `--data-dir`, else `TESSERA_DATA_DIR`, else the caller's default (the
+    /// project's embedded `data/` folder).
+    public static func resolve(explicit: String?, default fallback: String,
+                               environment: [String: String] = ProcessInfo.processInfo.environment) -> EvalDataDirectory {
+        if let explicit, !explicit.isEmpty { return EvalDataDirectory(explicit) }
+        if let fromEnvironment = environment[environmentVariable], !fromEnvironment.isEmpty { return EvalDataDirectory(fromEnvironment) }
+        return EvalDataDirectory(fallback)
+    }
+
     /// The full path of a data file, or an error that says where it looked and how to point elsewhere.
     public func file(_ name: String, for task: String) throws -> String {
         let full = URL(fileURLWithPath: path).appendingPathComponent(name).path

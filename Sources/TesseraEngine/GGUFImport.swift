@@ -93,12 +93,15 @@ public enum GGUFImport {
             }
             return .array([.string(String(m[..<space])), .string(String(m[m.index(after: space)...]))])
         }
-        let byteLevel: JSONValue = .object([("type", .string("ByteLevel")), ("add_prefix_space", .bool(false)),
-                                            ("trim_offsets", .bool(true)), ("use_regex", .bool(true))])
+        // As transformers writes them when it converts a GGUF tokenizer (the decoder's add_prefix_space has no effect).
+        func byteLevel(prefixSpace: Bool) -> JSONValue {
+            .object([("type", .string("ByteLevel")), ("add_prefix_space", .bool(prefixSpace)),
+                     ("trim_offsets", .bool(true)), ("use_regex", .bool(true))])
+        }
         return .object([
             ("version", .string("1.0")), ("truncation", .null), ("padding", .null),
-            ("added_tokens", .array(added)), ("normalizer", .null), ("pre_tokenizer", byteLevel),
-            ("post_processor", .null), ("decoder", byteLevel),
+            ("added_tokens", .array(added)), ("normalizer", .null), ("pre_tokenizer", byteLevel(prefixSpace: false)),
+            ("post_processor", .null), ("decoder", byteLevel(prefixSpace: true)),
             ("model", .object([
                 ("type", .string("BPE")), ("dropout", .null), ("unk_token", .null),
                 ("continuing_subword_prefix", .null), ("end_of_word_suffix", .null), ("fuse_unk", .bool(false)),

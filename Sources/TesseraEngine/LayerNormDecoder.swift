@@ -55,7 +55,7 @@ enum LayerNormDecoder {
         let x = sc.buffer(0, count: T * d), xn = sc.buffer(1, count: T * d)
         let qkv = sc.buffer(2, count: T * qkvDim), attn = sc.buffer(3, count: T * d)
         let hidden = sc.buffer(4, count: T * s.inner)
-        let scores = sc.buffer(6, count: s.heads * T * (start + T))
+        let scores = sc.buffer(6, count: DecoderKernels.attentionScratchCount(tokens: T, start: start, heads: s.heads, kvHeads: s.heads, headDim: s.headDim))
         for (t, token) in tokens.enumerated() {
             let row = x + t * d, te = w.tokenEmbedding.p + token * d, pe = w.positionEmbedding.p + (start + t) * d
             for j in 0..<d { row[j] = te[j] + pe[j] }
@@ -68,7 +68,7 @@ enum LayerNormDecoder {
                 q: qkv, ldq: qkvDim, tokens: T, start: start,
                 keys: state.keys[l], values: state.values[l], cacheCapacity: state.capacity,
                 heads: s.heads, kvHeads: s.heads, headDim: s.headDim, scale: s.attentionScale, window: layer.window,
-                scores: scores, out: attn, ldo: d)
+                scratch: scores, out: attn, ldo: d)
             DecoderKernels.linear(attn, layer.attnOut.p, bias: nil, x, tokens: T, inDim: d, outDim: d, accumulate: true)
             addBias(x, layer.attnOutBias.p, rows: T, dim: d)
             DecoderKernels.layerNorm(x, layer.ln2Weight.p, layer.ln2Bias.p, xn, rows: T, dim: d, eps: s.eps)

@@ -179,7 +179,7 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
         let x = s.buffer(0, count: T * d), xn = s.buffer(1, count: T * d)
         let qkvOut = s.buffer(2, count: T * qkvDim), attn = s.buffer(3, count: T * qd)
         let gu = s.buffer(4, count: T * 2 * ffn), hidden = s.buffer(5, count: T * ffn)
-        let scores = s.buffer(6, count: c.heads * T * (start + T))
+        let scores = s.buffer(6, count: DecoderKernels.attentionScratchCount(tokens: T, start: start, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim))
 
         for (t, token) in tokens.enumerated() {
             (x + t * d).update(from: embedding.p + token * d, count: d)
@@ -199,7 +199,7 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
                         q: qkvOut, ldq: qkvDim, tokens: T, start: start,
                         keys: state.keys[l], values: state.values[l], cacheCapacity: state.capacity,
                         heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scale: scale, window: nil,
-                        scores: scores, out: attn, ldo: qd)
+                        scratch: scores, out: attn, ldo: qd)
                     DecoderKernels.linear(attn, attnOut[l].p, bias: nil, x, tokens: T, inDim: qd, outDim: d, accumulate: true)
                     DecoderKernels.rmsNorm(x, ffnNorm[l].p, xn, rows: T, dim: d, eps: c.rmsNormEps)
                     DecoderKernels.linear(xn, gateUp[l].p, bias: nil, gu, tokens: T, inDim: d, outDim: 2 * ffn)

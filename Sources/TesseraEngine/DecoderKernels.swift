@@ -51,19 +51,29 @@ enum DecoderKernels {
     /// GELU, tanh approximation ("gelu_new" in Hugging Face GPT-2 / GPT-Neo configs).
     static func geluTanh(_ x: UnsafeMutablePointer<Float>, count: Int) {
         let c: Float = 0.7978845608028654  // sqrt(2/π)
-        for i in 0..<count {
-            let v = x[i]
-            x[i] = 0.5 * v * (1 + tanhf(c * (v + 0.044715 * v * v * v)))
+        let chunks = count >= 65536 ? 4 : 1
+        let perChunk = (count + chunks - 1) / chunks
+        let run = { (chunk: Int) in
+            for i in (chunk * perChunk)..<min(count, (chunk + 1) * perChunk) {
+                let v = x[i]
+                x[i] = 0.5 * v * (1 + tanhf(c * (v + 0.044715 * v * v * v)))
+            }
         }
+        if chunks == 1 { run(0) } else { parallelFor(chunks, run) }
     }
 
     /// SwiGLU on a fused [T, 2·ffn] buffer laid out as (gate | up) per row: out[T, ffn] = silu(gate) · up.
     static func swiGLU(_ gateUp: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, tokens: Int, ffn: Int) {
-        for t in 0..<tokens {
+        let row = { (t: Int) in
             let g = gateUp + t * 2 * ffn, u = g + ffn, o = out + t * ffn
             for j in 0..<ffn { o[j] = -g[j] }
             FastMath.expInPlace(o, count: ffn)
             for j in 0..<ffn { o[j] = g[j] / (1 + o[j]) * u[j] }
+        }
+        if tokens >= 16 {
+            parallelFor(4) { chunk in for t in stride(from: chunk, to: tokens, by: 4) { row(t) } }
+        } else {
+            for t in 0..<tokens { row(t) }
         }
     }
 
@@ -92,12 +102,12 @@ enum DecoderKernels {
         return (c, s)
     }
 
-    /// Rotates `heads` heads of each of `tokens` rows (row stride `ld`), row t at position `start + t`.
-    static func applyRoPE(_ x: UnsafeMutablePointer<Float>, ld: Int, tokens: Int, heads: Int, headDim: Int, start: Int,
+    /// Rotates `heads` heads of each of `tokens` rows (row stride `ld`), row t at position `positions[t]`.
+    static func applyRoPE(_ x: UnsafeMutablePointer<Float>, ld: Int, tokens: Int, heads: Int, headDim: Int, positions: UnsafePointer<Int>,
                           cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, layout: RoPELayout) {
         let half = headDim / 2
         for t in 0..<tokens {
-            let c = cos + (start + t) * half, s = sin + (start + t) * half
+            let c = cos + positions[t] * half, s = sin + positions[t] * half
             for h in 0..<heads {
                 let v = x + t * ld + h * headDim
                 switch layout {
@@ -118,29 +128,33 @@ enum DecoderKernels {
         }
     }
 
-    /// Causal multi-head attention for `tokens` new queries at positions start..<start+tokens over the cached keys and
-    /// values 0..<start+tokens of one layer. Query head h reads KV head h / (heads / kvHeads) (grouped-query
-    /// attention). `window`, if set, limits each query to the `window` most recent positions (GPT-Neo local layers).
+    /// Multi-head attention of `layout.tokens` new queries over the cached keys and values of one layer (the new
+    /// tokens' own keys already stored at slots start..<start+tokens). Query head h reads KV head h / (heads / kvHeads)
+    /// (grouped-query attention). Each query sees the keys `layout.visibleKeys` gives: causal over one sequence, or
+    /// context + own segment when several continuations are scored in one pass; `window`, if set, keeps only the
+    /// `window` most recent positions (GPT-Neo local layers).
     ///
     /// Several tokens: for each KV head and block of queries, the queries of all heads sharing that KV head are
-    /// stacked into one matrix, so that one sgemm computes their scores against only the keys the block can see
-    /// (causal), softmax runs across cores, and one sgemm applies the values. BLAS calls are never nested inside
-    /// other parallel work (OpenBLAS threads would then contend). `scratch` needs `attentionScratchCount` floats.
+    /// stacked into one matrix, so that one sgemm computes their scores against only the keys the block can see,
+    /// softmax runs across cores, and one sgemm applies the values. BLAS calls are never nested inside other
+    /// parallel work (OpenBLAS threads would then contend). `scratch` needs `attentionScratchCount` floats.
     static func attention(
-        q: UnsafePointer<Float>, ldq: Int, tokens: Int, start: Int,
+        q: UnsafePointer<Float>, ldq: Int, layout: TokenLayout,
         keys: UnsafePointer<Float>, values: UnsafePointer<Float>, cacheCapacity: Int,
         heads: Int, kvHeads: Int, headDim: Int, scale: Float, window: Int?,
         scratch: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, ldo: Int
     ) {
         let group = heads / kvHeads
-        if tokens == 1 {
-            let length = start + 1
-            let first = window.map { max(0, start - $0 + 1) } ?? 0
+        let tokens = layout.tokens
+        if tokens == 1 && layout.start == layout.contextEnd {
+            // One token continuing its sequence: keys first...start are contiguous.
+            let start = layout.start
+            let first = layout.visibleKeys(0, window: window).context.lowerBound
+            let n = start + 1 - first
             for h in 0..<heads {
                 let kvh = h / group
                 let kh = keys + (kvh * cacheCapacity + first) * headDim
                 let vh = values + (kvh * cacheCapacity + first) * headDim
-                let n = length - first
                 Linalg.matvec(kh, q + h * headDim, scratch, rows: n, cols: headDim, alpha: scale)
                 softmaxInPlace(scratch, count: n)
                 Linalg.matvecTransposed(vh, scratch, out + h * headDim, rows: n, cols: headDim)
@@ -157,9 +171,13 @@ enum DecoderKernels {
             var t0 = 0
             while t0 < tokens {
                 let rows = min(block, tokens - t0)
-                let lastPosition = start + t0 + rows - 1
-                let firstKey = window.map { max(0, start + t0 - $0 + 1) } ?? 0
-                let length = lastPosition + 1 - firstKey
+                let lastKey = layout.start + t0 + rows - 1
+                var firstKey = lastKey
+                for t in t0..<(t0 + rows) {
+                    let v = layout.visibleKeys(t, window: window)
+                    firstKey = min(firstKey, v.context.isEmpty ? v.own.lowerBound : v.context.lowerBound)
+                }
+                let length = lastKey + 1 - firstKey
                 for g in 0..<group {
                     let h = kvh * group + g
                     for r in 0..<rows {
@@ -168,24 +186,21 @@ enum DecoderKernels {
                 }
                 Linalg.matmulTransposedB(stacked, lda: headDim, kh + firstKey * headDim, ldb: headDim, scores, ldc: length,
                                          m: group * rows, n: length, k: headDim, alpha: scale)
-                // Row i is query t0 + i % rows at position start + t0 + i % rows; it sees keys firstKey'...position.
-                let softmaxRows = { (i: Int) in
-                    let row = scores + i * length
-                    let position = start + t0 + i % rows
-                    let lo = (window.map { max(0, position - $0 + 1) } ?? 0) - firstKey
-                    let hi = position - firstKey  // inclusive
-                    for j in 0..<lo { row[j] = 0 }
-                    softmaxInPlace(row + lo, count: hi - lo + 1)
-                    for j in (hi + 1)..<length { row[j] = 0 }
+                // Row i is query t0 + i % rows (of head kvh·group + i / rows).
+                let softmaxRow = { (i: Int) in
+                    let v = layout.visibleKeys(t0 + i % rows, window: window)
+                    softmaxMasked(scores + i * length, count: length,
+                                  first: (v.context.lowerBound - firstKey)..<(v.context.upperBound - firstKey),
+                                  second: (v.own.lowerBound - firstKey)..<(v.own.upperBound - firstKey))
                 }
                 let totalRows = group * rows
                 if totalRows * length >= 16384 {
                     let chunks = 4
                     parallelFor(chunks) { c in
-                        for i in stride(from: c, to: totalRows, by: chunks) { softmaxRows(i) }
+                        for i in stride(from: c, to: totalRows, by: chunks) { softmaxRow(i) }
                     }
                 } else {
-                    for i in 0..<totalRows { softmaxRows(i) }
+                    for i in 0..<totalRows { softmaxRow(i) }
                 }
                 Linalg.matmul(scores, lda: length, vh + firstKey * headDim, ldb: headDim, result, ldc: headDim,
                               m: totalRows, n: headDim, k: length)
@@ -200,11 +215,36 @@ enum DecoderKernels {
         }
     }
 
+    /// Softmax over the union of two ranges of a row (`first` ends before `second` begins), zero elsewhere.
+    @inline(__always)
+    static func softmaxMasked(_ row: UnsafeMutablePointer<Float>, count: Int, first: Range<Int>, second: Range<Int>) {
+        var maxValue = -Float.infinity
+        for j in first where row[j] > maxValue { maxValue = row[j] }
+        for j in second where row[j] > maxValue { maxValue = row[j] }
+        var sum: Float = 0
+        if !first.isEmpty {
+            for j in first { row[j] -= maxValue }
+            FastMath.expInPlace(row + first.lowerBound, count: first.count)
+            for j in first { sum += row[j] }
+        }
+        for j in second { row[j] -= maxValue }
+        FastMath.expInPlace(row + second.lowerBound, count: second.count)
+        for j in second { sum += row[j] }
+        let inv = 1 / sum
+        let firstEnd = first.isEmpty ? 0 : first.upperBound
+        for j in 0..<(first.isEmpty ? 0 : first.lowerBound) { row[j] = 0 }
+        for j in first { row[j] *= inv }
+        for j in firstEnd..<second.lowerBound { row[j] = 0 }
+        for j in second { row[j] *= inv }
+        for j in second.upperBound..<count { row[j] = 0 }
+    }
+
     /// Query rows per attention block.
     static let attentionBlock = 128
 
     /// Floats of scratch `attention` needs.
     static func attentionScratchCount(tokens: Int, start: Int, heads: Int, kvHeads: Int, headDim: Int) -> Int {
+        // (a key range never exceeds start + tokens slots)
         let group = heads / kvHeads
         let rows = min(tokens, attentionBlock) * group
         return 2 * rows * headDim + rows * (start + tokens) + (start + tokens)
@@ -289,5 +329,53 @@ enum FastMath {
         p = p * x + 5.000_000_120_1e-1
         let y = p * x * x + x + 1
         return y * Float(bitPattern: UInt32(bitPattern: (Int32(n) &+ 127) &<< 23))
+    }
+}
+
+/// Where the new tokens of a forward pass sit. Tokens are stored in the cache at slots start..<start+tokens. Token t
+/// belongs to a segment beginning at token `segmentStarts[t]`; it sits at position contextEnd + (t − segmentStart)
+/// (for RoPE / position embeddings) and sees the context slots 0..<contextEnd plus its own segment's slots up to
+/// itself. A plain causal pass is one segment starting at token 0 with contextEnd = start.
+struct TokenLayout {
+    let tokens: Int
+    let start: Int
+    let contextEnd: Int
+    let segmentStarts: [Int]
+    let positions: [Int]
+
+    /// One sequence continuing the cached one.
+    init(causal tokens: Int, start: Int) {
+        self.tokens = tokens
+        self.start = start
+        contextEnd = start
+        segmentStarts = Array(repeating: 0, count: tokens)
+        positions = (0..<tokens).map { start + $0 }
+    }
+
+    /// Several independent continuations of the cached context (slots 0..<start), concatenated.
+    init(segments lengths: [Int], start: Int) {
+        var starts: [Int] = [], positions: [Int] = []
+        var offset = 0
+        for m in lengths {
+            for j in 0..<m { starts.append(offset); positions.append(start + j) }
+            offset += m
+        }
+        tokens = offset
+        self.start = start
+        contextEnd = start
+        segmentStarts = starts
+        self.positions = positions
+    }
+
+    /// The cache slots token t may attend to: a context range and a range of its own segment (inclusive of itself).
+    @inline(__always)
+    func visibleKeys(_ t: Int, window: Int?) -> (context: Range<Int>, own: Range<Int>) {
+        let offset = t - segmentStarts[t]
+        let position = contextEnd + offset
+        let ownStart = start + segmentStarts[t]
+        guard let w = window else { return (0..<contextEnd, ownStart..<(start + t + 1)) }
+        let earliest = position - w + 1  // earliest visible position
+        let contextLow = min(contextEnd, max(0, earliest))
+        return (contextLow..<contextEnd, (ownStart + max(0, offset - w + 1))..<(start + t + 1))
     }
 }

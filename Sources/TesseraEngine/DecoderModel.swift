@@ -66,6 +66,13 @@ public final class DecoderState: @unchecked Sendable {
     }
 }
 
+/// A tensor as float32. GGUF tensors are dequantised straight into the result; other sources decode their bytes.
+/// (`TensorSource.floats` is a protocol extension, so a call through the protocol would not reach `GGUFFile`'s own.)
+func weightFloats(_ source: TensorSource, _ name: String) throws -> [Float] {
+    if let gguf = source as? GGUFFile { return try gguf.dequantized(name) }
+    return try source.floats(name)
+}
+
 /// Weights held as one immutable float buffer. `@unchecked Sendable`: written once while loading, then only read.
 final class WeightBuffer: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<Float>
@@ -90,12 +97,37 @@ public protocol DecoderArchitecture: CausalLanguageModel {
     var layerCount: Int { get }
     var kvHeadCount: Int { get }
     var headDimension: Int { get }
-    /// Runs `tokens` at positions `state.length`..., appends their keys/values to the cache and returns the logits
-    /// of the rows `logitRows` (indices into `tokens`), row-major [logitRows.count, vocabularySize].
-    func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int]) throws -> [Float]
+    /// Runs `tokens` after the `state.length` cached positions, appends their keys/values to the cache and returns
+    /// the logits of the rows `logitRows` (indices into `tokens`), row-major [logitRows.count, vocabularySize].
+    /// `segments` nil: the tokens continue the cached sequence. Otherwise `tokens` is several independent
+    /// continuations of the cached context, concatenated, with these lengths: each sees the context and its own
+    /// earlier tokens, at positions restarting after the context. (The caller then rolls `state.length` back.)
+    func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int], segments: [Int]?) throws -> [Float]
 }
 
 extension DecoderArchitecture {
+    /// Runs `tokens` continuing the cached sequence (see `forward(_:state:logitRows:segments:)`).
+    public func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int]) throws -> [Float] {
+        try forward(tokens, state: state, logitRows: logitRows, segments: nil)
+    }
+
+    /// The layout of a forward pass, checked against the vocabulary and the context length.
+    func prepare(_ tokens: [Int], state: DecoderState, segments: [Int]?) throws -> TokenLayout {
+        try checkTokens(tokens)
+        let layout: TokenLayout
+        if let segments {
+            guard segments.allSatisfy({ $0 > 0 }), segments.reduce(0, +) == tokens.count else {
+                throw TesseraError(.invalidParameter, "segment lengths \(segments) do not add up to \(tokens.count) tokens")
+            }
+            layout = TokenLayout(segments: segments, start: state.length)
+        } else {
+            layout = TokenLayout(causal: tokens.count, start: state.length)
+        }
+        try checkLength((layout.positions.max() ?? state.length - 1) + 1)
+        state.reserve(state.length + tokens.count)
+        return layout
+    }
+
     public func makeState(capacity: Int) -> DecoderState {
         DecoderState(layers: layerCount, kvHeads: kvHeadCount, headDim: headDimension, capacity: capacity)
     }
@@ -143,9 +175,20 @@ extension DecoderArchitecture {
         for context in order {
             let members = groups[context]!
             state.length = 0
-            let longest = members.map { requests[$0].continuation.count }.max() ?? 0
-            state.reserve(context.count + longest)
             let contextLogits = try forward(context, state: state, logitRows: [context.count - 1])
+            // All continuations (without their last tokens) in one pass, each seeing the context and itself.
+            var inputs: [Int] = [], segments: [Int] = [], firstRow: [Int: Int] = [:]
+            for i in members where requests[i].continuation.count > 1 {
+                firstRow[i] = inputs.count
+                inputs += requests[i].continuation.dropLast()
+                segments.append(requests[i].continuation.count - 1)
+            }
+            var logits: [Float] = []
+            if !inputs.isEmpty {
+                state.reserve(context.count + inputs.count)
+                logits = try forward(inputs, state: state, logitRows: Array(0..<inputs.count), segments: segments)
+                state.length = context.count
+            }
             for i in members {
                 let continuation = requests[i].continuation
                 guard !continuation.isEmpty else { continue }
@@ -153,13 +196,10 @@ extension DecoderArchitecture {
                 scores[0] = contextLogits.withUnsafeBufferPointer {
                     DecoderKernels.logProbability($0.baseAddress!, count: vocab, at: continuation[0])
                 }
-                if continuation.count > 1 {
-                    let inputs = Array(continuation.dropLast())
-                    let logits = try forward(inputs, state: state, logitRows: Array(0..<inputs.count))
-                    state.length = context.count
+                if let row = firstRow[i] {
                     logits.withUnsafeBufferPointer { l in
                         for j in 1..<continuation.count {
-                            scores[j] = DecoderKernels.logProbability(l.baseAddress! + (j - 1) * vocab, count: vocab, at: continuation[j])
+                            scores[j] = DecoderKernels.logProbability(l.baseAddress! + (row + j - 1) * vocab, count: vocab, at: continuation[j])
                         }
                     }
                 }

@@ -79,9 +79,9 @@ public final class GPT2Model: DecoderArchitecture, @unchecked Sendable {
         config = c
         let n = GPT2TensorNames(source: source)
         let d = c.hiddenSize
-        func w(_ name: String) throws -> WeightBuffer { WeightBuffer(try source.floats(name)) }
+        func w(_ name: String) throws -> WeightBuffer { WeightBuffer(try weightFloats(source, name)) }
         func conv(_ name: String, _ rows: Int, _ cols: Int) throws -> WeightBuffer {
-            WeightBuffer(LayerNormDecoder.transposed(try source.floats(name), rows: rows, cols: cols))
+            WeightBuffer(LayerNormDecoder.transposed(try weightFloats(source, name), rows: rows, cols: cols))
         }
         var layers: [LayerNormDecoderWeights.Layer] = []
         for i in 0..<c.layers {
@@ -103,9 +103,8 @@ public final class GPT2Model: DecoderArchitecture, @unchecked Sendable {
                                       attentionScale: 1 / Float(d / c.heads).squareRoot())
     }
 
-    public func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int]) throws -> [Float] {
-        try checkTokens(tokens)
-        try checkLength(state.length + tokens.count)
-        return LayerNormDecoder.forward(tokens, state: state, logitRows: logitRows, shape: shape, weights: weights)
+    public func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int], segments: [Int]?) throws -> [Float] {
+        let layout = try prepare(tokens, state: state, segments: segments)
+        return LayerNormDecoder.forward(tokens, state: state, layout: layout, logitRows: logitRows, shape: shape, weights: weights)
     }
 }

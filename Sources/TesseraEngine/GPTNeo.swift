@@ -97,15 +97,15 @@ public final class GPTNeoModel: DecoderArchitecture, @unchecked Sendable {
     public init(config c: GPTNeoConfig, source: TensorSource) throws {
         config = c
         let n = GPTNeoTensorNames(source: source)
-        func w(_ name: String) throws -> WeightBuffer { WeightBuffer(try source.floats(name)) }
+        func w(_ name: String) throws -> WeightBuffer { WeightBuffer(try weightFloats(source, name)) }
         var layers: [LayerNormDecoderWeights.Layer] = []
         for i in 0..<c.layers {
             let a = "attn.attention."
             layers.append(.init(
                 ln1Weight: try w(n.layer(i, "ln_1.weight")), ln1Bias: try w(n.layer(i, "ln_1.bias")),
-                qkv: WeightBuffer(stacking: [try source.floats(n.layer(i, a + "q_proj.weight")),
-                                             try source.floats(n.layer(i, a + "k_proj.weight")),
-                                             try source.floats(n.layer(i, a + "v_proj.weight"))]),
+                qkv: WeightBuffer(stacking: [try weightFloats(source, n.layer(i, a + "q_proj.weight")),
+                                             try weightFloats(source, n.layer(i, a + "k_proj.weight")),
+                                             try weightFloats(source, n.layer(i, a + "v_proj.weight"))]),
                 qkvBias: nil,
                 attnOut: try w(n.layer(i, a + "out_proj.weight")), attnOutBias: try w(n.layer(i, a + "out_proj.bias")),
                 ln2Weight: try w(n.layer(i, "ln_2.weight")), ln2Bias: try w(n.layer(i, "ln_2.bias")),
@@ -121,9 +121,8 @@ public final class GPTNeoModel: DecoderArchitecture, @unchecked Sendable {
                                       positions: c.maxPositions, eps: c.layerNormEps, attentionScale: 1)
     }
 
-    public func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int]) throws -> [Float] {
-        try checkTokens(tokens)
-        try checkLength(state.length + tokens.count)
-        return LayerNormDecoder.forward(tokens, state: state, logitRows: logitRows, shape: shape, weights: weights)
+    public func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int], segments: [Int]?) throws -> [Float] {
+        let layout = try prepare(tokens, state: state, segments: segments)
+        return LayerNormDecoder.forward(tokens, state: state, layout: layout, logitRows: logitRows, shape: shape, weights: weights)
     }
 }

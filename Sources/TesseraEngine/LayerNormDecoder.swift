@@ -46,10 +46,9 @@ enum LayerNormDecoder {
         return out
     }
 
-    static func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int], shape s: LayerNormDecoderShape,
+    static func forward(_ tokens: [Int], state: DecoderState, layout: TokenLayout, logitRows: [Int], shape s: LayerNormDecoderShape,
                         weights w: LayerNormDecoderWeights) -> [Float] {
         let T = tokens.count, start = state.length
-        state.reserve(start + T)
         let d = s.hidden, qkvDim = 3 * d
         let sc = state.scratch
         let x = sc.buffer(0, count: T * d), xn = sc.buffer(1, count: T * d)
@@ -57,7 +56,7 @@ enum LayerNormDecoder {
         let hidden = sc.buffer(4, count: T * s.inner)
         let scores = sc.buffer(6, count: DecoderKernels.attentionScratchCount(tokens: T, start: start, heads: s.heads, kvHeads: s.heads, headDim: s.headDim))
         for (t, token) in tokens.enumerated() {
-            let row = x + t * d, te = w.tokenEmbedding.p + token * d, pe = w.positionEmbedding.p + (start + t) * d
+            let row = x + t * d, te = w.tokenEmbedding.p + token * d, pe = w.positionEmbedding.p + layout.positions[t] * d
             for j in 0..<d { row[j] = te[j] + pe[j] }
         }
         for (l, layer) in w.layers.enumerated() {
@@ -65,7 +64,7 @@ enum LayerNormDecoder {
             DecoderKernels.linear(xn, layer.qkv.p, bias: layer.qkvBias?.p, qkv, tokens: T, inDim: d, outDim: qkvDim)
             state.store(layer: l, keys: qkv + d, values: qkv + 2 * d, ld: qkvDim, tokens: T, start: start)
             DecoderKernels.attention(
-                q: qkv, ldq: qkvDim, tokens: T, start: start,
+                q: qkv, ldq: qkvDim, layout: layout,
                 keys: state.keys[l], values: state.values[l], cacheCapacity: state.capacity,
                 heads: s.heads, kvHeads: s.heads, headDim: s.headDim, scale: s.attentionScale, window: layer.window,
                 scratch: scores, out: attn, ldo: d)

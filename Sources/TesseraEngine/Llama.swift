@@ -141,7 +141,9 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
     private let ropeCos: [Float], ropeSin: [Float]
 
     public var vocabularySize: Int { config.vocabularySize }
-    public var maxSequenceLength: Int { config.maxPositions }
+    /// The config's context, capped so the RoPE tables stay small (32k positions · headDim floats).
+    public var maxSequenceLength: Int { min(config.maxPositions, Self.maxTablePositions) }
+    static let maxTablePositions = 32768
     public var layerCount: Int { config.layers }
     public var kvHeadCount: Int { config.kvHeads }
     public var headDimension: Int { config.headDim }
@@ -149,30 +151,28 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
     /// Loads weights from `source` named by `names`. Call through `loadCausalLM`, which checks names and shapes first.
     public init(config c: LlamaConfig, source: TensorSource, names: LlamaTensorNames) throws {
         config = c
-        embedding = WeightBuffer(try source.floats(names.embedding))
-        head = c.tiedEmbeddings ? embedding : WeightBuffer(try source.floats(names.output))
-        finalNorm = WeightBuffer(try source.floats(names.finalNorm))
+        embedding = WeightBuffer(try weightFloats(source, names.embedding))
+        head = c.tiedEmbeddings ? embedding : WeightBuffer(try weightFloats(source, names.output))
+        finalNorm = WeightBuffer(try weightFloats(source, names.finalNorm))
         var an: [WeightBuffer] = [], q: [WeightBuffer] = [], o: [WeightBuffer] = []
         var fn: [WeightBuffer] = [], gu: [WeightBuffer] = [], dn: [WeightBuffer] = []
         for i in 0..<c.layers {
             let n = names.layer(i)
-            an.append(WeightBuffer(try source.floats(n[0])))
-            q.append(WeightBuffer(stacking: [try source.floats(n[1]), try source.floats(n[2]), try source.floats(n[3])]))
-            o.append(WeightBuffer(try source.floats(n[4])))
-            fn.append(WeightBuffer(try source.floats(n[5])))
-            gu.append(WeightBuffer(stacking: [try source.floats(n[6]), try source.floats(n[7])]))
-            dn.append(WeightBuffer(try source.floats(n[8])))
+            an.append(WeightBuffer(try weightFloats(source, n[0])))
+            q.append(WeightBuffer(stacking: [try weightFloats(source, n[1]), try weightFloats(source, n[2]), try weightFloats(source, n[3])]))
+            o.append(WeightBuffer(try weightFloats(source, n[4])))
+            fn.append(WeightBuffer(try weightFloats(source, n[5])))
+            gu.append(WeightBuffer(stacking: [try weightFloats(source, n[6]), try weightFloats(source, n[7])]))
+            dn.append(WeightBuffer(try weightFloats(source, n[8])))
         }
         attnNorm = an; qkv = q; attnOut = o; ffnNorm = fn; gateUp = gu; down = dn
-        (ropeCos, ropeSin) = DecoderKernels.ropeTables(positions: c.maxPositions, headDim: c.headDim, base: c.ropeTheta)
+        (ropeCos, ropeSin) = DecoderKernels.ropeTables(positions: min(c.maxPositions, Self.maxTablePositions), headDim: c.headDim, base: c.ropeTheta)
     }
 
-    public func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int]) throws -> [Float] {
-        try checkTokens(tokens)
+    public func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int], segments: [Int]?) throws -> [Float] {
+        let layout = try prepare(tokens, state: state, segments: segments)
         let c = config
         let T = tokens.count, start = state.length
-        try checkLength(start + T)
-        state.reserve(start + T)
         let d = c.hiddenSize, qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim, qkvDim = qd + 2 * kvd
         let ffn = c.intermediateSize
         let s = state.scratch
@@ -186,17 +186,18 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
         }
         let scale = 1 / Float(c.headDim).squareRoot()
         ropeCos.withUnsafeBufferPointer { cosTable in
-            ropeSin.withUnsafeBufferPointer { sinTable in
+          ropeSin.withUnsafeBufferPointer { sinTable in
+            layout.positions.withUnsafeBufferPointer { positions in
                 for l in 0..<c.layers {
                     DecoderKernels.rmsNorm(x, attnNorm[l].p, xn, rows: T, dim: d, eps: c.rmsNormEps)
                     DecoderKernels.linear(xn, qkv[l].p, bias: nil, qkvOut, tokens: T, inDim: d, outDim: qkvDim)
-                    DecoderKernels.applyRoPE(qkvOut, ld: qkvDim, tokens: T, heads: c.heads, headDim: c.headDim, start: start,
+                    DecoderKernels.applyRoPE(qkvOut, ld: qkvDim, tokens: T, heads: c.heads, headDim: c.headDim, positions: positions.baseAddress!,
                                              cos: cosTable.baseAddress!, sin: sinTable.baseAddress!, layout: c.ropeLayout)
-                    DecoderKernels.applyRoPE(qkvOut + qd, ld: qkvDim, tokens: T, heads: c.kvHeads, headDim: c.headDim, start: start,
+                    DecoderKernels.applyRoPE(qkvOut + qd, ld: qkvDim, tokens: T, heads: c.kvHeads, headDim: c.headDim, positions: positions.baseAddress!,
                                              cos: cosTable.baseAddress!, sin: sinTable.baseAddress!, layout: c.ropeLayout)
                     state.store(layer: l, keys: qkvOut + qd, values: qkvOut + qd + kvd, ld: qkvDim, tokens: T, start: start)
                     DecoderKernels.attention(
-                        q: qkvOut, ldq: qkvDim, tokens: T, start: start,
+                        q: qkvOut, ldq: qkvDim, layout: layout,
                         keys: state.keys[l], values: state.values[l], cacheCapacity: state.capacity,
                         heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scale: scale, window: nil,
                         scratch: scores, out: attn, ldo: qd)
@@ -207,6 +208,7 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
                     DecoderKernels.linear(hidden, down[l].p, bias: nil, x, tokens: T, inDim: ffn, outDim: d, accumulate: true)
                 }
             }
+          }
         }
         state.length = start + T
 

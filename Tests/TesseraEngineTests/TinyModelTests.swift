@@ -52,11 +52,20 @@ import TesseraEngine
         let (ids, expected, vocab) = try EngineFixtures.expectedLogits(EngineFixtures.fixtures + "/" + fixture)
         let context = Array(ids[0..<8])
         // Two requests share the context (one is the true continuation of the fixture), one has its own.
+        // Several continuations of one context (prefixes of the true one, so PyTorch's logits score all of them) run
+        // in one batched pass; a leak between them (or a wrong position or window) would change their scores.
         let requests: [(context: [Int], continuation: [Int])] = [
             (context, Array(ids[8...])), (Array(ids[0..<5]), Array(ids[5..<9])), (context, [ids[8]]),
+            (context, Array(ids[8..<14])), (context, Array(ids[8..<11])),
         ]
         let scores = try model.scoreContinuations(requests)
-        #expect(scores.map(\.count) == [ids.count - 8, 4, 1])
+        #expect(scores.map(\.count) == [ids.count - 8, 4, 1, 6, 3])
+        for r in [3, 4] {
+            for (j, s) in scores[r].enumerated() {
+                let want = EngineFixtures.logSoftmax(expected, row: 7 + j, vocab: vocab, index: ids[8 + j])
+                #expect(abs(Double(s) - want) < 2e-4, "\(fixture) request \(r) token \(j): \(s) vs \(want)")
+            }
+        }
         for (j, s) in scores[0].enumerated() {
             let want = EngineFixtures.logSoftmax(expected, row: 7 + j, vocab: vocab, index: ids[8 + j])
             #expect(abs(Double(s) - want) < 2e-4, "\(fixture) token \(j): \(s) vs \(want)")

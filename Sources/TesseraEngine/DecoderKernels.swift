@@ -147,17 +147,34 @@ enum DecoderKernels {
         let group = heads / kvHeads
         let tokens = layout.tokens
         if tokens == 1 && layout.start == layout.contextEnd {
-            // One token continuing its sequence: keys first...start are contiguous.
+            // One token continuing its sequence (decoding): keys first...start are contiguous. Plain loops rather
+            // than hundreds of tiny BLAS calls, which would each wake OpenBLAS's threads; heads run in parallel.
             let start = layout.start
             let first = layout.visibleKeys(0, window: window).context.lowerBound
             let n = start + 1 - first
-            for h in 0..<heads {
+            let perHead = { (h: Int) in
                 let kvh = h / group
                 let kh = keys + (kvh * cacheCapacity + first) * headDim
                 let vh = values + (kvh * cacheCapacity + first) * headDim
-                Linalg.matvec(kh, q + h * headDim, scratch, rows: n, cols: headDim, alpha: scale)
-                softmaxInPlace(scratch, count: n)
-                Linalg.matvecTransposed(vh, scratch, out + h * headDim, rows: n, cols: headDim)
+                let qh = q + h * headDim, oh = out + h * headDim
+                let sh = scratch + h * n
+                for j in 0..<n {
+                    let k = kh + j * headDim
+                    var dot: Float = 0
+                    for i in 0..<headDim { dot += qh[i] * k[i] }
+                    sh[j] = dot * scale
+                }
+                softmaxInPlace(sh, count: n)
+                for i in 0..<headDim { oh[i] = 0 }
+                for j in 0..<n {
+                    let v = vh + j * headDim, p = sh[j]
+                    for i in 0..<headDim { oh[i] += p * v[i] }
+                }
+            }
+            if heads > 1 && n * heads >= 2048 {
+                parallelFor(heads, perHead)
+            } else {
+                for h in 0..<heads { perHead(h) }
             }
             return
         }
@@ -247,7 +264,7 @@ enum DecoderKernels {
         // (a key range never exceeds start + tokens slots)
         let group = heads / kvHeads
         let rows = min(tokens, attentionBlock) * group
-        return 2 * rows * headDim + rows * (start + tokens) + (start + tokens)
+        return 2 * rows * headDim + rows * (start + tokens) + heads * (start + tokens)
     }
 
     /// Numerically stable softmax of `count` values in place.

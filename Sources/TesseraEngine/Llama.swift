@@ -28,6 +28,13 @@ public struct LlamaConfig: Sendable, Equatable {
         }
         let hidden = try int("embedding_length")
         let heads = try int("attention.head_count")
+        let headDim = gguf["llama.attention.key_length"]?.intValue ?? hidden / max(1, heads)
+        if let rotary = gguf["llama.rope.dimension_count"]?.intValue, rotary != headDim {
+            throw TesseraError(.unsupported, "\(gguf.path): partial RoPE (\(rotary) of \(headDim) dimensions) is not supported by the engine")
+        }
+        if let scaling = gguf["llama.rope.scaling.type"]?.stringValue, scaling != "none" {
+            throw TesseraError(.unsupported, "\(gguf.path): RoPE scaling '\(scaling)' is not supported by the engine")
+        }
         guard let embedding = gguf.info("token_embd.weight"), embedding.shape.count == 2 else {
             throw TesseraError(.notFound, "\(gguf.path): no tensor named 'token_embd.weight'", hint: "the GGUF is not a complete llama model")
         }
@@ -35,7 +42,7 @@ public struct LlamaConfig: Sendable, Equatable {
             vocabularySize: embedding.shape[0], hiddenSize: hidden, intermediateSize: try int("feed_forward_length"),
             layers: try int("block_count"), heads: heads,
             kvHeads: gguf["llama.attention.head_count_kv"]?.intValue ?? heads,
-            headDim: gguf["llama.attention.key_length"]?.intValue ?? hidden / max(1, heads),
+            headDim: headDim,
             rmsNormEps: Float(gguf["llama.attention.layer_norm_rms_epsilon"]?.doubleValue ?? 1e-5),
             ropeTheta: Float(gguf["llama.rope.freq_base"]?.doubleValue ?? 10000),
             maxPositions: gguf["llama.context_length"]?.intValue ?? 2048,
@@ -49,6 +56,12 @@ public struct LlamaConfig: Sendable, Equatable {
                 throw TesseraError(.invalidCheckpoint, "\(file): '\(key)' is missing or not an integer", hint: "check the model's config.json")
             }
             return v
+        }
+        if let activation = json["hidden_act"]?.stringValue, activation != "silu" {
+            throw TesseraError(.unsupported, "\(file): hidden_act '\(activation)' is not supported for Llama", hint: "the engine implements SwiGLU with SiLU")
+        }
+        for key in ["attention_bias", "mlp_bias"] where json[key]?.boolValue == true {
+            throw TesseraError(.unsupported, "\(file): \(key) is not supported for Llama", hint: "the engine implements bias-free Llama layers")
         }
         if let scaling = json["rope_scaling"], scaling != .null {
             throw TesseraError(.unsupported, "\(file): rope_scaling is not supported by the engine", hint: "use a model without RoPE scaling")

@@ -64,6 +64,30 @@ import TesseraEngine
         }
     }
 
+    /// GGUF v2 has v3's layout (v3 only adds big-endian files); v1 (32-bit counts) is refused. A truncated file is
+    /// refused at open, naming the tensor that does not fit.
+    @Test func versionsAndTruncation() throws {
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: EngineFixtures.fixtures + "/quant_types.gguf")))
+        let directory = try EngineFixtures.temporaryDirectory("gguf")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        bytes[4] = 2
+        try Data(bytes).write(to: URL(fileURLWithPath: directory + "/v2.gguf"))
+        let v2 = try GGUFFile(path: directory + "/v2.gguf")
+        #expect(v2.version == 2 && v2["test.string"] == .string("héllo wörld"))
+        #expect(try v2.floats("w_q6_k") == file.floats("w_q6_k"))
+        bytes[4] = 1
+        try Data(bytes).write(to: URL(fileURLWithPath: directory + "/v1.gguf"))
+        #expect(throws: TesseraError.self) { _ = try GGUFFile(path: directory + "/v1.gguf") }
+        bytes[4] = 3
+        try Data(bytes.dropLast(100)).write(to: URL(fileURLWithPath: directory + "/cut.gguf"))
+        do {
+            _ = try GGUFFile(path: directory + "/cut.gguf")
+            Issue.record("a truncated GGUF should be refused")
+        } catch let e as TesseraError {
+            #expect(e.message.contains("extends past the end"))
+        }
+    }
+
     @Test func notAGGUFFile() throws {
         #expect(throws: TesseraError.self) {
             _ = try GGUFFile(path: EngineFixtures.fixtures + "/tiny_gpt2/config.json")

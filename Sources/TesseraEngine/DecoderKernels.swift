@@ -128,6 +128,27 @@ enum DecoderKernels {
         }
     }
 
+    /// Reorders each head of each row from split halves (x0…x_{d/2−1}, x_{d/2}…) to interleaved pairs
+    /// (x0, x_{d/2}, x1, x_{d/2+1}, …). Applied to Q and K after split-halves RoPE, it changes no dot product but makes
+    /// the KV cache hold the same layout a GGUF (whose rows come pre-permuted) produces, so both checkpoint kinds sum
+    /// Q·K in the same order and give the same logits.
+    static func interleaveHalves(_ x: UnsafeMutablePointer<Float>, ld: Int, tokens: Int, heads: Int, headDim: Int) {
+        let half = headDim / 2
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: headDim) { tmp in
+            let t = tmp.baseAddress!
+            for row in 0..<tokens {
+                for h in 0..<heads {
+                    let v = x + row * ld + h * headDim
+                    t.update(from: v, count: headDim)
+                    for i in 0..<half {
+                        v[2 * i] = t[i]
+                        v[2 * i + 1] = t[i + half]
+                    }
+                }
+            }
+        }
+    }
+
     /// Multi-head attention of `layout.tokens` new queries over the cached keys and values of one layer (the new
     /// tokens' own keys already stored at slots start..<start+tokens). Query head h reads KV head h / (heads / kvHeads)
     /// (grouped-query attention). Each query sees the keys `layout.visibleKeys` gives: causal over one sequence, or

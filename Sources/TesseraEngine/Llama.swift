@@ -208,6 +208,9 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
                                              cos: cosTable.baseAddress!, sin: sinTable.baseAddress!, layout: c.ropeLayout)
                     DecoderKernels.applyRoPE(qkvOut + qd, ld: qkvDim, tokens: T, heads: c.kvHeads, headDim: c.headDim, positions: positions.baseAddress!,
                                              cos: cosTable.baseAddress!, sin: sinTable.baseAddress!, layout: c.ropeLayout)
+                    if c.ropeLayout == .splitHalves {
+                        DecoderKernels.interleaveHalves(qkvOut, ld: qkvDim, tokens: T, heads: c.heads + c.kvHeads, headDim: c.headDim)
+                    }
                     state.store(layer: l, keys: qkvOut + qd, values: qkvOut + qd + kvd, ld: qkvDim, tokens: T, start: start)
                     DecoderKernels.attention(
                         q: qkvOut, ldq: qkvDim, layout: layout,

@@ -1,0 +1,114 @@
+import Foundation
+import TesseraCore
+
+/// Turns a llama GGUF into a Hugging Face model directory: `model.safetensors` (F32, HF tensor names, Q/K rows
+/// un-permuted so the split-halves RoPE of HF applies), `config.json`, and `tokenizer.json` rebuilt from the
+/// GGUF's `tokenizer.ggml.*` metadata. Loading the directory gives the same logits as the GGUF.
+public enum GGUFImport {
+    public static func writeHuggingFaceDirectory(from gguf: GGUFFile, to directory: String) throws {
+        let architecture = gguf["general.architecture"]?.stringValue ?? "(none)"
+        guard architecture == "llama" else {
+            throw TesseraError(.unsupported, "\(gguf.path): importing architecture '\(architecture)' is not supported", hint: "only llama GGUFs can be imported")
+        }
+        let c = try LlamaConfig.fromGGUF(gguf)
+        let from = LlamaTensorNames(convention: .gguf), to = LlamaTensorNames(convention: .huggingFace)
+        try ModelLoader.check(source: gguf, expected: from.expected(c), vocabularySize: c.vocabularySize, tokenizerVocabularySize: nil)
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw TesseraError(.io, "\(directory): cannot create the directory", hint: "check permissions", underlying: error)
+        }
+
+        var tensors: [(String, RawTensor)] = []
+        func add(_ hfName: String, _ ggufName: String, unpermuteHeads: Int? = nil) throws {
+            var values = try gguf.dequantized(ggufName)
+            let shape = gguf.info(ggufName)!.shape
+            if let heads = unpermuteHeads { values = unpermuteRoPERows(values, rows: shape[0], cols: shape[1], heads: heads) }
+            tensors.append((hfName, try RawTensor(floats: values, shape: shape, dtype: .f32)))
+        }
+        try add(to.embedding, from.embedding)
+        try add(to.finalNorm, from.finalNorm)
+        if !c.tiedEmbeddings { try add(to.output, from.output) }
+        for i in 0..<c.layers {
+            let g = from.layer(i), h = to.layer(i)
+            for k in 0..<g.count {
+                try add(h[k], g[k], unpermuteHeads: k == 1 ? c.heads : k == 2 ? c.kvHeads : nil)
+            }
+        }
+        try SafetensorsWriter.write(tensors: tensors, metadata: [("format", "pt")],
+                                    to: (directory as NSString).appendingPathComponent("model.safetensors"))
+
+        var config = c.hfConfigJSON()
+        if case var .object(pairs) = config {
+            if let bos = gguf["tokenizer.ggml.bos_token_id"]?.intValue { pairs.append(("bos_token_id", .int(bos))) }
+            if let eos = gguf["tokenizer.ggml.eos_token_id"]?.intValue { pairs.append(("eos_token_id", .int(eos))) }
+            config = .object(pairs)
+        }
+        try AtomicFile.write(Data(config.serialized().utf8), to: (directory as NSString).appendingPathComponent("config.json"))
+        if gguf["tokenizer.ggml.tokens"] != nil {
+            let tokenizer = try huggingFaceTokenizerJSON(from: gguf)
+            try AtomicFile.write(Data(tokenizer.serialized().utf8), to: (directory as NSString).appendingPathComponent("tokenizer.json"))
+        }
+    }
+
+    /// Undoes llama.cpp's Q/K permutation: within each head, GGUF row 2i+h holds HF row h·(headDim/2)+i.
+    public static func unpermuteRoPERows(_ w: [Float], rows: Int, cols: Int, heads: Int) -> [Float] {
+        let headDim = rows / heads, half = headDim / 2
+        var out = [Float](repeating: 0, count: w.count)
+        for head in 0..<heads {
+            for i in 0..<half {
+                for h in 0..<2 {
+                    let src = (head * headDim + 2 * i + h) * cols
+                    let dst = (head * headDim + h * half + i) * cols
+                    for j in 0..<cols { out[dst + j] = w[src + j] }
+                }
+            }
+        }
+        return out
+    }
+
+    /// A Hugging Face tokenizer.json for a GGUF's GPT-2-style byte-level BPE vocabulary: BPE model with vocab and
+    /// merges, ByteLevel pre-tokenizer and decoder, control tokens (token_type 3) and user-defined tokens (type 4)
+    /// as added tokens, the control ones special.
+    public static func huggingFaceTokenizerJSON(from gguf: GGUFFile) throws -> JSONValue {
+        let model = gguf["tokenizer.ggml.model"]?.stringValue ?? "(none)"
+        guard model == "gpt2" else {
+            throw TesseraError(.unsupported, "\(gguf.path): tokenizer model '\(model)' cannot be converted", hint: "only GPT-2-style byte-level BPE GGUF tokenizers are supported")
+        }
+        guard let tokens = gguf["tokenizer.ggml.tokens"]?.arrayValue?.compactMap(\.stringValue) else {
+            throw TesseraError(.invalidCheckpoint, "\(gguf.path): tokenizer.ggml.tokens is missing")
+        }
+        let types = gguf["tokenizer.ggml.token_type"]?.arrayValue?.compactMap(\.intValue) ?? []
+        let merges = gguf["tokenizer.ggml.merges"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        var added: [JSONValue] = []
+        for (id, type) in types.enumerated() where type == 3 || type == 4 {
+            added.append(.object([
+                ("id", .int(id)), ("content", .string(tokens[id])), ("single_word", .bool(false)), ("lstrip", .bool(false)),
+                ("rstrip", .bool(false)), ("normalized", .bool(type == 4)), ("special", .bool(type == 3)),
+            ]))
+        }
+        let mergePairs: [JSONValue] = try merges.map { m in
+            guard let space = m.firstIndex(of: " ") else {
+                throw TesseraError(.invalidCheckpoint, "\(gguf.path): merge '\(m)' is not two symbols separated by a space")
+            }
+            return .array([.string(String(m[..<space])), .string(String(m[m.index(after: space)...]))])
+        }
+        // As transformers writes them when it converts a GGUF tokenizer (the decoder's add_prefix_space has no effect).
+        func byteLevel(prefixSpace: Bool) -> JSONValue {
+            .object([("type", .string("ByteLevel")), ("add_prefix_space", .bool(prefixSpace)),
+                     ("trim_offsets", .bool(true)), ("use_regex", .bool(true))])
+        }
+        return .object([
+            ("version", .string("1.0")), ("truncation", .null), ("padding", .null),
+            ("added_tokens", .array(added)), ("normalizer", .null), ("pre_tokenizer", byteLevel(prefixSpace: false)),
+            ("post_processor", .null), ("decoder", byteLevel(prefixSpace: true)),
+            ("model", .object([
+                ("type", .string("BPE")), ("dropout", .null), ("unk_token", .null),
+                ("continuing_subword_prefix", .null), ("end_of_word_suffix", .null), ("fuse_unk", .bool(false)),
+                ("byte_fallback", .bool(false)), ("ignore_merges", .bool(false)),
+                ("vocab", .object(tokens.enumerated().map { ($0.element, JSONValue.int($0.offset)) })),
+                ("merges", .array(mergePairs)),
+            ])),
+        ])
+    }
+}

@@ -18,7 +18,8 @@ public struct TesseraCommand: ParsableCommand {
         subcommands: [
             InstallCommand.self, UninstallCommand.self, TrackCommand.self, UntrackCommand.self,
             LsCommand.self, LogCommand.self, FsckCommand.self, GcCommand.self, FetchCommand.self,
-            MergeCommand.self, TaskVectorCommand.self, ResolveCommand.self, MergeDriverCommand.self,
+            MergeCommand.self, TaskVectorCommand.self, ResolveCommand.self, EvalCommand.self, ImportCommand.self,
+            MergeDriverCommand.self,
             FilterProcessCommand.self, HookCommand.self, HookScriptCommand.self, DiffDriverCommand.self,
         ]
     )

@@ -1,0 +1,114 @@
+import ArgumentParser
+import Foundation
+import TesseraCore
+import TesseraEngine
+import TesseraEval
+
+struct EvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Evaluate commits (or model files) on built-in and user tasks, side by side, with no checkout.",
+        discussion: """
+        Built-in tasks: wikitext (perplexity), arc-easy and arc-challenge (lm-eval-harness recipe: acc, acc_norm),
+        sst2 (sentence-embedding classification with a head checkpoint), selfinstruct (greedy generation, Rouge-L),
+        and user tasks from JSONL files (docs/task-format.md). NAME:N evaluates the first N examples.
+        Models: REV:path of a tracked checkpoint (config.json and tokenizer.json from the same folder of the same
+        revision), REV (its one tracked checkpoint), a model folder, or a .gguf file.
+        Examples:
+          tessera eval main merged --task wikitext:20 --task arc-easy:50
+          tessera eval HEAD~1:model/model.safetensors HEAD:model/model.safetensors --task arc-easy:100 --chart arc.svg
+          tessera eval minilm/ --task sst2 --json
+        """
+    )
+
+    @Argument(help: "Models to evaluate: REV[:PATH], a model folder, or a .gguf file.")
+    var targets: [String]
+
+    @Option(name: .customLong("task"), help: "A task: NAME[:N] or a JSONL task file[:N]. Repeatable.")
+    var tasks: [String]
+
+    @Option(help: "Where the built-in tasks' data is (default: the project's data/ folder, or $TESSERA_DATA_DIR).")
+    var dataDir: String?
+
+    @Option(help: "Write an SVG bar chart per task: a file (one task) or a prefix (several tasks).")
+    var chart: String?
+
+    @Option(help: "The SST-2 head checkpoint (default: minilm_sst2_head.safetensors in the data folder).")
+    var head: String?
+
+    @Option(help: "Threads for matrix products.")
+    var threads: Int = 2
+
+    @Flag(help: "Print the results as JSON.")
+    var json = false
+
+    @Option(name: [.customShort("C")], help: "Run as if tessera was started in this directory.")
+    var directory: String = "."
+
+    func validate() throws {
+        if tasks.isEmpty { throw ValidationError("name at least one --task (wikitext, arc-easy, arc-challenge, sst2, selfinstruct, or a .jsonl file)") }
+    }
+
+    /// The data folder shipped with tessera: data/ beside the package (the binary lives in .build/<config>/).
+    static var shippedData: String {
+        let exe = URL(fileURLWithPath: ExecutablePath.current).resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        for _ in 0..<4 {
+            if FileManager.default.fileExists(atPath: dir.path + "/data/SOURCES.md") { return dir.path + "/data" }
+            dir.deleteLastPathComponent()
+        }
+        return FileManager.default.currentDirectoryPath + "/data"
+    }
+
+    func run() throws {
+        Linalg.setThreads(threads)
+        let data = EvalDataDirectory.resolve(explicit: dataDir, default: Self.shippedData)
+        let options = EvalTaskOptions(sst2HeadPath: head)
+        // Every task's data is read and checked before any model is loaded.
+        let prepared = try EvalRunner.prepare(try tasks.map { try EvalTaskRegistry.task($0, options: options) }, data: data)
+        let resolver = CheckpointResolver(directory: directory)
+        var results: [EvalResult] = []
+        for target in targets {
+            let model = try ResolvedModel.resolve(target, resolver: resolver)
+            let applicable = prepared.filter { $0.requirement == model.requirement }
+            if applicable.isEmpty {
+                throw TesseraError(.usage, "\(target) is a \(model.requirement == .causalLanguageModel ? "language model" : "sentence encoder"); none of the tasks apply to it",
+                                   hint: "language models: wikitext, arc-easy, arc-challenge, selfinstruct; encoders: sst2")
+            }
+            results += try EvalRunner.run(applicable, models: model.models, revision: target)
+        }
+        let report = EvalReport(results)
+        if json { print(report.json()) } else { print(report.table()) }
+        if let chart {
+            let charts = report.svgCharts()
+            for (task, svg) in charts {
+                let path = charts.count == 1 && chart.hasSuffix(".svg") ? chart
+                    : (chart.hasSuffix(".svg") ? String(chart.dropLast(4)) : chart) + "-" + EvalReport.chartFileName(task: task)
+                try svg.write(toFile: path, atomically: true, encoding: .utf8)
+                if !json { print("chart: \(path)") }
+            }
+        }
+    }
+}
+
+struct ImportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Write a Hugging Face model folder (model.safetensors, config.json, tokenizer.json) from a GGUF file.",
+        discussion: """
+        Quantised tensors are dequantised to float32; Llama Q/K rows are put back in Hugging Face's order, so the
+        folder evaluates exactly like the GGUF. Track the result with `tessera track`.
+        Example:
+          tessera import SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2
+        """
+    )
+
+    @Argument(help: "The .gguf file.") var gguf: String
+    @Option(name: [.customShort("o"), .long], help: "The output folder.") var output: String
+
+    func run() throws {
+        let file = try GGUFFile(path: gguf)
+        try GGUFImport.writeHuggingFaceDirectory(from: file, to: output)
+        print("wrote \(output)/model.safetensors, config.json, tokenizer.json")
+    }
+}

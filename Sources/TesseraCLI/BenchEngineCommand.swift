@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import TesseraCore
+import TesseraEngine
+import TesseraEval
+
+/// Timings of the engine on one model, for bench/bench_engine.py (which runs PyTorch on the same model beside it).
+struct BenchEngineCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-engine",
+        abstract: "Time prefill, decode with the KV cache and ARC-Easy scoring (for bench/bench_engine.py).",
+        discussion: "Example:\n  tessera bench-engine smollm2 --prefill 512 --decode 64 --arc 2376",
+        shouldDisplay: false
+    )
+
+    @Argument(help: "A model folder, .gguf file or REV:path.") var model: String
+    @Option(help: "Prompt length for the prefill timing.") var prefill: Int = 512
+    @Option(help: "Tokens to generate for the decode timing.") var decode: Int = 64
+    @Option(help: "ARC-Easy test questions to score (0 skips).") var arc: Int = 0
+    @Option(help: "Threads for matrix products.") var threads: Int = 2
+    @Option(help: "Where the data is (default: the project's data/).") var dataDir: String?
+
+    func run() throws {
+        Linalg.setThreads(threads)
+        let resolved = try ResolvedModel.resolve(model, resolver: CheckpointResolver(directory: "."))
+        guard case let .causal(lm, tokenizer) = resolved.kind, let decoder = lm as? any DecoderArchitecture else {
+            throw TesseraError(.usage, "\(model) is not a decoder language model")
+        }
+        let clock = ContinuousClock()
+        var pairs: [(String, JSONValue)] = [("model", .string(model)), ("threads", .int(threads))]
+        // Prefill: a deterministic prompt of `prefill` tokens, logits of the last position (as PyTorch's side does).
+        let vocab = decoder.vocabularySize
+        let tokens = (0..<prefill).map { ($0 * 7919) % (vocab - 200) + 100 }
+        var best = Double.infinity
+        for _ in 0..<2 {
+            let state = decoder.makeState(capacity: prefill + decode + 1)
+            let t0 = clock.now
+            _ = try decoder.forward(tokens, state: state, logitRows: [prefill - 1])
+            best = min(best, (clock.now - t0) / .seconds(1))
+        }
+        pairs.append(("prefill_tokens_per_s", .double(Double(prefill) / best)))
+        // Decode: greedy, one token at a time with the KV cache, after a 16-token prompt.
+        let prompt = Array(tokens.prefix(16))
+        let t1 = clock.now
+        let generated = try decoder.generate(prompt: prompt, maxNewTokens: decode, sampling: .greedy, stop: [])
+        let decodeSeconds = (clock.now - t1) / .seconds(1)
+        pairs.append(("decode_tokens_per_s", .double(Double(generated.count) / decodeSeconds)))
+        pairs.append(("decode_tokens", .int(generated.count)))
+        // FLOP rate of the prefill's matrix products (2·params·tokens for the linear layers, approximately).
+        if arc > 0 {
+            let data = EvalDataDirectory.resolve(explicit: dataDir, default: EvalCommand.shippedData)
+            let prepared = try EvalRunner.prepare([try EvalTaskRegistry.task("arc-easy:\(arc)")], data: data)
+            let t2 = clock.now
+            let results = try EvalRunner.run(prepared, models: EvalModels(languageModel: lm, tokenizer: tokenizer), revision: model)
+            pairs.append(("arc_easy_questions", .int(arc)))
+            pairs.append(("arc_easy_seconds", .double((clock.now - t2) / .seconds(1))))
+            for r in results { pairs.append(("arc_easy_\(r.metric)", .double(r.value))) }
+        }
+        print(JSONValue.object(pairs).serialized())
+    }
+}

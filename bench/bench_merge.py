@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Tessera vs mergekit (mergekit-pytorch 0.1.5 on the CPU torch wheel), side by side in one run: merges of two and
+three GPT-2-small-shaped float32 checkpoints (124M parameters each) over a base, linear and TIES (density 0.5); plus a
+`git merge` of two fine-tuned branches (TIES through Tessera's merge driver) timed against the offline merge.
+Prints wall time and peak RSS of each, the ratios, and checks that both tools' outputs agree.
+Usage: bench/bench_merge.py [--workdir DIR]
+"""
+import argparse, json, os, shutil, struct, subprocess, sys, time
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TESSERA = os.environ.get("TESSERA_BIN", os.path.join(ROOT, ".build", "release", "tessera"))
+
+def timed(cmd, cwd=None, env=None):
+    """Wall seconds and peak RSS (MB) of a command, through /usr/bin/time."""
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr[-2000:]}")
+    rss_kb = int(p.stderr.strip().splitlines()[-1])
+    return wall, rss_kb / 1024
+
+def ensure_mergekit(work):
+    venv = os.path.join(work, "venv-mergekit")
+    exe = os.path.join(venv, "bin", "mergekit-pytorch")
+    if os.path.exists(exe):
+        return exe
+    wheel = subprocess.run("find / -xdev -name 'torch-*+cpu-*.whl' 2>/dev/null | head -1", shell=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    r = subprocess.run(f"python3 -m venv {venv} && {venv}/bin/pip install -q '{wheel}' numpy && {venv}/bin/pip install -q mergekit==0.1.5",
+                       shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0 or not os.path.exists(exe):
+        print(f"mergekit could not be installed: {r.stdout[-500:]}", file=sys.stderr)
+        return None
+    return exe
+
+def load(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(n))
+        data = f.read()
+    h.pop("__metadata__", None)
+    return {k: np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dtype=np.float32) for k, v in h.items()}
+
+def max_rel_diff(a, b):
+    worst = 0.0
+    for k in a:
+        d = np.abs(a[k].astype(np.float64) - b[k].astype(np.float64))
+        scale = np.maximum(np.abs(b[k].astype(np.float64)), 1e-6)
+        worst = max(worst, float(np.max(d / scale)))
+    return worst
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", default=os.path.join(ROOT, "bench", "out"))
+    a = ap.parse_args()
+    work = os.path.abspath(a.workdir)
+    os.makedirs(work, exist_ok=True)
+    mk = os.path.join(HERE, "make_checkpoint.py")
+    files = {n: os.path.join(work, f"merge-{n}.safetensors") for n in ["base", "ft1", "ft2", "ft3"]}
+    if not all(os.path.exists(f) for f in files.values()):
+        subprocess.run([sys.executable, mk, "base", files["base"]], check=True)
+        for i in (1, 2, 3):
+            subprocess.run([sys.executable, mk, "finetune", files["base"], files[f"ft{i}"], "--scale", "0.05", "--seed", str(i)], check=True)
+    mergekit = ensure_mergekit(work)
+    rows = []
+    for method in ["linear", "ties"]:
+        for n in (2, 3):
+            models = [files[f"ft{i}"] for i in range(1, n + 1)]
+            cfg = {"merge_method": method, "dtype": "float32",
+                   "models": [{"model": m, "parameters": {"weight": 1.0} | ({"density": 0.5} if method == "ties" else {})} for m in models]}
+            if method == "ties":
+                cfg["base_model"] = files["base"]
+            cfg_path = os.path.join(work, f"cfg-{method}-{n}.yml")
+            import yaml
+            open(cfg_path, "w").write(yaml.safe_dump(cfg))
+            out_t = os.path.join(work, f"out-tessera-{method}-{n}.safetensors")
+            tw, tr = timed([TESSERA, "merge", "--config", cfg_path, "-o", out_t])
+            row = {"merge": f"{method} x{n}", "tessera_s": tw, "tessera_rss_mb": tr}
+            if mergekit:
+                out_dir = os.path.join(work, f"out-mergekit-{method}-{n}")
+                shutil.rmtree(out_dir, ignore_errors=True)
+                env = dict(os.environ, OMP_NUM_THREADS="2")
+                mw, mr = timed([mergekit, cfg_path, out_dir, "--lazy-unpickle"] if False else [mergekit, cfg_path, out_dir], env=env)
+                produced = [f for f in os.listdir(out_dir) if f.endswith(".safetensors")]
+                merged = {}
+                for f in produced:
+                    merged.update(load(os.path.join(out_dir, f)))
+                row.update(mergekit_s=mw, mergekit_rss_mb=mr, max_rel_diff=max_rel_diff(load(out_t), merged))
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    # git merge of two fine-tuned branches (TIES through the merge driver) vs the offline merge of the same revisions.
+    repo = os.path.join(work, "repo-merge")
+    shutil.rmtree(repo, ignore_errors=True)
+    env = dict(os.environ, GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b")
+    sh = lambda c: subprocess.run(c, shell=True, cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
+    os.makedirs(repo)
+    sh(f'git init -q -b main && "{TESSERA}" track "*.safetensors" >/dev/null && mkdir .tessera && printf "rules:\\n  - method: ties\\n    parameters: {{density: 0.5}}\\n" > .tessera/merge.yml')
+    sh(f'cp {files["base"]} model.safetensors && git add -A && git commit -qm base')
+    sh(f'git switch -q -c a && cp {files["ft1"]} model.safetensors && git commit -qam a')
+    sh(f'git switch -q -c b main && cp {files["ft2"]} model.safetensors && git commit -qam b && git switch -q a')
+    gw, _ = timed(["git", "merge", "-q", "--no-edit", "b"], cwd=repo, env=env)
+    ow, orss = timed([TESSERA, "merge", "--method", "ties", "--base", "main:model.safetensors", "a~0^1:model.safetensors" if False else "HEAD^1:model.safetensors",
+                      "b:model.safetensors", "--param", "density=0.5", "-o", os.path.join(work, "offline.safetensors")], cwd=repo, env=env)
+    same = load(os.path.join(repo, "model.safetensors")) .keys() == load(os.path.join(work, "offline.safetensors")).keys()
+    equal = all(np.array_equal(x, y) for x, y in zip(load(os.path.join(repo, "model.safetensors")).values(), load(os.path.join(work, "offline.safetensors")).values())) if same else False
+
+    print(f"{'merge':12}{'tessera s':>11}{'RSS MB':>9}{'mergekit s':>12}{'RSS MB':>9}{'ratio':>8}{'max rel diff':>14}")
+    checks = []
+    for r in rows:
+        if "mergekit_s" in r:
+            ratio = r["tessera_s"] / r["mergekit_s"]
+            print(f"{r['merge']:12}{r['tessera_s']:11.2f}{r['tessera_rss_mb']:9.0f}{r['mergekit_s']:12.2f}{r['mergekit_rss_mb']:9.0f}{ratio:8.3f}{r['max_rel_diff']:14.2e}")
+            checks.append((f"{r['merge']}: tessera / mergekit wall time", ratio, 0.2))
+        else:
+            print(f"{r['merge']:12}{r['tessera_s']:11.2f}{r['tessera_rss_mb']:9.0f}{'-':>12}{'-':>9}")
+        checks.append((f"{r['merge']}: tessera peak RSS GB", r["tessera_rss_mb"] / 1024, 1.0))
+    print(f"git merge of two fine-tuned branches (TIES, merge driver): {gw:.2f} s; offline `tessera merge` of the same revisions: {ow:.2f} s; results identical: {equal}")
+    passed = 0
+    for label, v, limit in checks:
+        ok = v <= limit
+        passed += ok
+        print(f"{'PASS' if ok else 'FAIL'}  {label}: {v:.3f} (target <= {limit})")
+    print(f"{passed} passed, {len(checks) - passed} failed")
+
+if __name__ == "__main__":
+    main()

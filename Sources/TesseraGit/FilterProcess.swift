@@ -219,7 +219,7 @@ public final class FilterProcess {
             try writer.flushPacket()
             var fast = FastHash()
             do {
-                try store.reconstruct(manifest, file: path, decoder: decoder) { piece in
+                try store.reconstructConcurrently(manifest, file: path) { piece in
                     fast.update(piece)
                     try writer.writeData(piece)
                 }

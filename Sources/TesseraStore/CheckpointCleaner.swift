@@ -286,7 +286,9 @@ final class TensorBuffer: @unchecked Sendable {
 
     init(count: Int) { storage = LargeBuffer(count: count) }
 
-    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(pointer)[0..<filled]) }
+    var bytes: UnsafeRawBufferPointer {
+        filled == 0 ? UnsafeRawBufferPointer(start: nil, count: 0) : UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(pointer)[0..<filled])
+    }
 
     func append(_ piece: UnsafeRawBufferPointer) {
         guard piece.count > 0 else { return }

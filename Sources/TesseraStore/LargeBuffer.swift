@@ -12,18 +12,25 @@ public final class LargeBuffer: @unchecked Sendable {
     // @unchecked: owned by one thread at a time (handed over whole between the reading and encoding threads).
     public let bytes: UnsafeMutableRawBufferPointer
     private let mapped: Bool
+    private let allocated: UnsafeMutableRawBufferPointer?
 
     public init(count: Int) {
-        if count >= 1 << 16, let p = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED {
+        if count == 0 {
+            bytes = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+            mapped = false
+            allocated = nil
+        } else if count >= 1 << 16, let p = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED {
             bytes = UnsafeMutableRawBufferPointer(start: p, count: count)
             mapped = true
+            allocated = nil
         } else {
-            bytes = .allocate(byteCount: max(count, 1), alignment: 64)
+            bytes = .allocate(byteCount: count, alignment: 64)
             mapped = false
+            allocated = bytes
         }
     }
 
     deinit {
-        if mapped { munmap(bytes.baseAddress, bytes.count) } else { bytes.deallocate() }
+        if mapped { munmap(bytes.baseAddress, bytes.count) } else { allocated?.deallocate() }
     }
 }

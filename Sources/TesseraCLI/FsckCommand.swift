@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TesseraCore
+import TesseraEval
 import TesseraGit
 import TesseraStore
 
@@ -30,15 +31,15 @@ struct FsckCommand: ParsableCommand {
         let sorted = ids.sorted()
         var missing: [String] = []
         var corrupt: [(String, String)] = []
-        let progress = ProgressBar(total: sorted.count, label: "verifying objects")
+        let progress = ProgressReporter(label: "verifying objects", total: sorted.count)
         let decoder = ObjectDecoder()
-        for (k, id) in sorted.enumerated() {
+        for id in sorted {
             if !context.store.contains(id) {
                 missing.append(id)
             } else {
                 do { try context.store.verify(id, decoder: decoder) } catch { corrupt.append((id, "\(error)")) }
             }
-            progress.update(k + 1)
+            progress.advance()
         }
         progress.finish()
         if options.json {

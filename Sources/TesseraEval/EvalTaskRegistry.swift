@@ -8,9 +8,9 @@ public struct EvalTaskOptions: Sendable {
     /// Generation length for `selfinstruct`.
     public var maxNewTokens: Int
     /// The chat template for generation tasks (system turn).
-    public var chatTemplate: ChatTemplate
+    public var chatTemplate: ChatPromptFormat
 
-    public init(sst2HeadPath: String? = nil, maxNewTokens: Int = 128, chatTemplate: ChatTemplate = ChatTemplate()) {
+    public init(sst2HeadPath: String? = nil, maxNewTokens: Int = 128, chatTemplate: ChatPromptFormat = ChatPromptFormat()) {
         self.sst2HeadPath = sst2HeadPath
         self.maxNewTokens = maxNewTokens
         self.chatTemplate = chatTemplate

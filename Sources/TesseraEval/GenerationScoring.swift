@@ -20,7 +20,7 @@ public enum GenerationScoring {
     /// Generates an answer for each example (greedy unless `sampling` says otherwise, stopping at the tokenizer's
     /// end-of-turn ids) and scores it with Rouge-L F1 against the best reference. Returns the metric and the texts.
     public static func evaluate(_ examples: [GenerationExample], model: any CausalLanguageModel, tokenizer: any TextTokenizer,
-                                template: ChatTemplate?, maxNewTokens: Int, sampling: Sampling = .greedy,
+                                template: ChatPromptFormat?, maxNewTokens: Int, sampling: Sampling = .greedy,
                                 stemming: Bool = false, progress: ProgressReporter) throws -> (metrics: [EvalMetric], outputs: [String]) {
         var scores: [Double] = []
         var outputs: [String] = []

@@ -9,9 +9,9 @@ public struct SelfInstructTask: EvalTask {
     public static let dataFile = "selfinstruct_user_oriented_instructions.jsonl"
     public let limit: Int?
     public let maxNewTokens: Int
-    public let template: ChatTemplate
+    public let template: ChatPromptFormat
 
-    public init(limit: Int? = nil, maxNewTokens: Int = 128, template: ChatTemplate = ChatTemplate()) {
+    public init(limit: Int? = nil, maxNewTokens: Int = 128, template: ChatPromptFormat = ChatPromptFormat()) {
         self.limit = limit
         self.maxNewTokens = maxNewTokens
         self.template = template

@@ -32,7 +32,7 @@ public struct UserTask: EvalTask {
     public let headPath: String?
     /// Generation settings.
     public let maxNewTokens: Int
-    public let template: ChatTemplate?
+    public let template: ChatPromptFormat?
     /// Generation: Rouge-L with the Porter stemmer.
     public let stemming: Bool
 
@@ -91,7 +91,7 @@ public struct UserTask: EvalTask {
         var labelNames: [String] = []
         var headPath: String? = nil
         var maxNewTokens = 128
-        var template: ChatTemplate? = ChatTemplate()
+        var template: ChatPromptFormat? = ChatPromptFormat()
         var choicePrefix = " "
         var stemming = false
         switch kind {
@@ -114,9 +114,9 @@ public struct UserTask: EvalTask {
                 stemming = b
             }
             if let s = header["system"], template != nil {
-                if s == .null { template = ChatTemplate(system: nil) } else {
+                if s == .null { template = ChatPromptFormat(system: nil) } else {
                     guard let text = s.stringValue else { throw fail(headerLine, "\"system\" must be a string or null") }
-                    template = ChatTemplate(system: text)
+                    template = ChatPromptFormat(system: text)
                 }
             }
         case .classification:

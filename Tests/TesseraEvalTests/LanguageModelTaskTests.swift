@@ -148,7 +148,7 @@ import TesseraEval
         // A model that answers with the human output scores Rouge-L 1; the prompt is ChatML.
         let tokenizer = ByteTokenizer()
         let outputs = Dictionary(uniqueKeysWithValues: examples.prefix(3).map {
-            (ChatTemplate().prompt(user: $0.prompt), $0.references[0])
+            (ChatPromptFormat().prompt(user: $0.prompt), $0.references[0])
         })
         let model = ScriptedLanguageModel(generator: { prompt in
             Array((outputs[tokenizer.decode(prompt)] ?? "").utf8).map(Int.init) + [256]

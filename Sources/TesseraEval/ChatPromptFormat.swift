@@ -1,3 +1,6 @@
+/// A fixed ChatML prompt for the built-in generation tasks. (Arbitrary Jinja chat templates, as GGUF files and
+/// tokenizer_config.json carry them, are rendered by TesseraEngine's `ChatTemplate`.)
+///
 /// The ChatML prompt format of SmolLM2-Instruct (and Qwen, Hermes, …), as the GGUF's `tokenizer.chat_template`
 /// renders one user turn with `add_generation_prompt`:
 ///
@@ -5,13 +8,13 @@
 ///
 /// SmolLM2's template inserts its own system turn when the conversation has none; `smolLM2DefaultSystem` is that
 /// text. The special markers must be mapped to their ids by the model's tokenizer (added tokens).
-public struct ChatTemplate: Sendable, Equatable {
+public struct ChatPromptFormat: Sendable, Equatable {
     public static let smolLM2DefaultSystem = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
     /// nil: no system turn.
     public var system: String?
 
-    public init(system: String? = ChatTemplate.smolLM2DefaultSystem) { self.system = system }
+    public init(system: String? = ChatPromptFormat.smolLM2DefaultSystem) { self.system = system }
 
     public func prompt(user message: String) -> String {
         var s = ""

@@ -113,7 +113,12 @@ struct MergeCommand: ParsableCommand {
         }
         plan = try plan.distributingModelDefaults()
         let started = Date()
-        let writer = try SafetensorsStreamWriter(path: output)
+        let reference = (plan.base ?? plan.models[0]).source
+        let shapes = reference.tensorNames.map { ($0, reference.tensorInfo($0)?.shape ?? []) }
+        // Provenance lists each input's tensor hashes: about 70 bytes per tensor and input, plus the names.
+        let inputs = plan.models.count + (plan.base == nil ? 0 : 1)
+        let metadataBytes = 8192 + inputs * shapes.reduce(0) { $0 + $1.0.utf8.count + 72 }
+        let writer = try SafetensorsStreamWriter(path: output, reserveHeader: SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: metadataBytes))
         let summary = try MergeDriver.run(plan) { name, tensor in try writer.append(name, tensor) }
         let meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: resolver.tensorHash)
         try writer.finish(metadata: meta)

@@ -1,31 +1,44 @@
 import Foundation
 
 /// Writes a safetensors file tensor by tensor, so that a merge of large checkpoints never holds the whole output in
-/// memory. Tensor data goes to a temporary file as it comes; `finish` writes the header (tensors in the order they
-/// came, `__metadata__` first, padded to 8 bytes as the reference library does), appends the data, and renames the
-/// result into place atomically.
+/// memory. The header comes first in the file but is known only at the end (it holds every tensor's offsets and the
+/// provenance metadata), so tensor data is written after `reservedHeader` bytes left for it, and `finish` writes the
+/// header there, padded with spaces to fill the space exactly (JSON allows trailing whitespace, and the reference
+/// library itself pads with spaces). If the header turns out larger than reserved, the data is copied once behind it.
+/// The result is renamed into place atomically.
 public final class SafetensorsStreamWriter {
     public let path: String
-    private let dataPath: String
+    private let tmpPath: String
     private let data: FileHandle
+    private let reservedHeader: Int
     private var entries: [(name: String, dtype: DType, shape: [Int], begin: Int, end: Int)] = []
     private var offset = 0
     private var names = Set<String>()
     private var finished = false
 
-    public init(path: String) throws {
+    /// `reserveHeader`: bytes to leave for the 8-byte length and the JSON header (see `headerEstimate`).
+    public init(path: String, reserveHeader: Int = 1 << 20) throws {
         self.path = path
-        dataPath = path + ".tessera-data-\(ProcessInfo.processInfo.processIdentifier)"
-        guard FileManager.default.createFile(atPath: dataPath, contents: nil), let h = FileHandle(forWritingAtPath: dataPath) else {
+        tmpPath = path + ".tessera-tmp-\(ProcessInfo.processInfo.processIdentifier)"
+        reservedHeader = (max(reserveHeader, 16) + 7) / 8 * 8
+        guard FileManager.default.createFile(atPath: tmpPath, contents: nil), let h = FileHandle(forWritingAtPath: tmpPath) else {
             throw TesseraError(.io, "\(path): cannot create a file beside it", hint: "check that the directory exists and is writable")
         }
         data = h
+        do { try data.seek(toOffset: UInt64(reservedHeader)) } catch {
+            throw TesseraError(.io, "\(path): cannot write", hint: "check free disk space", underlying: error)
+        }
+    }
+
+    /// A generous bound on the header of a file with these tensors and `metadataBytes` of metadata text.
+    public static func headerEstimate(tensors: [(name: String, shape: [Int])], metadataBytes: Int) -> Int {
+        4096 + metadataBytes + tensors.reduce(0) { $0 + 2 * $1.name.utf8.count + 96 + 21 * $1.shape.count }
     }
 
     deinit {
         if !finished {
             try? data.close()
-            try? FileManager.default.removeItem(atPath: dataPath)
+            try? FileManager.default.removeItem(atPath: tmpPath)
         }
     }
 
@@ -43,43 +56,58 @@ public final class SafetensorsStreamWriter {
     }
 
     public func finish(metadata: [(String, String)] = []) throws {
-        try data.close()
         var pairs: [(String, JSONValue)] = []
         if !metadata.isEmpty { pairs.append(("__metadata__", .object(metadata.map { ($0.0, JSONValue.string($0.1)) }))) }
         for e in entries {
             pairs.append((e.name, .object([("dtype", .string(e.dtype.rawValue)), ("shape", .array(e.shape.map { JSONValue.int($0) })),
                                            ("data_offsets", .array([.int(e.begin), .int(e.end)]))])))
         }
-        var header = Array(JSONValue.object(pairs).serialized().utf8)
-        while header.count % 8 != 0 { header.append(0x20) }
-        var prefix: [UInt8] = []
-        var n = UInt64(header.count)
-        for _ in 0..<8 { prefix.append(UInt8(n & 0xFF)); n >>= 8 }
-        let tmp = path + ".tessera-tmp-\(ProcessInfo.processInfo.processIdentifier)"
+        let json = Array(JSONValue.object(pairs).serialized().utf8)
         do {
-            guard FileManager.default.createFile(atPath: tmp, contents: Data(prefix + header)), let out = FileHandle(forWritingAtPath: tmp),
-                  let input = FileHandle(forReadingAtPath: dataPath) else {
-                throw TesseraError(.io, "\(path): cannot write the output", hint: "check that the directory is writable")
+            if 8 + json.count <= reservedHeader {
+                // The header fits the reserved space: pad it with spaces to fill it exactly.
+                let padded = json + [UInt8](repeating: 0x20, count: reservedHeader - 8 - json.count)
+                try data.seek(toOffset: 0)
+                try data.write(contentsOf: Data(SafetensorsStreamWriter.lengthPrefix(padded.count) + padded))
+                try data.close()
+            } else {
+                // Rare: more header than reserved. Write a new file with the header, then the data behind it.
+                try data.close()
+                var padded = json
+                while padded.count % 8 != 0 { padded.append(0x20) }
+                let second = tmpPath + "-2"
+                guard FileManager.default.createFile(atPath: second, contents: Data(SafetensorsStreamWriter.lengthPrefix(padded.count) + padded)),
+                      let out = FileHandle(forWritingAtPath: second), let input = FileHandle(forReadingAtPath: tmpPath) else {
+                    throw TesseraError(.io, "\(path): cannot write the output", hint: "check that the directory is writable")
+                }
+                try out.seekToEnd()
+                try input.seek(toOffset: UInt64(reservedHeader))
+                while true {
+                    let chunk = try input.read(upToCount: 8 << 20) ?? Data()
+                    if chunk.isEmpty { break }
+                    try out.write(contentsOf: chunk)
+                }
+                try out.close()
+                try input.close()
+                try FileManager.default.removeItem(atPath: tmpPath)
+                try FileManager.default.moveItem(atPath: second, toPath: tmpPath)
             }
-            try out.seekToEnd()
-            while true {
-                let chunk = try input.read(upToCount: 8 << 20) ?? Data()
-                if chunk.isEmpty { break }
-                try out.write(contentsOf: chunk)
-            }
-            try out.synchronize()
-            try out.close()
-            try input.close()
             if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
-            try FileManager.default.moveItem(atPath: tmp, toPath: path)
-            try? FileManager.default.removeItem(atPath: dataPath)
+            try FileManager.default.moveItem(atPath: tmpPath, toPath: path)
             finished = true
         } catch let e as TesseraError {
-            try? FileManager.default.removeItem(atPath: tmp)
+            try? FileManager.default.removeItem(atPath: tmpPath)
             throw e
         } catch {
-            try? FileManager.default.removeItem(atPath: tmp)
+            try? FileManager.default.removeItem(atPath: tmpPath)
             throw TesseraError(.io, "\(path): cannot write the output", hint: "check free disk space", underlying: error)
         }
+    }
+
+    static func lengthPrefix(_ n: Int) -> [UInt8] {
+        var v = UInt64(n)
+        var out: [UInt8] = []
+        for _ in 0..<8 { out.append(UInt8(v & 0xFF)); v >>= 8 }
+        return out
     }
 }

@@ -80,6 +80,7 @@ struct MergeCommand: ParsableCommand {
     }
 
     func run() throws {
+        MemoryTuning.reuseLargeBuffers()
         let resolver = CheckpointResolver(directory: directory)
         var plan: MergePlan
         if let config {

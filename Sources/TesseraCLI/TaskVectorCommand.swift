@@ -29,6 +29,7 @@ struct TaskVectorCommand: ParsableCommand {
         @Option(name: [.customShort("C")], help: "Run as if tessera was started in this directory.") var directory: String = "."
 
         func run() throws {
+            MemoryTuning.reuseLargeBuffers()
             let resolver = CheckpointResolver(directory: directory)
             let b = try resolver.source(base), f = try resolver.source(finetuned)
             let writer = try SafetensorsStreamWriter(path: output)
@@ -68,6 +69,7 @@ struct TaskVectorCommand: ParsableCommand {
         }
 
         func run() throws {
+            MemoryTuning.reuseLargeBuffers()
             let resolver = CheckpointResolver(directory: directory)
             let b = try resolver.source(base)
             var vectors: [(vector: TensorSource, coefficient: Double)] = []

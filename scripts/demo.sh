@@ -33,9 +33,9 @@ git show HEAD:model.safetensors | sed -n 1,5p
 "$T" ls HEAD:model.safetensors | tail -3
 
 step "3. A changed version: fine-tune the attention of layers 0-1, commit, and look at the diff"
+store_before=$(bytes .git/tessera/objects)
 python3 "$root/scripts/perturb.py" model.safetensors model.safetensors 'layer\.[01]\.attention\.self\.(query|key)\.weight' 1e-2 1
 git diff | sed -n 1,12p
-store_before=$(bytes .git/tessera/objects)
 t0=$(now); git commit -qam "Fine-tune attention of layers 0-1"; t1=$(now)
 store_after=$(bytes .git/tessera/objects)
 "$T" log model.safetensors
@@ -43,11 +43,12 @@ store_after=$(bytes .git/tessera/objects)
 step "4. Check the original out again: byte for byte"
 t0=$(now); git checkout -q HEAD~1 -- model.safetensors; t1=$(now)
 checkout_old=$(secs "$t0" "$t1")
-cmp model.safetensors "$model" && echo "identical to the wheel's file (checkout ${checkout_old} s)"
+cmp model.safetensors "$model" || { echo "demo: the checkout differs from the original" >&2; exit 1; }
+echo "identical to the wheel's file (checkout ${checkout_old} s)"
 git checkout -q HEAD -- model.safetensors
 
 step "5. Push to a local bare remote (objects travel as Git LFS objects) and clone it"
-git init -q --bare ../remote.git
+git init -q --bare -b main ../remote.git
 git remote add origin "file://$work/remote.git"
 t0=$(now); git push -q -u origin main; t1=$(now)
 push_s=$(secs "$t0" "$t1")
@@ -55,7 +56,8 @@ cd ..
 t0=$(now); git -c filter.tessera.process="$T filter-process" -c filter.tessera.required=true clone -q "file://$work/remote.git" clone; t1=$(now)
 clone_s=$(secs "$t0" "$t1")
 (cd clone && "$T" install >/dev/null)
-cmp clone/model.safetensors repo/model.safetensors && echo "clone checked out byte-exact (push ${push_s} s, clone ${clone_s} s)"
+cmp clone/model.safetensors repo/model.safetensors || { echo "demo: the clone differs" >&2; exit 1; }
+echo "clone checked out byte-exact (push ${push_s} s, clone ${clone_s} s)"
 cd repo
 
 step "6. Two fine-tuned branches changing the same tensors, merged with TIES by git merge"
@@ -63,6 +65,9 @@ mkdir -p .tessera
 cat > .tessera/merge.yml <<'YML'
 # Tensors changed on both branches are merged with TIES against the merge base.
 rules:
+  - path: "smollm2/*"            # the language model of step 8: plain averaging
+    method: linear
+    weights: [0.5, 0.5]
   - path: "*.safetensors"
     method: ties
     parameters: {density: 0.5}
@@ -108,7 +113,7 @@ cat <<SUMMARY
 model                       all-MiniLM-L6-v2, ${raw} bytes, $(git show HEAD:model.safetensors | grep -c '^tensor') tensors
 first git add               ${add_first} s
 store after first commit    $(awk -v a="$store_before" -v r="$raw" 'BEGIN { printf "%d bytes (%.3f of raw)", a, a / r }')
-2-tensor commit grew store  $((store_after - store_before)) bytes
+changed commit grew store   $((store_after - store_before)) bytes (4 of 104 tensors changed)
 checkout of the original    ${checkout_old} s, byte-exact
 push / clone                ${push_s} s / ${clone_s} s
 TIES merge (git merge)      ${merge_s} s

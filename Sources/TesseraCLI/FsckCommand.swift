@@ -42,13 +42,18 @@ struct FsckCommand: ParsableCommand {
             progress.advance()
         }
         progress.finish()
+        // Objects of published history that a partial clone has not fetched are not a problem: the remote has them.
+        let notFetched = missing.filter { !reach.localOnlyObjectIDs.contains($0) }
+        missing = missing.filter { reach.localOnlyObjectIDs.contains($0) }
         if options.json {
             printJSON(.object([("checked", .int(sorted.count)), ("missing", .array(missing.map { .string($0) })),
+                               ("not_fetched", .array(notFetched.map { .string($0) })),
                                ("corrupt", .array(corrupt.map { .string($0.0) })), ("ok", .bool(missing.isEmpty && corrupt.isEmpty))]))
         } else {
             for id in missing { print("missing \(id)") }
             for (id, why) in corrupt { print("corrupt \(id): \(why)") }
-            print("checked \(sorted.count) object(s) from \(reach.manifests.count) manifest(s): \(missing.count) missing, \(corrupt.count) corrupt")
+            print("checked \(sorted.count - notFetched.count) object(s) from \(reach.manifests.count) manifest(s): \(missing.count) missing, \(corrupt.count) corrupt"
+                  + (notFetched.isEmpty ? "" : "; \(notFetched.count) of the remote's history not fetched (`git tessera fetch --all` brings them)"))
         }
         if !corrupt.isEmpty || !missing.isEmpty {
             throw TesseraError(.objectCorrupt, "the object store has problems (\(missing.count) missing, \(corrupt.count) corrupt)",

@@ -7,6 +7,9 @@ import TesseraStore
 /// included), in every worktree's HEAD and index (staged but uncommitted files), and in the stat cache.
 struct Reachability {
     var manifests: [(origin: String, manifest: Manifest)] = []
+    /// Objects that only this repository can have: named by commits no remote-tracking ref reaches, by an index or
+    /// by the stat cache. A missing object outside this set is merely not fetched yet (the remote has it).
+    var localOnlyObjectIDs = Set<String>()
 
     init(context: RepositoryContext) throws {
         let repo = context.repository
@@ -21,9 +24,11 @@ struct Reachability {
         }
         let commits = try repo.commits(reachableFrom: tips, globs: ["refs/*"])
         for (path, m) in try repo.manifests(inCommits: commits) { manifests.append(("history:\(path)", m)) }
-        for (path, m) in repo.manifestsInIndex() { manifests.append(("index:\(path)", m)) }
+        let published = Set(try repo.commits(reachableFrom: [], globs: ["refs/remotes/*"]))
+        for (_, m) in try repo.manifests(inCommits: commits.filter { !published.contains($0) }) { localOnlyObjectIDs.formUnion(m.objectIDs) }
+        for (path, m) in repo.manifestsInIndex() { manifests.append(("index:\(path)", m)); localOnlyObjectIDs.formUnion(m.objectIDs) }
         for wt in repo.linkedWorktreeGitDirectories() {
-            for (path, m) in repo.manifestsInIndex(path: wt + "/index") { manifests.append(("index:\(path)", m)) }
+            for (path, m) in repo.manifestsInIndex(path: wt + "/index") { manifests.append(("index:\(path)", m)); localOnlyObjectIDs.formUnion(m.objectIDs) }
         }
         let cacheDir = context.store.root + "/statcache"
         for name in FileSystem.list(cacheDir) {

@@ -28,8 +28,10 @@ import Testing
         #expect(Int(remoteObjects) == s.objectCount("repo"))
         try clone(s, "clone")
         #expect(Array(try s.bytes("clone/model.safetensors")) == v2)
-        // Only HEAD's objects came: v1's changed tensor was not fetched.
+        // Only HEAD's objects came: v1's changed tensor was not fetched. fsck knows the remote has it.
         #expect(s.objectCount("clone") == s.objectCount("repo") - 1)
+        let fsck = try s.run("\"$T\" fsck", in: "clone").stdout
+        #expect(fsck.contains("0 missing, 0 corrupt; 1 of the remote's history not fetched"), "\(fsck)")
         // Checking out the old version fetches the missing object on demand.
         try s.run("git checkout -q HEAD~1 -- model.safetensors", in: "clone")
         #expect(Array(try s.bytes("clone/model.safetensors")) == v1)

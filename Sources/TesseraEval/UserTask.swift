@@ -2,7 +2,7 @@ import Foundation
 import TesseraCore
 import TesseraEngine
 
-/// A task defined by the user in a JSONL file (format: TaskFormat.md): a header line
+/// A task defined by the user in a JSONL file (format: docs/task-format.md): a header line
 /// `{"tessera_task": 1, "type": ..., "name": ...}` and one example per line. The whole file is read and checked
 /// when the task is created, so a malformed file fails, naming its line, before any model is loaded or run.
 public struct UserTask: EvalTask {
@@ -51,7 +51,7 @@ public struct UserTask: EvalTask {
     public init(path: String, limit: Int? = nil) throws {
         self.path = path
         self.limit = limit
-        let hint = "the task file format is described in TaskFormat.md (a header line {\"tessera_task\": 1, \"type\", \"name\"}, then one JSON example per line)"
+        let hint = "the task file format is described in docs/task-format.md (a header line {\"tessera_task\": 1, \"type\", \"name\"}, then one JSON example per line)"
         func fail(_ line: Int, _ what: String) -> TesseraError {
             TesseraError(.invalidParameter, "\(path):\(line): \(what)", hint: hint)
         }

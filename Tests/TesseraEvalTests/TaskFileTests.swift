@@ -4,7 +4,7 @@ import TesseraCore
 import TesseraEngine
 import TesseraEval
 
-/// User task files (TaskFormat.md): valid files of every type, and malformed ones rejected with the line named,
+/// User task files (docs/task-format.md): valid files of every type, and malformed ones rejected with the line named,
 /// before any model computation.
 @Suite struct TaskFileTests {
     let data = EvalDataDirectory(EvalTestFiles.data)
@@ -110,7 +110,7 @@ import TesseraEval
         {"text": "   "}
         """)
         #expect(emptyText.message.contains("emptytext.jsonl:2") && emptyText.message.contains("empty"))
-        #expect(emptyText.hint?.contains("TaskFormat.md") == true)
+        #expect(emptyText.hint?.contains("task-format.md") == true)
     }
 
     /// A bad file among several tasks fails at preparation: the model is never asked anything.

@@ -82,10 +82,13 @@ def main():
     if not os.path.exists(py):
         wheel = subprocess.run("find / -xdev -name 'torch-*+cpu-*.whl' 2>/dev/null | head -1", shell=True, stdout=subprocess.PIPE, text=True).stdout.strip()
         subprocess.run(f"python3 -m venv {venv} && {venv}/bin/pip install -q '{wheel}' numpy", shell=True, check=True)
-    env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
-    torch_out = json.loads(subprocess.run([py, "-c", TORCH_SIDE, folder, "512", "64"], env=env, stdout=subprocess.PIPE, check=True, text=True).stdout)
+    # 2 threads each: torch.set_num_threads(2) (and OMP_NUM_THREADS) for PyTorch, --threads 2 for Tessera (which
+    # sets OpenBLAS's thread count itself; OPENBLAS_NUM_THREADS in its environment measurably slows its prefill).
+    torch_env = dict(os.environ, OMP_NUM_THREADS="2")
+    tess_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    torch_out = json.loads(subprocess.run([py, "-c", TORCH_SIDE, folder, "512", "64"], env=torch_env, stdout=subprocess.PIPE, check=True, text=True).stdout)
     tess_out = json.loads(subprocess.run([TESSERA, "bench-engine", folder, "--prefill", "512", "--decode", "64", "--arc", str(a.arc), "--threads", "2"],
-                                         env=env, stdout=subprocess.PIPE, check=True, text=True).stdout)
+                                         env=tess_env, stdout=subprocess.PIPE, check=True, text=True).stdout)
     # Linear-layer FLOPs per token of SmolLM2-135M (30 blocks: q,k,v,o and the SwiGLU MLP) = 2 x 106.2 M.
     cfg = json.load(open(os.path.join(folder, "config.json")))
     d, f, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]

@@ -76,11 +76,15 @@ def main():
             import yaml
             open(cfg_path, "w").write(yaml.safe_dump(cfg))
             out_t = os.path.join(work, f"out-tessera-{method}-{n}.safetensors")
+            if os.path.exists(out_t):
+                os.remove(out_t)  # both tools write a new output (mergekit's folder is removed below too)
+            subprocess.run(["sync"])
             tw, tr = timed([TESSERA, "merge", "--config", cfg_path, "-o", out_t])
             row = {"merge": f"{method} x{n}", "tessera_s": tw, "tessera_rss_mb": tr}
             if mergekit:
                 out_dir = os.path.join(work, f"out-mergekit-{method}-{n}")
                 shutil.rmtree(out_dir, ignore_errors=True)
+                subprocess.run(["sync"])
                 env = dict(os.environ, OMP_NUM_THREADS="2")
                 mw, mr = timed([mergekit, cfg_path, out_dir, "--lazy-unpickle"] if False else [mergekit, cfg_path, out_dir], env=env)
                 produced = [f for f in os.listdir(out_dir) if f.endswith(".safetensors")]

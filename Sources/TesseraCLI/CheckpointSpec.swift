@@ -22,8 +22,8 @@ final class CheckpointResolver {
                 let text = try String(contentsOfFile: spec, encoding: .utf8)
                 return try stored(try Manifest.parse(text, file: spec), name: spec, context: context)
             }
-            let file = try StreamingSafetensorsSource(path: spec)
-            hashes[ObjectIdentifier(file)] = { name in (try? file.rawTensor(name)).map { SHA256Hasher.hex($0.bytes) } }
+            let file = HashingSource(try StreamingSafetensorsSource(path: spec))
+            hashes[ObjectIdentifier(file)] = { name in file.hash(of: name) }
             return file
         }
         guard spec.contains(":") else {
@@ -49,5 +49,47 @@ final class CheckpointResolver {
     /// The exact SHA-256 of a tensor's bytes in a source this resolver opened (for provenance).
     func tensorHash(_ source: TensorSource, _ name: String) -> String? {
         hashes[ObjectIdentifier(source)]?(name)
+    }
+}
+
+/// A file source that computes each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway, on a
+/// second core while the merge goes on, instead of reading every input a second time at the end. At most two
+/// tensors wait to be hashed, so memory stays bounded.
+final class HashingSource: TensorSource, @unchecked Sendable {
+    // @unchecked: `hashes` is guarded by `lock`; the queue serialises hashing.
+    let inner: TensorSource
+    private var hashes: [String: String] = [:]
+    private let lock = NSLock()
+    private let queue = DispatchQueue(label: "tessera.provenance-hash")
+    private let pending = DispatchSemaphore(value: 2)
+
+    init(_ inner: TensorSource) { self.inner = inner }
+
+    var sourceName: String { inner.sourceName }
+    var tensorNames: [String] { inner.tensorNames }
+    var metadata: [(String, String)] { inner.metadata }
+    func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
+
+    func rawTensor(_ name: String) throws -> RawTensor {
+        let t = try inner.rawTensor(name)
+        lock.lock(); let known = hashes[name] != nil; lock.unlock()
+        if !known {
+            pending.wait()
+            let bytes = t.bytes
+            queue.async { [self] in
+                let h = SHA256Hasher.hex(bytes)
+                lock.lock(); hashes[name] = h; lock.unlock()
+                pending.signal()
+            }
+        }
+        return t
+    }
+
+    /// The tensor's SHA-256; computed now if the merge never read it.
+    func hash(of name: String) -> String? {
+        queue.sync {}
+        lock.lock(); let h = hashes[name]; lock.unlock()
+        if let h { return h }
+        return (try? inner.rawTensor(name)).map { SHA256Hasher.hex($0.bytes) }
     }
 }

@@ -48,8 +48,19 @@ public final class SafetensorsStreamWriter {
         guard tensor.dtype.byteCount(elements: tensor.elementCount) == tensor.bytes.count else {
             throw TesseraError(.shapeMismatch, "tensor '\(name)': \(tensor.bytes.count) bytes do not fit \(tensor.dtype.rawValue) \(tensor.shape)")
         }
-        do { try data.write(contentsOf: tensor.bytes) } catch {
-            throw TesseraError(.io, "\(path): cannot write", hint: "check free disk space", underlying: error)
+        // Straight from the array's storage (FileHandle.write would first copy it into a Data).
+        let fd = data.fileDescriptor
+        let failed: Int32? = tensor.bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = Foundation.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n < 0 { if errno == EINTR { continue }; return errno }
+                offset += n
+            }
+            return nil
+        }
+        if let failed {
+            throw TesseraError(failed == ENOSPC ? .noSpace : .io, "\(path): cannot write: \(String(cString: strerror(failed)))", hint: "check free disk space")
         }
         entries.append((name, tensor.dtype, tensor.shape, offset, offset + tensor.bytes.count))
         offset += tensor.bytes.count

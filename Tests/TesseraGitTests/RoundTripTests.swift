@@ -21,6 +21,10 @@ import Testing
             #expect(Array(try s.bytes("\(repo)/model.safetensors")) == expected, "version \(k) differs")
         }
         // A fresh checkout of every commit, in a new worktree directory, is byte-exact too.
+        for (k, expected) in versions.enumerated() {
+            try s.run("git worktree add -q --detach ../fresh\(k) HEAD~\(versions.count - 1 - k)", in: repo)
+            #expect(Array(try s.bytes("fresh\(k)/model.safetensors")) == expected, "worktree of version \(k) differs")
+        }
         try s.run("git checkout -q main -- model.safetensors", in: repo)
         #expect(Array(try s.bytes("\(repo)/model.safetensors")) == versions.last!)
         try s.run("\"$T\" fsck", in: repo)

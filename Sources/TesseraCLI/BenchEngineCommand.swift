@@ -17,12 +17,12 @@ struct BenchEngineCommand: ParsableCommand {
     @Option(help: "Prompt length for the prefill timing.") var prefill: Int = 512
     @Option(help: "Tokens to generate for the decode timing.") var decode: Int = 64
     @Option(help: "ARC-Easy test questions to score (0 skips).") var arc: Int = 0
-    @Option(help: "Threads for matrix products.") var threads: Int = 2
+    @Option(help: "Threads for matrix products (default: $OPENBLAS_NUM_THREADS, else the number of cores).") var threads: Int = Linalg.defaultThreads
     @Option(help: "Where the data is (default: the project's data/).") var dataDir: String?
 
     func run() throws {
         Linalg.setThreads(threads)
-        let resolved = try ResolvedModel.resolve(model, resolver: CheckpointResolver(directory: "."))
+        let resolved = try ResolvedModel.resolve(model, resolver: CheckpointResolver(directory: ".", hashesFileInputs: false))
         guard case let .causal(lm, tokenizer) = resolved.kind, let decoder = lm as? any DecoderArchitecture else {
             throw TesseraError(.usage, "\(model) is not a decoder language model")
         }

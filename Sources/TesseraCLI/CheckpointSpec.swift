@@ -9,9 +9,14 @@ import TesseraStore
 final class CheckpointResolver {
     let context: RepositoryContext?
     private var hashes: [ObjectIdentifier: (String) -> String?] = [:]
+    private var hashingSources: [HashingSource] = []
 
-    init(directory: String) {
+    /// Whether file inputs are hashed for provenance (merges and task vectors record them; evaluation does not).
+    let hashesFileInputs: Bool
+
+    init(directory: String, hashesFileInputs: Bool = true) {
         context = try? RepositoryContext(directory: directory)
+        self.hashesFileInputs = hashesFileInputs
     }
 
     func source(_ spec: String) throws -> TensorSource {
@@ -22,8 +27,11 @@ final class CheckpointResolver {
                 let text = try String(contentsOfFile: spec, encoding: .utf8)
                 return try stored(try Manifest.parse(text, file: spec), name: spec, context: context)
             }
-            let file = HashingSource(try StreamingSafetensorsSource(path: spec))
+            let plain = try StreamingSafetensorsSource(path: spec)
+            guard hashesFileInputs else { return plain }
+            let file = HashingSource(plain)
             hashes[ObjectIdentifier(file)] = { name in file.hash(of: name) }
+            hashingSources.append(file)
             return file
         }
         guard spec.contains(":") else {
@@ -46,6 +54,12 @@ final class CheckpointResolver {
         return checkpoint
     }
 
+    /// Stops and waits for the background hashing of file inputs. Commands call it before they return or throw, so
+    /// that no thread is still reading a tensor when the process exits.
+    func finish() {
+        for source in hashingSources { source.stopHashing() }
+    }
+
     /// The exact SHA-256 of a tensor's bytes in a source this resolver opened (for provenance).
     func tensorHash(_ source: TensorSource, _ name: String) -> String? {
         hashes[ObjectIdentifier(source)]?(name)
@@ -59,6 +73,7 @@ final class HashingSource: TensorSource, @unchecked Sendable {
     // @unchecked: `hashes` is guarded by `lock`; the queue serialises hashing.
     let inner: TensorSource
     private var hashes: [String: String] = [:]
+    private var stopped = false
     private let lock = NSLock()
     private let queue = DispatchQueue(label: "tessera.provenance-hash")
     private let pending = DispatchSemaphore(value: 2)
@@ -77,12 +92,20 @@ final class HashingSource: TensorSource, @unchecked Sendable {
             pending.wait()
             let bytes = t.bytes
             queue.async { [self] in
+                defer { pending.signal() }
+                lock.lock(); let skip = stopped; lock.unlock()
+                if skip { return }
                 let h = SHA256Hasher.hex(bytes)
                 lock.lock(); hashes[name] = h; lock.unlock()
-                pending.signal()
             }
         }
         return t
+    }
+
+    /// Skips the hashes still queued and waits for the one being computed.
+    func stopHashing() {
+        lock.lock(); stopped = true; lock.unlock()
+        queue.sync {}
     }
 
     /// The tensor's SHA-256; computed now if the merge never read it.

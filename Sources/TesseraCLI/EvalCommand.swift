@@ -36,8 +36,8 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "The SST-2 head checkpoint (default: minilm_sst2_head.safetensors in the data folder).")
     var head: String?
 
-    @Option(help: "Threads for matrix products.")
-    var threads: Int = 2
+    @Option(help: "Threads for matrix products (default: $OPENBLAS_NUM_THREADS, else the number of cores).")
+    var threads: Int = Linalg.defaultThreads
 
     @Flag(help: "Print the results as JSON.")
     var json = false
@@ -66,7 +66,7 @@ struct EvalCommand: ParsableCommand {
         let options = EvalTaskOptions(sst2HeadPath: head)
         // Every task's data is read and checked before any model is loaded.
         let prepared = try EvalRunner.prepare(try tasks.map { try EvalTaskRegistry.task($0, options: options) }, data: data)
-        let resolver = CheckpointResolver(directory: directory)
+        let resolver = CheckpointResolver(directory: directory, hashesFileInputs: false)
         var results: [EvalResult] = []
         for target in targets {
             let model = try ResolvedModel.resolve(target, resolver: resolver)

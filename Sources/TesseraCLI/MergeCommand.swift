@@ -82,6 +82,7 @@ struct MergeCommand: ParsableCommand {
     func run() throws {
         MemoryTuning.reuseLargeBuffers()
         let resolver = CheckpointResolver(directory: directory)
+        defer { resolver.finish() }
         var plan: MergePlan
         if let config {
             let text: String

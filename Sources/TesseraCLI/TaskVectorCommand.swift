@@ -31,6 +31,7 @@ struct TaskVectorCommand: ParsableCommand {
         func run() throws {
             MemoryTuning.reuseLargeBuffers()
             let resolver = CheckpointResolver(directory: directory)
+            defer { resolver.finish() }
             let b = try resolver.source(base), f = try resolver.source(finetuned)
             let writer = try SafetensorsStreamWriter(path: output)
             var count = 0
@@ -71,6 +72,7 @@ struct TaskVectorCommand: ParsableCommand {
         func run() throws {
             MemoryTuning.reuseLargeBuffers()
             let resolver = CheckpointResolver(directory: directory)
+            defer { resolver.finish() }
             let b = try resolver.source(base)
             var vectors: [(vector: TensorSource, coefficient: Double)] = []
             var described: [JSONValue] = []

@@ -1,3 +1,4 @@
+import Foundation
 import COpenBLAS
 
 /// Matrix products through OpenBLAS sgemm. Row-major throughout, as checkpoints store weights.
@@ -65,4 +66,10 @@ public enum Linalg {
 
     /// Sets the number of OpenBLAS threads (benchmarks pin this to compare with PyTorch at equal threads).
     public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+
+    /// What BLAS users expect: OPENBLAS_NUM_THREADS when it is set, else one thread per core.
+    public static var defaultThreads: Int {
+        if let text = ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"], let n = Int(text), n > 0 { return n }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }
 }

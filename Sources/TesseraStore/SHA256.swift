@@ -6,7 +6,15 @@ import TesseraCore
 public final class SHA256Hasher {
     private let context: OpaquePointer
 
+    /// OpenSSL, left to itself, frees its global tables in an `atexit` handler. A process that exits (on an error,
+    /// say) while another thread is still hashing would then crash inside EVP; with no cleanup at exit it cannot.
+    /// Must run before any other OpenSSL call, which would initialise the library with the handler.
+    private static let initialiseWithoutCleanupAtExit: Void = {
+        OPENSSL_init_crypto(UInt64(OPENSSL_INIT_NO_ATEXIT), nil)
+    }()
+
     public init() {
+        _ = Self.initialiseWithoutCleanupAtExit
         guard let ctx = EVP_MD_CTX_new() else { fatalError("OpenSSL could not allocate a digest context (out of memory)") }
         context = ctx
         EVP_DigestInit_ex(context, EVP_sha256(), nil)

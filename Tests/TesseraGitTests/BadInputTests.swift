@@ -148,7 +148,7 @@ import Testing
               sleep 0.005
             done
             wait $pid; echo "add exit $? killed $killed"
-            """, in: repo, check: false)
+            """, in: repo, check: false, expectKilled: true)
         #expect(r.stdout.contains("killed yes") && !r.stdout.contains("add exit 0"), "\(r.stdout) \(r.stderr)")
         #expect(try s.run("git ls-files --stage model.safetensors", in: repo).stdout.isEmpty)
         // Complete objects are valid; a half-written one can only be a temporary file, which gc removes.

@@ -53,6 +53,12 @@ final class Sandbox {
         env["GIT_CONFIG_NOSYSTEM"] = "1"
         env["GIT_TERMINAL_PROMPT"] = "0"
         env["LC_ALL"] = "C"
+        // A crashing tessera must show up as a failure, not as a hang: Swift's crash backtracer, left on, can keep
+        // the crashed process's pipes open long after it died, and the test would wait for their end forever.
+        env["SWIFT_BACKTRACE"] = "enable=no"
+        // Tests run side by side on few cores; OpenBLAS threads that spin-wait for each other across processes can
+        // slow an evaluation down a hundredfold. One BLAS thread per tessera process keeps the suite's time steady.
+        env["OPENBLAS_NUM_THREADS"] = "1"
         env.removeValue(forKey: "GIT_DIR")
         env.removeValue(forKey: "GIT_WORK_TREE")
         return env
@@ -60,7 +66,11 @@ final class Sandbox {
 
     /// Runs a shell command line in `directory` (relative to the sandbox root).
     @discardableResult
-    func run(_ command: String, in directory: String = "", input: String? = nil, check: Bool = true) throws -> CommandResult {
+    /// A command that dies of a signal, or makes git report that a filter, driver or hook did (git says "died of
+    /// signal"), fails the test even with `check: false`: expecting an error must never accept a crash. Tests that
+    /// kill a process on purpose pass `expectKilled: true`.
+    func run(_ command: String, in directory: String = "", input: String? = nil, check: Bool = true,
+             expectKilled: Bool = false, sourceLocation: SourceLocation = #_sourceLocation) throws -> CommandResult {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
         p.arguments = ["-c", command]
@@ -84,6 +94,13 @@ final class Sandbox {
         g.wait()
         p.waitUntilExit()
         let r = CommandResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: errBox.data, as: UTF8.self))
+        if !expectKilled {
+            // sh reports a child killed by signal N as 128 + N; git's own fatal errors exit with exactly 128.
+            let killed = r.status > 128 && r.status < 128 + 65
+            if killed || r.stderr.contains("died of signal") || r.stderr.contains("Segmentation fault") {
+                Issue.record("`\(command)` crashed (exit \(r.status)):\n\(r.stderr)", sourceLocation: sourceLocation)
+            }
+        }
         if check && r.status != 0 { throw CommandFailed(command: command, result: r) }
         return r
     }

@@ -34,11 +34,14 @@ let package = Package(
         .systemLibrary(name: "CCrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "COpenBLAS", providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
 
+        // Hand-vectorised kernels (AVX2, chosen at run time, with portable fallbacks) for GGUF block formats.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+
         .target(name: "TesseraCore", swiftSettings: swiftSettings),
         .target(name: "TesseraStore", dependencies: ["TesseraCore", "CZstd", "CCrypto"], swiftSettings: swiftSettings),
         .target(name: "TesseraGit", dependencies: ["TesseraCore", "TesseraStore", "CGit2"], swiftSettings: swiftSettings),
         .target(name: "TesseraMerge", dependencies: ["TesseraCore", "COpenBLAS", "Yams"], swiftSettings: swiftSettings),
-        .target(name: "TesseraEngine", dependencies: ["TesseraCore", "COpenBLAS"], swiftSettings: swiftSettings),
+        .target(name: "TesseraEngine", dependencies: ["TesseraCore", "COpenBLAS", "CKernels"], swiftSettings: swiftSettings),
         .target(name: "TesseraEval", dependencies: ["TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
         .target(
             name: "TesseraCLI",

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Tessera's engine vs a PyTorch CPU implementation of the same model (SmolLM2-135M-Instruct, dequantised to float32),
-side by side in one run, 2 threads each: prefill tokens/s on 512 tokens (logits of the last position), decode
+"""Tessera's engine vs a PyTorch CPU implementation of the same model (SmolLM2-135M-Instruct: Tessera reads the GGUF as
+shipped, PyTorch the same weights dequantised to float32), side by side in one run, 2 threads each: prefill tokens/s on 512 tokens (logits of the last position), decode
 tokens/s with a KV cache, the time to score all 2,376 ARC-Easy test questions, and achieved GFLOP/s against the
 OpenBLAS sgemm ceiling measured in the same run (numpy's matmul on the same machine, 2 threads).
 Usage: bench/bench_engine.py [--arc N] [--workdir DIR]
@@ -87,8 +87,14 @@ def main():
     torch_env = dict(os.environ, OMP_NUM_THREADS="2")
     tess_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     torch_out = json.loads(subprocess.run([py, "-c", TORCH_SIDE, folder, "512", "64"], env=torch_env, stdout=subprocess.PIPE, check=True, text=True).stdout)
-    tess_out = json.loads(subprocess.run([TESSERA, "bench-engine", folder, "--prefill", "512", "--decode", "64", "--arc", str(a.arc), "--threads", "2"],
+    def tessera(model, arc):
+        return json.loads(subprocess.run([TESSERA, "bench-engine", model, "--prefill", "512", "--decode", "64", "--arc", str(arc), "--threads", "2"],
                                          env=tess_env, stdout=subprocess.PIPE, check=True, text=True).stdout)
+    # Tessera runs the model as shipped, the GGUF: prefill multiplies the dequantised float32 weights (the same values
+    # PyTorch gets), decoding reads the Q4_1/Q8_0 blocks themselves, as llama.cpp does. The float32 safetensors
+    # import, which has no blocks, is measured too.
+    tess_out = tessera(GGUF, a.arc)
+    tess_f32 = tessera(folder, 0)
     # Linear-layer FLOPs per token of SmolLM2-135M (30 blocks: q,k,v,o and the SwiGLU MLP) = 2 x 106.2 M.
     cfg = json.load(open(os.path.join(folder, "config.json")))
     d, f, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
@@ -102,6 +108,9 @@ def main():
         t, p = tess_out[key], torch_out[key]
         print(f"{label:34}{t:12.1f}{p:12.1f}{t / p:8.2f}")
         checks.append((f"{label}: tessera / pytorch", t / p, target, False))
+    for label, key in [("prefill tokens/s, f32 safetensors", "prefill_tokens_per_s"), ("decode tokens/s, f32 safetensors", "decode_tokens_per_s")]:
+        t, p = tess_f32[key], torch_out[key]
+        print(f"{label:34}{t:12.1f}{p:12.1f}{t / p:8.2f}   (info: the import, float32 weights only)")
     gflops = tess_out["prefill_tokens_per_s"] * flops_per_token / 1e9
     print(f"prefill GFLOP/s (linear layers)   {gflops:12.1f}   sgemm ceiling measured here: {ceiling:.1f} GFLOP/s ({gflops / ceiling:.0%})")
     if "arc_easy_seconds" in tess_out:

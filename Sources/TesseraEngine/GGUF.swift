@@ -219,6 +219,18 @@ public final class GGUFFile: TensorSource, @unchecked Sendable {
         return out
     }
 
+    /// Calls `body` with the tensor's bytes exactly as stored (its GGML blocks), for kernels that compute on the
+    /// encoded form. The bytes are valid only during the call.
+    public func withEncodedBytes<R>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        try requireSupported(name)
+        let i = info(name)!
+        let block = i.type.supportedBlock!
+        let count = i.elementCount / block.elements * block.bytes
+        return try data.withUnsafeBytes { file in
+            try body(UnsafeRawBufferPointer(rebasing: file[i.fileOffset..<(i.fileOffset + count)]))
+        }
+    }
+
     // MARK: TensorSource
 
     public var sourceName: String { path }

@@ -152,6 +152,11 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
     private let attnNorm: [WeightBuffer], qkv: [WeightBuffer], attnOut: [WeightBuffer]
     private let ffnNorm: [WeightBuffer], gateUp: [WeightBuffer], down: [WeightBuffer]
     private let ropeCos: [Float], ropeSin: [Float]
+    /// The same matrices in the GGUF's own Q4_1/Q8_0 blocks, for single-token products (decoding reads every weight
+    /// once per token, so its speed is the bytes read); nil where the checkpoint is not such a GGUF.
+    private let blockQKV: [BlockQuantizedMatrix?], blockAttnOut: [BlockQuantizedMatrix?]
+    private let blockGateUp: [BlockQuantizedMatrix?], blockDown: [BlockQuantizedMatrix?]
+    private let blockHead: BlockQuantizedMatrix?
 
     public var vocabularySize: Int { config.vocabularySize }
     /// The config's context, capped so the RoPE tables stay small (32k positions · headDim floats).
@@ -179,6 +184,17 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
             dn.append(WeightBuffer(try weightFloats(source, n[8])))
         }
         attnNorm = an; qkv = q; attnOut = o; ffnNorm = fn; gateUp = gu; down = dn
+        if let gguf = source as? GGUFFile, names.convention == .gguf {
+            let layers = (0..<c.layers).map { names.layer($0) }
+            blockQKV = layers.map { BlockQuantizedMatrix(gguf: gguf, names: [$0[1], $0[2], $0[3]]) }
+            blockAttnOut = layers.map { BlockQuantizedMatrix(gguf: gguf, names: [$0[4]]) }
+            blockGateUp = layers.map { BlockQuantizedMatrix(gguf: gguf, names: [$0[6], $0[7]]) }
+            blockDown = layers.map { BlockQuantizedMatrix(gguf: gguf, names: [$0[8]]) }
+            blockHead = BlockQuantizedMatrix(gguf: gguf, names: [c.tiedEmbeddings ? names.embedding : names.output])
+        } else {
+            blockQKV = Array(repeating: nil, count: c.layers); blockAttnOut = blockQKV; blockGateUp = blockQKV; blockDown = blockQKV
+            blockHead = nil
+        }
         (ropeCos, ropeSin) = DecoderKernels.ropeTables(positions: min(c.maxPositions, Self.maxTablePositions), headDim: c.headDim, base: c.ropeTheta)
     }
 
@@ -198,12 +214,22 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
             (x + t * d).update(from: embedding.p + token * d, count: d)
         }
         let scale = 1 / Float(c.headDim).squareRoot()
+        let threads = Linalg.threads
+        /// One token through the block-encoded weights when there are some, else float32 through BLAS.
+        func project(_ input: UnsafePointer<Float>, _ weights: WeightBuffer, _ blocks: BlockQuantizedMatrix?,
+                     _ output: UnsafeMutablePointer<Float>, tokens: Int, inDim: Int, outDim: Int, accumulate: Bool = false) {
+            if tokens == 1, let blocks {
+                blocks.apply(input, output, accumulate: accumulate, threads: threads)
+            } else {
+                DecoderKernels.linear(input, weights.p, bias: nil, output, tokens: tokens, inDim: inDim, outDim: outDim, accumulate: accumulate)
+            }
+        }
         ropeCos.withUnsafeBufferPointer { cosTable in
           ropeSin.withUnsafeBufferPointer { sinTable in
             layout.positions.withUnsafeBufferPointer { positions in
                 for l in 0..<c.layers {
                     DecoderKernels.rmsNorm(x, attnNorm[l].p, xn, rows: T, dim: d, eps: c.rmsNormEps)
-                    DecoderKernels.linear(xn, qkv[l].p, bias: nil, qkvOut, tokens: T, inDim: d, outDim: qkvDim)
+                    project(xn, qkv[l], blockQKV[l], qkvOut, tokens: T, inDim: d, outDim: qkvDim)
                     DecoderKernels.applyRoPE(qkvOut, ld: qkvDim, tokens: T, heads: c.heads, headDim: c.headDim, positions: positions.baseAddress!,
                                              cos: cosTable.baseAddress!, sin: sinTable.baseAddress!, layout: c.ropeLayout)
                     DecoderKernels.applyRoPE(qkvOut + qd, ld: qkvDim, tokens: T, heads: c.kvHeads, headDim: c.headDim, positions: positions.baseAddress!,
@@ -217,11 +243,11 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
                         keys: state.keys[l], values: state.values[l], cacheCapacity: state.capacity,
                         heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scale: scale, window: nil,
                         scratch: scores, out: attn, ldo: qd)
-                    DecoderKernels.linear(attn, attnOut[l].p, bias: nil, x, tokens: T, inDim: qd, outDim: d, accumulate: true)
+                    project(attn, attnOut[l], blockAttnOut[l], x, tokens: T, inDim: qd, outDim: d, accumulate: true)
                     DecoderKernels.rmsNorm(x, ffnNorm[l].p, xn, rows: T, dim: d, eps: c.rmsNormEps)
-                    DecoderKernels.linear(xn, gateUp[l].p, bias: nil, gu, tokens: T, inDim: d, outDim: 2 * ffn)
+                    project(xn, gateUp[l], blockGateUp[l], gu, tokens: T, inDim: d, outDim: 2 * ffn)
                     DecoderKernels.swiGLU(gu, hidden, tokens: T, ffn: ffn)
-                    DecoderKernels.linear(hidden, down[l].p, bias: nil, x, tokens: T, inDim: ffn, outDim: d, accumulate: true)
+                    project(hidden, down[l], blockDown[l], x, tokens: T, inDim: ffn, outDim: d, accumulate: true)
                 }
             }
           }
@@ -234,7 +260,7 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
         }
         var logits = [Float](repeating: 0, count: logitRows.count * c.vocabularySize)
         logits.withUnsafeMutableBufferPointer {
-            DecoderKernels.linear(xn, head.p, bias: nil, $0.baseAddress!, tokens: logitRows.count, inDim: d, outDim: c.vocabularySize)
+            project(xn, head, blockHead, $0.baseAddress!, tokens: logitRows.count, inDim: d, outDim: c.vocabularySize)
         }
         return logits
     }

@@ -1,0 +1,54 @@
+import Foundation
+import Testing
+import TesseraEngine
+
+/// Decoding multiplies by the GGUF's own Q4_1/Q8_0 blocks. Checked against the float32 dequantisation (itself checked
+/// against the gguf package in GGUFTests), on SmolLM2's real tensors, in both the AVX2 and the portable kernels.
+@Suite(.serialized, .enabled(if: EngineFixtures.hasSmolLM2, "SmolLM2 GGUF not installed (scripts/setup.sh)"))
+struct BlockQuantizedMatrixTests {
+    /// max |W·x − reference| relative to max |reference|, the reference summed in Double from dequantised weights.
+    func relativeError(_ names: [String], accumulate: Bool, portable: Bool) throws -> Double {
+        let gguf = try GGUFFile(path: EngineFixtures.smolLM2Path)
+        let matrix = try #require(BlockQuantizedMatrix(gguf: gguf, names: names))
+        let weights = try names.flatMap { try gguf.dequantized($0) }
+        let cols = matrix.columns, rows = matrix.rows
+        #expect(weights.count == rows * cols)
+        let x = (0..<cols).map { Float(sin(Double($0) * 0.37)) * 0.8 }
+        let start = (0..<rows).map { Float(cos(Double($0))) }
+        var y = accumulate ? start : [Float](repeating: .nan, count: rows)
+        BlockQuantizedMatrix.forcePortable(portable)
+        defer { BlockQuantizedMatrix.forcePortable(false) }
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in matrix.apply(xp.baseAddress!, yp.baseAddress!, accumulate: accumulate, threads: 2) }
+        }
+        var worst = 0.0, scale = 0.0
+        for r in 0..<rows {
+            var s = accumulate ? Double(start[r]) : 0
+            for c in 0..<cols { s += Double(weights[r * cols + c]) * Double(x[c]) }
+            worst = max(worst, abs(Double(y[r]) - s))
+            scale = max(scale, abs(s))
+        }
+        return worst / scale
+    }
+
+    @Test(arguments: [false, true])
+    func q4_1MatchesDequantisedWeights(portable: Bool) throws {
+        // Q/K/V stacked, as the model fuses them; and the down projection, accumulated into the residual.
+        let fused = try relativeError(["blk.3.attn_q.weight", "blk.3.attn_k.weight", "blk.3.attn_v.weight"], accumulate: false, portable: portable)
+        let down = try relativeError(["blk.7.ffn_down.weight"], accumulate: true, portable: portable)
+        print("Q4_1 (\(portable || !BlockQuantizedMatrix.vectorised ? "portable" : "AVX2") kernels): relative errors \(fused), \(down)")
+        #expect(fused < 1e-5 && down < 1e-5, "relative errors \(fused), \(down)")
+    }
+
+    @Test(arguments: [false, true])
+    func q8_0MatchesDequantisedWeights(portable: Bool) throws {
+        let head = try relativeError(["token_embd.weight"], accumulate: false, portable: portable)
+        #expect(head < 1e-5, "relative error \(head)")
+    }
+
+    @Test func otherFormatsStayOnTheFloatPath() throws {
+        let gguf = try GGUFFile(path: EngineFixtures.smolLM2Path)
+        #expect(BlockQuantizedMatrix(gguf: gguf, names: ["blk.0.attn_norm.weight"]) == nil)  // F32, one dimension
+        #expect(BlockQuantizedMatrix(gguf: gguf, names: ["blk.0.attn_q.weight", "token_embd.weight"]) == nil)  // Q4_1 + Q8_0
+    }
+}

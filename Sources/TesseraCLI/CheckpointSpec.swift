@@ -69,16 +69,16 @@ final class CheckpointResolver {
 /// A file source that computes each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway, on a
 /// second core while the merge goes on, instead of reading every input a second time at the end. At most two
 /// tensors wait to be hashed, so memory stays bounded.
-final class HashingSource: TensorSource, @unchecked Sendable {
+final class HashingSource: TensorSource, Float32Reading, @unchecked Sendable {
     // @unchecked: `hashes` is guarded by `lock`; the queue serialises hashing.
-    let inner: TensorSource
+    let inner: StreamingSafetensorsSource
     private var hashes: [String: String] = [:]
     private var stopped = false
     private let lock = NSLock()
     private let queue = DispatchQueue(label: "tessera.provenance-hash")
     private let pending = DispatchSemaphore(value: 2)
 
-    init(_ inner: TensorSource) { self.inner = inner }
+    init(_ inner: StreamingSafetensorsSource) { self.inner = inner }
 
     var sourceName: String { inner.sourceName }
     var tensorNames: [String] { inner.tensorNames }
@@ -87,19 +87,28 @@ final class HashingSource: TensorSource, @unchecked Sendable {
 
     func rawTensor(_ name: String) throws -> RawTensor {
         let t = try inner.rawTensor(name)
-        lock.lock(); let known = hashes[name] != nil; lock.unlock()
-        if !known {
-            pending.wait()
-            let bytes = t.bytes
-            queue.async { [self] in
-                defer { pending.signal() }
-                lock.lock(); let skip = stopped; lock.unlock()
-                if skip { return }
-                let h = SHA256Hasher.hex(bytes)
-                lock.lock(); hashes[name] = h; lock.unlock()
-            }
-        }
+        hashLater(name, t.bytes)
         return t
+    }
+
+    func readFloat32(_ name: String) throws -> [Float]? {
+        guard let values = try inner.readFloat32(name) else { return nil }
+        hashLater(name, values)  // little-endian float32 storage: the file's bytes
+        return values
+    }
+
+    /// Queues the SHA-256 of a tensor's bytes; the array is immutable, so the hashing thread reads it uncopied.
+    private func hashLater<Element: Sendable>(_ name: String, _ storage: [Element]) {
+        lock.lock(); let known = hashes[name] != nil; lock.unlock()
+        if known { return }
+        pending.wait()
+        queue.async { [self] in
+            defer { pending.signal() }
+            lock.lock(); let skip = stopped; lock.unlock()
+            if skip { return }
+            let h = storage.withUnsafeBytes { SHA256Hasher.hex($0) }
+            lock.lock(); hashes[name] = h; lock.unlock()
+        }
     }
 
     /// Skips the hashes still queued and waits for the one being computed.

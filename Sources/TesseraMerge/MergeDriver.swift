@@ -157,7 +157,7 @@ final class MergeJob {
                                hint: "set dtype (e.g. dtype: float32) to merge inputs of different dtypes")
         }
         var values: [Float]
-        if let direct = input.source as? StreamingSafetensorsSource, let v = try direct.readFloat32(name) {
+        if let direct = input.source as? Float32Reading, let v = try direct.readFloat32(name) {
             values = v
         } else {
             values = try FloatCodec.decode(try input.source.rawTensor(name), name: "\(input.name): \(name)")

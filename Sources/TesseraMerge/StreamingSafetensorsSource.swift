@@ -10,7 +10,7 @@ import TesseraCore
 /// A merge touches every byte of every input once; with a mapping those pages stay in the process's resident set
 /// (three 500 MB inputs would put 1.5 GB in RSS), while reads into a buffer that is freed after the tensor is merged
 /// keep resident memory to the tensors in flight. Use this for merges of large checkpoints.
-public final class StreamingSafetensorsSource: TensorSource, @unchecked Sendable {
+public final class StreamingSafetensorsSource: TensorSource, Float32Reading, @unchecked Sendable {
     // @unchecked Sendable: the descriptor is only read with pread (no shared file offset), and the layout is immutable.
     public let path: String
     public let layout: SafetensorsLayout
@@ -70,7 +70,7 @@ public final class StreamingSafetensorsSource: TensorSource, @unchecked Sendable
     public var metadata: [(String, String)] { layout.metadata }
 
     /// F32 tensors read straight into float32 storage (one copy fewer than `rawTensor` + decode); nil for other dtypes.
-    func readFloat32(_ name: String) throws -> [Float]? {
+    public func readFloat32(_ name: String) throws -> [Float]? {
         guard let t = index[name], t.dtype == .f32, t.byteCount == 4 * t.elementCount else { return nil }
         let n = t.elementCount
         if n == 0 { return [] }
@@ -105,4 +105,11 @@ public final class StreamingSafetensorsSource: TensorSource, @unchecked Sendable
         let bytes = t.byteCount == 0 ? [] : try Self.read(fd, offset: layout.dataStart + t.begin, count: t.byteCount, path: path)
         return RawTensor(dtype: t.dtype, shape: t.shape, bytes: bytes)
     }
+}
+
+/// A source that can read float32 tensors straight into float storage, skipping the byte copy `rawTensor` and a
+/// decode would make. The merge uses it for every input that offers it.
+public protocol Float32Reading {
+    /// The tensor's values when it is stored as F32, nil for other dtypes (which go through `rawTensor`).
+    func readFloat32(_ name: String) throws -> [Float]?
 }

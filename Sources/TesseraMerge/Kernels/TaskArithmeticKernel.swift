@@ -217,6 +217,17 @@ func withBufferPointers<R>(_ arrays: inout [[Float]], from k: Int = 0, _ acc: [U
     }
 }
 
+/// Read-only pointers to the storage of several arrays, for kernels that only read them (no copy-on-write check).
+func withReadOnlyPointers<R>(_ arrays: [[Float]], from k: Int = 0, _ acc: [UnsafePointer<Float>] = [],
+                             _ body: ([UnsafePointer<Float>]) throws -> R) rethrows -> R {
+    if k == arrays.count { return try body(acc) }
+    return try arrays[k].withUnsafeBufferPointer { p in
+        // An empty array has no storage; its pointer is never dereferenced (the loops run over zero elements).
+        let ptr = p.baseAddress ?? UnsafePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
+        return try withReadOnlyPointers(arrays, from: k + 1, acc + [ptr], body)
+    }
+}
+
 enum DareSeed {
     static func value(_ p: MergeParameters, method: String) throws -> UInt64 {
         let d = try p.double("seed")

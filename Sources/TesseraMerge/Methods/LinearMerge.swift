@@ -23,20 +23,20 @@ public struct LinearMerge: MergeMethod {
             throw TesseraError(.invalidParameter, "linear: the weights sum to \(sum) under normalize: true (tensor '\(input.name)')",
                                hint: "use weights with a non-zero sum, or normalize: false")
         }
-        var out = input.models[0]
-        input.models[0] = []
-        let w0 = weights[0]
-        var rest = Array(input.models.dropFirst())
+        // Inputs are only read (a provenance hash may still hold them: writing would copy each one first), and the
+        // result goes to fresh storage.
+        let models = input.models
         input.models = []
-        withBufferPointers(&rest) { ps in
-            out.withUnsafeMutableBufferPointer { o in
+        let out = withReadOnlyPointers(models) { ps in
+            [Float](unsafeUninitializedCapacity: n) { o, initialized in
                 Parallel.forChunks(n) { _, r in
                     for j in r {
-                        var acc = w0 * o[j]
-                        for i in 0..<(m - 1) { acc += weights[i + 1] * ps[i][j] }
+                        var acc = weights[0] * ps[0][j]
+                        for i in 1..<m { acc += weights[i] * ps[i][j] }
                         o[j] = normalize ? acc / sum : acc
                     }
                 }
+                initialized = n
             }
         }
         return out

@@ -8,7 +8,7 @@ cd "$root"
 quiet() { if [ -t 2 ]; then "$@"; else "$@" >/dev/null; fi; }
 
 # 1. Debian packages (the C libraries Tessera links and git-lfs, which carries objects to remotes).
-pkgs=(git git-lfs libgit2-dev zlib1g-dev libzstd-dev libssl-dev libopenblas-dev liblapacke-dev python3-venv)
+pkgs=(git git-lfs libgit2-dev zlib1g-dev libzstd-dev libssl-dev libopenblas-dev liblapacke-dev python3-venv procps)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

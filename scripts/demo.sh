@@ -16,7 +16,8 @@ export GIT_AUTHOR_NAME="Tessera Demo" GIT_AUTHOR_EMAIL=demo@tessera.invalid GIT_
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 bytes() { du -sb "$1" 2>/dev/null | cut -f1; }
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Headings in bold on a terminal, plain when the output is piped or saved.
+if [ -t 1 ]; then step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }; else step() { printf '\n== %s\n' "$*"; }; fi
 
 step "1. A new repository; tessera tracks *.safetensors"
 git init -q -b main repo && cd repo

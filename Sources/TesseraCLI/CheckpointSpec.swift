@@ -92,9 +92,13 @@ final class HashingSource: TensorSource, Float32Reading, @unchecked Sendable {
     }
 
     func readFloat32(_ name: String) throws -> [Float]? {
+        #if _endian(big)
+        return nil  // the floats' storage is not the file's bytes there: hash through rawTensor
+        #else
         guard let values = try inner.readFloat32(name) else { return nil }
-        hashLater(name, values)  // little-endian float32 storage: the file's bytes
+        hashLater(name, values)  // little-endian float32 storage is exactly the file's bytes
         return values
+        #endif
     }
 
     /// Queues the SHA-256 of a tensor's bytes; the array is immutable, so the hashing thread reads it uncopied.

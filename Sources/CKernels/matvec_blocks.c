@@ -144,7 +144,7 @@ TK_AVX2 static void q8_0_avx2(const uint8_t *w, size_t rows, size_t blocks, cons
 
 // ---- dispatch ----
 
-static int forced_portable = 0;
+static int forced_portable = 0;  // a count, so that overlapping tests that force the portable kernels nest
 
 static int cpu_has_avx2(void) {
 #ifdef TK_X86
@@ -159,8 +159,8 @@ static int cpu_has_avx2(void) {
 #endif
 }
 
-int tessera_kernels_vectorised(void) { return !forced_portable && cpu_has_avx2(); }
-void tessera_kernels_force_portable(int portable) { forced_portable = portable; }
+int tessera_kernels_vectorised(void) { return __atomic_load_n(&forced_portable, __ATOMIC_RELAXED) == 0 && cpu_has_avx2(); }
+void tessera_kernels_force_portable(int portable) { __atomic_fetch_add(&forced_portable, portable ? 1 : -1, __ATOMIC_RELAXED); }
 
 void tessera_matvec_q4_1(const void *w, size_t rows, size_t cols, const float *x, float *y, int accumulate) {
     const size_t blocks = cols / QK;

@@ -73,9 +73,13 @@ public final class BlockQuantizedMatrix: @unchecked Sendable {
         if parts == 1 { run(0) } else { parallelFor(parts, run) }
     }
 
-    /// Whether the AVX2/FMA/F16C kernels run on this CPU (else portable C).
+}
+
+/// The hand-vectorised C kernels (`Sources/CKernels`): block-format products and prefill attention tiles.
+public enum CPUKernels {
+    /// Whether the AVX2/FMA/F16C versions run on this CPU (else portable C).
     public static var vectorised: Bool { tessera_kernels_vectorised() != 0 }
 
-    /// Tests: run the portable kernels even where AVX2 is available.
+    /// Tests: run the portable versions even where AVX2 is available, until as many `false` calls as `true` ones.
     public static func forcePortable(_ portable: Bool) { tessera_kernels_force_portable(portable ? 1 : 0) }
 }

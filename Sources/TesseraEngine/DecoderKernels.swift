@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// The building blocks shared by the decoder architectures: linear layers, norms, activations, RoPE and causal
@@ -155,10 +156,8 @@ enum DecoderKernels {
     /// context + own segment when several continuations are scored in one pass; `window`, if set, keeps only the
     /// `window` most recent positions (GPT-Neo local layers).
     ///
-    /// Several tokens: for each KV head and block of queries, the queries of all heads sharing that KV head are
-    /// stacked into one matrix, so that one sgemm computes their scores against only the keys the block can see,
-    /// softmax runs across cores, and one sgemm applies the values. BLAS calls are never nested inside other
-    /// parallel work (OpenBLAS threads would then contend). `scratch` needs `attentionScratchCount` floats.
+    /// Several tokens: tiles of query rows sharing a KV head through `tessera_attend_tile` (CKernels), split over
+    /// cores. One token: plain loops, heads in parallel. `scratch` needs `attentionScratchCount` floats.
     static func attention(
         q: UnsafePointer<Float>, ldq: Int, layout: TokenLayout,
         keys: UnsafePointer<Float>, values: UnsafePointer<Float>, cacheCapacity: Int,
@@ -199,93 +198,68 @@ enum DecoderKernels {
             }
             return
         }
-        let block = min(tokens, attentionBlock)
-        let stacked = scratch                                   // [group · block, headDim] queries
-        let result = scratch + group * block * headDim          // [group · block, headDim] outputs
-        let scores = result + group * block * headDim           // [group · block, start + tokens]
+        // Several tokens: per KV head, its keys are transposed once; then tiles of up to 12 query rows (the heads of
+        // the GQA group for a few consecutive tokens) go through `tessera_attend_tile`, which loads each key and value
+        // once per tile. Tiles are split over cores. No BLAS: hundreds of small sgemm calls per layer cost more than
+        // their arithmetic, and would wake OpenBLAS's threads.
+        let span = layout.start + tokens
+        let ldkt = span + 8
+        let keysT = scratch
+        let tileScores = scratch + headDim * ldkt
+        let maxRows = 12
+        let headsPerTile = min(group, maxRows)
+        let tokensPerTile = max(1, maxRows / headsPerTile)
+        let tokenTiles = (tokens + tokensPerTile - 1) / tokensPerTile
+        let headTiles = (group + headsPerTile - 1) / headsPerTile
+        let tiles = tokenTiles * headTiles
+        let chunks = min(attentionChunks, tiles)
         for kvh in 0..<kvHeads {
             let kh = keys + kvh * cacheCapacity * headDim
             let vh = values + kvh * cacheCapacity * headDim
-            var t0 = 0
-            while t0 < tokens {
-                let rows = min(block, tokens - t0)
-                let lastKey = layout.start + t0 + rows - 1
-                var firstKey = lastKey
-                for t in t0..<(t0 + rows) {
-                    let v = layout.visibleKeys(t, window: window)
-                    firstKey = min(firstKey, v.context.isEmpty ? v.own.lowerBound : v.context.lowerBound)
-                }
-                let length = lastKey + 1 - firstKey
-                for g in 0..<group {
-                    let h = kvh * group + g
-                    for r in 0..<rows {
-                        (stacked + (g * rows + r) * headDim).update(from: q + (t0 + r) * ldq + h * headDim, count: headDim)
+            for d in 0..<headDim {
+                let row = keysT + d * ldkt
+                for j in 0..<span { row[j] = kh[j * headDim + d] }
+                for j in span..<ldkt { row[j] = 0 }
+            }
+            parallelFor(chunks) { c in
+                let chunkScores = tileScores + c * maxRows * (span + 8)
+                withUnsafeTemporaryAllocation(of: UnsafePointer<Float>?.self, capacity: maxRows) { qs in
+                  withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<Float>?.self, capacity: maxRows) { outs in
+                    withUnsafeTemporaryAllocation(of: Int.self, capacity: 4 * maxRows) { ranges in
+                        var tile = c
+                        while tile < tiles {
+                            let t0 = (tile / headTiles) * tokensPerTile, g0 = (tile % headTiles) * headsPerTile
+                            var rows = 0
+                            for t in t0..<min(tokens, t0 + tokensPerTile) {
+                                let v = layout.visibleKeys(t, window: window)
+                                for g in g0..<min(group, g0 + headsPerTile) {
+                                    let h = kvh * group + g
+                                    qs[rows] = q + t * ldq + h * headDim
+                                    outs[rows] = out + t * ldo + h * headDim
+                                    ranges[4 * rows] = v.context.lowerBound; ranges[4 * rows + 1] = v.context.upperBound
+                                    ranges[4 * rows + 2] = v.own.lowerBound; ranges[4 * rows + 3] = v.own.upperBound
+                                    rows += 1
+                                }
+                            }
+                            tessera_attend_tile(rows, qs.baseAddress!, outs.baseAddress!, ranges.baseAddress!, keysT, ldkt, vh,
+                                                headDim, scale, chunkScores)
+                            tile += chunks
+                        }
                     }
+                  }
                 }
-                Linalg.matmulTransposedB(stacked, lda: headDim, kh + firstKey * headDim, ldb: headDim, scores, ldc: length,
-                                         m: group * rows, n: length, k: headDim, alpha: scale)
-                // Row i is query t0 + i % rows (of head kvh·group + i / rows).
-                let softmaxRow = { (i: Int) in
-                    let v = layout.visibleKeys(t0 + i % rows, window: window)
-                    softmaxMasked(scores + i * length, count: length,
-                                  first: (v.context.lowerBound - firstKey)..<(v.context.upperBound - firstKey),
-                                  second: (v.own.lowerBound - firstKey)..<(v.own.upperBound - firstKey))
-                }
-                let totalRows = group * rows
-                if totalRows * length >= 16384 {
-                    let chunks = 4
-                    parallelFor(chunks) { c in
-                        for i in stride(from: c, to: totalRows, by: chunks) { softmaxRow(i) }
-                    }
-                } else {
-                    for i in 0..<totalRows { softmaxRow(i) }
-                }
-                Linalg.matmul(scores, lda: length, vh + firstKey * headDim, ldb: headDim, result, ldc: headDim,
-                              m: totalRows, n: headDim, k: length)
-                for g in 0..<group {
-                    let h = kvh * group + g
-                    for r in 0..<rows {
-                        (out + (t0 + r) * ldo + h * headDim).update(from: result + (g * rows + r) * headDim, count: headDim)
-                    }
-                }
-                t0 += rows
             }
         }
     }
 
-    /// Softmax over the union of two ranges of a row (`first` ends before `second` begins), zero elsewhere.
-    @inline(__always)
-    static func softmaxMasked(_ row: UnsafeMutablePointer<Float>, count: Int, first: Range<Int>, second: Range<Int>) {
-        var maxValue = -Float.infinity
-        for j in first where row[j] > maxValue { maxValue = row[j] }
-        for j in second where row[j] > maxValue { maxValue = row[j] }
-        var sum: Float = 0
-        if !first.isEmpty {
-            for j in first { row[j] -= maxValue }
-            FastMath.expInPlace(row + first.lowerBound, count: first.count)
-            for j in first { sum += row[j] }
-        }
-        for j in second { row[j] -= maxValue }
-        FastMath.expInPlace(row + second.lowerBound, count: second.count)
-        for j in second { sum += row[j] }
-        let inv = 1 / sum
-        let firstEnd = first.isEmpty ? 0 : first.upperBound
-        for j in 0..<(first.isEmpty ? 0 : first.lowerBound) { row[j] = 0 }
-        for j in first { row[j] *= inv }
-        for j in firstEnd..<second.lowerBound { row[j] = 0 }
-        for j in second { row[j] *= inv }
-        for j in second.upperBound..<count { row[j] = 0 }
-    }
+    /// Parallel chunks of attention tiles (a few per core, so uneven causal tiles even out).
+    static let attentionChunks = 4
 
-    /// Query rows per attention block.
-    static let attentionBlock = 128
-
-    /// Floats of scratch `attention` needs.
+    /// Floats of scratch `attention` needs: transposed keys and per-chunk tile scores (several tokens), or a row
+    /// of scores per head (one token).
     static func attentionScratchCount(tokens: Int, start: Int, heads: Int, kvHeads: Int, headDim: Int) -> Int {
-        // (a key range never exceeds start + tokens slots)
-        let group = heads / kvHeads
-        let rows = min(tokens, attentionBlock) * group
-        return 2 * rows * headDim + rows * (start + tokens) + heads * (start + tokens)
+        let span = start + tokens + 8
+        return max(heads * span, headDim * span + attentionChunks * 12 * span)
     }
 
     /// Numerically stable softmax of `count` values in place.

@@ -16,8 +16,8 @@ struct BlockQuantizedMatrixTests {
         let x = (0..<cols).map { Float(sin(Double($0) * 0.37)) * 0.8 }
         let start = (0..<rows).map { Float(cos(Double($0))) }
         var y = accumulate ? start : [Float](repeating: .nan, count: rows)
-        BlockQuantizedMatrix.forcePortable(portable)
-        defer { BlockQuantizedMatrix.forcePortable(false) }
+        if portable { CPUKernels.forcePortable(true) }
+        defer { if portable { CPUKernels.forcePortable(false) } }
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeMutableBufferPointer { yp in matrix.apply(xp.baseAddress!, yp.baseAddress!, accumulate: accumulate, threads: 2) }
         }
@@ -36,7 +36,7 @@ struct BlockQuantizedMatrixTests {
         // Q/K/V stacked, as the model fuses them; and the down projection, accumulated into the residual.
         let fused = try relativeError(["blk.3.attn_q.weight", "blk.3.attn_k.weight", "blk.3.attn_v.weight"], accumulate: false, portable: portable)
         let down = try relativeError(["blk.7.ffn_down.weight"], accumulate: true, portable: portable)
-        print("Q4_1 (\(portable || !BlockQuantizedMatrix.vectorised ? "portable" : "AVX2") kernels): relative errors \(fused), \(down)")
+        print("Q4_1 (\(portable || !CPUKernels.vectorised ? "portable" : "AVX2") kernels): relative errors \(fused), \(down)")
         #expect(fused < 1e-5 && down < 1e-5, "relative errors \(fused), \(down)")
     }
 

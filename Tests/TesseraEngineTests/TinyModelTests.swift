@@ -18,6 +18,15 @@ import TesseraEngine
         #expect(expected.map(abs).max()! > 0.5)
     }
 
+    /// The portable C kernels (CPUs without AVX2) against the same transformers logits.
+    @Test(arguments: ["tiny_gpt2", "tiny_gptneo", "tiny_llama", "tiny_llama.gguf"])
+    func portableKernelsMatchTransformers(fixture: String) throws {
+        CPUKernels.forcePortable(true)
+        defer { CPUKernels.forcePortable(false) }
+        let model = try ModelLoader.load(path: EngineFixtures.fixtures + "/" + fixture)
+        try checkLogits(model, fixture: fixture.replacingOccurrences(of: ".gguf", with: ""))
+    }
+
     @Test func gpt2MatchesTransformers() throws {
         let model = try ModelLoader.load(path: EngineFixtures.fixtures + "/tiny_gpt2")
         #expect(model is GPT2Model)

@@ -16,8 +16,26 @@ void tessera_matvec_q8_0(const void *w, size_t rows, size_t cols, const float *x
 
 /// 1 when the AVX2/FMA/F16C kernels are in use on this CPU, 0 for the portable ones.
 int tessera_kernels_vectorised(void);
-/// Tests: 1 forces the portable kernels, 0 restores the CPU's best.
+/// Tests: 1 forces the portable kernels, 0 undoes one such call (calls nest).
 void tessera_kernels_force_portable(int portable);
+
+#ifdef __cplusplus
+}
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Causal attention for a tile of up to 12 query rows that share one KV head (the heads of a GQA group, for a few
+/// consecutive tokens), so that each key and value is loaded once for the whole tile.
+/// Row r reads q[r] (head_dim floats), sees the keys [ranges[4r], ranges[4r+1]) and [ranges[4r+2], ranges[4r+3])
+/// (context, then own segment), and writes out[r] = softmax(scale * q·k) · V.
+/// `keys_t` holds the KV head's keys transposed, [head_dim][ld_keys_t], zero past the last key up to a multiple of 8;
+/// `values` is [keys][head_dim]. `scores` is scratch for rows * (span + 8) floats, span = the tile's key range.
+void tessera_attend_tile(size_t rows, const float *const *q, float *const *out, const size_t *ranges,
+                         const float *keys_t, size_t ld_keys_t, const float *values, size_t head_dim,
+                         float scale, float *scores);
 
 #ifdef __cplusplus
 }

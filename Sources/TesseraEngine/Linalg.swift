@@ -13,16 +13,6 @@ public enum Linalg {
                     alpha, a, Int32(k), b, Int32(k), beta, c, Int32(n))
     }
 
-    /// C[m×n] = alpha · A[m×k] · B[k×n] + beta · C.
-    @inline(__always)
-    public static func matmul(
-        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
-        m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0
-    ) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                    alpha, a, Int32(k), b, Int32(n), beta, c, Int32(n))
-    }
-
     /// y[rows] = alpha · A[rows×cols] · x + beta · y (row-major A): a linear layer applied to one token.
     @inline(__always)
     public static func matvec(
@@ -30,35 +20,6 @@ public enum Linalg {
         rows: Int, cols: Int, lda: Int? = nil, alpha: Float = 1, beta: Float = 0
     ) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), alpha, a, Int32(lda ?? cols), x, 1, beta, y, 1)
-    }
-
-    /// y[cols] = alpha · A[rows×cols]ᵀ · x + beta · y (row-major A).
-    @inline(__always)
-    public static func matvecTransposed(
-        _ a: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-        rows: Int, cols: Int, lda: Int? = nil, alpha: Float = 1, beta: Float = 0
-    ) {
-        cblas_sgemv(CblasRowMajor, CblasTrans, Int32(rows), Int32(cols), alpha, a, Int32(lda ?? cols), x, 1, beta, y, 1)
-    }
-
-    /// C[m×n] = alpha · A[m×k] · B[n×k]ᵀ + beta · C with explicit leading dimensions (sub-matrices, per-head slices).
-    @inline(__always)
-    public static func matmulTransposedB(
-        _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int, _ c: UnsafeMutablePointer<Float>, ldc: Int,
-        m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0
-    ) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
-                    alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-    }
-
-    /// C[m×n] = alpha · A[m×k] · B[k×n] + beta · C with explicit leading dimensions.
-    @inline(__always)
-    public static func matmul(
-        _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int, _ c: UnsafeMutablePointer<Float>, ldc: Int,
-        m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0
-    ) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                    alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
     /// The number of OpenBLAS threads in use.

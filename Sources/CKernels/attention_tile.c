@@ -57,42 +57,34 @@ static void tile_portable(size_t rows, const float *const *q, float *const *out,
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define TK_AVX2 __attribute__((target("avx2,fma")))
+#include "simd_exp.h"
 
-// Cephes' single-precision exp (relative error about 1.2e-7), eight lanes.
-TK_AVX2 static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.72283f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
+// Register pressure decides this kernel's speed: with a row pointer per query row the twelve pointers spill and
+// every broadcast reloads one from the stack. So the tile's queries are first copied, transposed, into one buffer
+// (qt[c][r]) and the probabilities likewise (pt[i][r]): every broadcast is then base + constant offset.
+enum { MAX_HEAD_DIM = 256 };
 
 TK_AVX2 __attribute__((always_inline)) static inline void tile_avx2_rows(size_t rows, const float *const *q, float *const *out, const size_t *rg,
                               const float *kt, size_t ldkt, const float *values, size_t d, float scale, float *scores) {
     const size_t lo = tile_lo(rows, rg), n = tile_hi(rows, rg) - lo, stride = n + 8;
-    const __m256 sc = _mm256_set1_ps(scale);
+    float *pt = scores + MAX_ROWS * stride;  // [n][MAX_ROWS]
+    float qt[MAX_HEAD_DIM * MAX_ROWS];
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < d; c++) qt[c * MAX_ROWS + r] = q[r][c] * scale;
     // Scores: eight keys at a time, one accumulator per row (keys_t is zero-padded, so the last group may overrun).
     for (size_t i = 0; i < n; i += 8) {
         __m256 acc[MAX_ROWS];
         for (size_t r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
         const float *col = kt + lo + i;
-        for (size_t c = 0; c < d; c++) {
+        const float *qc = qt;
+        for (size_t c = 0; c < d; c++, qc += MAX_ROWS) {
             const __m256 k8 = _mm256_loadu_ps(col + c * ldkt);
-            for (size_t r = 0; r < rows; r++) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[r] + c), k8, acc[r]);
+            for (size_t r = 0; r < rows; r++) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(qc + r), k8, acc[r]);
         }
-        for (size_t r = 0; r < rows; r++) _mm256_storeu_ps(scores + r * stride + i, _mm256_mul_ps(acc[r], sc));
+        for (size_t r = 0; r < rows; r++) _mm256_storeu_ps(scores + r * stride + i, acc[r]);
     }
-    // Softmax per row over its two visible ranges (relative to lo); exact zeros elsewhere.
+    // Softmax per row over its two visible ranges (relative to lo); exact zeros elsewhere. Probabilities are left
+    // unnormalised and written transposed into pt; the 1 / sum is applied to the output.
     float inv[MAX_ROWS];
     for (size_t r = 0; r < rows; r++) {
         float *s = scores + r * stride;
@@ -128,14 +120,17 @@ TK_AVX2 __attribute__((always_inline)) static inline void tile_avx2_rows(size_t 
         _mm256_storeu_ps(lanes, sum8);
         for (int k = 0; k < 8; k++) sum += lanes[k];
         inv[r] = 1.0f / sum;
+        for (size_t i = 0; i < n; i++) pt[i * MAX_ROWS + r] = s[i];
     }
     // Values: eight output dimensions at a time, each value row slice loaded once for all rows.
     for (size_t c = 0; c < d; c += 8) {
         __m256 o[MAX_ROWS];
         for (size_t r = 0; r < rows; r++) o[r] = _mm256_setzero_ps();
-        for (size_t i = 0; i < n; i++) {
-            const __m256 v8 = _mm256_loadu_ps(values + (lo + i) * d + c);
-            for (size_t r = 0; r < rows; r++) o[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + r * stride + i), v8, o[r]);
+        const float *v = values + lo * d + c;
+        const float *pi = pt;
+        for (size_t i = 0; i < n; i++, v += d, pi += MAX_ROWS) {
+            const __m256 v8 = _mm256_loadu_ps(v);
+            for (size_t r = 0; r < rows; r++) o[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(pi + r), v8, o[r]);
         }
         for (size_t r = 0; r < rows; r++) _mm256_storeu_ps(out[r] + c, _mm256_mul_ps(o[r], _mm256_set1_ps(inv[r])));
     }
@@ -158,7 +153,7 @@ void tessera_attend_tile(size_t rows, const float *const *q, float *const *out, 
                          float scale, float *scores) {
     if (rows == 0) return;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (head_dim % 8 == 0 && rows <= MAX_ROWS && tessera_kernels_vectorised()) {
+    if (head_dim % 8 == 0 && head_dim <= MAX_HEAD_DIM && rows <= MAX_ROWS && tessera_kernels_vectorised()) {
         tile_avx2(rows, q, out, ranges, keys_t, ld_keys_t, values, head_dim, scale, scores);
         return;
     }

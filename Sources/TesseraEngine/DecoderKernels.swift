@@ -66,10 +66,8 @@ enum DecoderKernels {
     /// SwiGLU on a fused [T, 2·ffn] buffer laid out as (gate | up) per row: out[T, ffn] = silu(gate) · up.
     static func swiGLU(_ gateUp: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, tokens: Int, ffn: Int) {
         let row = { (t: Int) in
-            let g = gateUp + t * 2 * ffn, u = g + ffn, o = out + t * ffn
-            for j in 0..<ffn { o[j] = -g[j] }
-            FastMath.expInPlace(o, count: ffn)
-            for j in 0..<ffn { o[j] = g[j] / (1 + o[j]) * u[j] }
+            let g = gateUp + t * 2 * ffn
+            tessera_silu_mul(g, g + ffn, out + t * ffn, ffn)
         }
         if tokens >= 16 {
             parallelFor(4) { chunk in for t in stride(from: chunk, to: tokens, by: 4) { row(t) } }
@@ -204,50 +202,55 @@ enum DecoderKernels {
         // their arithmetic, and would wake OpenBLAS's threads.
         let span = layout.start + tokens
         let ldkt = span + 8
-        let keysT = scratch
-        let tileScores = scratch + headDim * ldkt
+        let keysT = scratch  // [kvHeads][headDim][ldkt]
+        let tileScores = scratch + kvHeads * headDim * ldkt
         let maxRows = 12
         let headsPerTile = min(group, maxRows)
         let tokensPerTile = max(1, maxRows / headsPerTile)
         let tokenTiles = (tokens + tokensPerTile - 1) / tokensPerTile
         let headTiles = (group + headsPerTile - 1) / headsPerTile
-        let tiles = tokenTiles * headTiles
+        let tilesPerKVHead = tokenTiles * headTiles
+        let tiles = kvHeads * tilesPerKVHead
         let chunks = min(attentionChunks, tiles)
-        for kvh in 0..<kvHeads {
+        // Every KV head's keys transposed (heads in parallel), then all tiles of all heads in one parallel pass: two
+        // synchronisations per layer rather than two per KV head.
+        parallelFor(kvHeads) { kvh in
             let kh = keys + kvh * cacheCapacity * headDim
-            let vh = values + kvh * cacheCapacity * headDim
+            let khT = keysT + kvh * headDim * ldkt
             for d in 0..<headDim {
-                let row = keysT + d * ldkt
+                let row = khT + d * ldkt
                 for j in 0..<span { row[j] = kh[j * headDim + d] }
                 for j in span..<ldkt { row[j] = 0 }
             }
-            parallelFor(chunks) { c in
-                let chunkScores = tileScores + c * maxRows * (span + 8)
-                withUnsafeTemporaryAllocation(of: UnsafePointer<Float>?.self, capacity: maxRows) { qs in
-                  withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<Float>?.self, capacity: maxRows) { outs in
-                    withUnsafeTemporaryAllocation(of: Int.self, capacity: 4 * maxRows) { ranges in
-                        var tile = c
-                        while tile < tiles {
-                            let t0 = (tile / headTiles) * tokensPerTile, g0 = (tile % headTiles) * headsPerTile
-                            var rows = 0
-                            for t in t0..<min(tokens, t0 + tokensPerTile) {
-                                let v = layout.visibleKeys(t, window: window)
-                                for g in g0..<min(group, g0 + headsPerTile) {
-                                    let h = kvh * group + g
-                                    qs[rows] = q + t * ldq + h * headDim
-                                    outs[rows] = out + t * ldo + h * headDim
-                                    ranges[4 * rows] = v.context.lowerBound; ranges[4 * rows + 1] = v.context.upperBound
-                                    ranges[4 * rows + 2] = v.own.lowerBound; ranges[4 * rows + 3] = v.own.upperBound
-                                    rows += 1
-                                }
+        }
+        parallelFor(chunks) { c in
+            let chunkScores = tileScores + c * 2 * maxRows * (span + 8)
+            withUnsafeTemporaryAllocation(of: UnsafePointer<Float>?.self, capacity: maxRows) { qs in
+              withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<Float>?.self, capacity: maxRows) { outs in
+                withUnsafeTemporaryAllocation(of: Int.self, capacity: 4 * maxRows) { ranges in
+                    var index = c
+                    while index < tiles {
+                        let kvh = index / tilesPerKVHead, tile = index % tilesPerKVHead
+                        let t0 = (tile / headTiles) * tokensPerTile, g0 = (tile % headTiles) * headsPerTile
+                        var rows = 0
+                        for t in t0..<min(tokens, t0 + tokensPerTile) {
+                            let v = layout.visibleKeys(t, window: window)
+                            for g in g0..<min(group, g0 + headsPerTile) {
+                                let h = kvh * group + g
+                                qs[rows] = q + t * ldq + h * headDim
+                                outs[rows] = out + t * ldo + h * headDim
+                                ranges[4 * rows] = v.context.lowerBound; ranges[4 * rows + 1] = v.context.upperBound
+                                ranges[4 * rows + 2] = v.own.lowerBound; ranges[4 * rows + 3] = v.own.upperBound
+                                rows += 1
                             }
-                            tessera_attend_tile(rows, qs.baseAddress!, outs.baseAddress!, ranges.baseAddress!, keysT, ldkt, vh,
-                                                headDim, scale, chunkScores)
-                            tile += chunks
                         }
+                        tessera_attend_tile(rows, qs.baseAddress!, outs.baseAddress!, ranges.baseAddress!,
+                                            keysT + kvh * headDim * ldkt, ldkt, values + kvh * cacheCapacity * headDim,
+                                            headDim, scale, chunkScores)
+                        index += chunks
                     }
-                  }
                 }
+              }
             }
         }
     }
@@ -259,7 +262,7 @@ enum DecoderKernels {
     /// of scores per head (one token).
     static func attentionScratchCount(tokens: Int, start: Int, heads: Int, kvHeads: Int, headDim: Int) -> Int {
         let span = start + tokens + 8
-        return max(heads * span, headDim * span + attentionChunks * 12 * span)
+        return max(heads * span, kvHeads * headDim * span + attentionChunks * 2 * 12 * span)
     }
 
     /// Numerically stable softmax of `count` values in place.

@@ -27,12 +27,15 @@ void tessera_kernels_force_portable(int portable);
 extern "C" {
 #endif
 
+/// SwiGLU's gating: out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].
+void tessera_silu_mul(const float *gate, const float *up, float *out, size_t n);
+
 /// Causal attention for a tile of up to 12 query rows that share one KV head (the heads of a GQA group, for a few
 /// consecutive tokens), so that each key and value is loaded once for the whole tile.
 /// Row r reads q[r] (head_dim floats), sees the keys [ranges[4r], ranges[4r+1]) and [ranges[4r+2], ranges[4r+3])
 /// (context, then own segment), and writes out[r] = softmax(scale * q·k) · V.
 /// `keys_t` holds the KV head's keys transposed, [head_dim][ld_keys_t], zero past the last key up to a multiple of 8;
-/// `values` is [keys][head_dim]. `scores` is scratch for rows * (span + 8) floats, span = the tile's key range.
+/// `values` is [keys][head_dim]. `scores` is scratch for 2 * 12 * (span + 8) floats, span = the tile's key range.
 void tessera_attend_tile(size_t rows, const float *const *q, float *const *out, const size_t *ranges,
                          const float *keys_t, size_t ld_keys_t, const float *values, size_t head_dim,
                          float scale, float *scores);

@@ -69,7 +69,7 @@ final class CheckpointResolver {
 /// A file source that computes each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway, on a
 /// second core while the merge goes on, instead of reading every input a second time at the end. At most two
 /// tensors wait to be hashed, so memory stays bounded.
-final class HashingSource: TensorSource, Float32Reading, @unchecked Sendable {
+final class HashingSource: TensorSource, Float32Reading, ConcurrentReading, @unchecked Sendable {
     // @unchecked: `hashes` is guarded by `lock`; the queue serialises hashing.
     let inner: StreamingSafetensorsSource
     private var hashes: [String: String] = [:]

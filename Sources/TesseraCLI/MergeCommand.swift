@@ -121,7 +121,9 @@ struct MergeCommand: ParsableCommand {
         let inputs = plan.models.count + (plan.base == nil ? 0 : 1)
         let metadataBytes = 8192 + inputs * shapes.reduce(0) { $0 + $1.0.utf8.count + 72 }
         let writer = try SafetensorsStreamWriter(path: output, reserveHeader: SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: metadataBytes))
-        let summary = try MergeDriver.run(plan) { name, tensor in try writer.append(name, tensor) }
+        let summary = try MergeDriver.run(plan, float32Sink: { name, values, shape in try writer.append(name, float32: values, shape: shape) }) { name, tensor in
+            try writer.append(name, tensor)
+        }
         let meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: resolver.tensorHash)
         try writer.finish(metadata: meta)
         let seconds = Date().timeIntervalSince(started)

@@ -43,27 +43,41 @@ public final class SafetensorsStreamWriter {
     }
 
     public func append(_ name: String, _ tensor: RawTensor) throws {
-        try SafetensorsLayout.validateName(name, file: path)
-        guard names.insert(name).inserted else { throw TesseraError(.invalidParameter, "\(path): tensor '\(name)' written twice") }
         guard tensor.dtype.byteCount(elements: tensor.elementCount) == tensor.bytes.count else {
             throw TesseraError(.shapeMismatch, "tensor '\(name)': \(tensor.bytes.count) bytes do not fit \(tensor.dtype.rawValue) \(tensor.shape)")
         }
-        // Straight from the array's storage (FileHandle.write would first copy it into a Data).
+        try tensor.bytes.withUnsafeBytes { try appendBytes(name, dtype: tensor.dtype, shape: tensor.shape, $0) }
+    }
+
+    /// An F32 tensor written straight from float storage (no byte copy on little-endian machines).
+    public func append(_ name: String, float32 values: [Float], shape: [Int]) throws {
+        guard elementCount(shape) == values.count else {
+            throw TesseraError(.shapeMismatch, "tensor '\(name)': \(values.count) values do not fit shape \(shape)")
+        }
+        #if _endian(little)
+        try values.withUnsafeBytes { try appendBytes(name, dtype: .f32, shape: shape, $0) }
+        #else
+        try append(name, try RawTensor(floats: values, shape: shape, dtype: .f32))
+        #endif
+    }
+
+    private func appendBytes(_ name: String, dtype: DType, shape: [Int], _ raw: UnsafeRawBufferPointer) throws {
+        try SafetensorsLayout.validateName(name, file: path)
+        guard names.insert(name).inserted else { throw TesseraError(.invalidParameter, "\(path): tensor '\(name)' written twice") }
+        // Straight from the caller's storage (FileHandle.write would first copy it into a Data).
         let fd = data.fileDescriptor
-        let failed: Int32? = tensor.bytes.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let n = Foundation.write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if n < 0 { if errno == EINTR { continue }; return errno }
-                offset += n
-            }
-            return nil
+        var failed: Int32? = nil
+        var written = 0
+        while written < raw.count {
+            let n = Foundation.write(fd, raw.baseAddress! + written, raw.count - written)
+            if n < 0 { if errno == EINTR { continue }; failed = errno; break }
+            written += n
         }
         if let failed {
             throw TesseraError(failed == ENOSPC ? .noSpace : .io, "\(path): cannot write: \(String(cString: strerror(failed)))", hint: "check free disk space")
         }
-        entries.append((name, tensor.dtype, tensor.shape, offset, offset + tensor.bytes.count))
-        offset += tensor.bytes.count
+        entries.append((name, dtype, shape, offset, offset + raw.count))
+        offset += raw.count
     }
 
     public func finish(metadata: [(String, String)] = []) throws {

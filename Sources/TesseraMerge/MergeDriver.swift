@@ -16,9 +16,11 @@ public struct MergeSummary: Sendable {
 /// input plus the output, never a whole model.
 public enum MergeDriver {
     /// Merges every tensor of the plan and hands each result to `sink` in the reference model's tensor order (the
-    /// base's, else the first model's).
+    /// base's, else the first model's). With `float32Sink`, results whose output dtype is F32 go there as floats
+    /// instead, with no encoding copy (a file writer takes them straight from float storage).
     @discardableResult
-    public static func run(_ plan: MergePlan, sink: (_ name: String, _ tensor: RawTensor) throws -> Void) throws -> MergeSummary {
+    public static func run(_ plan: MergePlan, float32Sink: ((_ name: String, _ values: [Float], _ shape: [Int]) throws -> Void)? = nil,
+                           sink: (_ name: String, _ tensor: RawTensor) throws -> Void) throws -> MergeSummary {
         let type = try MergeRegistry.method(named: plan.method)
         let job = try MergeJob(plan: plan, type: type)
         var method = type.init()
@@ -36,11 +38,20 @@ public enum MergeDriver {
             guard out.count == count else {
                 throw TesseraError(.shapeMismatch, "\(plan.method): produced \(out.count) values for tensor '\(name)' of shape \(shape)")
             }
-            if let k = FloatCodec.firstNonFinite(out) {
-                throw TesseraError(.invalidParameter, "\(plan.method): the merge of tensor '\(name)' produced \(out[k]) at index \(k)",
-                                   hint: "check the inputs and parameters (zero weight sums, zero Fishers, NaN inputs); nothing was written for this tensor")
+            let dtype = job.outputDType(name)
+            let nonFinite = { (k: Int) in
+                TesseraError(.invalidParameter, "\(plan.method): the merge of tensor '\(name)' produced \(out[k]) at index \(k)",
+                             hint: "check the inputs and parameters (zero weight sums, zero Fishers, NaN inputs); nothing was written for this tensor")
             }
-            try sink(name, try FloatCodec.encode(out, shape: shape, dtype: job.outputDType(name)))
+            if dtype == .f32, let float32Sink {
+                if let k = FloatCodec.firstNonFinite(out) { throw nonFinite(k) }
+                try float32Sink(name, out, shape)
+            } else {
+                guard let encoded = try FloatCodec.encodeFinite(out, shape: shape, dtype: dtype) else {
+                    throw nonFinite(FloatCodec.firstNonFinite(out) ?? 0)
+                }
+                try sink(name, encoded)
+            }
             parameterCount += count
         }
         let global = try job.globalParameters(job.names.first ?? "")
@@ -166,6 +177,30 @@ final class MergeJob {
         return values
     }
 
+    /// Large tensors of several file inputs are read at the same time, one reader per input: each read is a copy
+    /// out of the page cache that would otherwise run one after another on the merging thread. Only sources that
+    /// declare `ConcurrentReading` take part; the others are read in order by `loadInput`.
+    private func loadConcurrently(_ name: String, reference: (name: String, dtype: DType, shape: [Int])) throws -> [Int: [Float]] {
+        guard (elementCount(reference.shape) ?? 0) >= 1 << 20 else { return [:] }
+        let indices = plan.models.indices.filter { i in
+            !isBase[i] && plan.models[i].source is ConcurrentReading
+                && !plan.models[..<i].contains { $0.source === plan.models[i].source }
+        }
+        guard indices.count >= 2 else { return [:] }
+        var results = [Result<[Float], Error>?](repeating: nil, count: indices.count)
+        results.withUnsafeMutableBufferPointer { slots in
+            let out = SharedMutablePointer(slots.baseAddress!)
+            // Each iteration reads a different source (ConcurrentReading) into its own slot.
+            let job = UncheckedSendable(self)
+            DispatchQueue.concurrentPerform(iterations: indices.count) { k in
+                out[k] = Result { try job.value.load(job.value.plan.models[indices[k]], name, reference: reference) }
+            }
+        }
+        var loaded: [Int: [Float]] = [:]
+        for (k, i) in indices.enumerated() { loaded[i] = try results[k]!.get() }
+        return loaded
+    }
+
     /// Loads one tensor of every input (each source once), with parameters resolved for it.
     func loadInput(_ name: String) throws -> TensorMergeInput {
         let referenceInput = plan.base ?? plan.models[0]
@@ -178,11 +213,14 @@ final class MergeJob {
         }
         var models: [[Float]] = []
         var modelParameters: [MergeParameters] = []
+        let preloaded = try loadConcurrently(name, reference: reference)
         for (i, m) in plan.models.enumerated() {
             if isBase[i], let base {
                 models.append(base) // shares storage with the base (copy on write)
             } else if let j = plan.models[..<i].firstIndex(where: { $0.source === m.source }) {
                 models.append(models[j])
+            } else if let values = preloaded[i] {
+                models.append(values)
             } else {
                 models.append(try load(m, name, reference: reference))
             }

@@ -10,7 +10,7 @@ import TesseraCore
 /// A merge touches every byte of every input once; with a mapping those pages stay in the process's resident set
 /// (three 500 MB inputs would put 1.5 GB in RSS), while reads into a buffer that is freed after the tensor is merged
 /// keep resident memory to the tensors in flight. Use this for merges of large checkpoints.
-public final class StreamingSafetensorsSource: TensorSource, Float32Reading, @unchecked Sendable {
+public final class StreamingSafetensorsSource: TensorSource, Float32Reading, ConcurrentReading, @unchecked Sendable {
     // @unchecked Sendable: the descriptor is only read with pread (no shared file offset), and the layout is immutable.
     public let path: String
     public let layout: SafetensorsLayout
@@ -113,3 +113,6 @@ public protocol Float32Reading {
     /// The tensor's values when it is stored as F32, nil for other dtypes (which go through `rawTensor`).
     func readFloat32(_ name: String) throws -> [Float]?
 }
+
+/// A source whose tensors may be read from several threads at once (the merge reads its inputs concurrently).
+public protocol ConcurrentReading {}

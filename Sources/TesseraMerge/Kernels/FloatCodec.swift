@@ -72,6 +72,37 @@ enum FloatCodec {
         }
     }
 
+    /// `encode` for a merge result, which must be finite: nil when some value is NaN or infinite (find it with
+    /// `firstNonFinite`). For f32 output the check rides along with the copy, so the result is read once, not twice.
+    static func encodeFinite(_ x: [Float], shape: [Int], dtype: DType) throws -> RawTensor? {
+        let n = x.count
+        guard dtype == .f32, n > 0 else {
+            return firstNonFinite(x) == nil ? try encode(x, shape: shape, dtype: dtype) : nil
+        }
+        let ranges = Parallel.chunkRanges(n)
+        var flags = [UInt32](repeating: 0, count: ranges.count)
+        let bytes = [UInt8](unsafeUninitializedCapacity: 4 * n) { dst, count in
+            let out = SharedMutableRawPointer(UnsafeMutableRawPointer(dst.baseAddress!))
+            x.withUnsafeBufferPointer { src in
+                flags.withUnsafeMutableBufferPointer { f in
+                    let fp = SharedMutablePointer(f.baseAddress!)
+                    Parallel.forRanges(ranges) { c, r in
+                        // A NaN or infinity has all exponent bits set.
+                        var any: UInt32 = 0
+                        for i in r {
+                            let bits = src[i].bitPattern
+                            out.base.storeBytes(of: bits.littleEndian, toByteOffset: 4 * i, as: UInt32.self)
+                            any |= (bits & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0
+                        }
+                        fp[c] = any
+                    }
+                }
+            }
+            count = 4 * n
+        }
+        return flags.contains { $0 != 0 } ? nil : RawTensor(dtype: .f32, shape: shape, bytes: bytes)
+    }
+
     static func encode(_ x: [Float], shape: [Int], dtype: DType) throws -> RawTensor {
         let n = x.count
         if n == 0 { return try RawTensor(floats: [], shape: shape, dtype: dtype) }

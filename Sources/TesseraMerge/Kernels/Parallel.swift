@@ -7,12 +7,22 @@ import Dispatch
 enum Parallel {
     /// Below this many elements a loop runs serially.
     static let minimumParallelCount = 1 << 16
-    /// Chunks per call: the 2-core machine gets two, a larger one more.
-    static let chunkCount = max(2, min(8, ProcessInfoCores.count))
+    /// Chunks per core. More chunks than cores balance the load when another thread shares the cores (the
+    /// provenance hash runs beside every merge): with one chunk per core the loop waits for whichever chunk lost its
+    /// core, with four it hands the idle core the remaining chunks. Results never depend on the split: every kernel
+    /// is elementwise or sums integers.
+    static let chunksPerCore = 4
+    /// Chunks never get smaller than this many elements, so that a chunk's work stays well above its dispatch cost.
+    static let minimumChunk = 1 << 15
+
+    /// The number of chunks for a loop over `count` elements.
+    static func chunkCount(_ count: Int, minimum: Int) -> Int {
+        count < minimum ? 1 : max(1, min(max(2, ProcessInfoCores.count) * chunksPerCore, count / minimumChunk))
+    }
 
     /// Calls `body(chunkIndex, range)` for every chunk, concurrently when `count` is large.
     static func forChunks(_ count: Int, minimum: Int = minimumParallelCount, _ body: (Int, Range<Int>) -> Void) {
-        let chunks = count < minimum ? 1 : chunkCount
+        let chunks = chunkCount(count, minimum: minimum)
         if chunks == 1 {
             body(0, 0..<count)
             return
@@ -29,7 +39,7 @@ enum Parallel {
 
     /// The chunk ranges `forChunks` would use, for passes that must agree on the split (prefix sums over chunks).
     static func chunkRanges(_ count: Int, minimum: Int = minimumParallelCount) -> [Range<Int>] {
-        let chunks = count < minimum ? 1 : chunkCount
+        let chunks = chunkCount(count, minimum: minimum)
         let size = max(1, (count + chunks - 1) / chunks)
         return (0..<chunks).map { c in min(count, c * size)..<min(count, c * size + size) }
     }
@@ -59,6 +69,11 @@ struct SharedMutablePointer<T>: @unchecked Sendable {
         get { base[i] }
         nonmutating set { base[i] = newValue }
     }
+}
+
+struct SharedMutableRawPointer: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer
+    init(_ base: UnsafeMutableRawPointer) { self.base = base }
 }
 
 struct SharedPointer<T>: @unchecked Sendable {

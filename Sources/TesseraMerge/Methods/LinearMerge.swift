@@ -24,21 +24,40 @@ public struct LinearMerge: MergeMethod {
                                hint: "use weights with a non-zero sum, or normalize: false")
         }
         // Inputs are only read (a provenance hash may still hold them: writing would copy each one first), and the
-        // result goes to fresh storage.
+        // result goes to fresh storage. The sum runs model by model over blocks small enough to stay in L1, so each
+        // pass is a plain vector loop; the terms are added in the same order as Σ w_i θ_i element by element, so the
+        // result is bit-identical to that loop (and to mergekit).
         let models = input.models
         input.models = []
+        let block = 4096
         let out = withReadOnlyPointers(models) { ps in
             [Float](unsafeUninitializedCapacity: n) { o, initialized in
+                let out = SharedMutablePointer(o.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!)
                 Parallel.forChunks(n) { _, r in
-                    for j in r {
-                        var acc = weights[0] * ps[0][j]
-                        for i in 1..<m { acc += weights[i] * ps[i][j] }
-                        o[j] = normalize ? acc / sum : acc
+                    var lo = r.lowerBound
+                    while lo < r.upperBound {
+                        let count = min(block, r.upperBound - lo)
+                        LinearMerge.weightedSum(out.base + lo, ps, offset: lo, weights, count: count, divisor: normalize ? sum : nil)
+                        lo += count
                     }
                 }
                 initialized = n
             }
         }
         return out
+    }
+
+    /// o = (w_0 x_0 + w_1 x_1 + ...) [/ divisor] over elements offset..<offset+count of the inputs, term by term
+    /// left to right.
+    @inline(__always)
+    static func weightedSum(_ o: UnsafeMutablePointer<Float>, _ xs: [UnsafePointer<Float>], offset: Int, _ w: [Float], count: Int,
+                            divisor: Float?) {
+        let x0 = xs[0] + offset, w0 = w[0]
+        for j in 0..<count { o[j] = w0 * x0[j] }
+        for i in 1..<xs.count {
+            let x = xs[i] + offset, wi = w[i]
+            for j in 0..<count { o[j] += wi * x[j] }
+        }
+        if let d = divisor { for j in 0..<count { o[j] /= d } }
     }
 }

@@ -69,7 +69,7 @@ final class CheckpointResolver {
 /// A file source that computes each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway, on a
 /// second core while the merge goes on, instead of reading every input a second time at the end. At most two
 /// tensors wait to be hashed, so memory stays bounded.
-final class HashingSource: TensorSource, Float32Reading, ConcurrentReading, @unchecked Sendable {
+final class HashingSource: TensorSource, Float32Reading, Float32Mapping, ConcurrentReading, @unchecked Sendable {
     // @unchecked: `hashes` is guarded by `lock`; the queue serialises hashing.
     let inner: StreamingSafetensorsSource
     private var hashes: [String: String] = [:]
@@ -101,8 +101,20 @@ final class HashingSource: TensorSource, Float32Reading, ConcurrentReading, @unc
         #endif
     }
 
+    func mapFloat32(_ name: String) throws -> MappedFloat32? {
+        guard let mapped = try inner.mapFloat32(name) else { return nil }
+        // The mapping is the file's bytes; the hashing thread holds it until it is hashed.
+        hashLater(name) { SHA256Hasher.hex(UnsafeRawBufferPointer(mapped.values)) }
+        return mapped
+    }
+
     /// Queues the SHA-256 of a tensor's bytes; the array is immutable, so the hashing thread reads it uncopied.
     private func hashLater<Element: Sendable>(_ name: String, _ storage: [Element]) {
+        hashLater(name) { storage.withUnsafeBytes { SHA256Hasher.hex($0) } }
+    }
+
+    /// Queues `digest` (which holds the tensor's bytes) to run on the hashing queue.
+    private func hashLater(_ name: String, _ digest: @escaping @Sendable () -> String) {
         lock.lock(); let known = hashes[name] != nil; lock.unlock()
         if known { return }
         pending.wait()
@@ -110,7 +122,7 @@ final class HashingSource: TensorSource, Float32Reading, ConcurrentReading, @unc
             defer { pending.signal() }
             lock.lock(); let skip = stopped; lock.unlock()
             if skip { return }
-            let h = storage.withUnsafeBytes { SHA256Hasher.hex($0) }
+            let h = digest()
             lock.lock(); hashes[name] = h; lock.unlock()
         }
     }

@@ -31,10 +31,18 @@ public enum MergeDriver {
                 try sink(name, passthrough)
                 continue
             }
-            var input = try job.loadInput(name)
-            let shape = input.shape
-            let count = input.elementCount
-            let out = try method.merge(&input)
+            let out: [Float], shape: [Int], count: Int
+            // Views hold the stored values: only when the plan rounds to nothing coarser than float32.
+            if type.readsViews, plan.dtype == nil || plan.dtype == .f32, let viewed = try job.loadViews(name) {
+                shape = viewed.shape
+                count = elementCount(shape) ?? 0
+                out = try viewed.withViews { try method.merge(views: $0) }
+            } else {
+                var input = try job.loadInput(name)
+                shape = input.shape
+                count = input.elementCount
+                out = try method.merge(&input)
+            }
             guard out.count == count else {
                 throw TesseraError(.shapeMismatch, "\(plan.method): produced \(out.count) values for tensor '\(name)' of shape \(shape)")
             }
@@ -155,7 +163,36 @@ final class MergeJob {
         return raw
     }
 
-    private func load(_ input: MergeInputModel, _ name: String, reference: (name: String, dtype: DType, shape: [Int])) throws -> [Float] {
+    /// One tensor of every model for a method that reads views: mapped where the source can map it (no copy, no
+    /// fresh memory), read into an array otherwise. Nil for a tensor the plan does not merge as floats.
+    func loadViews(_ name: String) throws -> ViewedInput? {
+        let referenceInput = plan.base ?? plan.models[0]
+        let info = try referenceInput.source.requireInfo(name)
+        guard MergeJob.isMergeable(info.dtype) else { return nil }
+        let reference = (name: referenceInput.name, dtype: info.dtype, shape: info.shape)
+        let t = positions.position(name)
+        var storage: [ViewedInput.Storage] = []
+        var modelParameters: [MergeParameters] = []
+        for (i, m) in plan.models.enumerated() {
+            if let j = plan.models[..<i].firstIndex(where: { $0.source === m.source }) {
+                storage.append(storage[j])
+            } else {
+                try check(m, name, reference: reference)
+                if let source = m.source as? Float32Mapping, let mapped = try source.mapFloat32(name) {
+                    storage.append(.mapped(mapped))
+                } else {
+                    storage.append(.array(try load(m, name, reference: reference)))
+                }
+            }
+            modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: name,
+                                                               layerPosition: t, method: type.name, scope: "model '\(m.name)'"))
+        }
+        return ViewedInput(name: name, shape: info.shape, storage: storage, modelParameters: modelParameters,
+                           parameters: try globalParameters(name))
+    }
+
+    /// The tensor exists in the input with the reference's shape (and dtype, unless the plan converts).
+    private func check(_ input: MergeInputModel, _ name: String, reference: (name: String, dtype: DType, shape: [Int])) throws {
         guard let info = input.source.tensorInfo(name) else {
             throw TesseraError(.notFound, "tensor '\(name)' is missing from '\(input.name)'", hint: "merge checkpoints of the same architecture")
         }
@@ -167,6 +204,10 @@ final class MergeJob {
             throw TesseraError(.shapeMismatch, "tensor '\(name)' is \(info.dtype.rawValue) in '\(input.name)' but \(reference.dtype.rawValue) in '\(reference.name)'",
                                hint: "set dtype (e.g. dtype: float32) to merge inputs of different dtypes")
         }
+    }
+
+    private func load(_ input: MergeInputModel, _ name: String, reference: (name: String, dtype: DType, shape: [Int])) throws -> [Float] {
+        try check(input, name, reference: reference)
         var values: [Float]
         if let direct = input.source as? Float32Reading, let v = try direct.readFloat32(name) {
             values = v
@@ -241,5 +282,33 @@ final class MergeJob {
         }
         return TensorMergeInput(name: name, shape: info.shape, base: base, models: models, isBaseModel: isBase,
                                 modelParameters: modelParameters, parameters: try globalParameters(name), fishers: fishers)
+    }
+}
+
+/// One tensor of every model, mapped or read, for `MergeMethod.merge(views:)`.
+struct ViewedInput {
+    enum Storage {
+        case mapped(MappedFloat32)
+        case array([Float])
+    }
+    let name: String
+    let shape: [Int]
+    let storage: [Storage]
+    let modelParameters: [MergeParameters]
+    let parameters: MergeParameters
+
+    /// Calls `body` with views that stay valid for the call (arrays are pinned, mappings are held).
+    func withViews<R>(_ body: (TensorMergeViews) throws -> R) throws -> R {
+        try pinned(0, [], body)
+    }
+
+    private func pinned<R>(_ k: Int, _ views: [UnsafeBufferPointer<Float>], _ body: (TensorMergeViews) throws -> R) throws -> R {
+        if k == storage.count {
+            return try body(TensorMergeViews(name: name, shape: shape, models: views, modelParameters: modelParameters, parameters: parameters))
+        }
+        switch storage[k] {
+        case .mapped(let m): return try pinned(k + 1, views + [m.values], body)
+        case .array(let a): return try a.withUnsafeBufferPointer { try pinned(k + 1, views + [$0], body) }
+        }
     }
 }

@@ -53,6 +53,19 @@ public struct TensorMergeInput: Sendable {
     }
 }
 
+/// One tensor of every model as read-only views, for methods that only read their inputs (`readsViews`): file
+/// inputs are mapped, not copied. The views are valid only during `merge(views:)`.
+public struct TensorMergeViews {
+    public var name: String
+    public var shape: [Int]
+    /// One view per listed model, in config order (a model listed twice, or the base listed as a model, shares its view).
+    public var models: [UnsafeBufferPointer<Float>]
+    public var modelParameters: [MergeParameters]
+    public var parameters: MergeParameters
+
+    public var elementCount: Int { TesseraCore.elementCount(shape) ?? 0 }
+}
+
 /// A merge method: merges one tensor at a time. Methods are stateless apart from what `prepare` gathers in a pass
 /// over the whole model (the TIES paper's model-wide trim threshold, Fisher norms), so tensors can stream through.
 public protocol MergeMethod: Sendable {
@@ -74,12 +87,23 @@ public protocol MergeMethod: Sendable {
     /// Merges one tensor; returns float32 values of `input.shape`.
     func merge(_ input: inout TensorMergeInput) throws -> [Float]
 
+    /// Whether the method can merge from read-only views (`merge(views:)`); the driver then maps file inputs instead
+    /// of reading them into arrays. Only for methods that ignore the base and never write to their inputs.
+    static var readsViews: Bool { get }
+
+    /// Merges one tensor from read-only views (methods with `readsViews`); the result must equal `merge(_:)`'s.
+    func merge(views: TensorMergeViews) throws -> [Float]
+
     /// Extra provenance entries (DARE records its seed and generator).
     func provenance(parameters: MergeParameters) -> [(String, String)]
 }
 
 extension MergeMethod {
     public static var needsFisher: Bool { false }
+    public static var readsViews: Bool { false }
+    public func merge(views: TensorMergeViews) throws -> [Float] {
+        throw TesseraError(.unsupported, "\(Self.name) cannot merge from views (tensor '\(views.name)')")
+    }
     public mutating func prepare(_ context: MergePreparation) throws {}
     public func provenance(parameters: MergeParameters) -> [(String, String)] { [] }
 }

@@ -10,7 +10,7 @@ import TesseraCore
 /// A merge touches every byte of every input once; with a mapping those pages stay in the process's resident set
 /// (three 500 MB inputs would put 1.5 GB in RSS), while reads into a buffer that is freed after the tensor is merged
 /// keep resident memory to the tensors in flight. Use this for merges of large checkpoints.
-public final class StreamingSafetensorsSource: TensorSource, Float32Reading, ConcurrentReading, @unchecked Sendable {
+public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Float32Mapping, ConcurrentReading, @unchecked Sendable {
     // @unchecked Sendable: the descriptor is only read with pread (no shared file offset), and the layout is immutable.
     public let path: String
     public let layout: SafetensorsLayout
@@ -98,6 +98,26 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Con
         #endif
     }
 
+    /// An F32 tensor mapped read-only from the file, for methods that only read their inputs (`MergeMethod.readsViews`):
+    /// no copy out of the page cache and no fresh memory. Nil when the tensor is not F32, its data is not 4-byte
+    /// aligned in the file, the machine is big-endian, or the mapping fails (callers then read it).
+    public func mapFloat32(_ name: String) throws -> MappedFloat32? {
+        #if _endian(little)
+        guard let t = index[name], t.dtype == .f32, t.byteCount == 4 * t.elementCount, t.elementCount > 0 else { return nil }
+        let offset = layout.dataStart + t.begin
+        guard offset % 4 == 0 else { return nil }
+        // Reading a mapped page past the end of the file is a SIGBUS, not an error: check the file is still whole.
+        var st = stat()
+        guard fstat(fd, &st) == 0, Int(st.st_size) >= offset + t.byteCount else {
+            throw TesseraError(.io, "\(path): the file ends before tensor '\(name)' does (byte \(offset + t.byteCount))",
+                               hint: "the file may be truncated or unreadable")
+        }
+        return MappedFloat32(fd: fd, offset: offset, count: t.elementCount)
+        #else
+        return nil
+        #endif
+    }
+
     public func rawTensor(_ name: String) throws -> RawTensor {
         guard let t = index[name] else {
             throw TesseraError(.notFound, "\(path): no tensor named '\(name)'", hint: "`tessera ls \(path)` lists the tensors")
@@ -116,3 +136,49 @@ public protocol Float32Reading {
 
 /// A source whose tensors may be read from several threads at once (the merge reads its inputs concurrently).
 public protocol ConcurrentReading {}
+
+/// A source that can map F32 tensors read-only instead of reading them (see `StreamingSafetensorsSource.mapFloat32`).
+public protocol Float32Mapping {
+    func mapFloat32(_ name: String) throws -> MappedFloat32?
+}
+
+/// F32 values mapped read-only from a file; unmapped when the last reference goes. The pages are populated when the
+/// mapping is made (MAP_POPULATE), so the loops that read them take no page faults.
+///
+/// A mapped file that another process truncates while it is read would end the process with SIGBUS; the first
+/// mapping installs a handler that says so in one line and exits with status 1 (the output's temporary file is never
+/// renamed into place, so no half-written output is left under the output's name).
+public final class MappedFloat32: @unchecked Sendable {
+    // @unchecked Sendable: immutable after init; the pages are only read.
+    private let base: UnsafeMutableRawPointer
+    private let length: Int
+    public let values: UnsafeBufferPointer<Float>
+
+    init?(fd: Int32, offset: Int, count: Int) {
+        _ = MappedFloat32.busErrorHandler
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = offset / page * page
+        length = offset - start + 4 * count
+        let flags = MAP_SHARED | MappedFloat32.populate
+        guard let p = mmap(nil, length, PROT_READ, flags, fd, off_t(start)), p != MAP_FAILED else { return nil }
+        base = p
+        values = UnsafeBufferPointer(start: (p + (offset - start)).assumingMemoryBound(to: Float.self), count: count)
+    }
+
+    deinit { munmap(base, length) }
+
+    #if canImport(Glibc)
+    private static let populate = Int32(MAP_POPULATE)
+    #else
+    private static let populate: Int32 = 0
+    #endif
+
+    private static let busErrorHandler: Void = {
+        signal(SIGBUS) { _ in
+            // Only async-signal-safe calls here: a static string, write and _exit.
+            let message: StaticString = "tessera: an input file changed (truncated or rewritten in place) while it was being merged; nothing was written. Run the merge again.\n"
+            _ = write(2, message.utf8Start, message.utf8CodeUnitCount)
+            _exit(1)
+        }
+    }()
+}

@@ -86,4 +86,20 @@ import TesseraMerge
         let error = #expect(throws: TesseraError.self) { try MergeDriver.run(plan, float32Sink: { _, _, _ in }) { _, _ in } }
         #expect(error?.message.contains(paths[1]) == true)
     }
+
+    @Test func mappedAndDecodedInputsMixUnderAFloat32Plan() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let a = Self.values(seed: 1, count: Self.large), b = Self.values(seed: 2, count: Self.large)
+        let pa = dir.appendingPathComponent("a.safetensors").path, pb = dir.appendingPathComponent("b.safetensors").path
+        try SafetensorsWriter.write(tensors: [("w", try RawTensor(floats: a, shape: [Self.large], dtype: .f32))], to: pa)
+        try SafetensorsWriter.write(tensors: [("w", try RawTensor(floats: b, shape: [Self.large], dtype: .bf16))], to: pb)
+        // a is mapped, b (bf16) is decoded into an array; dtype float32 lets the two dtypes meet.
+        var plan = try Self.plan([pa, pb], weights: [1, 3])
+        plan.dtype = .f32
+        var result: [Float] = []
+        try MergeDriver.run(plan, float32Sink: { _, values, _ in result = values }) { _, _ in }
+        let expected = (0..<Self.large).map { j in (1 * a[j] + 3 * HalfFloat.bf16ToFloat(HalfFloat.floatToBF16(b[j]))) / 4 }
+        #expect(result == expected)
+    }
 }

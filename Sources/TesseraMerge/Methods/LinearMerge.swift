@@ -11,40 +11,51 @@ public struct LinearMerge: MergeMethod {
     public static let modelParameters: [ParameterDefinition] = [CommonParameters.weight]
     public init() {}
 
+    public static let readsViews = true
+
     public func merge(_ input: inout TensorMergeInput) throws -> [Float] {
-        let m = input.models.count
-        guard m > 0 else { throw TesseraError(.usage, "linear: no models to merge (tensor '\(input.name)')", hint: "list models in the merge config") }
-        let n = input.models[0].count
-        let weights = try input.modelParameters.map { Float(try $0.double("weight")) }
-        let normalize = try input.parameters.bool("normalize")
+        let models = input.models
+        input.models = []  // only read: a provenance hash may still hold them, and writing would copy each one first
+        return try withReadOnlyPointers(models) { ps in
+            try Self.average(name: input.name, ps, count: models.first?.count ?? 0, modelParameters: input.modelParameters,
+                             parameters: input.parameters)
+        }
+    }
+
+    public func merge(views: TensorMergeViews) throws -> [Float] {
+        try Self.average(name: views.name, views.models.map { $0.baseAddress ?? UnsafePointer(bitPattern: MemoryLayout<Float>.alignment)! },
+                         count: views.elementCount, modelParameters: views.modelParameters, parameters: views.parameters)
+    }
+
+    /// The result goes to fresh storage. The sum runs model by model over blocks small enough to stay in L1, so each
+    /// pass is a plain vector loop; the terms are added in the same order as Σ w_i θ_i element by element, so the
+    /// result is bit-identical to that loop (and to mergekit).
+    static func average(name: String, _ ps: [UnsafePointer<Float>], count n: Int, modelParameters: [MergeParameters],
+                        parameters: MergeParameters) throws -> [Float] {
+        let m = ps.count
+        guard m > 0 else { throw TesseraError(.usage, "linear: no models to merge (tensor '\(name)')", hint: "list models in the merge config") }
+        let weights = try modelParameters.map { Float(try $0.double("weight")) }
+        let normalize = try parameters.bool("normalize")
         var sum: Float = 0
         for w in weights { sum += w }
         if normalize && abs(sum) < 1e-8 {
-            throw TesseraError(.invalidParameter, "linear: the weights sum to \(sum) under normalize: true (tensor '\(input.name)')",
+            throw TesseraError(.invalidParameter, "linear: the weights sum to \(sum) under normalize: true (tensor '\(name)')",
                                hint: "use weights with a non-zero sum, or normalize: false")
         }
-        // Inputs are only read (a provenance hash may still hold them: writing would copy each one first), and the
-        // result goes to fresh storage. The sum runs model by model over blocks small enough to stay in L1, so each
-        // pass is a plain vector loop; the terms are added in the same order as Σ w_i θ_i element by element, so the
-        // result is bit-identical to that loop (and to mergekit).
-        let models = input.models
-        input.models = []
         let block = 4096
-        let out = withReadOnlyPointers(models) { ps in
-            [Float](unsafeUninitializedCapacity: n) { o, initialized in
-                let out = SharedMutablePointer(o.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!)
-                Parallel.forChunks(n) { _, r in
-                    var lo = r.lowerBound
-                    while lo < r.upperBound {
-                        let count = min(block, r.upperBound - lo)
-                        LinearMerge.weightedSum(out.base + lo, ps, offset: lo, weights, count: count, divisor: normalize ? sum : nil)
-                        lo += count
-                    }
+        return [Float](unsafeUninitializedCapacity: n) { o, initialized in
+            let out = SharedMutablePointer(o.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!)
+            let inputs = UncheckedSendable(ps)
+            Parallel.forChunks(n) { _, r in
+                var lo = r.lowerBound
+                while lo < r.upperBound {
+                    let count = min(block, r.upperBound - lo)
+                    weightedSum(out.base + lo, inputs.value, offset: lo, weights, count: count, divisor: normalize ? sum : nil)
+                    lo += count
                 }
-                initialized = n
             }
+            initialized = n
         }
-        return out
     }
 
     /// o = (w_0 x_0 + w_1 x_1 + ...) [/ divisor] over elements offset..<offset+count of the inputs, term by term

@@ -16,6 +16,8 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
     public let layout: SafetensorsLayout
     private let fd: Int32
     private let index: [String: SafetensorsTensor]
+    /// Each tensor's successor in file order (for read-ahead).
+    private let followingTensor: [String: SafetensorsTensor]
 
     public init(path: String) throws {
         self.path = path
@@ -41,6 +43,10 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
         var idx: [String: SafetensorsTensor] = [:]
         for t in layout.tensors { idx[t.name] = t }
         index = idx
+        let inFileOrder = layout.tensors.sorted { $0.begin < $1.begin }
+        var following: [String: SafetensorsTensor] = [:]
+        for (a, b) in zip(inFileOrder, inFileOrder.dropFirst()) { following[a.name] = b }
+        followingTensor = following
     }
 
     deinit { close(fd) }
@@ -111,6 +117,13 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
         guard fstat(fd, &st) == 0, Int(st.st_size) >= offset + t.byteCount else {
             throw TesseraError(.io, "\(path): the file ends before tensor '\(name)' does (byte \(offset + t.byteCount))",
                                hint: "the file may be truncated or unreadable")
+        }
+        // Pages not in the page cache would be read one fault-sized piece at a time while the mapping is populated;
+        // asking for the whole range first reads it in large requests (a no-op when it is cached). The tensor after
+        // it in the file is asked for too, so that its reading overlaps this one's merge.
+        _ = posix_fadvise(fd, off_t(offset), off_t(t.byteCount), POSIX_FADV_WILLNEED)
+        if let next = followingTensor[name] {
+            _ = posix_fadvise(fd, off_t(layout.dataStart + next.begin), off_t(next.byteCount), POSIX_FADV_WILLNEED)
         }
         return MappedFloat32(fd: fd, offset: offset, count: t.elementCount)
         #else

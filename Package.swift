@@ -36,9 +36,11 @@ let package = Package(
 
         // Hand-vectorised kernels (AVX2, chosen at run time, with portable fallbacks) for GGUF block formats.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        // SHA-256 of two messages at once with the SHA extensions (provenance hashing of merge inputs).
+        .target(name: "CSHA256", cSettings: [.unsafeFlags(["-O3"])]),
 
         .target(name: "TesseraCore", swiftSettings: swiftSettings),
-        .target(name: "TesseraStore", dependencies: ["TesseraCore", "CZstd", "CCrypto"], swiftSettings: swiftSettings),
+        .target(name: "TesseraStore", dependencies: ["TesseraCore", "CZstd", "CCrypto", "CSHA256"], swiftSettings: swiftSettings),
         .target(name: "TesseraGit", dependencies: ["TesseraCore", "TesseraStore", "CGit2"], swiftSettings: swiftSettings),
         .target(name: "TesseraMerge", dependencies: ["TesseraCore", "COpenBLAS", "Yams"], swiftSettings: swiftSettings),
         .target(name: "TesseraEngine", dependencies: ["TesseraCore", "COpenBLAS", "CKernels"], swiftSettings: swiftSettings),

@@ -9,7 +9,9 @@ import TesseraStore
 final class CheckpointResolver {
     let context: RepositoryContext?
     private var hashes: [ObjectIdentifier: (String) -> String?] = [:]
-    private var hashingSources: [HashingSource] = []
+    /// Hashes file inputs' tensors for provenance (shared by every file this resolver opens, so that the same tensor
+    /// of two inputs is hashed as a pair).
+    private let hasher = ProvenanceHasher()
 
     /// Whether file inputs are hashed for provenance (merges and task vectors record them; evaluation does not).
     let hashesFileInputs: Bool
@@ -29,9 +31,8 @@ final class CheckpointResolver {
             }
             let plain = try StreamingSafetensorsSource(path: spec)
             guard hashesFileInputs else { return plain }
-            let file = HashingSource(plain)
+            let file = HashingSource(plain, hasher: hasher)
             hashes[ObjectIdentifier(file)] = { name in file.hash(of: name) }
-            hashingSources.append(file)
             return file
         }
         guard spec.contains(":") else {
@@ -57,7 +58,7 @@ final class CheckpointResolver {
     /// Stops and waits for the background hashing of file inputs. Commands call it before they return or throw, so
     /// that no thread is still reading a tensor when the process exits.
     func finish() {
-        for source in hashingSources { source.stopHashing() }
+        hasher.stop()
     }
 
     /// The exact SHA-256 of a tensor's bytes in a source this resolver opened (for provenance).
@@ -66,19 +67,21 @@ final class CheckpointResolver {
     }
 }
 
-/// A file source that computes each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway, on a
-/// second core while the merge goes on, instead of reading every input a second time at the end. At most two
-/// tensors wait to be hashed, so memory stays bounded.
+/// A file source that records each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway (the
+/// arrays it reads, or the file mappings it merges from), hashed by the resolver's `ProvenanceHasher` on worker
+/// threads while the merge goes on, instead of reading every input a second time at the end.
 final class HashingSource: TensorSource, Float32Reading, Float32Mapping, ConcurrentReading, @unchecked Sendable {
-    // @unchecked: `hashes` is guarded by `lock`; the queue serialises hashing.
+    // @unchecked: `hashes` and `submitted` are guarded by `lock`.
     let inner: StreamingSafetensorsSource
+    private let hasher: ProvenanceHasher
     private var hashes: [String: String] = [:]
-    private var stopped = false
+    private var submitted = Set<String>()
     private let lock = NSLock()
-    private let queue = DispatchQueue(label: "tessera.provenance-hash")
-    private let pending = DispatchSemaphore(value: 2)
 
-    init(_ inner: StreamingSafetensorsSource) { self.inner = inner }
+    init(_ inner: StreamingSafetensorsSource, hasher: ProvenanceHasher) {
+        self.inner = inner
+        self.hasher = hasher
+    }
 
     var sourceName: String { inner.sourceName }
     var tensorNames: [String] { inner.tensorNames }
@@ -87,7 +90,8 @@ final class HashingSource: TensorSource, Float32Reading, Float32Mapping, Concurr
 
     func rawTensor(_ name: String) throws -> RawTensor {
         let t = try inner.rawTensor(name)
-        hashLater(name, t.bytes)
+        let bytes = t.bytes
+        hashLater(name, count: bytes.count) { body in bytes.withUnsafeBytes(body) }
         return t
     }
 
@@ -96,46 +100,32 @@ final class HashingSource: TensorSource, Float32Reading, Float32Mapping, Concurr
         return nil  // the floats' storage is not the file's bytes there: hash through rawTensor
         #else
         guard let values = try inner.readFloat32(name) else { return nil }
-        hashLater(name, values)  // little-endian float32 storage is exactly the file's bytes
+        // Little-endian float32 storage is exactly the file's bytes; the array is immutable, so it is read uncopied.
+        hashLater(name, count: 4 * values.count) { body in values.withUnsafeBytes(body) }
         return values
         #endif
     }
 
     func mapFloat32(_ name: String) throws -> MappedFloat32? {
         guard let mapped = try inner.mapFloat32(name) else { return nil }
-        // The mapping is the file's bytes; the hashing thread holds it until it is hashed.
-        hashLater(name) { SHA256Hasher.hex(UnsafeRawBufferPointer(mapped.values)) }
+        // The mapping is the file's bytes; the hasher holds it until it is hashed.
+        hashLater(name, count: 4 * mapped.values.count) { body in body(UnsafeRawBufferPointer(mapped.values)) }
         return mapped
     }
 
-    /// Queues the SHA-256 of a tensor's bytes; the array is immutable, so the hashing thread reads it uncopied.
-    private func hashLater<Element: Sendable>(_ name: String, _ storage: [Element]) {
-        hashLater(name) { storage.withUnsafeBytes { SHA256Hasher.hex($0) } }
-    }
-
-    /// Queues `digest` (which holds the tensor's bytes) to run on the hashing queue.
-    private func hashLater(_ name: String, _ digest: @escaping @Sendable () -> String) {
-        lock.lock(); let known = hashes[name] != nil; lock.unlock()
-        if known { return }
-        pending.wait()
-        queue.async { [self] in
-            defer { pending.signal() }
-            lock.lock(); let skip = stopped; lock.unlock()
-            if skip { return }
-            let h = digest()
-            lock.lock(); hashes[name] = h; lock.unlock()
+    private func hashLater(_ name: String, count: Int, _ bytes: @escaping ProvenanceHasher.ByteAccess) {
+        lock.lock()
+        let first = submitted.insert(name).inserted
+        lock.unlock()
+        guard first else { return }
+        hasher.submit(count: count, bytes) { [self] digest in
+            lock.lock(); hashes[name] = digest; lock.unlock()
         }
-    }
-
-    /// Skips the hashes still queued and waits for the one being computed.
-    func stopHashing() {
-        lock.lock(); stopped = true; lock.unlock()
-        queue.sync {}
     }
 
     /// The tensor's SHA-256; computed now if the merge never read it.
     func hash(of name: String) -> String? {
-        queue.sync {}
+        hasher.waitUntilIdle()
         lock.lock(); let h = hashes[name]; lock.unlock()
         if let h { return h }
         return (try? inner.rawTensor(name)).map { SHA256Hasher.hex($0.bytes) }

@@ -1,4 +1,5 @@
 import CCrypto
+import CSHA256
 import TesseraCore
 
 /// Incremental SHA-256 through OpenSSL's EVP interface (SHA-NI accelerated where the CPU has it: about 1.8 GB/s
@@ -45,4 +46,18 @@ public final class SHA256Hasher {
     }
 
     public static func hex(_ bytes: [UInt8]) -> String { bytes.withUnsafeBytes { hex($0) } }
+
+    /// Whether `hexPair` hashes its two buffers together (the CPU has the SHA extensions) rather than one by one.
+    public static let hashesPairsTogether = tessera_sha256_pair_available() == 1
+
+    /// The digests of two buffers. With the SHA extensions both are computed at once (CSHA256: two independent
+    /// chains keep the SHA unit busy, about 1.2× the throughput of OpenSSL on one buffer at a time); otherwise
+    /// through OpenSSL, one after the other.
+    public static func hexPair(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> (String, String) {
+        guard hashesPairsTogether else { return (hex(a), hex(b)) }
+        var da = [UInt8](repeating: 0, count: 32), db = da
+        let empty = UnsafeRawPointer(bitPattern: 16)!  // never read: a zero-length buffer may have no address
+        tessera_sha256_pair(a.baseAddress ?? empty, a.count, b.baseAddress ?? empty, b.count, &da, &db)
+        return (da.hexString, db.hexString)
+    }
 }

@@ -61,15 +61,10 @@ import Testing
         try expectClose(s.path("sum.safetensors"), "\(reference)/task_vectors/task_vectors_reference.safetensors", prefix: "sum_tau123.apply_to_scaling0.5.")
     }
 
-    /// The provenance records each input tensor's SHA-256, hashed on a second core from the values the merge reads
-    /// (TIES reads arrays, linear maps the files); checked here against Python's hashlib over the files' bytes.
-    @Test(arguments: [("ties", "--base {i}/base.safetensors {i}/ft1.safetensors {i}/ft2.safetensors --densities 0.5,0.5", "3 9 0"),
-                      ("linear", "{i}/ft1.safetensors {i}/ft2.safetensors", "2 6 0")])
-    func provenanceHashesAreTheInputsSHA256(method: String, inputs: String, expected: String) throws {
-        let s = try Sandbox()
-        let i = "\(reference)/inputs"
-        try s.run("\"$T\" merge --method \(method) \(inputs.replacingOccurrences(of: "{i}", with: i)) -o out.safetensors")
-        let check = try s.run("""
+    /// Checks out.safetensors' recorded input hashes against Python's hashlib over the inputs' bytes: prints the
+    /// number of inputs, of matching hashes and of wrong ones.
+    static func checkRecordedHashes(in s: Sandbox) throws -> String {
+        try s.run("""
             python3 -c '
             import hashlib, json, struct
             def header(b): n = struct.unpack("<Q", b[:8])[0]; return n, json.loads(b[8:8 + n])
@@ -84,6 +79,17 @@ import Testing
                     else: bad += 1
             print(len(recorded), good, bad)'
             """).stdout
+    }
+
+    /// The provenance records each input tensor's SHA-256, hashed on a second core from the values the merge reads
+    /// (TIES reads arrays, linear maps the files); checked here against Python's hashlib over the files' bytes.
+    @Test(arguments: [("ties", "--base {i}/base.safetensors {i}/ft1.safetensors {i}/ft2.safetensors --densities 0.5,0.5", "3 9 0"),
+                      ("linear", "{i}/ft1.safetensors {i}/ft2.safetensors", "2 6 0")])
+    func provenanceHashesAreTheInputsSHA256(method: String, inputs: String, expected: String) throws {
+        let s = try Sandbox()
+        let i = "\(reference)/inputs"
+        try s.run("\"$T\" merge --method \(method) \(inputs.replacingOccurrences(of: "{i}", with: i)) -o out.safetensors")
+        let check = try Self.checkRecordedHashes(in: s)
         #expect(check.trimmingCharacters(in: .whitespacesAndNewlines) == expected, "\(check)")
     }
 
@@ -106,21 +112,7 @@ import Testing
                 open(f + ".safetensors", "wb").write(struct.pack("<Q", len(h)) + h + data)'
             """)
         try s.run("\"$T\" merge --method linear m1.safetensors m2.safetensors m3.safetensors -o out.safetensors")
-        let check = try s.run("""
-            python3 -c '
-            import hashlib, json, struct
-            def header(b): n = struct.unpack("<Q", b[:8])[0]; return n, json.loads(b[8:8 + n])
-            n, h = header(open("out.safetensors", "rb").read())
-            recorded = json.loads(h["__metadata__"]["tessera.merge.input_hashes"])
-            good = bad = 0
-            for path, entry in recorded.items():
-                b = open(path, "rb").read(); k, t = header(b)
-                for name, digest in entry.get("hashes", entry).items():
-                    o = t[name]["data_offsets"]
-                    if hashlib.sha256(b[8 + k + o[0]:8 + k + o[1]]).hexdigest() == digest: good += 1
-                    else: bad += 1
-            print(len(recorded), good, bad)'
-            """).stdout
+        let check = try Self.checkRecordedHashes(in: s)
         #expect(check.trimmingCharacters(in: .whitespacesAndNewlines) == "3 12 0", "\(check)")
     }
 

@@ -70,7 +70,7 @@ final class CheckpointResolver {
 /// A file source that records each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway (the
 /// arrays it reads, or the file mappings it merges from), hashed by the resolver's `ProvenanceHasher` on worker
 /// threads while the merge goes on, instead of reading every input a second time at the end.
-final class HashingSource: TensorSource, Float32Reading, Float32Mapping, ConcurrentReading, @unchecked Sendable {
+final class HashingSource: TensorSource, Float32Reading, Float32Mapping, @unchecked Sendable {
     // @unchecked: `hashes` and `submitted` are guarded by `lock`.
     let inner: StreamingSafetensorsSource
     private let hasher: ProvenanceHasher
@@ -84,6 +84,7 @@ final class HashingSource: TensorSource, Float32Reading, Float32Mapping, Concurr
     }
 
     var sourceName: String { inner.sourceName }
+    var allowsConcurrentReads: Bool { true }  // the inner file allows them; `hashes` and `submitted` are locked
     var tensorNames: [String] { inner.tensorNames }
     var metadata: [(String, String)] { inner.metadata }
     func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }

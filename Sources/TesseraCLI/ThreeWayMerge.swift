@@ -98,13 +98,15 @@ func glob(_ pattern: String, _ text: String) -> Bool {
 }
 
 /// A source restricted to some tensors of another (the merge methods see only the tensors being merged).
-final class SubsetSource: TensorSource {
+final class SubsetSource: TensorSource, Float32Reading {
     let inner: TensorSource
     let tensorNames: [String]
     init(_ inner: TensorSource, names: [String]) { self.inner = inner; tensorNames = names }
     var sourceName: String { inner.sourceName }
+    var allowsConcurrentReads: Bool { inner.allowsConcurrentReads }
     func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
     func rawTensor(_ name: String) throws -> RawTensor { try inner.rawTensor(name) }
+    func readFloat32(_ name: String) throws -> [Float]? { try (inner as? Float32Reading)?.readFloat32(name) }
     var metadata: [(String, String)] { inner.metadata }
 }
 

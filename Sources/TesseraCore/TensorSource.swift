@@ -12,9 +12,21 @@ public protocol TensorSource: AnyObject {
     func rawTensor(_ name: String) throws -> RawTensor
     /// String metadata (safetensors `__metadata__`, GGUF key/values rendered as text).
     var metadata: [(String, String)] { get }
+    /// Whether `rawTensor` (and any faster read the source offers) may run on several threads at once, for
+    /// different tensors or the same one. A merge then reads its inputs concurrently. Default: false.
+    var allowsConcurrentReads: Bool { get }
+}
+
+/// A source that can read float32 tensors straight into float storage, skipping the byte copy `rawTensor` and a
+/// decode would make. The merge uses it for every input that offers it.
+public protocol Float32Reading {
+    /// The tensor's values when it is stored as F32, nil for other dtypes (which go through `rawTensor`).
+    func readFloat32(_ name: String) throws -> [Float]?
 }
 
 extension TensorSource {
+    public var allowsConcurrentReads: Bool { false }
+
     /// The tensor as float32 values (F32/F16/BF16 and quantised types the source knows how to dequantise).
     public func floats(_ name: String) throws -> [Float] { try rawTensor(name).floats(name: "\(sourceName): \(name)") }
 

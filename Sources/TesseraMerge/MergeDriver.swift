@@ -218,27 +218,30 @@ final class MergeJob {
         return values
     }
 
-    /// Large tensors of several file inputs are read at the same time, one reader per input: each read is a copy
-    /// out of the page cache that would otherwise run one after another on the merging thread. Only sources that
-    /// declare `ConcurrentReading` take part; the others are read in order by `loadInput`.
-    private func loadConcurrently(_ name: String, reference: (name: String, dtype: DType, shape: [Int])) throws -> [Int: [Float]] {
+    /// Large tensors of several inputs are read at the same time, one reader per input: reading is a copy out of the
+    /// page cache (files) or a decompression (the object store), which would otherwise run one input after another
+    /// on the merging thread. Only sources that allow concurrent reads take part (the base, when the method needs it,
+    /// and each distinct model); the others are read in order by `loadInput`. Keys: model index, or -1 for the base.
+    private func loadConcurrently(_ name: String, reference: (name: String, dtype: DType, shape: [Int]), needsBase: Bool) throws -> [Int: [Float]] {
         guard (elementCount(reference.shape) ?? 0) >= 1 << 20 else { return [:] }
-        let indices = plan.models.indices.filter { i in
-            !isBase[i] && plan.models[i].source is ConcurrentReading
-                && !plan.models[..<i].contains { $0.source === plan.models[i].source }
+        var inputs: [(key: Int, model: MergeInputModel)] = []
+        if needsBase, let b = plan.base, b.source.allowsConcurrentReads { inputs.append((-1, b)) }
+        for (i, m) in plan.models.enumerated() where !isBase[i] && m.source.allowsConcurrentReads
+            && !plan.models[..<i].contains(where: { $0.source === m.source }) {
+            inputs.append((i, m))
         }
-        guard indices.count >= 2 else { return [:] }
-        var results = [Result<[Float], Error>?](repeating: nil, count: indices.count)
+        guard inputs.count >= 2 else { return [:] }
+        var results = [Result<[Float], Error>?](repeating: nil, count: inputs.count)
         results.withUnsafeMutableBufferPointer { slots in
             let out = SharedMutablePointer(slots.baseAddress!)
-            // Each iteration reads a different source (ConcurrentReading) into its own slot.
-            let job = UncheckedSendable(self)
-            DispatchQueue.concurrentPerform(iterations: indices.count) { k in
-                out[k] = Result { try job.value.load(job.value.plan.models[indices[k]], name, reference: reference) }
+            // Each iteration reads a different source (one that allows concurrent reads) into its own slot.
+            let job = UncheckedSendable(self), work = UncheckedSendable(inputs)
+            DispatchQueue.concurrentPerform(iterations: inputs.count) { k in
+                out[k] = Result { try job.value.load(work.value[k].model, name, reference: reference) }
             }
         }
         var loaded: [Int: [Float]] = [:]
-        for (k, i) in indices.enumerated() { loaded[i] = try results[k]!.get() }
+        for (k, input) in inputs.enumerated() { loaded[input.key] = try results[k]!.get() }
         return loaded
     }
 
@@ -248,13 +251,14 @@ final class MergeJob {
         let info = try referenceInput.source.requireInfo(name)
         let reference = (name: referenceInput.name, dtype: info.dtype, shape: info.shape)
         let t = positions.position(name)
+        let needsBase = plan.base != nil && (type.baseUse == .required || isBase.contains(true))
+        let preloaded = try loadConcurrently(name, reference: reference, needsBase: needsBase)
         var base: [Float]? = nil
-        if let b = plan.base, type.baseUse == .required || isBase.contains(true) {
-            base = try load(b, name, reference: reference)
+        if let b = plan.base, needsBase {
+            base = try preloaded[-1] ?? load(b, name, reference: reference)
         }
         var models: [[Float]] = []
         var modelParameters: [MergeParameters] = []
-        let preloaded = try loadConcurrently(name, reference: reference)
         for (i, m) in plan.models.enumerated() {
             if isBase[i], let base {
                 models.append(base) // shares storage with the base (copy on write)

@@ -10,7 +10,7 @@ import TesseraCore
 /// A merge touches every byte of every input once; with a mapping those pages stay in the process's resident set
 /// (three 500 MB inputs would put 1.5 GB in RSS), while reads into a buffer that is freed after the tensor is merged
 /// keep resident memory to the tensors in flight. Use this for merges of large checkpoints.
-public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Float32Mapping, ConcurrentReading, @unchecked Sendable {
+public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Float32Mapping, @unchecked Sendable {
     // @unchecked Sendable: the descriptor is only read with pread (no shared file offset), and the layout is immutable.
     public let path: String
     public let layout: SafetensorsLayout
@@ -71,6 +71,8 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
     }
 
     public var sourceName: String { path }
+    /// pread has no shared file offset, and the layout is immutable.
+    public var allowsConcurrentReads: Bool { true }
     public var tensorNames: [String] { layout.tensors.map(\.name) }
     public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { index[name].map { ($0.dtype, $0.shape) } }
     public var metadata: [(String, String)] { layout.metadata }
@@ -140,15 +142,6 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
     }
 }
 
-/// A source that can read float32 tensors straight into float storage, skipping the byte copy `rawTensor` and a
-/// decode would make. The merge uses it for every input that offers it.
-public protocol Float32Reading {
-    /// The tensor's values when it is stored as F32, nil for other dtypes (which go through `rawTensor`).
-    func readFloat32(_ name: String) throws -> [Float]?
-}
-
-/// A source whose tensors may be read from several threads at once (the merge reads its inputs concurrently).
-public protocol ConcurrentReading {}
 
 /// A source that can map F32 tensors read-only instead of reading them (see `StreamingSafetensorsSource.mapFloat32`).
 public protocol Float32Mapping {

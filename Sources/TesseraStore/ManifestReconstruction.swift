@@ -45,7 +45,7 @@ extension ObjectStore {
 
 /// A checkpoint read through its manifest from the object store, with no checkout: what `REV:path` means to merge,
 /// task vectors and the engine.
-public final class StoredCheckpoint: TensorSource, @unchecked Sendable {
+public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Sendable {
     // @unchecked: immutable after init; the store is itself safe to share.
     public let sourceName: String
     public let manifest: Manifest
@@ -73,6 +73,8 @@ public final class StoredCheckpoint: TensorSource, @unchecked Sendable {
     }
 
     public var tensorNames: [String] { manifest.tensors.map(\.name) }
+    /// Immutable, and every read decodes with its own decoder.
+    public var allowsConcurrentReads: Bool { true }
 
     public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? {
         byName[name].map { ($0.dtype, $0.shape) }
@@ -85,6 +87,29 @@ public final class StoredCheckpoint: TensorSource, @unchecked Sendable {
             throw TesseraError(.notFound, "\(sourceName): no tensor named '\(name)'", hint: "`tessera ls \(sourceName)` lists the tensors")
         }
         return RawTensor(dtype: t.dtype, shape: t.shape, bytes: try store.readAll(t.stored.objectID))
+    }
+
+    /// An F32 tensor decoded from its object straight into float storage (no intermediate byte array: half the
+    /// memory and one copy fewer for a merge of stored revisions).
+    public func readFloat32(_ name: String) throws -> [Float]? {
+        #if _endian(little)
+        guard let t = byName[name], t.dtype == .f32, let n = elementCount(t.shape), n > 0 else { return nil }
+        let id = t.stored.objectID
+        return try [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
+            let out = UnsafeMutableRawPointer(buffer.baseAddress!)
+            let capacity = 4 * n
+            var at = 0
+            try store.read(id, decoder: ObjectDecoder()) { piece in
+                guard at + piece.count <= capacity else { throw store.corrupt(id, "it is longer than its tensor") }
+                if piece.count > 0 { (out + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count) }
+                at += piece.count
+            }
+            guard at == capacity else { throw store.corrupt(id, "it is shorter than its tensor") }
+            initialized = n
+        }
+        #else
+        return nil
+        #endif
     }
 }
 

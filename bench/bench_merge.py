@@ -2,8 +2,9 @@
 """Tessera vs mergekit (mergekit-pytorch 0.1.5 on the CPU torch wheel), side by side in one run: merges of two and
 three GPT-2-small-shaped float32 checkpoints (124M parameters each) over a base, linear and TIES (density 0.5); plus a
 `git merge` of two fine-tuned branches (TIES through Tessera's merge driver) timed against the offline merge.
-Prints wall time and peak RSS of each, the ratios, and checks that both tools' outputs agree.
-Usage: bench/bench_merge.py [--workdir DIR]
+Prints wall time (median of --repeat runs, default 3, for both tools) and peak RSS of each, the ratios, and checks
+that both tools' outputs agree.
+Usage: bench/bench_merge.py [--workdir DIR] [--repeat N]
 """
 import argparse, json, os, shutil, struct, subprocess, sys, time
 import numpy as np
@@ -21,6 +22,14 @@ def timed(cmd, cwd=None, env=None):
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr[-2000:]}")
     rss_kb = int(p.stderr.strip().splitlines()[-1])
     return wall, rss_kb / 1024
+
+def repeated(run, times):
+    """Median wall time and largest peak RSS over `times` runs. On this VM the first run after a pause pays for
+    memory the host has taken back (up to 0.3 s of page faults here); the median keeps one such run from deciding a
+    row, for both tools alike."""
+    runs = [run() for _ in range(times)]
+    walls = sorted(w for w, _ in runs)
+    return walls[len(walls) // 2], max(r for _, r in runs)
 
 def ensure_mergekit(work):
     venv = os.path.join(work, "venv-mergekit")
@@ -54,6 +63,7 @@ def max_rel_diff(a, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default=os.path.join(ROOT, "bench", "out"))
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each tool per row; the median wall time is reported")
     a = ap.parse_args()
     work = os.path.abspath(a.workdir)
     os.makedirs(work, exist_ok=True)
@@ -76,17 +86,21 @@ def main():
             import yaml
             open(cfg_path, "w").write(yaml.safe_dump(cfg))
             out_t = os.path.join(work, f"out-tessera-{method}-{n}.safetensors")
-            if os.path.exists(out_t):
-                os.remove(out_t)  # both tools write a new output (mergekit's folder is removed below too)
-            subprocess.run(["sync"])
-            tw, tr = timed([TESSERA, "merge", "--config", cfg_path, "-o", out_t])
+            def tessera_run():
+                if os.path.exists(out_t):
+                    os.remove(out_t)  # both tools write a new output (mergekit's folder is removed below too)
+                subprocess.run(["sync"])
+                return timed([TESSERA, "merge", "--config", cfg_path, "-o", out_t])
+            tw, tr = repeated(tessera_run, a.repeat)
             row = {"merge": f"{method} x{n}", "tessera_s": tw, "tessera_rss_mb": tr}
             if mergekit:
                 out_dir = os.path.join(work, f"out-mergekit-{method}-{n}")
-                shutil.rmtree(out_dir, ignore_errors=True)
-                subprocess.run(["sync"])
                 env = dict(os.environ, OMP_NUM_THREADS="2")
-                mw, mr = timed([mergekit, cfg_path, out_dir, "--lazy-unpickle"] if False else [mergekit, cfg_path, out_dir], env=env)
+                def mergekit_run():
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    subprocess.run(["sync"])
+                    return timed([mergekit, cfg_path, out_dir], env=env)
+                mw, mr = repeated(mergekit_run, a.repeat)
                 produced = [f for f in os.listdir(out_dir) if f.endswith(".safetensors")]
                 merged = {}
                 for f in produced:
@@ -110,6 +124,7 @@ def main():
     same = load(os.path.join(repo, "model.safetensors")) .keys() == load(os.path.join(work, "offline.safetensors")).keys()
     equal = all(np.array_equal(x, y) for x, y in zip(load(os.path.join(repo, "model.safetensors")).values(), load(os.path.join(work, "offline.safetensors")).values())) if same else False
 
+    print(f"wall times: median of {a.repeat} runs of each tool; RSS: the largest peak of those runs")
     print(f"{'merge':12}{'tessera s':>11}{'RSS MB':>9}{'mergekit s':>12}{'RSS MB':>9}{'ratio':>8}{'max rel diff':>14}")
     checks = []
     for r in rows:

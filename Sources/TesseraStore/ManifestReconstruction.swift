@@ -94,17 +94,8 @@ public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Se
     public func readFloat32(_ name: String) throws -> [Float]? {
         #if _endian(little)
         guard let t = byName[name], t.dtype == .f32, let n = elementCount(t.shape), n > 0 else { return nil }
-        let id = t.stored.objectID
         return try [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
-            let out = UnsafeMutableRawPointer(buffer.baseAddress!)
-            let capacity = 4 * n
-            var at = 0
-            try store.read(id, decoder: ObjectDecoder()) { piece in
-                guard at + piece.count <= capacity else { throw store.corrupt(id, "it is longer than its tensor") }
-                if piece.count > 0 { (out + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count) }
-                at += piece.count
-            }
-            guard at == capacity else { throw store.corrupt(id, "it is shorter than its tensor") }
+            try store.readAll(t.stored.objectID, into: UnsafeMutableRawBufferPointer(buffer))
             initialized = n
         }
         #else

@@ -162,16 +162,21 @@ public final class ObjectStore: @unchecked Sendable {
 
     /// Decodes a whole object into a buffer of exactly its raw length (verified); throws if the length differs.
     public func readAll(_ id: String, into buffer: LargeBuffer, decoder: ObjectDecoder = ObjectDecoder()) throws -> LargeBuffer {
+        try readAll(id, into: buffer.bytes, decoder: decoder)
+        return buffer
+    }
+
+    /// Decodes a whole object into `destination`, which must be exactly its raw length (verified; throws otherwise).
+    public func readAll(_ id: String, into destination: UnsafeMutableRawBufferPointer, decoder: ObjectDecoder = ObjectDecoder()) throws {
         var at = 0
-        let capacity = buffer.bytes.count
+        let capacity = destination.count
         try read(id, decoder: decoder) { piece in
             guard at + piece.count <= capacity else { throw corrupt(id, "it is longer than expected") }
             if piece.count == 0 { return }
-            (buffer.bytes.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            (destination.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
             at += piece.count
         }
         guard at == capacity else { throw corrupt(id, "it is shorter than expected") }
-        return buffer
     }
 
     /// Checks an object fully (as a read does) without keeping its bytes.

@@ -13,9 +13,9 @@
 //   tessera                       the thin executable
 import PackageDescription
 
-let swiftSettings: [SwiftSetting] = [
-    .unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
-]
+// Every target keeps Swift's bounds, overflow and precondition checks: parsers of untrusted bytes (checkpoints,
+// manifests, objects, GGUF, configs) live in them. Only measured numeric kernels may opt out, target by target.
+let swiftSettings: [SwiftSetting] = []
 
 let package = Package(
     name: "tessera",

@@ -180,6 +180,26 @@ public enum FileSystem {
         }
     }
 
+    /// Copies a regular file to `path` through a temporary file in `tmpDir` (fsync, rename), in 1 MiB pieces.
+    public static func copyAtomically(_ source: String, to path: String, tmpDir: String) throws {
+        let input = try FileDescriptor.openRegularFile(source)
+        let tmp = "\(tmpDir)/\(uniqueName())"
+        do {
+            let out = try FileDescriptor.open(tmp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o444)
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let n = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
+                if n == 0 { break }
+                try buffer.withUnsafeBytes { try out.writeAll(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            }
+            try out.sync()
+            try rename(tmp, path)
+        } catch {
+            remove(tmp)
+            throw error
+        }
+    }
+
     public static func uniqueName() -> String {
         var r = SystemRandomNumberGenerator()
         return "tmp-\(getpid())-\(String(r.next() as UInt64, radix: 36))"

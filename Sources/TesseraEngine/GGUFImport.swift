@@ -51,6 +51,24 @@ public enum GGUFImport {
         }
     }
 
+    /// A metadata array of strings, every element checked (a non-string would shift the ids of all later tokens).
+    static func tokenizerStrings(_ gguf: GGUFFile, _ key: String, required: Bool) throws -> [String] {
+        guard let value = gguf[key] else {
+            if required { throw TesseraError(.invalidCheckpoint, "\(gguf.path): \(key) is missing", hint: "the GGUF has no tokenizer to convert") }
+            return []
+        }
+        guard let array = value.arrayValue else {
+            throw TesseraError(.invalidCheckpoint, "\(gguf.path): \(key) is not an array", hint: "the GGUF's tokenizer metadata is corrupt")
+        }
+        return try array.enumerated().map { index, item in
+            guard let s = item.stringValue else {
+                throw TesseraError(.invalidCheckpoint, "\(gguf.path): \(key)[\(index)] is a \(item.typeName), not a string",
+                                   hint: "the GGUF's tokenizer metadata is corrupt")
+            }
+            return s
+        }
+    }
+
     /// Undoes llama.cpp's Q/K permutation: within each head, GGUF row 2i+h holds HF row h·(headDim/2)+i.
     public static func unpermuteRoPERows(_ w: [Float], rows: Int, cols: Int, heads: Int) -> [Float] {
         let headDim = rows / heads, half = headDim / 2
@@ -75,11 +93,25 @@ public enum GGUFImport {
         guard model == "gpt2" else {
             throw TesseraError(.unsupported, "\(gguf.path): tokenizer model '\(model)' cannot be converted", hint: "only GPT-2-style byte-level BPE GGUF tokenizers are supported")
         }
-        guard let tokens = gguf["tokenizer.ggml.tokens"]?.arrayValue?.compactMap(\.stringValue) else {
-            throw TesseraError(.invalidCheckpoint, "\(gguf.path): tokenizer.ggml.tokens is missing")
+        let tokens = try tokenizerStrings(gguf, "tokenizer.ggml.tokens", required: true)
+        let merges = try tokenizerStrings(gguf, "tokenizer.ggml.merges", required: false)
+        var types: [Int] = []
+        if let value = gguf["tokenizer.ggml.token_type"] {
+            // A dropped or extra entry would shift every id after it: the lists must match exactly.
+            guard let array = value.arrayValue else {
+                throw TesseraError(.invalidCheckpoint, "\(gguf.path): tokenizer.ggml.token_type is not an array", hint: "the GGUF's tokenizer metadata is corrupt")
+            }
+            types = try array.enumerated().map { index, item in
+                guard let type = item.intValue else {
+                    throw TesseraError(.invalidCheckpoint, "\(gguf.path): tokenizer.ggml.token_type[\(index)] is not an integer", hint: "the GGUF's tokenizer metadata is corrupt")
+                }
+                return type
+            }
+            guard types.count == tokens.count else {
+                throw TesseraError(.invalidCheckpoint, "\(gguf.path): \(tokens.count) tokens but \(types.count) token types",
+                                   hint: "the GGUF's tokenizer metadata is corrupt")
+            }
         }
-        let types = gguf["tokenizer.ggml.token_type"]?.arrayValue?.compactMap(\.intValue) ?? []
-        let merges = gguf["tokenizer.ggml.merges"]?.arrayValue?.compactMap(\.stringValue) ?? []
         var added: [JSONValue] = []
         for (id, type) in types.enumerated() where type == 3 || type == 4 {
             added.append(.object([

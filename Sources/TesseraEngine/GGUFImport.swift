@@ -106,7 +106,8 @@ public enum GGUFImport {
         let tokens = try tokenizerStrings(gguf, "tokenizer.ggml.tokens", required: true)
         var pairs: [(String, JSONValue)] = []
         for (key, name) in [("tokenizer.ggml.add_bos_token", "add_bos_token"), ("tokenizer.ggml.add_eos_token", "add_eos_token")] {
-            if let flag = gguf[key]?.boolValue { pairs.append((name, .bool(flag))) }
+            // transformers' converter treats an absent flag as false.
+            pairs.append((name, .bool(gguf[key]?.boolValue ?? false)))
         }
         for (key, name) in [("tokenizer.ggml.bos_token_id", "bos_token"), ("tokenizer.ggml.eos_token_id", "eos_token"),
                             ("tokenizer.ggml.padding_token_id", "pad_token"), ("tokenizer.ggml.unknown_token_id", "unk_token")] {

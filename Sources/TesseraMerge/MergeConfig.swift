@@ -246,13 +246,13 @@ public enum YAMLDocument {
             let first = String(describing: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? "syntax error"
             throw TesseraError(.invalidParameter, "\(file): invalid YAML (\(first))", hint: "fix the YAML syntax")
         }
-        if let root { try checkExpansion(root, limit: expansionLimit(bytes: text.utf8.count), file: file) }
+        if let root { try checkExpansion(root, limit: expansionLimit(bytes: text.utf8.count), textBytes: text.utf8.count, file: file) }
         return root
     }
 
     /// Walks the document as a reader would see it (aliases expanded), counting one per node plus scalar bytes, and
     /// throws as soon as the count passes `limit`: the walk costs at most `limit` steps whatever the expansion.
-    static func checkExpansion(_ root: Node, limit: Int, file: String) throws {
+    static func checkExpansion(_ root: Node, limit: Int, textBytes: Int, file: String) throws {
         var stack: [Node] = [root]
         var size = 0
         while let node = stack.popLast() {
@@ -268,7 +268,7 @@ public enum YAMLDocument {
             }
             guard size <= limit else {
                 throw TesseraError(.invalidParameter,
-                                   "\(file): the YAML's aliases expand it to more than \(limit) nodes and bytes (from \(limit / 64) or so of text)",
+                                   "\(file): the YAML's aliases expand its \(textBytes) bytes to more than \(limit) nodes and bytes",
                                    hint: "write the values out instead of nesting aliases of aliases")
             }
         }

@@ -115,6 +115,7 @@ public final class CheckpointOutputWriter {
     private let headerReserve: Int
     private let staging: String
     private var shards: [(writer: SafetensorsStreamWriter, bytes: Int, tensors: [String])] = []
+    private var parameters = 0
     private var names = Set<ExactName>()
     private var finished = false
 
@@ -170,10 +171,11 @@ public final class CheckpointOutputWriter {
         return shards[shards.count - 1].writer
     }
 
-    private func record(_ name: String, bytes: Int) throws {
+    private func record(_ name: String, bytes: Int, elements: Int) throws {
         guard names.insert(ExactName(name)).inserted else {
             throw TesseraError(.invalidParameter, "\(target.path): tensor '\(name)' written twice")
         }
+        parameters += elements
         shards[shards.count - 1].bytes += bytes
         shards[shards.count - 1].tensors.append(name)
     }
@@ -181,7 +183,7 @@ public final class CheckpointOutputWriter {
     public func append(_ name: String, _ tensor: RawTensor) throws {
         let w = try shard(for: tensor.bytes.count)
         try w.append(name, tensor)
-        try record(name, bytes: tensor.bytes.count)
+        try record(name, bytes: tensor.bytes.count, elements: tensor.elementCount)
     }
 
     public func append(_ name: String, float32 values: [Float], shape: [Int]) throws {
@@ -189,7 +191,7 @@ public final class CheckpointOutputWriter {
         guard !overflow else { throw TesseraError(.shapeMismatch, "tensor '\(name)' is too large") }
         let w = try shard(for: bytes)
         try w.append(name, float32: values, shape: shape)
-        try record(name, bytes: bytes)
+        try record(name, bytes: bytes, elements: values.count)
     }
 
     /// The weight file names the folder will have, in shard order.
@@ -207,6 +209,8 @@ public final class CheckpointOutputWriter {
     public func finish(metadata: [(String, String)], sideFiles: [(name: String, bytes: [UInt8])] = [],
                        card: ((_ files: [String]) -> String)? = nil) throws -> CheckpointOutputResult {
         if shards.isEmpty { _ = try shard(for: 0) }  // a checkpoint with no tensors is still a valid (empty) file
+        // transformers 4 refuses safetensors metadata without `format` (save_pretrained writes "pt").
+        let metadata = metadata.contains { $0.0 == "format" } ? metadata : [("format", "pt")] + metadata
         switch target {
         case let .file(path):
             try shards[0].writer.finish(metadata: metadata)
@@ -234,7 +238,7 @@ public final class CheckpointOutputWriter {
                 for (k, s) in shards.enumerated() { for t in s.tensors { map.append((t, weightFiles[k])) } }
                 let total = shards.reduce(0) { $0 + $1.bytes }
                 let indexName = "\(weightsName).safetensors.index.json"
-                try write(Array(ShardIndex.render(weightMap: map, totalSize: total).utf8), indexName)
+                try write(Array(ShardIndex.render(weightMap: map, totalParameters: parameters, totalSize: total).utf8), indexName)
                 files.append(indexName)
             }
             for f in sideFiles where !files.contains(f.name) && f.name != "README.md" {

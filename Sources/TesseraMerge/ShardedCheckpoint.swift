@@ -72,10 +72,10 @@ public struct ShardIndex: Sendable {
         }
     }
 
-    /// The index as transformers writes it: `metadata.total_size` (bytes of tensor data over all shards) and the
-    /// weight map, keys sorted, indented by two spaces, with a final newline.
-    public static func render(weightMap: [(tensor: String, shard: String)], totalSize: Int) -> String {
-        var out = "{\n  \"metadata\": {\n    \"total_size\": \(totalSize)\n  },\n  \"weight_map\": {\n"
+    /// The index as transformers (5.x) writes it: `metadata.total_parameters` (elements) and `total_size` (bytes of
+    /// tensor data over all shards), and the weight map, keys sorted, indented by two spaces, with a final newline.
+    public static func render(weightMap: [(tensor: String, shard: String)], totalParameters: Int, totalSize: Int) -> String {
+        var out = "{\n  \"metadata\": {\n    \"total_parameters\": \(totalParameters),\n    \"total_size\": \(totalSize)\n  },\n  \"weight_map\": {\n"
         let sorted = weightMap.sorted { Array($0.tensor.utf8).lexicographicallyPrecedes(Array($1.tensor.utf8)) }
         for (k, e) in sorted.enumerated() {
             out += "    "

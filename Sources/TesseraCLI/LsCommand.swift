@@ -49,7 +49,8 @@ struct LsCommand: ParsableCommand {
                   let bytes = try? context.repository.blob(":" + relative), Manifest.looksLikeManifest(bytes) else { return nil }
             return (relative, try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: relative))
         }
-        guard target.contains(":") else { return try context.manifest(target) }
+        // A path in the index (tracked, not in the worktree); anything else is the resolver's to name.
+        guard target.contains(":") else { return try? context.manifest(target) }
         guard target.hasPrefix(":") || context.repository.objectKind(RevisionCheckpoints.trimmingSlashes(target)) == .file,
               let bytes = try? context.repository.blob(target), Manifest.looksLikeManifest(bytes) else { return nil }
         return (target, try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: target))

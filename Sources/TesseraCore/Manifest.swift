@@ -1,20 +1,26 @@
 /// The manifest: what git stores for a tracked file instead of its bytes.
 ///
 /// Text, deterministic (the same file always yields the same bytes), one line per segment of the file in file
-/// order, so that `git diff` and `git log -p` read naturally. It holds everything needed to rebuild the file byte for
-/// byte: the format's header (as an object), every tensor's bytes (as objects) and any bytes between them. See
-/// docs/manifest-format.md.
+/// order, so that `git diff`, `git log -p` and `git blame` read naturally. It holds everything needed to rebuild the
+/// file byte for byte: the format's header (as an object), every tensor's bytes (as objects) and any bytes between
+/// them. See docs/manifest-format.md.
 ///
-///     tessera-manifest 1
+/// Version 2 (written now) gives segments lengths, not offsets: a tensor's line changes only when the tensor does
+/// (version 1 lines carried byte offsets, so a header that grew by a byte shifted every line after it). Version 1
+/// manifests are read, and kept as they are while the file they describe does not change.
+///
+///     tessera-manifest 2
 ///     format safetensors
 ///     size 497759232
-///     header 0 18440 zstd <raw sha256> <object id> <object size>
-///     tensor h.0.attn.c_attn.weight F32 [768,2304] 18440 7096200 bg4+zstd <raw sha256> <object id> <object size>
-///     gap 7096200 7096204 inline 00000000
+///     header 18440 zstd <raw sha256> <object id> <object size>
+///     tensor h.0.attn.c_attn.weight F32 [768,2304] bg4+zstd <raw sha256> <object id> <object size>
+///     gap 4 inline 00000000
 ///     end
 public struct Manifest: Equatable, Sendable {
     public static let magic = "tessera-manifest"
-    public static let version = 1
+    /// The version `render` writes; `parse` reads 1 and 2.
+    public static let version = 2
+    public static let readableVersions = 1...2
 
     public enum Format: String, Sendable {
         case safetensors
@@ -115,20 +121,24 @@ public struct Manifest: Equatable, Sendable {
 
     // MARK: - Text form
 
-    public func render() -> String {
-        var out = "\(Manifest.magic) \(Manifest.version)\nformat \(format.rawValue)\nsize \(size)\n"
+    public func render(version: Int = Manifest.version) -> String {
+        var out = "\(Manifest.magic) \(version)\nformat \(format.rawValue)\nsize \(size)\n"
+        // Version 1 writes each segment's byte range; version 2 only the lengths it cannot derive (a tensor's length
+        // is its dtype times its shape).
+        func range(_ b: Int, _ e: Int) -> String { version == 1 ? "\(b) \(e)" : "\(e - b)" }
         for s in segments {
             switch s {
             case let .header(b, e, st):
-                out += "header \(b) \(e) \(st.text)\n"
+                out += "header \(range(b, e)) \(st.text)\n"
             case let .tensor(name, dtype, shape, b, e, st):
-                out += "tensor \(Manifest.escapeName(name)) \(dtype.rawValue) [\(shape.map(String.init).joined(separator: ","))] \(b) \(e) \(st.text)\n"
+                let extent = version == 1 ? " \(b) \(e)" : ""
+                out += "tensor \(Manifest.escapeName(name)) \(dtype.rawValue) [\(shape.map(String.init).joined(separator: ","))]\(extent) \(st.text)\n"
             case let .gap(b, e, .inline(bytes)):
-                out += "gap \(b) \(e) inline \(bytes.hexString)\n"
+                out += "gap \(range(b, e)) inline \(bytes.hexString)\n"
             case let .gap(b, e, .object(st)):
-                out += "gap \(b) \(e) \(st.text)\n"
+                out += "gap \(range(b, e)) \(st.text)\n"
             case let .blob(b, e, st):
-                out += "blob \(b) \(e) \(st.text)\n"
+                out += "blob \(range(b, e)) \(st.text)\n"
             }
         }
         out += "end\n"
@@ -147,13 +157,14 @@ public struct Manifest: Equatable, Sendable {
                          hint: "the manifest was edited or damaged; restore it with `git checkout -- \(file)`")
         }
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-        guard lines.count >= 4, lines[0] == "\(magic) \(version)" else {
-            if lines.first?.hasPrefix(magic) == true {
-                throw TesseraError(.invalidManifest, "\(file): manifest \(lines[0]) is newer than this tessera understands",
-                                   hint: "upgrade tessera")
-            }
-            throw bad(1, "not a tessera manifest")
+        let first = lines.first.map(String.init) ?? ""
+        guard first.hasPrefix(magic + " ") else { throw bad(1, "not a tessera manifest") }
+        guard let version = Int(first.dropFirst(magic.count + 1)), version >= 1 else { throw bad(1, "not a tessera manifest") }
+        guard readableVersions.contains(version) else {
+            throw TesseraError(.invalidManifest, "\(file): manifest \(first) is newer than this tessera understands",
+                               hint: "upgrade tessera")
         }
+        guard lines.count >= 4 else { throw bad(lines.count, "missing 'end': the manifest is truncated") }
         guard lines[1].hasPrefix("format "), let format = Format(rawValue: String(lines[1].dropFirst(7))) else {
             throw bad(2, "unknown format")
         }
@@ -176,32 +187,43 @@ public struct Manifest: Equatable, Sendable {
                 do { _ = try ManifestEncoding(f[at]) } catch let e as TesseraError { throw bad(n, e.message) }
                 return Stored(encoding: f[at], rawSHA256: f[at + 1], objectID: f[at + 2], objectSize: size)
             }
-            func range(_ a: Int) throws -> (Int, Int) {
-                guard f.count > a + 1, let b = Int(f[a]), let e = Int(f[a + 1]), b >= 0, e >= b, e <= size else {
-                    throw bad(n, "invalid byte range")
+            /// The next segment's byte range, from `[begin end]` (version 1) or `length` (version 2) at field `a`;
+            /// returns the range and the index of the field after it.
+            func range(_ a: Int, length derived: Int? = nil) throws -> (Int, Int, Int) {
+                var b = position, e = position, next = a
+                if version == 1 {
+                    guard f.count > a + 1, let b1 = Int(f[a]), let e1 = Int(f[a + 1]), b1 >= 0, e1 >= b1 else { throw bad(n, "invalid byte range") }
+                    guard b1 == position else { throw bad(n, "segments do not tile the file (expected offset \(position))") }
+                    (b, e, next) = (b1, e1, a + 2)
+                } else if let derived {
+                    e = position + derived
+                } else {
+                    guard f.count > a, let length = Int(f[a]), length >= 0 else { throw bad(n, "invalid length") }
+                    e = position + length
+                    next = a + 1
                 }
-                guard b == position else { throw bad(n, "segments do not tile the file (expected offset \(position))") }
+                guard e <= size else { throw bad(n, "the segment ends at byte \(e), after the file's \(size) bytes") }
                 position = e
-                return (b, e)
+                return (b, e, next)
             }
             switch kind {
             case "end": ended = true
             case "header":
-                let (b, e) = try range(1)
-                segments.append(.header(begin: b, end: e, try stored(3)))
+                let (b, e, at) = try range(1)
+                segments.append(.header(begin: b, end: e, try stored(at)))
             case "blob":
-                let (b, e) = try range(1)
-                segments.append(.blob(begin: b, end: e, try stored(3)))
+                let (b, e, at) = try range(1)
+                segments.append(.blob(begin: b, end: e, try stored(at)))
             case "gap":
-                let (b, e) = try range(1)
-                if f.count == 5, f[3] == "inline" {
-                    guard let bytes = [UInt8](hex: f[4]), bytes.count == e - b else { throw bad(n, "invalid inline bytes") }
+                let (b, e, at) = try range(1)
+                if f.count == at + 2, f[at] == "inline" {
+                    guard let bytes = [UInt8](hex: f[at + 1]), bytes.count == e - b else { throw bad(n, "invalid inline bytes") }
                     segments.append(.gap(begin: b, end: e, .inline(bytes)))
                 } else {
-                    segments.append(.gap(begin: b, end: e, .object(try stored(3))))
+                    segments.append(.gap(begin: b, end: e, .object(try stored(at))))
                 }
             case "tensor":
-                guard f.count == 10 else { throw bad(n, "a tensor line has 10 fields") }
+                guard f.count == (version == 1 ? 10 : 8) else { throw bad(n, "a tensor line has \(version == 1 ? 10 : 8) fields") }
                 let name = try unescapeName(f[1], line: n, file: file)
                 guard let dtype = DType(rawValue: f[2]) else { throw bad(n, "unknown dtype \(f[2])") }
                 guard f[3].hasPrefix("["), f[3].hasSuffix("]") else { throw bad(n, "invalid shape") }
@@ -211,11 +233,14 @@ public struct Manifest: Equatable, Sendable {
                     guard let d = Int(part), d >= 0 else { throw bad(n, "invalid shape") }
                     shape.append(d)
                 }
-                let (b, e) = try range(4)
-                guard let count = elementCount(shape), let bytes = dtype.byteCount(elements: count), bytes == e - b else {
+                guard let count = elementCount(shape), let bytes = dtype.byteCount(elements: count), bytes <= size else {
+                    throw bad(n, "tensor '\(name)' is \(dtype.rawValue) \(shape), larger than the file")
+                }
+                let (b, e, at) = try range(4, length: version == 1 ? nil : bytes)
+                guard bytes == e - b else {
                     throw bad(n, "tensor '\(name)' is \(dtype.rawValue) \(shape) but spans \(e - b) bytes")
                 }
-                segments.append(.tensor(name: name, dtype: dtype, shape: shape, begin: b, end: e, try stored(6)))
+                segments.append(.tensor(name: name, dtype: dtype, shape: shape, begin: b, end: e, try stored(at)))
             default:
                 throw bad(n, "unknown line kind '\(kind)'")
             }

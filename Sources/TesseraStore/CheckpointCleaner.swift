@@ -294,7 +294,7 @@ public final class CheckpointCleaner: @unchecked Sendable {
             if position > trailingBegin {
                 all.append(try finishGap(begin: trailingBegin, end: position))
             }
-            return Array(Manifest(format: .safetensors, size: position, segments: all).render().utf8)
+            return keepingStagedForm(Manifest(format: .safetensors, size: position, segments: all))
         case .finished:
             throw TesseraError(.io, "\(fileName): finished twice")
         }
@@ -302,7 +302,18 @@ public final class CheckpointCleaner: @unchecked Sendable {
 
     private func opaqueManifest(_ w: StreamingObjectWriter, length: Int) throws -> [UInt8] {
         let stored = try w.finish()
-        return Array(Manifest(format: .opaque, size: length, segments: [.blob(begin: 0, end: length, stored)]).render().utf8)
+        return keepingStagedForm(Manifest(format: .opaque, size: length, segments: [.blob(begin: 0, end: length, stored)]))
+    }
+
+    /// The manifest's text; the staged text itself when it describes exactly the same file (a repository written by
+    /// an earlier version keeps its version 1 manifests until the files change, instead of every `git add` showing
+    /// a change of format).
+    private func keepingStagedForm(_ manifest: Manifest) -> [UInt8] {
+        if let stagedManifest, let staged = try? Manifest.parse(String(decoding: stagedManifest, as: UTF8.self), file: fileName),
+           staged == manifest {
+            return stagedManifest
+        }
+        return Array(manifest.render().utf8)
     }
 
     /// Abandons the file (on error): temporary objects are removed; complete objects stay (they are valid).

@@ -71,11 +71,32 @@ import TesseraCore
             .gap(begin: 88, end: 120, .object(stored)),
         ])
         let text = m.render()
-        #expect(text.contains("tensor layer%200.weight%25 BF16 [2,10] 40 80 bg4+zstd"))
+        #expect(text.hasPrefix("tessera-manifest 2\n"))
+        // Version 2: lengths, no offsets; a tensor's length is its dtype times its shape.
+        #expect(text.contains("header 40 bg4+zstd") && text.contains("gap 4 inline 000102ff") && text.contains("gap 32 bg4+zstd"))
+        #expect(text.contains("tensor layer%200.weight%25 BF16 [2,10] bg4+zstd"))
         let back = try Manifest.parse(text)
         #expect(back == m)
         #expect(back.render() == text)
         #expect(back.objectIDs == [stored.objectID])
+        // Version 1 (offsets on every line) still reads, to the same manifest.
+        let v1 = m.render(version: 1)
+        #expect(v1.contains("tensor layer%200.weight%25 BF16 [2,10] 40 80 bg4+zstd"))
+        #expect(try Manifest.parse(v1) == m)
+    }
+
+    @Test func aTensorLineChangesOnlyWhenTheTensorDoes() throws {
+        // The same tensors behind a header that grew by 8 bytes: in version 2 only the header line differs.
+        func manifest(header: Int) -> Manifest {
+            Manifest(format: .safetensors, size: header + 80, segments: [
+                .header(begin: 0, end: header, stored),
+                .tensor(name: "a", dtype: .f32, shape: [10], begin: header, end: header + 40, stored),
+                .tensor(name: "b", dtype: .f32, shape: [10], begin: header + 40, end: header + 80, stored),
+            ])
+        }
+        let before = manifest(header: 40).render().split(separator: "\n"), after = manifest(header: 48).render().split(separator: "\n")
+        let changed = zip(before, after).filter { $0 != $1 }.map { String($0.1) }
+        #expect(changed == ["size 128", "header 48 bg4+zstd \(stored.rawSHA256) \(stored.objectID) 10"])
     }
 
     @Test func rejectsDamagedManifests() throws {
@@ -83,7 +104,8 @@ import TesseraCore
         let damaged = [
             good.replacingOccurrences(of: "end\n", with: ""),
             good.replacingOccurrences(of: "size 5", with: "size 6"),
-            good.replacingOccurrences(of: "tessera-manifest 1", with: "tessera-manifest 9"),
+            good.replacingOccurrences(of: "tessera-manifest 2", with: "tessera-manifest 9"),
+            good.replacingOccurrences(of: "blob 5", with: "blob 6"),
             good.replacingOccurrences(of: String(repeating: "b", count: 64), with: "zz"),
             good + "extra\n",
         ]

@@ -265,7 +265,7 @@ import Testing
         try s.run("mkdir minilm && cp \"\(minilm)\"/*.json \"\(minilm)\"/vocab.txt \"\(minilm)\"/model.safetensors minilm/", in: repo)
         try Checkpoints.shard(s.path("\(repo)/minilm"), parts: 2)
         try s.run("git add -A && git commit -qm minilm && cp -r ../ft1 small && git add -A && git commit -qm v1 && cp ../ft2/model.safetensors small/ && git commit -qam v2", in: repo)
-        #expect(try s.run("git cat-file -p HEAD:minilm/model-00001-of-00002.safetensors", in: repo).stdout.hasPrefix("tessera-manifest 1"))
+        #expect(try s.run("git cat-file -p HEAD:minilm/model-00001-of-00002.safetensors", in: repo).stdout.hasPrefix("tessera-manifest 2"))
         // Evaluated from the store: the worktree's shards are gone.
         try s.run("rm minilm/*.safetensors", in: repo)
         let fromStore = try evalResults(s, "HEAD:minilm HEAD~1:minilm/model.safetensors.index.json", in: repo)

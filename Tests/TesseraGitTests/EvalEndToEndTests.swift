@@ -12,7 +12,7 @@ import Testing
         let repo = try s.makeRepository()
         try s.run("\"$T\" import \"\(gguf)\" -o smollm2 && git add smollm2 && git commit -qm 'SmolLM2-135M-Instruct'", in: repo)
         // The weights are tracked by tessera; config and tokenizer are plain git files beside them.
-        #expect(try s.run("git cat-file -p HEAD:smollm2/model.safetensors", in: repo).stdout.hasPrefix("tessera-manifest 1"))
+        #expect(try s.run("git cat-file -p HEAD:smollm2/model.safetensors", in: repo).stdout.hasPrefix("tessera-manifest 2"))
         // Change it: perturb the upper blocks' MLPs (a visible edit), commit.
         try s.run("python3 \"\(packageRoot)/scripts/perturb.py\" smollm2/model.safetensors smollm2/model.safetensors 'layers\\.(2[0-9])\\.mlp' 0.5 7 && git commit -qam 'perturb upper MLPs'", in: repo)
         // Evaluate both commits side by side, from the store, with the worktree file removed.

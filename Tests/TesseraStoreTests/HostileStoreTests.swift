@@ -124,7 +124,10 @@ import TesseraStore
         // A tensor line whose dtype and shape do not match its byte range.
         let text = "tessera-manifest 1\nformat safetensors\nsize 16\ntensor w F32 [1000000000000] 0 16 zstd \(id) \(id) 100\nend\n"
         let e = try #require(throws: TesseraError.self) { try Manifest.parse(text) }
-        #expect(e.message.contains("spans 16 bytes"))
+        #expect(e.message.contains("larger than the file"))
+        let text2 = "tessera-manifest 1\nformat safetensors\nsize 16\ntensor w F32 [3] 0 16 zstd \(id) \(id) 100\nend\n"
+        let e2 = try #require(throws: TesseraError.self) { try Manifest.parse(text2) }
+        #expect(e2.message.contains("spans 16 bytes"))
     }
 
     @Test func aManifestClaimingATerabyteFailsCleanlyOnCheckout() throws {

@@ -26,9 +26,11 @@ struct ComparableCheckpoint {
 
 /// What changed in one tensor between two versions.
 struct TensorChange {
-    enum Kind: String { case added, removed, changed, unchanged }
+    enum Kind: String { case added, removed, changed, unchanged, renamed }
     var kind: Kind
     var name: String
+    /// For a rename: the name the same bytes had before.
+    var oldName: String?
     var dtype: DType
     var shape: [Int]
     var oldShape: [Int]?
@@ -40,11 +42,11 @@ struct TensorChange {
     static func compare(old: ComparableCheckpoint?, new: ComparableCheckpoint?, numeric: Bool = true) throws -> [TensorChange] {
         let oldNames = old?.source.tensorNames ?? []
         let newNames = new?.source.tensorNames ?? []
-        let oldSet = Set(oldNames)
+        let oldSet = Set(oldNames.map(ExactName.init))
         var out: [TensorChange] = []
         for name in newNames {
             let info = new!.source.tensorInfo(name)!
-            guard let old, oldSet.contains(name), let oi = old.source.tensorInfo(name) else {
+            guard let old, oldSet.contains(ExactName(name)), let oi = old.source.tensorInfo(name) else {
                 out.append(TensorChange(kind: .added, name: name, dtype: info.dtype, shape: info.shape))
                 continue
             }
@@ -69,18 +71,40 @@ struct TensorChange {
             }
             out.append(c)
         }
-        let newSet = Set(newNames)
-        for name in oldNames where !newSet.contains(name) {
+        let newSet = Set(newNames.map(ExactName.init))
+        for name in oldNames where !newSet.contains(ExactName(name)) {
             let info = old!.source.tensorInfo(name)!
             out.append(TensorChange(kind: .removed, name: name, dtype: info.dtype, shape: info.shape))
         }
-        return out
+        return try pairingRenames(out, old: old, new: new)
+    }
+
+    /// A tensor removed under one name and added under another with the same bytes (dtype, shape and raw SHA-256)
+    /// was renamed; each removed tensor pairs with at most one added one, in order.
+    static func pairingRenames(_ changes: [TensorChange], old: ComparableCheckpoint?, new: ComparableCheckpoint?) throws -> [TensorChange] {
+        guard let old, let new else { return changes }
+        var removedByValue: [String: [Int]] = [:]
+        for (k, c) in changes.enumerated() where c.kind == .removed {
+            removedByValue["\(c.dtype.rawValue)\(c.shape)\(try old.rawHash(c.name))", default: []].append(k)
+        }
+        guard !removedByValue.isEmpty else { return changes }
+        var out = changes
+        var consumed = Set<Int>()
+        for (k, c) in changes.enumerated() where c.kind == .added {
+            let key = "\(c.dtype.rawValue)\(c.shape)\(try new.rawHash(c.name))"
+            guard var candidates = removedByValue[key], !candidates.isEmpty else { continue }
+            let r = candidates.removeFirst()
+            removedByValue[key] = candidates
+            out[k] = TensorChange(kind: .renamed, name: c.name, oldName: changes[r].name, dtype: c.dtype, shape: c.shape)
+            consumed.insert(r)
+        }
+        return out.enumerated().filter { !consumed.contains($0.offset) }.map(\.element)
     }
 
     var shapeText: String { "[" + shape.map(String.init).joined(separator: ",") + "]" }
 
     var line: String {
-        var s = "\(kind.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(name)  \(dtype.rawValue) \(shapeText)"
+        var s = "\(kind.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(oldName.map { "\($0) -> " } ?? "")\(name)  \(dtype.rawValue) \(shapeText)"
         if let oldShape { s += "  (was [\(oldShape.map(String.init).joined(separator: ","))])" }
         if let oldDType { s += "  (was \(oldDType.rawValue))" }
         if let l2 { s += String(format: "  L2(delta)=%.4g", l2) }
@@ -90,7 +114,9 @@ struct TensorChange {
     }
 
     var json: JSONValue {
-        var pairs: [(String, JSONValue)] = [("change", .string(kind.rawValue)), ("name", .string(name)),
+        var pairs: [(String, JSONValue)] = [("change", .string(kind.rawValue)), ("name", .string(name))]
+        if let oldName { pairs.append(("old_name", .string(oldName))) }
+        pairs += [
                                            ("dtype", .string(dtype.rawValue)), ("shape", .array(shape.map { .int($0) }))]
         if let oldShape { pairs.append(("old_shape", .array(oldShape.map { .int($0) }))) }
         if let l2 { pairs.append(("l2_delta", .double(l2))) }

@@ -9,7 +9,7 @@ struct DiffDriverCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "diff-driver",
         abstract: "Per-tensor diff of two versions of a checkpoint (run by `git diff`; see `tessera install`).",
-        discussion: "Also usable directly:\n  tessera diff-driver model.safetensors old.safetensors - - new.safetensors - -",
+        discussion: "Also usable directly:\n  tessera diff-driver model.safetensors old.safetensors - - \\\n        new.safetensors - -",
         shouldDisplay: false
     )
 
@@ -34,6 +34,7 @@ struct DiffDriverCommand: ParsableCommand {
             counts[c.kind, default: 0] += 1
             if c.kind != .unchanged { print("  " + c.line) }
         }
-        print("  \(counts[.changed] ?? 0) changed, \(counts[.added] ?? 0) added, \(counts[.removed] ?? 0) removed, \(counts[.unchanged] ?? 0) unchanged")
+        let renamed = counts[.renamed].map { ", \($0) renamed" } ?? ""
+        print("  \(counts[.changed] ?? 0) changed, \(counts[.added] ?? 0) added, \(counts[.removed] ?? 0) removed\(renamed), \(counts[.unchanged] ?? 0) unchanged")
     }
 }

@@ -9,15 +9,18 @@ struct EvalCommand: ParsableCommand {
         commandName: "eval",
         abstract: "Evaluate commits (or model files) on built-in and user tasks, side by side, with no checkout.",
         discussion: """
-        Built-in tasks: wikitext (perplexity), arc-easy and arc-challenge (lm-eval-harness recipe: acc, acc_norm),
-        sst2 (sentence-embedding classification with a head checkpoint), selfinstruct (greedy generation, Rouge-L),
-        and user tasks from JSONL files (docs/task-format.md). NAME:N evaluates the first N examples.
-        Models: a Hugging Face folder (single or sharded), a safetensors file or shard index with config.json beside
-        it, REV:path of a tracked checkpoint or REV:folder (config.json and tokenizer.json from the same folder of the
-        same revision), REV (its one tracked checkpoint or checkpoint folder), or a .gguf file.
+        Built-in tasks: wikitext (perplexity), arc-easy and arc-challenge
+        (lm-eval-harness recipe: acc, acc_norm), sst2 (sentence-embedding
+        classification with a head checkpoint), selfinstruct (greedy generation,
+        Rouge-L), and user tasks from JSONL files (docs/task-format.md). NAME:N
+        evaluates the first N examples. Models: a Hugging Face folder (single or
+        sharded), a safetensors file or shard index with config.json beside it,
+        REV:path of a tracked checkpoint or REV:folder (config.json and tokenizer.json
+        from the same folder of the same revision), REV (its one tracked checkpoint or
+        checkpoint folder), or a .gguf file.
         Examples:
           tessera eval main merged --task wikitext:20 --task arc-easy:50
-          tessera eval HEAD~1:model/model.safetensors HEAD:model/model.safetensors --task arc-easy:100 --chart arc.svg
+          tessera eval HEAD~1:model HEAD:model --task arc-easy:100 --chart arc.svg
           tessera eval minilm/ --task sst2 --json
         """
     )
@@ -97,10 +100,12 @@ struct ImportCommand: ParsableCommand {
         commandName: "import",
         abstract: "Write a Hugging Face model folder (model.safetensors, config.json, tokenizer.json, ...) from a GGUF file.",
         discussion: """
-        Quantised tensors are dequantised to float32; Llama Q/K rows are put back in Hugging Face's order, so the
-        folder evaluates exactly like the GGUF. generation_config.json and tokenizer_config.json (special tokens,
-        chat template) are written as transformers sets them up from a GGUF. The output folder must not exist or be
-        empty; it appears only once complete. Track the result with `tessera track`.
+        Quantised tensors are dequantised to float32; Llama Q/K rows are put back in
+        Hugging Face's order, so the folder evaluates exactly like the GGUF.
+        generation_config.json and tokenizer_config.json (special tokens, chat
+        template) are written as transformers sets them up from a GGUF. The output
+        folder must not exist or be empty; it appears only once complete. Track the
+        result with `tessera track`.
         Example:
           tessera import SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2
         """

@@ -9,8 +9,9 @@ struct FetchCommand: ParsableCommand {
         commandName: "fetch",
         abstract: "Download the objects that tracked files need, from a remote's Git LFS storage.",
         discussion: """
-        A checkout fetches what it needs by itself; use this to prefetch or to make history
-        available offline. `tessera pull` also replaces files left as manifests.
+        A checkout fetches what it needs by itself; use this to prefetch or to make
+        history available offline. `tessera pull` also replaces files left as
+        manifests.
         Examples:
           tessera fetch                  # objects for HEAD
           tessera fetch origin/main v2   # objects for these revisions

@@ -10,8 +10,9 @@ struct FsckCommand: ParsableCommand {
         commandName: "fsck",
         abstract: "Verify every object reachable from any ref, reflog, worktree or index (SHA-256 and decoded content).",
         discussion: """
-        Objects that a manifest names but the store lacks are reported as missing (fetch them with
-        `git tessera fetch --all`); objects whose bytes do not match their id are reported as corrupt.
+        Objects that a manifest names but the store lacks are reported as missing
+        (fetch them with `git tessera fetch --all`); objects whose bytes do not match
+        their id are reported as corrupt.
         Examples:
           tessera fsck
           tessera fsck --json
@@ -91,9 +92,9 @@ struct GcCommand: ParsableCommand {
         commandName: "gc",
         abstract: "Delete objects that nothing reaches (never a reachable one), and stale temporary files.",
         discussion: """
-        An object is kept if any ref, reflog entry (stashes too), worktree HEAD, index or the stat cache reaches it.
-        Unreachable objects younger than the grace period are kept too, so a `git add` running at the same time is
-        safe.
+        An object is kept if any ref, reflog entry (stashes too), worktree HEAD, index
+        or the stat cache reaches it. Unreachable objects younger than the grace
+        period are kept too, so a `git add` running at the same time is safe.
         Examples:
           tessera gc                 # grace period 1 hour
           tessera gc --prune now

@@ -9,10 +9,11 @@ struct InstallCommand: ParsableCommand {
         commandName: "install",
         abstract: "Configure git for Tessera's filter, diff and merge drivers, install its hooks, check files out.",
         discussion: """
-        Per repository by default; --global configures your user once, and every clone then works
-        (the filter installs the hooks the first time it runs in a repository). In a repository,
-        tracked files that a clone left as manifests are fetched and checked out (as `git lfs pull`).
-        Existing hooks are kept and chained; git-lfs's hooks keep working, in either order of install.
+        Per repository by default; --global configures your user once, and every clone
+        then works (the filter installs the hooks the first time it runs in a
+        repository). In a repository, tracked files that a clone left as manifests are
+        fetched and checked out (as `git lfs pull`). Existing hooks are kept and
+        chained; git-lfs's hooks keep working, in either order of install.
         Examples:
           tessera install && tessera track "*.safetensors"
           tessera install --global
@@ -74,8 +75,9 @@ struct TrackCommand: ParsableCommand {
         commandName: "track",
         abstract: "Track files matching a pattern with Tessera (writes .gitattributes).",
         discussion: """
-        With no pattern, lists the tracked patterns. Installs Tessera in the repository first if it is not yet, so
-        that a tracked pattern never commits raw files by accident.
+        With no pattern, lists the tracked patterns. Installs Tessera in the
+        repository first if it is not yet, so that a tracked pattern never commits raw
+        files by accident.
         Examples:
           tessera track "*.safetensors"
           tessera track "checkpoints/**"

@@ -10,15 +10,17 @@ struct LsCommand: ParsableCommand {
         commandName: "ls",
         abstract: "List the tensors of a checkpoint: a tracked file at any revision, or any file or folder.",
         discussion: """
-        A tracked file (`PATH` as staged, `REV:path`) is read from its manifest (no checkout), with each tensor's
-        object and encoding. Any other checkpoint is read directly, inside a repository or not: a safetensors file, a
-        Hugging Face folder (single, sharded, or a PEFT adapter), a shard index, `REV:folder`. Checkpoints written by
-        `tessera merge` or `tessera taskvec` also show how they were made (their provenance metadata).
+        A tracked file (`PATH` as staged, `REV:path`) is read from its manifest (no
+        checkout), with each tensor's object and encoding. Any other checkpoint is
+        read directly, inside a repository or not: a safetensors file, a Hugging Face
+        folder (single, sharded, or a PEFT adapter), a shard index, `REV:folder`.
+        Checkpoints written by `tessera merge` or `tessera taskvec` also show how they
+        were made (their provenance metadata).
         Examples:
-          tessera ls model.safetensors            # as staged in the index (or the file itself if untracked)
+          tessera ls model.safetensors       # as staged (or the file, untracked)
           tessera ls HEAD~2:model.safetensors
           tessera ls v1:model.safetensors --json
-          tessera ls ~/models/Llama-3.2-1B        # a Hugging Face folder, sharded or not
+          tessera ls ~/models/Llama-3.2-1B   # a Hugging Face folder, sharded or not
           tessera ls HEAD:merged                  # a folder at a revision
         """
     )

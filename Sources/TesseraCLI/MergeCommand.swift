@@ -29,17 +29,21 @@ struct MergeCommand: ParsableCommand {
         commandName: "merge",
         abstract: "Merge checkpoints (files or REV:path) with a merge method, or run a mergekit YAML config.",
         discussion: """
-        Methods (mergekit's semantics by default): linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs,
-        breadcrumbs_ties, slerp, fisher, ours, theirs, base. Inputs (models, --base, a config's model: and
-        base_model:) are safetensors files, Hugging Face folders (single, sharded or PEFT adapter), shard index files,
-        REV:path and REV:folder (read from the object store with no checkout). -o FILE.safetensors writes one file;
-        -o FOLDER writes a Hugging Face folder: the weights (sharded above --max-shard-size), the base model's config
-        and tokenizer files, and a model card. Nothing tessera did not write is replaced. The output records its
-        provenance (method, parameters, inputs and their tensor hashes) in its metadata: `tessera ls` shows it.
+        Methods (mergekit's semantics by default): linear, task_arithmetic, ties,
+        dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, slerp, fisher, ours,
+        theirs, base. Inputs (models, --base, a config's model: and base_model:) are
+        safetensors files, Hugging Face folders (single, sharded or PEFT adapter),
+        shard index files, REV:path and REV:folder (read from the object store with no
+        checkout). -o FILE.safetensors writes one file; -o FOLDER writes a Hugging
+        Face folder: the weights (sharded above --max-shard-size), the base model's
+        config and tokenizer files, and a model card. Nothing tessera did not write is
+        replaced. The output records its provenance (method, parameters, inputs and
+        their tensor hashes) in its metadata: `tessera ls` shows it.
         Examples:
           tessera merge --config merge.yml -o merged-model
-          tessera merge --method ties --base main:model.safetensors math:model.safetensors code:model.safetensors \\
-                        --weights 1,1 --param density=0.5 -o merged.safetensors
+          tessera merge --method ties --base main:model.safetensors \\
+                math:model.safetensors code:model.safetensors \\
+                --weights 1,1 --param density=0.5 -o merged.safetensors
           tessera merge --method linear models/a models/b --weights 0.3,0.7 -o avg/
         """
     )

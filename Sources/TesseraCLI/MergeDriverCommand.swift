@@ -80,9 +80,10 @@ struct ResolveCommand: ParsableCommand {
         commandName: "resolve",
         abstract: "Finish a conflicted merge of a checkpoint with a chosen merge method, and stage the result.",
         discussion: """
-        Reads the three versions git keeps for the conflicted file (merge base, ours, theirs), merges every tensor
-        changed on both sides with the method (the merge base as the base model), writes the file, `git add`s it and
-        removes the .base/.ours/.theirs/.conflict files. Then `git commit` as usual.
+        Reads the three versions git keeps for the conflicted file (merge base, ours,
+        theirs), merges every tensor changed on both sides with the method (the merge
+        base as the base model), writes the file, `git add`s it and removes the
+        .base/.ours/.theirs/.conflict files. Then `git commit` as usual.
         Examples:
           tessera resolve model.safetensors --method linear
           tessera resolve model.safetensors --method ties --param density=0.5

@@ -9,9 +9,10 @@ struct PullCommand: ParsableCommand {
         commandName: "pull",
         abstract: "Fetch what the checkout needs and replace tracked files left as manifests with their content.",
         discussion: """
-        A clone made before `tessera install` (or without the filter configured) holds manifests where
-        the checkpoints should be, and git sees nothing to repair. This is `git lfs pull` for Tessera;
-        `tessera install` does it too. Commits are not fetched; use `git pull` for them.
+        A clone made before `tessera install` (or without the filter configured) holds
+        manifests where the checkpoints should be, and git sees nothing to repair.
+        This is `git lfs pull` for Tessera; `tessera install` does it too. Commits are
+        not fetched; use `git pull` for them.
         Examples:
           tessera pull
           tessera pull upstream

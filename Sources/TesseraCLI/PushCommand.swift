@@ -9,12 +9,13 @@ struct PushCommand: ParsableCommand {
         commandName: "push",
         abstract: "Upload the objects that commits need to a remote's Git LFS storage (what the pre-push hook does).",
         discussion: """
-        `git push` runs this through the pre-push hook for the commits it sends. Run it to repair a
-        remote whose commits arrived without their tensors (a push from a clone without the hook):
-        every object the history names is offered, and the remote keeps the ones it lacks. Commits
-        are not pushed; use `git push` for them.
+        `git push` runs this through the pre-push hook for the commits it sends. Run
+        it to repair a remote whose commits arrived without their tensors (a push from
+        a clone without the hook): every object the history names is offered, and the
+        remote keeps the ones it lacks. Commits are not pushed; use `git push` for
+        them.
         Examples:
-          tessera push                 # objects of the current branch's history, to its remote
+          tessera push                 # the current branch's history, to its remote
           tessera push origin --all    # objects of every local branch and tag
           tessera push origin v2 main  # objects of these revisions
         """

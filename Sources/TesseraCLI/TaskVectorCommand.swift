@@ -8,22 +8,27 @@ struct TaskVectorCommand: ParsableCommand {
         commandName: "taskvec",
         abstract: "Task vectors: τ = θ_ft − θ_base between two revisions, and θ_base + Σ λ_i τ_i.",
         discussion: """
-        A task vector is a checkpoint (float32) of differences. Apply any mix of vectors: --add (λ = 1), --negate
-        (λ = −1), --vector SPEC=λ (any λ), and --finetuned FT=λ to take τ = FT − base on the fly. Analogies are sums:
-        τ_a − τ_b + τ_c. Negate with λ = −1 (a lone negative weight cancels under mergekit's normalisation).
+        A task vector is a checkpoint (float32) of differences. Apply any mix of
+        vectors: --add (λ = 1), --negate (λ = −1), --vector SPEC=λ (any λ), and
+        --finetuned FT=λ to take τ = FT − base on the fly. Analogies are sums:
+        τ_a − τ_b + τ_c. Negate with λ = −1 (a lone negative weight cancels under
+        mergekit's normalisation).
         Examples:
-          tessera taskvec compute --base v1:model.safetensors --finetuned toxic:model.safetensors -o tau_toxic.safetensors
-          tessera taskvec compute --base models/base --finetuned models/toxic -o tau_toxic/
-          tessera taskvec apply --base v1:model.safetensors --negate tau_toxic.safetensors -o detox.safetensors
-          tessera taskvec apply --base HEAD:model.safetensors --finetuned math:model.safetensors=0.7 \\
-                                --finetuned code:model.safetensors=0.3 -o multitask.safetensors
+          tessera taskvec compute --base v1:model.safetensors \\
+                --finetuned toxic:model.safetensors -o tau_toxic.safetensors
+          tessera taskvec compute --base models/base --finetuned models/toxic -o tau/
+          tessera taskvec apply --base v1:model.safetensors \\
+                --negate tau_toxic.safetensors -o detox.safetensors
+          tessera taskvec apply --base HEAD:model.safetensors \\
+                --finetuned math:model.safetensors=0.7 \\
+                --finetuned code:model.safetensors=0.3 -o multitask.safetensors
         """,
         subcommands: [Compute.self, Apply.self]
     )
 
     struct Compute: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "compute", abstract: "Write τ = θ_ft − θ_base as a checkpoint.",
-                                                        discussion: "Example:\n  tessera taskvec compute --base v1:m.safetensors --finetuned v2:m.safetensors -o tau.safetensors")
+                                                        discussion: "Example:\n  tessera taskvec compute --base v1:m.safetensors \\\n        --finetuned v2:m.safetensors -o tau.safetensors")
         @Option(help: "The base checkpoint (file, folder, REV:path or REV:folder).") var base: String
         @Option(help: "The fine-tuned checkpoint (file, folder, REV:path or REV:folder).") var finetuned: String
         @OptionGroup var outputOptions: CheckpointOutputOptions
@@ -56,7 +61,7 @@ struct TaskVectorCommand: ParsableCommand {
 
     struct Apply: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "apply", abstract: "Write θ_base + scale · Σ λ_i τ_i as a checkpoint.",
-                                                        discussion: "Example:\n  tessera taskvec apply --base v1:m.safetensors --negate tau.safetensors -o out.safetensors")
+                                                        discussion: "Example:\n  tessera taskvec apply --base v1:m.safetensors --negate tau.safetensors \\\n        -o out.safetensors")
         @Option(help: "The base checkpoint (file, folder, REV:path or REV:folder).") var base: String
         @Option(help: "A task vector to add (λ = 1).") var add: [String] = []
         @Option(help: "A task vector to subtract (λ = −1).") var negate: [String] = []

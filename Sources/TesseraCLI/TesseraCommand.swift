@@ -8,10 +8,10 @@ public struct TesseraCommand: ParsableCommand {
         abstract: "Version control for model weights, tensor by tensor, inside git.",
         discussion: """
         Quick start:
-          tessera install                      # once per repository (or --global once per user)
-          tessera track "*.safetensors"        # then plain git add / commit / checkout / push / clone
-          git diff                             # names each changed tensor with a numeric summary
-          tessera ls HEAD~1:model.safetensors  # tensors of a file at any revision
+          tessera install                     # per repository, or --global
+          tessera track "*.safetensors"       # then git add, commit, push
+          git diff                            # changed tensors, with numbers
+          tessera ls HEAD~1:model.safetensors # tensors at any revision
         Also reachable as `git tessera ...`.
         """,
         version: TesseraVersion.string,
@@ -34,6 +34,11 @@ public struct TesseraCommand: ParsableCommand {
             FileHandle.standardError.write(Data("tessera: \(error.description)\n".utf8))
             Foundation.exit(error.code == .usage ? 2 : 1)
         } catch {
+            // Usage errors exit 2 (as documented, and as TesseraError's usage code does), not ArgumentParser's 64.
+            if TesseraCommand.exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((TesseraCommand.fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
             exit(withError: error)
         }
     }

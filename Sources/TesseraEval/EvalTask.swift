@@ -127,7 +127,8 @@ public enum EvalRunner {
                            progress: (String, Int) -> ProgressReporter = { ProgressReporter(label: $0, total: $1) }) throws -> [EvalResult] {
         var results: [EvalResult] = []
         for task in prepared {
-            let reporter = progress(task.taskName, task.exampleCount)
+            // Two revisions evaluated one after the other must have bars that say which is which.
+            let reporter = progress("\(revision) \(task.taskName)", task.exampleCount)
             let metrics = try task.run(models: models, progress: reporter)
             reporter.finish()
             results += metrics.map {

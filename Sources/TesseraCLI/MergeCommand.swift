@@ -142,9 +142,13 @@ struct MergeCommand: ParsableCommand {
         let output = try OutputCheckpoint(options: outputOptions, target: target, reference: resolved[referenceInput.name],
                                           dtype: plan.outDType ?? plan.dtype,
                                           headerReserve: SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: metadataBytes))
-        let summary = try MergeDriver.run(plan, float32Sink: { name, values, shape in try output.append(name, float32: values, shape: shape) }) { name, tensor in
+        // A bar over the tensors on a terminal (a merge of a large model takes a while); quiet when piped.
+        let bar = ProgressReporter(label: "tessera: merging (\(plan.method))", total: shapes.count)
+        let summary = try MergeDriver.run(plan, float32Sink: { name, values, shape in try output.append(name, float32: values, shape: shape) },
+                                          progress: { done, _ in bar.update(completed: done) }) { name, tensor in
             try output.append(name, tensor)
         }
+        bar.finish()
         let meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: resolver.tensorHash)
         let ordered = ([plan.base?.name].compactMap { $0 } + plan.models.map(\.name)).compactMap { resolved[$0] }
         let written = try output.finish(metadata: meta, card: Self.card(plan: plan, metadata: meta, configYAML: configYAML, inputs: ordered))

@@ -101,6 +101,11 @@ public final class FilterProcess {
         try writer.drain()
     }
 
+    /// A bar for one large file (git's own progress counts files, not bytes), on a terminal only.
+    static func progress(_ verb: String, _ path: String, size: Int) -> ProgressReporter {
+        ProgressReporter(label: "tessera: \(verb) \(path)", total: size, unit: .bytes, enabled: isatty(2) != 0 && size >= 64 << 20)
+    }
+
     private func report(_ error: any Error, path: String) {
         let text = (error as? TesseraError)?.description ?? String(describing: error)
         let line = text.hasPrefix(path) ? text : "\(path): \(text)"
@@ -134,6 +139,8 @@ public final class FilterProcess {
             let cleaner = CheckpointCleaner(store: store, fileName: path, deltaBases: staged.deltaBases, stagedManifest: staged.manifest)
             var fast = FastHash()
             var length = 0
+            let bar = FilterProcess.progress("storing", path, size: before?.size ?? 0)
+            defer { bar.finish() }
             do {
                 while let p = try reader.next() {
                     guard case let .data(bytes) = p else { break }
@@ -142,6 +149,7 @@ public final class FilterProcess {
                     }
                     fast.update(bytes)
                     length += bytes.count
+                    bar.update(completed: length)
                 }
                 if failure == nil { manifest = try cleaner.finish() }
             } catch {
@@ -233,10 +241,15 @@ public final class FilterProcess {
             try writer.writeText("status=success")
             try writer.flushPacket()
             var fast = FastHash()
+            let bar = FilterProcess.progress("checking out", path, size: manifest.size)
+            defer { bar.finish() }
+            var written = 0
             do {
                 try store.reconstructConcurrently(manifest, file: path) { piece in
                     fast.update(piece)
                     try writer.writeData(piece)
+                    written += piece.count
+                    bar.update(completed: written)
                 }
             } catch {
                 report(error, path: path)

@@ -19,14 +19,17 @@ public enum MergeDriver {
     /// base's, else the first model's). With `float32Sink`, results whose output dtype is F32 go there as floats
     /// instead, with no encoding copy (a file writer takes them straight from float storage).
     @discardableResult
+    /// `progress`, when given, is told the number of tensors done and the total after each tensor.
     public static func run(_ plan: MergePlan, float32Sink: ((_ name: String, _ values: [Float], _ shape: [Int]) throws -> Void)? = nil,
+                           progress: ((_ done: Int, _ total: Int) -> Void)? = nil,
                            sink: (_ name: String, _ tensor: RawTensor) throws -> Void) throws -> MergeSummary {
         let type = try MergeRegistry.method(named: plan.method)
         let job = try MergeJob(plan: plan, type: type)
         var method = type.init()
         try method.prepare(MergePreparation(tensorNames: job.floatTensorNames, loadInput: { try job.loadInput($0) }))
         var parameterCount = 0
-        for name in job.names {
+        for (done, name) in job.names.enumerated() {
+            defer { progress?(done + 1, job.names.count) }
             if let passthrough = try job.nonFloatPassthrough(name) {
                 try sink(name, passthrough)
                 continue

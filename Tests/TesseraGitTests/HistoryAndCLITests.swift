@@ -81,6 +81,29 @@ import TesseraCLI
         #expect(try s.run("\"$T\" ls plain.safetensors").stdout.contains("layers.0.weight"))
     }
 
+    /// Long work draws a bar with rate and ETA on a terminal, and nothing when its output is piped.
+    @Test func progressOnATerminalOnly() throws {
+        let s = try Sandbox()
+        let repo = try s.makeRepository()
+        // 72 MB: over the filter's threshold for a per-file bar.
+        var big = TestCheckpoint()
+        for i in 0..<3 { big.add("w\(i)", shape: [2048, 3072], seed: UInt64(i + 1)) }
+        try big.write(to: s.path("repo/big.safetensors"))
+        try smallModel(layers: 2).write(to: s.path("repo/a.safetensors"))
+        try smallModel(layers: 2, seedOffset: 5).write(to: s.path("repo/b.safetensors"))
+        // `script` gives the command a terminal (a pseudo-terminal), as a user's shell would.
+        let add = try s.run("script -qec 'git add big.safetensors' /dev/null", in: repo).stdout
+        #expect(add.contains("tessera: storing big.safetensors [") && add.contains("ETA"), "\(add)")
+        let merge = try s.run("script -qec '\"$T\" merge --method linear a.safetensors b.safetensors -o m.safetensors' /dev/null", in: repo).stdout
+        #expect(merge.contains("tessera: merging (linear) [") && merge.contains("ETA"), "\(merge)")
+        // Piped: only the result line.
+        let piped = try s.run("\"$T\" merge --method linear a.safetensors b.safetensors -o m2.safetensors", in: repo)
+        #expect(!piped.stderr.contains("ETA") && !piped.stdout.contains("ETA"))
+        try s.run("git commit -qm big && rm big.safetensors", in: repo)
+        let checkout = try s.run("script -qec 'git checkout -- big.safetensors' /dev/null", in: repo).stdout
+        #expect(checkout.contains("tessera: checking out big.safetensors ["), "\(checkout)")
+    }
+
     /// Every command's help reads whole at 80 columns: no example broken in the middle of an argument.
     @Test func helpFitsEightyColumns() throws {
         func all(_ command: any ParsableCommand.Type) -> [any ParsableCommand.Type] {

@@ -239,12 +239,13 @@ public struct LayerPositions: Sendable {
         return nil
     }
 
+    /// A tensor's position t ∈ [0, 1] for gradients: layer index / (layers − 1) inside the layers; 0 outside them,
+    /// for the weights before the layers (embeddings) and, as mergekit 0.1.5 evaluates them, after (final norm,
+    /// lm_head: mergekit's planner reads them with the module's t = 0 since its commit fd5eb19; before, it used 1).
     public func position(_ name: String) -> Double {
         if let i = LayerPositions.layerIndex(name) {
             return layerCount > 1 ? Double(i) / Double(layerCount - 1) : 0
         }
-        let lower = name.lowercased()
-        if lower.contains("embed") || lower.contains("wte") || lower.contains("wpe") || lower.contains("tok_") { return 0 }
-        return 1
+        return 0
     }
 }

@@ -18,11 +18,6 @@ import Testing
         "ties.yml": ("merged", nil),
     ]
 
-    /// mergekit 0.1.5 interpolates a gradient at position 0 for the weights after the last layer (final norm and
-    /// lm_head), since its commit fd5eb19 (March 2025); before, and in tessera, they take the gradient's last value.
-    /// Only ties.yml has gradients; these tensors are compared there only for shape and dtype.
-    static let gradientPostWeights: Set<String> = ["model.norm.weight", "lm_head.weight"]
-
     @Test func theFixturesListEveryExample() throws {
         let configs = Checkpoints.list(Self.fixtures + "/examples")
         #expect(Set(configs) == Set(Self.outcomes.keys))
@@ -63,7 +58,6 @@ import Testing
         for (name, e) in expected {
             let g = try #require(got[name])
             #expect(g.dtype == e.dtype && g.shape == e.shape, "\(name)")
-            if stem == "ties" && Self.gradientPostWeights.contains(name) { continue }
             let x = Checkpoints.values(g), y = Checkpoints.values(e)
             let far = zip(x, y).filter { abs($0 - $1) > Checkpoints.halfULP($1) * 1.0001 }.count
             let allowed = stem == "linear" ? 0 : y.count / 10
@@ -88,7 +82,6 @@ import Testing
         for (name, e) in expected {
             let g = try #require(got[name])
             #expect(g.dtype == "F32" && e.dtype == "F32" && g.shape == e.shape, "\(name)")
-            if stem == "ties" && Self.gradientPostWeights.contains(name) { continue }
             let x = Checkpoints.values(g), y = Checkpoints.values(e)
             let scale = max(y.map(abs).max() ?? 0, 1e-12)
             let far = zip(x, y).filter { abs($0 - $1) > 1e-6 * scale }.count

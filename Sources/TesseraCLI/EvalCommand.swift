@@ -94,10 +94,12 @@ struct EvalCommand: ParsableCommand {
 struct ImportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import",
-        abstract: "Write a Hugging Face model folder (model.safetensors, config.json, tokenizer.json) from a GGUF file.",
+        abstract: "Write a Hugging Face model folder (model.safetensors, config.json, tokenizer.json, ...) from a GGUF file.",
         discussion: """
         Quantised tensors are dequantised to float32; Llama Q/K rows are put back in Hugging Face's order, so the
-        folder evaluates exactly like the GGUF. Track the result with `tessera track`.
+        folder evaluates exactly like the GGUF. generation_config.json and tokenizer_config.json (special tokens,
+        chat template) are written as transformers sets them up from a GGUF. The output folder must not exist or be
+        empty; it appears only once complete. Track the result with `tessera track`.
         Example:
           tessera import SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2
         """
@@ -108,7 +110,7 @@ struct ImportCommand: ParsableCommand {
 
     func run() throws {
         let file = try GGUFFile(path: gguf)
-        try GGUFImport.writeHuggingFaceDirectory(from: file, to: output)
-        print("wrote \(output)/model.safetensors, config.json, tokenizer.json")
+        let written = try GGUFImport.writeHuggingFaceDirectory(from: file, to: output)
+        print("wrote \(output): \(written.joined(separator: ", "))")
     }
 }

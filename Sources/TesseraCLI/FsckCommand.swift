@@ -26,18 +26,42 @@ struct FsckCommand: ParsableCommand {
     func run() throws {
         let context = try RepositoryContext(directory: options.directory)
         let reach = try Reachability(context: context)
+        // What the manifests say each object holds (its raw length and value), checked against the object itself:
+        // an object can be intact and still not be what a manifest claims (a hostile or damaged manifest).
+        var expected: [String: (length: Int, raw: String)] = [:]
+        var inconsistent: [(String, String)] = []
+        for (origin, m) in reach.manifests {
+            for segment in m.segments {
+                guard let st = segment.stored else { continue }
+                let claim = (segment.end - segment.begin, st.rawSHA256)
+                if let known = expected[st.objectID], known != claim {
+                    inconsistent.append((st.objectID, "\(origin) names it for \(claim.0) bytes of value \(claim.1.prefix(12)), another manifest for \(known.length) bytes of value \(known.raw.prefix(12))"))
+                } else {
+                    expected[st.objectID] = claim
+                }
+            }
+        }
         var ids = reach.objectIDs
         if unreachable { ids.formUnion(context.store.allObjectIDs()) }
         let sorted = ids.sorted()
         var missing: [String] = []
-        var corrupt: [(String, String)] = []
+        var corrupt: [(String, String)] = inconsistent
         let progress = ProgressReporter(label: "verifying objects", total: sorted.count)
         let decoder = ObjectDecoder()
         for id in sorted {
-            if !context.store.contains(id) {
+            switch context.store.presence(id) {
+            case .missing:
                 missing.append(id)
-            } else {
-                do { try context.store.verify(id, decoder: decoder) } catch { corrupt.append((id, "\(error)")) }
+            case let .unreadable(why):
+                corrupt.append((id, "cannot be read: \(why)"))
+            case .present:
+                do {
+                    try context.store.verify(id, expectedLength: expected[id]?.length, expectedRawSHA256: expected[id]?.raw, decoder: decoder)
+                } catch let e as TesseraError {
+                    corrupt.append((id, e.message))
+                } catch {
+                    corrupt.append((id, "\(error)"))
+                }
             }
             progress.advance()
         }
@@ -53,11 +77,11 @@ struct FsckCommand: ParsableCommand {
             for id in missing { print("missing \(id)") }
             for (id, why) in corrupt { print("corrupt \(id): \(why)") }
             print("checked \(sorted.count - notFetched.count) object(s) from \(reach.manifests.count) manifest(s): \(missing.count) missing, \(corrupt.count) corrupt"
-                  + (notFetched.isEmpty ? "" : "; \(notFetched.count) of the remote's history not fetched (`git tessera fetch --all` brings them)"))
+                  + (notFetched.isEmpty ? "" : "; \(notFetched.count) of the remote's history not fetched (`tessera fetch --all` brings them)"))
         }
         if !corrupt.isEmpty || !missing.isEmpty {
             throw TesseraError(.objectCorrupt, "the object store has problems (\(missing.count) missing, \(corrupt.count) corrupt)",
-                               hint: "fetch missing objects with `git tessera fetch --all`; delete corrupt ones from .git/tessera/objects and fetch them again")
+                               hint: "fetch missing objects with `tessera fetch --all`; delete corrupt ones from .git/tessera/objects and fetch them again")
         }
     }
 }
@@ -88,6 +112,13 @@ struct GcCommand: ParsableCommand {
     func run() throws {
         let grace = try Self.parseDuration(prune)
         let context = try RepositoryContext(directory: options.directory)
+        // Wait for running git commands that write to the store (their new objects are not reachable yet).
+        var lock = try StoreLock(store: context.store, mode: .exclusive, wait: false)
+        if lock == nil {
+            FileHandle.standardError.write(Data("tessera gc: waiting for the git commands using the object store to finish\n".utf8))
+            lock = try StoreLock(store: context.store, mode: .exclusive)
+        }
+        defer { withExtendedLifetime(lock) {} }
         let reachable = try Reachability(context: context).objectIDs
         let now = Date().timeIntervalSince1970
         var deleted = 0

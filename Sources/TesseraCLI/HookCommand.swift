@@ -58,10 +58,27 @@ struct HookCommand: ParsableCommand {
         let r = try Subprocess.run(["git", "diff", "--cached", "--name-only", "-z", "--diff-filter=AM"], directory: context.repository.workdir)
         let paths = r.stdout.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         var raw: [String] = []
+        var dangling: [String] = []
         for path in paths where context.repository.attribute("filter", path: path) == "tessera" {
-            if let bytes = try? context.repository.blob(":" + path), !Manifest.looksLikeManifest(bytes), bytes.count > 1 << 20 {
-                raw.append("\(path) (\(humanBytes(bytes.count)))")
+            guard let bytes = try? context.repository.blob(":" + path) else { continue }
+            if !Manifest.looksLikeManifest(bytes) {
+                if bytes.count > 1 << 20 { raw.append("\(path) (\(humanBytes(bytes.count)))") }
+                continue
             }
+            // A manifest staged without the filter (`git update-index`, a script) must name objects this repository
+            // has; a commit of one that does not would be a checkpoint nobody can check out. The manifest of HEAD
+            // itself may lack local objects (a clone that has not fetched them): the remote has those.
+            if let head = try? context.repository.blob("HEAD:" + path), head == bytes { continue }
+            if let m = try? Manifest.parse(String(decoding: bytes, as: UTF8.self), file: path) {
+                let absent = m.objectIDs.filter { !context.store.contains($0) }
+                if !absent.isEmpty { dangling.append("\(path) (\(absent.count) of \(m.objectIDs.count) objects, e.g. \(absent[0].prefix(12)))") }
+            } else {
+                dangling.append("\(path) (not a valid manifest)")
+            }
+        }
+        if !dangling.isEmpty {
+            throw TesseraError(.objectMissing, "staged manifest of \(dangling.joined(separator: ", ")) names objects that are not in this repository's store",
+                               hint: "`git add` the real file again (the filter stores its tensors), or fetch the objects first (`tessera fetch`)")
         }
         if !raw.isEmpty {
             throw TesseraError(.usage, "\(raw.joined(separator: ", ")) is tracked by tessera in .gitattributes but was staged as a raw file, because the tessera filter is not configured here",
@@ -101,14 +118,30 @@ struct FetchCommand: ParsableCommand {
         if all {
             commits = try context.repository.commits(reachableFrom: [], globs: ["refs/*"]) + (context.repository.resolveCommit("HEAD").map { [$0] } ?? [])
         } else {
-            commits = (revisions.isEmpty ? ["HEAD"] : revisions).compactMap { context.repository.resolveCommit($0) }
+            commits = try (revisions.isEmpty ? ["HEAD"] : revisions).map { rev in
+                guard let c = context.repository.resolveCommit(rev) else {
+                    throw TesseraError(.notFound, "\(rev) is not a revision of this repository", hint: "name a branch, tag or commit (`git log --oneline` lists them)")
+                }
+                return c
+            }
         }
         var objects: [(id: String, size: Int)] = []
+        var unreadable: [(String, String)] = []
         var seen = Set<String>()
         for (_, m) in try context.repository.manifests(inCommits: commits) {
-            for o in m.objects where seen.insert(o.id).inserted && !context.store.contains(o.id) { objects.append(o) }
+            for o in m.objects where seen.insert(o.id).inserted {
+                switch context.store.presence(o.id) {
+                case .present: break
+                case .missing: objects.append(o)
+                case let .unreadable(why): unreadable.append((o.id, why))
+                }
+            }
         }
-        if objects.isEmpty { print("all objects are present"); return }
+        if let (id, why) = unreadable.first {
+            throw TesseraError(.io, "\(unreadable.count) object(s) are in the store but cannot be read (object \(id.prefix(12)): \(why))",
+                               hint: "fix the permissions of .git/tessera/objects, or delete the unreadable objects and run `tessera fetch` again")
+        }
+        if objects.isEmpty { print("all \(seen.count) object(s) are present"); return }
         try LFSTransport(repository: context.repository, store: context.store).fetch(objects, remote: remote)
         print("fetched \(objects.count) object(s)")
     }

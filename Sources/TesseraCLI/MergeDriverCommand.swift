@@ -21,6 +21,8 @@ struct MergeDriverCommand: ParsableCommand {
 
     func run() throws {
         let context = try RepositoryContext(directory: ".")
+        let lock = try StoreLock(store: context.store, mode: .shared)  // merged tensors are unreachable until git records the result
+        defer { withExtendedLifetime(lock) {} }
         let worktree = (try? context.worktree) ?? "."
         func manifest(_ file: String, label: String, optional: Bool) throws -> Manifest? {
             let bytes = (try? FileSystem.readFile(file)) ?? []
@@ -104,6 +106,8 @@ struct ResolveCommand: ParsableCommand {
 
     func run() throws {
         let context = try RepositoryContext(directory: directory)
+        let lock = try StoreLock(store: context.store, mode: .shared)  // merged tensors are unreachable until `git add`
+        defer { withExtendedLifetime(lock) {} }
         let worktree = try context.worktree
         let relative = try context.relativePath(path)
         func stage(_ n: Int) -> Manifest? {

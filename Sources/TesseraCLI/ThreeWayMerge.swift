@@ -30,8 +30,21 @@ struct MergeRules {
         var out = MergeRules()
         if let overrides { out.rules.append(overrides) }
         let path = worktree + "/" + file
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return out }
+        // The file comes with the repository: it may be a symlink to a device or a huge file. Only a regular file
+        // of reasonable size is read.
+        var st = stat()
+        guard stat(path, &st) == 0 else { return out }
+        guard (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= 1 << 20 else {
+            throw TesseraError(.invalidParameter, "\(file): not a regular file of at most 1 MiB", hint: "see docs/merging.md for the format")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else { return out }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw TesseraError(.invalidParameter, "\(file): not UTF-8 text", hint: "see docs/merging.md for the format")
+        }
         let yaml: Any?
+        // Nesting and alias expansion are bounded before Yams builds the values (a "billion laughs" file would
+        // otherwise expand without limit).
+        _ = try YAMLDocument.compose(text, file: file)
         do { yaml = try Yams.load(yaml: text) } catch {
             throw TesseraError(.invalidParameter, "\(file): invalid YAML", hint: "fix the file (see docs/merging.md)", underlying: error)
         }

@@ -42,6 +42,15 @@ public indirect enum JSONValue: Equatable, Sendable {
     }
 }
 
+/// A name compared and hashed by its UTF-8 bytes. Swift's `String` equality is Unicode canonical equivalence, so
+/// "café" written precomposed and decomposed would be one dictionary key; checkpoints may hold both as two tensors,
+/// so every map from tensor names is keyed by this.
+public struct ExactName: Hashable, Sendable {
+    public let utf8: [UInt8]
+    public init(_ name: String) { utf8 = Array(name.utf8) }
+    public var string: String { String(decoding: utf8, as: UTF8.self) }
+}
+
 public struct JSONError: Error, CustomStringConvertible, Sendable {
     public let offset: Int
     public let message: String
@@ -106,7 +115,9 @@ public struct JSONParser {
         guard depth <= Self.maxDepth else { throw fail("nested too deeply") }
         i += 1
         var pairs: [(String, JSONValue)] = []
-        var seen = Set<String>()
+        // Keys are compared byte for byte: "café" precomposed and decomposed are two keys (as in Rust's and Python's
+        // JSON readers, which the safetensors library uses), where Swift's String equality would call them one.
+        var seen = Set<ExactName>()
         skipSpace()
         if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return .object(pairs) }
         while true {
@@ -114,7 +125,7 @@ public struct JSONParser {
             guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
             let keyOffset = i
             let key = try parseString()
-            if rejectDuplicateKeys, !seen.insert(key).inserted {
+            if rejectDuplicateKeys, !seen.insert(ExactName(key)).inserted {
                 throw JSONError(offset: keyOffset, message: "duplicate key \"\(key)\"")
             }
             skipSpace()

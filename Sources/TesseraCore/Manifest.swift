@@ -102,10 +102,8 @@ public struct Manifest: Equatable, Sendable {
 
     /// Delta encodings name their base object and its size: "xor+bg4+zstd@<object id>:<object size>".
     public static func baseObjects(encoding: String) -> [(id: String, size: Int)] {
-        guard let at = encoding.firstIndex(of: "@") else { return [] }
-        let ref = encoding[encoding.index(after: at)...].split(separator: ":")
-        guard ref.count == 2, let size = Int(ref[1]) else { return [] }
-        return [(String(ref[0]), size)]
+        guard let e = try? ManifestEncoding(encoding), let base = e.base else { return [] }
+        return [base]
     }
 
     public var tensors: [(name: String, dtype: DType, shape: [Int], begin: Int, end: Int, stored: Stored)] {
@@ -175,6 +173,7 @@ public struct Manifest: Equatable, Sendable {
                 guard f.count == at + 4, isHex64(f[at + 1]), isHex64(f[at + 2]), let size = Int(f[at + 3]), size >= 0 else {
                     throw bad(n, "invalid object reference")
                 }
+                do { _ = try ManifestEncoding(f[at]) } catch let e as TesseraError { throw bad(n, e.message) }
                 return Stored(encoding: f[at], rawSHA256: f[at + 1], objectID: f[at + 2], objectSize: size)
             }
             func range(_ a: Int) throws -> (Int, Int) {
@@ -213,6 +212,9 @@ public struct Manifest: Equatable, Sendable {
                     shape.append(d)
                 }
                 let (b, e) = try range(4)
+                guard let count = elementCount(shape), let bytes = dtype.byteCount(elements: count), bytes == e - b else {
+                    throw bad(n, "tensor '\(name)' is \(dtype.rawValue) \(shape) but spans \(e - b) bytes")
+                }
                 segments.append(.tensor(name: name, dtype: dtype, shape: shape, begin: b, end: e, try stored(6)))
             default:
                 throw bad(n, "unknown line kind '\(kind)'")
@@ -255,6 +257,47 @@ public struct Manifest: Equatable, Sendable {
             }
         }
         return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// The encoding field of a manifest line: `raw`, `zstd`, `bgW+zstd`, or `xor+bgW+zstd@BASE:SIZE` where BASE is the
+/// delta base's object id (64 hex digits) and SIZE its object size. Parsed strictly: the base id becomes a path in
+/// the store, so nothing but a well-formed id may come out of it.
+public struct ManifestEncoding: Equatable, Sendable {
+    public enum Kind: Equatable, Sendable { case raw, zstd, byteGrouped, xorByteGrouped }
+    public var kind: Kind
+    public var width: Int
+    public var base: (id: String, size: Int)?
+
+    public static func == (a: ManifestEncoding, b: ManifestEncoding) -> Bool {
+        a.kind == b.kind && a.width == b.width && a.base?.id == b.base?.id && a.base?.size == b.base?.size
+    }
+
+    public init<S: StringProtocol>(_ text: S) throws {
+        func bad() -> TesseraError {
+            TesseraError(.invalidManifest, "unknown encoding \(String(reflecting: String(text.prefix(160))))",
+                         hint: "the manifest was damaged, or written by a newer tessera (upgrade)")
+        }
+        let s = String(text)
+        if s == "raw" { kind = .raw; width = 1; base = nil; return }
+        if s == "zstd" { kind = .zstd; width = 1; base = nil; return }
+        var rest = Substring(s)
+        var delta: (String, Int)? = nil
+        if rest.hasPrefix("xor+") {
+            guard let at = rest.firstIndex(of: "@") else { throw bad() }
+            let ref = rest[rest.index(after: at)...].split(separator: ":", omittingEmptySubsequences: false)
+            guard ref.count == 2, isHex64(String(ref[0])), let size = Int(ref[1]), size >= 0,
+                  ref[1].utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { throw bad() }
+            delta = (String(ref[0]), size)
+            rest = rest[rest.index(rest.startIndex, offsetBy: 4)..<at]
+        }
+        guard rest.hasPrefix("bg"), rest.hasSuffix("+zstd") else { throw bad() }
+        let digits = rest.dropFirst(2).dropLast(5)
+        guard !digits.isEmpty, digits.count <= 2, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+              let w = Int(digits), w >= 1, w <= 16 else { throw bad() }
+        kind = delta == nil ? .byteGrouped : .xorByteGrouped
+        width = w
+        base = delta
     }
 }
 

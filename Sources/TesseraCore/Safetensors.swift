@@ -25,6 +25,8 @@ public struct SafetensorsLayout: Sendable {
 
     /// The largest header Tessera accepts (the Rust reference implementation's limit is 100 MB).
     public static let maxHeaderLength = 100_000_000
+    /// The largest data offset accepted (2^48 bytes), so that offsets plus the header never overflow.
+    public static let maximumOffset = 1 << 48
 
     /// Whether a file's first bytes look like safetensors: a plausible header length followed by '{'.
     /// Used for format detection; a file that looks like safetensors but is malformed is an error, not an opaque blob.
@@ -113,6 +115,11 @@ public struct SafetensorsLayout: Sendable {
             guard let offsets = value["data_offsets"]?.arrayValue, offsets.count == 2,
                   let begin = offsets[0].intValue, let end = offsets[1].intValue else {
                 throw TesseraError(.invalidCheckpoint, "\(file): tensor '\(name)' has invalid data_offsets", hint: "the header is corrupt")
+            }
+            // Offsets beyond any real file are refused before any arithmetic on them (2^48 bytes = 256 TB).
+            guard begin <= SafetensorsLayout.maximumOffset, end <= SafetensorsLayout.maximumOffset else {
+                throw TesseraError(.invalidCheckpoint, "\(file): tensor '\(name)' has data_offsets [\(begin), \(end)] beyond any real file",
+                                   hint: "the header is corrupt")
             }
             guard begin >= 0, end >= begin else {
                 throw TesseraError(.invalidCheckpoint, "\(file): tensor '\(name)' has data_offsets [\(begin), \(end)] that end before they begin",

@@ -71,6 +71,7 @@ public final class SafetensorsFile: @unchecked Sendable {
     public let path: String
     public let layout: SafetensorsLayout
     private let data: Data
+    private let index: [ExactName: Int]
 
     public init(path: String) throws {
         self.path = path
@@ -81,12 +82,15 @@ public final class SafetensorsFile: @unchecked Sendable {
         }
         let n = try SafetensorsLayout.headerLength(prefix: Array(data.prefix(8)), fileSize: data.count, file: path)
         layout = try SafetensorsLayout.parse(headerBytes: Array(data.prefix(8 + n)), fileSize: data.count, file: path)
+        var index: [ExactName: Int] = [:]
+        for (k, t) in layout.tensors.enumerated() { index[ExactName(t.name)] = k }
+        self.index = index
     }
 
     /// Tensor names in file (data-offset) order.
     public var tensorNames: [String] { layout.tensors.map(\.name) }
 
-    public func info(_ name: String) -> SafetensorsTensor? { layout.tensors.first { $0.name == name } }
+    public func info(_ name: String) -> SafetensorsTensor? { index[ExactName(name)].map { layout.tensors[$0] } }
 
     public func tensor(_ name: String) throws -> RawTensor {
         guard let t = info(name) else {

@@ -20,6 +20,7 @@ public struct TesseraError: Error, CustomStringConvertible, Sendable {
         public static let invalidParameter = Code("invalid-parameter")
         public static let notFound = Code("not-found")
         public static let conflict = Code("conflict")
+        public static let outOfMemory = Code("out-of-memory")
     }
 
     public let code: Code

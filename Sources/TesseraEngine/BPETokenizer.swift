@@ -71,6 +71,7 @@ public final class BPETokenizer: TextTokenizer, @unchecked Sendable {
     private let cacheLock = NSLock()
     private var cache: [[UInt8]: [Int32]] = [:]
     private static let cacheCapacity = 100_000
+    static let maxTokenID = 1 << 24
     private static let cachedWordMaxBytes = 64
 
     struct Merge {
@@ -104,9 +105,14 @@ public final class BPETokenizer: TextTokenizer, @unchecked Sendable {
             vocab[token] = id
             maxID = max(maxID, id)
         }
-        for token in addedTokens { maxID = max(maxID, token.id) }
-        guard maxID < Int(Int32.max) else {
-            throw TesseraError(.invalidCheckpoint, "\(source): token id \(maxID) is too large")
+        for token in addedTokens {
+            guard token.id >= 0 else { throw TesseraError(.invalidCheckpoint, "\(source): added token \(token.content) has negative id \(token.id)") }
+            maxID = max(maxID, token.id)
+        }
+        // Tables are indexed by id, so the largest id sizes them: bound it far above any real vocabulary.
+        guard maxID < Self.maxTokenID else {
+            throw TesseraError(.invalidCheckpoint, "\(source): token id \(maxID) is too large (at most \(Self.maxTokenID - 1))",
+                               hint: "the tokenizer file is corrupt")
         }
         var strings = [String?](repeating: nil, count: maxID + 1)
         for (token, id) in vocab { strings[id] = token }

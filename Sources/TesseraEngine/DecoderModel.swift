@@ -172,38 +172,51 @@ extension DecoderArchitecture {
         }
         let state = makeState(capacity: 64)
         let vocab = vocabularySize
+        // Continuations sharing a context run together, but at most a context's worth of tokens per pass: logits
+        // and attention scratch grow with the tokens of one pass, so an unbounded group (a long repetitive text
+        // whose windows all start with the same token) would need memory in proportion to the whole text.
+        let batchTokens = max(1, maxSequenceLength)
         for context in order {
             let members = groups[context]!
             state.length = 0
             let contextLogits = try forward(context, state: state, logitRows: [context.count - 1])
-            // All continuations (without their last tokens) in one pass, each seeing the context and itself.
-            var inputs: [Int] = [], segments: [Int] = [], firstRow: [Int: Int] = [:]
-            for i in members where requests[i].continuation.count > 1 {
-                firstRow[i] = inputs.count
-                inputs += requests[i].continuation.dropLast()
-                segments.append(requests[i].continuation.count - 1)
-            }
-            var logits: [Float] = []
-            if !inputs.isEmpty {
-                state.reserve(context.count + inputs.count)
-                logits = try forward(inputs, state: state, logitRows: Array(0..<inputs.count), segments: segments)
-                state.length = context.count
-            }
-            for i in members {
-                let continuation = requests[i].continuation
-                guard !continuation.isEmpty else { continue }
-                var scores = [Float](repeating: 0, count: continuation.count)
+            for i in members where !requests[i].continuation.isEmpty {
+                var scores = [Float](repeating: 0, count: requests[i].continuation.count)
                 scores[0] = contextLogits.withUnsafeBufferPointer {
-                    DecoderKernels.logProbability($0.baseAddress!, count: vocab, at: continuation[0])
+                    DecoderKernels.logProbability($0.baseAddress!, count: vocab, at: requests[i].continuation[0])
                 }
-                if let row = firstRow[i] {
-                    logits.withUnsafeBufferPointer { l in
+                results[i] = scores
+            }
+            var batches: [[Int]] = []
+            var batchSize = 0
+            for i in members where requests[i].continuation.count > 1 {
+                let n = requests[i].continuation.count - 1
+                if batches.isEmpty || batchSize + n > batchTokens {
+                    batches.append([])
+                    batchSize = 0
+                }
+                batches[batches.count - 1].append(i)
+                batchSize += n
+            }
+            for batch in batches {
+                // The batch's continuations (without their last tokens) in one pass, each seeing the context and itself.
+                var inputs: [Int] = [], segments: [Int] = [], firstRow: [Int] = []
+                for i in batch {
+                    firstRow.append(inputs.count)
+                    inputs += requests[i].continuation.dropLast()
+                    segments.append(requests[i].continuation.count - 1)
+                }
+                state.reserve(context.count + inputs.count)
+                let logits = try forward(inputs, state: state, logitRows: Array(0..<inputs.count), segments: segments)
+                state.length = context.count
+                logits.withUnsafeBufferPointer { l in
+                    for (k, i) in batch.enumerated() {
+                        let continuation = requests[i].continuation
                         for j in 1..<continuation.count {
-                            scores[j] = DecoderKernels.logProbability(l.baseAddress! + (row + j - 1) * vocab, count: vocab, at: continuation[j])
+                            results[i][j] = DecoderKernels.logProbability(l.baseAddress! + (firstRow[k] + j - 1) * vocab, count: vocab, at: continuation[j])
                         }
                     }
                 }
-                results[i] = scores
             }
         }
         return results

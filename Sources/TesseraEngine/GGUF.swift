@@ -2,7 +2,7 @@ import Foundation
 import TesseraCore
 
 /// A GGUF metadata value (GGUF v2/v3 value types).
-public indirect enum GGUFValue: Sendable, Equatable, CustomStringConvertible {
+public enum GGUFValue: Sendable, Equatable, CustomStringConvertible {
     case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
     case uint64(UInt64), int64(Int64), float32(Float), float64(Double), bool(Bool), string(String)
     case array([GGUFValue])
@@ -30,6 +30,25 @@ public indirect enum GGUFValue: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var stringValue: String? { if case let .string(s) = self { return s }; return nil }
+
+    /// The GGUF name of the value's type, for messages.
+    public var typeName: String {
+        switch self {
+        case .uint8: return "uint8"
+        case .int8: return "int8"
+        case .uint16: return "uint16"
+        case .int16: return "int16"
+        case .uint32: return "uint32"
+        case .int32: return "int32"
+        case .uint64: return "uint64"
+        case .int64: return "int64"
+        case .float32: return "float32"
+        case .float64: return "float64"
+        case .bool: return "bool"
+        case .string: return "string"
+        case .array: return "array"
+        }
+    }
     public var arrayValue: [GGUFValue]? { if case let .array(a) = self { return a }; return nil }
     public var boolValue: Bool? { if case let .bool(b) = self { return b }; return nil }
 
@@ -66,21 +85,52 @@ public struct GGMLType: Hashable, Sendable, CustomStringConvertible {
         0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
         11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS",
         19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32",
-        27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0",
+        27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
     ]
     public var description: String { Self.names[rawValue] ?? "type \(rawValue)" }
 
-    /// (elements per block, bytes per block) for the types this reader can dequantise.
-    var supportedBlock: (elements: Int, bytes: Int)? {
+    /// (elements per block, bytes per block) of every type a GGUF file may hold (ggml's type traits), so that the
+    /// layout of tensors the engine cannot dequantise is checked too. Removed types (4, 5, 31-33, 36-38) have none.
+    var block: (elements: Int, bytes: Int)? {
         switch rawValue {
         case 0: return (1, 4)
         case 1, 30: return (1, 2)
         case 2: return (32, 18)     // f16 d, 16 bytes of nibbles
         case 3: return (32, 20)     // f16 d, f16 m, 16 bytes of nibbles
         case 6: return (32, 22)     // f16 d, 4 bytes of high bits, 16 bytes of nibbles
+        case 7: return (32, 24)
         case 8: return (32, 34)     // f16 d, 32 int8
+        case 9: return (32, 36)
+        case 10: return (256, 84)
+        case 11: return (256, 110)
         case 12: return (256, 144)  // f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles
+        case 13: return (256, 176)
         case 14: return (256, 210)  // 128 bytes low nibbles, 64 bytes high 2-bits, 16 int8 scales, f16 d
+        case 15: return (256, 292)
+        case 16: return (256, 66)
+        case 17: return (256, 74)
+        case 18: return (256, 98)
+        case 19: return (256, 50)
+        case 20: return (32, 18)
+        case 21: return (256, 110)
+        case 22: return (256, 82)
+        case 23: return (256, 136)
+        case 24: return (1, 1)
+        case 25: return (1, 2)
+        case 26: return (1, 4)
+        case 27, 28: return (1, 8)
+        case 29: return (256, 56)
+        case 34: return (256, 54)
+        case 35: return (256, 66)
+        case 39: return (32, 17)
+        default: return nil
+        }
+    }
+
+    /// The block layout, for the types this reader can dequantise.
+    var supportedBlock: (elements: Int, bytes: Int)? {
+        switch rawValue {
+        case 0, 1, 30, 2, 3, 6, 8, 12, 14: return block
         default: return nil
         }
     }
@@ -97,6 +147,8 @@ public struct GGUFTensorInfo: Sendable {
     /// Offset of the data from the start of the file.
     public let fileOffset: Int
     public let elementCount: Int
+    /// Bytes of the stored data (whole blocks of `type`).
+    public let byteCount: Int
 }
 
 /// A GGUF (v2/v3) file, memory-mapped: metadata, tensor infos, and tensors dequantised to float32 on request.
@@ -113,14 +165,20 @@ public final class GGUFFile: TensorSource, @unchecked Sendable {
     private let keyIndex: [String: Int]
     private let tensorIndex: [String: Int]
 
+    /// Limits beyond llama.cpp's own (which allows 2^30-element arrays): a metadata value costs memory per element,
+    /// so the total is bounded well above any real vocabulary (a few hundred thousand tokens and merges).
+    static let maxMetadataValues = 1 << 24
+    /// ggml's GGML_MAX_DIMS and GGML_MAX_NAME (names must be shorter).
+    static let maxDimensions = 4
+    static let maxNameBytes = 64
+
     public init(path: String) throws {
         self.path = path
-        do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
-        } catch {
-            throw TesseraError(.io, "\(path): cannot read the file", hint: "check that it exists and is readable", underlying: error)
-        }
+        data = try Self.mapRegularFile(path)
         var r = GGUFByteReader(data: data, path: path)
+        func invalid(_ what: String, hint: String = "the file is corrupt or not a GGUF file llama.cpp would load") -> TesseraError {
+            TesseraError(.invalidCheckpoint, "\(path): \(what)", hint: hint)
+        }
         let magic = try r.u32()
         guard magic == 0x4655_4747 else {  // "GGUF" little-endian
             throw TesseraError(.invalidCheckpoint, "\(path): not a GGUF file (bad magic)", hint: "pass a .gguf file")
@@ -130,63 +188,125 @@ public final class GGUFFile: TensorSource, @unchecked Sendable {
             throw TesseraError(.unsupported, "\(path): GGUF version \(version) is not supported",
                                hint: "only GGUF v2 and v3 are read; re-convert with a recent llama.cpp")
         }
-        let tensorCount = try r.count(limit: 1 << 24, what: "tensor count")
-        let kvCount = try r.count(limit: 1 << 24, what: "metadata count")
+        // Each tensor info takes at least 24 bytes (name length, dimension count, type, offset) and each metadata
+        // entry at least 13 (key length, type, one byte of value): counts beyond what the file can hold are lies,
+        // refused before anything is reserved for them.
+        let tensorCount = try r.count(what: "tensor count", minimumBytesEach: 24)
+        let kvCount = try r.count(what: "metadata count", minimumBytesEach: 13)
         var entries: [(key: String, value: GGUFValue)] = []
         entries.reserveCapacity(kvCount)
         var keys: [String: Int] = [:]
-        for _ in 0..<kvCount {
-            let key = try r.string()
+        var valueBudget = Self.maxMetadataValues
+        for i in 0..<kvCount {
+            let key = try r.string(what: "key of metadata entry \(i)")
+            guard !key.isEmpty else { throw invalid("metadata entry \(i) has an empty key") }
+            guard keys[key] == nil else { throw invalid("metadata key '\(key)' appears twice") }
             let type = try r.u32()
-            let value = try r.value(type: type)
+            let value = try r.value(type: type, key: key, budget: &valueBudget)
             keys[key] = entries.count
             entries.append((key, value))
         }
         metadataEntries = entries
         keyIndex = keys
-        if let a = keys["general.alignment"].flatMap({ entries[$0].value.intValue }) {
-            guard a > 0, a & (a - 1) == 0 else {
-                throw TesseraError(.invalidCheckpoint, "\(path): general.alignment \(a) is not a power of two")
+        if let index = keys["general.alignment"] {
+            // llama.cpp requires a uint32, non-zero power of two.
+            guard case let .uint32(a) = entries[index].value else {
+                throw invalid("general.alignment must be a uint32, not \(entries[index].value.typeName)")
             }
-            alignment = a
+            guard a > 0, a & (a - 1) == 0 else { throw invalid("general.alignment \(a) is not a power of two") }
+            alignment = Int(a)
         } else {
             alignment = 32
         }
-        var raw: [(String, [Int], GGMLType, Int)] = []
+
+        var raw: [(name: String, shape: [Int], type: GGMLType, offset: UInt64, elements: Int, bytes: Int)] = []
         raw.reserveCapacity(tensorCount)
-        for _ in 0..<tensorCount {
-            let name = try r.string()
-            let nDims = Int(try r.u32())
-            guard nDims <= 8 else { throw TesseraError(.invalidCheckpoint, "\(path): tensor '\(name)' has \(nDims) dimensions") }
+        var seen = Set<String>()
+        for i in 0..<tensorCount {
+            let name = try r.string(what: "name of tensor \(i)")
+            guard name.utf8.count < Self.maxNameBytes else {
+                throw invalid("tensor \(i)'s name is \(name.utf8.count) bytes long (ggml's limit is \(Self.maxNameBytes - 1))")
+            }
+            guard seen.insert(name).inserted else { throw invalid("tensor '\(name)' appears twice") }
+            let nDims = try r.u32()
+            guard nDims <= Self.maxDimensions else {
+                throw invalid("tensor '\(name)' has \(nDims) dimensions (at most \(Self.maxDimensions))")
+            }
             var ne: [Int] = []
-            for _ in 0..<nDims { ne.append(try r.count(limit: 1 << 40, what: "dimension of '\(name)'")) }
+            for _ in 0..<Int(nDims) {
+                let d = try r.load(UInt64.self)
+                guard let dim = Int(exactly: d), dim >= 0 else { throw invalid("tensor '\(name)' has a negative dimension \(Int64(bitPattern: d))") }
+                ne.append(dim)
+            }
             let type = GGMLType(rawValue: try r.u32())
-            let offset = try r.count(limit: Int.max, what: "offset of '\(name)'")
-            raw.append((name, ne.reversed(), type, offset))
+            guard let block = type.block else {
+                throw invalid("tensor '\(name)' has an unknown ggml type \(type.rawValue)")
+            }
+            guard let n = elementCount(ne) else {
+                throw invalid("tensor '\(name)' has an impossible shape \(Array(ne.reversed())) (the element count overflows)")
+            }
+            guard (ne.first ?? 1) % block.elements == 0 else {
+                throw invalid("tensor '\(name)' has rows of \(ne.first ?? 1) elements, not a whole number of \(type) blocks of \(block.elements)")
+            }
+            let (bytes, overflow) = (n / block.elements).multipliedReportingOverflow(by: block.bytes)
+            guard !overflow else { throw invalid("tensor '\(name)' of shape \(Array(ne.reversed())) has a size in bytes that overflows") }
+            let offset = try r.load(UInt64.self)
+            raw.append((name, ne.reversed(), type, offset, n, bytes))
         }
-        let dataStart = (r.offset + alignment - 1) / alignment * alignment
+
+        // The data section starts at the next multiple of the alignment. As in llama.cpp, every tensor must start
+        // exactly where the previous one ends, padded to the alignment: that rules out overlapping, out-of-order
+        // and misaligned data, and the whole section must lie within the file.
+        let dataStart = try Self.padded(r.offset, to: alignment, path: path)
+        var expected = 0
         var infos: [GGUFTensorInfo] = []
         var index: [String: Int] = [:]
-        for (name, shape, type, offset) in raw {
-            guard let n = elementCount(shape) else {
-                throw TesseraError(.invalidCheckpoint, "\(path): tensor '\(name)' has an impossible shape \(shape)")
+        for t in raw {
+            guard t.offset == UInt64(expected) else {
+                let why = t.offset % UInt64(alignment) != 0 ? "is not aligned to \(alignment) bytes"
+                    : t.offset < UInt64(expected) ? "overlaps the tensor before it" : "leaves a gap after the tensor before it"
+                throw invalid("tensor '\(t.name)' has data offset \(t.offset), expected \(expected): its data \(why)")
             }
-            let info = GGUFTensorInfo(name: name, shape: shape, type: type, fileOffset: dataStart + offset, elementCount: n)
-            if let block = type.supportedBlock {
-                guard n % block.elements == 0 else {
-                    throw TesseraError(.invalidCheckpoint, "\(path): tensor '\(name)' of \(n) elements is not a whole number of \(type) blocks")
-                }
-                let end = info.fileOffset + n / block.elements * block.bytes
-                guard end <= data.count else {
-                    throw TesseraError(.invalidCheckpoint, "\(path): tensor '\(name)' extends past the end of the file",
-                                       hint: "the file is truncated; download it again")
-                }
+            let (fileOffset, o1) = dataStart.addingReportingOverflow(expected)
+            let (end, o2) = fileOffset.addingReportingOverflow(t.bytes)
+            guard !o1, !o2, end <= data.count else {
+                throw TesseraError(.invalidCheckpoint, "\(path): tensor '\(t.name)' extends past the end of the file",
+                                   hint: "the file is truncated; download it again")
             }
-            index[name] = infos.count
-            infos.append(info)
+            index[t.name] = infos.count
+            infos.append(GGUFTensorInfo(name: t.name, shape: t.shape, type: t.type, fileOffset: fileOffset,
+                                        elementCount: t.elements, byteCount: t.bytes))
+            expected = try Self.padded(expected + t.bytes, to: alignment, path: path)
         }
         tensorInfos = infos
         tensorIndex = index
+    }
+
+    /// `value` rounded up to a multiple of `alignment` (a power of two), overflow-checked.
+    private static func padded(_ value: Int, to alignment: Int, path: String) throws -> Int {
+        let (sum, overflow) = value.addingReportingOverflow(alignment - 1)
+        guard !overflow else { throw TesseraError(.invalidCheckpoint, "\(path): tensor data offsets overflow") }
+        return sum & ~(alignment - 1)
+    }
+
+    /// Maps the file after checking that it is a regular file (a FIFO would block the read forever), with one line
+    /// naming the problem when it cannot be read.
+    private static func mapRegularFile(_ path: String) throws -> Data {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            let reason = errno == ENOENT ? "no such file" : errno == EACCES ? "permission denied" : String(cString: strerror(errno))
+            throw TesseraError(.io, "\(path): cannot read the GGUF file (\(reason))", hint: "check the path and that the file is readable")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            let kind = (st.st_mode & S_IFMT) == S_IFDIR ? "a directory" : "not a regular file"
+            throw TesseraError(.io, "\(path): cannot read the GGUF file (it is \(kind))", hint: "pass a .gguf file")
+        }
+        do {
+            return try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
+        } catch {
+            let reason = access(path, R_OK) != 0 ? "permission denied" : "the read failed"
+            throw TesseraError(.io, "\(path): cannot read the GGUF file (\(reason))", hint: "check that the file is readable")
+        }
     }
 
     /// A metadata value by key.
@@ -196,7 +316,9 @@ public final class GGUFFile: TensorSource, @unchecked Sendable {
 
     /// Throws a clear error if the tensor is absent or stored in a type this reader cannot dequantise.
     /// Model loaders call this for every weight before computing anything.
-    public func requireSupported(_ name: String) throws {
+    public func requireSupported(_ name: String) throws { _ = try supportedInfo(name) }
+
+    private func supportedInfo(_ name: String) throws -> GGUFTensorInfo {
         guard let i = info(name) else {
             throw TesseraError(.notFound, "\(path): no tensor named '\(name)'", hint: "`tessera ls` lists the tensors")
         }
@@ -204,12 +326,12 @@ public final class GGUFFile: TensorSource, @unchecked Sendable {
             throw TesseraError(.unsupported, "\(path): tensor '\(name)' is stored as \(i.type), which the engine cannot dequantise",
                                hint: "supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K; re-quantise the GGUF with one of them")
         }
+        return i
     }
 
     /// The tensor dequantised to float32, row-major in `info(name).shape`.
     public func dequantized(_ name: String) throws -> [Float] {
-        try requireSupported(name)
-        let i = info(name)!
+        let i = try supportedInfo(name)
         var out = [Float](repeating: 0, count: i.elementCount)
         data.withUnsafeBytes { (file: UnsafeRawBufferPointer) in
             out.withUnsafeMutableBufferPointer { dst in
@@ -222,12 +344,9 @@ public final class GGUFFile: TensorSource, @unchecked Sendable {
     /// Calls `body` with the tensor's bytes exactly as stored (its GGML blocks), for kernels that compute on the
     /// encoded form. The bytes are valid only during the call.
     public func withEncodedBytes<R>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
-        try requireSupported(name)
-        let i = info(name)!
-        let block = i.type.supportedBlock!
-        let count = i.elementCount / block.elements * block.bytes
+        let i = try supportedInfo(name)
         return try data.withUnsafeBytes { file in
-            try body(UnsafeRawBufferPointer(rebasing: file[i.fileOffset..<(i.fileOffset + count)]))
+            try body(UnsafeRawBufferPointer(rebasing: file[i.fileOffset..<(i.fileOffset + i.byteCount)]))
         }
     }
 
@@ -238,23 +357,29 @@ public final class GGUFFile: TensorSource, @unchecked Sendable {
     /// Tensors are served dequantised, so every supported tensor reports F32.
     public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { info(name).map { (DType.f32, $0.shape) } }
     public func rawTensor(_ name: String) throws -> RawTensor {
-        let values = try dequantized(name)
-        return try RawTensor(floats: values, shape: info(name)!.shape, dtype: .f32)
+        let i = try supportedInfo(name)
+        return try RawTensor(floats: try dequantized(name), shape: i.shape, dtype: .f32)
     }
     public func floats(_ name: String) throws -> [Float] { try dequantized(name) }
     public var metadata: [(String, String)] { metadataEntries.map { ($0.key, $0.value.description) } }
 }
 
-/// Sequential little-endian reader over the mapped file with bounds checks.
+/// Sequential little-endian reader over the mapped file with bounds checks: every length and count is checked
+/// against the bytes left before anything is allocated for it.
 private struct GGUFByteReader {
     let data: Data
     let path: String
     var offset = 0
 
-    mutating func bytes(_ n: Int) throws -> Data {
-        guard n >= 0, offset + n <= data.count else {
-            throw TesseraError(.invalidCheckpoint, "\(path): GGUF header ends early at byte \(offset)", hint: "the file is truncated or not GGUF")
-        }
+    var remaining: Int { data.count - offset }
+
+    func truncated(_ what: String) -> TesseraError {
+        TesseraError(.invalidCheckpoint, "\(path): GGUF header ends early at byte \(offset) (reading \(what))",
+                     hint: "the file is truncated or not GGUF")
+    }
+
+    mutating func bytes(_ n: Int, what: String = "a value") throws -> Data {
+        guard n >= 0, n <= remaining else { throw truncated(what) }
         let start = data.startIndex + offset
         offset += n
         return data[start..<(start + n)]
@@ -267,18 +392,62 @@ private struct GGUFByteReader {
 
     mutating func u32() throws -> UInt32 { try load(UInt32.self) }
 
-    mutating func count(limit: Int, what: String) throws -> Int {
+    /// A count of items that each take at least `minimumBytesEach` bytes of what is left of the file.
+    mutating func count(what: String, minimumBytesEach: Int) throws -> Int {
         let v = try load(UInt64.self)
-        guard v <= UInt64(limit) else { throw TesseraError(.invalidCheckpoint, "\(path): implausible \(what) \(v)") }
+        guard v <= UInt64(remaining / max(1, minimumBytesEach)) else {
+            throw TesseraError(.invalidCheckpoint, "\(path): \(what) \(v) is more than the \(remaining) bytes left can hold",
+                               hint: "the file is corrupt or truncated")
+        }
         return Int(v)
     }
 
-    mutating func string() throws -> String {
-        let n = try count(limit: 1 << 30, what: "string length")
-        return String(decoding: try bytes(n), as: UTF8.self)
+    mutating func string(what: String) throws -> String {
+        let n = try load(UInt64.self)
+        guard n <= UInt64(remaining) else {
+            throw TesseraError(.invalidCheckpoint, "\(path): \(what) is a string of \(n) bytes, more than the \(remaining) bytes left",
+                               hint: "the file is corrupt or truncated")
+        }
+        return String(decoding: try bytes(Int(n), what: what), as: UTF8.self)
     }
 
-    mutating func value(type: UInt32) throws -> GGUFValue {
+    /// Encoded size of one scalar of a metadata value type (strings: their 8-byte length), nil for unknown types.
+    static func minimumSize(_ type: UInt32) -> Int? {
+        switch type {
+        case 0, 1, 7: return 1
+        case 2, 3: return 2
+        case 4, 5, 6: return 4
+        case 8, 10, 11, 12: return 8
+        default: return nil
+        }
+    }
+
+    /// One metadata value. Arrays hold scalars or strings only: llama.cpp refuses arrays of arrays, and so nesting
+    /// (and recursion) never happens here.
+    mutating func value(type: UInt32, key: String, budget: inout Int) throws -> GGUFValue {
+        guard type == 9 else { return try scalar(type: type, key: key) }
+        let elementType = try u32()
+        guard elementType != 9 else {
+            throw TesseraError(.invalidCheckpoint, "\(path): metadata '\(key)' is an array of arrays, which GGUF readers do not accept",
+                               hint: "the file is corrupt or was not written by a GGUF writer llama.cpp can read")
+        }
+        guard let size = Self.minimumSize(elementType) else {
+            throw TesseraError(.invalidCheckpoint, "\(path): metadata '\(key)' is an array of unknown value type \(elementType)",
+                               hint: "the file is corrupt or not GGUF")
+        }
+        let n = try count(what: "length of metadata array '\(key)'", minimumBytesEach: size)
+        guard n <= budget else {
+            throw TesseraError(.invalidCheckpoint, "\(path): metadata arrays hold more than \(GGUFFile.maxMetadataValues) values in all (at '\(key)')",
+                               hint: "no model's metadata is that large; the file is not a model Tessera can read")
+        }
+        budget -= n
+        var a: [GGUFValue] = []
+        a.reserveCapacity(n)
+        for _ in 0..<n { a.append(try scalar(type: elementType, key: key)) }
+        return .array(a)
+    }
+
+    mutating func scalar(type: UInt32, key: String) throws -> GGUFValue {
         switch type {
         case 0: return .uint8(try load(UInt8.self))
         case 1: return .int8(try load(Int8.self))
@@ -288,19 +457,13 @@ private struct GGUFByteReader {
         case 5: return .int32(try load(Int32.self))
         case 6: return .float32(Float(bitPattern: try load(UInt32.self)))
         case 7: return .bool(try load(UInt8.self) != 0)
-        case 8: return .string(try string())
-        case 9:
-            let elementType = try u32()
-            let n = try count(limit: 1 << 28, what: "array length")
-            var a: [GGUFValue] = []
-            a.reserveCapacity(n)
-            for _ in 0..<n { a.append(try value(type: elementType)) }
-            return .array(a)
+        case 8: return .string(try string(what: "metadata '\(key)'"))
         case 10: return .uint64(try load(UInt64.self))
         case 11: return .int64(try load(Int64.self))
         case 12: return .float64(Double(bitPattern: try load(UInt64.self)))
         default:
-            throw TesseraError(.invalidCheckpoint, "\(path): unknown GGUF metadata value type \(type) at byte \(offset)")
+            throw TesseraError(.invalidCheckpoint, "\(path): metadata '\(key)' has unknown value type \(type) at byte \(offset)",
+                               hint: "the file is corrupt or not GGUF")
         }
     }
 }

@@ -2,10 +2,16 @@ import Foundation
 import TesseraCore
 
 /// Turns a llama GGUF into a Hugging Face model directory: `model.safetensors` (F32, HF tensor names, Q/K rows
-/// un-permuted so the split-halves RoPE of HF applies), `config.json`, and `tokenizer.json` rebuilt from the
-/// GGUF's `tokenizer.ggml.*` metadata. Loading the directory gives the same logits as the GGUF.
+/// un-permuted so the split-halves RoPE of HF applies), `config.json`, `generation_config.json`, and, when the GGUF
+/// has a tokenizer, `tokenizer.json` rebuilt from its `tokenizer.ggml.*` metadata and `tokenizer_config.json` (special
+/// tokens, chat template) as transformers' GGUF loading sets them up. Loading the directory gives the same logits as
+/// the GGUF.
 public enum GGUFImport {
-    public static func writeHuggingFaceDirectory(from gguf: GGUFFile, to directory: String) throws {
+    /// Writes the folder and returns the names of the files written. The folder is built under a temporary name
+    /// beside `directory` and renamed into place only when complete, so a failure leaves nothing behind; an
+    /// existing non-empty `directory` (or a file there) is refused, never overwritten.
+    @discardableResult
+    public static func writeHuggingFaceDirectory(from gguf: GGUFFile, to directory: String) throws -> [String] {
         let architecture = gguf["general.architecture"]?.stringValue ?? "(none)"
         guard architecture == "llama" else {
             throw TesseraError(.unsupported, "\(gguf.path): importing architecture '\(architecture)' is not supported", hint: "only llama GGUFs can be imported")
@@ -13,16 +19,40 @@ public enum GGUFImport {
         let c = try LlamaConfig.fromGGUF(gguf)
         let from = LlamaTensorNames(convention: .gguf), to = LlamaTensorNames(convention: .huggingFace)
         try ModelLoader.check(source: gguf, expected: from.expected(c), vocabularySize: c.vocabularySize, tokenizerVocabularySize: nil)
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw TesseraError(.io, "\(directory): cannot create the directory", hint: "check permissions", underlying: error)
-        }
+        // Everything that can fail on the GGUF's contents is computed before the first file is written.
+        let tokenizerFiles: (tokenizer: JSONValue, config: JSONValue)? =
+            gguf["tokenizer.ggml.tokens"] == nil ? nil : (try huggingFaceTokenizerJSON(from: gguf), try tokenizerConfigJSON(from: gguf))
 
+        let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        if fm.fileExists(atPath: directory, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else {
+                throw TesseraError(.usage, "\(directory) exists and is not a folder", hint: "choose another output folder (-o)")
+            }
+            guard (try? fm.contentsOfDirectory(atPath: directory))?.isEmpty == true else {
+                throw TesseraError(.usage, "\(directory) already exists and is not empty; nothing was written",
+                                   hint: "choose a new output folder (-o), or remove that one yourself")
+            }
+        }
+        let target = URL(fileURLWithPath: directory).standardizedFileURL
+        let staging = target.deletingLastPathComponent()
+            .appendingPathComponent(".\(target.lastPathComponent).tessera-import-\(ProcessInfo.processInfo.processIdentifier)").path
+        do {
+            try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        } catch {
+            throw TesseraError(.io, "\(directory): cannot create a folder beside it", hint: "check that the parent folder exists and is writable")
+        }
+        var complete = false
+        defer { if !complete { try? fm.removeItem(atPath: staging) } }
+        func file(_ name: String) -> String { (staging as NSString).appendingPathComponent(name) }
+
+        var written: [String] = []
         var tensors: [(String, RawTensor)] = []
         func add(_ hfName: String, _ ggufName: String, unpermuteHeads: Int? = nil) throws {
             var values = try gguf.dequantized(ggufName)
-            let shape = gguf.info(ggufName)!.shape
+            guard let shape = gguf.info(ggufName)?.shape else {
+                throw TesseraError(.notFound, "\(gguf.path): no tensor named '\(ggufName)'")
+            }
             if let heads = unpermuteHeads { values = unpermuteRoPERows(values, rows: shape[0], cols: shape[1], heads: heads) }
             tensors.append((hfName, try RawTensor(floats: values, shape: shape, dtype: .f32)))
         }
@@ -35,19 +65,81 @@ public enum GGUFImport {
                 try add(h[k], g[k], unpermuteHeads: k == 1 ? c.heads : k == 2 ? c.kvHeads : nil)
             }
         }
-        try SafetensorsWriter.write(tensors: tensors, metadata: [("format", "pt")],
-                                    to: (directory as NSString).appendingPathComponent("model.safetensors"))
+        try SafetensorsWriter.write(tensors: tensors, metadata: [("format", "pt")], to: file("model.safetensors"))
+        tensors = []
+        written.append("model.safetensors")
 
         var config = c.hfConfigJSON()
+        var generation: [(String, JSONValue)] = [("_from_model_config", .bool(true))]
+        for (key, name) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+                            ("tokenizer.ggml.padding_token_id", "pad_token_id")] {
+            if let id = gguf[key]?.intValue { generation.append((name, .int(id))) }
+        }
         if case var .object(pairs) = config {
-            if let bos = gguf["tokenizer.ggml.bos_token_id"]?.intValue { pairs.append(("bos_token_id", .int(bos))) }
-            if let eos = gguf["tokenizer.ggml.eos_token_id"]?.intValue { pairs.append(("eos_token_id", .int(eos))) }
+            pairs += generation.dropFirst()
             config = .object(pairs)
         }
-        try AtomicFile.write(Data(config.serialized().utf8), to: (directory as NSString).appendingPathComponent("config.json"))
-        if gguf["tokenizer.ggml.tokens"] != nil {
-            let tokenizer = try huggingFaceTokenizerJSON(from: gguf)
-            try AtomicFile.write(Data(tokenizer.serialized().utf8), to: (directory as NSString).appendingPathComponent("tokenizer.json"))
+        try AtomicFile.write(Data(config.serialized().utf8), to: file("config.json"))
+        written.append("config.json")
+        try AtomicFile.write(Data(JSONValue.object(generation).serialized().utf8), to: file("generation_config.json"))
+        written.append("generation_config.json")
+        if let tokenizerFiles {
+            try AtomicFile.write(Data(tokenizerFiles.tokenizer.serialized().utf8), to: file("tokenizer.json"))
+            written.append("tokenizer.json")
+            try AtomicFile.write(Data(tokenizerFiles.config.serialized().utf8), to: file("tokenizer_config.json"))
+            written.append("tokenizer_config.json")
+        }
+        // rename(2) replaces an empty folder but never a non-empty one: a folder that filled up meanwhile is kept.
+        guard rename(staging, target.path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            throw TesseraError(.io, "\(directory): cannot move the finished folder into place (\(reason)); nothing was written",
+                               hint: "check that the folder is still absent or empty and its parent writable")
+        }
+        complete = true
+        return written
+    }
+
+    /// tokenizer_config.json as transformers writes it after loading a GGUF tokenizer: the special tokens by content
+    /// (`tokenizer.ggml.{bos,eos,padding,unknown}_token_id`), whether BOS/EOS are added, the chat template
+    /// (`tokenizer.chat_template`), and transformers' "no limit" model_max_length (a GGUF records none).
+    public static func tokenizerConfigJSON(from gguf: GGUFFile) throws -> JSONValue {
+        let tokens = try tokenizerStrings(gguf, "tokenizer.ggml.tokens", required: true)
+        var pairs: [(String, JSONValue)] = []
+        for (key, name) in [("tokenizer.ggml.add_bos_token", "add_bos_token"), ("tokenizer.ggml.add_eos_token", "add_eos_token")] {
+            // transformers' converter treats an absent flag as false.
+            pairs.append((name, .bool(gguf[key]?.boolValue ?? false)))
+        }
+        for (key, name) in [("tokenizer.ggml.bos_token_id", "bos_token"), ("tokenizer.ggml.eos_token_id", "eos_token"),
+                            ("tokenizer.ggml.padding_token_id", "pad_token"), ("tokenizer.ggml.unknown_token_id", "unk_token")] {
+            guard let value = gguf[key] else { continue }
+            guard let id = value.intValue, id >= 0, id < tokens.count else {
+                throw TesseraError(.invalidCheckpoint, "\(gguf.path): \(key) \(value) is not a token id of the \(tokens.count)-token vocabulary",
+                                   hint: "the GGUF's tokenizer metadata is corrupt")
+            }
+            pairs.append((name, .string(tokens[id])))
+        }
+        if let template = gguf["tokenizer.chat_template"]?.stringValue { pairs.append(("chat_template", .string(template))) }
+        // transformers' VERY_LARGE_INTEGER, int(1e30), written as it writes it.
+        pairs.append(("model_max_length", .number(1e30, text: "1000000000000000019884624838656")))
+        pairs.append(("tokenizer_class", .string("PreTrainedTokenizerFast")))
+        return .object(pairs.sorted { $0.0 < $1.0 })
+    }
+
+    /// A metadata array of strings, every element checked (a non-string would shift the ids of all later tokens).
+    static func tokenizerStrings(_ gguf: GGUFFile, _ key: String, required: Bool) throws -> [String] {
+        guard let value = gguf[key] else {
+            if required { throw TesseraError(.invalidCheckpoint, "\(gguf.path): \(key) is missing", hint: "the GGUF has no tokenizer to convert") }
+            return []
+        }
+        guard let array = value.arrayValue else {
+            throw TesseraError(.invalidCheckpoint, "\(gguf.path): \(key) is not an array", hint: "the GGUF's tokenizer metadata is corrupt")
+        }
+        return try array.enumerated().map { index, item in
+            guard let s = item.stringValue else {
+                throw TesseraError(.invalidCheckpoint, "\(gguf.path): \(key)[\(index)] is a \(item.typeName), not a string",
+                                   hint: "the GGUF's tokenizer metadata is corrupt")
+            }
+            return s
         }
     }
 
@@ -75,11 +167,25 @@ public enum GGUFImport {
         guard model == "gpt2" else {
             throw TesseraError(.unsupported, "\(gguf.path): tokenizer model '\(model)' cannot be converted", hint: "only GPT-2-style byte-level BPE GGUF tokenizers are supported")
         }
-        guard let tokens = gguf["tokenizer.ggml.tokens"]?.arrayValue?.compactMap(\.stringValue) else {
-            throw TesseraError(.invalidCheckpoint, "\(gguf.path): tokenizer.ggml.tokens is missing")
+        let tokens = try tokenizerStrings(gguf, "tokenizer.ggml.tokens", required: true)
+        let merges = try tokenizerStrings(gguf, "tokenizer.ggml.merges", required: false)
+        var types: [Int] = []
+        if let value = gguf["tokenizer.ggml.token_type"] {
+            // A dropped or extra entry would shift every id after it: the lists must match exactly.
+            guard let array = value.arrayValue else {
+                throw TesseraError(.invalidCheckpoint, "\(gguf.path): tokenizer.ggml.token_type is not an array", hint: "the GGUF's tokenizer metadata is corrupt")
+            }
+            types = try array.enumerated().map { index, item in
+                guard let type = item.intValue else {
+                    throw TesseraError(.invalidCheckpoint, "\(gguf.path): tokenizer.ggml.token_type[\(index)] is not an integer", hint: "the GGUF's tokenizer metadata is corrupt")
+                }
+                return type
+            }
+            guard types.count == tokens.count else {
+                throw TesseraError(.invalidCheckpoint, "\(gguf.path): \(tokens.count) tokens but \(types.count) token types",
+                                   hint: "the GGUF's tokenizer metadata is corrupt")
+            }
         }
-        let types = gguf["tokenizer.ggml.token_type"]?.arrayValue?.compactMap(\.intValue) ?? []
-        let merges = gguf["tokenizer.ggml.merges"]?.arrayValue?.compactMap(\.stringValue) ?? []
         var added: [JSONValue] = []
         for (id, type) in types.enumerated() where type == 3 || type == 4 {
             added.append(.object([

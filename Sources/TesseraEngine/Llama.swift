@@ -38,7 +38,7 @@ public struct LlamaConfig: Sendable, Equatable {
         guard let embedding = gguf.info("token_embd.weight"), embedding.shape.count == 2 else {
             throw TesseraError(.notFound, "\(gguf.path): no tensor named 'token_embd.weight'", hint: "the GGUF is not a complete llama model")
         }
-        return LlamaConfig(
+        return try LlamaConfig(
             vocabularySize: embedding.shape[0], hiddenSize: hidden, intermediateSize: try int("feed_forward_length"),
             layers: try int("block_count"), heads: heads,
             kvHeads: gguf["llama.attention.head_count_kv"]?.intValue ?? heads,
@@ -46,7 +46,39 @@ public struct LlamaConfig: Sendable, Equatable {
             rmsNormEps: Float(gguf["llama.attention.layer_norm_rms_epsilon"]?.doubleValue ?? 1e-5),
             ropeTheta: Float(gguf["llama.rope.freq_base"]?.doubleValue ?? 10000),
             maxPositions: gguf["llama.context_length"]?.intValue ?? 2048,
-            tiedEmbeddings: gguf.info("output.weight") == nil, ropeLayout: .adjacentPairs)
+            tiedEmbeddings: gguf.info("output.weight") == nil, ropeLayout: .adjacentPairs).validated(source: gguf.path)
+    }
+
+    /// Refuses hyper-parameters no real model has before anything is sized by them (a hostile file could otherwise
+    /// overflow `heads · headDim` or make the loader enumerate billions of layers).
+    func validated(source: String) throws -> LlamaConfig {
+        func check(_ name: String, _ value: Int, _ limit: Int) throws {
+            guard value > 0, value <= limit else {
+                throw TesseraError(.invalidCheckpoint, "\(source): \(name) \(value) is out of range (1...\(limit))",
+                                   hint: "the model's configuration is corrupt")
+            }
+        }
+        try check("vocabulary size", vocabularySize, 1 << 24)
+        try check("hidden size", hiddenSize, 1 << 18)
+        try check("intermediate size", intermediateSize, 1 << 20)
+        try check("layer count", layers, 4096)
+        try check("attention head count", heads, 4096)
+        try check("key/value head count", kvHeads, 4096)
+        try check("head dimension", headDim, 1 << 14)
+        try check("context length", maxPositions, 1 << 30)
+        guard heads % kvHeads == 0 else {
+            throw TesseraError(.invalidCheckpoint, "\(source): \(heads) attention heads are not a multiple of \(kvHeads) key/value heads",
+                               hint: "the model's configuration is corrupt")
+        }
+        guard headDim % 2 == 0 else {
+            throw TesseraError(.invalidCheckpoint, "\(source): head dimension \(headDim) is odd, so RoPE cannot rotate it in pairs",
+                               hint: "the model's configuration is corrupt")
+        }
+        guard rmsNormEps.isFinite, rmsNormEps >= 0, ropeTheta.isFinite, ropeTheta > 0 else {
+            throw TesseraError(.invalidCheckpoint, "\(source): rms_norm_eps \(rmsNormEps) or rope theta \(ropeTheta) is not a valid number",
+                               hint: "the model's configuration is corrupt")
+        }
+        return self
     }
 
     /// From a Hugging Face `config.json` (`LlamaConfig` fields).
@@ -76,7 +108,7 @@ public struct LlamaConfig: Sendable, Equatable {
         }
         let hidden = try int("hidden_size")
         let heads = try int("num_attention_heads")
-        return LlamaConfig(
+        return try LlamaConfig(
             vocabularySize: try int("vocab_size"), hiddenSize: hidden, intermediateSize: try int("intermediate_size"),
             layers: try int("num_hidden_layers"), heads: heads,
             kvHeads: json["num_key_value_heads"]?.intValue ?? heads,
@@ -84,7 +116,7 @@ public struct LlamaConfig: Sendable, Equatable {
             rmsNormEps: Float(json["rms_norm_eps"]?.doubleValue ?? 1e-6),
             ropeTheta: Float(theta),
             maxPositions: json["max_position_embeddings"]?.intValue ?? 2048,
-            tiedEmbeddings: json["tie_word_embeddings"]?.boolValue ?? false, ropeLayout: .splitHalves)
+            tiedEmbeddings: json["tie_word_embeddings"]?.boolValue ?? false, ropeLayout: .splitHalves).validated(source: file)
     }
 
     /// The Hugging Face `config.json` for this model (used when importing a GGUF).

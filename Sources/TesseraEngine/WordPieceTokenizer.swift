@@ -25,6 +25,9 @@ public final class WordPieceTokenizer: TextTokenizer, @unchecked Sendable {
     public let paddingID: Int
     public let continuingSubwordPrefix: String
     public let maxInputCharsPerWord: Int
+    /// Scalars in the longest vocabulary entry: no longer candidate can match, so the greedy search starts there
+    /// (cost per word O(length · longest token), not cubic in the length when max_input_chars_per_word is large).
+    private let longestTokenScalars: Int
     /// Maximum number of ids `encode` returns, `[CLS]` and `[SEP]` included.
     public let maxLength: Int
     public let lowercase: Bool
@@ -47,7 +50,13 @@ public final class WordPieceTokenizer: TextTokenizer, @unchecked Sendable {
         source: String = "vocabulary"
     ) throws {
         self.vocabulary = vocabulary
-        var tokens = [String](repeating: "", count: (vocabulary.values.max() ?? -1) + 1)
+        // The id table is sized by the largest id: bound it (a hostile file could name id 10^15).
+        let largestID = vocabulary.values.max() ?? -1
+        guard largestID < 1 << 24 else {
+            throw TesseraError(.invalidParameter, "\(source): token id \(largestID) is too large (at most \((1 << 24) - 1))",
+                               hint: "the vocabulary file is corrupt")
+        }
+        var tokens = [String](repeating: "", count: max(0, largestID + 1))
         for (text, id) in vocabulary {
             guard id >= 0 else { throw TesseraError(.invalidParameter, "\(source): token '\(text)' has negative id \(id)") }
             tokens[id] = text
@@ -69,6 +78,7 @@ public final class WordPieceTokenizer: TextTokenizer, @unchecked Sendable {
         }
         self.continuingSubwordPrefix = continuingSubwordPrefix
         self.maxInputCharsPerWord = maxInputCharsPerWord
+        self.longestTokenScalars = vocabulary.keys.reduce(0) { max($0, $1.unicodeScalars.count) }
         self.maxLength = maxLength
         self.lowercase = lowercase
         self.stripAccents = stripAccents ?? lowercase  // BertNormalizer: strip_accents = None follows lowercase
@@ -294,8 +304,9 @@ public final class WordPieceTokenizer: TextTokenizer, @unchecked Sendable {
         if chars.count > maxInputCharsPerWord { ids.append(unknownID); return }
         var pieces: [Int] = []
         var start = 0
+        let prefixScalars = continuingSubwordPrefix.unicodeScalars.count
         while start < chars.count {
-            var end = chars.count
+            var end = min(chars.count, start + max(1, longestTokenScalars - (start > 0 ? prefixScalars : 0)))
             var found: Int? = nil
             while start < end {
                 var candidate = start > 0 ? continuingSubwordPrefix : ""

@@ -58,7 +58,7 @@ public struct UserTask: EvalTask {
         guard FileManager.default.fileExists(atPath: path) else {
             throw TesseraError(.notFound, "task file \(path) not found", hint: "give the path of a .jsonl task file")
         }
-        let lines = try jsonLines(path, for: "task file")
+        let lines = try Self.readLines(path, hint: hint)
         guard let (headerLine, header) = lines.first else {
             throw TesseraError(.invalidParameter, "\(path): the task file is empty", hint: hint)
         }
@@ -129,6 +129,7 @@ public struct UserTask: EvalTask {
             guard let head = header["head"]?.stringValue, !head.isEmpty else {
                 throw fail(headerLine, "a classification task needs \"head\": the path of a safetensors head (weight [C, D], bias [C])")
             }
+            guard !head.contains("\0") else { throw fail(headerLine, "\"head\" contains a NUL character") }
             headPath = head.hasPrefix("/") ? head
                 : URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent(head).path
         case .perplexity:
@@ -214,6 +215,68 @@ public struct UserTask: EvalTask {
         }
     }
 
+    /// Task files are read whole, so they are bounded: far above any real task (a 5 MB document is fine).
+    public static let maxFileBytes = 1 << 30
+
+    /// "a directory", "a FIFO", ... for a path that exists but is not a regular file (nil for a regular file).
+    static func nonRegularKind(_ path: String) -> String? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: return nil
+        case S_IFDIR: return "a directory"
+        case S_IFIFO: return "a FIFO"
+        case S_IFCHR, S_IFBLK: return "a device"
+        case S_IFSOCK: return "a socket"
+        default: return "not a regular file"
+        }
+    }
+
+    /// The file's non-blank lines (LF or CRLF ends), each checked as UTF-8 and parsed as strict JSON, with 1-based
+    /// line numbers: every problem names its line.
+    static func readLines(_ path: String, hint: String) throws -> [(line: Int, value: JSONValue)] {
+        if let kind = nonRegularKind(path) {
+            throw TesseraError(.invalidParameter, "task file \(path) is \(kind), not a JSONL file", hint: "give the path of a .jsonl task file")
+        }
+        var st = stat()
+        if stat(path, &st) == 0, st.st_size > maxFileBytes {
+            throw TesseraError(.invalidParameter, "task file \(path) is \(st.st_size) bytes, more than the \(maxFileBytes) a task file may have",
+                               hint: "split the task into smaller files")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw TesseraError(.io, "task file: cannot read \(path)", hint: "check that the file is readable")
+        }
+        guard data.count <= maxFileBytes else {
+            throw TesseraError(.invalidParameter, "task file \(path) is more than \(maxFileBytes) bytes", hint: "split the task into smaller files")
+        }
+        var out: [(Int, JSONValue)] = []
+        try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            var start = 0
+            var number = 0
+            while start <= bytes.count {
+                var end = start
+                while end < bytes.count && bytes[end] != 0x0A { end += 1 }
+                number += 1
+                var lineEnd = end
+                if lineEnd > start && bytes[lineEnd - 1] == 0x0D { lineEnd -= 1 }
+                let line = UnsafeBufferPointer(rebasing: bytes[start..<lineEnd])
+                if !line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) {
+                    guard String(validating: line, as: UTF8.self) != nil else {
+                        throw TesseraError(.invalidParameter, "\(path):\(number): not UTF-8 text", hint: "save the task file as UTF-8")
+                    }
+                    do {
+                        out.append((number, try JSONParser.parse(line)))
+                    } catch {
+                        throw TesseraError(.invalidParameter, "\(path):\(number): not valid JSON (\(error))", hint: hint)
+                    }
+                }
+                start = end + 1
+            }
+        }
+        return out
+    }
+
     public func prepare(data: EvalDataDirectory) throws -> PreparedEvaluation {
         let name = self.name
         switch examples {
@@ -237,6 +300,11 @@ public struct UserTask: EvalTask {
         case let .classification(texts, labels):
             guard let headPath, FileManager.default.fileExists(atPath: headPath) else {
                 throw TesseraError(.notFound, "\(path): the classification head '\(headPath ?? "")' does not exist",
+                                   hint: "\"head\" in the header is a safetensors file, relative to the task file's folder")
+            }
+            // A directory or a FIFO named as the head would fail obscurely or block the read forever.
+            if let kind = Self.nonRegularKind(headPath) {
+                throw TesseraError(.invalidParameter, "\(path): the classification head '\(headPath)' is \(kind), not a safetensors file",
                                    hint: "\"head\" in the header is a safetensors file, relative to the task file's folder")
             }
             let head = try LinearClassificationHead(path: headPath)

@@ -19,12 +19,16 @@ public final class FilterProcess {
     private let statCache: StatCache?
     private let worktree: String
     private let decoder = ObjectDecoder()
+    /// Held while git runs this filter: objects it writes or reuses are named only by manifests git has not recorded
+    /// yet, so `tessera gc` must wait (see `StoreLock`).
+    private let storeLock: StoreLock?
 
     public init(input: Int32 = 0, output: Int32 = 1) throws {
         reader = PktLineReader(fd: input)
         writer = PktLineWriter(fd: output)
         repository = try GitRepository(discovering: ".")
         store = try repository.objectStore()
+        storeLock = try StoreLock(store: store, mode: .shared)
         worktree = repository.workdir ?? FileManager.default.currentDirectoryPath
         statCache = try? StatCache(store: store, worktree: worktree)
     }
@@ -117,7 +121,8 @@ public final class FilterProcess {
                 (manifest, failure) = cleanFromWorktree(path: path, expectedFastHash: fast.finalize(), expectedLength: length)
             }
         } else {
-            let cleaner = CheckpointCleaner(store: store, fileName: path, deltaBases: previousVersion(of: path))
+            let staged = stagedVersion(of: path)
+            let cleaner = CheckpointCleaner(store: store, fileName: path, deltaBases: staged.deltaBases, stagedManifest: staged.manifest)
             var fast = FastHash()
             var length = 0
             do {
@@ -152,20 +157,21 @@ public final class FilterProcess {
         try writer.drain()
     }
 
-    /// Tensors of the version of `path` staged in the index (before this add): bases for XOR deltas.
-    private func previousVersion(of path: String) -> [String: Manifest.Stored] {
-        guard ProcessInfo.processInfo.environment["TESSERA_NO_DELTA"] == nil,
-              let bytes = try? repository.blob(":" + path), Manifest.looksLikeManifest(bytes),
-              let m = try? Manifest.parse(String(decoding: bytes, as: UTF8.self), file: path) else { return [:] }
+    /// The version of `path` staged in the index (before this add): its manifest text, and its tensors as bases for
+    /// XOR deltas.
+    private func stagedVersion(of path: String) -> (manifest: [UInt8]?, deltaBases: [String: Manifest.Stored]) {
+        guard let bytes = try? repository.blob(":" + path), Manifest.looksLikeManifest(bytes),
+              let m = try? Manifest.parse(String(decoding: bytes, as: UTF8.self), file: path) else { return (nil, [:]) }
+        guard ProcessInfo.processInfo.environment["TESSERA_NO_DELTA"] == nil else { return (bytes, [:]) }
         var out: [String: Manifest.Stored] = [:]
         for t in m.tensors { out[t.name] = t.stored }
-        return out
+        return (bytes, out)
     }
 
     private func cleanFromWorktree(path: String, expectedFastHash: UInt64, expectedLength: Int) -> ([UInt8]?, (any Error)?) {
         do {
             let f = try FileDescriptor.open(worktree + "/" + path, flags: O_RDONLY)
-            let cleaner = CheckpointCleaner(store: store, fileName: path)
+            let cleaner = CheckpointCleaner(store: store, fileName: path, stagedManifest: stagedVersion(of: path).manifest)
             var fast = FastHash()
             var buffer = [UInt8](repeating: 0, count: 1 << 20)
             var length = 0

@@ -150,16 +150,36 @@ public struct Attributes {
         pattern.contains(" ") ? "\"" + pattern + "\"" : pattern
     }
 
-    /// Adds a pattern; returns false if it was already tracked.
+    /// Files git itself reads from the worktree and the index (attributes, ignores, submodules, LFS config): they must
+    /// stay plain text in git whatever pattern is tracked, or a fresh clone would read a manifest as its attributes.
+    public static let gitFiles = [".gitattributes", ".gitignore", ".gitmodules", ".lfsconfig"]
+    static let gitFilesGuard = gitFiles.map { "\($0) !filter !diff !merge" }
+
+    /// Adds a pattern; returns false if it was already tracked. A pattern that matches one of git's own files
+    /// (`*`, `.git*`) is followed by lines that exempt them.
     public static func track(_ pattern: String, in worktree: String) throws -> Bool {
         let path = worktree + "/.gitattributes"
         var text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
         let wanted = line(for: pattern)
-        if text.split(separator: "\n").contains(where: { $0 == wanted }) { return false }
-        if !text.isEmpty && !text.hasSuffix("\n") { text += "\n" }
-        text += wanted + "\n"
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if lines.last == "" { lines.removeLast() }
+        if lines.contains(wanted) { return false }
+        // The guard lines must come after every tracked pattern (later lines win in .gitattributes).
+        lines.removeAll { gitFilesGuard.contains($0) }
+        lines.append(wanted)
+        let patterns = lines.compactMap { l -> String? in
+            guard l.hasSuffix(suffix) else { return nil }
+            return unescape(String(l.dropLast(suffix.count)).trimmingCharacters(in: .whitespaces))
+        }
+        if gitFiles.contains(where: { f in patterns.contains { fnmatch($0, f, 0) == 0 } }) { lines += gitFilesGuard }
+        text = lines.joined(separator: "\n") + "\n"
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return true
+    }
+
+    static func unescape(_ p: String) -> String {
+        if p.hasPrefix("\""), p.hasSuffix("\""), p.count >= 2 { return String(p.dropFirst().dropLast()) }
+        return p
     }
 
     /// Removes a pattern; returns false if it was not tracked.
@@ -167,9 +187,14 @@ public struct Attributes {
         let path = worktree + "/.gitattributes"
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return false }
         let wanted = line(for: pattern)
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-        let kept = lines.filter { $0 != wanted }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var kept = lines.filter { $0 != wanted }
         if kept.count == lines.count { return false }
+        let patterns = kept.compactMap { l -> String? in
+            guard l.hasSuffix(suffix) else { return nil }
+            return unescape(String(l.dropLast(suffix.count)).trimmingCharacters(in: .whitespaces))
+        }
+        if !gitFiles.contains(where: { f in patterns.contains { fnmatch($0, f, 0) == 0 } }) { kept.removeAll { gitFilesGuard.contains($0) } }
         try kept.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
         return true
     }
@@ -179,9 +204,7 @@ public struct Attributes {
         guard let text = try? String(contentsOfFile: worktree + "/.gitattributes", encoding: .utf8) else { return [] }
         return text.split(separator: "\n").compactMap { l in
             guard l.hasSuffix(suffix) else { return nil }
-            var p = String(l.dropLast(suffix.count)).trimmingCharacters(in: .whitespaces)
-            if p.hasPrefix("\""), p.hasSuffix("\""), p.count >= 2 { p = String(p.dropFirst().dropLast()) }
-            return p
+            return unescape(String(l.dropLast(suffix.count)).trimmingCharacters(in: .whitespaces))
         }
     }
 }

@@ -77,13 +77,13 @@ public struct LFSTransport {
     /// its SHA-256. Returns false if git-lfs does not have it.
     @discardableResult
     func adopt(_ oid: String) -> Bool {
+        guard ObjectID.isValid(oid) else { return false }
         let src = lfsPath(oid)
-        guard FileSystem.exists(src) else { return false }
-        guard let bytes = try? FileSystem.readFile(src), SHA256Hasher.hex(bytes) == oid else { return false }
+        guard FileSystem.exists(src), (try? FileSystem.sha256(ofFile: src)) == oid else { return false }
         let dst = store.objectPath(oid)
         try? FileSystem.makeDirectories("\(store.objectsDirectory)/\(oid.prefix(2))")
         if link(src, dst) != 0 && !FileSystem.exists(dst) {
-            try? FileSystem.writeAtomically(bytes, to: dst, tmpDir: store.tmpDirectory)
+            try? FileSystem.copyAtomically(src, to: dst, tmpDir: store.tmpDirectory)
         }
         return store.contains(oid)
     }
@@ -98,8 +98,7 @@ public struct LFSTransport {
             if FileSystem.exists(dst) { continue }
             try FileSystem.makeDirectories(String(dst[..<dst.lastIndex(of: "/")!]))
             if link(store.objectPath(oid), dst) != 0 {
-                let bytes = try FileSystem.readFile(store.objectPath(oid))
-                try FileSystem.writeAtomically(bytes, to: dst, tmpDir: store.tmpDirectory)
+                try FileSystem.copyAtomically(store.objectPath(oid), to: dst, tmpDir: store.tmpDirectory)
             }
         }
         var start = 0

@@ -46,12 +46,7 @@ public struct MergeConfig: Sendable, Equatable {
     ]
 
     public static func parse(yaml text: String, file: String = "merge config") throws -> MergeConfig {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch {
-            throw TesseraError(.invalidParameter, "\(file): invalid YAML", hint: "fix the YAML syntax", underlying: error)
-        }
+        let root = try YAMLDocument.compose(text, file: file)
         guard let root, let top = root.mapping else {
             throw TesseraError(.invalidParameter, "\(file): the config is not a YAML mapping", hint: "see the mergekit config format")
         }
@@ -222,5 +217,109 @@ public struct MergeConfig: Sendable, Equatable {
             throw TesseraError(.unsupported, "\(file): \(what) is a mapping; parameter values are scalars, gradient lists or lists of {filter, value}",
                                hint: "fix the config")
         }
+    }
+}
+
+/// YAML read from configs and repositories is untrusted: aliases let a few kilobytes stand for billions of nodes
+/// ("billion laughs"), and Yams composes nested collections recursively. Composing shares aliased nodes (cheap);
+/// the cost comes when the document is traversed or converted, so the expanded size is measured first, by a walk
+/// that stops as soon as it passes a limit proportional to the text, and deep nesting is refused before Yams sees it.
+public enum YAMLDocument {
+    /// Nesting deeper than this (counting indentation and indicators on a line) is refused before composing.
+    public static let maxNesting = 512
+
+    /// Expanded nodes and scalar bytes allowed for a text of `bytes` bytes: generous for anchors reused a few times.
+    public static func expansionLimit(bytes: Int) -> Int { 100_000 + 64 * bytes }
+
+    /// The document's root node (nil for an empty document), after the nesting and expansion checks.
+    public static func compose(_ text: String, file: String) throws -> Node? {
+        let depth = nestingBound(text)
+        guard depth <= maxNesting else {
+            throw TesseraError(.invalidParameter, "\(file): the YAML nests about \(depth) levels deep (at most \(maxNesting))",
+                               hint: "a config needs a few levels; the file is malformed or hostile")
+        }
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            // Yams' message quotes the offending lines: keep its first line so the error stays one line.
+            let first = String(describing: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? "syntax error"
+            throw TesseraError(.invalidParameter, "\(file): invalid YAML (\(first))", hint: "fix the YAML syntax")
+        }
+        if let root { try checkExpansion(root, limit: expansionLimit(bytes: text.utf8.count), textBytes: text.utf8.count, file: file) }
+        return root
+    }
+
+    /// Walks the document as a reader would see it (aliases expanded), counting one per node plus scalar bytes, and
+    /// throws as soon as the count passes `limit`: the walk costs at most `limit` steps whatever the expansion.
+    static func checkExpansion(_ root: Node, limit: Int, textBytes: Int, file: String) throws {
+        var stack: [Node] = [root]
+        var size = 0
+        while let node = stack.popLast() {
+            size += 1
+            switch node {
+            case let .scalar(s): size += s.string.utf8.count
+            case let .sequence(seq): stack.append(contentsOf: seq)
+            case let .mapping(map):
+                for (k, v) in map {
+                    stack.append(k)
+                    stack.append(v)
+                }
+            }
+            guard size <= limit else {
+                throw TesseraError(.invalidParameter,
+                                   "\(file): the YAML's aliases expand its \(textBytes) bytes to more than \(limit) nodes and bytes",
+                                   hint: "write the values out instead of nesting aliases of aliases")
+            }
+        }
+    }
+
+    /// An upper bound on the nesting depth of a YAML text, from its characters alone: per line, the indentation
+    /// plus the block indicators (`- `, `? `, `: `) plus the open flow collections (`[`, `{`), quoted scalars and
+    /// comments skipped.
+    static func nestingBound(_ text: String) -> Int {
+        var bound = 0, flow = 0
+        var inSingle = false, inDouble = false
+        var indent = 0, indicators = 0, lineFlow = 0, atLineStart = true
+        var previous: UInt8 = 0x0A
+        var escaped = false
+        var inComment = false
+        let bytes = Array(text.utf8)
+        for (i, b) in bytes.enumerated() {
+            let next: UInt8 = i + 1 < bytes.count ? bytes[i + 1] : 0x0A
+            defer { previous = b }
+            if b == 0x0A {
+                bound = max(bound, indent + indicators + lineFlow)
+                indent = 0; indicators = 0; lineFlow = flow; atLineStart = true; inComment = false
+                continue
+            }
+            if inComment { continue }
+            if atLineStart {
+                if b == 0x20 { indent += 1; continue }
+                atLineStart = false
+            }
+            if inDouble {
+                if escaped { escaped = false } else if b == 0x5C { escaped = true } else if b == 0x22 { inDouble = false }
+                continue
+            }
+            if inSingle {
+                if b == 0x27 { inSingle = false }
+                continue
+            }
+            let separated = next == 0x20 || next == 0x0A || next == 0x0D || next == 0x09
+            switch b {
+            case 0x22: inDouble = true
+            case 0x27: inSingle = true
+            case 0x23 where previous == 0x20 || previous == 0x09 || previous == 0x0A: inComment = true
+            case 0x5B, 0x7B:
+                flow += 1
+                lineFlow = max(lineFlow, flow)
+            case 0x5D, 0x7D: flow = max(0, flow - 1)
+            case 0x2D, 0x3F: if separated { indicators += 1 }
+            case 0x3A: if separated || next == 0x2C || next == 0x5D || next == 0x7D { indicators += 1 }
+            default: break
+            }
+        }
+        return max(bound, indent + indicators + lineFlow)
     }
 }

@@ -56,7 +56,14 @@ public enum MergeDriver {
                 try float32Sink(name, out, shape)
             } else {
                 guard let encoded = try FloatCodec.encodeFinite(out, shape: shape, dtype: dtype) else {
-                    throw nonFinite(FloatCodec.firstNonFinite(out) ?? 0)
+                    if let k = FloatCodec.firstNonFinite(out) { throw nonFinite(k) }
+                    // Finite in float32 but too large for the 16-bit output: writing it would store infinities.
+                    let k = FloatCodec.firstOverflow(out, dtype: dtype) ?? 0
+                    let largest = FloatCodec.largestFinite(dtype).map { " (largest finite \($0))" } ?? ""
+                    throw TesseraError(.invalidParameter,
+                                       "\(plan.method): the merge of tensor '\(name)' produced \(out[k]) at index \(k), which overflows \(dtype.rawValue)\(largest)",
+                                       hint: dtype == .f16 ? "write the merge as float32 or bfloat16 (mergekit config: out_dtype: float32); nothing was written"
+                                           : "write the merge as float32 (mergekit config: out_dtype: float32); nothing was written")
                 }
                 try sink(name, encoded)
             }

@@ -15,9 +15,9 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
     public let path: String
     public let layout: SafetensorsLayout
     private let fd: Int32
-    private let index: [String: SafetensorsTensor]
+    private let index: [ExactName: SafetensorsTensor]
     /// Each tensor's successor in file order (for read-ahead).
-    private let followingTensor: [String: SafetensorsTensor]
+    private let followingTensor: [ExactName: SafetensorsTensor]
 
     public init(path: String) throws {
         self.path = path
@@ -40,12 +40,12 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
             close(fd)
             throw error
         }
-        var idx: [String: SafetensorsTensor] = [:]
-        for t in layout.tensors { idx[t.name] = t }
+        var idx: [ExactName: SafetensorsTensor] = [:]
+        for t in layout.tensors { idx[ExactName(t.name)] = t }
         index = idx
         let inFileOrder = layout.tensors.sorted { $0.begin < $1.begin }
-        var following: [String: SafetensorsTensor] = [:]
-        for (a, b) in zip(inFileOrder, inFileOrder.dropFirst()) { following[a.name] = b }
+        var following: [ExactName: SafetensorsTensor] = [:]
+        for (a, b) in zip(inFileOrder, inFileOrder.dropFirst()) { following[ExactName(a.name)] = b }
         followingTensor = following
     }
 
@@ -74,12 +74,12 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
     /// pread has no shared file offset, and the layout is immutable.
     public var allowsConcurrentReads: Bool { true }
     public var tensorNames: [String] { layout.tensors.map(\.name) }
-    public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { index[name].map { ($0.dtype, $0.shape) } }
+    public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { index[ExactName(name)].map { ($0.dtype, $0.shape) } }
     public var metadata: [(String, String)] { layout.metadata }
 
     /// F32 tensors read straight into float32 storage (one copy fewer than `rawTensor` + decode); nil for other dtypes.
     public func readFloat32(_ name: String) throws -> [Float]? {
-        guard let t = index[name], t.dtype == .f32, t.byteCount == 4 * t.elementCount else { return nil }
+        guard let t = index[ExactName(name)], t.dtype == .f32, t.byteCount == 4 * t.elementCount else { return nil }
         let n = t.elementCount
         if n == 0 { return [] }
         var failedAt: Int? = nil
@@ -111,7 +111,7 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
     /// aligned in the file, the machine is big-endian, or the mapping fails (callers then read it).
     public func mapFloat32(_ name: String) throws -> MappedFloat32? {
         #if _endian(little)
-        guard let t = index[name], t.dtype == .f32, t.byteCount == 4 * t.elementCount, t.elementCount > 0 else { return nil }
+        guard let t = index[ExactName(name)], t.dtype == .f32, t.byteCount == 4 * t.elementCount, t.elementCount > 0 else { return nil }
         let offset = layout.dataStart + t.begin
         guard offset % 4 == 0 else { return nil }
         // Reading a mapped page past the end of the file is a SIGBUS, not an error: check the file is still whole.
@@ -124,7 +124,7 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
         // asking for the whole range first reads it in large requests (a no-op when it is cached). The tensor after
         // it in the file is asked for too, so that its reading overlaps this one's merge.
         _ = posix_fadvise(fd, off_t(offset), off_t(t.byteCount), POSIX_FADV_WILLNEED)
-        if let next = followingTensor[name] {
+        if let next = followingTensor[ExactName(name)] {
             _ = posix_fadvise(fd, off_t(layout.dataStart + next.begin), off_t(next.byteCount), POSIX_FADV_WILLNEED)
         }
         return MappedFloat32(fd: fd, offset: offset, count: t.elementCount)
@@ -134,7 +134,7 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
     }
 
     public func rawTensor(_ name: String) throws -> RawTensor {
-        guard let t = index[name] else {
+        guard let t = index[ExactName(name)] else {
             throw TesseraError(.notFound, "\(path): no tensor named '\(name)'", hint: "`tessera ls \(path)` lists the tensors")
         }
         let bytes = t.byteCount == 0 ? [] : try Self.read(fd, offset: layout.dataStart + t.begin, count: t.byteCount, path: path)

@@ -10,10 +10,13 @@ import TesseraCore
 /// hashed, compressed and written on a second core.
 public final class CheckpointCleaner: @unchecked Sendable {
     // @unchecked: driven by one thread; the only state the encoding thread touches, `segments`, is guarded by `lock`.
+    /// Where the cleaner is in the file. Bytes being collected (the detection prefix, a header, manifest text) live in
+    /// `collected`, not in the state's payload: appending to an array held by an enum case copies it on every packet,
+    /// which made a 99 MB header quadratic.
     private enum State {
-        case detecting([UInt8])
-        case manifestText([UInt8])
-        case header([UInt8], total: Int)
+        case detecting
+        case manifestText
+        case header(total: Int)
         case data
         case opaque(StreamingObjectWriter, length: Int)
         case finished
@@ -26,8 +29,11 @@ public final class CheckpointCleaner: @unchecked Sendable {
 
     private let store: ObjectStore
     private let fileName: String
-    private var state: State = .detecting([])
+    private var state: State = .detecting
+    private var collected: [UInt8] = []
     private let pipeline: EncodePipeline
+    /// The manifest git has staged for this path, if any: the only manifest text passed through unchanged.
+    private let stagedManifest: [UInt8]?
 
     // Safetensors progress.
     private var layout: SafetensorsLayout?
@@ -41,43 +47,49 @@ public final class CheckpointCleaner: @unchecked Sendable {
     private var gapWriter: StreamingObjectWriter?
     private var trailingBegin = 0
 
-    /// Previous manifest of the same path, if known: its tensors are XOR-delta bases for changed tensors.
-    public init(store: ObjectStore, fileName: String, deltaBases: [String: Manifest.Stored] = [:]) {
+    /// `deltaBases`: the previous manifest's tensors, XOR-delta bases for changed tensors. `stagedManifest`: the
+    /// manifest currently staged for the path. Content that is manifest text is the manifest itself (git cleaning a
+    /// file that was never smudged, e.g. in a clone made before `tessera install`) only when it is exactly the staged
+    /// one; any other manifest text is a file like any other and is stored whole, so that a checkout gives back what
+    /// was added.
+    public init(store: ObjectStore, fileName: String, deltaBases: [String: Manifest.Stored] = [:], stagedManifest: [UInt8]? = nil) {
         self.store = store
         self.fileName = fileName
+        self.stagedManifest = stagedManifest
         pipeline = EncodePipeline(store: store, fileName: fileName, deltaBases: deltaBases)
     }
 
+    /// Manifest text longer than this is not a manifest git staged (those are 100-200 bytes per tensor).
     public static let manifestPassthroughLimit = 64 << 20
+    static let detectionLength = 17
 
     public func consume(_ piece: UnsafeRawBufferPointer) throws {
         var piece = piece
         while piece.count > 0 {
             switch state {
-            case var .detecting(prefix):
-                let need = 17 - prefix.count
-                let take = min(need, piece.count)
-                prefix += UnsafeRawBufferPointer(rebasing: piece[0..<take])
+            case .detecting:
+                let take = min(CheckpointCleaner.detectionLength - collected.count, piece.count)
+                collected += UnsafeRawBufferPointer(rebasing: piece[0..<take])
                 piece = UnsafeRawBufferPointer(rebasing: piece[take...])
-                if prefix.count < 17 { state = .detecting(prefix); continue }
-                try decide(prefix)
-            case var .manifestText(bytes):
-                bytes += piece
-                piece = UnsafeRawBufferPointer(start: nil, count: 0)
-                if bytes.count > CheckpointCleaner.manifestPassthroughLimit {
-                    // Not a manifest after all: store as an opaque object.
-                    let w = try store.beginStreamingObject()
-                    try bytes.withUnsafeBytes { try w.append($0) }
-                    state = .opaque(w, length: bytes.count)
+                if collected.count == CheckpointCleaner.detectionLength { try decide() }
+            case .manifestText:
+                let limit = stagedManifest.map { $0.count } ?? 0
+                if collected.count + piece.count > limit {
+                    // Longer than the staged manifest: not it. Stored whole, like any file.
+                    try becomeOpaque()
                 } else {
-                    state = .manifestText(bytes)
+                    collected += piece
+                    piece = UnsafeRawBufferPointer(start: nil, count: 0)
                 }
-            case .header(var bytes, let total):
-                let take = min(total - bytes.count, piece.count)
-                bytes += UnsafeRawBufferPointer(rebasing: piece[0..<take])
+            case let .header(total):
+                let take = min(total - collected.count, piece.count)
+                collected += UnsafeRawBufferPointer(rebasing: piece[0..<take])
                 piece = UnsafeRawBufferPointer(rebasing: piece[take...])
-                if bytes.count < total { state = .header(bytes, total: total); continue }
-                try startData(headerBytes: bytes)
+                if collected.count == total {
+                    let header = collected
+                    collected = []
+                    try startData(headerBytes: header)
+                }
             case .data:
                 let used = try consumeData(piece)
                 piece = UnsafeRawBufferPointer(rebasing: piece[used...])
@@ -91,22 +103,32 @@ public final class CheckpointCleaner: @unchecked Sendable {
         }
     }
 
-    private func decide(_ prefix: [UInt8]) throws {
-        if Manifest.looksLikeManifest(prefix) {
-            state = .manifestText(prefix)
-        } else if SafetensorsLayout.looksLikeSafetensors(prefix: prefix) {
-            let n = try SafetensorsLayout.headerLength(prefix: prefix, fileSize: nil, file: fileName)
-            state = .header(prefix, total: 8 + n)
-            if prefix.count >= 8 + n { try startData(headerBytes: Array(prefix[0..<(8 + n)])); try consume(prefix[(8 + n)...]) }
-        } else {
-            let w = try store.beginStreamingObject()
-            try prefix.withUnsafeBytes { try w.append($0) }
-            state = .opaque(w, length: prefix.count)
-        }
+    /// Switches to storing the file whole, starting with the bytes collected so far.
+    private func becomeOpaque() throws {
+        let w = try store.beginStreamingObject()
+        try collected.withUnsafeBytes { try w.append($0) }
+        state = .opaque(w, length: collected.count)
+        collected = []
     }
 
-    private func consume(_ rest: ArraySlice<UInt8>) throws {
-        try Array(rest).withUnsafeBytes { try consume($0) }
+    private func decide() throws {
+        if Manifest.looksLikeManifest(collected), stagedManifest != nil {
+            state = .manifestText
+        } else if SafetensorsLayout.looksLikeSafetensors(prefix: collected) {
+            let n = try SafetensorsLayout.headerLength(prefix: collected, fileSize: nil, file: fileName)
+            let total = 8 + n
+            state = .header(total: total)
+            if collected.count >= total {
+                let rest = Array(collected[total...])
+                collected = Array(collected[0..<total])
+                let header = collected
+                collected = []
+                try startData(headerBytes: header)
+                try rest.withUnsafeBytes { try consume($0) }
+            }
+        } else {
+            try becomeOpaque()
+        }
     }
 
     private func startData(headerBytes: [UInt8]) throws {
@@ -124,22 +146,30 @@ public final class CheckpointCleaner: @unchecked Sendable {
         }
         position = layout.dataStart
         trailingBegin = layout.dataStart + layout.dataEnd
-        pipeline.budget = 2 * (layout.tensors.map(\.byteCount).max() ?? 0)
+        // Declared sizes only set the pipeline's accounting; memory is taken as bytes arrive (see TensorBuffer).
+        let largest = layout.tensors.map(\.byteCount).max() ?? 0
+        let (budget, overflow) = largest.multipliedReportingOverflow(by: 2)
+        pipeline.budget = overflow ? Int.max : budget
         segments += [Manifest.Segment?](repeating: nil, count: plan.count)
         state = .data
-        try beginPlanItem()
+        try beginPlanItems()
     }
 
-    private func beginPlanItem() throws {
-        guard planIndex < plan.count else { return }
-        switch plan[planIndex] {
-        case let .tensor(t):
-            pipeline.reserve(t.byteCount)
-            current = TensorBuffer(count: t.byteCount)
-            if t.byteCount == 0 { try completeTensor() }
-        case .gap:
-            gapBytes.removeAll()
-            gapWriter = nil
+    /// Starts the next plan item, and completes at once every zero-length tensor in a row (a loop, not recursion:
+    /// a header may declare any number of them).
+    private func beginPlanItems() throws {
+        while planIndex < plan.count {
+            switch plan[planIndex] {
+            case let .tensor(t):
+                pipeline.reserve(t.byteCount)
+                current = TensorBuffer(declared: t.byteCount)
+                if t.byteCount > 0 { return }
+                try completeTensor()
+            case .gap:
+                gapBytes.removeAll()
+                gapWriter = nil
+                return
+            }
         }
     }
 
@@ -157,10 +187,13 @@ public final class CheckpointCleaner: @unchecked Sendable {
             let end = layout.dataStart + t.end
             let take = min(end - position, piece.count)
             let part = UnsafeRawBufferPointer(rebasing: piece[0..<take])
-            current!.append(part)
+            try current!.append(part)
             hasher.update(part)
             position += take
-            if position == end { try completeTensor() }
+            if position == end {
+                try completeTensor()
+                try beginPlanItems()
+            }
             return take
         case let .gap(_, gapEnd):
             let end = layout.dataStart + gapEnd
@@ -171,7 +204,7 @@ public final class CheckpointCleaner: @unchecked Sendable {
                 let seg = try finishGap(begin: layout.dataStart + gapBegin(planIndex), end: end)
                 record(index: 1 + planIndex, seg)
                 planIndex += 1
-                try beginPlanItem()
+                try beginPlanItems()
             }
             return take
         }
@@ -199,17 +232,17 @@ public final class CheckpointCleaner: @unchecked Sendable {
         return .gap(begin: begin, end: end, .inline(gapBytes))
     }
 
+    /// Hands the tensor just read to the encoding pipeline and moves past it.
     private func completeTensor() throws {
         guard case let .tensor(t) = plan[planIndex], let layout, let buffer = current else { return }
         let rawSHA = hasher.finalizeHex()
         let index = 1 + planIndex
         current = nil
+        planIndex += 1
         try pipeline.submit(buffer: buffer, rawSHA256: rawSHA, tensor: t) { [weak self] stored in
             self?.record(index: index, .tensor(name: t.name, dtype: t.dtype, shape: t.shape,
                                                begin: layout.dataStart + t.begin, end: layout.dataStart + t.end, stored))
         }
-        planIndex += 1
-        try beginPlanItem()
     }
 
     private let lock = NSLock()
@@ -221,21 +254,24 @@ public final class CheckpointCleaner: @unchecked Sendable {
     public func finish() throws -> [UInt8] {
         defer { state = .finished }
         switch state {
-        case let .detecting(prefix):
-            if SafetensorsLayout.looksLikeSafetensors(prefix: prefix) {
-                throw TesseraError(.invalidCheckpoint, "\(fileName): truncated safetensors header")
+        case .detecting:
+            if SafetensorsLayout.looksLikeSafetensors(prefix: collected) {
+                // A whole checkpoint shorter than the detection prefix: the empty one (`save_file({})`, 16 bytes).
+                let n = try SafetensorsLayout.headerLength(prefix: collected, fileSize: collected.count, file: fileName)
+                let header = Array(collected[0..<(8 + n)]), rest = Array(collected[(8 + n)...])
+                collected = []
+                try startData(headerBytes: header)
+                try rest.withUnsafeBytes { try consume($0) }
+                return try finish()
             }
-            let w = try store.beginStreamingObject()
-            try prefix.withUnsafeBytes { try w.append($0) }
-            return try opaqueManifest(w, length: prefix.count)
-        case let .manifestText(bytes):
-            let text = String(decoding: bytes, as: UTF8.self)
-            if let m = try? Manifest.parse(text, file: fileName), m.render() == text { return bytes }
-            let w = try store.beginStreamingObject()
-            try bytes.withUnsafeBytes { try w.append($0) }
-            return try opaqueManifest(w, length: bytes.count)
-        case let .header(bytes, total):
-            throw TesseraError(.invalidCheckpoint, "\(fileName): header length \(total - 8) is longer than the file (\(bytes.count) bytes)",
+            try becomeOpaque()
+            return try finish()
+        case .manifestText:
+            if let stagedManifest, collected == stagedManifest { return collected }
+            try becomeOpaque()
+            return try finish()
+        case let .header(total):
+            throw TesseraError(.invalidCheckpoint, "\(fileName): header length \(total - 8) is longer than the file (\(collected.count) bytes)",
                                hint: "the file is truncated or corrupt; re-save or re-download it")
         case let .opaque(w, length):
             return try opaqueManifest(w, length: length)
@@ -278,22 +314,32 @@ public final class CheckpointCleaner: @unchecked Sendable {
 }
 
 /// A tensor's bytes while they arrive and until they are encoded.
+///
+/// The header declares the tensor's length, but a header is only a claim (a 192-byte file can declare a terabyte):
+/// memory is taken as bytes actually arrive, doubling up to the declared length, so a lie costs nothing.
 final class TensorBuffer: @unchecked Sendable {
     // @unchecked: filled by the reading thread, then handed over whole to the encoding thread; never shared.
-    private let storage: LargeBuffer
-    var pointer: UnsafeMutableRawBufferPointer { storage.bytes }
+    private var storage: LargeBuffer?
+    let declared: Int
     var filled = 0
 
-    init(count: Int) { storage = LargeBuffer(count: count) }
+    init(declared: Int) { self.declared = declared }
 
     var bytes: UnsafeRawBufferPointer {
-        filled == 0 ? UnsafeRawBufferPointer(start: nil, count: 0) : UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(pointer)[0..<filled])
+        guard let storage, filled > 0 else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(storage.bytes)[0..<filled])
     }
 
-    func append(_ piece: UnsafeRawBufferPointer) {
+    func append(_ piece: UnsafeRawBufferPointer) throws {
         guard piece.count > 0 else { return }
-        (pointer.baseAddress! + filled).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
-        filled += piece.count
+        let needed = filled + piece.count
+        precondition(needed <= declared, "the cleaner never feeds a tensor more than its declared length")
+        if storage == nil || storage!.count < needed {
+            let target = min(declared, max(needed, (storage?.count ?? 0) * 2, 1 << 16))
+            if let storage { try storage.grow(to: target) } else { storage = try LargeBuffer(count: target) }
+        }
+        (storage!.bytes.baseAddress! + filled).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+        filled = needed
     }
 }
 
@@ -315,6 +361,8 @@ final class EncodePipeline: @unchecked Sendable {
     var budget = 0
     private let workerEncoder = ObjectEncoder()
     let mainEncoder = ObjectEncoder()
+    /// Tensors smaller than this are encoded on the reading thread.
+    static let inlineEncodingLimit = 64 << 10
     /// Tensors' objects, made durable and visible together when the file is complete.
     let batch: ObjectBatch
     private let deltaBases: [String: Manifest.Stored]
@@ -360,6 +408,7 @@ final class EncodePipeline: @unchecked Sendable {
         // version's manifest is asked first: re-cleaning an unchanged file then yields the very same manifest, even
         // in a fresh clone whose raw-value index is still empty.
         if let previous = previousByRawHash[rawSHA256], store.contains(previous.objectID) {
+            store.touch(previous.objectID)
             release(tensor.byteCount)
             completion(previous)
             return
@@ -370,8 +419,19 @@ final class EncodePipeline: @unchecked Sendable {
             return
         }
         let base = deltaBase(for: tensor)
-        if base != nil { reserve(tensor.byteCount) }
         let width = tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1
+        if base == nil && tensor.byteCount < EncodePipeline.inlineEncodingLimit {
+            // Small tensors are encoded right here: handing each to the encoding thread cost more in thread wake-ups
+            // than the encoding itself (a checkpoint of 200,000 tiny tensors spent most of its time in futex waits).
+            defer { release(tensor.byteCount) }
+            do {
+                completion(try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: mainEncoder, batch: batch))
+            } catch let e as TesseraError {
+                throw TesseraError(e.code, "\(fileName): tensor '\(tensor.name)': \(e.message)", hint: e.hint)
+            }
+            return
+        }
+        if base != nil { reserve(tensor.byteCount) }
         queue.async { [self] in
             defer { release(tensor.byteCount * (base == nil ? 1 : 2)) }
             condition.lock(); let stop = cancelled || failure != nil; condition.unlock()

@@ -24,6 +24,22 @@ public final class FileDescriptor {
         return FileDescriptor(fd: fd, path: path)
     }
 
+    /// Opens an existing regular file for reading. A FIFO, socket or device where a file is expected (a hostile
+    /// store, a mistyped path) would block `open` or a read for ever; it is refused instead, without blocking.
+    public static func openRegularFile(_ path: String) throws -> FileDescriptor {
+        let fd = Glibc.open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { throw posixError("cannot open \(path)") }
+        let file = FileDescriptor(fd: fd, path: path)
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw posixError("cannot stat \(path)") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw TesseraError(.io, "\(path) is not a regular file", hint: "remove it or name a file")
+        }
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
+        return file
+    }
+
     public func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
         var offset = 0
         while offset < buffer.count {
@@ -119,26 +135,64 @@ public enum FileSystem {
 
     public static func remove(_ path: String) { unlink(path) }
 
+    /// Flushes every file of the file system that holds `path` to disk in one call (Linux `syncfs`), for many small
+    /// files written together: one flush instead of one per file (200,000 tiny tensors took 220 s with an fsync each).
+    /// Returns false where the call is not available; callers then flush file by file.
+    public static func syncFileSystem(containing path: String) throws -> Bool {
+        typealias SyncFS = @convention(c) (Int32) -> Int32
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "syncfs") else { return false }  // RTLD_DEFAULT
+        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw FileDescriptor.posixError("cannot open \(path)") }
+        defer { close(fd) }
+        if unsafeBitCast(symbol, to: SyncFS.self)(fd) != 0 { throw FileDescriptor.posixError("cannot flush \(path) to disk") }
+        return true
+    }
+
     public static func fsyncDirectory(_ path: String) {
         let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd >= 0 { fsync(fd); close(fd) }
     }
 
-    public static func readFile(_ path: String) throws -> [UInt8] {
-        let f = try FileDescriptor.open(path, flags: O_RDONLY)
+    /// Reads a whole regular file (refusing FIFOs and devices, and files larger than `limit`).
+    public static func readFile(_ path: String, limit: Int = 1 << 30) throws -> [UInt8] {
+        let f = try FileDescriptor.openRegularFile(path)
         let n = try f.size()
+        guard n <= limit else {
+            throw TesseraError(.io, "\(path) is \(n) bytes, more than the \(limit) expected here", hint: "the file is not what it should be; remove it")
+        }
         var out = [UInt8](repeating: 0, count: n)
         try out.withUnsafeMutableBytes { try f.readExactly(into: $0) }
         return out
     }
 
-    /// Writes a small file atomically: temporary file in `tmpDir`, fsync, rename.
-    public static func writeAtomically(_ bytes: [UInt8], to path: String, tmpDir: String) throws {
+    /// Writes a small file atomically: temporary file in `tmpDir`, fsync (unless `durable` is false: caches that are
+    /// rebuilt when lost need no flush), rename.
+    public static func writeAtomically(_ bytes: [UInt8], to path: String, tmpDir: String, durable: Bool = true) throws {
         let tmp = "\(tmpDir)/\(uniqueName())"
         do {
             let f = try FileDescriptor.open(tmp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
             try f.writeAll(bytes)
-            try f.sync()
+            if durable { try f.sync() }
+            try rename(tmp, path)
+        } catch {
+            remove(tmp)
+            throw error
+        }
+    }
+
+    /// Copies a regular file to `path` through a temporary file in `tmpDir` (fsync, rename), in 1 MiB pieces.
+    public static func copyAtomically(_ source: String, to path: String, tmpDir: String) throws {
+        let input = try FileDescriptor.openRegularFile(source)
+        let tmp = "\(tmpDir)/\(uniqueName())"
+        do {
+            let out = try FileDescriptor.open(tmp, flags: O_WRONLY | O_CREAT | O_EXCL, mode: 0o444)
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let n = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
+                if n == 0 { break }
+                try buffer.withUnsafeBytes { try out.writeAll(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            }
+            try out.sync()
             try rename(tmp, path)
         } catch {
             remove(tmp)

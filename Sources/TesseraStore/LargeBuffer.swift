@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import TesseraCore
 
 /// A buffer for a whole tensor, mapped directly from the kernel and unmapped on release.
 ///
@@ -8,29 +9,92 @@ import Glibc
 /// tensors of a few megabytes passing through the filter one after another would leave the process's resident memory
 /// well above what is live. Mapping them keeps resident memory equal to the buffers in use, which the filter's memory
 /// bound (twice the largest tensor plus a constant) relies on.
+///
+/// Sizes often come from files (a header's offsets, a trailer's length): an allocation the kernel refuses is a thrown
+/// `outOfMemory` error naming the size, never a crash.
 public final class LargeBuffer: @unchecked Sendable {
     // @unchecked: owned by one thread at a time (handed over whole between the reading and encoding threads).
-    public let bytes: UnsafeMutableRawBufferPointer
-    private let mapped: Bool
-    private let allocated: UnsafeMutableRawBufferPointer?
+    public private(set) var bytes: UnsafeMutableRawBufferPointer
+    private var mapped: Bool
+    static let mappingThreshold = 1 << 16
 
-    public init(count: Int) {
-        if count == 0 {
-            bytes = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-            mapped = false
-            allocated = nil
-        } else if count >= 1 << 16, let p = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED {
-            bytes = UnsafeMutableRawBufferPointer(start: p, count: count)
+    public init(count: Int) throws {
+        precondition(count >= 0)
+        bytes = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        mapped = false
+        if count == 0 { return }
+        if count >= LargeBuffer.mappingThreshold {
+            bytes = try LargeBuffer.map(count)
             mapped = true
-            allocated = nil
         } else {
             bytes = .allocate(byteCount: count, alignment: 64)
-            mapped = false
-            allocated = bytes
         }
     }
 
+    public var count: Int { bytes.count }
+
+    /// Grows the buffer to `newCount` bytes, keeping its contents (the mapping is moved by the kernel, not copied).
+    public func grow(to newCount: Int) throws {
+        guard newCount > bytes.count else { return }
+        if mapped {
+            if let remap = LargeBuffer.mremap {
+                guard let p = remap(bytes.baseAddress, bytes.count, newCount, 1 /* MREMAP_MAYMOVE */), p != MAP_FAILED else {
+                    throw LargeBuffer.allocationError(newCount)
+                }
+                bytes = UnsafeMutableRawBufferPointer(start: p, count: newCount)
+                return
+            }
+            let next = try LargeBuffer.map(newCount)
+            next.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+            munmap(bytes.baseAddress, bytes.count)
+            bytes = next
+            return
+        }
+        let next: UnsafeMutableRawBufferPointer
+        if newCount >= LargeBuffer.mappingThreshold {
+            next = try LargeBuffer.map(newCount)
+        } else {
+            next = .allocate(byteCount: newCount, alignment: 64)
+        }
+        if bytes.count > 0 { next.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        bytes.deallocate()
+        bytes = next
+        mapped = newCount >= LargeBuffer.mappingThreshold
+    }
+
+    /// Linux's mremap (moves a mapping's pages instead of copying them); Swift's Glibc module does not export it.
+    private typealias Remap = @convention(c) (UnsafeMutableRawPointer?, Int, Int, Int32) -> UnsafeMutableRawPointer?
+    private static let mremap: Remap? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mremap") else { return nil }  // RTLD_DEFAULT
+        return unsafeBitCast(symbol, to: Remap.self)
+    }()
+
+    private static func map(_ count: Int) throws -> UnsafeMutableRawBufferPointer {
+        guard let p = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+            throw allocationError(count)
+        }
+        return UnsafeMutableRawBufferPointer(start: p, count: count)
+    }
+
+    /// For memory Swift allocates itself (arrays), where a refusal would be a crash rather than an error: a size
+    /// beyond the machine's physical memory is refused up front (sizes come from files and objects).
+    public static func checkFitsInMemory(_ count: Int, what: String) throws {
+        let pages = sysconf(Int32(_SC_PHYS_PAGES)), pageSize = sysconf(Int32(_SC_PAGESIZE))
+        guard pages > 0, pageSize > 0 else { return }
+        let (total, overflow) = pages.multipliedReportingOverflow(by: pageSize)
+        if !overflow, count > total {
+            throw TesseraError(.outOfMemory, "\(what) needs \(count) bytes, more than this machine's memory (\(total) bytes)",
+                               hint: "the size comes from the file or object being read; if it is genuine, use a machine with more memory")
+        }
+    }
+
+    static func allocationError(_ count: Int) -> TesseraError {
+        TesseraError(.outOfMemory, "cannot allocate \(count) bytes: the system refused the memory",
+                     hint: "the size comes from the file or object being read; if it is genuine, free memory and try again")
+    }
+
     deinit {
-        if mapped { munmap(bytes.baseAddress, bytes.count) } else { allocated?.deallocate() }
+        if bytes.count == 0 { return }
+        if mapped { munmap(bytes.baseAddress, bytes.count) } else { bytes.deallocate() }
     }
 }

@@ -23,7 +23,8 @@ extension ObjectStore {
                 guard let stored = segment.stored else { continue }
                 var n = 0
                 do {
-                    try read(stored.objectID, decoder: decoder) { piece in
+                    try read(stored.objectID, expectedLength: segment.end - segment.begin, expectedRawSHA256: stored.rawSHA256,
+                             decoder: decoder) { piece in
                         n += piece.count
                         try sink(piece)
                     }
@@ -50,7 +51,7 @@ public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Se
     public let sourceName: String
     public let manifest: Manifest
     private let store: ObjectStore
-    private let byName: [String: (dtype: DType, shape: [Int], stored: Manifest.Stored)]
+    private let byName: [ExactName: (dtype: DType, shape: [Int], stored: Manifest.Stored)]
     public let metadata: [(String, String)]
 
     public init(manifest: Manifest, store: ObjectStore, name: String) throws {
@@ -60,13 +61,13 @@ public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Se
         self.manifest = manifest
         self.store = store
         sourceName = name
-        var map: [String: (DType, [Int], Manifest.Stored)] = [:]
-        for t in manifest.tensors { map[t.name] = (t.dtype, t.shape, t.stored) }
+        var map: [ExactName: (DType, [Int], Manifest.Stored)] = [:]
+        for t in manifest.tensors { map[ExactName(t.name)] = (t.dtype, t.shape, t.stored) }
         byName = map
         // Metadata lives in the header object.
         var meta: [(String, String)] = []
-        if case let .header(_, _, stored)? = manifest.segments.first {
-            let bytes = try store.readAll(stored.objectID)
+        if case let .header(b, e, stored)? = manifest.segments.first {
+            let bytes = try store.readAll(stored.objectID, expectedLength: e - b, expectedRawSHA256: stored.rawSHA256)
             meta = try SafetensorsLayout.parse(headerBytes: bytes, fileSize: nil, file: name).metadata
         }
         metadata = meta
@@ -77,23 +78,33 @@ public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Se
     public var allowsConcurrentReads: Bool { true }
 
     public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? {
-        byName[name].map { ($0.dtype, $0.shape) }
+        byName[ExactName(name)].map { ($0.dtype, $0.shape) }
     }
 
-    public func stored(_ name: String) -> Manifest.Stored? { byName[name]?.stored }
+    public func stored(_ name: String) -> Manifest.Stored? { byName[ExactName(name)]?.stored }
 
     public func rawTensor(_ name: String) throws -> RawTensor {
-        guard let t = byName[name] else {
+        guard let t = byName[ExactName(name)] else {
             throw TesseraError(.notFound, "\(sourceName): no tensor named '\(name)'", hint: "`tessera ls \(sourceName)` lists the tensors")
         }
-        return RawTensor(dtype: t.dtype, shape: t.shape, bytes: try store.readAll(t.stored.objectID))
+        // The manifest checked dtype × shape against the byte range, and the read checks the object against both.
+        let length = t.dtype.byteCount(elements: elementCount(t.shape) ?? 0) ?? 0
+        return RawTensor(dtype: t.dtype, shape: t.shape,
+                         bytes: try store.readAll(t.stored.objectID, expectedLength: length, expectedRawSHA256: t.stored.rawSHA256))
     }
 
     /// An F32 tensor decoded from its object straight into float storage (no intermediate byte array: half the
     /// memory and one copy fewer for a merge of stored revisions).
     public func readFloat32(_ name: String) throws -> [Float]? {
         #if _endian(little)
-        guard let t = byName[name], t.dtype == .f32, let n = elementCount(t.shape), n > 0 else { return nil }
+        guard let t = byName[ExactName(name)], t.dtype == .f32, let n = elementCount(t.shape), n > 0 else { return nil }
+        // The object's trailer must agree with the manifest before n floats are allocated for it.
+        let trailer = try store.trailer(of: t.stored.objectID)
+        guard trailer.rawCount == 4 * n else {
+            throw TesseraError(.objectCorrupt, "\(sourceName): tensor '\(name)': object \(t.stored.objectID.prefix(12)) holds \(trailer.rawLength) bytes, the manifest expects \(4 * n)",
+                               hint: "run `tessera fsck`")
+        }
+        try LargeBuffer.checkFitsInMemory(4 * n, what: "\(sourceName): tensor '\(name)'")
         return try [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
             try store.readAll(t.stored.objectID, into: UnsafeMutableRawBufferPointer(buffer))
             initialized = n
@@ -105,9 +116,14 @@ public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Se
 }
 
 extension ObjectStore {
+    /// Segments longer than this are not decoded ahead into a buffer but streamed to the sink on the caller's thread
+    /// when their turn comes: a 2 GB opaque file then costs a chunk of memory, not 2 GB, and a manifest's declared
+    /// length (a claim) never sizes an allocation.
+    public static let bufferedSegmentLimit = 64 << 20
+
     /// Rebuilds a file like `reconstruct`, decoding up to two objects at once on other threads while the caller's
     /// thread hands finished ones to `sink` in file order. Decoded bytes waiting to be written, and delta bases, count
-    /// against a budget of twice the largest segment, so memory stays bounded whatever the file's size.
+    /// against a budget of twice the largest buffered segment, so memory stays bounded whatever the file's size.
     public func reconstructConcurrently(_ manifest: Manifest, file: String, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let segments = manifest.segments
         final class Slot: @unchecked Sendable {
@@ -133,9 +149,15 @@ extension ObjectStore {
             func release(_ n: Int) { condition.lock(); inFlight -= n; condition.broadcast(); condition.unlock() }
             func stop() { condition.lock(); stopped = true; condition.broadcast(); condition.unlock() }
         }
+        @Sendable func named(_ e: TesseraError, _ segment: Manifest.Segment) -> TesseraError {
+            var what = file
+            if case let .tensor(name, _, _, _, _, _) = segment { what += ": tensor '\(name)'" }
+            return TesseraError(e.code, "\(what): \(e.message)", hint: e.hint)
+        }
+        let streamed = segments.map { $0.stored != nil && $0.end - $0.begin > ObjectStore.bufferedSegmentLimit }
         let slots = segments.map { _ in Slot() }
-        let cost: [Int] = segments.map { s in
-            guard let st = s.stored else { return 0 }
+        let cost: [Int] = segments.enumerated().map { k, s in
+            guard let st = s.stored, !streamed[k] else { return 0 }
             return (s.end - s.begin) * (st.encoding.hasPrefix("xor") ? 2 : 1)
         }
         let budget = Budget(limit: max(2 * (cost.max() ?? 0), 1))
@@ -145,17 +167,17 @@ extension ObjectStore {
         // The dispatcher starts decodes in file order as budget and workers allow.
         DispatchQueue.global().async(group: group) {
             for (k, segment) in segments.enumerated() {
-                guard let stored = segment.stored else { slots[k].ready.signal(); continue }
+                guard let stored = segment.stored, !streamed[k] else { slots[k].ready.signal(); continue }
                 guard budget.reserve(cost[k]) else { slots[k].error = CancellationError(); slots[k].ready.signal(); continue }
                 workers.wait()
                 DispatchQueue.global().async(group: group) {
                     defer { workers.signal() }
                     do {
-                        slots[k].buffer = try store.readAll(stored.objectID, into: LargeBuffer(count: segment.end - segment.begin))
+                        let buffer = try LargeBuffer(count: segment.end - segment.begin)
+                        try store.readAll(stored.objectID, into: buffer.bytes, expectedRawSHA256: stored.rawSHA256)
+                        slots[k].buffer = buffer
                     } catch let e as TesseraError {
-                        var what = file
-                        if case let .tensor(name, _, _, _, _, _) = segment { what += ": tensor '\(name)'" }
-                        slots[k].error = TesseraError(e.code, "\(what): \(e.message)", hint: e.hint)
+                        slots[k].error = named(e, segment)
                     } catch {
                         slots[k].error = error
                     }
@@ -167,6 +189,7 @@ extension ObjectStore {
             budget.stop()
             group.wait()
         }
+        let decoder = ObjectDecoder()
         for (k, segment) in segments.enumerated() {
             slots[k].ready.wait()
             if let error = slots[k].error { throw error }
@@ -174,7 +197,12 @@ extension ObjectStore {
             case let .gap(_, _, .inline(bytes)):
                 try bytes.withUnsafeBytes { try sink($0) }
             default:
-                if let buffer = slots[k].buffer {
+                if streamed[k], let stored = segment.stored {
+                    do {
+                        try read(stored.objectID, expectedLength: segment.end - segment.begin, expectedRawSHA256: stored.rawSHA256,
+                                 decoder: decoder, sink: sink)
+                    } catch let e as TesseraError { throw named(e, segment) }
+                } else if let buffer = slots[k].buffer {
                     try sink(UnsafeRawBufferPointer(buffer.bytes))
                     slots[k].buffer = nil
                 }

@@ -27,28 +27,48 @@ public final class ObjectStore: @unchecked Sendable {
         for d in [objectsDirectory, rawIndexDirectory, tmpDirectory] { try FileSystem.makeDirectories(d) }
     }
 
+    /// The file of an object. Only for ids that are valid (`ObjectID.isValid`): every id read from a manifest, a
+    /// trailer or a remote is checked before it gets here, so no id can name a path outside the store.
     public func objectPath(_ id: String) -> String {
-        "\(objectsDirectory)/\(id.prefix(2))/\(id.dropFirst(2))"
+        // Defence in depth: an unchecked id still cannot leave the store (no object is ever named "invalid-id").
+        guard ObjectID.isValid(id) else { return "\(objectsDirectory)/invalid-id" }
+        return "\(objectsDirectory)/\(id.prefix(2))/\(id.dropFirst(2))"
     }
 
-    public func contains(_ id: String) -> Bool { FileSystem.exists(objectPath(id)) }
+    public func contains(_ id: String) -> Bool { ObjectID.isValid(id) && FileSystem.exists(objectPath(id)) }
+
+    /// Marks an object as in use now: a `git add` that reuses an object which nothing reachable names yet (found in
+    /// the raw-value index, or in the previous version of the file) refreshes its time, so that a `tessera gc`
+    /// running meanwhile sees a young object and keeps it (its grace period).
+    public func touch(_ id: String) {
+        guard ObjectID.isValid(id) else { return }
+        _ = utimensat(AT_FDCWD, objectPath(id), nil, 0)
+    }
 
     private func rawIndexPath(_ rawSHA256: String) -> String {
         "\(rawIndexDirectory)/\(rawSHA256.prefix(2))/\(rawSHA256.dropFirst(2))"
     }
 
     /// The stored object for a raw value, if the store has one (dedup within and across commits).
+    /// The index is a cache: an entry that does not check out (a damaged file, an object that is gone or holds
+    /// another value) is ignored, and the value is stored afresh. A hit is touched (see `touch`).
     public func lookup(rawSHA256: String) -> Manifest.Stored? {
-        guard let bytes = try? FileSystem.readFile(rawIndexPath(rawSHA256)) else { return nil }
+        guard ObjectID.isValid(rawSHA256), let bytes = try? FileSystem.readFile(rawIndexPath(rawSHA256), limit: 4096) else { return nil }
         let parts = String(decoding: bytes, as: UTF8.self).split(separator: " ")
-        guard parts.count == 3, let size = Int(parts[2]), contains(String(parts[0])) else { return nil }
-        return Manifest.Stored(encoding: String(parts[1]), rawSHA256: rawSHA256, objectID: String(parts[0]), objectSize: size)
+        guard parts.count == 3, let size = Int(parts[2]), size >= ObjectTrailer.size, ObjectID.isValid(parts[0]),
+              (try? ManifestEncoding(parts[1])) != nil else { return nil }
+        let id = String(parts[0])
+        guard let t = try? trailer(of: id), t.rawSHA256.hexString == rawSHA256 else { return nil }
+        touch(id)
+        return Manifest.Stored(encoding: String(parts[1]), rawSHA256: rawSHA256, objectID: id, objectSize: size)
     }
 
     public func recordRaw(_ stored: Manifest.Stored) throws {
         let path = rawIndexPath(stored.rawSHA256)
         try FileSystem.makeDirectories(String(path.dropLast(path.count - path.lastIndex(of: "/")!.utf16Offset(in: path))))
-        try FileSystem.writeAtomically(Array("\(stored.objectID) \(stored.encoding) \(stored.objectSize)".utf8), to: path, tmpDir: tmpDirectory)
+        // A cache: an entry lost in a crash only costs storing that value again, so it is not flushed.
+        try FileSystem.writeAtomically(Array("\(stored.objectID) \(stored.encoding) \(stored.objectSize)".utf8), to: path,
+                                       tmpDir: tmpDirectory, durable: false)
     }
 
     // MARK: Writing
@@ -94,69 +114,114 @@ public final class ObjectStore: @unchecked Sendable {
 
     // MARK: Reading
 
-    public func trailer(of id: String) throws -> ObjectTrailer {
-        let f = try openObject(id)
-        let size = try f.size()
-        guard size >= ObjectTrailer.size else { throw corrupt(id, "it is shorter than its trailer") }
-        var t = [UInt8](repeating: 0, count: ObjectTrailer.size)
-        _ = try t.withUnsafeMutableBytes { try f.pread(into: $0, at: size - ObjectTrailer.size) }
-        return try ObjectTrailer.decode(t, object: id)
+    /// Whether an object is in the store and readable, and if not, why (for `fsck` and fetches, which must tell a
+    /// missing object from one that is there but cannot be read).
+    public enum Presence: Equatable, Sendable {
+        case present
+        case missing
+        case unreadable(String)
     }
 
-    private func openObject(_ id: String) throws -> FileDescriptor {
+    public func presence(_ id: String) -> Presence {
+        guard ObjectID.isValid(id) else { return .unreadable("\(String(reflecting: String(id.prefix(80)))) is not an object id") }
         do {
-            return try FileDescriptor.open(objectPath(id), flags: O_RDONLY)
+            _ = try FileDescriptor.openRegularFile(objectPath(id))
+            return .present
+        } catch let e as TesseraError {
+            return FileSystem.exists(objectPath(id)) ? .unreadable(e.message) : .missing
         } catch {
-            throw TesseraError(.objectMissing, "object \(id.prefix(12)) is missing from the store",
-                               hint: "fetch it with `git tessera fetch` (or `git pull`) from a remote that has it")
+            return .unreadable("\(error)")
         }
     }
 
+    /// An object file opened for reading, with its trailer read and validated (see `ObjectTrailer.decode`).
+    public struct OpenedObject {
+        let file: FileDescriptor
+        let trailerBytes: [UInt8]
+        public let payloadLength: Int
+        public let trailer: ObjectTrailer
+    }
+
+    public func open(_ id: String) throws -> OpenedObject {
+        try ObjectID.check(id)
+        let path = objectPath(id)
+        let f: FileDescriptor
+        do {
+            f = try FileDescriptor.openRegularFile(path)
+        } catch let e as TesseraError {
+            if !FileSystem.exists(path) {
+                throw TesseraError(.objectMissing, "object \(id.prefix(12)) is missing from the store",
+                                   hint: "fetch it with `tessera fetch` (or `tessera pull`) from a remote that has it")
+            }
+            throw TesseraError(.io, "cannot read object \(id.prefix(12)): \(e.message)",
+                               hint: "check the permissions of \(path) (or delete it and fetch it again)")
+        }
+        let size = try f.size()
+        guard size >= ObjectTrailer.size else { throw corrupt(id, "it is shorter than its trailer") }
+        var t = [UInt8](repeating: 0, count: ObjectTrailer.size)
+        let n = try t.withUnsafeMutableBytes { try f.pread(into: $0, at: size - ObjectTrailer.size) }
+        guard n == ObjectTrailer.size else { throw corrupt(id, "its trailer cannot be read") }
+        let trailer = try ObjectTrailer.decode(t, object: id, payloadLength: size - ObjectTrailer.size)
+        return OpenedObject(file: f, trailerBytes: t, payloadLength: size - ObjectTrailer.size, trailer: trailer)
+    }
+
+    public func trailer(of id: String) throws -> ObjectTrailer { try open(id).trailer }
+
     func corrupt(_ id: String, _ why: String) -> TesseraError {
         TesseraError(.objectCorrupt, "object \(id.prefix(12)) is corrupt: \(why)",
-                     hint: "delete \(objectPath(id)) and fetch it again (`git tessera fetch`), or run `tessera fsck`")
+                     hint: "delete \(objectPath(id)) and fetch it again (`tessera fetch`), or run `tessera fsck`")
     }
 
     /// Decodes an object, handing its raw bytes to `sink` in order, piece by piece. Verification (object id and raw
     /// hash) completes only when the call returns without throwing: a caller that must not act on unverified bytes
     /// must not commit to them before then (the filter reports failure to git, which then discards the output).
-    public func read(_ id: String, decoder: ObjectDecoder, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let f = try openObject(id)
-        let size = try f.size()
-        guard size >= ObjectTrailer.size else { throw corrupt(id, "it is shorter than its trailer") }
-        var t = [UInt8](repeating: 0, count: ObjectTrailer.size)
-        _ = try t.withUnsafeMutableBytes { try f.pread(into: $0, at: size - ObjectTrailer.size) }
-        let trailer = try ObjectTrailer.decode(t, object: id)
+    /// `expectedLength`, when the caller knows it (a manifest's segment), is checked against the trailer before any
+    /// byte is decoded.
+    public func read(_ id: String, expectedLength: Int? = nil, expectedRawSHA256: String? = nil, decoder: ObjectDecoder,
+                     sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let object = try open(id)
+        let trailer = object.trailer
+        if let expectedLength, expectedLength != trailer.rawCount {
+            throw corrupt(id, "it holds \(trailer.rawLength) bytes where \(expectedLength) are expected")
+        }
+        if let expectedRawSHA256, expectedRawSHA256 != trailer.rawSHA256.hexString {
+            throw corrupt(id, "it holds another value than the manifest names (raw SHA-256 \(trailer.rawSHA256.hexString.prefix(12)), expected \(expectedRawSHA256.prefix(12)))")
+        }
         var baseBytes: LargeBuffer? = nil
         if trailer.encoding == .xorByteGroupedZstd {
             guard let baseID = trailer.baseObjectID else { throw corrupt(id, "its delta base is not recorded") }
-            do {
-                baseBytes = try readAll(baseID, into: LargeBuffer(count: Int(trailer.rawLength)))
-            } catch let e as TesseraError where e.code == .objectCorrupt && !e.message.contains(baseID.prefix(12)) {
-                throw corrupt(id, "its delta base has a different length")
-            }
+            // Delta chains have depth one, and the base has exactly this object's length: checked on the base's
+            // trailer before its length is allocated.
+            let base = try open(baseID)
+            guard base.trailer.encoding != .xorByteGroupedZstd else { throw corrupt(id, "its delta base is itself a delta") }
+            guard base.trailer.rawLength == trailer.rawLength else { throw corrupt(id, "its delta base has a different length") }
+            let buffer = try LargeBuffer(count: trailer.rawCount)
+            try readAll(baseID, into: buffer.bytes, decoder: ObjectDecoder())
+            baseBytes = buffer
         }
         let stored = SHA256Hasher()
         let raw = SHA256Hasher()
         var produced = 0
-        try decoder.decode(file: f, payloadLength: size - ObjectTrailer.size, trailer: trailer, base: baseBytes,
+        try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: trailer, base: baseBytes,
                            storedHasher: stored, objectID: id) { piece in
             raw.update(piece)
             produced += piece.count
             try sink(piece)
         }
-        stored.update(t)
+        stored.update(object.trailerBytes)
         guard stored.finalizeHex() == id else { throw corrupt(id, "its bytes do not match its SHA-256") }
-        guard produced == Int(trailer.rawLength), raw.finalizeHex() == trailer.rawSHA256.hexString else {
+        guard produced == trailer.rawCount, raw.finalizeHex() == trailer.rawSHA256.hexString else {
             throw corrupt(id, "its decoded bytes do not match the recorded raw SHA-256")
         }
     }
 
     /// Decodes a whole object into memory (verified).
-    public func readAll(_ id: String, decoder: ObjectDecoder = ObjectDecoder()) throws -> [UInt8] {
+    public func readAll(_ id: String, expectedLength: Int? = nil, expectedRawSHA256: String? = nil,
+                        decoder: ObjectDecoder = ObjectDecoder()) throws -> [UInt8] {
         var out: [UInt8] = []
-        if let t = try? trailer(of: id) { out.reserveCapacity(Int(t.rawLength)) }
-        try read(id, decoder: decoder) { out += $0 }
+        // The array grows with what is decoded: a trailer's length is a claim, not a reservation.
+        if let expectedLength { out.reserveCapacity(min(expectedLength, 1 << 26)) }
+        try read(id, expectedLength: expectedLength, expectedRawSHA256: expectedRawSHA256, decoder: decoder) { out += $0 }
         return out
     }
 
@@ -167,10 +232,11 @@ public final class ObjectStore: @unchecked Sendable {
     }
 
     /// Decodes a whole object into `destination`, which must be exactly its raw length (verified; throws otherwise).
-    public func readAll(_ id: String, into destination: UnsafeMutableRawBufferPointer, decoder: ObjectDecoder = ObjectDecoder()) throws {
+    public func readAll(_ id: String, into destination: UnsafeMutableRawBufferPointer, expectedRawSHA256: String? = nil,
+                        decoder: ObjectDecoder = ObjectDecoder()) throws {
         var at = 0
         let capacity = destination.count
-        try read(id, decoder: decoder) { piece in
+        try read(id, expectedLength: capacity, expectedRawSHA256: expectedRawSHA256, decoder: decoder) { piece in
             guard at + piece.count <= capacity else { throw corrupt(id, "it is longer than expected") }
             if piece.count == 0 { return }
             (destination.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
@@ -180,20 +246,27 @@ public final class ObjectStore: @unchecked Sendable {
     }
 
     /// Checks an object fully (as a read does) without keeping its bytes.
-    public func verify(_ id: String, decoder: ObjectDecoder = ObjectDecoder()) throws {
-        try read(id, decoder: decoder) { _ in }
+    public func verify(_ id: String, expectedLength: Int? = nil, expectedRawSHA256: String? = nil,
+                       decoder: ObjectDecoder = ObjectDecoder()) throws {
+        try read(id, expectedLength: expectedLength, expectedRawSHA256: expectedRawSHA256, decoder: decoder) { _ in }
     }
 
     /// Every object id in the store.
     public func allObjectIDs() -> [String] {
         var out: [String] = []
         for d in FileSystem.list(objectsDirectory) where d.count == 2 {
-            for rest in FileSystem.list("\(objectsDirectory)/\(d)") where rest.count == 62 { out.append(d + rest) }
+            for rest in FileSystem.list("\(objectsDirectory)/\(d)") where rest.count == 62 {
+                let id = d + rest
+                if ObjectID.isValid(id) { out.append(id) }
+            }
         }
         return out.sorted()
     }
 
-    public func remove(_ id: String) { FileSystem.remove(objectPath(id)) }
+    public func remove(_ id: String) {
+        guard ObjectID.isValid(id) else { return }
+        FileSystem.remove(objectPath(id))
+    }
 }
 
 /// Per-thread encoding state: a zstd context and chunk scratch buffers, reused across objects.
@@ -250,14 +323,18 @@ public final class ObjectDecoder {
 
     public init() {}
 
+    /// Decodes a payload whose trailer has been validated (`ObjectTrailer.decode`): every length below derives from
+    /// the trailer's bounded raw length and the file's real size, and the zstd stream must produce exactly the
+    /// recorded number of bytes and then end.
     func decode(file: FileDescriptor, payloadLength: Int, trailer: ObjectTrailer, base: LargeBuffer?,
                 storedHasher: SHA256Hasher, objectID: String, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let rawLength = Int(trailer.rawLength)
+        let rawLength = trailer.rawCount
         var remaining = payloadLength
         func corrupt(_ why: String) -> TesseraError {
             TesseraError(.objectCorrupt, "object \(objectID.prefix(12)) is corrupt: \(why)",
-                         hint: "delete it and fetch it again (`git tessera fetch`), or run `tessera fsck`")
+                         hint: "delete it and fetch it again (`tessera fetch`), or run `tessera fsck`")
         }
+        if let base, base.count != rawLength { throw corrupt("its delta base has a different length") }
         // Reads the next block of payload into `input`; returns its length (0 at the end).
         func nextBlock() throws -> Int {
             let n = min(remaining, input.count)
@@ -279,34 +356,33 @@ public final class ObjectDecoder {
             let width = Int(trailer.width)
             let chunk = trailer.encoding == .zstd ? (1 << 20) : trailer.chunkBytes
             if grouped.count < chunk { grouped = [UInt8](repeating: 0, count: chunk) }
-            if plain.count < chunk { plain = [UInt8](repeating: 0, count: chunk) }
+            if trailer.encoding != .zstd, plain.count < chunk { plain = [UInt8](repeating: 0, count: chunk) }
             decompressor.reset()
-            var produced = 0
             var blockLength = try nextBlock()
             var inPos = 0
             var finished = false
-            while produced < rawLength || !finished {
-                let want = min(chunk, rawLength - produced)
+            // Fills `out` from the zstd stream, reading payload blocks as needed; stops early only if the frame ends.
+            // Every step either consumes input, produces output, reads a block or ends the frame, so it terminates.
+            func pump(_ out: UnsafeMutableRawBufferPointer) throws -> Int {
                 var outPos = 0
-                while outPos < want || (want == 0 && !finished) {
+                while outPos < out.count && !finished {
                     if inPos == blockLength {
                         blockLength = try nextBlock()
                         inPos = 0
-                        if blockLength == 0 {
-                            if finished && outPos == want { break }
-                            throw corrupt("its compressed data ends early")
-                        }
+                        if blockLength == 0 { throw corrupt("its compressed data ends early") }
                     }
                     finished = try input.withUnsafeBytes { inp in
-                        try grouped.withUnsafeMutableBytes { out in
-                            try decompressor.step(input: UnsafeRawBufferPointer(rebasing: inp[0..<blockLength]), inputPosition: &inPos,
-                                                  output: UnsafeMutableRawBufferPointer(rebasing: out[0..<want]), outputPosition: &outPos)
-                        }
+                        try decompressor.step(input: UnsafeRawBufferPointer(rebasing: inp[0..<blockLength]), inputPosition: &inPos,
+                                              output: out, outputPosition: &outPos)
                     }
-                    if finished && outPos < want { throw corrupt("its compressed data is shorter than recorded") }
-                    if finished { break }
                 }
-                if want == 0 { break }
+                return outPos
+            }
+            var produced = 0
+            while produced < rawLength {
+                let want = min(chunk, rawLength - produced)
+                let got = try grouped.withUnsafeMutableBytes { try pump(UnsafeMutableRawBufferPointer(rebasing: $0[0..<want])) }
+                guard got == want else { throw corrupt("its compressed data is shorter than recorded") }
                 if trailer.encoding == .zstd {
                     try grouped.withUnsafeBytes { try sink(UnsafeRawBufferPointer(rebasing: $0[0..<want])) }
                 } else {
@@ -325,8 +401,43 @@ public final class ObjectDecoder {
                 }
                 produced += want
             }
+            // The frame must end here: one more byte of output means the data is longer than recorded.
+            var probe: UInt8 = 0
+            let extra = try withUnsafeMutableBytes(of: &probe) { try pump($0) }
+            if extra > 0 { throw corrupt("its compressed data is longer than recorded") }
             // Anything left after the frame is corruption.
             if inPos < blockLength || remaining > 0 { throw corrupt("it has data after its compressed frame") }
         }
     }
+}
+
+/// A lock on the store that keeps `tessera gc` from deleting objects while a command may be about to reference them.
+///
+/// Writers (the filter, the merge driver, fetches) hold it shared for as long as they run: an object a writer reuses
+/// (found in the raw-value index) or writes is named only by a manifest git has not recorded yet, so no reachability
+/// walk can see it. `tessera gc` takes it exclusively, and so waits for them. The lock is `flock(2)` on
+/// `<store>/lock`, released by the kernel when the process ends, however it ends.
+public final class StoreLock {
+    private let fd: Int32
+
+    public enum Mode { case shared, exclusive }
+
+    /// Takes the lock, waiting for it. With `wait: false`, returns nil at once if it is held the other way.
+    public init?(store: ObjectStore, mode: Mode, wait: Bool = true) throws {
+        let path = store.root + "/lock"
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw FileDescriptor.posixError("cannot open \(path)") }
+        var operation = mode == .shared ? LOCK_SH : LOCK_EX
+        if !wait { operation |= LOCK_NB }
+        while flock(fd, operation) != 0 {
+            if errno == EINTR { continue }
+            let code = errno
+            close(fd)
+            if code == EWOULDBLOCK { return nil }
+            throw FileDescriptor.posixError("cannot lock \(path)", code)
+        }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
 }

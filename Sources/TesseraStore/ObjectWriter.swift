@@ -52,7 +52,7 @@ public final class ObjectWriter {
         try flush()
         let id = hasher.finalizeHex()
         if let batch {
-            batch.add(tmpPath: tmpPath, objectID: id)
+            batch.add(tmpPath: tmpPath, objectID: id, size: written)
             done = true
             return (id, written)
         }
@@ -95,8 +95,17 @@ public final class ObjectBatch: @unchecked Sendable {
 
     deinit { if !committed { abandon() } }
 
-    func add(tmpPath: String, objectID: String) {
-        lock.lock(); pending.append((tmpPath, objectID)); lock.unlock()
+    /// Objects below this size are not flushed one by one: `commit` flushes them all with one `syncfs`.
+    static let individualSyncThreshold = 256 << 10
+    private var unsyncedSmallObjects = 0
+
+    func add(tmpPath: String, objectID: String, size: Int) {
+        lock.lock()
+        pending.append((tmpPath, objectID))
+        let small = size < ObjectBatch.individualSyncThreshold
+        if small { unsyncedSmallObjects += 1 }
+        lock.unlock()
+        if small { return }
         syncQueue.async { [self] in
             do {
                 try FileDescriptor.open(tmpPath, flags: O_RDONLY).sync()
@@ -122,8 +131,16 @@ public final class ObjectBatch: @unchecked Sendable {
         let items = pending
         let stored = Array(byRaw.values)
         let failure = syncFailure
+        let small = unsyncedSmallObjects
         lock.unlock()
         if let failure { abandon(); throw failure }
+        if small > 0 {
+            do {
+                if !(try FileSystem.syncFileSystem(containing: store.tmpDirectory)) {
+                    for item in items { try FileDescriptor.open(item.tmp, flags: O_RDONLY).sync() }
+                }
+            } catch { abandon(); throw error }
+        }
         var directories = Set<String>()
         for item in items {
             let final = store.objectPath(item.id)

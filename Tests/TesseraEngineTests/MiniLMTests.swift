@@ -31,7 +31,7 @@ private let instrument = "A person plays a musical instrument."
 private let stock = "The stock market fell sharply today."
 
 @Suite(.serialized) struct MiniLMTests {
-    /// Golden values from /work/shared/reference/engine/README.md (PyTorch / sentence-transformers).
+    /// Golden values from Tests/Fixtures/reference/engine/README.md (PyTorch / sentence-transformers).
     @Test func embeddingsMatchSentenceTransformers() throws {
         let embedder = try SentenceEmbedder.load(directory: MiniLMTestFiles.miniLM)
         let e = try embedder.embed([guitar, instrument, stock])

@@ -29,7 +29,7 @@ struct SmolLM2TokenFixture {
     }
 }
 
-/// Golden values from /work/shared/reference/engine/README.md (PyTorch/transformers, float32).
+/// Golden values from Tests/Fixtures/reference/engine/README.md (PyTorch/transformers, float32).
 @Suite(.serialized, .enabled(if: EngineFixtures.hasSmolLM2, "SmolLM2 GGUF not installed (scripts/setup.sh)"))
 struct SmolLM2Tests {
     @Test func configFromGGUF() throws {
@@ -57,9 +57,9 @@ struct SmolLM2Tests {
     @Test func arcEasyLogLikelihoods() throws {
         let model = try sharedSmolLM2.get()
         let fixture = try SmolLM2TokenFixture()
-        let golden = try String(contentsOfFile: EngineFixtures.shared + "/reference/engine/smollm2_arc_easy_test_first25.jsonl", encoding: .utf8)
+        let golden = try String(contentsOfFile: EngineFixtures.referenceFixtures + "/reference/engine/smollm2_arc_easy_test_first25.jsonl", encoding: .utf8)
             .split(separator: "\n").map { try JSONParser.parse(String($0)) }
-        let questions = try String(contentsOfFile: EngineFixtures.shared + "/data/ARC-Easy-test.jsonl", encoding: .utf8)
+        let questions = try String(contentsOfFile: EngineFixtures.data + "/ARC-Easy-test.jsonl", encoding: .utf8)
             .split(separator: "\n").prefix(25).map { try JSONParser.parse(String($0)) }
         #expect(golden.count == 25 && fixture.arc.count == 25)
         var requests: [(context: [Int], continuation: [Int])] = []
@@ -104,7 +104,7 @@ struct SmolLM2Tests {
     @Test func importedTokenizerMatchesTransformersConversion() throws {
         let gguf = try GGUFFile(path: EngineFixtures.smolLM2Path)
         let ours = try GGUFImport.huggingFaceTokenizerJSON(from: gguf)
-        let reference = try EngineFixtures.json(EngineFixtures.shared + "/reference/engine/smollm2_tokenizer/tokenizer.json")
+        let reference = try EngineFixtures.json(EngineFixtures.referenceFixtures + "/reference/engine/smollm2_tokenizer/tokenizer.json")
         let vocabulary = { (t: JSONValue) in Dictionary(uniqueKeysWithValues: (t["model"]?["vocab"]?.objectValue ?? []).map { ($0.0, $0.1.intValue ?? -1) }) }
         #expect(vocabulary(ours).count == 49152)
         #expect(vocabulary(ours) == vocabulary(reference))

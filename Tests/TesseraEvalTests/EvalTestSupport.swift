@@ -7,9 +7,10 @@ import TesseraEval
 enum EvalTestFiles {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().path
-    static var shared: String { packageRoot + "/../shared" }
-    static var data: String { shared + "/data" }
-    static var reference: String { shared + "/reference/engine" }
+    /// The evaluation data shipped in data/, and reference values vendored in Tests/Fixtures (see its SOURCES.md).
+    static var data: String { packageRoot + "/data" }
+    static var reference: String { packageRoot + "/Tests/Fixtures/reference/engine" }
+    static var vendoredData: String { packageRoot + "/Tests/Fixtures/data" }
     static var modelsDirectory: String {
         ProcessInfo.processInfo.environment["TESSERA_MODELS_DIR"] ?? packageRoot + "/.cache/models"
     }

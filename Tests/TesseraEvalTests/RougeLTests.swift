@@ -5,7 +5,7 @@ import TesseraEval
 @Suite struct RougeLTests {
     /// Reference: Google's rouge-score (no stemming) over the stored text-davinci-003 answers.
     @Test func selfInstructPredictionsMatchRougeScore() throws {
-        let rows = try EvalTestFiles.jsonLines(EvalTestFiles.data + "/selfinstruct_text-davinci-003_predictions.jsonl")
+        let rows = try EvalTestFiles.jsonLines(EvalTestFiles.vendoredData + "/selfinstruct_text-davinci-003_predictions.jsonl")
         #expect(rows.count == 252)
         let scores = rows.map { RougeL.score(prediction: $0["response"] as! String, reference: $0["target"] as! String).f1 }
         let firstFive = [0.55, 0.0, 0.962963, 0.944444, 0.307692]
@@ -18,7 +18,7 @@ import TesseraEval
 
     /// With rouge-score's use_stemmer=True (NLTK Porter on tokens longer than three characters): 0.336378.
     @Test func stemmedRougeLMatchesRougeScore() throws {
-        let rows = try EvalTestFiles.jsonLines(EvalTestFiles.data + "/selfinstruct_text-davinci-003_predictions.jsonl")
+        let rows = try EvalTestFiles.jsonLines(EvalTestFiles.vendoredData + "/selfinstruct_text-davinci-003_predictions.jsonl")
         let scores = rows.map { RougeL.score(prediction: $0["response"] as! String, reference: $0["target"] as! String, stemming: true).f1 }
         let mean = scores.reduce(0, +) / Double(scores.count)
         #expect(abs(mean - 0.336378) < 5e-7, "mean \(mean)")

@@ -25,8 +25,12 @@ import TesseraEval
             .prepare(data: EvalDataDirectory(EvalTestFiles.data))
         let e1 = try #require(throws: TesseraError.self) { try prepared.run(models: EvalModels(), progress: .silent) }
         #expect(e1.message.contains("sentence embedder"))
-        // The default head location is the data directory, which has none in ../shared/data.
-        let e2 = try #require(throws: TesseraError.self) { try SST2Task().prepare(data: EvalDataDirectory(EvalTestFiles.data)) }
-        #expect(e2.message.contains("minilm_sst2_head.safetensors") && e2.message.contains(EvalTestFiles.data))
+        // The default head location is the data directory: one holding the data but no head.
+        let folder = NSTemporaryDirectory() + "tessera-sst2-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.copyItem(atPath: EvalTestFiles.data + "/sst2_dev.tsv", toPath: folder + "/sst2_dev.tsv")
+        let e2 = try #require(throws: TesseraError.self) { try SST2Task().prepare(data: EvalDataDirectory(folder)) }
+        #expect(e2.message.contains("minilm_sst2_head.safetensors") && e2.message.contains(folder))
     }
 }

@@ -3,7 +3,7 @@ import Testing
 import TesseraCore
 import TesseraMerge
 
-/// Every mergekit output in shared/reference/merge/mergekit, reproduced by running its YAML config through
+/// Every mergekit output in Tests/Fixtures/reference/merge/mergekit, reproduced by running its YAML config through
 /// MergeConfig and the streaming driver.
 @Suite struct MergekitReferenceTests {
     static let deterministicConfigs = [

@@ -110,10 +110,18 @@ func temporaryStore() throws -> (ObjectStore, String) {
             var out: [UInt8] = []
             try store.reconstruct(m, file: "x") { out += $0 }
             #expect(out == content)
-            // Cleaning a manifest gives the manifest back (clean is idempotent).
-            let again = CheckpointCleaner(store: store, fileName: "x.bin")
+            // Cleaning the staged manifest gives it back (clean is idempotent on a file git never smudged).
+            let again = CheckpointCleaner(store: store, fileName: "x.bin", stagedManifest: manifest)
             try manifest.withUnsafeBytes { try again.consume($0) }
             #expect(try again.finish() == manifest)
+            // Any other manifest text is a file like any other: stored whole, given back as it was.
+            let other = CheckpointCleaner(store: store, fileName: "y.bin")
+            try manifest.withUnsafeBytes { try other.consume($0) }
+            let wrapped = try Manifest.parse(String(decoding: try other.finish(), as: UTF8.self))
+            #expect(wrapped.format == .opaque)
+            var text: [UInt8] = []
+            try store.reconstruct(wrapped, file: "y") { text += $0 }
+            #expect(text == manifest)
         }
     }
 }

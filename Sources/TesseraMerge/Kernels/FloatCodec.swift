@@ -72,10 +72,57 @@ enum FloatCodec {
         }
     }
 
-    /// `encode` for a merge result, which must be finite: nil when some value is NaN or infinite (find it with
-    /// `firstNonFinite`). For f32 output the check rides along with the copy, so the result is read once, not twice.
+    /// The largest finite value of a 16-bit output dtype (what a merge result must fit in), nil for other dtypes.
+    static func largestFinite(_ dtype: DType) -> Float? {
+        switch dtype {
+        case .f16: return 65504
+        case .bf16: return HalfFloat.bf16ToFloat(0x7F7F)
+        default: return nil
+        }
+    }
+
+    /// Index of the first finite value that `dtype` rounds to infinity (a float16 or bfloat16 overflow), if any.
+    static func firstOverflow(_ x: [Float], dtype: DType) -> Int? {
+        guard dtype == .f16 || dtype == .bf16 else { return nil }
+        return x.firstIndex { $0.isFinite && !encodesFinite($0, dtype) }
+    }
+
+    @inline(__always)
+    private static func encodesFinite(_ v: Float, _ dtype: DType) -> Bool {
+        dtype == .f16 ? HalfFloat.floatToF16(v) & 0x7C00 != 0x7C00 : HalfFloat.floatToBF16(v) & 0x7F80 != 0x7F80
+    }
+
+    /// `encode` for a merge result, which must be finite in the output dtype: nil when some value is NaN or
+    /// infinite, or (float16, bfloat16) rounds to infinity (find it with `firstNonFinite`, then `firstOverflow`).
+    /// For f32 output the check rides along with the copy, so the result is read once, not twice; for 16-bit output
+    /// the encoded values are checked as they are written.
     static func encodeFinite(_ x: [Float], shape: [Int], dtype: DType) throws -> RawTensor? {
         let n = x.count
+        if n > 0, dtype == .f16 || dtype == .bf16 {
+            let ranges = Parallel.chunkRanges(n)
+            var flags = [UInt32](repeating: 0, count: ranges.count)
+            let isBF16 = dtype == .bf16
+            let bytes = [UInt8](unsafeUninitializedCapacity: 2 * n) { dst, count in
+                let out = SharedMutablePointer(UnsafeMutableRawPointer(dst.baseAddress!).bindMemory(to: UInt16.self, capacity: n))
+                x.withUnsafeBufferPointer { src in
+                    flags.withUnsafeMutableBufferPointer { f in
+                        let fp = SharedMutablePointer(f.baseAddress!)
+                        Parallel.forRanges(ranges) { c, r in
+                            // All exponent bits set: infinity or NaN in the 16-bit format.
+                            var any: UInt16 = 0
+                            if isBF16 {
+                                for i in r { let h = HalfFloat.floatToBF16(src[i]); out[i] = h.littleEndian; any |= (h & 0x7F80) == 0x7F80 ? 1 : 0 }
+                            } else {
+                                for i in r { let h = HalfFloat.floatToF16(src[i]); out[i] = h.littleEndian; any |= (h & 0x7C00) == 0x7C00 ? 1 : 0 }
+                            }
+                            fp[c] = UInt32(any)
+                        }
+                    }
+                }
+                count = 2 * n
+            }
+            return flags.contains { $0 != 0 } ? nil : RawTensor(dtype: dtype, shape: shape, bytes: bytes)
+        }
         guard dtype == .f32, n > 0 else {
             return firstNonFinite(x) == nil ? try encode(x, shape: shape, dtype: dtype) : nil
         }

@@ -125,7 +125,9 @@ public func sweepObject(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let settings = SweepSettings.current
     let original = fuzzInput(data, size)
     let id = SHA256Hasher.hex(original)
-    guard original.count >= ObjectTrailer.size, let trailer = try? ObjectTrailer.decode(Array(original.suffix(ObjectTrailer.size)), object: id) else {
+    guard original.count >= ObjectTrailer.size,
+          let trailer = try? ObjectTrailer.decode(Array(original.suffix(ObjectTrailer.size)), object: id,
+                                                  payloadLength: original.count - ObjectTrailer.size) else {
         emit("skip \(id) not an object")
         return 0
     }
@@ -149,6 +151,7 @@ public func sweepObject(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         return 0
     }
     store.remove(id)
+    let expectedRawSHA256 = SHA256Hasher.hex(expected)
     let payload = original.count - ObjectTrailer.size
     emit("object \(id) \(trailer.encoding.manifestName(width: Int(trailer.width), base: nil)) payload=\(payload) raw=\(expected.count)")
     let keepAll = original.count <= 256 << 10
@@ -166,16 +169,16 @@ public func sweepObject(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         // Kept before decoding, so that the fsck run also meets the variants that crash the decoder.
         if let keep, keepAll || (inTrailer && (64...74).contains(offset)) { writeObject(variant, id: variantID, into: keep) }
         alarm(settings.hangSeconds)
-        // Two read paths: streaming (smudge, fsck) and straight into a buffer of the length the manifest promises
-        // (merges, the engine). Each is nil (refused cleanly), or the bytes it produced; "unclean" if it threw
-        // something other than a TesseraError.
+        // Two read paths: streaming with no expectations (fsck), and straight into a buffer of the length the
+        // manifest promises, expecting the raw SHA-256 it names (smudge, merges, the engine). Each is nil (refused
+        // cleanly), or the bytes it produced; "unclean" if it threw something other than a TesseraError.
         var unclean = false
         var streamed: [UInt8]? = []
         do { try store.read(variantID, decoder: decoder) { streamed! += $0 } } catch is TesseraError { streamed = nil } catch { streamed = nil; unclean = true }
-        let buffer = LargeBuffer(count: expected.count)
         var filled: [UInt8]? = nil
         do {
-            try store.readAll(variantID, into: buffer.bytes, decoder: decoder)
+            let buffer = try LargeBuffer(count: expected.count)
+            try store.readAll(variantID, into: buffer.bytes, expectedRawSHA256: expectedRawSHA256, decoder: decoder)
             filled = Array(UnsafeRawBufferPointer(buffer.bytes))
         } catch is TesseraError {} catch { unclean = true }
         let outcome: String

@@ -47,6 +47,14 @@ public func fuzzObject(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         if streamed.count > 0, (try? store.readAll(id, into: UnsafeMutableRawBufferPointer(rebasing: exact[0..<(streamed.count - 1)]), decoder: decoder)) != nil {
             finding("readAll(into:) accepted a buffer one byte too short")
         }
+        // What a manifest-driven read expects: the right length and raw hash pass, a wrong one is refused.
+        let rawSHA = SHA256Hasher.hex(streamed)
+        do { _ = try store.readAll(id, expectedLength: streamed.count, expectedRawSHA256: rawSHA, decoder: decoder) } catch {
+            finding("readAll with the decoded length and raw SHA-256 expected failed: \(error)")
+        }
+        if (try? store.verify(id, expectedLength: streamed.count + 1, decoder: decoder)) != nil { finding("verify accepted a wrong expected length") }
+        let wrongSHA = String(repeating: rawSHA == String(repeating: "0", count: 64) ? "1" : "0", count: 64)
+        if (try? store.verify(id, expectedRawSHA256: wrongSHA, decoder: decoder)) != nil { finding("verify accepted a wrong expected raw SHA-256") }
     }
     return 0
 }

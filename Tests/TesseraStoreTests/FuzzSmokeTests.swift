@@ -32,7 +32,7 @@ import Testing
     static let seconds = Int(ProcessInfo.processInfo.environment["TESSERA_FUZZ_SECONDS"] ?? "") ?? 10
     static let limits = ["-timeout=10", "-rss_limit_mb=2048"]
 
-    @Test(arguments: targets) func fuzzingTheSeedCorpusFindsNothing(_ target: Target) throws {
+    @Test(arguments: targets) func fuzzingTheSeedCorpusFindsNothing(_ target: Target) async throws {
         guard let executable = try locate(target) else { return }
         let seeds = "\(Self.root)/Fuzz/Corpus/\(target.name)"
         #expect(try FileManager.default.contentsOfDirectory(atPath: seeds).count >= 3, "the seed corpus \(seeds) is (nearly) empty")
@@ -40,7 +40,7 @@ import Testing
         // New inputs go to the first corpus directory, a scratch one: the committed seeds stay as they are.
         let scratch = out + "/corpus"
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        let run = try runFuzzer(executable, Self.limits + [
+        let run = try await runFuzzer(executable, Self.limits + [
             "-max_total_time=\(Self.seconds)", "-print_final_stats=1", "-dict=\(Self.root)/Fuzz/Dictionaries/\(target.name).dict",
             "-artifact_prefix=\(out)/", scratch, seeds,
         ], log: out + "/log", deadline: Self.seconds + 300)
@@ -50,14 +50,14 @@ import Testing
         #expect(run.status != 0 || executed > 0, "fuzz target \(target.name) executed no input (log: \(out)/log)")
     }
 
-    @Test(arguments: targets) func regressionInputsReplayCleanly(_ target: Target) throws {
+    @Test(arguments: targets) func regressionInputsReplayCleanly(_ target: Target) async throws {
         let dir = "\(Self.root)/Fuzz/Regressions/\(target.name)"
         let inputs = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [])
             .filter { !$0.hasPrefix(".") && $0 != "README.md" }.sorted().map { dir + "/" + $0 }
         if inputs.isEmpty { return }
         guard let executable = try locate(target) else { return }
         let out = try outputDirectory(target, "regressions")
-        let run = try runFuzzer(executable, Self.limits + ["-runs=1", "-artifact_prefix=\(out)/"] + inputs,
+        let run = try await runFuzzer(executable, Self.limits + ["-runs=1", "-artifact_prefix=\(out)/"] + inputs,
                                 log: out + "/log", deadline: 60 + 20 * inputs.count)
         report(target, run, out: out, what: "replaying \(inputs.count) regression input(s) of \(dir)", inputsGiven: true)
     }
@@ -87,14 +87,18 @@ import Testing
     }
 
     /// Runs a fuzz executable with its output in `log`; one that outlives `deadline` seconds (libFuzzer stops itself
-    /// long before) is killed and reported.
-    func runFuzzer(_ executable: String, _ arguments: [String], log: String, deadline: Int) throws -> Run {
+    /// long before) is killed and reported. The wait sleeps asynchronously: the test holds no thread meanwhile.
+    func runFuzzer(_ executable: String, _ arguments: [String], log: String, deadline: Int) async throws -> Run {
         FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         defer { try? handle.close() }
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = arguments
+        // Started through a shell that does not exec it: a process started straight from this one would inherit the
+        // test process's peak RSS (Linux keeps the pre-exec high-water mark in ru_maxrss, a gigabyte or more once the
+        // engine tests have loaded models), and libFuzzer would take that for its own use of memory and stop at
+        // -rss_limit_mb. The shell's child starts from the shell's few megabytes.
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", "\"$0\" \"$@\"; exit $?", executable] + arguments
         var env = ProcessInfo.processInfo.environment
         env["SWIFT_BACKTRACE"] = "enable=no"  // libFuzzer's own crash handler reports and saves the input
         // The target's scratch stores, in a directory of this run's (a crashed target cannot remove its own).
@@ -110,9 +114,13 @@ import Testing
         p.standardError = handle
         try p.run()
         let end = Date().addingTimeInterval(TimeInterval(deadline))
-        while p.isRunning && Date() < end { Thread.sleep(forTimeInterval: 0.2) }
+        while p.isRunning && Date() < end { try await Task.sleep(for: .milliseconds(200)) }
         let stopped = p.isRunning
-        if stopped { kill(p.processIdentifier, SIGKILL) }
+        if stopped {
+            // The shell and the fuzzer under it (and fork-mode children, if any): the shell's process group is ours.
+            kill(-p.processIdentifier, SIGKILL)
+            kill(p.processIdentifier, SIGKILL)
+        }
         p.waitUntilExit()
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: log))) ?? Data(), as: UTF8.self)
         return Run(status: p.terminationStatus, log: text, stopped: stopped)

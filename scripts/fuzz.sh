@@ -6,7 +6,8 @@
 # Crashes, hangs (-timeout) and out-of-memory inputs are saved to Fuzz/Out/crashes/TARGET/ (gitignored); replay one
 # with `.build-fuzz/release/FuzzX FILE`. Logs: Fuzz/Out/logs/TARGET.log.
 # Environment: FUZZ_JOBS (parallel jobs, default 1), FUZZ_TIMEOUT (seconds per input before it counts as a hang,
-# default 10), FUZZ_RSS_MB (memory limit, default 2048), FUZZ_FLAGS (more libFuzzer flags, e.g. -max_len=65536).
+# default 10), FUZZ_RSS_MB (memory limit, default 2048), FUZZ_FLAGS (more libFuzzer flags, e.g. -max_len=65536),
+# FUZZ_ASAN=1 (the AddressSanitizer build, .build-fuzz-asan), TESSERA_FUZZ_GGUF_DUPLICATES=ignore (see FuzzGGUF).
 # Exits 1 if any target found anything.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +30,9 @@ bin=$(./scripts/fuzz-build.sh)
 out=Fuzz/Out
 mkdir -p "$out/logs"
 export SWIFT_BACKTRACE=enable=no
+# With FUZZ_ASAN=1 (AddressSanitizer, see scripts/fuzz-build.sh) leaks are not reported: Foundation leaks a page when
+# it maps an empty file, and leaks are not what these runs look for.
+if [ "${FUZZ_ASAN:-0}" = 1 ]; then export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}; fi
 # The targets' scratch stores (on tmpfs when there is one: the store fsyncs), removed whatever happens to the targets.
 scratch=$(mktemp -d "$( [ -w /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")/tessera-fuzz.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT

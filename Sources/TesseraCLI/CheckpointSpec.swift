@@ -4,14 +4,44 @@ import TesseraGit
 import TesseraMerge
 import TesseraStore
 
-/// Resolves what users name as checkpoints on the command line: a safetensors file, or `REV:path` read from the
-/// object store with no checkout (missing objects are fetched from the remote first).
+/// A checkpoint as a command names it, resolved: its tensors, and the folder its config and tokenizer files are in.
+struct ResolvedCheckpoint {
+    enum Layout: Equatable {
+        /// One safetensors file (on disk, or tracked: `REV:path`).
+        case file
+        /// A sharded checkpoint read through its index.
+        case sharded(shards: Int)
+        /// A PEFT adapter folder's `adapter_model.safetensors`.
+        case adapter
+    }
+
+    /// The name as given (a path, `REV:path`, `REV:folder`).
+    var name: String
+    var source: TensorSource
+    var layout: Layout
+    /// Whether the name is a folder (on disk or at a revision): a Hugging Face model folder.
+    var isFolder: Bool
+    /// Where the checkpoint's config and tokenizer files are: the folder itself, else the folder holding the file.
+    var sideFiles: CheckpointFolder?
+}
+
+/// Resolves what users name as checkpoints, the same way for every command:
+/// - a safetensors file (told from its bytes, whatever its name), or a tracked file's manifest in the worktree;
+/// - a Hugging Face folder: `model.safetensors`, or `model.safetensors.index.json` and its shards, or a PEFT adapter
+///   (`adapter_model.safetensors` + `adapter_config.json`);
+/// - a shard index file itself;
+/// - `REV:path` of a tracked file and `REV:folder` (the same folder layouts, read from git and the object store with
+///   no checkout; missing objects are fetched from the remote first).
+/// Anything else is one line saying what it is and what to do.
 final class CheckpointResolver {
     let context: RepositoryContext?
     private var hashes: [ObjectIdentifier: (String) -> String?] = [:]
     /// Hashes file inputs' tensors for provenance (shared by every file this resolver opens, so that the same tensor
     /// of two inputs is hashed as a pair).
     private let hasher = ProvenanceHasher()
+    private lazy var revisions: RevisionCheckpoints? = context.map { context in
+        RevisionCheckpoints(context: context) { [unowned self] manifest, name in try self.stored(manifest, name: name, context: context) }
+    }
 
     /// Whether file inputs are hashed for provenance (merges and task vectors record them; evaluation does not).
     let hashesFileInputs: Bool
@@ -21,31 +51,96 @@ final class CheckpointResolver {
         self.hashesFileInputs = hashesFileInputs
     }
 
-    func source(_ spec: String) throws -> TensorSource {
-        if FileManager.default.fileExists(atPath: spec) {
-            let head = (try? FileHandle(forReadingFrom: URL(fileURLWithPath: spec)).readData(ofLength: 17)).map { Array($0) } ?? []
-            if Manifest.looksLikeManifest(head), let context {
-                // A tracked file that is not checked out (its manifest is in the worktree).
-                let text = try String(contentsOfFile: spec, encoding: .utf8)
-                return try stored(try Manifest.parse(text, file: spec), name: spec, context: context)
+    func source(_ spec: String) throws -> TensorSource { try checkpoint(spec).source }
+
+    func checkpoint(_ spec: String) throws -> ResolvedCheckpoint {
+        var st = stat()
+        if stat(spec, &st) == 0 {
+            if (st.st_mode & S_IFMT) == S_IFDIR {
+                let folder = DiskCheckpointFolder(directory: spec) { [unowned self] in try self.openFile($0) }
+                return try open(folder: folder, name: spec)
             }
-            let plain = try StreamingSafetensorsSource(path: spec)
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                throw TesseraError(.usage, "\(spec) is neither a file nor a folder", hint: "name a safetensors file, a model folder or REV:path")
+            }
+            let parent = (spec as NSString).deletingLastPathComponent
+            let beside = DiskCheckpointFolder(directory: parent.isEmpty ? "." : parent) { [unowned self] in try self.openFile($0) }
+            let format = CheckpointFileFormat.detect(prefix: DiskCheckpointFolder.prefix(spec, count: 32))
+            if format == .json {
+                // A shard index: its shards are files beside it.
+                let index = try CheckpointFolderLayout.openSharded(index: (spec as NSString).lastPathComponent, in: beside)
+                register(index)
+                return ResolvedCheckpoint(name: spec, source: index, layout: .sharded(shards: index.shards.count), isFolder: false, sideFiles: beside)
+            }
+            return ResolvedCheckpoint(name: spec, source: try openFile(spec, format: format), layout: .file, isFolder: false, sideFiles: beside)
+        }
+        if spec.contains(":") {
+            guard let revisions else {
+                throw TesseraError(.usage, "\(spec): no such file, and REV:path needs a git repository", hint: "run inside the repository (or -C DIR), or name a file")
+            }
+            return try revisions.checkpoint(spec, resolver: self)
+        }
+        if spec.contains("+") {
+            throw TesseraError(.unsupported, "\(spec): no such file or folder (mergekit's MODEL+LORA form is not supported)",
+                               hint: "merge the LoRA into its model first, or name the adapter folder itself")
+        }
+        if ModelCard.hubID(spec) != nil && !spec.hasSuffix(".safetensors") {
+            throw TesseraError(.notFound, "\(spec): no such file or folder (tessera reads local checkpoints; it does not download from the Hugging Face Hub)",
+                               hint: "download the model into a folder (e.g. `hf download \(spec) --local-dir DIR`) and name the folder")
+        }
+        throw TesseraError(.notFound, "\(spec): no such file or folder", hint: "name a safetensors file, a model folder, or REV:path (e.g. HEAD~1:model.safetensors)")
+    }
+
+    /// A checkpoint folder (on disk or at a revision) as one source.
+    func open(folder: CheckpointFolder, name: String) throws -> ResolvedCheckpoint {
+        let layout = try CheckpointFolderLayout.detect(in: folder)
+        let source = try layout.open(in: folder)
+        let kind: ResolvedCheckpoint.Layout
+        switch layout {
+        case .single: kind = .file
+        case .sharded:
+            let sharded = source as? ShardedSource
+            if let sharded { register(sharded) }
+            kind = .sharded(shards: sharded?.shards.count ?? 1)
+        case .adapter: kind = .adapter
+        }
+        return ResolvedCheckpoint(name: name, source: source, layout: kind, isFolder: true, sideFiles: folder)
+    }
+
+    /// A checkpoint file on disk, told from its bytes: safetensors, or the manifest of a tracked file that is not
+    /// checked out.
+    func openFile(_ path: String, format known: CheckpointFileFormat? = nil) throws -> TensorSource {
+        let format = known ?? CheckpointFileFormat.detect(prefix: DiskCheckpointFolder.prefix(path, count: 32))
+        switch format {
+        case .tesseraManifest:
+            guard let context else {
+                throw TesseraError(.usage, "\(path) is a tessera manifest (a tracked checkpoint that is not checked out)",
+                                   hint: "run inside its repository, or check the file out first")
+            }
+            let text = String(decoding: try DiskCheckpointFolder.readFile(path, limit: 64 << 20), as: UTF8.self)
+            return try stored(try Manifest.parse(text, file: path), name: path, context: context)
+        case .gguf:
+            throw TesseraError(.unsupported, "\(path) is a GGUF file: `tessera eval` reads it, but merges and task vectors read safetensors",
+                               hint: "`tessera import \(path) -o FOLDER` writes it as a Hugging Face folder")
+        case .json:
+            throw TesseraError(.invalidCheckpoint, "\(path) is JSON, not a checkpoint", hint: "name the model's folder, or its .safetensors file")
+        case .safetensors:
+            let plain = try StreamingSafetensorsSource(path: path)
             guard hashesFileInputs else { return plain }
             let file = HashingSource(plain, hasher: hasher)
             hashes[ObjectIdentifier(file)] = { name in file.hash(of: name) }
             return file
+        default:
+            throw CheckpointFileFormat.unsupportedError(format, file: path)
+                ?? TesseraError(.invalidCheckpoint, "\(path) is not a checkpoint", hint: "name a safetensors file or a model folder")
         }
-        guard spec.contains(":") else {
-            throw TesseraError(.notFound, "\(spec): no such file", hint: "name a safetensors file or REV:path (e.g. HEAD~1:model.safetensors)")
-        }
-        guard let context else {
-            throw TesseraError(.usage, "\(spec) names a revision but this is not a git repository", hint: "run inside the repository, or name a file")
-        }
-        let (name, manifest) = try context.manifest(spec)
-        return try stored(manifest, name: name, context: context)
     }
 
-    private func stored(_ manifest: Manifest, name: String, context: RepositoryContext) throws -> TensorSource {
+    func stored(_ manifest: Manifest, name: String, context: RepositoryContext) throws -> TensorSource {
+        guard manifest.format == .safetensors else {
+            throw TesseraError(.unsupported, "\(name) is tracked by tessera but is not a safetensors checkpoint (stored whole)",
+                               hint: "name a safetensors checkpoint")
+        }
         let missing = manifest.objects.filter { !context.store.contains($0.id) }
         if !missing.isEmpty {
             try LFSTransport(repository: context.repository, store: context.store).fetch(missing, forFile: name)
@@ -53,6 +148,14 @@ final class CheckpointResolver {
         let checkpoint = try StoredCheckpoint(manifest: manifest, store: context.store, name: name)
         hashes[ObjectIdentifier(checkpoint)] = { checkpoint.stored($0)?.rawSHA256 }
         return checkpoint
+    }
+
+    /// A sharded source's tensor hashes are its shards'.
+    func register(_ sharded: ShardedSource) {
+        hashes[ObjectIdentifier(sharded)] = { [weak self, weak sharded] name in
+            guard let self, let shard = sharded?.shard(of: name) else { return nil }
+            return self.tensorHash(shard, name)
+        }
     }
 
     /// Stops and waits for the background hashing of file inputs. Commands call it before they return or throw, so

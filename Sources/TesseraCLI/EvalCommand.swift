@@ -12,8 +12,9 @@ struct EvalCommand: ParsableCommand {
         Built-in tasks: wikitext (perplexity), arc-easy and arc-challenge (lm-eval-harness recipe: acc, acc_norm),
         sst2 (sentence-embedding classification with a head checkpoint), selfinstruct (greedy generation, Rouge-L),
         and user tasks from JSONL files (docs/task-format.md). NAME:N evaluates the first N examples.
-        Models: REV:path of a tracked checkpoint (config.json and tokenizer.json from the same folder of the same
-        revision), REV (its one tracked checkpoint), a model folder, or a .gguf file.
+        Models: a Hugging Face folder (single or sharded), a safetensors file or shard index with config.json beside
+        it, REV:path of a tracked checkpoint or REV:folder (config.json and tokenizer.json from the same folder of the
+        same revision), REV (its one tracked checkpoint or checkpoint folder), or a .gguf file.
         Examples:
           tessera eval main merged --task wikitext:20 --task arc-easy:50
           tessera eval HEAD~1:model/model.safetensors HEAD:model/model.safetensors --task arc-easy:100 --chart arc.svg
@@ -21,7 +22,7 @@ struct EvalCommand: ParsableCommand {
         """
     )
 
-    @Argument(help: "Models to evaluate: REV[:PATH], a model folder, or a .gguf file.")
+    @Argument(help: "Models to evaluate: REV[:PATH], REV:FOLDER, a model folder or file, or a .gguf file.")
     var targets: [String]
 
     @Option(name: .customLong("task"), help: "A task: NAME[:N] or a JSONL task file[:N]. Repeatable.")

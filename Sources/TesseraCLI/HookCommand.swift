@@ -8,7 +8,7 @@ import TesseraStore
 struct HookCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hook",
-        abstract: "Work done from git hooks (pre-push, post-checkout, post-merge, pre-commit).",
+        abstract: "Work done from git hooks (pre-push, pre-commit).",
         shouldDisplay: false
     )
 
@@ -20,6 +20,7 @@ struct HookCommand: ParsableCommand {
         switch name {
         case "pre-push": try prePush(context)
         case "post-checkout", "post-merge":
+            // Hooks of earlier versions (`tessera install` removes them): the filter now does this when it starts.
             if let worktree = context.repository.workdir {
                 try StatCache(store: context.store, worktree: worktree).promotePending()
             }
@@ -45,11 +46,13 @@ struct HookCommand: ParsableCommand {
         let present = wanted.filter { context.store.contains($0) }
         let absent = wanted.count - present.count
         if absent > 0 {
-            FileHandle.standardError.write(Data("tessera: \(absent) object(s) named by the pushed commits are not in this repository's store; they must already be on '\(remote)' (fetch them with `git tessera fetch --all` to check)\n".utf8))
+            FileHandle.standardError.write(Data("tessera: \(absent) object(s) named by the pushed commits are not in this repository's store; they must already be on '\(remote)' (`tessera fetch --all` checks)\n".utf8))
         }
         if !present.isEmpty {
-            try transport.push(present, remote: remote)
-            if isatty(2) != 0 { FileHandle.standardError.write(Data("tessera: sent \(present.count) object(s) to \(remote)\n".utf8)) }
+            let report = try transport.push(present, remote: remote)
+            if isatty(2) != 0 && report.transferred > 0 {
+                FileHandle.standardError.write(Data("tessera: sent \(report.transferred) object(s), \(humanBytes(report.bytes)), to \(remote)\n".utf8))
+            }
         }
     }
 
@@ -87,77 +90,20 @@ struct HookCommand: ParsableCommand {
     }
 }
 
-struct FetchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "fetch",
-        abstract: "Download the objects that tracked files need, from a remote's Git LFS storage.",
-        discussion: """
-        A checkout fetches what it needs by itself; use this to prefetch or to make history available offline.
-        Examples:
-          git tessera fetch                 # objects for HEAD
-          git tessera fetch origin/main v2  # objects for these revisions
-          git tessera fetch --all           # objects for every revision of every ref
-        """
-    )
-
-    @Argument(help: "Revisions whose files' objects to fetch (default HEAD).")
-    var revisions: [String] = []
-
-    @Flag(help: "Fetch objects for the whole history of every ref.")
-    var all = false
-
-    @Option(help: "The remote to fetch from (default: the branch's remote, else origin).")
-    var remote: String?
-
-    @Option(name: [.customShort("C")], help: "Run as if tessera was started in this directory.")
-    var directory: String = "."
-
-    func run() throws {
-        let context = try RepositoryContext(directory: directory)
-        let commits: [String]
-        if all {
-            commits = try context.repository.commits(reachableFrom: [], globs: ["refs/*"]) + (context.repository.resolveCommit("HEAD").map { [$0] } ?? [])
-        } else {
-            commits = try (revisions.isEmpty ? ["HEAD"] : revisions).map { rev in
-                guard let c = context.repository.resolveCommit(rev) else {
-                    throw TesseraError(.notFound, "\(rev) is not a revision of this repository", hint: "name a branch, tag or commit (`git log --oneline` lists them)")
-                }
-                return c
-            }
-        }
-        var objects: [(id: String, size: Int)] = []
-        var unreadable: [(String, String)] = []
-        var seen = Set<String>()
-        for (_, m) in try context.repository.manifests(inCommits: commits) {
-            for o in m.objects where seen.insert(o.id).inserted {
-                switch context.store.presence(o.id) {
-                case .present: break
-                case .missing: objects.append(o)
-                case let .unreadable(why): unreadable.append((o.id, why))
-                }
-            }
-        }
-        if let (id, why) = unreadable.first {
-            throw TesseraError(.io, "\(unreadable.count) object(s) are in the store but cannot be read (object \(id.prefix(12)): \(why))",
-                               hint: "fix the permissions of .git/tessera/objects, or delete the unreadable objects and run `tessera fetch` again")
-        }
-        if objects.isEmpty { print("all \(seen.count) object(s) are present"); return }
-        try LFSTransport(repository: context.repository, store: context.store).fetch(objects, remote: remote)
-        print("fetched \(objects.count) object(s)")
-    }
-}
-
 struct HookScriptCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hook-script",
-        abstract: "Print the text of a hook that `tessera install` writes (scripts/write-hooks.sh uses it).",
+        abstract: "Print the text of a hook that tessera installs (scripts/write-hooks.sh uses it).",
         shouldDisplay: false
     )
 
     @Argument var name: String
 
+    @Flag(help: "The pre-push hook as installed beside git-lfs (its first 1024 bytes are git-lfs's own hook).")
+    var gitLFS = false
+
     func run() throws {
-        guard Installer.hookNames.contains(name) else { throw TesseraError(.usage, "unknown hook \(name)", hint: "one of " + Installer.hookNames.joined(separator: ", ")) }
-        print(Installer.hookScript(name), terminator: "")
+        guard GitHooks.names.contains(name) else { throw TesseraError(.usage, "unknown hook \(name)", hint: "one of " + GitHooks.names.joined(separator: ", ")) }
+        print(GitHooks.script(name, gitLFSPrefix: gitLFS ? GitHooks.gitLFSHookText(name) : nil), terminator: "")
     }
 }

@@ -2,32 +2,48 @@ import ArgumentParser
 import Foundation
 import TesseraCore
 import TesseraGit
+import TesseraStore
 
 struct InstallCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "install",
-        abstract: "Configure git to use Tessera's filter, diff and merge drivers, and install its hooks.",
+        abstract: "Configure git for Tessera's filter, diff and merge drivers, install its hooks, check files out.",
         discussion: """
-        Per repository by default; --global configures the drivers for your user (hooks are per repository: run
-        `tessera install` in each repository that pushes Tessera objects). Existing hooks are kept and chained.
-        Example:
+        Per repository by default; --global configures your user once, and every clone then works
+        (the filter installs the hooks the first time it runs in a repository). In a repository,
+        tracked files that a clone left as manifests are fetched and checked out (as `git lfs pull`).
+        Existing hooks are kept and chained; git-lfs's hooks keep working, in either order of install.
+        Examples:
           tessera install && tessera track "*.safetensors"
+          tessera install --global
         """
     )
 
     @Flag(help: "Configure the drivers in your global git config instead of this repository's.")
     var global = false
 
+    @Flag(help: "Do not check out files left as manifests.")
+    var skipCheckout = false
+
     @Option(name: [.customShort("C")], help: "Run as if tessera was started in this directory.")
     var directory: String = "."
 
     func run() throws {
         let repository = global ? try? GitRepository(discovering: directory) : try GitRepository(discovering: directory)
-        let installer = Installer(repository: repository, executable: ExecutablePath.current)
+        let (name, warning) = Installer.configuredName(forBinaryAt: ExecutablePath.current)
+        let installer = Installer(repository: repository, executable: name)
         for line in try installer.install(scope: global ? .global : .local) { print(line) }
-        if global, let repository, repository.workdir != nil {
-            for line in try installer.install(scope: .local) where line.contains("hook") { print(line) }
+        if let warning { FileHandle.standardError.write(Data("tessera: \(warning)\n".utf8)) }
+        guard let repository, repository.workdir != nil, !skipCheckout else {
+            if global && repository == nil {
+                print("clones made before this keep manifests where checkpoints belong: run `tessera pull` in them")
+            }
+            return
         }
+        let store = try repository.objectStore()
+        let lock = try StoreLock(store: store, mode: .shared)
+        defer { withExtendedLifetime(lock) {} }
+        for path in try ManifestCheckout(repository: repository, store: store).checkOut() { print("checked out \(path)") }
     }
 }
 
@@ -47,7 +63,7 @@ struct UninstallCommand: ParsableCommand {
     func run() throws {
         let repository = try? GitRepository(discovering: directory)
         if !global && repository == nil { throw TesseraError(.usage, "not a git repository", hint: "use --global outside a repository") }
-        let lines = try Installer(repository: repository, executable: ExecutablePath.current).uninstall(scope: global ? .global : .local)
+        let lines = try Installer(repository: repository, executable: "tessera").uninstall(scope: global ? .global : .local)
         if lines.isEmpty { print("nothing to uninstall") }
         for line in lines { print(line) }
     }
@@ -82,8 +98,10 @@ struct TrackCommand: ParsableCommand {
             return
         }
         if !Installer.isInstalled(repository) {
-            _ = try Installer(repository: repository, executable: ExecutablePath.current).install(scope: .local)
+            let (name, warning) = Installer.configuredName(forBinaryAt: ExecutablePath.current)
+            _ = try Installer(repository: repository, executable: name).install(scope: .local)
             print("installed tessera in this repository (git config and hooks)")
+            if let warning { FileHandle.standardError.write(Data("tessera: \(warning)\n".utf8)) }
         }
         for p in patterns {
             print(try Attributes.track(p, in: worktree) ? "tracking \(p)" : "\(p) is already tracked")

@@ -2,30 +2,61 @@ import ArgumentParser
 import Foundation
 import TesseraCore
 import TesseraGit
+import TesseraMerge
 import TesseraStore
 
 struct LsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
-        abstract: "List the tensors of a tracked file at any revision: name, dtype, shape, bytes, object, encoding.",
+        abstract: "List the tensors of a checkpoint: a tracked file at any revision, or any file or folder.",
         discussion: """
-        Reads the manifest from git (no checkout). Checkpoints written by `tessera merge` or `tessera taskvec` also
-        show how they were made (their provenance metadata).
+        A tracked file (`PATH` as staged, `REV:path`) is read from its manifest (no checkout), with each tensor's
+        object and encoding. Any other checkpoint is read directly, inside a repository or not: a safetensors file, a
+        Hugging Face folder (single, sharded, or a PEFT adapter), a shard index, `REV:folder`. Checkpoints written by
+        `tessera merge` or `tessera taskvec` also show how they were made (their provenance metadata).
         Examples:
-          tessera ls model.safetensors            # as staged in the index
+          tessera ls model.safetensors            # as staged in the index (or the file itself if untracked)
           tessera ls HEAD~2:model.safetensors
           tessera ls v1:model.safetensors --json
+          tessera ls ~/models/Llama-3.2-1B        # a Hugging Face folder, sharded or not
+          tessera ls HEAD:merged                  # a folder at a revision
         """
     )
 
-    @Argument(help: "[REV:]PATH of a tracked file.")
+    @Argument(help: "[REV:]PATH of a tracked file, or a checkpoint file, folder or REV:folder.")
     var target: String
 
     @OptionGroup var options: RepositoryOptions
 
     func run() throws {
-        let context = try RepositoryContext(directory: options.directory)
-        let (name, manifest) = try context.manifest(target)
+        let context = try? RepositoryContext(directory: options.directory)
+        if let context, let tracked = try trackedManifest(context) {
+            try show(name: tracked.0, manifest: tracked.1, context: context)
+            return
+        }
+        let resolver = CheckpointResolver(directory: options.directory, hashesFileInputs: false)
+        defer { resolver.finish() }
+        show(try resolver.checkpoint(target))
+    }
+
+    /// The manifest when the target is a tracked file (`REV:path`, or a path staged in the index); nil when it is
+    /// something else the resolver reads (a folder, an untracked file, a shard index).
+    func trackedManifest(_ context: RepositoryContext) throws -> (String, Manifest)? {
+        if FileManager.default.fileExists(atPath: target) {
+            var isDirectory: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: target, isDirectory: &isDirectory)
+            guard !isDirectory.boolValue, let relative = try? context.relativePath(target),
+                  let bytes = try? context.repository.blob(":" + relative), Manifest.looksLikeManifest(bytes) else { return nil }
+            return (relative, try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: relative))
+        }
+        // A path in the index (tracked, not in the worktree); anything else is the resolver's to name.
+        guard target.contains(":") else { return try? context.manifest(target) }
+        guard target.hasPrefix(":") || context.repository.objectKind(RevisionCheckpoints.trimmingSlashes(target)) == .file,
+              let bytes = try? context.repository.blob(target), Manifest.looksLikeManifest(bytes) else { return nil }
+        return (target, try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: target))
+    }
+
+    func show(name: String, manifest: Manifest, context: RepositoryContext) throws {
         var metadata: [(String, String)] = []
         if manifest.format == .safetensors, let checkpoint = try? StoredCheckpoint(manifest: manifest, store: context.store, name: name) {
             metadata = checkpoint.metadata
@@ -54,10 +85,65 @@ struct LsCommand: ParsableCommand {
         let stored = Set(manifest.objects.map(\.id)).count
         let storedBytes = manifest.tensors.reduce(0) { $0 + $1.stored.objectSize }
         print("\(manifest.tensors.count) tensors, \(humanBytes(manifest.size)) (\(stored) objects, \(humanBytes(storedBytes)) stored)")
-        if !metadata.isEmpty {
-            print("metadata:")
-            for (k, v) in metadata { print("  \(k): \(v)") }
+        printMetadata(metadata)
+    }
+
+    /// A checkpoint read directly: its tensors (and shard, when sharded) and metadata.
+    func show(_ checkpoint: ResolvedCheckpoint) {
+        let source = checkpoint.source
+        let sharded = source as? ShardedSource
+        func shardName(_ tensor: String) -> String {
+            guard let sharded, let s = sharded.shard(of: tensor) else { return "" }
+            return sharded.shards.first { $0.source === s }?.name ?? ""
         }
+        var total = 0
+        let tensors = source.tensorNames.map { name -> (String, DType, [Int], Int) in
+            let info = source.tensorInfo(name)
+            let dtype = info?.dtype ?? .u8, shape = info?.shape ?? []
+            let bytes = elementCount(shape).flatMap { dtype.byteCount(elements: $0) } ?? 0
+            let (sum, overflow) = total.addingReportingOverflow(bytes)
+            total = overflow ? Int.max : sum
+            return (name, dtype, shape, bytes)
+        }
+        let format: String
+        switch checkpoint.layout {
+        case .file: format = "safetensors"
+        case .sharded: format = "sharded"
+        case .adapter: format = "peft-adapter"
+        }
+        if options.json {
+            let rows: [JSONValue] = tensors.map { t in
+                var pairs: [(String, JSONValue)] = [("name", .string(t.0)), ("dtype", .string(t.1.rawValue)), ("shape", .array(t.2.map { .int($0) })),
+                                                    ("bytes", .int(t.3))]
+                if sharded != nil { pairs.append(("shard", .string(shardName(t.0)))) }
+                return .object(pairs)
+            }
+            var pairs: [(String, JSONValue)] = [("file", .string(checkpoint.name)), ("format", .string(format)), ("tensor_bytes", .int(total))]
+            if let sharded { pairs.append(("shards", .array(sharded.shards.map { .string($0.name) }))) }
+            pairs += [("tensors", .array(rows)), ("metadata", .object(source.metadata.map { ($0.0, .string($0.1)) }))]
+            printJSON(.object(pairs))
+            return
+        }
+        let shape = { (s: [Int]) in "[" + s.map(String.init).joined(separator: ",") + "]" }
+        if sharded != nil {
+            printTable(header: ["name", "dtype", "shape", "bytes", "shard"], rows: tensors.map { [$0.0, $0.1.rawValue, shape($0.2), String($0.3), shardName($0.0)] })
+        } else {
+            printTable(header: ["name", "dtype", "shape", "bytes"], rows: tensors.map { [$0.0, $0.1.rawValue, shape($0.2), String($0.3)] })
+        }
+        var line = "\(tensors.count) tensors, \(humanBytes(total))"
+        switch checkpoint.layout {
+        case .file: break
+        case let .sharded(n): line += ", sharded: \(n) shard\(n == 1 ? "" : "s") (through \(sharded?.sourceName ?? "the index"))"
+        case .adapter: line += ", a PEFT adapter (adapter_model.safetensors)"
+        }
+        print(line)
+        printMetadata(source.metadata)
+    }
+
+    func printMetadata(_ metadata: [(String, String)]) {
+        guard !metadata.isEmpty else { return }
+        print("metadata:")
+        for (k, v) in metadata { print("  \(k): \(v)") }
     }
 }
 

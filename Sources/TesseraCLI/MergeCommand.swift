@@ -30,18 +30,21 @@ struct MergeCommand: ParsableCommand {
         abstract: "Merge checkpoints (files or REV:path) with a merge method, or run a mergekit YAML config.",
         discussion: """
         Methods (mergekit's semantics by default): linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs,
-        breadcrumbs_ties, slerp, fisher, ours, theirs, base. Inputs are safetensors files or REV:path of tracked
-        files, read from the object store with no checkout. The output records its provenance (method, parameters,
-        inputs and their tensor hashes) in its metadata: `tessera ls` shows it.
+        breadcrumbs_ties, slerp, fisher, ours, theirs, base. Inputs (models, --base, a config's model: and
+        base_model:) are safetensors files, Hugging Face folders (single, sharded or PEFT adapter), shard index files,
+        REV:path and REV:folder (read from the object store with no checkout). -o FILE.safetensors writes one file;
+        -o FOLDER writes a Hugging Face folder: the weights (sharded above --max-shard-size), the base model's config
+        and tokenizer files, and a model card. Nothing tessera did not write is replaced. The output records its
+        provenance (method, parameters, inputs and their tensor hashes) in its metadata: `tessera ls` shows it.
         Examples:
-          tessera merge --config merge.yml -o merged.safetensors
+          tessera merge --config merge.yml -o merged-model
           tessera merge --method ties --base main:model.safetensors math:model.safetensors code:model.safetensors \\
                         --weights 1,1 --param density=0.5 -o merged.safetensors
-          tessera merge --method linear a.safetensors b.safetensors --weights 0.3,0.7 -o avg.safetensors
+          tessera merge --method linear models/a models/b --weights 0.3,0.7 -o avg/
         """
     )
 
-    @Argument(help: "Models to merge (files or REV:path). Not with --config.")
+    @Argument(help: "Models to merge (files, folders, REV:path, REV:folder). Not with --config.")
     var models: [String] = []
 
     @Option(help: "A mergekit YAML config (merge_method, base_model, models[].model/.parameters, parameters, dtype).")
@@ -50,7 +53,7 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "The merge method (see above).")
     var method: String?
 
-    @Option(help: "The base model (file or REV:path): task vectors are taken against it.")
+    @Option(help: "The base model (file, folder, REV:path, REV:folder): task vectors are taken against it.")
     var base: String?
 
     @Option(help: "Per-model weights, comma-separated, in the order of the models.")
@@ -64,8 +67,7 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "Compute in this dtype first (float32, float16, bfloat16), as mergekit's dtype.")
     var dtype: String?
 
-    @Option(name: [.customShort("o"), .long], help: "The output safetensors file.")
-    var output: String
+    @OptionGroup var outputOptions: CheckpointOutputOptions
 
     @Option(name: [.customShort("C")], help: "Run as if tessera was started in this directory.")
     var directory: String = "."
@@ -81,23 +83,34 @@ struct MergeCommand: ParsableCommand {
 
     func run() throws {
         MemoryTuning.reuseLargeBuffers()
+        // Where the output goes is settled first: a refusal must come before any work.
+        let target = try outputOptions.target()
+        _ = try outputOptions.shardSize()
         let resolver = CheckpointResolver(directory: directory)
         defer { resolver.finish() }
+        var resolved: [String: ResolvedCheckpoint] = [:]
+        func open(_ spec: String, as name: String) throws -> TensorSource {
+            let c = try resolver.checkpoint(spec)
+            resolved[name] = c
+            return c.source
+        }
         var plan: MergePlan
+        let configYAML: String
         if let config {
             let text: String
             do { text = try String(contentsOfFile: config, encoding: .utf8) } catch {
                 throw TesseraError(.notFound, "\(config): cannot read the config", hint: "check the path")
             }
+            configYAML = text
             let parsed = try MergeConfig.parse(yaml: text, file: config)
             // Paths in a config are relative to the current directory (as mergekit runs them), else to the config's folder.
             let folder = URL(fileURLWithPath: config).deletingLastPathComponent().path
             plan = try parsed.plan { spec in
                 let beside = folder + "/" + spec
                 if !FileManager.default.fileExists(atPath: spec), !spec.hasPrefix("/"), FileManager.default.fileExists(atPath: beside) {
-                    return try resolver.source(beside)
+                    return try open(beside, as: spec)
                 }
-                return try resolver.source(spec)
+                return try open(spec, as: spec)
             }
         } else {
             let w = try Self.list(weights, count: models.count, name: "--weights")
@@ -107,32 +120,85 @@ struct MergeCommand: ParsableCommand {
                 var p: [String: ParameterSetting] = [:]
                 if let w { p["weight"] = .number(w[k]) }
                 if let d { p["density"] = .number(d[k]) }
-                inputs.append(MergeInputModel(name: m, source: try resolver.source(m), parameters: p))
+                inputs.append(MergeInputModel(name: m, source: try resolved[m]?.source ?? open(m, as: m), parameters: p))
             }
-            let baseModel = try base.map { MergeInputModel(name: $0, source: try resolver.source($0)) }
+            let baseModel = try base.map { MergeInputModel(name: $0, source: try resolved[$0]?.source ?? open($0, as: $0)) }
             plan = MergePlan(method: method!, base: baseModel, models: inputs, parameters: try parameterOptions.parsed(),
                              dtype: try dtype.map(Self.dtype))
+            configYAML = Self.configYAML(plan)
         }
         plan = try plan.distributingModelDefaults()
         let started = Date()
-        let reference = (plan.base ?? plan.models[0]).source
+        let referenceInput = plan.base ?? plan.models[0]
+        let reference = referenceInput.source
         let shapes = reference.tensorNames.map { ($0, reference.tensorInfo($0)?.shape ?? []) }
         // Provenance lists each input's tensor hashes: about 70 bytes per tensor and input, plus the names.
         let inputs = plan.models.count + (plan.base == nil ? 0 : 1)
         let metadataBytes = 8192 + inputs * shapes.reduce(0) { $0 + $1.0.utf8.count + 72 }
-        let writer = try SafetensorsStreamWriter(path: output, reserveHeader: SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: metadataBytes))
-        let summary = try MergeDriver.run(plan, float32Sink: { name, values, shape in try writer.append(name, float32: values, shape: shape) }) { name, tensor in
-            try writer.append(name, tensor)
+        let output = try OutputCheckpoint(options: outputOptions, target: target, reference: resolved[referenceInput.name],
+                                          dtype: plan.outDType ?? plan.dtype,
+                                          headerReserve: SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: metadataBytes))
+        let summary = try MergeDriver.run(plan, float32Sink: { name, values, shape in try output.append(name, float32: values, shape: shape) }) { name, tensor in
+            try output.append(name, tensor)
         }
         let meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: resolver.tensorHash)
-        try writer.finish(metadata: meta)
+        let ordered = ([plan.base?.name].compactMap { $0 } + plan.models.map(\.name)).compactMap { resolved[$0] }
+        let written = try output.finish(metadata: meta, card: Self.card(plan: plan, metadata: meta, configYAML: configYAML, inputs: ordered))
         let seconds = Date().timeIntervalSince(started)
         if json {
-            printJSON(.object([("output", .string(output)), ("method", .string(summary.method)), ("tensors", .int(summary.tensorCount)),
-                               ("parameters", .int(summary.parameterCount)), ("seconds", .double(seconds))]))
+            printJSON(.object([("output", .string(target.path)), ("method", .string(summary.method)), ("tensors", .int(summary.tensorCount)),
+                               ("parameters", .int(summary.parameterCount)), ("seconds", .double(seconds)),
+                               ("files", .array(written.files.map { .string($0) }))]))
         } else {
             print(String(format: "merged %d tensors (%d parameters) with %@ into %@ in %.2f s", summary.tensorCount, summary.parameterCount,
-                         summary.method, output, seconds))
+                         summary.method, output.describe(written), seconds))
+        }
+    }
+
+    /// The model card of a merge: method, inputs, parameters in force and the configuration.
+    static func card(plan: MergePlan, metadata: [(String, String)], configYAML: String, inputs: [ResolvedCheckpoint]) -> ModelCard {
+        let method = metadata.first { $0.0 == "tessera.merge.method" }?.1 ?? plan.method
+        var summary = "made by merging \(plan.models.count) model\(plan.models.count == 1 ? "" : "s") with the \(method) method"
+        if let b = plan.base { summary += ", with `\(b.name)` as the base model" }
+        var listed: [(role: String, name: String)] = []
+        if let b = plan.base { listed.append(("base model", b.name)) }
+        for (k, m) in plan.models.enumerated() where !plan.isBase(k) { listed.append(("model", m.name)) }
+        // The provenance's parameters, as a reader wants them: the global ones, then each model's own.
+        let recorded = metadata.first { $0.0 == "tessera.merge.parameters" }.flatMap { try? JSONParser.parse($0.1) }
+        var parameters = recorded?["global"]?.objectValue ?? []
+        let perModel: [JSONValue] = zip(plan.models, recorded?["models"]?.arrayValue ?? []).compactMap { m, p in
+            guard let pairs = p.objectValue, !pairs.isEmpty else { return nil }
+            return .object([("model", .string(m.name))] + pairs)
+        }
+        if !perModel.isEmpty { parameters.append(("models", .array(perModel))) }
+        return ModelCard(title: "", baseModels: OutputCheckpoint.hubIDs(inputs), libraryName: "transformers", summary: summary,
+                         inputs: listed, parameters: .object(parameters), configYAML: configYAML,
+                         configHeading: "Configuration (mergekit YAML; `tessera merge --config` runs it)")
+    }
+
+    /// A mergekit config equivalent to a command-line merge.
+    static func configYAML(_ plan: MergePlan) -> String {
+        var pairs: [(String, JSONValue)] = [("merge_method", .string(plan.method))]
+        if let b = plan.base { pairs.append(("base_model", .string(b.name))) }
+        pairs.append(("models", .array(plan.models.map { m in
+            var entry: [(String, JSONValue)] = [("model", .string(m.name))]
+            if !m.parameters.isEmpty {
+                entry.append(("parameters", .object(m.parameters.sorted { $0.key < $1.key }.map { ($0.key, $0.value.json) })))
+            }
+            return .object(entry)
+        })))
+        if !plan.parameters.isEmpty {
+            pairs.append(("parameters", .object(plan.parameters.sorted { $0.key < $1.key }.map { ($0.key, $0.value.json) })))
+        }
+        if let d = plan.dtype { pairs.append(("dtype", .string(Self.mergekitName(d)))) }
+        return YAMLText.block(.object(pairs))
+    }
+
+    static func mergekitName(_ d: DType) -> String {
+        switch d {
+        case .f16: return "float16"
+        case .bf16: return "bfloat16"
+        default: return "float32"
         }
     }
 

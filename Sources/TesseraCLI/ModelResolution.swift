@@ -3,12 +3,13 @@ import TesseraCore
 import TesseraEngine
 import TesseraEval
 import TesseraGit
+import TesseraMerge
 import TesseraStore
 
-/// A model as `tessera eval` names it, loaded for the tasks that need it: `REV:path` of a tracked checkpoint (weights
-/// straight from the object store, config and tokenizer from the same revision's folder), `REV` alone (the one
-/// checkpoint tracked in that revision), a Hugging Face model folder, a safetensors file with config.json beside it,
-/// or a GGUF file.
+/// A model as `tessera eval` names it, loaded for the tasks that need it: any checkpoint `CheckpointResolver` reads
+/// (a safetensors file with config.json beside it, a Hugging Face folder, single or sharded, a shard index, `REV:path`
+/// and `REV:folder` with config and tokenizer from the same revision), `REV` alone (the one checkpoint tracked in
+/// that revision), or a GGUF file (told from its bytes).
 struct ResolvedModel {
     var label: String
     var kind: Kind
@@ -29,48 +30,64 @@ struct ResolvedModel {
         return .sentenceEmbedder
     }
 
+    /// The files the engine reads beside the weights.
     static let sideFiles = ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
                             "sentence_bert_config.json"]
 
     static func resolve(_ spec: String, resolver: CheckpointResolver) throws -> ResolvedModel {
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: spec, isDirectory: &isDirectory) {
-            if isDirectory.boolValue { return try fromFolder(weights: try resolver.source(spec + "/model.safetensors"), folder: spec, label: spec) }
-            if spec.hasSuffix(".gguf") || (try? GGUFFile(path: spec)) != nil { return try fromGGUF(spec) }
-            return try fromFolder(weights: try resolver.source(spec), folder: (spec as NSString).deletingLastPathComponent, label: spec)
-        }
-        guard let context = resolver.context else {
-            throw TesseraError(.notFound, "\(spec): no such file, and this is not a git repository", hint: "name a model folder, a file, or REV:path inside a repository")
+        var st = stat()
+        if stat(spec, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG,
+           CheckpointFileFormat.detect(prefix: DiskCheckpointFolder.prefix(spec, count: 32)) == .gguf {
+            return try fromGGUF(spec)
         }
         var target = spec
-        if !spec.contains(":") {
-            // A revision alone: its one tracked checkpoint.
-            guard let commit = context.repository.resolveCommit(spec) else {
-                throw TesseraError(.notFound, "\(spec) is neither a file nor a revision", hint: "name REV:path, a model folder or a file")
-            }
-            let found = try context.repository.manifests(inCommits: [commit]).filter { $0.manifest.format == .safetensors }
-            guard found.count == 1 else {
-                throw TesseraError(.usage, "\(spec) holds \(found.count) tracked checkpoints", hint: "name one: \(spec):PATH (\(found.map(\.path).prefix(4).joined(separator: ", ")))")
-            }
-            target = "\(spec):\(found[0].path)"
+        if !FileManager.default.fileExists(atPath: spec), !spec.contains(":"), let context = resolver.context,
+           let commit = context.repository.resolveCommit(spec) {
+            target = try oneCheckpoint(in: commit, rev: spec, context: context)
         }
-        let colon = target.firstIndex(of: ":")!
-        let rev = String(target[..<colon]), path = String(target[target.index(after: colon)...])
-        let weights = try resolver.source(target)
-        // Side files from the same revision, else from the worktree's folder.
-        let folder = (path as NSString).deletingLastPathComponent
+        let checkpoint = try resolver.checkpoint(target)
+        if checkpoint.layout == .adapter {
+            throw TesseraError(.unsupported, "\(spec) is a PEFT adapter, not a whole model: the engine evaluates models",
+                               hint: "merge the adapter into its base model first, then evaluate that")
+        }
+        if let disk = checkpoint.sideFiles as? DiskCheckpointFolder {
+            return try fromFolder(weights: checkpoint.source, folder: disk.directory, label: spec)
+        }
+        // Side files from the revision's folder, else (for REV:path) from the same folder in the worktree.
         let tmp = NSTemporaryDirectory() + "tessera-eval-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let present = Set((try? checkpoint.sideFiles?.fileNames()) ?? [])
         for name in sideFiles {
-            let inRepo = folder.isEmpty ? name : folder + "/" + name
-            if let bytes = try? context.repository.blob("\(rev):\(inRepo)") {
-                try Data(bytes).write(to: URL(fileURLWithPath: tmp + "/" + name))
-            } else if let w = context.repository.workdir, FileManager.default.fileExists(atPath: w + "/" + inRepo) {
-                try FileManager.default.copyItem(atPath: w + "/" + inRepo, toPath: tmp + "/" + name)
+            if let folder = checkpoint.sideFiles, present.contains(name) {
+                try Data(try folder.read(name, limit: sideFileLimit)).write(to: URL(fileURLWithPath: tmp + "/" + name))
+            } else if !checkpoint.isFolder, let folder = checkpoint.sideFiles as? RevisionFolder, let w = resolver.context?.repository.workdir {
+                let inRepo = folder.path.isEmpty ? name : folder.path + "/" + name
+                if FileManager.default.fileExists(atPath: w + "/" + inRepo) {
+                    try FileManager.default.copyItem(atPath: w + "/" + inRepo, toPath: tmp + "/" + name)
+                }
             }
         }
-        return try fromFolder(weights: weights, folder: tmp, label: spec)
+        return try fromFolder(weights: checkpoint.source, folder: tmp, label: spec)
+    }
+
+    /// Config and tokenizer files are read whole; real ones are at most tens of megabytes.
+    static let sideFileLimit = 512 << 20
+
+    /// `REV` alone: the one checkpoint tracked in that revision: one tracked file, or one folder holding them all
+    /// (a sharded checkpoint's shards).
+    static func oneCheckpoint(in commit: String, rev: String, context: RepositoryContext) throws -> String {
+        let found = try context.repository.manifests(inCommits: [commit]).filter { $0.manifest.format == .safetensors }
+        if found.count == 1 { return "\(rev):\(found[0].path)" }
+        let folders = Set(found.map { ($0.path as NSString).deletingLastPathComponent })
+        if found.count > 1, folders.count == 1, let folder = folders.first,
+           context.repository.objectKind("\(rev):\(folder)") == .folder,
+           (try? context.repository.treeEntries("\(rev):\(folder)"))?.contains(where: { $0.name == CheckpointFolderLayout.indexName }) == true {
+            return "\(rev):\(folder)"
+        }
+        throw TesseraError(.usage, "\(rev) holds \(found.count) tracked checkpoints",
+                           hint: found.isEmpty ? "name a revision that tracks a checkpoint, a model folder or a file"
+                               : "name one: \(rev):PATH (\(found.map(\.path).prefix(4).joined(separator: ", ")))")
     }
 
     static func fromFolder(weights: TensorSource, folder: String, label: String) throws -> ResolvedModel {
@@ -78,7 +95,10 @@ struct ResolvedModel {
         guard let data = FileManager.default.contents(atPath: configPath) else {
             throw TesseraError(.notFound, "\(label): no config.json beside the weights", hint: "commit the model's config.json in the same folder as the checkpoint")
         }
-        let config = try JSONParser.parse(Array(data))
+        let config: JSONValue
+        do { config = try JSONParser.parse(Array(data)) } catch {
+            throw TesseraError(.invalidCheckpoint, "\(label): config.json is not valid JSON (\(error))", hint: "fix or re-download config.json")
+        }
         if config["model_type"]?.stringValue == "bert" {
             let model = try BERTModel(config: BERTConfig(configJSON: configPath), weights: weights)
             return ResolvedModel(label: label, kind: .embedder(SentenceEmbedder(model: model, tokenizer: try WordPieceTokenizer.load(directory: folder))))

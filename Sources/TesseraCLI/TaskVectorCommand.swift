@@ -13,6 +13,7 @@ struct TaskVectorCommand: ParsableCommand {
         τ_a − τ_b + τ_c. Negate with λ = −1 (a lone negative weight cancels under mergekit's normalisation).
         Examples:
           tessera taskvec compute --base v1:model.safetensors --finetuned toxic:model.safetensors -o tau_toxic.safetensors
+          tessera taskvec compute --base models/base --finetuned models/toxic -o tau_toxic/
           tessera taskvec apply --base v1:model.safetensors --negate tau_toxic.safetensors -o detox.safetensors
           tessera taskvec apply --base HEAD:model.safetensors --finetuned math:model.safetensors=0.7 \\
                                 --finetuned code:model.safetensors=0.3 -o multitask.safetensors
@@ -23,37 +24,47 @@ struct TaskVectorCommand: ParsableCommand {
     struct Compute: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "compute", abstract: "Write τ = θ_ft − θ_base as a checkpoint.",
                                                         discussion: "Example:\n  tessera taskvec compute --base v1:m.safetensors --finetuned v2:m.safetensors -o tau.safetensors")
-        @Option(help: "The base checkpoint (file or REV:path).") var base: String
-        @Option(help: "The fine-tuned checkpoint (file or REV:path).") var finetuned: String
-        @Option(name: [.customShort("o"), .long], help: "The output task-vector checkpoint.") var output: String
+        @Option(help: "The base checkpoint (file, folder, REV:path or REV:folder).") var base: String
+        @Option(help: "The fine-tuned checkpoint (file, folder, REV:path or REV:folder).") var finetuned: String
+        @OptionGroup var outputOptions: CheckpointOutputOptions
         @Option(name: [.customShort("C")], help: "Run as if tessera was started in this directory.") var directory: String = "."
 
         func run() throws {
             MemoryTuning.reuseLargeBuffers()
+            let target = try outputOptions.target()
+            _ = try outputOptions.shardSize()
             let resolver = CheckpointResolver(directory: directory)
             defer { resolver.finish() }
-            let b = try resolver.source(base), f = try resolver.source(finetuned)
-            let writer = try SafetensorsStreamWriter(path: output)
+            let bc = try resolver.checkpoint(base), fc = try resolver.checkpoint(finetuned)
+            let b = bc.source, f = fc.source
+            let writer = try OutputCheckpoint(options: outputOptions, target: target, reference: bc, dtype: .f32,
+                                              headerReserve: TaskVectorCommand.headerReserve(b, inputs: 2))
             var count = 0
             try TaskVectors.subtract(finetuned: f, base: b) { name, t in try writer.append(name, t); count += 1 }
-            try writer.finish(metadata: [("tessera.taskvec.format", "1"), ("tessera.taskvec.kind", "difference"),
-                                         ("tessera.taskvec.base", base), ("tessera.taskvec.finetuned", finetuned),
-                                         ("tessera.taskvec.input_hashes", TaskVectorCommand.hashes([(base, b), (finetuned, f)], resolver))])
-            print("wrote τ = \(finetuned) − \(base): \(count) tensors to \(output)")
+            let config: JSONValue = .object([("operation", .string("compute")), ("base", .string(base)), ("finetuned", .string(finetuned))])
+            let card = ModelCard(title: "", baseModels: OutputCheckpoint.hubIDs([bc, fc]), libraryName: "transformers",
+                                 summary: "made by `tessera taskvec compute`: the task vector τ = `\(finetuned)` − `\(base)` (float32 differences)",
+                                 inputs: [("base", base), ("fine-tuned", finetuned)], parameters: nil, configYAML: YAMLText.block(config),
+                                 configHeading: "Task-vector operation")
+            let written = try writer.finish(metadata: [("tessera.taskvec.format", "1"), ("tessera.taskvec.kind", "difference"),
+                                                       ("tessera.taskvec.base", base), ("tessera.taskvec.finetuned", finetuned),
+                                                       ("tessera.taskvec.input_hashes", TaskVectorCommand.hashes([(base, b), (finetuned, f)], resolver))],
+                                            card: card)
+            print("wrote τ = \(finetuned) − \(base): \(count) tensors to \(writer.describe(written))")
         }
     }
 
     struct Apply: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "apply", abstract: "Write θ_base + scale · Σ λ_i τ_i as a checkpoint.",
                                                         discussion: "Example:\n  tessera taskvec apply --base v1:m.safetensors --negate tau.safetensors -o out.safetensors")
-        @Option(help: "The base checkpoint (file or REV:path).") var base: String
+        @Option(help: "The base checkpoint (file, folder, REV:path or REV:folder).") var base: String
         @Option(help: "A task vector to add (λ = 1).") var add: [String] = []
         @Option(help: "A task vector to subtract (λ = −1).") var negate: [String] = []
         @Option(help: ArgumentHelp("A task vector with its coefficient.", valueName: "SPEC=λ")) var vector: [String] = []
         @Option(help: ArgumentHelp("A fine-tuned checkpoint whose τ = FT − base is applied with λ.", valueName: "FT=λ")) var finetuned: [String] = []
         @Option(help: "Scale applied to the sum of the vectors.") var scale: Double = 1
         @Option(help: "Output dtype (float32, float16, bfloat16); default the base's.") var dtype: String?
-        @Option(name: [.customShort("o"), .long], help: "The output checkpoint.") var output: String
+        @OptionGroup var outputOptions: CheckpointOutputOptions
         @Option(name: [.customShort("C")], help: "Run as if tessera was started in this directory.") var directory: String = "."
 
         func validate() throws {
@@ -71,9 +82,13 @@ struct TaskVectorCommand: ParsableCommand {
 
         func run() throws {
             MemoryTuning.reuseLargeBuffers()
+            let target = try outputOptions.target()
+            _ = try outputOptions.shardSize()
+            let outputDType = try dtype.map(MergeCommand.dtype)
             let resolver = CheckpointResolver(directory: directory)
             defer { resolver.finish() }
-            let b = try resolver.source(base)
+            let bc = try resolver.checkpoint(base)
+            let b = bc.source
             var vectors: [(vector: TensorSource, coefficient: Double)] = []
             var described: [JSONValue] = []
             var inputs: [(String, TensorSource)] = [(base, b)]
@@ -90,17 +105,34 @@ struct TaskVectorCommand: ParsableCommand {
                 vectors.append((try TaskVectorSource(finetuned: ft, base: b), l)); inputs.append((spec, ft))
                 described.append(.object([("finetuned", .string(spec)), ("lambda", .double(l))]))
             }
-            let writer = try SafetensorsStreamWriter(path: output)
+            let writer = try OutputCheckpoint(options: outputOptions, target: target, reference: bc, dtype: outputDType,
+                                              headerReserve: TaskVectorCommand.headerReserve(b, inputs: inputs.count))
             var count = 0
-            try TaskVectors.apply(base: b, vectors: vectors, scaling: scale, dtype: try dtype.map(MergeCommand.dtype)) { name, t in
+            try TaskVectors.apply(base: b, vectors: vectors, scaling: scale, dtype: outputDType) { name, t in
                 try writer.append(name, t); count += 1
             }
-            try writer.finish(metadata: [("tessera.taskvec.format", "1"), ("tessera.taskvec.kind", "application"),
-                                         ("tessera.taskvec.base", base), ("tessera.taskvec.scale", "\(scale)"),
-                                         ("tessera.taskvec.vectors", JSONValue.array(described).serialized()),
-                                         ("tessera.taskvec.input_hashes", TaskVectorCommand.hashes(inputs, resolver))])
-            print("wrote \(base) + \(scale == 1 ? "" : "\(scale) · ")Σ λ τ (\(vectors.count) vector(s)): \(count) tensors to \(output)")
+            var config: [(String, JSONValue)] = [("operation", .string("apply")), ("base", .string(base)), ("scale", .double(scale)),
+                                                 ("vectors", .array(described))]
+            if let dtype { config.append(("dtype", .string(dtype))) }
+            let card = ModelCard(title: "", baseModels: OutputCheckpoint.hubIDs([bc]), libraryName: "transformers",
+                                 summary: "made by `tessera taskvec apply`: `\(base)` + \(scale == 1 ? "" : "\(scale) · ")Σ λ τ over \(vectors.count) task vector\(vectors.count == 1 ? "" : "s")",
+                                 inputs: [("base", base)] + described.compactMap { d in
+                                     (d["vector"] ?? d["finetuned"])?.stringValue.map { (d["vector"] != nil ? "task vector" : "fine-tuned", $0) }
+                                 },
+                                 parameters: nil, configYAML: YAMLText.block(.object(config)), configHeading: "Task-vector operation")
+            let written = try writer.finish(metadata: [("tessera.taskvec.format", "1"), ("tessera.taskvec.kind", "application"),
+                                                       ("tessera.taskvec.base", base), ("tessera.taskvec.scale", "\(scale)"),
+                                                       ("tessera.taskvec.vectors", JSONValue.array(described).serialized()),
+                                                       ("tessera.taskvec.input_hashes", TaskVectorCommand.hashes(inputs, resolver))],
+                                            card: card)
+            print("wrote \(base) + \(scale == 1 ? "" : "\(scale) · ")Σ λ τ (\(vectors.count) vector(s)): \(count) tensors to \(writer.describe(written))")
         }
+    }
+
+    /// Header space for each output file: names, shapes and the provenance's hashes of every input's tensors.
+    static func headerReserve(_ reference: TensorSource, inputs: Int) -> Int {
+        let shapes = reference.tensorNames.map { ($0, reference.tensorInfo($0)?.shape ?? []) }
+        return SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: 8192 + inputs * shapes.reduce(0) { $0 + $1.0.utf8.count + 72 })
     }
 
     /// `{input: {tensor: sha256}}` for provenance.

@@ -17,10 +17,10 @@ public struct TesseraCommand: ParsableCommand {
         version: TesseraVersion.string,
         subcommands: [
             InstallCommand.self, UninstallCommand.self, TrackCommand.self, UntrackCommand.self,
-            LsCommand.self, LogCommand.self, FsckCommand.self, GcCommand.self, FetchCommand.self,
+            LsCommand.self, LogCommand.self, FsckCommand.self, GcCommand.self, FetchCommand.self, PushCommand.self, PullCommand.self,
             MergeCommand.self, TaskVectorCommand.self, ResolveCommand.self, EvalCommand.self, ImportCommand.self,
             MergeDriverCommand.self, BenchEngineCommand.self,
-            FilterProcessCommand.self, HookCommand.self, HookScriptCommand.self, DiffDriverCommand.self,
+            FilterProcessCommand.self, HookCommand.self, HookScriptCommand.self, DiffDriverCommand.self, TextconvCommand.self,
         ]
     )
     public init() {}

@@ -31,6 +31,15 @@ public final class FilterProcess {
         storeLock = try StoreLock(store: store, mode: .shared)
         worktree = repository.workdir ?? FileManager.default.currentDirectoryPath
         statCache = try? StatCache(store: store, worktree: worktree)
+        // Files the last checkout wrote have their stat data now: remember them (this was a post-checkout hook).
+        statCache?.promotePending()
+        // A clone made with only a global install gets its hooks here, the first time the filter runs in it (as
+        // git-lfs's filter does); without them a push would send commits without their tensors. Only into the
+        // default hooks folder: a custom core.hooksPath may be part of the worktree, and is the user's to manage.
+        let hooks = GitHooks(repository: repository)
+        if repository.workdir != nil, hooks.directory.isDefault, !hooks.areInstalled {
+            _ = try? hooks.install()
+        }
     }
 
     public func run() throws {

@@ -66,19 +66,40 @@ public final class GitRepository {
         return GitRepository.hex(git_object_id(peeled))
     }
 
-    /// The bytes of the blob that `REV:path` (or `:path` for the index) names.
+    /// The bytes of the blob that `REV:path` (or `:path` for the index) names. In a partial clone a blob the
+    /// clone has not fetched yet is fetched from the promisor remote, as git itself would.
     public func blob(_ spec: String) throws -> [UInt8] {
         if spec.hasPrefix(":") { return try indexBlob(spec) }
-        var obj: OpaquePointer?
-        guard git_revparse_single(&obj, pointer, spec) == 0, let obj else {
-            throw TesseraError(.notFound, "\(spec) does not name a file in this repository",
-                               hint: "check the revision and the path (`git ls-tree -r REV` lists the files)")
+        let id = try blobID(spec)
+        guard let bytes = blobBytes(id: id) else {
+            throw TesseraError(.notFound, "\(spec): blob \(id.prefix(12)) is not in this repository",
+                               hint: isPartialClone ? "it could not be fetched from the promisor remote; check the network and `git fetch`" : "run `git fsck`")
         }
+        return bytes
+    }
+
+    /// The id of the blob `REV:path` names, resolved through trees only (a partial clone has its trees, not all
+    /// its blobs).
+    public func blobID(_ spec: String) throws -> String {
+        func notFound() -> TesseraError {
+            TesseraError(.notFound, "\(spec) does not name a file in this repository",
+                         hint: "check the revision and the path (`git ls-tree -r REV` lists the files)")
+        }
+        guard let colon = spec.firstIndex(of: ":") else { throw notFound() }
+        let rev = String(spec[..<colon]), path = String(spec[spec.index(after: colon)...])
+        var obj: OpaquePointer?
+        guard git_revparse_single(&obj, pointer, rev.isEmpty ? "HEAD" : rev) == 0, let obj else { throw notFound() }
         defer { git_object_free(obj) }
-        guard git_object_type(obj) == GIT_OBJECT_BLOB else {
+        var treeObject: OpaquePointer?
+        guard git_object_peel(&treeObject, obj, GIT_OBJECT_TREE) == 0, let treeObject else { throw notFound() }
+        defer { git_object_free(treeObject) }
+        var entry: OpaquePointer?
+        guard git_tree_entry_bypath(&entry, treeObject, path) == 0, let entry else { throw notFound() }
+        defer { git_tree_entry_free(entry) }
+        guard git_tree_entry_type(entry) == GIT_OBJECT_BLOB else {
             throw TesseraError(.notFound, "\(spec) is not a file", hint: "name a file, e.g. HEAD:model.safetensors")
         }
-        return blobBytes(obj)
+        return GitRepository.hex(git_tree_entry_id(entry))
     }
 
     /// `:path` or `:N:path`: the blob staged in the index (stage N, default 0), as git's revision syntax means it.
@@ -96,8 +117,57 @@ public final class GitRepository {
             throw TesseraError(.notFound, "\(rest) is not in the index", hint: "`git add` it first, or name a revision: REV:\(rest)")
         }
         var id = entry.pointee.id
+        let hex = withUnsafeBytes(of: &id.id) { Array($0) }.hexString
+        guard let bytes = blobBytes(id: hex) else { throw GitRepository.lastError("cannot read \(spec)") }
+        return bytes
+    }
+
+    // MARK: Partial clones
+
+    /// The promisor remote of a partial clone (`git clone --filter=...`), or nil for a full clone.
+    public var promisorRemote: String? {
+        if let r = configString("extensions.partialclone") { return r }
+        var names = git_strarray()
+        guard git_remote_list(&names, pointer) == 0 else { return nil }
+        defer { git_strarray_dispose(&names) }
+        for k in 0..<names.count {
+            let name = String(cString: names.strings[k]!)
+            if configString("remote.\(name).promisor") == "true" { return name }
+        }
+        return nil
+    }
+
+    public var isPartialClone: Bool { promisorRemote != nil }
+
+    /// Whether the object database has an object (without fetching anything).
+    public func hasObject(_ hex: String) -> Bool {
+        guard var oid = GitRepository.oid(hex) else { return false }
+        var odb: OpaquePointer?
+        guard git_repository_odb(&odb, pointer) == 0, let odb else { return false }
+        defer { git_odb_free(odb) }
+        return git_odb_exists(odb, &oid) != 0
+    }
+
+    /// Fetches objects a partial clone lacks from its promisor remote, in one `git fetch` (what git does for a lazy
+    /// fetch, but for all of them at once). libgit2 cannot fetch promised objects itself.
+    public func fetchPromisedObjects(_ ids: [String]) throws {
+        guard let remote = promisorRemote, !ids.isEmpty else { return }
+        let input = Array(ids.joined(separator: "\n").utf8) + [0x0A]
+        try Subprocess.check(["git", "-c", "fetch.negotiationAlgorithm=noop", "fetch", remote, "--no-tags", "--no-write-fetch-head",
+                              "--recurse-submodules=no", "--filter=blob:none", "--stdin"],
+                             directory: workdir ?? gitDirectory, input: input,
+                             what: "cannot fetch \(ids.count) object(s) this partial clone lacks from '\(remote)'",
+                             hint: "check that the remote is reachable (`git fetch \(remote)`)")
+        var odb: OpaquePointer?
+        if git_repository_odb(&odb, pointer) == 0, let odb { git_odb_refresh(odb); git_odb_free(odb) }
+    }
+
+    /// A blob's bytes by id, fetching it first in a partial clone that lacks it; nil if it cannot be had.
+    public func blobBytes(id hex: String) -> [UInt8]? {
+        if !hasObject(hex), isPartialClone { try? fetchPromisedObjects([hex]) }
+        guard var oid = GitRepository.oid(hex) else { return nil }
         var blob: OpaquePointer?
-        guard git_blob_lookup(&blob, pointer, &id) == 0, let blob else { throw GitRepository.lastError("cannot read \(spec)") }
+        guard git_blob_lookup(&blob, pointer, &oid) == 0, let blob else { return nil }
         defer { git_blob_free(blob) }
         return blobBytes(blob)
     }
@@ -121,6 +191,15 @@ public final class GitRepository {
     /// Reads a blob by id and returns its manifest if it is one (cheaply rejecting large or non-manifest blobs).
     func manifest(blobID: git_oid, path: String) -> Manifest? {
         var id = blobID
+        // The header is enough to skip blobs that cannot be manifests, without inflating them.
+        var odb: OpaquePointer?
+        if git_repository_odb(&odb, pointer) == 0, let odb {
+            defer { git_odb_free(odb) }
+            var length = 0
+            var type = GIT_OBJECT_ANY
+            if git_odb_exists(odb, &id) == 0 { return nil }
+            if git_odb_read_header(&length, &type, odb, &id) == 0, length <= 20 || length >= 64 << 20 { return nil }
+        }
         var blob: OpaquePointer?
         guard git_blob_lookup(&blob, pointer, &id) == 0, let blob else { return nil }
         defer { git_blob_free(blob) }
@@ -156,11 +235,14 @@ public final class GitRepository {
         return out
     }
 
-    /// Every manifest in the trees of the given commits, with its path, visiting each distinct blob once.
+    /// Every manifest in the trees of the given commits, with its path, visiting each distinct blob once. In a
+    /// partial clone, the blobs of tracked paths (by the current .gitattributes) that were not fetched are fetched
+    /// first, all at once: a manifest skipped there would be a wrong answer (a log counting every tensor as added,
+    /// a gc deleting what only that manifest names).
     public func manifests(inCommits commits: [String]) throws -> [(path: String, manifest: Manifest)] {
         var seenTrees = Set<String>()
         var seenBlobs = Set<String>()
-        var out: [(String, Manifest)] = []
+        var found: [(path: String, blob: git_oid)] = []
         for c in commits {
             guard var o = GitRepository.oid(c) else { continue }
             var commit: OpaquePointer?
@@ -169,13 +251,21 @@ public final class GitRepository {
             var tree: OpaquePointer?
             guard git_commit_tree(&tree, commit) == 0, let tree else { continue }
             defer { git_tree_free(tree) }
-            try collectManifests(tree: tree, prefix: "", seenTrees: &seenTrees, seenBlobs: &seenBlobs, into: &out)
+            collectBlobs(tree: tree, prefix: "", seenTrees: &seenTrees, seenBlobs: &seenBlobs, into: &found)
+        }
+        if isPartialClone {
+            let missing = found.filter { !hasObject(GitRepository.hex(oidPointer: $0.blob)) && attribute("filter", path: $0.path) == "tessera" }
+            if !missing.isEmpty { try fetchPromisedObjects(missing.map { GitRepository.hex(oidPointer: $0.blob) }) }
+        }
+        var out: [(String, Manifest)] = []
+        for f in found {
+            if let m = manifest(blobID: f.blob, path: f.path) { out.append((f.path, m)) }
         }
         return out
     }
 
-    private func collectManifests(tree: OpaquePointer, prefix: String, seenTrees: inout Set<String>, seenBlobs: inout Set<String>,
-                                  into out: inout [(String, Manifest)]) throws {
+    private func collectBlobs(tree: OpaquePointer, prefix: String, seenTrees: inout Set<String>, seenBlobs: inout Set<String>,
+                              into out: inout [(path: String, blob: git_oid)]) {
         let treeID = GitRepository.hex(git_tree_id(tree))
         guard seenTrees.insert(treeID).inserted else { return }
         let count = git_tree_entrycount(tree)
@@ -190,13 +280,17 @@ public final class GitRepository {
                 var id = idp.pointee
                 guard git_tree_lookup(&sub, pointer, &id) == 0, let sub else { continue }
                 defer { git_tree_free(sub) }
-                try collectManifests(tree: sub, prefix: path, seenTrees: &seenTrees, seenBlobs: &seenBlobs, into: &out)
+                collectBlobs(tree: sub, prefix: path, seenTrees: &seenTrees, seenBlobs: &seenBlobs, into: &out)
             } else if type == GIT_OBJECT_BLOB {
-                let hex = GitRepository.hex(idp)
-                guard seenBlobs.insert(hex).inserted else { continue }
-                if let m = manifest(blobID: idp.pointee, path: path) { out.append((path, m)) }
+                guard seenBlobs.insert(GitRepository.hex(idp)).inserted else { continue }
+                out.append((path, idp.pointee))
             }
         }
+    }
+
+    static func hex(oidPointer oid: git_oid) -> String {
+        var o = oid
+        return withUnsafeBytes(of: &o.id) { Array($0) }.hexString
     }
 
     /// Manifests staged in an index file (what `git add` has recorded but not yet committed).

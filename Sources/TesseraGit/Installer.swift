@@ -2,42 +2,33 @@ import Foundation
 import TesseraCore
 import TesseraStore
 
-/// `tessera install` / `uninstall`: git configuration for the filter, diff and merge drivers, and the hooks.
-///
-/// Hooks never overwrite a user's hook: an existing hook is renamed to `<hook>.tessera-chained` and Tessera's hook
-/// runs it after its own work, with the same arguments and standard input. `uninstall` puts it back.
+/// `tessera install` / `uninstall`: git configuration for the filter, diff and merge drivers, and the hooks
+/// (`GitHooks`).
 public struct Installer {
     public enum Scope { case local, global }
 
-    public static let hookNames = ["pre-push", "post-checkout", "post-merge", "pre-commit"]
-    static let marker = "# tessera-hook v1"
-
-    /// The text of a hook, as in the repository's hooks/ folder (a test checks they are the same).
-    public static func hookScript(_ name: String) -> String {
-        let stdinNote = name == "pre-push" ? "\n# git feeds the pushed refs on stdin: keep a copy for the chained hook.\ninput=$(mktemp)\ntrap 'rm -f \"$input\"' EXIT\ncat >\"$input\"\n" : ""
-        let feed = name == "pre-push" ? " <\"$input\"" : ""
-        return """
-        #!/bin/sh
-        \(marker)
-        # Installed by `tessera install`; `tessera uninstall` removes it and restores any hook it chained to.
-        \(stdinNote)
-        tessera=$(git config --get tessera.path 2>/dev/null)
-        [ -x "$tessera" ] || tessera=tessera
-        command -v "$tessera" >/dev/null 2>&1 || { echo "tessera: not found; install it or run 'git config tessera.path /path/to/tessera'" >&2; exit 1; }
-        "$tessera" hook \(name) "$@"\(feed) || exit $?
-        chained="$(dirname "$0")/\(name).tessera-chained"
-        if [ -x "$chained" ]; then "$chained" "$@"\(feed) || exit $?; fi
-        exit 0
-
-        """
-    }
-
     let repository: GitRepository?
-    let executable: String
+    /// How git config names the tessera executable: `tessera` when that name on the PATH is this very binary (so
+    /// moving or upgrading the binary keeps every repository working), else this binary's absolute path.
+    public let executable: String
 
     public init(repository: GitRepository?, executable: String) {
         self.repository = repository
         self.executable = executable
+    }
+
+    /// The name to write into git config for the binary at `current` (see `executable`), and a warning when only
+    /// its absolute path will do.
+    public static func configuredName(forBinaryAt current: String) -> (name: String, warning: String?) {
+        let resolved = URL(fileURLWithPath: current).resolvingSymlinksInPath().path
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let candidate = String(dir) + "/tessera"
+            guard FileManager.default.isExecutableFile(atPath: candidate) else { continue }
+            // The first `tessera` on the PATH is the one git's shell will run.
+            if URL(fileURLWithPath: candidate).resolvingSymlinksInPath().path == resolved { return ("tessera", nil) }
+            break
+        }
+        return (current, "this tessera (\(current)) is not the `tessera` on your PATH, so its absolute path went into git config; moving or upgrading it will break the filter. Put it on your PATH (scripts/setup.sh links it into /usr/local/bin) and run `tessera install` again")
     }
 
     private func configArgs(_ scope: Scope) -> [String] {
@@ -52,6 +43,9 @@ public struct Installer {
             ("filter.tessera.process", "\(exe) filter-process"),
             ("filter.tessera.required", "true"),
             ("diff.tessera.command", "\(exe) diff-driver"),
+            // For `git log -p`, `git show` and `git diff --no-ext-diff`: one readable line per tensor.
+            ("diff.tessera.textconv", "\(exe) textconv"),
+            ("diff.tessera.cachetextconv", "true"),
             ("merge.tessera.name", "Tessera tensor-wise merge"),
             ("merge.tessera.driver", "\(exe) merge-driver %O %A %B %P"),
             ("tessera.path", executable),
@@ -64,8 +58,8 @@ public struct Installer {
             try Subprocess.check(configArgs(scope) + [k, v], directory: directory, what: "cannot set \(k)")
             done.append("\(k) = \(v)")
         }
-        if scope == .local, let repository {
-            done += try installHooks(repository: repository)
+        if let repository, repository.workdir != nil || scope == .local {
+            done += try GitHooks(repository: repository).install()
         }
         return done
     }
@@ -78,53 +72,7 @@ public struct Installer {
         }
         _ = try Subprocess.run(configArgs(scope) + ["--unset", "tessera.path"], directory: directory)
         if scope == .local, let repository {
-            let hooks = hooksDirectory(repository)
-            for name in Installer.hookNames {
-                let path = "\(hooks)/\(name)"
-                if let text = try? String(contentsOfFile: path, encoding: .utf8), text.contains(Installer.marker) {
-                    try? FileManager.default.removeItem(atPath: path)
-                    done.append("removed hook \(name)")
-                    let chained = path + ".tessera-chained"
-                    if FileSystem.exists(chained) {
-                        try FileSystem.rename(chained, path)
-                        done.append("restored your \(name) hook")
-                    }
-                }
-            }
-        }
-        return done
-    }
-
-    func hooksDirectory(_ repository: GitRepository) -> String {
-        if let custom = repository.configString("core.hooksPath") {
-            if custom.hasPrefix("/") { return custom }
-            return (repository.workdir ?? repository.commonDirectory) + "/" + custom
-        }
-        return repository.commonDirectory + "/hooks"
-    }
-
-    func installHooks(repository: GitRepository) throws -> [String] {
-        let hooks = hooksDirectory(repository)
-        try FileSystem.makeDirectories(hooks)
-        var done: [String] = []
-        for name in Installer.hookNames {
-            let path = "\(hooks)/\(name)"
-            if let existing = try? String(contentsOfFile: path, encoding: .utf8) {
-                if existing.contains(Installer.marker) {
-                    if existing == Installer.hookScript(name) { continue }
-                } else {
-                    let chained = path + ".tessera-chained"
-                    guard !FileSystem.exists(chained) else {
-                        throw TesseraError(.conflict, "both \(path) and \(chained) exist",
-                                           hint: "merge them into one hook by hand, then run `tessera install` again")
-                    }
-                    try FileSystem.rename(path, chained)
-                    done.append("kept your \(name) hook: it now runs after Tessera's (\(name).tessera-chained)")
-                }
-            }
-            try Installer.hookScript(name).write(toFile: path, atomically: true, encoding: .utf8)
-            chmod(path, 0o755)
-            done.append("installed hook \(name)")
+            done += try GitHooks(repository: repository).uninstall()
         }
         return done
     }

@@ -11,15 +11,22 @@ public struct Subprocess {
         public var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
     }
 
+    /// Variables through which git tells a child which repository it is in. A command run in another repository
+    /// (a scratch one) must not inherit them: inside a filter or hook started by `git clone`, `git init` would
+    /// otherwise act on the repository being cloned.
+    public static let repositoryVariables = ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+                                             "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_PREFIX"]
+
     public static func run(_ arguments: [String], directory: String? = nil, input: [UInt8]? = nil,
-                           environment: [String: String] = [:], passStderr: Bool = false) throws -> Result {
+                           environment: [String: String] = [:], unsetting: [String] = [], passStderr: Bool = false) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = arguments
         if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        if !environment.isEmpty {
+        if !environment.isEmpty || !unsetting.isEmpty {
             var env = ProcessInfo.processInfo.environment
             for (k, v) in environment { env[k] = v }
+            for k in unsetting { env.removeValue(forKey: k) }
             p.environment = env
         }
         let out = Pipe()

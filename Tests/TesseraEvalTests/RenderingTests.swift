@@ -3,6 +3,7 @@ import Foundation
 import FoundationXML
 #endif
 import Testing
+import TesseraCore
 import TesseraEval
 
 /// Table, JSON and SVG rendering of results for several revisions.

@@ -62,10 +62,12 @@ import TesseraGit
     }
 
     @Test func hookScriptsInTheRepositoryMatchWhatInstallWrites() throws {
-        for name in Installer.hookNames {
+        for name in GitHooks.names {
             let committed = try String(contentsOfFile: "\(packageRoot)/hooks/\(name)", encoding: .utf8)
-            #expect(committed == Installer.hookScript(name), "hooks/\(name) is out of date: regenerate it with scripts/write-hooks.sh")
+            #expect(committed == GitHooks.script(name), "hooks/\(name) is out of date: regenerate it with scripts/write-hooks.sh")
         }
+        // Hooks of earlier versions are gone from the repository's hooks/ folder too.
+        for name in ["post-checkout", "post-merge"] { #expect(!FileManager.default.fileExists(atPath: "\(packageRoot)/hooks/\(name)")) }
     }
 }
 

@@ -22,6 +22,12 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "tessera", targets: ["tessera"]),
+        // For the fuzzing package in Fuzz/ (it depends on this package by path).
+        .library(name: "TesseraCore", targets: ["TesseraCore"]),
+        .library(name: "TesseraStore", targets: ["TesseraStore"]),
+        .library(name: "TesseraMerge", targets: ["TesseraMerge"]),
+        .library(name: "TesseraEngine", targets: ["TesseraEngine"]),
+        .library(name: "TesseraEval", targets: ["TesseraEval"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

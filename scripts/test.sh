@@ -15,6 +15,9 @@ if ! swift build -c release --build-tests >"$log" 2>&1; then
   exit 1
 fi
 rm -f "$log"
+# The fuzz targets (Fuzz/), for the smoke test that runs each for a bounded time (Tests/TesseraStoreTests/FuzzSmokeTests).
+TESSERA_FUZZ_BIN=$(./scripts/fuzz-build.sh)
+export TESSERA_FUZZ_BIN
 # A test run that hangs is stopped after TESSERA_TEST_TIMEOUT seconds (the whole suite takes a few minutes), so that
 # CI reports a failure instead of running out of its time. The run writes to a file that is followed here, and gets a
 # session of its own that is stopped whole: a crashed child's backtracer can outlive it, and swift test starts the test

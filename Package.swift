@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "TesseraCore", swiftSettings: swiftSettings),
         .target(name: "TesseraStore", dependencies: ["TesseraCore", "CZstd", "CCrypto", "CSHA256"], swiftSettings: swiftSettings),
         .target(name: "TesseraGit", dependencies: ["TesseraCore", "TesseraStore", "CGit2"], swiftSettings: swiftSettings),
-        .target(name: "TesseraMerge", dependencies: ["TesseraCore", "COpenBLAS", "Yams"], swiftSettings: swiftSettings),
+        .target(name: "TesseraMerge", dependencies: ["TesseraCore", "TesseraStore", "COpenBLAS", "Yams"], swiftSettings: swiftSettings),
         .target(name: "TesseraEngine", dependencies: ["TesseraCore", "COpenBLAS", "CKernels"], swiftSettings: swiftSettings),
         .target(name: "TesseraEval", dependencies: ["TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
         .target(
@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore"]),
         .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraCore", "TesseraStore"]),
         .testTarget(name: "TesseraGitTests", dependencies: ["TesseraCore", "TesseraStore", "TesseraGit", "TesseraCLI"]),
-        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraCore", "TesseraMerge"]),
+        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraCore", "TesseraStore", "TesseraMerge"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraCore", "TesseraEngine"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraCore", "TesseraEngine", "TesseraEval"], exclude: ["Fixtures"]),
     ]

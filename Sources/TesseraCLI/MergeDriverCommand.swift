@@ -40,7 +40,8 @@ struct MergeDriverCommand: ParsableCommand {
             let transport = LFSTransport(repository: context.repository, store: context.store)
             let missing = ([O, A, B].compactMap { $0 }.flatMap(\.objects)).filter { !context.store.contains($0.id) }
             if !missing.isEmpty { try transport.fetch(missing, forFile: path) }
-            let rules = try MergeRules.load(worktree: worktree, overrides: MergeRules.commandLineOverride(directory: worktree))
+            var rules = try MergeRules.load(worktree: worktree)
+            if let override = try Self.commandLineOverride(directory: worktree) { rules.rules.insert(override, at: 0) }
             let outcome = try ThreeWayMerge(store: context.store, path: path).run(base: O, ours: A, theirs: B, rules: rules)
             try Data(outcome.manifest.render().utf8).write(to: URL(fileURLWithPath: ours))
             let methods = Dictionary(grouping: outcome.merged, by: \.method).map { "\($0.value.count) by \($0.key)" }.sorted()
@@ -72,6 +73,19 @@ struct MergeDriverCommand: ParsableCommand {
             FileHandle.standardError.write(Data("tessera: \(e.description)\n".utf8))
             Foundation.exit(1)
         }
+    }
+}
+
+extension MergeDriverCommand {
+    /// A rule for this merge only, from `git -c tessera.merge.method=... [-c tessera.merge.weights=1,1]
+    /// [-c tessera.merge.parameters=density=0.5] merge ...` (git passes -c settings on to its drivers).
+    static func commandLineOverride(directory: String) throws -> MergeRules.Rule? {
+        func get(_ key: String) -> String? {
+            guard let r = try? Subprocess.run(["git", "config", "--get", key], directory: directory), r.status == 0 else { return nil }
+            return r.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        guard let method = get("tessera.merge.method") else { return nil }
+        return try MergeRules.override(method: method, weights: get("tessera.merge.weights"), parameters: get("tessera.merge.parameters"))
     }
 }
 

@@ -169,12 +169,13 @@ public struct MergeConfig: Sendable, Equatable {
         guard case let .scalar(s) = n else {
             throw TesseraError(.invalidParameter, "\(file): \(what) must be a scalar", hint: "fix the config")
         }
-        // Quoted scalars are strings; plain ones are resolved as YAML 1.1 core types, as mergekit's loader does.
+        // Quoted scalars are strings; plain ones are resolved as YAML 1.1 core types, as mergekit's loader does, by
+        // our own code: Yams' integer conversion traps on a long sexagesimal scalar ("1:0:0:0:0:0:0:0:0:0:0:0").
         if s.style == .plain {
-            if n.null != nil { throw TesseraError(.invalidParameter, "\(file): \(what) is empty", hint: "give it a value") }
-            if let i = n.int { return .number(Double(i)) }
-            if let d = n.float { return .number(d) }
-            if let b = n.bool { return .bool(b) }
+            switch try YAMLScalar.resolve(s.string, what: "\(file): \(what)") {
+            case nil: throw TesseraError(.invalidParameter, "\(file): \(what) is empty", hint: "give it a value")
+            case let value?: return value
+            }
         }
         return .string(s.string)
     }
@@ -321,5 +322,62 @@ public enum YAMLDocument {
             }
         }
         return max(bound, indent + indicators + lineFlow)
+    }
+}
+
+/// Plain YAML scalars resolved as YAML 1.1 (PyYAML, which mergekit uses) resolves them: null, booleans (true/false,
+/// yes/no, on/off), integers (decimal, 0x, 0o and 0-prefixed octal, 0b, base 60 with `:`) and floats (with a dot,
+/// `.inf`, `.nan`; also `1e-5` without one, which PyYAML leaves a string and mergekit then converts). Numbers that
+/// do not fit are errors, not traps. Everything else is a string.
+public enum YAMLScalar {
+    /// nil for a null scalar.
+    public static func resolve(_ text: String, what: String) throws -> MergeValue? {
+        switch text {
+        case "", "~", "null", "Null", "NULL": return nil
+        case "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON": return .bool(true)
+        case "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF": return .bool(false)
+        case ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF": return .number(.infinity)
+        case "-.inf", "-.Inf", "-.INF": return .number(-.infinity)
+        case ".nan", ".NaN", ".NAN": return .number(.nan)
+        default: break
+        }
+        var body = Substring(text)
+        var negative = false
+        if let sign = body.first, sign == "-" || sign == "+" { negative = sign == "-"; body = body.dropFirst() }
+        let digits = body.filter { $0 != "_" }
+        guard let first = digits.first, first.isASCII, first.isNumber || first == "." else { return .string(text) }
+        func tooLarge() -> TesseraError {
+            TesseraError(.invalidParameter, "\(what): the number \(text) is too large", hint: "write a smaller number")
+        }
+        func integer(_ s: Substring, radix: Int) throws -> MergeValue? {
+            guard !s.isEmpty, s.allSatisfy({ $0.isHexDigit && Int(String($0), radix: radix) != nil }) else { return nil }
+            guard let v = Int64(s, radix: radix) else { throw tooLarge() }
+            return .number(Double(negative ? -v : v))
+        }
+        if digits.hasPrefix("0x") { return try integer(digits.dropFirst(2), radix: 16) ?? .string(text) }
+        if digits.hasPrefix("0o") { return try integer(digits.dropFirst(2), radix: 8) ?? .string(text) }
+        if digits.hasPrefix("0b") { return try integer(digits.dropFirst(2), radix: 2) ?? .string(text) }
+        if digits.contains(":") {
+            // Base 60: 1:30 is 90. Each part after the first is 0...59.
+            let parts = digits.split(separator: ":", omittingEmptySubsequences: false)
+            var value: Int64 = 0
+            for (k, part) in parts.enumerated() {
+                guard !part.isEmpty, part.allSatisfy({ $0.isASCII && $0.isNumber }), let p = Int64(part), k == 0 || p < 60 else { return .string(text) }
+                let (times, o1) = value.multipliedReportingOverflow(by: 60)
+                let (sum, o2) = times.addingReportingOverflow(p)
+                if o1 || o2 { throw tooLarge() }
+                value = sum
+            }
+            return .number(Double(negative ? -value : value))
+        }
+        if digits.allSatisfy({ $0.isASCII && $0.isNumber }) {
+            if digits.count > 1, digits.hasPrefix("0") { return try integer(digits.dropFirst(), radix: 8) ?? .string(text) }
+            guard let v = Int64(digits) else { throw tooLarge() }
+            return .number(Double(negative ? -v : v))
+        }
+        if let d = Double(digits), d.isFinite, digits.allSatisfy({ $0.isASCII && ($0.isNumber || ".eE+-".contains($0)) }) {
+            return .number(negative ? -d : d)
+        }
+        return .string(text)
     }
 }

@@ -1,139 +1,36 @@
 import Foundation
 import TesseraCore
-import TesseraGit
-import TesseraMerge
 import TesseraStore
-import Yams
-
-/// How `git merge` combines tensors changed on both branches: rules from the committed file `.tessera/merge.yml`,
-/// first match wins, overridable for one merge with `git -c tessera.merge.method=... merge` (see docs/merging.md).
-///
-///     rules:
-///       - path: "*.safetensors"     # glob on the file's path (default "*")
-///         tensors: "*.attn.*"       # glob on tensor names (default "*")
-///         method: ties
-///         weights: [1, 1]           # ours, theirs (default 1, 1)
-///         parameters: {density: 0.5}
-struct MergeRules {
-    struct Rule {
-        var path: String = "*"
-        var tensors: String = "*"
-        var method: String
-        var weights: [Double]?
-        var parameters: [String: ParameterSetting] = [:]
-    }
-
-    var rules: [Rule] = []
-    static let file = ".tessera/merge.yml"
-
-    static func load(worktree: String, overrides: Rule?) throws -> MergeRules {
-        var out = MergeRules()
-        if let overrides { out.rules.append(overrides) }
-        let path = worktree + "/" + file
-        // The file comes with the repository: it may be a symlink to a device or a huge file. Only a regular file
-        // of reasonable size is read.
-        var st = stat()
-        guard stat(path, &st) == 0 else { return out }
-        guard (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= 1 << 20 else {
-            throw TesseraError(.invalidParameter, "\(file): not a regular file of at most 1 MiB", hint: "see docs/merging.md for the format")
-        }
-        guard let data = FileManager.default.contents(atPath: path) else { return out }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw TesseraError(.invalidParameter, "\(file): not UTF-8 text", hint: "see docs/merging.md for the format")
-        }
-        let yaml: Any?
-        // Nesting and alias expansion are bounded before Yams builds the values (a "billion laughs" file would
-        // otherwise expand without limit).
-        _ = try YAMLDocument.compose(text, file: file)
-        do { yaml = try Yams.load(yaml: text) } catch {
-            throw TesseraError(.invalidParameter, "\(file): invalid YAML", hint: "fix the file (see docs/merging.md)", underlying: error)
-        }
-        guard let top = yaml as? [String: Any], let list = top["rules"] as? [[String: Any]] else {
-            throw TesseraError(.invalidParameter, "\(file): expected a top-level 'rules:' list", hint: "see docs/merging.md for the format")
-        }
-        for (k, r) in list.enumerated() {
-            guard let method = r["method"] as? String else {
-                throw TesseraError(.invalidParameter, "\(file): rule \(k + 1) has no method", hint: "add e.g. `method: linear`")
-            }
-            _ = try MergeRegistry.method(named: method)
-            var rule = Rule(method: method)
-            if let p = r["path"] as? String { rule.path = p }
-            if let t = r["tensors"] as? String { rule.tensors = t }
-            if let w = r["weights"] as? [Any] { rule.weights = w.compactMap { ($0 as? Double) ?? ($0 as? Int).map(Double.init) } }
-            if let params = r["parameters"] as? [String: Any] {
-                for (name, value) in params {
-                    if let d = value as? Double { rule.parameters[name] = .number(d) }
-                    else if let i = value as? Int { rule.parameters[name] = .number(Double(i)) }
-                    else if let b = value as? Bool { rule.parameters[name] = .bool(b) }
-                    else if let s = value as? String { rule.parameters[name] = .string(s) }
-                }
-            }
-            out.rules.append(rule)
-        }
-        return out
-    }
-
-    /// Reads `tessera.merge.method`, `.weights` and `.parameters` from git's configuration (as `git -c` passes it).
-    static func commandLineOverride(directory: String) -> Rule? {
-        func get(_ key: String) -> String? {
-            guard let r = try? Subprocess.run(["git", "config", "--get", key], directory: directory), r.status == 0 else { return nil }
-            return r.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
-        }
-        guard let method = get("tessera.merge.method") else { return nil }
-        var rule = Rule(method: method)
-        if let w = get("tessera.merge.weights") { rule.weights = w.split(separator: ",").compactMap { Double($0) } }
-        if let p = get("tessera.merge.parameters") {
-            for item in p.split(separator: ",") {
-                let kv = item.split(separator: "=", maxSplits: 1)
-                if kv.count == 2 { rule.parameters[String(kv[0])] = MergeParameterOptions.value(String(kv[1])) }
-            }
-        }
-        return rule
-    }
-
-    func rule(path: String, tensor: String) -> Rule? {
-        rules.first { glob($0.path, path) && glob($0.tensors, tensor) }
-    }
-}
-
-/// fnmatch-style glob: `*` any run, `?` one character.
-func glob(_ pattern: String, _ text: String) -> Bool {
-    let p = Array(pattern), t = Array(text)
-    var pi = 0, ti = 0, star = -1, mark = 0
-    while ti < t.count {
-        if pi < p.count && (p[pi] == "?" || p[pi] == t[ti]) { pi += 1; ti += 1 }
-        else if pi < p.count && p[pi] == "*" { star = pi; mark = ti; pi += 1 }
-        else if star >= 0 { pi = star + 1; mark += 1; ti = mark }
-        else { return false }
-    }
-    while pi < p.count && p[pi] == "*" { pi += 1 }
-    return pi == p.count
-}
 
 /// A source restricted to some tensors of another (the merge methods see only the tensors being merged).
-final class SubsetSource: TensorSource, Float32Reading {
-    let inner: TensorSource
-    let tensorNames: [String]
-    init(_ inner: TensorSource, names: [String]) { self.inner = inner; tensorNames = names }
-    var sourceName: String { inner.sourceName }
-    var allowsConcurrentReads: Bool { inner.allowsConcurrentReads }
-    func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
-    func rawTensor(_ name: String) throws -> RawTensor { try inner.rawTensor(name) }
-    func readFloat32(_ name: String) throws -> [Float]? { try (inner as? Float32Reading)?.readFloat32(name) }
-    var metadata: [(String, String)] { inner.metadata }
+public final class SubsetSource: TensorSource, Float32Reading {
+    public let inner: TensorSource
+    public let tensorNames: [String]
+    public init(_ inner: TensorSource, names: [String]) { self.inner = inner; tensorNames = names }
+    public var sourceName: String { inner.sourceName }
+    public var allowsConcurrentReads: Bool { inner.allowsConcurrentReads }
+    public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
+    public func rawTensor(_ name: String) throws -> RawTensor { try inner.rawTensor(name) }
+    public func readFloat32(_ name: String) throws -> [Float]? { try (inner as? Float32Reading)?.readFloat32(name) }
+    public var metadata: [(String, String)] { inner.metadata }
 }
 
 /// The tensor-wise three-way merge behind the git merge driver and `tessera resolve`.
-struct ThreeWayMerge {
-    struct Outcome {
-        var manifest: Manifest
-        var conflicts: [String]
-        var merged: [(tensor: String, method: String)]
-        var report: [String]
+public struct ThreeWayMerge {
+    public struct Outcome {
+        public var manifest: Manifest
+        public var conflicts: [String]
+        public var merged: [(tensor: String, method: String)]
+        public var report: [String]
     }
 
     let store: ObjectStore
     let path: String
+
+    public init(store: ObjectStore, path: String) {
+        self.store = store
+        self.path = path
+    }
 
     /// One side: its tensors (name → (dtype, shape, stored)) in file order, and its metadata.
     struct Side {
@@ -150,7 +47,7 @@ struct ThreeWayMerge {
         return Side(order: manifest.tensors.map(\.name), tensors: t, metadata: c.metadata, checkpoint: c)
     }
 
-    func run(base: Manifest?, ours: Manifest, theirs: Manifest, rules: MergeRules) throws -> Outcome {
+    public func run(base: Manifest?, ours: Manifest, theirs: Manifest, rules: MergeRules) throws -> Outcome {
         let O = try base.map { try side($0, label: "base:\(path)") }
         let A = try side(ours, label: "ours:\(path)")
         let B = try side(theirs, label: "theirs:\(path)")

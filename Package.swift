@@ -23,6 +23,7 @@ let package = Package(
     products: [
         .executable(name: "tessera", targets: ["tessera"]),
         // For the fuzzing package in Fuzz/ (it depends on this package by path).
+        .library(name: "TesseraIO", targets: ["TesseraIO"]),
         .library(name: "TesseraCore", targets: ["TesseraCore"]),
         .library(name: "TesseraStore", targets: ["TesseraStore"]),
         .library(name: "TesseraMerge", targets: ["TesseraMerge"]),
@@ -45,27 +46,30 @@ let package = Package(
         // SHA-256 of two messages at once with the SHA extensions (provenance hashing of merge inputs).
         .target(name: "CSHA256", cSettings: [.unsafeFlags(["-O3"])]),
 
-        .target(name: "TesseraCore", swiftSettings: swiftSettings),
-        .target(name: "TesseraStore", dependencies: ["TesseraCore", "CZstd", "CCrypto", "CSHA256"], swiftSettings: swiftSettings),
-        .target(name: "TesseraGit", dependencies: ["TesseraCore", "TesseraStore", "CGit2"], swiftSettings: swiftSettings),
-        .target(name: "TesseraMerge", dependencies: ["TesseraCore", "TesseraStore", "COpenBLAS", "Yams"], swiftSettings: swiftSettings),
-        .target(name: "TesseraEngine", dependencies: ["TesseraCore", "COpenBLAS", "CKernels"], swiftSettings: swiftSettings),
-        .target(name: "TesseraEval", dependencies: ["TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
+        // The bottom: the error every module throws, and the operating system's edge (file descriptors, atomic
+        // writes, mappings, large buffers, byte budgets for pipelines, progress on the terminal).
+        .target(name: "TesseraIO", swiftSettings: swiftSettings),
+        .target(name: "TesseraCore", dependencies: ["TesseraIO"], swiftSettings: swiftSettings),
+        .target(name: "TesseraStore", dependencies: ["TesseraIO", "TesseraCore", "CZstd", "CCrypto", "CSHA256"], swiftSettings: swiftSettings),
+        .target(name: "TesseraGit", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "CGit2"], swiftSettings: swiftSettings),
+        .target(name: "TesseraMerge", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "COpenBLAS", "Yams"], swiftSettings: swiftSettings),
+        .target(name: "TesseraEngine", dependencies: ["TesseraIO", "TesseraCore", "COpenBLAS", "CKernels"], swiftSettings: swiftSettings),
+        .target(name: "TesseraEval", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
         .target(
             name: "TesseraCLI",
             dependencies: [
-                "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge", "TesseraEngine", "TesseraEval",
+                "TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge", "TesseraEngine", "TesseraEval",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(name: "tessera", dependencies: ["TesseraCLI"], swiftSettings: swiftSettings),
 
-        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore"]),
-        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraCore", "TesseraStore"]),
-        .testTarget(name: "TesseraGitTests", dependencies: ["TesseraCore", "TesseraStore", "TesseraGit", "TesseraCLI"]),
-        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraCore", "TesseraStore", "TesseraMerge"]),
-        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraCore", "TesseraEngine"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraCore", "TesseraEngine", "TesseraEval"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraIO", "TesseraCore"]),
+        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore"]),
+        .testTarget(name: "TesseraGitTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraCLI"]),
+        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge"]),
+        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval"], exclude: ["Fixtures"]),
     ]
 )

@@ -17,14 +17,14 @@ let package = Package(
         .package(name: "tessera", path: ".."),
     ],
     targets: [
-        .target(name: "FuzzSupport", dependencies: [tessera("TesseraCore"), tessera("TesseraStore")]),
+        .target(name: "FuzzSupport", dependencies: [tessera("TesseraIO"), tessera("TesseraCore"), tessera("TesseraStore")]),
         .target(name: "FuzzSafetensors", dependencies: ["FuzzSupport", tessera("TesseraCore"), tessera("TesseraStore")]),
         .target(name: "FuzzManifest", dependencies: ["FuzzSupport", tessera("TesseraCore")]),
-        .target(name: "FuzzObject", dependencies: ["FuzzSupport", tessera("TesseraCore"), tessera("TesseraStore")]),
+        .target(name: "FuzzObject", dependencies: ["FuzzSupport", tessera("TesseraIO"), tessera("TesseraCore"), tessera("TesseraStore")]),
         .target(name: "FuzzGGUF", dependencies: ["FuzzSupport", tessera("TesseraCore"), tessera("TesseraEngine")]),
         .target(name: "FuzzTaskFile", dependencies: ["FuzzSupport", tessera("TesseraEval")]),
         .target(name: "FuzzMergeConfig", dependencies: ["FuzzSupport", tessera("TesseraMerge")]),
         // Not a fuzzer: decodes every bit-flipped variant of a set of objects (scripts/bitflip-sweep.sh drives it).
-        .target(name: "BitflipSweep", dependencies: ["FuzzSupport", tessera("TesseraCore"), tessera("TesseraStore")]),
+        .target(name: "BitflipSweep", dependencies: ["FuzzSupport", tessera("TesseraIO"), tessera("TesseraCore"), tessera("TesseraStore")]),
     ]
 )

@@ -3,6 +3,7 @@ import Foundation
 import TesseraCore
 import TesseraEngine
 import TesseraEval
+import TesseraIO
 
 /// Timings of the engine on one model, for bench/bench_engine.py (which runs PyTorch on the same model beside it).
 struct BenchEngineCommand: ParsableCommand {

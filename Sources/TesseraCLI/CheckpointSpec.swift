@@ -3,6 +3,7 @@ import TesseraCore
 import TesseraGit
 import TesseraMerge
 import TesseraStore
+import TesseraIO
 
 /// A checkpoint as a command names it, resolved: its tensors, and the folder its config and tokenizer files are in.
 struct ResolvedCheckpoint {

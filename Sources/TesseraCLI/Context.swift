@@ -3,6 +3,7 @@ import Foundation
 import TesseraCore
 import TesseraGit
 import TesseraStore
+import TesseraIO
 
 /// Options every command that reads the repository shares.
 struct RepositoryOptions: ParsableArguments {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TesseraCore
 import TesseraGit
+import TesseraIO
 
 /// git's external diff driver for tracked files (diff.tessera.command): git calls it with
 /// `path old-file old-hex old-mode new-file new-hex new-mode`.

@@ -3,6 +3,7 @@ import Foundation
 import TesseraCore
 import TesseraEngine
 import TesseraEval
+import TesseraIO
 
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

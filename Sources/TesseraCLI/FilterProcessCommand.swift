@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TesseraCore
 import TesseraGit
+import TesseraIO
 
 /// Run by git (filter.tessera.process), not by people.
 struct FilterProcessCommand: ParsableCommand {

@@ -4,6 +4,7 @@ import TesseraCore
 import TesseraEval
 import TesseraGit
 import TesseraStore
+import TesseraIO
 
 struct FsckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -3,6 +3,7 @@ import Foundation
 import TesseraCore
 import TesseraGit
 import TesseraStore
+import TesseraIO
 
 /// Run by the git hooks that `tessera install` writes.
 struct HookCommand: ParsableCommand {

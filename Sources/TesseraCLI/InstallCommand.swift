@@ -3,6 +3,7 @@ import Foundation
 import TesseraCore
 import TesseraGit
 import TesseraStore
+import TesseraIO
 
 struct InstallCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -3,6 +3,7 @@ import Foundation
 import TesseraCore
 import TesseraGit
 import TesseraStore
+import TesseraIO
 
 struct LogCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -4,6 +4,7 @@ import TesseraCore
 import TesseraGit
 import TesseraMerge
 import TesseraStore
+import TesseraIO
 
 struct LsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TesseraCore
 import TesseraMerge
+import TesseraIO
 
 /// Options shared by commands that name merge parameters on the command line.
 struct MergeParameterOptions: ParsableArguments {

@@ -4,6 +4,7 @@ import TesseraCore
 import TesseraGit
 import TesseraMerge
 import TesseraStore
+import TesseraIO
 
 /// git's merge driver for tracked files (merge.tessera.driver = "tessera merge-driver %O %A %B %P"): git hands it
 /// the three manifests (merge base, ours, theirs) and takes the merged manifest from %A.

@@ -5,6 +5,7 @@ import TesseraEval
 import TesseraGit
 import TesseraMerge
 import TesseraStore
+import TesseraIO
 
 /// A model as `tessera eval` names it, loaded for the tasks that need it: any checkpoint `CheckpointResolver` reads
 /// (a safetensors file with config.json beside it, a Hugging Face folder, single or sharded, a shard index, `REV:path`

@@ -2,6 +2,7 @@ import Foundation
 import TesseraCore
 import TesseraGit
 import TesseraStore
+import TesseraIO
 
 /// Everything that keeps an object alive: manifests in the history of every ref and reflog entry (stashes
 /// included), in every worktree's HEAD and index (staged but uncommitted files), and in the stat cache.

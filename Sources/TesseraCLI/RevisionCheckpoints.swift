@@ -3,6 +3,7 @@ import TesseraCore
 import TesseraGit
 import TesseraMerge
 import TesseraStore
+import TesseraIO
 
 /// The repository side of checkpoint names: `REV:path` (a tracked file, or a shard index committed beside its
 /// shards) and `REV:folder` (a Hugging Face folder at a revision: its weights from the object store, its config and

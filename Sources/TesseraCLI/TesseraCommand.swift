@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TesseraCore
+import TesseraIO
 
 public struct TesseraCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(

@@ -3,6 +3,7 @@ import Foundation
 import TesseraCore
 import TesseraGit
 import TesseraStore
+import TesseraIO
 
 /// git's textconv for tracked files (diff.tessera.textconv): what `git log -p`, `git show` (merges too) and
 /// `git diff --no-ext-diff` compare instead of manifest lines, one readable line per tensor that changes only when

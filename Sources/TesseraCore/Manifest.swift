@@ -1,3 +1,4 @@
+import TesseraIO
 /// The manifest: what git stores for a tracked file instead of its bytes.
 ///
 /// Text, deterministic (the same file always yields the same bytes), one line per segment of the file in file

@@ -1,3 +1,4 @@
+import TesseraIO
 /// The safetensors format: an 8-byte little-endian header length N, N bytes of JSON header, then the data region.
 /// The header maps tensor names to `{dtype, shape, data_offsets: [begin, end]}` (offsets relative to the data
 /// region) and may hold `__metadata__`, a map of strings.

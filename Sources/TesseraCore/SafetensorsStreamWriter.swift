@@ -1,4 +1,5 @@
 import Foundation
+import TesseraIO
 
 /// Writes a safetensors file tensor by tensor, so that a merge of large checkpoints never holds the whole output in
 /// memory. The header comes first in the file but is known only at the end (it holds every tensor's offsets and the

@@ -1,4 +1,5 @@
 import Foundation
+import TesseraIO
 
 /// A tensor held in memory as raw bytes of its dtype, the unit that formats read and write.
 public struct RawTensor: Sendable {
@@ -141,16 +142,5 @@ public enum SafetensorsWriter {
     public static func write(tensors: [(String, RawTensor)], metadata: [(String, String)] = [], to path: String) throws {
         let bytes = try encode(tensors: tensors, metadata: metadata)
         try AtomicFile.write(Data(bytes), to: path)
-    }
-}
-
-public enum AtomicFile {
-    public static func write(_ data: Data, to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        do {
-            try data.write(to: url, options: .atomic)
-        } catch {
-            throw TesseraError(.io, "\(path): cannot write the file", hint: "check free disk space and permissions", underlying: error)
-        }
     }
 }

@@ -1,3 +1,4 @@
+import TesseraIO
 /// Anything that serves named tensors: a safetensors file, a GGUF file, a checkpoint read from the object store at
 /// a revision (`REV:path`), a merge in progress. Merge methods and the engine read weights only through this, so
 /// they work the same on a checkout, on history and on files.

@@ -1,6 +1,7 @@
 import COpenBLAS
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// The hyper-parameters of a BERT encoder, as Hugging Face's `config.json` (BertConfig) states them.
 public struct BERTConfig: Sendable, Equatable {

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// A linear classifier over sentence embeddings: logits = W·x + b with `weight` [C, D] and `bias` [C].
 /// With C = 1 it is logistic regression: class 1 iff x·w + b > 0, else class 0. With C > 1, the argmax.

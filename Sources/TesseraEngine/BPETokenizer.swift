@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// A token matched in the raw text before pre-tokenization (tokenizer.json `added_tokens`, GGUF control and
 /// user-defined tokens). Special ones are skipped by `decode(_:skipSpecialTokens: true)`.

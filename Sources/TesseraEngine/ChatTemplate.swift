@@ -1,4 +1,5 @@
 import TesseraCore
+import TesseraIO
 
 /// One turn of a conversation.
 public struct ChatMessage: Sendable, Hashable {

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// The KV cache and scratch memory of one sequence being processed.
 ///

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// A GGUF metadata value (GGUF v2/v3 value types).
 public enum GGUFValue: Sendable, Equatable, CustomStringConvertible {

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Turns a llama GGUF into a Hugging Face model directory: `model.safetensors` (F32, HF tensor names, Q/K rows
 /// un-permuted so the split-halves RoPE of HF applies), `config.json`, `generation_config.json`, and, when the GGUF

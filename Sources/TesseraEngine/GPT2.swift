@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Hyper-parameters of a GPT-2 model from its Hugging Face `config.json`.
 public struct GPT2Config: Sendable, Equatable {

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Hyper-parameters of a GPT-Neo model from its Hugging Face `config.json`.
 public struct GPTNeoConfig: Sendable, Equatable {

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Hyper-parameters of a Llama-architecture model (Llama 2/3, SmolLM, TinyLlama, Mistral without sliding window).
 public struct LlamaConfig: Sendable, Equatable {

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Chooses the architecture of a checkpoint, checks that every tensor it needs is present with the shape its config
 /// implies (and, in a GGUF, stored in a type the engine can dequantise) before loading or computing anything, and

@@ -1,4 +1,5 @@
 import TesseraCore
+import TesseraIO
 
 /// The character classes the byte-level BPE split patterns are written in: `\p{L}`, `\p{N}`, `\s` and the rest.
 ///

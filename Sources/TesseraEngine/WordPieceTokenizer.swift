@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// BERT's WordPiece tokenizer, matching Hugging Face `tokenizers` (BertNormalizer → BertPreTokenizer → WordPiece →
 /// `[CLS] … [SEP]` template) id for id.

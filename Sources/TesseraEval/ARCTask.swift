@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// `arc-easy` and `arc-challenge`: the AI2 Reasoning Challenge test sets with lm-eval-harness's recipe: context
 /// "Question: {question}\nAnswer:", continuation " {choice}", score = summed continuation log-probability;

@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 public enum ClassificationScoring {
     /// Embeds the texts, predicts with the head, and reports accuracy with its standard error.

@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// Which model a task computes with, so the caller loads the right one before running it.
 public enum ModelRequirement: String, Sendable, Equatable, CaseIterable {

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Options for the built-in tasks that a caller (the CLI) may set.
 public struct EvalTaskOptions: Sendable {

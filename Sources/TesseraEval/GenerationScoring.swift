@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// An instruction to answer and the human answers it is compared with.
 public struct GenerationExample: Sendable, Equatable {

@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// A multiple-choice question as lm-eval-harness scores it: the same context followed by each continuation.
 public struct MultipleChoiceQuestion: Sendable, Equatable {

@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// Loss and perplexity of texts under a causal LM: each text is its own sequence, no BOS, so its first token is
 /// context only and every later token is predicted. Texts longer than the model's window are scored in windows:

@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// `sst2`: GLUE SST-2 dev sentiment accuracy of a sentence embedder plus a linear head checkpoint (`weight` [C, D],
 /// `bias` [C]; C = 1 is logistic). The head is read from `minilm_sst2_head.safetensors` in the data directory unless

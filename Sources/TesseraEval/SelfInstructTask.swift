@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// `selfinstruct`: the 252 user-oriented Self-Instruct tasks (one example per instance). The user turn is the
 /// instruction, followed by a blank line and the instance input when there is one, in the ChatML template; greedy

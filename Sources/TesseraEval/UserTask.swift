@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// A task defined by the user in a JSONL file (format: docs/task-format.md): a header line
 /// `{"tessera_task": 1, "type": ..., "name": ...}` and one example per line. The whole file is read and checked

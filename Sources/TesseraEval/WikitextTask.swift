@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// `wikitext`: WikiText-2 (raw) test perplexity. Each non-empty line, stripped, is scored as its own sequence
 /// without BOS; reports mean NLL per predicted token (nats) and perplexity = exp(mean NLL). `wikitext:N` takes the

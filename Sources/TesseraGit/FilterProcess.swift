@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// git's long-running filter protocol (gitattributes(5), "Long Running Filter Process"), version 2, with the clean
 /// and smudge capabilities. git starts one process per command and sends every tracked file through it.

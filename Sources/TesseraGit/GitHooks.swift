@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// The git hooks Tessera needs in a repository: `pre-push` (send the objects the pushed commits' manifests name) and
 /// `pre-commit` (refuse to commit a tracked checkpoint raw, or a manifest naming absent objects).

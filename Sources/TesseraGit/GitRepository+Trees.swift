@@ -1,5 +1,6 @@
 import CGit2
 import TesseraCore
+import TesseraIO
 
 /// Folders at a revision (`REV:folder`): what a revision path names, and a tree's entries with their sizes, read
 /// without loading any blob (a checkpoint committed raw may be gigabytes).

@@ -2,6 +2,7 @@ import CGit2
 import Foundation
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// libgit2 is initialised once per process.
 private let libgit2Initialised: Bool = { git_libgit2_init(); return true }()

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// What a transfer actually did (not what was asked for): objects and bytes moved, and objects the other side
 /// already had.

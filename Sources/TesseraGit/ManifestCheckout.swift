@@ -5,6 +5,7 @@ import CGit2
 import Foundation
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// Tracked files whose worktree copy is still their manifest: what a clone made before `tessera install` (or
 /// without the filter configured) leaves, as a Git LFS clone leaves pointer files. git cannot repair them by itself:

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// git's pkt-line framing (gitprotocol-common): a 4-hex-digit length that counts itself, then the payload;
 /// "0000" is a flush packet. Packets carry at most 65516 bytes of payload.

@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// Remembers, per worktree file, the stat data and a fast content hash of the last file cleaned (or checked out),
 /// with its manifest. When git asks to clean a file again (`git status` on a racily-clean index entry, `git checkout

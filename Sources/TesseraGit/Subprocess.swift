@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Runs git and git-lfs where git itself must act (transfers, index updates). Output is captured; stderr can be
 /// passed through so that the user sees git's own progress and messages.

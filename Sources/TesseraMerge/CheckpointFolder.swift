@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import TesseraCore
+import TesseraIO
 
 /// A folder that may hold a checkpoint in the Hugging Face layout: a folder on disk, or a folder at a git revision
 /// (`REV:folder`, read from git and the object store). Layout detection and opening are the same for both.

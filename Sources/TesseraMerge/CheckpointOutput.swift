@@ -5,6 +5,7 @@ import Darwin
 #endif
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Where a command writes a checkpoint (`merge -o`, `taskvec -o`), decided before any work is done.
 ///

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Diagonal Fisher information, the input of `fisher` merging. The exact-expectation form for a softmax classifier
 /// p(y|x) = softmax(x·W + b) (Matena & Raffel's "expected" Fisher): F = mean_n Σ_y p(y|x_n) (∂ log p(y|x_n)/∂θ)²,

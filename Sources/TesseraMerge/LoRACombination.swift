@@ -1,5 +1,6 @@
 import COpenBLAS
 import TesseraCore
+import TesseraIO
 
 /// PEFT's `add_weighted_adapter` for LoRA factors (layout: A [r, d_in], B [d_out, r], ΔW = s · B · A), on ΔW, the
 /// thing that is actually added to the weights:

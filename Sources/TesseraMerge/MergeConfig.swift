@@ -1,5 +1,6 @@
 import TesseraCore
 import Yams
+import TesseraIO
 
 /// A mergekit YAML config, as parsed (model references are still strings).
 ///

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// What a finished merge reports.
 public struct MergeSummary: Sendable {

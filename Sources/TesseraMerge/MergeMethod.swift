@@ -1,4 +1,5 @@
 import TesseraCore
+import TesseraIO
 
 /// How a method uses the base model.
 public enum BaseUse: String, Sendable {

@@ -1,4 +1,5 @@
 import TesseraCore
+import TesseraIO
 
 /// One parameter value as a merge method sees it, after per-tensor resolution.
 public enum MergeValue: Sendable, Equatable, CustomStringConvertible {

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import TesseraCore
 import Yams
+import TesseraIO
 
 /// How `git merge` combines tensors changed on both branches: rules from the committed file `.tessera/merge.yml`,
 /// first match wins, overridable for one merge with `git -c tessera.merge.method=... merge` (see docs/merging.md).

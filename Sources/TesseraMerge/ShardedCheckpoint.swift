@@ -1,4 +1,5 @@
 import TesseraCore
+import TesseraIO
 
 /// The index of a sharded Hugging Face checkpoint (`model.safetensors.index.json`, as transformers'
 /// `save_pretrained` writes it above its shard size): `{"metadata": {...}, "weight_map": {tensor: shard file}}`.

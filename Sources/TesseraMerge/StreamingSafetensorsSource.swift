@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import TesseraCore
+import TesseraIO
 
 /// A safetensors file read with `pread`, one tensor at a time, instead of memory-mapped.
 ///

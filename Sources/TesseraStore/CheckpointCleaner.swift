@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Turns a file's bytes, arriving in pieces (git's filter stream), into a manifest plus objects in the store.
 ///
@@ -149,7 +150,7 @@ public final class CheckpointCleaner: @unchecked Sendable {
         // Declared sizes only set the pipeline's accounting; memory is taken as bytes arrive (see TensorBuffer).
         let largest = layout.tensors.map(\.byteCount).max() ?? 0
         let (budget, overflow) = largest.multipliedReportingOverflow(by: 2)
-        pipeline.budget = overflow ? Int.max : budget
+        pipeline.budget.limit = overflow ? Int.max : budget
         segments += [Manifest.Segment?](repeating: nil, count: plan.count)
         state = .data
         try beginPlanItems()
@@ -360,16 +361,15 @@ final class TensorBuffer: @unchecked Sendable {
 /// versions loaded as XOR-delta bases all count against a budget of twice the largest tensor, so the filter's memory
 /// stays within 2 × the largest tensor plus a constant whatever the file's size.
 final class EncodePipeline: @unchecked Sendable {
-    // @unchecked: `failure`, `cancelled` and `inFlight` are guarded by `condition`; the queue serialises all use of
-    // `workerEncoder`.
+    // @unchecked: `failure` and `cancelled` are guarded by `lock`; the queue serialises all use of `workerEncoder`.
     private let store: ObjectStore
     private let fileName: String
     private let queue = DispatchQueue(label: "tessera.encode")
-    private let condition = NSCondition()
+    private let lock = NSLock()
     private var failure: (any Error)?
     private var cancelled = false
-    private var inFlight = 0
-    var budget = 0
+    /// Tensor bytes held between reading and encoding (and their delta bases).
+    let budget = ByteBudget(limit: 1)
     private let workerEncoder = ObjectEncoder()
     let mainEncoder = ObjectEncoder()
     /// Tensors smaller than this are encoded on the reading thread.
@@ -387,22 +387,10 @@ final class EncodePipeline: @unchecked Sendable {
         previousByRawHash = Dictionary(deltaBases.values.map { ($0.rawSHA256, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
-    private func currentFailure() -> (any Error)? { condition.lock(); defer { condition.unlock() }; return failure }
+    private func currentFailure() -> (any Error)? { lock.lock(); defer { lock.unlock() }; return failure }
 
-    /// Blocks until `bytes` more fit in the budget (a single item larger than the budget waits for an empty pipeline).
-    func reserve(_ bytes: Int) {
-        condition.lock()
-        while inFlight > 0 && inFlight + bytes > budget && failure == nil && !cancelled { condition.wait() }
-        inFlight += bytes
-        condition.unlock()
-    }
-
-    func release(_ bytes: Int) {
-        condition.lock()
-        inFlight -= bytes
-        condition.broadcast()
-        condition.unlock()
-    }
+    func reserve(_ bytes: Int) { budget.reserve(bytes) }
+    func release(_ bytes: Int) { budget.release(bytes) }
 
     /// The stored previous version of a tensor, when an XOR delta against it is allowed: same name, same byte
     /// length, a floating-point type, and the base itself stored whole (delta chains have depth one).
@@ -445,7 +433,7 @@ final class EncodePipeline: @unchecked Sendable {
         if base != nil { reserve(tensor.byteCount) }
         queue.async { [self] in
             defer { release(tensor.byteCount * (base == nil ? 1 : 2)) }
-            condition.lock(); let stop = cancelled || failure != nil; condition.unlock()
+            lock.lock(); let stop = cancelled || failure != nil; lock.unlock()
             if stop { return }
             do {
                 var stored: Manifest.Stored
@@ -458,7 +446,7 @@ final class EncodePipeline: @unchecked Sendable {
                 }
                 completion(stored)
             } catch {
-                condition.lock()
+                lock.lock()
                 if failure == nil {
                     if let e = error as? TesseraError {
                         failure = TesseraError(e.code, "\(fileName): tensor '\(tensor.name)': \(e.message)", hint: e.hint)
@@ -466,8 +454,8 @@ final class EncodePipeline: @unchecked Sendable {
                         failure = error
                     }
                 }
-                condition.broadcast()
-                condition.unlock()
+                lock.unlock()
+                budget.stop()
             }
         }
     }
@@ -493,7 +481,8 @@ final class EncodePipeline: @unchecked Sendable {
     }
 
     func cancel() {
-        condition.lock(); cancelled = true; condition.broadcast(); condition.unlock()
+        lock.lock(); cancelled = true; lock.unlock()
+        budget.stop()
         queue.sync {}
         batch.abandon()
     }

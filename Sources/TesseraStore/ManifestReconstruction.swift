@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 extension ObjectStore {
     /// Objects a manifest needs that this store lacks (what a checkout must fetch first).
@@ -132,23 +133,6 @@ extension ObjectStore {
             var error: (any Error)?
             let ready = DispatchSemaphore(value: 0)
         }
-        final class Budget: @unchecked Sendable {
-            // @unchecked: all state guarded by `condition`.
-            let condition = NSCondition()
-            var inFlight = 0
-            var stopped = false
-            let limit: Int
-            init(limit: Int) { self.limit = limit }
-            func reserve(_ n: Int) -> Bool {
-                condition.lock(); defer { condition.unlock() }
-                while inFlight > 0 && inFlight + n > limit && !stopped { condition.wait() }
-                if stopped { return false }
-                inFlight += n
-                return true
-            }
-            func release(_ n: Int) { condition.lock(); inFlight -= n; condition.broadcast(); condition.unlock() }
-            func stop() { condition.lock(); stopped = true; condition.broadcast(); condition.unlock() }
-        }
         @Sendable func named(_ e: TesseraError, _ segment: Manifest.Segment) -> TesseraError {
             var what = file
             if case let .tensor(name, _, _, _, _, _) = segment { what += ": tensor '\(name)'" }
@@ -160,7 +144,7 @@ extension ObjectStore {
             guard let st = s.stored, !streamed[k] else { return 0 }
             return (s.end - s.begin) * (st.encoding.hasPrefix("xor") ? 2 : 1)
         }
-        let budget = Budget(limit: max(2 * (cost.max() ?? 0), 1))
+        let budget = ByteBudget(limit: max(2 * (cost.max() ?? 0), 1))
         let workers = DispatchSemaphore(value: 2)
         let group = DispatchGroup()
         let store = self
@@ -168,7 +152,12 @@ extension ObjectStore {
         DispatchQueue.global().async(group: group) {
             for (k, segment) in segments.enumerated() {
                 guard let stored = segment.stored, !streamed[k] else { slots[k].ready.signal(); continue }
-                guard budget.reserve(cost[k]) else { slots[k].error = CancellationError(); slots[k].ready.signal(); continue }
+                guard budget.reserve(cost[k]) else {
+                    budget.release(cost[k])
+                    slots[k].error = CancellationError()
+                    slots[k].ready.signal()
+                    continue
+                }
                 workers.wait()
                 DispatchQueue.global().async(group: group) {
                     defer { workers.signal() }

@@ -1,4 +1,5 @@
 import TesseraCore
+import TesseraIO
 
 /// How an object's payload encodes the raw bytes it stands for.
 ///

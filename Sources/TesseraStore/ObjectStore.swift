@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import TesseraCore
+import TesseraIO
 
 /// The content-addressed object store, inside the repository's common git directory (shared by all worktrees):
 ///

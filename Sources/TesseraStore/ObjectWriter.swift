@@ -4,6 +4,7 @@ import Glibc
 import Dispatch
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// Writes one object: bytes go to a temporary file (buffered) while their SHA-256 is computed; `finish` appends the
 /// trailer, fsyncs and renames the file to its content address. Until then nothing is visible in `objects/`, so a

@@ -1,6 +1,7 @@
 import CCrypto
 import CSHA256
 import TesseraCore
+import TesseraIO
 
 /// Incremental SHA-256 through OpenSSL's EVP interface (SHA-NI accelerated where the CPU has it: about 1.8 GB/s
 /// here, several times a portable implementation). One owner per EVP context, freed in deinit.

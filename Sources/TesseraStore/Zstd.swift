@@ -1,5 +1,6 @@
 import CZstd
 import TesseraCore
+import TesseraIO
 
 /// Streaming zstd compression. Level 1 runs at 340-630 MB/s per core here with a ratio equal to or better than zlib's,
 /// which manages only 21-33 MB/s (DESIGN.md).

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TesseraCore
+import TesseraIO
 
 @Suite struct JSONTests {
     @Test func parsesKeepsOrderAndRejectsDuplicates() throws {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// Byte-level BPE against ids computed by Hugging Face `tokenizers` (scripts/make_tokenizer_fixtures.py) for the
 /// reference SmolLM2 tokenizer.json in Tests/Fixtures/reference/engine.

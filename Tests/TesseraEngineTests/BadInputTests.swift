@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// Loading refuses inputs it cannot run, before computing, with errors that name the problem.
 @Suite struct BadInputTests {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// GGUF reading and dequantisation against values the `gguf` Python package computed (scripts/make_engine_fixtures.py).
 @Suite struct GGUFTests {

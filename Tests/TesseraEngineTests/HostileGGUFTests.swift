@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// A GGUF file written byte by byte, so that tests can put any lie in any field.
 struct GGUFBytes {

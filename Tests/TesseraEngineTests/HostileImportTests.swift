@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// `tessera import`: the folder appears whole or not at all, the user's files are never touched, and the side files
 /// match what transformers sets up from the same GGUF (scripts/make_import_fixtures.py).

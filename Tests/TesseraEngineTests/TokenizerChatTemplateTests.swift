@@ -1,6 +1,7 @@
 import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// Chat templates against jinja2's renderings (as transformers' apply_chat_template renders them), made by
 /// scripts/make_tokenizer_fixtures.py; SmolLM2's template is read from the GGUF.

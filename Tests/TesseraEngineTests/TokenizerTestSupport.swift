@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// Paths, fixtures and a minimal GGUF metadata reader for the tokenizer tests.
 enum TokenizerTestSupport {

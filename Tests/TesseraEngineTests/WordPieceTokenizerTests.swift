@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 
 /// Where the WordPiece tests find the model and the fixture written by scripts/make_eval_fixtures.py.
 private enum WordPieceTestFiles {

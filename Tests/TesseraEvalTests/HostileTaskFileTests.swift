@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraEngine
 import TesseraEval
+import TesseraIO
 
 /// Task files read as hostile input: every problem is one error naming the file (and the line), never a crash or a
 /// hang.

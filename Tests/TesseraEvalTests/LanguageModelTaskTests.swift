@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraEngine
 import TesseraEval
+import TesseraIO
 
 /// Request construction for the LM tasks (the lm-eval-harness recipe), and their scoring arithmetic through the
 /// `CausalLanguageModel` protocol with scripted models. The real-model numbers come with the Llama engine.

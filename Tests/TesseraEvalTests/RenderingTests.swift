@@ -5,6 +5,7 @@ import FoundationXML
 import Testing
 import TesseraCore
 import TesseraEval
+import TesseraIO
 
 /// Table, JSON and SVG rendering of results for several revisions.
 @Suite struct RenderingTests {

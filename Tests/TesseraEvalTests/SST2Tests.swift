@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraEngine
 import TesseraEval
+import TesseraIO
 
 @Suite struct SST2Tests {
     /// The real all-MiniLM-L6-v2 and the reference logistic head: dev accuracy 0.7924 (reference/engine/README.md).

@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraEngine
 import TesseraEval
+import TesseraIO
 
 /// User task files (docs/task-format.md): valid files of every type, and malformed ones rejected with the line named,
 /// before any model computation.

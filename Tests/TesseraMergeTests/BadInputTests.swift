@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraMerge
+import TesseraIO
 
 /// Every bad input is a TesseraError that names the tensor (or the parameter), never a NaN in the output.
 @Suite struct BadInputTests {

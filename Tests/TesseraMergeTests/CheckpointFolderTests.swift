@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraMerge
+import TesseraIO
 
 /// A checkpoint folder held in memory: file names and bytes, and sources for its safetensors files.
 final class MemoryFolder: CheckpointFolder {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraMerge
+import TesseraIO
 
 /// The paths a merge of large file inputs takes and small in-memory tests do not: inputs of a million elements or
 /// more read concurrently from files, results handed over as floats by `float32Sink`, and parallel kernels split

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraMerge
+import TesseraIO
 
 /// Merges whose 16-bit output overflows fail naming the tensor, the value and the dtype, and nothing appears under
 /// the output's name.

@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraMerge
 import TesseraStore
+import TesseraIO
 
 /// `.tessera/merge.yml`, read as strictly as a mergekit config, and the three-way merge it drives.
 @Suite struct MergeRulesTests {

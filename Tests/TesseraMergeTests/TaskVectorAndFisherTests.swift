@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraMerge
+import TesseraIO
 
 @Suite struct TaskVectorTests {
     let base: SafetensorsFile

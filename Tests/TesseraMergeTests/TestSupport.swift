@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraMerge
+import TesseraIO
 
 /// An in-memory tensor source for tests.
 final class MemorySource: TensorSource {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// Issue 8: objects, manifests and checkpoints built to hurt. Every case builds its hostile bytes here and expects one
 /// clear error (never a crash, a hang or a wrong answer).

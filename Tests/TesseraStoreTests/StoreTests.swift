@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 func temporaryStore() throws -> (ObjectStore, String) {
     let dir = NSTemporaryDirectory() + "tessera-store-" + UUID().uuidString.prefix(8)

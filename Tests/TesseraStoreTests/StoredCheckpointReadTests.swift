@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// `StoredCheckpoint.readFloat32` (objects decoded straight into float storage) against `rawTensor`, from several
 /// threads at once as a merge of stored revisions reads them, and on a damaged object.

@@ -4,6 +4,7 @@ import Glibc
 import FuzzSupport
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// The bit-flip sweep (scripts/bitflip-sweep.sh drives it): each input is one object file; every bit of its trailer
 /// and every bit (or an even sample) of its payload is flipped in turn, the variant is written into a store under its

@@ -1,6 +1,7 @@
 import FuzzSupport
 import TesseraCore
 import TesseraStore
+import TesseraIO
 
 /// The object decoder, as a hostile remote reaches it: the input is written into a store under its own SHA-256 (so the
 /// object id check passes and the trailer and payload are what the decoder must judge), then read every way the

@@ -1,4 +1,5 @@
 import TesseraCore
+import TesseraIO
 
 /// mergekit's "generalized task arithmetic", the kernel under task_arithmetic, ties, dare_linear, dare_ties,
 /// breadcrumbs and breadcrumbs_ties (mergekit 0.1.5 semantics, as restated in the reference spec `mk_gta`):

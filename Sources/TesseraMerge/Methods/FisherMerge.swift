@@ -1,4 +1,5 @@
 import TesseraCore
+import TesseraIO
 
 /// `fisher`: Fisher-weighted averaging (Matena & Raffel 2022) with diagonal Fishers F_j, one per model:
 ///

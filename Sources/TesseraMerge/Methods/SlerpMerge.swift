@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 
 /// `slerp`: spherical interpolation between the base model (t = 0) and the one other model (t = 1), per tensor,
 /// as mergekit computes it: directions are the tensors scaled to unit norm (left as they are when the norm ≤ 1e-8);

@@ -1,4 +1,5 @@
 import TesseraCore
+import TesseraIO
 
 /// `ours`: the first listed model's tensor, unchanged (a git merge's "ours" side).
 public struct TakeOursMerge: MergeMethod {

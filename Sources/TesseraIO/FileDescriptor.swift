@@ -3,7 +3,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import TesseraCore
 
 /// One owner per open file descriptor, closed in deinit (swift-system's pattern, without the dependency).
 /// Errors carry errno's text and map ENOSPC/EDQUOT to `.noSpace` so that a full disk reads as such.

@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import TesseraCore
 
 /// A buffer for a whole tensor, mapped directly from the kernel and unmapped on release.
 ///

@@ -109,8 +109,12 @@ public struct Manifest: Equatable, Sendable {
 
     /// Delta encodings name their base object and its size: "xor+bg4+zstd@<object id>:<object size>".
     public static func baseObjects(encoding: String) -> [(id: String, size: Int)] {
-        guard let e = try? ManifestEncoding(encoding), let base = e.base else { return [] }
-        return [base]
+        (try? ManifestEncoding(encoding))?.dependencies ?? []
+    }
+
+    /// The codec name of an encoding field, without its dependencies ("xor+bg4+zstd@..." → "xor+bg4+zstd").
+    public static func encodingName(_ encoding: String) -> String {
+        String(encoding.split(separator: "@", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
     }
 
     public var tensors: [(name: String, dtype: DType, shape: [Int], begin: Int, end: Int, stored: Stored)] {
@@ -185,7 +189,11 @@ public struct Manifest: Equatable, Sendable {
                 guard f.count == at + 4, isHex64(f[at + 1]), isHex64(f[at + 2]), let size = Int(f[at + 3]), size >= 0 else {
                     throw bad(n, "invalid object reference")
                 }
-                do { _ = try ManifestEncoding(f[at]) } catch let e as TesseraError { throw bad(n, e.message) }
+                do {
+                    // Objects with several dependencies came with version 2.
+                    let e = try ManifestEncoding(f[at])
+                    if version == 1 && e.dependencies.count > 1 { throw bad(n, "several dependencies in a version 1 manifest") }
+                } catch let e as TesseraError where e.code == .invalidManifest && !e.message.contains("manifest line") { throw bad(n, e.message) }
                 return Stored(encoding: f[at], rawSHA256: f[at + 1], objectID: f[at + 2], objectSize: size)
             }
             /// The next segment's byte range, from `[begin end]` (version 1) or `length` (version 2) at field `a`;
@@ -286,44 +294,48 @@ public struct Manifest: Equatable, Sendable {
     }
 }
 
-/// The encoding field of a manifest line: `raw`, `zstd`, `bgW+zstd`, or `xor+bgW+zstd@BASE:SIZE` where BASE is the
-/// delta base's object id (64 hex digits) and SIZE its object size. Parsed strictly: the base id becomes a path in
-/// the store, so nothing but a well-formed id may come out of it.
+/// The encoding field of a manifest line: a codec name, then the objects it depends on with their sizes:
+/// `zstd`, `bg4+zstd`, `xor+bg4+zstd@<base id>:<base size>`, and in version 2 manifests any number of dependencies
+/// (`NAME@ID:SIZE,ID:SIZE`). Parsed strictly: dependency ids become paths in the store, so nothing but a well-formed
+/// id may come out of it. Which names exist is the store's codec registry's business (an unknown one is read from
+/// its object's trailer, which says "upgrade tessera").
 public struct ManifestEncoding: Equatable, Sendable {
-    public enum Kind: Equatable, Sendable { case raw, zstd, byteGrouped, xorByteGrouped }
-    public var kind: Kind
-    public var width: Int
-    public var base: (id: String, size: Int)?
+    public var name: String
+    public var dependencies: [(id: String, size: Int)]
+
+    /// The first dependency (a delta's base).
+    public var base: (id: String, size: Int)? { dependencies.first }
 
     public static func == (a: ManifestEncoding, b: ManifestEncoding) -> Bool {
-        a.kind == b.kind && a.width == b.width && a.base?.id == b.base?.id && a.base?.size == b.base?.size
+        a.name == b.name && a.dependencies.map(\.id) == b.dependencies.map(\.id) && a.dependencies.map(\.size) == b.dependencies.map(\.size)
     }
 
-    public init<S: StringProtocol>(_ text: S) throws {
+    public init<S: StringProtocol>(_ text: S, maximumDependencies: Int = 16) throws {
         func bad() -> TesseraError {
-            TesseraError(.invalidManifest, "unknown encoding \(String(reflecting: String(text.prefix(160))))",
+            TesseraError(.invalidManifest, "invalid encoding \(String(reflecting: String(text.prefix(160))))",
                          hint: "the manifest was damaged, or written by a newer tessera (upgrade)")
         }
         let s = String(text)
-        if s == "raw" { kind = .raw; width = 1; base = nil; return }
-        if s == "zstd" { kind = .zstd; width = 1; base = nil; return }
-        var rest = Substring(s)
-        var delta: (String, Int)? = nil
-        if rest.hasPrefix("xor+") {
-            guard let at = rest.firstIndex(of: "@") else { throw bad() }
-            let ref = rest[rest.index(after: at)...].split(separator: ":", omittingEmptySubsequences: false)
-            guard ref.count == 2, isHex64(String(ref[0])), let size = Int(ref[1]), size >= 0,
-                  ref[1].utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { throw bad() }
-            delta = (String(ref[0]), size)
-            rest = rest[rest.index(rest.startIndex, offsetBy: 4)..<at]
+        let parts = s.split(separator: "@", maxSplits: 1, omittingEmptySubsequences: false)
+        let name = String(parts[0])
+        // A name is words of lower-case letters and digits joined by '+'.
+        let words = name.split(separator: "+", omittingEmptySubsequences: false)
+        guard !name.isEmpty, name.utf8.count <= 64, words.allSatisfy({ w in
+            !w.isEmpty && w.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) }
+        }) else { throw bad() }
+        var dependencies: [(String, Int)] = []
+        if parts.count == 2 {
+            let refs = parts[1].split(separator: ",", omittingEmptySubsequences: false)
+            guard refs.count <= maximumDependencies else { throw bad() }
+            for ref in refs {
+                let f = ref.split(separator: ":", omittingEmptySubsequences: false)
+                guard f.count == 2, isHex64(String(f[0])), !f[1].isEmpty, f[1].count <= 18,
+                      f[1].utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let size = Int(f[1]) else { throw bad() }
+                dependencies.append((String(f[0]), size))
+            }
         }
-        guard rest.hasPrefix("bg"), rest.hasSuffix("+zstd") else { throw bad() }
-        let digits = rest.dropFirst(2).dropLast(5)
-        guard !digits.isEmpty, digits.count <= 2, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
-              let w = Int(digits), w >= 1, w <= 16 else { throw bad() }
-        kind = delta == nil ? .byteGrouped : .xorByteGrouped
-        width = w
-        base = delta
+        self.name = name
+        self.dependencies = dependencies
     }
 }
 

@@ -378,6 +378,7 @@ final class EncodePipeline: @unchecked Sendable {
     let batch: ObjectBatch
     private let deltaBases: [String: Manifest.Stored]
     private let previousByRawHash: [String: Manifest.Stored]
+    private let policy = EncodingPolicy()
 
     init(store: ObjectStore, fileName: String, deltaBases: [String: Manifest.Stored]) {
         self.store = store
@@ -391,14 +392,6 @@ final class EncodePipeline: @unchecked Sendable {
 
     func reserve(_ bytes: Int) { budget.reserve(bytes) }
     func release(_ bytes: Int) { budget.release(bytes) }
-
-    /// The stored previous version of a tensor, when an XOR delta against it is allowed: same name, same byte
-    /// length, a floating-point type, and the base itself stored whole (delta chains have depth one).
-    private func deltaBase(for tensor: SafetensorsTensor) -> Manifest.Stored? {
-        guard tensor.dtype.isFloatingPoint, tensor.dtype.byteWidth > 1, tensor.byteCount >= 4096,
-              let base = deltaBases[tensor.name], !base.encoding.hasPrefix("xor"), store.contains(base.objectID) else { return nil }
-        return base
-    }
 
     func submit(buffer: TensorBuffer, rawSHA256: String, tensor: SafetensorsTensor,
                 completion: @escaping @Sendable (Manifest.Stored) -> Void) throws {
@@ -417,8 +410,8 @@ final class EncodePipeline: @unchecked Sendable {
             completion(existing)
             return
         }
-        let base = deltaBase(for: tensor)
-        let width = tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1
+        let base = policy.deltaCandidate(for: tensor, previous: deltaBases[tensor.name], store: store)
+        let width = EncodingPolicy.width(for: tensor.dtype)
         if base == nil && tensor.byteCount < EncodePipeline.inlineEncodingLimit {
             // Small tensors are encoded right here: handing each to the encoding thread cost more in thread wake-ups
             // than the encoding itself (a checkpoint of 200,000 tiny tensors spent most of its time in futex waits).
@@ -436,15 +429,12 @@ final class EncodePipeline: @unchecked Sendable {
             lock.lock(); let stop = cancelled || failure != nil; lock.unlock()
             if stop { return }
             do {
-                var stored: Manifest.Stored
-                if let base, let baseBytes = try? store.readAll(base.objectID, into: LargeBuffer(count: tensor.byteCount)),
-                   EncodePipeline.deltaPays(buffer.bytes, UnsafeRawBufferPointer(baseBytes.bytes), width: width) {
-                    stored = try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder,
-                                           base: (objectID: base.objectID, raw: UnsafeRawBufferPointer(baseBytes.bytes)), batch: batch)
-                } else {
-                    stored = try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, width: width, encoder: workerEncoder, batch: batch)
-                }
-                completion(stored)
+                // A base that cannot be read (damaged, say) only costs the delta: the value is stored whole.
+                let baseBytes = try base.flatMap { try? store.readAll($0.objectID, into: LargeBuffer(count: tensor.byteCount)) }
+                let baseRaw = baseBytes.map { UnsafeRawBufferPointer($0.bytes) }
+                let choice = policy.choose(raw: buffer.bytes, width: width, base: base, baseRaw: baseRaw)
+                completion(try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, choice: choice,
+                                         dependencyRaw: choice.dependencies.isEmpty ? [] : baseRaw.map { [$0] } ?? [], encoder: workerEncoder, batch: batch))
             } catch {
                 lock.lock()
                 if failure == nil {
@@ -458,19 +448,6 @@ final class EncodePipeline: @unchecked Sendable {
                 budget.stop()
             }
         }
-    }
-
-    /// Whether XOR against the previous version makes the value more compressible: in a fine-tune, sign and
-    /// exponent rarely change, so the top byte of each XORed element is mostly zero. Decided on a sample.
-    static func deltaPays(_ new: UnsafeRawBufferPointer, _ old: UnsafeRawBufferPointer, width: Int) -> Bool {
-        let elements = min(new.count / width, 65536)
-        guard elements > 0 else { return false }
-        var zero = 0
-        for i in 0..<elements {
-            let k = i * width + width - 1
-            if new[k] ^ old[k] == 0 { zero += 1 }
-        }
-        return zero * 2 > elements
     }
 
     /// Waits for every tensor, then makes their objects durable and visible.

@@ -1,45 +1,30 @@
 import TesseraCore
 import TesseraIO
 
-/// How an object's payload encodes the raw bytes it stands for.
+/// The object format (docs/manifest-format.md). An object file is `payload ‖ trailer`, named by the SHA-256 of the
+/// whole file (its Git LFS oid). The trailer comes last so that an object can be written in one pass while its raw
+/// bytes stream in (the raw hash and length are known only at the end).
 ///
-/// An object file is `payload ‖ trailer`. The trailer comes last so that an object can be written in one pass while
-/// its raw bytes stream in (the raw hash and length are known only at the end). The object id is the SHA-256 of the
-/// whole file, which is also its Git LFS oid.
-///
-///     trailer (88 bytes): raw SHA-256 (32) | base object id (32, zero unless delta) | raw length (u64 LE)
-///                         | encoding (u8) | element width (u8) | chunk log2 (u8) | reserved (u8) | "TSO1" (4)
+///     trailer (88 bytes): raw SHA-256 (32) | first dependency's object id (32, zero if none) | raw length (u64 LE)
+///                         | codec (u8) | element width (u8) | chunk log2 (u8) | more dependencies (u8) | magic (4)
 ///                         | reserved (8)
-public enum ObjectEncoding: UInt8, Sendable {
-    /// Stored as is.
-    case raw = 0
-    /// zstd of the raw bytes.
-    case zstd = 1
-    /// Byte-grouped in chunks, then zstd.
-    case byteGroupedZstd = 2
-    /// XOR against a base object's raw bytes, byte-grouped in chunks, then zstd.
-    case xorByteGroupedZstd = 3
-
-    /// The name the manifest shows ("bg4+zstd", "xor+bg2+zstd@<base id>:<base size>").
-    public func manifestName(width: Int, base: String?) -> String {
-        switch self {
-        case .raw: return "raw"
-        case .zstd: return "zstd"
-        case .byteGroupedZstd: return "bg\(width)+zstd"
-        case .xorByteGroupedZstd: return "xor+bg\(width)+zstd@\(base ?? "")"
-        }
-    }
-}
-
+///
+/// Version 1 (magic `TSO1`) has at most one dependency, and 0 in the "more dependencies" byte. Version 2 (`TSO2`),
+/// written only for objects with several dependencies, keeps that layout and puts the ids of dependencies 2...k+1
+/// (32 bytes each, k in the "more" byte) between the payload and the trailer. Every object written before version 2
+/// existed is a version 1 object, read as before.
 public struct ObjectTrailer: Sendable, Equatable {
     public static let size = 88
-    public static let magic: [UInt8] = Array("TSO1".utf8)
+    public static let magicV1: [UInt8] = Array("TSO1".utf8)
+    public static let magicV2: [UInt8] = Array("TSO2".utf8)
     /// Byte grouping works on chunks of 2^20 bytes so that encoding and decoding need only a chunk of scratch space.
     public static let defaultChunkLog2: UInt8 = 20
     /// Widest element byte grouping is applied to (8: F64, I64, C64).
     public static let maximumWidth: UInt8 = 16
     /// Chunk sizes a reader accepts (16 B ... 16 MiB): the decoder allocates one chunk of scratch space.
     public static let chunkLog2Range: ClosedRange<UInt8> = 4...24
+    /// Most dependencies an object may name.
+    public static let maximumDependencies = 16
     /// The most raw bytes one byte of zstd payload can stand for. A zstd block holds at most 128 KiB and the smallest
     /// block (an RLE block) is 4 bytes, so no valid frame expands by more than 32768; measured here: 1 GB of zeros
     /// compresses to 33,875 bytes at level 1 (29,500x). A trailer claiming more is corrupt or hostile, and is refused
@@ -50,23 +35,32 @@ public struct ObjectTrailer: Sendable, Equatable {
     public static let maximumRawLength: UInt64 = 1 << 48
 
     public var rawSHA256: [UInt8]
-    public var baseObject: [UInt8]
+    /// The objects the payload is encoded against (a delta's base), by id.
+    public var dependencies: [[UInt8]]
     public var rawLength: UInt64
-    public var encoding: ObjectEncoding
+    /// The codec's code (`ObjectCodec.code`).
+    public var codec: UInt8
     public var width: UInt8
     public var chunkLog2: UInt8
+    /// The object this trailer was read from (for messages); empty for a trailer being written.
+    public var objectID: String = ""
 
-    public init(rawSHA256: [UInt8], baseObject: [UInt8]? = nil, rawLength: UInt64, encoding: ObjectEncoding, width: UInt8,
+    public init(rawSHA256: [UInt8], dependencies: [[UInt8]] = [], rawLength: UInt64, codec: UInt8, width: UInt8,
                 chunkLog2: UInt8 = ObjectTrailer.defaultChunkLog2) {
         self.rawSHA256 = rawSHA256
-        self.baseObject = baseObject ?? [UInt8](repeating: 0, count: 32)
+        self.dependencies = dependencies
         self.rawLength = rawLength
-        self.encoding = encoding
+        self.codec = codec
         self.width = width
         self.chunkLog2 = chunkLog2
     }
 
-    public var baseObjectID: String? { baseObject.allSatisfy { $0 == 0 } ? nil : baseObject.hexString }
+    public static func == (a: ObjectTrailer, b: ObjectTrailer) -> Bool {
+        a.rawSHA256 == b.rawSHA256 && a.dependencies == b.dependencies && a.rawLength == b.rawLength && a.codec == b.codec
+            && a.width == b.width && a.chunkLog2 == b.chunkLog2
+    }
+
+    public var dependencyIDs: [String] { dependencies.map(\.hexString) }
 
     /// The raw length as an `Int` (validated trailers only: `decode` bounds it by `maximumRawLength`).
     public var rawCount: Int { Int(rawLength) }
@@ -79,60 +73,76 @@ public struct ObjectTrailer: Sendable, Equatable {
         return max(width, c / max(width, 1) * max(width, 1))
     }
 
+    /// The bytes that follow the payload: the extra dependency ids (version 2), then the 88-byte trailer.
     public func encoded() -> [UInt8] {
-        var out = rawSHA256 + baseObject
+        let extra = dependencies.dropFirst()
+        var out: [UInt8] = extra.flatMap { $0 }
+        out += rawSHA256 + (dependencies.first ?? [UInt8](repeating: 0, count: 32))
         var n = rawLength
         for _ in 0..<8 { out.append(UInt8(n & 0xFF)); n >>= 8 }
-        out += [encoding.rawValue, width, chunkLog2, 0]
-        out += ObjectTrailer.magic
+        out += [codec, width, chunkLog2, UInt8(extra.count)]
+        out += extra.isEmpty ? ObjectTrailer.magicV1 : ObjectTrailer.magicV2
         out += [UInt8](repeating: 0, count: 8)
         return out
     }
 
-    /// Decodes and validates a trailer read from an object file whose payload (the bytes before the trailer) is
-    /// `payloadLength` bytes long. Every field a reader will act on is checked here, before the payload is touched:
-    /// a trailer is as untrusted as the rest of an object fetched from a remote (an attacker can store any bytes
-    /// under their own SHA-256).
-    public static func decode(_ b: [UInt8], object: String, payloadLength: Int) throws -> ObjectTrailer {
-        func bad(_ why: String) -> TesseraError {
-            TesseraError(.objectCorrupt, "object \(object.prefix(12)) is corrupt: \(why)",
-                         hint: "delete it and fetch it again from the remote (`tessera fetch`), or run `tessera fsck`")
+    static func corrupt(_ object: String, _ why: String) -> TesseraError {
+        TesseraError(.objectCorrupt, "object \(object.prefix(12)) is corrupt: \(why)",
+                     hint: "delete it and fetch it again from the remote (`tessera fetch`), or run `tessera fsck`")
+    }
+
+    /// How many extra dependency ids precede a trailer (version 2), from its last 88 bytes; checks the magic.
+    static func extraDependencyCount(_ b: [UInt8], object: String) throws -> Int {
+        guard b.count == size else { throw corrupt(object, "it has no valid trailer") }
+        let magic = Array(b[76..<80])
+        if magic == magicV1 {
+            guard b[75] == 0 else { throw corrupt(object, "its trailer's reserved bytes are not zero") }
+            return 0
         }
-        guard b.count == size, Array(b[76..<80]) == magic else { throw bad("it has no valid trailer") }
-        guard b[75] == 0, b[80..<88].allSatisfy({ $0 == 0 }) else { throw bad("its trailer's reserved bytes are not zero") }
+        guard magic == magicV2 else { throw corrupt(object, "it has no valid trailer") }
+        return Int(b[75])
+    }
+
+    /// Decodes and validates a trailer read from an object file whose payload (the bytes before the extra
+    /// dependencies and the trailer) is `payloadLength` bytes long. Every field a reader will act on is checked
+    /// here, before the payload is touched: a trailer is as untrusted as the rest of an object fetched from a remote
+    /// (an attacker can store any bytes under their own SHA-256).
+    public static func decode(_ b: [UInt8], extraDependencies: [UInt8] = [], object: String, payloadLength: Int) throws -> ObjectTrailer {
+        let extra = try extraDependencyCount(b, object: object)
+        guard b[80..<88].allSatisfy({ $0 == 0 }) else { throw corrupt(object, "its trailer's reserved bytes are not zero") }
+        guard extraDependencies.count == 32 * extra, extra < maximumDependencies else { throw corrupt(object, "its dependency list is damaged") }
+        if Array(b[76..<80]) == magicV2 && extra == 0 { throw corrupt(object, "a version 2 trailer with one dependency") }
         var n: UInt64 = 0
         for k in 0..<8 { n |= UInt64(b[64 + k]) << (8 * UInt64(k)) }
-        guard let enc = ObjectEncoding(rawValue: b[72]) else {
+        guard let codec = ObjectCodecs.codec(code: b[72]) else {
             throw TesseraError(.objectCorrupt, "object \(object.prefix(12)) has an unknown encoding \(b[72])",
                                hint: "it may come from a newer tessera; upgrade, or run `tessera fsck`")
         }
-        let width = b[73], chunkLog2 = b[74]
-        guard chunkLog2Range.contains(chunkLog2) else { throw bad("its chunk size 2^\(chunkLog2) is out of range") }
-        switch enc {
-        case .raw, .zstd:
-            guard width == 1 else { throw bad("its element width \(width) does not fit its encoding") }
-        case .byteGroupedZstd, .xorByteGroupedZstd:
-            guard width >= 1, width <= maximumWidth else { throw bad("its element width \(width) is out of range") }
+        let chunkLog2 = b[74]
+        guard chunkLog2Range.contains(chunkLog2) else { throw corrupt(object, "its chunk size 2^\(chunkLog2) is out of range") }
+        let first = Array(b[32..<64])
+        var dependencies: [[UInt8]] = first.allSatisfy({ $0 == 0 }) ? [] : [first]
+        if extra > 0 {
+            guard !dependencies.isEmpty else { throw corrupt(object, "its dependency list is damaged") }
+            for k in 0..<extra { dependencies.append(Array(extraDependencies[(32 * k)..<(32 * k + 32)])) }
         }
-        let base = Array(b[32..<64])
-        let hasBase = !base.allSatisfy { $0 == 0 }
-        guard hasBase == (enc == .xorByteGroupedZstd) else {
-            throw bad(hasBase ? "it names a delta base but is not a delta" : "it is a delta with no base")
+        guard codec.dependencies.contains(dependencies.count) else {
+            throw corrupt(object, dependencies.isEmpty ? "it is a delta with no base" : "it names \(dependencies.count) dependencies, which its encoding does not use")
         }
-        guard n <= maximumRawLength else { throw bad("its trailer claims \(n) raw bytes") }
-        guard payloadLength >= 0 else { throw bad("it is shorter than its trailer") }
-        switch enc {
-        case .raw:
-            guard n == UInt64(payloadLength) else { throw bad("its length does not match its trailer") }
-        case .zstd, .byteGroupedZstd, .xorByteGroupedZstd:
+        guard n <= maximumRawLength else { throw corrupt(object, "its trailer claims \(n) raw bytes") }
+        guard payloadLength >= 0 else { throw corrupt(object, "it is shorter than its trailer") }
+        if codec != RawCodec.self {
             // Checked arithmetic: payloadLength is at most a file size, far below 2^63 / 32768.
             let (bound, overflow) = UInt64(payloadLength).multipliedReportingOverflow(by: UInt64(maximumExpansion))
             guard overflow || n <= bound + (1 << 17) else {
-                throw bad("its trailer claims \(n) raw bytes from \(payloadLength) compressed bytes, more than zstd can expand")
+                throw corrupt(object, "its trailer claims \(n) raw bytes from \(payloadLength) compressed bytes, more than zstd can expand")
             }
         }
-        return ObjectTrailer(rawSHA256: Array(b[0..<32]), baseObject: base, rawLength: n, encoding: enc,
-                             width: width, chunkLog2: chunkLog2)
+        var trailer = ObjectTrailer(rawSHA256: Array(b[0..<32]), dependencies: dependencies, rawLength: n, codec: b[72],
+                                    width: b[73], chunkLog2: chunkLog2)
+        trailer.objectID = object
+        try codec.validate(trailer, payloadLength: payloadLength)
+        return trailer
     }
 }
 

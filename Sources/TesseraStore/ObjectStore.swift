@@ -74,38 +74,35 @@ public final class ObjectStore: @unchecked Sendable {
 
     // MARK: Writing
 
-    /// Encodes and stores raw bytes as one object (unless an object for the same raw value already exists).
-    /// `width` is the element size for byte grouping (1 disables it); `base`, when given, is the raw value of the
-    /// same tensor's previous version, for an XOR delta.
-    public func put(raw: UnsafeRawBufferPointer, rawSHA256: String, width: Int, encoder: ObjectEncoder,
-                    base: (objectID: String, raw: UnsafeRawBufferPointer)? = nil, batch: ObjectBatch? = nil) throws -> Manifest.Stored {
+    /// Encodes and stores raw bytes as one object (unless an object for the same raw value already exists), the
+    /// way `choice` says (see `EncodingPolicy`). `dependencyRaw`: the raw bytes of the choice's dependencies.
+    public func put(raw: UnsafeRawBufferPointer, rawSHA256: String, choice: EncodingPolicy.Choice, dependencyRaw: [UnsafeRawBufferPointer] = [],
+                    encoder: ObjectEncoder, batch: ObjectBatch? = nil) throws -> Manifest.Stored {
         if let existing = batch?.lookup(rawSHA256: rawSHA256) ?? lookup(rawSHA256: rawSHA256) { return existing }
+        let bases = choice.dependencies
+        let baseBytes = dependencyRaw
+        precondition(bases.count == baseBytes.count && choice.codec.dependencies.contains(bases.count), "a choice's dependencies come with their bytes")
         let writer = try ObjectWriter(store: self)
         do {
-            let encoding: ObjectEncoding
-            if let base, base.raw.count == raw.count, width > 1 {
-                encoding = .xorByteGroupedZstd
-            } else if width > 1 {
-                encoding = .byteGroupedZstd
-            } else {
-                encoding = .zstd
-            }
-            try encoder.encode(raw: raw, encoding: encoding, width: width, base: encoding == .xorByteGroupedZstd ? base?.raw : nil) {
-                try writer.write($0)
-            }
-            let trailer = ObjectTrailer(rawSHA256: [UInt8](hex: rawSHA256)!, baseObject: base.flatMap { encoding == .xorByteGroupedZstd ? [UInt8](hex: $0.objectID) : nil },
-                                        rawLength: UInt64(raw.count), encoding: encoding, width: UInt8(width))
+            try encoder.codec(choice.codec).encode(raw: raw, width: choice.width, chunkLog2: ObjectTrailer.defaultChunkLog2,
+                                                   dependencies: baseBytes) { try writer.write($0) }
+            let trailer = ObjectTrailer(rawSHA256: [UInt8](hex: rawSHA256)!, dependencies: bases.map { [UInt8](hex: $0.objectID)! },
+                                        rawLength: UInt64(raw.count), codec: choice.codec.code, width: UInt8(choice.width))
             let (id, size) = try writer.finish(trailer: trailer, batch: batch)
-            let stored = Manifest.Stored(
-                encoding: encoding.manifestName(width: width, base: encoding == .xorByteGroupedZstd
-                    ? base.map { "\($0.objectID):\(FileSystem.fileStat(objectPath($0.objectID))?.size ?? 0)" } : nil),
-                rawSHA256: rawSHA256, objectID: id, objectSize: size)
+            let encoding = ObjectCodecs.manifestEncoding(choice.codec, width: choice.width,
+                                                         dependencies: bases.map { ($0.objectID, FileSystem.fileStat(objectPath($0.objectID))?.size ?? $0.objectSize) })
+            let stored = Manifest.Stored(encoding: encoding, rawSHA256: rawSHA256, objectID: id, objectSize: size)
             if let batch { batch.record(stored) } else { try recordRaw(stored) }
             return stored
         } catch {
             writer.abandon()
             throw error
         }
+    }
+
+    /// Stores raw bytes with no delta base: byte-grouped for elements of `width` bytes (width 1: plain zstd).
+    public func put(raw: UnsafeRawBufferPointer, rawSHA256: String, width: Int, encoder: ObjectEncoder, batch: ObjectBatch? = nil) throws -> Manifest.Stored {
+        try put(raw: raw, rawSHA256: rawSHA256, choice: EncodingPolicy().plain(width: width), encoder: encoder, batch: batch)
     }
 
     /// Starts an object whose raw bytes arrive in pieces (opaque files of any size): compressed as they come.
@@ -162,8 +159,17 @@ public final class ObjectStore: @unchecked Sendable {
         var t = [UInt8](repeating: 0, count: ObjectTrailer.size)
         let n = try t.withUnsafeMutableBytes { try f.pread(into: $0, at: size - ObjectTrailer.size) }
         guard n == ObjectTrailer.size else { throw corrupt(id, "its trailer cannot be read") }
-        let trailer = try ObjectTrailer.decode(t, object: id, payloadLength: size - ObjectTrailer.size)
-        return OpenedObject(file: f, trailerBytes: t, payloadLength: size - ObjectTrailer.size, trailer: trailer)
+        // Version 2 objects keep further dependency ids just before the trailer.
+        let extra = 32 * (try ObjectTrailer.extraDependencyCount(t, object: id))
+        guard size >= ObjectTrailer.size + extra else { throw corrupt(id, "it is shorter than its trailer") }
+        var dependencies = [UInt8](repeating: 0, count: extra)
+        if extra > 0 {
+            let m = try dependencies.withUnsafeMutableBytes { try f.pread(into: $0, at: size - ObjectTrailer.size - extra) }
+            guard m == extra else { throw corrupt(id, "its dependency list cannot be read") }
+        }
+        let payloadLength = size - ObjectTrailer.size - extra
+        let trailer = try ObjectTrailer.decode(t, extraDependencies: dependencies, object: id, payloadLength: payloadLength)
+        return OpenedObject(file: f, trailerBytes: dependencies + t, payloadLength: payloadLength, trailer: trailer)
     }
 
     public func trailer(of id: String) throws -> ObjectTrailer { try open(id).trailer }
@@ -188,22 +194,21 @@ public final class ObjectStore: @unchecked Sendable {
         if let expectedRawSHA256, expectedRawSHA256 != trailer.rawSHA256.hexString {
             throw corrupt(id, "it holds another value than the manifest names (raw SHA-256 \(trailer.rawSHA256.hexString.prefix(12)), expected \(expectedRawSHA256.prefix(12)))")
         }
-        var baseBytes: LargeBuffer? = nil
-        if trailer.encoding == .xorByteGroupedZstd {
-            guard let baseID = trailer.baseObjectID else { throw corrupt(id, "its delta base is not recorded") }
-            // Delta chains have depth one, and the base has exactly this object's length: checked on the base's
-            // trailer before its length is allocated.
-            let base = try open(baseID)
-            guard base.trailer.encoding != .xorByteGroupedZstd else { throw corrupt(id, "its delta base is itself a delta") }
-            guard base.trailer.rawLength == trailer.rawLength else { throw corrupt(id, "its delta base has a different length") }
+        // Dependencies (a delta's base) are whole objects themselves, exactly as long as this one, and not
+        // dependent on others (chains have depth one): checked on their trailers before their length is allocated.
+        var dependencies: [LargeBuffer] = []
+        for dependencyID in trailer.dependencyIDs {
+            let dependency = try open(dependencyID)
+            guard dependency.trailer.dependencies.isEmpty else { throw corrupt(id, "its delta base is itself a delta") }
+            guard dependency.trailer.rawLength == trailer.rawLength else { throw corrupt(id, "its delta base has a different length") }
             let buffer = try LargeBuffer(count: trailer.rawCount)
-            try readAll(baseID, into: buffer.bytes, decoder: ObjectDecoder())
-            baseBytes = buffer
+            try readAll(dependencyID, into: buffer.bytes, decoder: ObjectDecoder())
+            dependencies.append(buffer)
         }
         let stored = SHA256Hasher()
         let raw = SHA256Hasher()
         var produced = 0
-        try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: trailer, base: baseBytes,
+        try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: trailer, dependencies: dependencies,
                            storedHasher: stored, objectID: id) { piece in
             raw.update(piece)
             produced += piece.count
@@ -270,145 +275,42 @@ public final class ObjectStore: @unchecked Sendable {
     }
 }
 
-/// Per-thread encoding state: a zstd context and chunk scratch buffers, reused across objects.
+/// Per-thread encoding state: one instance of each codec (zstd contexts, chunk scratch buffers), reused across
+/// objects.
 public final class ObjectEncoder {
-    private let compressor: ZstdCompressor
-    private var grouped: [UInt8] = []
-    private var delta: [UInt8] = []
-
-    public init(level: Int32 = 1) { compressor = ZstdCompressor(level: level) }
-
-    public func encode(raw: UnsafeRawBufferPointer, encoding: ObjectEncoding, width: Int, base: UnsafeRawBufferPointer?,
-                       sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        switch encoding {
-        case .raw:
-            try sink(raw)
-        case .zstd:
-            try compressor.compress(raw, end: true, sink: sink)
-        case .byteGroupedZstd, .xorByteGroupedZstd:
-            let chunk = ObjectTrailer.chunkBytes(width: width)
-            if grouped.count < chunk { grouped = [UInt8](repeating: 0, count: chunk) }
-            if base != nil, delta.count < chunk { delta = [UInt8](repeating: 0, count: chunk) }
-            var offset = 0
-            if raw.count == 0 { try compressor.compress(UnsafeRawBufferPointer(start: nil, count: 0), end: true, sink: sink) }
-            while offset < raw.count {
-                let n = min(chunk, raw.count - offset)
-                let elements = n / width
-                let tailBytes = n - elements * width
-                var src = raw.baseAddress! + offset
-                if let base {
-                    delta.withUnsafeMutableBytes { d in
-                        ByteGrouping.xor(src, base.baseAddress! + offset, d.baseAddress!, byteCount: n)
-                    }
-                    src = delta.withUnsafeBytes { $0.baseAddress! }
-                }
-                let last = offset + n == raw.count
-                try grouped.withUnsafeMutableBytes { g in
-                    ByteGrouping.group(src, g.baseAddress!, count: elements, width: width)
-                    // A length that is not a multiple of the width (packed types) keeps its tail as is.
-                    if tailBytes > 0 { (g.baseAddress! + elements * width).copyMemory(from: src + elements * width, byteCount: tailBytes) }
-                    try compressor.compress(UnsafeRawBufferPointer(start: g.baseAddress, count: n), end: last, sink: sink)
-                }
-                offset += n
-            }
-        }
-    }
-}
-
-/// Per-thread decoding state.
-public final class ObjectDecoder {
-    private let decompressor = ZstdDecompressor()
-    private var input = [UInt8](repeating: 0, count: 1 << 20)
-    private var grouped: [UInt8] = []
-    private var plain: [UInt8] = []
+    private var codecs: [UInt8: any ObjectCodec] = [:]
 
     public init() {}
 
+    public func codec(_ type: any ObjectCodec.Type) -> any ObjectCodec {
+        if let c = codecs[type.code] { return c }
+        let c = type.init()
+        codecs[type.code] = c
+        return c
+    }
+}
+
+/// Per-thread decoding state: one instance of each codec, and the payload read buffer.
+public final class ObjectDecoder {
+    private var codecs: [UInt8: any ObjectCodec] = [:]
+    /// Payload blocks are read into this (1 MiB), reused across objects.
+    private let input = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+
+    public init() {}
+
+    deinit { input.deallocate() }
+
     /// Decodes a payload whose trailer has been validated (`ObjectTrailer.decode`): every length below derives from
-    /// the trailer's bounded raw length and the file's real size, and the zstd stream must produce exactly the
-    /// recorded number of bytes and then end.
-    func decode(file: FileDescriptor, payloadLength: Int, trailer: ObjectTrailer, base: LargeBuffer?,
+    /// the trailer's bounded raw length and the file's real size.
+    func decode(file: FileDescriptor, payloadLength: Int, trailer: ObjectTrailer, dependencies: [LargeBuffer],
                 storedHasher: SHA256Hasher, objectID: String, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let rawLength = trailer.rawCount
-        var remaining = payloadLength
-        func corrupt(_ why: String) -> TesseraError {
-            TesseraError(.objectCorrupt, "object \(objectID.prefix(12)) is corrupt: \(why)",
-                         hint: "delete it and fetch it again (`tessera fetch`), or run `tessera fsck`")
+        guard let type = ObjectCodecs.codec(code: trailer.codec) else {
+            throw TesseraError(.objectCorrupt, "object \(objectID.prefix(12)) has an unknown encoding \(trailer.codec)", hint: "upgrade tessera")
         }
-        if let base, base.count != rawLength { throw corrupt("its delta base has a different length") }
-        // Reads the next block of payload into `input`; returns its length (0 at the end).
-        func nextBlock() throws -> Int {
-            let n = min(remaining, input.count)
-            guard n > 0 else { return 0 }
-            try input.withUnsafeMutableBytes { try file.readExactly(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<n])) }
-            input.withUnsafeBytes { storedHasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-            remaining -= n
-            return n
-        }
-        switch trailer.encoding {
-        case .raw:
-            guard payloadLength == rawLength else { throw corrupt("its length does not match its trailer") }
-            while true {
-                let n = try nextBlock()
-                if n == 0 { break }
-                try input.withUnsafeBytes { try sink(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-            }
-        case .zstd, .byteGroupedZstd, .xorByteGroupedZstd:
-            let width = Int(trailer.width)
-            let chunk = trailer.encoding == .zstd ? (1 << 20) : trailer.chunkBytes
-            if grouped.count < chunk { grouped = [UInt8](repeating: 0, count: chunk) }
-            if trailer.encoding != .zstd, plain.count < chunk { plain = [UInt8](repeating: 0, count: chunk) }
-            decompressor.reset()
-            var blockLength = try nextBlock()
-            var inPos = 0
-            var finished = false
-            // Fills `out` from the zstd stream, reading payload blocks as needed; stops early only if the frame ends.
-            // Every step either consumes input, produces output, reads a block or ends the frame, so it terminates.
-            func pump(_ out: UnsafeMutableRawBufferPointer) throws -> Int {
-                var outPos = 0
-                while outPos < out.count && !finished {
-                    if inPos == blockLength {
-                        blockLength = try nextBlock()
-                        inPos = 0
-                        if blockLength == 0 { throw corrupt("its compressed data ends early") }
-                    }
-                    finished = try input.withUnsafeBytes { inp in
-                        try decompressor.step(input: UnsafeRawBufferPointer(rebasing: inp[0..<blockLength]), inputPosition: &inPos,
-                                              output: out, outputPosition: &outPos)
-                    }
-                }
-                return outPos
-            }
-            var produced = 0
-            while produced < rawLength {
-                let want = min(chunk, rawLength - produced)
-                let got = try grouped.withUnsafeMutableBytes { try pump(UnsafeMutableRawBufferPointer(rebasing: $0[0..<want])) }
-                guard got == want else { throw corrupt("its compressed data is shorter than recorded") }
-                if trailer.encoding == .zstd {
-                    try grouped.withUnsafeBytes { try sink(UnsafeRawBufferPointer(rebasing: $0[0..<want])) }
-                } else {
-                    let elements = want / width
-                    let tail = want - elements * width
-                    try grouped.withUnsafeBytes { g in
-                        try plain.withUnsafeMutableBytes { p in
-                            ByteGrouping.ungroup(g.baseAddress!, p.baseAddress!, count: elements, width: width)
-                            if tail > 0 { (p.baseAddress! + elements * width).copyMemory(from: g.baseAddress! + elements * width, byteCount: tail) }
-                            if let base {
-                                ByteGrouping.xor(p.baseAddress!, base.bytes.baseAddress! + produced, p.baseAddress!, byteCount: want)
-                            }
-                            try sink(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(p)[0..<want]))
-                        }
-                    }
-                }
-                produced += want
-            }
-            // The frame must end here: one more byte of output means the data is longer than recorded.
-            var probe: UInt8 = 0
-            let extra = try withUnsafeMutableBytes(of: &probe) { try pump($0) }
-            if extra > 0 { throw corrupt("its compressed data is longer than recorded") }
-            // Anything left after the frame is corruption.
-            if inPos < blockLength || remaining > 0 { throw corrupt("it has data after its compressed frame") }
-        }
+        let codec: any ObjectCodec
+        if let c = codecs[type.code] { codec = c } else { codec = type.init(); codecs[type.code] = codec }
+        let payload = PayloadReader(file: file, payloadLength: payloadLength, hasher: storedHasher, objectID: objectID, buffer: input)
+        try codec.decode(payload, trailer: trailer, dependencies: dependencies, sink: sink)
     }
 }
 

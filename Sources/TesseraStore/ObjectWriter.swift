@@ -194,7 +194,7 @@ public final class StreamingObjectWriter {
                 writer.abandon()
                 return existing
             }
-            let trailer = ObjectTrailer(rawSHA256: [UInt8](hex: rawSHA)!, rawLength: UInt64(length), encoding: .zstd, width: 1)
+            let trailer = ObjectTrailer(rawSHA256: [UInt8](hex: rawSHA)!, rawLength: UInt64(length), codec: ZstdCodec.code, width: 1)
             let (id, size) = try writer.finish(trailer: trailer)
             let stored = Manifest.Stored(encoding: "zstd", rawSHA256: rawSHA, objectID: id, objectSize: size)
             try store.recordRaw(stored)

@@ -79,7 +79,10 @@ import TesseraIO
         b[0] ^= 1
         let baseStored = try a.withUnsafeBytes { try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 4, encoder: encoder) }
         let delta = try b.withUnsafeBytes { nb in
-            try a.withUnsafeBytes { try store.put(raw: nb, rawSHA256: SHA256Hasher.hex(nb), width: 4, encoder: encoder, base: (baseStored.objectID, $0)) }
+            try a.withUnsafeBytes {
+                try store.put(raw: nb, rawSHA256: SHA256Hasher.hex(nb), choice: EncodingPolicy.Choice(codec: XORDeltaCodec.self, width: 4, dependencies: [baseStored]),
+                              dependencyRaw: [$0], encoder: encoder)
+            }
         }
         #expect(delta.encoding.hasPrefix("xor+bg4+zstd@\(baseStored.objectID):"))
         #expect(try store.readAll(delta.objectID) == b)
@@ -115,13 +118,27 @@ import TesseraIO
 
     @Test func manifestEncodingsAreParsedStrictly() throws {
         let id = String(repeating: "a", count: 64)
-        for bad in ["xor+bg4+zstd@../../../../etc/passwd:15", "xor+bg4+zstd@\(id):-1", "xor+bg4+zstd@\(id)", "bg99+zstd", "bg+zstd",
-                    "zstd2", "xor+raw@\(id):10", "bg4+zstd@\(id):10", "xor+bg4+zstd@\(id.uppercased()):10"] {
+        // Syntax: what could reach a path (dependency ids) or an allocation (sizes) is refused by the manifest itself.
+        for bad in ["xor+bg4+zstd@../../../../etc/passwd:15", "xor+bg4+zstd@\(id):-1", "xor+bg4+zstd@\(id)", "xor+bg4+zstd@\(id.uppercased()):10",
+                    "xor+bg4+zstd@\(id):10,", "BG4+zstd", "bg4 zstd", "", "bg4+zstd@\(id):99999999999999999999"] {
             #expect(throws: TesseraError.self, "\(bad)") { try ManifestEncoding(bad) }
             let text = "tessera-manifest 1\nformat opaque\nsize 4\nblob 0 4 \(bad) \(id) \(id) 100\nend\n"
             #expect(throws: TesseraError.self) { try Manifest.parse(text) }
         }
         #expect(try ManifestEncoding("xor+bg2+zstd@\(id):120").base?.id == id)
+        // Names the codec registry does not know are not codecs (reading their objects says "upgrade tessera").
+        for unknown in ["bg99+zstd", "bg+zstd", "zstd2", "xor+raw", "bg0+zstd"] {
+            #expect(ObjectCodecs.codec(manifestName: unknown) == nil, "\(unknown)")
+        }
+        #expect(ObjectCodecs.codec(manifestName: "xor+bg4+zstd")?.width == 4)
+        // Several dependencies: version 2 manifests only.
+        let two = "xor+bg4+zstd@\(id):10,\(String(repeating: "b", count: 64)):12"
+        #expect(try ManifestEncoding(two).dependencies.count == 2)
+        #expect(throws: TesseraError.self) {
+            try Manifest.parse("tessera-manifest 1\nformat opaque\nsize 4\nblob 0 4 \(two) \(id) \(id) 100\nend\n")
+        }
+        let v2 = try Manifest.parse("tessera-manifest 2\nformat opaque\nsize 4\nblob 4 \(two) \(id) \(id) 100\nend\n")
+        #expect(v2.objectIDs == [id, String(repeating: "b", count: 64)])
         // A tensor line whose dtype and shape do not match its byte range.
         let text = "tessera-manifest 1\nformat safetensors\nsize 16\ntensor w F32 [1000000000000] 0 16 zstd \(id) \(id) 100\nend\n"
         let e = try #require(throws: TesseraError.self) { try Manifest.parse(text) }

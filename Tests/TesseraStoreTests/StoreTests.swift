@@ -44,7 +44,8 @@ func temporaryStore() throws -> (ObjectStore, String) {
         let enc = ObjectEncoder()
         let sa = try ra.withUnsafeBytes { try store.put(raw: $0, rawSHA256: SHA256Hasher.hex(ra), width: 4, encoder: enc) }
         let sb = try rb.withUnsafeBytes { r in try ra.withUnsafeBytes { base in
-            try store.put(raw: r, rawSHA256: SHA256Hasher.hex(rb), width: 4, encoder: enc, base: (sa.objectID, base))
+            try store.put(raw: r, rawSHA256: SHA256Hasher.hex(rb), choice: EncodingPolicy.Choice(codec: XORDeltaCodec.self, width: 4, dependencies: [sa]),
+                          dependencyRaw: [base], encoder: enc)
         } }
         #expect(sb.encoding.hasPrefix("xor+bg4+zstd@\(sa.objectID):"))
         #expect(sb.objectSize < sa.objectSize)

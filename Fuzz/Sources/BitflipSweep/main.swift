@@ -154,7 +154,7 @@ public func sweepObject(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     store.remove(id)
     let expectedRawSHA256 = SHA256Hasher.hex(expected)
     let payload = original.count - ObjectTrailer.size
-    emit("object \(id) \(trailer.encoding.manifestName(width: Int(trailer.width), base: nil)) payload=\(payload) raw=\(expected.count)")
+    emit("object \(id) \((ObjectCodecs.codec(code: trailer.codec)?.manifestName(width: Int(trailer.width)) ?? "?")) payload=\(payload) raw=\(expected.count)")
     let keepAll = original.count <= 256 << 10
 
     for (index, position) in flipPositions(objectSize: original.count, payloadBits: settings.payloadBits).enumerated() {

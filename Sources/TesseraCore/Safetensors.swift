@@ -175,3 +175,62 @@ public struct SafetensorsLayout: Sendable {
         }
     }
 }
+
+/// The one writer of safetensors headers: the 8-byte little-endian length, then the JSON (`__metadata__` first, then
+/// each tensor's dtype, shape and data offsets in the order given), padded with spaces as the reference library
+/// pads it (to a multiple of 8 bytes, or to fill a space reserved for it).
+public enum SafetensorsHeader {
+    public struct Entry: Sendable {
+        public var name: String
+        public var dtype: DType
+        public var shape: [Int]
+        /// Offsets in the data region.
+        public var begin: Int
+        public var end: Int
+        public init(name: String, dtype: DType, shape: [Int], begin: Int, end: Int) {
+            self.name = name
+            self.dtype = dtype
+            self.shape = shape
+            self.begin = begin
+            self.end = end
+        }
+    }
+
+    /// Entries laid out one after another from offset 0, in the order given.
+    public static func contiguous(_ tensors: [(name: String, dtype: DType, shape: [Int])]) -> [Entry] {
+        var offset = 0
+        return tensors.map { t in
+            let n = t.dtype.byteCount(elements: elementCount(t.shape) ?? 0) ?? 0
+            defer { offset += n }
+            return Entry(name: t.name, dtype: t.dtype, shape: t.shape, begin: offset, end: offset + n)
+        }
+    }
+
+    /// The JSON text, unpadded.
+    public static func json(_ entries: [Entry], metadata: [(String, String)]) -> [UInt8] {
+        var pairs: [(String, JSONValue)] = []
+        if !metadata.isEmpty { pairs.append(("__metadata__", .object(metadata.map { ($0.0, JSONValue.string($0.1)) }))) }
+        for e in entries {
+            pairs.append((e.name, .object([("dtype", .string(e.dtype.rawValue)), ("shape", .array(e.shape.map { JSONValue.int($0) })),
+                                           ("data_offsets", .array([.int(e.begin), .int(e.end)]))])))
+        }
+        return Array(JSONValue.object(pairs).serialized().utf8)
+    }
+
+    /// The header bytes: length prefix and JSON padded with spaces to a multiple of 8, or to exactly `size` bytes in
+    /// all (nil if the JSON does not fit in `size`).
+    public static func encode(_ entries: [Entry], metadata: [(String, String)], size: Int? = nil) -> [UInt8]? {
+        var text = json(entries, metadata: metadata)
+        if let size {
+            guard 8 + text.count <= size else { return nil }
+            text += [UInt8](repeating: 0x20, count: size - 8 - text.count)
+        } else {
+            while text.count % 8 != 0 { text.append(0x20) }
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(8 + text.count)
+        var n = UInt64(text.count)
+        for _ in 0..<8 { out.append(UInt8(n & 0xFF)); n >>= 8 }
+        return out + text
+    }
+}

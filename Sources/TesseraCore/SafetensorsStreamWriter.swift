@@ -82,27 +82,18 @@ public final class SafetensorsStreamWriter {
     }
 
     public func finish(metadata: [(String, String)] = []) throws {
-        var pairs: [(String, JSONValue)] = []
-        if !metadata.isEmpty { pairs.append(("__metadata__", .object(metadata.map { ($0.0, JSONValue.string($0.1)) }))) }
-        for e in entries {
-            pairs.append((e.name, .object([("dtype", .string(e.dtype.rawValue)), ("shape", .array(e.shape.map { JSONValue.int($0) })),
-                                           ("data_offsets", .array([.int(e.begin), .int(e.end)]))])))
-        }
-        let json = Array(JSONValue.object(pairs).serialized().utf8)
+        let header = entries.map { SafetensorsHeader.Entry(name: $0.name, dtype: $0.dtype, shape: $0.shape, begin: $0.begin, end: $0.end) }
         do {
-            if 8 + json.count <= reservedHeader {
-                // The header fits the reserved space: pad it with spaces to fill it exactly.
-                let padded = json + [UInt8](repeating: 0x20, count: reservedHeader - 8 - json.count)
+            if let fitted = SafetensorsHeader.encode(header, metadata: metadata, size: reservedHeader) {
+                // The header fits the reserved space: padded with spaces to fill it exactly.
                 try data.seek(toOffset: 0)
-                try data.write(contentsOf: Data(SafetensorsStreamWriter.lengthPrefix(padded.count) + padded))
+                try data.write(contentsOf: Data(fitted))
                 try data.close()
             } else {
                 // Rare: more header than reserved. Write a new file with the header, then the data behind it.
                 try data.close()
-                var padded = json
-                while padded.count % 8 != 0 { padded.append(0x20) }
                 let second = tmpPath + "-2"
-                guard FileManager.default.createFile(atPath: second, contents: Data(SafetensorsStreamWriter.lengthPrefix(padded.count) + padded)),
+                guard FileManager.default.createFile(atPath: second, contents: Data(SafetensorsHeader.encode(header, metadata: metadata)!)),
                       let out = FileHandle(forWritingAtPath: second), let input = FileHandle(forReadingAtPath: tmpPath) else {
                     throw TesseraError(.io, "\(path): cannot write the output", hint: "check that the directory is writable")
                 }
@@ -130,10 +121,4 @@ public final class SafetensorsStreamWriter {
         }
     }
 
-    static func lengthPrefix(_ n: Int) -> [UInt8] {
-        var v = UInt64(n)
-        var out: [UInt8] = []
-        for _ in 0..<8 { out.append(UInt8(v & 0xFF)); v >>= 8 }
-        return out
-    }
 }

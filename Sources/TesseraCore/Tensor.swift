@@ -109,31 +109,14 @@ public final class SafetensorsFile: @unchecked Sendable {
 public enum SafetensorsWriter {
     public static func encode(tensors: [(String, RawTensor)], metadata: [(String, String)] = []) throws -> [UInt8] {
         let sorted = tensors.sorted { $0.0 < $1.0 }
-        var pairs: [(String, JSONValue)] = []
-        if !metadata.isEmpty {
-            pairs.append(("__metadata__", .object(metadata.map { ($0.0, JSONValue.string($0.1)) })))
-        }
-        var offset = 0
         for (name, t) in sorted {
             try SafetensorsLayout.validateName(name, file: "output")
             let expected = t.dtype.byteCount(elements: t.elementCount) ?? -1
             guard expected == t.bytes.count else {
                 throw TesseraError(.shapeMismatch, "tensor '\(name)': \(t.bytes.count) bytes do not fit \(t.dtype.rawValue) \(t.shape)")
             }
-            pairs.append((name, .object([
-                ("dtype", .string(t.dtype.rawValue)),
-                ("shape", .array(t.shape.map { JSONValue.int($0) })),
-                ("data_offsets", .array([.int(offset), .int(offset + t.bytes.count)])),
-            ])))
-            offset += t.bytes.count
         }
-        var header = Array(JSONValue.object(pairs).serialized().utf8)
-        while header.count % 8 != 0 { header.append(0x20) }
-        var out: [UInt8] = []
-        out.reserveCapacity(8 + header.count + offset)
-        var n = UInt64(header.count)
-        for _ in 0..<8 { out.append(UInt8(n & 0xFF)); n >>= 8 }
-        out += header
+        var out = SafetensorsHeader.encode(SafetensorsHeader.contiguous(sorted.map { ($0.0, $0.1.dtype, $0.1.shape) }), metadata: metadata)!
         for (_, t) in sorted { out += t.bytes }
         return out
     }

@@ -154,28 +154,13 @@ public struct ThreeWayMerge {
 
     /// Builds the manifest of a checkpoint made of stored tensors, writing only its new header.
     func assemble(_ tensors: [(String, (dtype: DType, shape: [Int], stored: Manifest.Stored))], metadata: [(String, String)]) throws -> Manifest {
-        var pairs: [(String, JSONValue)] = []
-        if !metadata.isEmpty { pairs.append(("__metadata__", .object(metadata.map { ($0.0, JSONValue.string($0.1)) }))) }
-        var offset = 0
-        var extents: [(Int, Int)] = []
-        for (name, t) in tensors {
-            let n = t.dtype.byteCount(elements: elementCount(t.shape) ?? 0) ?? 0
-            pairs.append((name, .object([("dtype", .string(t.dtype.rawValue)), ("shape", .array(t.shape.map { JSONValue.int($0) })),
-                                         ("data_offsets", .array([.int(offset), .int(offset + n)]))])))
-            extents.append((offset, offset + n))
-            offset += n
-        }
-        var json = Array(JSONValue.object(pairs).serialized().utf8)
-        while json.count % 8 != 0 { json.append(0x20) }
-        var header: [UInt8] = []
-        var len = UInt64(json.count)
-        for _ in 0..<8 { header.append(UInt8(len & 0xFF)); len >>= 8 }
-        header += json
+        let entries = SafetensorsHeader.contiguous(tensors.map { ($0.0, $0.1.dtype, $0.1.shape) })
+        let header = SafetensorsHeader.encode(entries, metadata: metadata)!
         let headerStored = try header.withUnsafeBytes { try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: ObjectEncoder()) }
         var segments: [Manifest.Segment] = [.header(begin: 0, end: header.count, headerStored)]
-        for ((name, t), (b, e)) in zip(tensors, extents) {
-            segments.append(.tensor(name: name, dtype: t.dtype, shape: t.shape, begin: header.count + b, end: header.count + e, t.stored))
+        for ((_, t), e) in zip(tensors, entries) {
+            segments.append(.tensor(name: e.name, dtype: t.dtype, shape: t.shape, begin: header.count + e.begin, end: header.count + e.end, t.stored))
         }
-        return Manifest(format: .safetensors, size: header.count + offset, segments: segments)
+        return Manifest(format: .safetensors, size: header.count + (entries.last?.end ?? 0), segments: segments)
     }
 }

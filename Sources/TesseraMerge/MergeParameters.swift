@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import TesseraCore
 import TesseraIO
 
@@ -173,58 +176,17 @@ public struct MergeParameters: Sendable, Equatable {
     }
 }
 
-/// fnmatch-style glob (`*`, `?`, `[...]`), the matching mergekit uses for parameter filters.
+/// The glob matching mergekit uses for parameter filters (Python's fnmatch: `*`, `?`, `[...]`, `[!...]`, no
+/// backslash escapes): fnmatch(3) with FNM_NOESCAPE.
 enum GlobMatch {
     static func matches(_ pattern: String, _ text: String) -> Bool {
-        let p = Array(pattern.unicodeScalars), t = Array(text.unicodeScalars)
-        var pi = 0, ti = 0, starP = -1, starT = 0
-        while ti < t.count {
-            if pi < p.count, p[pi] == "*" {
-                starP = pi; starT = ti; pi += 1
-            } else if pi < p.count, let (ok, next) = single(p, pi, t[ti]), ok {
-                pi = next; ti += 1
-            } else if starP >= 0 {
-                pi = starP + 1; starT += 1; ti = starT
-            } else {
-                return false
-            }
-        }
-        while pi < p.count, p[pi] == "*" { pi += 1 }
-        return pi == p.count
-    }
-
-    /// Whether pattern element at `i` matches `c`, and the index after that element; nil for `*`.
-    private static func single(_ p: [Unicode.Scalar], _ i: Int, _ c: Unicode.Scalar) -> (Bool, Int)? {
-        switch p[i] {
-        case "?": return (true, i + 1)
-        case "[":
-            var j = i + 1
-            var negate = false
-            if j < p.count, p[j] == "!" || p[j] == "^" { negate = true; j += 1 }
-            var matched = false
-            var first = true
-            while j < p.count, p[j] != "]" || first {
-                first = false
-                if j + 2 < p.count, p[j + 1] == "-", p[j + 2] != "]" {
-                    if p[j] <= c && c <= p[j + 2] { matched = true }
-                    j += 3
-                } else {
-                    if p[j] == c { matched = true }
-                    j += 1
-                }
-            }
-            if j >= p.count { return (p[i] == c, i + 1) } // no closing bracket: a literal '['
-            return (matched != negate, j + 1)
-        default:
-            return (p[i] == c, i + 1)
-        }
+        fnmatch(pattern, text, FNM_NOESCAPE) == 0
     }
 }
 
 /// The layer position t in [0, 1] that gradient parameters are interpolated at: the tensor's layer index (the first
 /// purely numeric component of its dotted name, e.g. `model.layers.7.mlp...`) over the number of layers minus one.
-/// Tensors outside the layers sit at t = 0 if they are embeddings (`embed`, `wte`, `wpe`, `tok_`) and at t = 1
-/// otherwise (final norm, LM head), the ends mergekit gives to pre- and post-layer weights.
+/// Tensors outside the layers sit at t = 0, before and after the layers, as mergekit 0.1.5 places them.
 public struct LayerPositions: Sendable {
     public let layerCount: Int
     public init(tensorNames: [String]) {

@@ -137,7 +137,7 @@ public func sweepObject(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let keep = settings.keep.map { root -> ObjectStore in
         do { return try ObjectStore(root: root) } catch { fatalError("\(error)") }
     }
-    if let baseID = trailer.baseObjectID {
+    for baseID in trailer.dependencyIDs {
         guard let source = settings.source, let base = try? FileSystem.readFile(source + "/objects/" + baseID.prefix(2) + "/" + baseID.dropFirst(2)) else {
             emit("skip \(id) its delta base \(baseID) is not in TESSERA_SWEEP_SOURCE")
             return 0
@@ -199,9 +199,9 @@ public func sweepObject(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             _ = try? FileSystem.writeAtomically(variant, to: "\(settings.state)/undetected-\(id.prefix(12))-\(region)\(offset).\(position.bit)",
                                                 tmpDir: store.tmpDirectory)
         }
-        if variantID != trailer.baseObjectID { store.remove(variantID) }
+        if !trailer.dependencyIDs.contains(variantID) { store.remove(variantID) }
         emit("v \(id) \(region) \(offset) \(position.bit) \(outcome)" + (inTrailer ? " \(trailerField(offset))" : ""))
     }
-    if let baseID = trailer.baseObjectID { store.remove(baseID) }
+    for baseID in trailer.dependencyIDs { store.remove(baseID) }
     return 0
 }

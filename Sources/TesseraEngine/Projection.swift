@@ -80,6 +80,8 @@ public final class Projection: @unchecked Sendable {
 
     /// The float32 weights, [outputs, inputs] row-major (valid while the projection lives).
     public var weightPointer: UnsafePointer<Float> { weights.p }
+    /// The bias, [outputs], if the projection has one (valid while the projection lives).
+    public var biasPointer: UnsafePointer<Float>? { bias?.p }
 
     /// y[rows, outputs] = x[rows, inputs] · Wᵀ (+ bias), or y += that when `accumulate` (residual connections); then
     /// the adapter's delta. One row goes through the single-token kernel, more through sgemm.

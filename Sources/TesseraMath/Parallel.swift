@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 import Foundation
 
@@ -8,13 +9,24 @@ import Foundation
 /// and read nothing another iteration writes, which is what makes handing the closure to other threads safe. Every
 /// call returns only when all its iterations are done.
 public enum Parallel {
-    /// Calls `body(i)` for every i in 0..<n, concurrently.
+    /// Calls `body(i)` for every i in 0..<n, concurrently: on the calling thread and CKernels' spinning workers
+    /// (`tessera_parallel_run`: a region starts without waking a sleeping thread), or through libdispatch when those
+    /// are busy with another caller's loop or this call is nested inside one.
     public static func forEach(_ n: Int, _ body: (Int) -> Void) {
         if n <= 0 { return }
         if n == 1 { body(0); return }
         withoutActuallyEscaping(body) { escapable in
-            let sendable = unsafeBitCast(escapable, to: (@Sendable (Int) -> Void).self)
-            DispatchQueue.concurrentPerform(iterations: n, execute: sendable)
+            var task = escapable
+            let ran = withUnsafeMutablePointer(to: &task) { pointer in
+                tessera_parallel_run(n, { context, index in
+                    guard let context else { return }
+                    context.assumingMemoryBound(to: ((Int) -> Void).self).pointee(index)
+                }, UnsafeMutableRawPointer(pointer))
+            }
+            if ran == 0 {
+                let sendable = unsafeBitCast(escapable, to: (@Sendable (Int) -> Void).self)
+                DispatchQueue.concurrentPerform(iterations: n, execute: sendable)
+            }
         }
     }
 

@@ -31,6 +31,14 @@ void tessera_kernels_force_avx2(int avx2);
 int tessera_cpu_has_avx2(void);
 int tessera_cpu_has_avx512(void);
 
+/// Runs fn(ctx, i) for i in 0..<tasks on the calling thread and the pool's workers (one per extra core, started on
+/// first use), and returns 1 when all are done. Returns 0 without running anything when the pool is busy with another
+/// caller's region, when called from inside a region, or when there are no workers: the caller runs the loop some
+/// other way.
+int tessera_parallel_run(size_t tasks, void (*fn)(void *ctx, size_t index), void *ctx);
+/// How long idle workers spin (in pause instructions) before they sleep.
+void tessera_parallel_set_spin(long pauses);
+
 /// Attention of one new token for the `group` query heads sharing a KV head: q [group][head_dim] (contiguous heads),
 /// keys and values [n][head_dim] (the positions it sees, contiguous), out [group][head_dim] =
 /// softmax(scale * q·k) · V. `scores` is scratch for group * n floats.

@@ -7,6 +7,9 @@
 #include <math.h>
 
 enum { MAX_GROUP = 16, MAX_DIM = 256 };
+// The cache streams from L3 or memory once per token (SmolLM2 at depth 512: 24 MB): rows this far ahead are
+// prefetched so the loads overlap the arithmetic.
+enum { PREFETCH_FLOATS = 1024 };
 
 // Softmax of n scores in place, unnormalised: returns 1 / sum.
 static float softmax_unnormalised_portable(float *s, size_t n) {
@@ -113,15 +116,20 @@ TK_AVX512 static float softmax_unnormalised_avx512(float *s, size_t n) {
     return 1.0f / _mm512_reduce_add_ps(sum16);
 }
 
-// d a multiple of 16, at most MAX_DIM; group at most MAX_GROUP. Four keys' dot products are reduced together.
-TK_AVX512 static void decode_avx512(size_t group, const float *q, const float *keys, const float *values, size_t n, size_t d,
-                                    float scale, float *scores, float *out) {
+// d a multiple of 16, at most MAX_DIM; group at most MAX_GROUP. Four keys' dot products are reduced together. The
+// value product keeps `chunks` sixteen-float column chunks of every head's output in registers while the keys go by,
+// so each value row is loaded once per pass and the accumulators are independent chains (one chain per head would
+// wait on the FMA latency at every key).
+TK_AVX512 __attribute__((always_inline)) static inline void decode_avx512(size_t group, size_t chunks, const float *q, const float *keys,
+                                                                          const float *values, size_t n, size_t d, float scale,
+                                                                          float *scores, float *out) {
     for (size_t g = 0; g < group; g++) {
         const float *qg = q + g * d;
         float *s = scores + g * n;
         size_t j = 0;
         for (; j + 4 <= n; j += 4) {
             const float *k = keys + j * d;
+            if (g == 0) for (size_t p = 0; p < 4 * d; p += 16) _mm_prefetch((const char *)(k + PREFETCH_FLOATS + p), _MM_HINT_T0);
             __m512 a0 = _mm512_mul_ps(_mm512_loadu_ps(qg), _mm512_loadu_ps(k));
             __m512 a1 = _mm512_mul_ps(_mm512_loadu_ps(qg), _mm512_loadu_ps(k + d));
             __m512 a2 = _mm512_mul_ps(_mm512_loadu_ps(qg), _mm512_loadu_ps(k + 2 * d));
@@ -147,25 +155,40 @@ TK_AVX512 static void decode_avx512(size_t group, const float *q, const float *k
     }
     float inv[MAX_GROUP];
     for (size_t g = 0; g < group; g++) inv[g] = softmax_unnormalised_avx512(scores + g * n, n);
-    for (size_t c = 0; c < d; c += 16) {
-        __m512 o[MAX_GROUP];
-        for (size_t g = 0; g < group; g++) o[g] = _mm512_setzero_ps();
+    for (size_t c0 = 0; c0 < d; c0 += 16 * chunks) {
+        const size_t live = (d - c0) / 16 < chunks ? (d - c0) / 16 : chunks;
+        __m512 o[MAX_GROUP * 4];
+        for (size_t i = 0; i < group * chunks; i++) o[i] = _mm512_setzero_ps();
         for (size_t j = 0; j < n; j++) {
-            const __m512 v = _mm512_loadu_ps(values + j * d + c);
-            for (size_t g = 0; g < group; g++) o[g] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * n + j]), v, o[g]);
+            const float *v = values + j * d + c0;
+            for (size_t p = 0; p < 16 * live; p += 16) _mm_prefetch((const char *)(v + PREFETCH_FLOATS + p), _MM_HINT_T0);
+            __m512 vc[4];
+            for (size_t k = 0; k < chunks; k++) vc[k] = k < live ? _mm512_loadu_ps(v + 16 * k) : _mm512_setzero_ps();
+            for (size_t g = 0; g < group; g++) {
+                const __m512 p = _mm512_set1_ps(scores[g * n + j]);
+                for (size_t k = 0; k < chunks; k++) o[g * chunks + k] = _mm512_fmadd_ps(p, vc[k], o[g * chunks + k]);
+            }
         }
-        for (size_t g = 0; g < group; g++) _mm512_storeu_ps(out + g * d + c, _mm512_mul_ps(o[g], _mm512_set1_ps(inv[g])));
+        for (size_t g = 0; g < group; g++) {
+            const __m512 scale_g = _mm512_set1_ps(inv[g]);
+            for (size_t k = 0; k < live; k++) _mm512_storeu_ps(out + g * d + c0 + 16 * k, _mm512_mul_ps(o[g * chunks + k], scale_g));
+        }
     }
 }
 
 // With a constant group size the compiler keeps every head's accumulators in registers.
 TK_AVX512 static void decode_avx512_dispatch(size_t group, const float *q, const float *keys, const float *values, size_t n,
                                              size_t d, float scale, float *scores, float *out) {
+    // Chunks per pass: as many as keep group * chunks accumulators within 24 of the 32 vector registers (at most 4).
     switch (group) {
-    case 1: decode_avx512(1, q, keys, values, n, d, scale, scores, out); break;
-    case 3: decode_avx512(3, q, keys, values, n, d, scale, scores, out); break;
-    case 4: decode_avx512(4, q, keys, values, n, d, scale, scores, out); break;
-    default: decode_avx512(group, q, keys, values, n, d, scale, scores, out); break;
+    case 1: decode_avx512(1, 4, q, keys, values, n, d, scale, scores, out); break;
+    case 2: decode_avx512(2, 4, q, keys, values, n, d, scale, scores, out); break;
+    case 3: decode_avx512(3, 4, q, keys, values, n, d, scale, scores, out); break;
+    case 4: decode_avx512(4, 4, q, keys, values, n, d, scale, scores, out); break;
+    case 5: decode_avx512(5, 4, q, keys, values, n, d, scale, scores, out); break;
+    case 6: decode_avx512(6, 4, q, keys, values, n, d, scale, scores, out); break;
+    case 8: decode_avx512(8, 3, q, keys, values, n, d, scale, scores, out); break;
+    default: decode_avx512(group, 1, q, keys, values, n, d, scale, scores, out); break;
     }
 }
 #endif

@@ -264,7 +264,115 @@ TK_AVX512 static void q8_0_avx512(const uint8_t *w, size_t rows, size_t blocks, 
         y[r] = accumulate ? y[r] + total : total;
     }
 }
+
+// ---- several tokens (AVX-512) ----
+// Up to 16 tokens against each weight row: the row's blocks are dequantised once into registers (d·q, or d·q + m,
+// rounded exactly as the float32 copy was) and multiplied with every token's slice of x, so a scoring batch reads
+// the blocks once instead of packing a float32 matrix for sgemm.
+
+TK_AVX512 __attribute__((always_inline)) static inline void rows_q4_1_avx512(size_t tokens, const uint8_t *w, size_t rows,
+                                                                             size_t blocks, const float *x, size_t ldx,
+                                                                             float *y, size_t ldy, int accumulate) {
+    const size_t ahead = prefetch_distance(blocks * Q4_1_BYTES);
+    for (size_t r = 0; r < rows; r++) {
+        const uint8_t *row = w + r * blocks * Q4_1_BYTES, *qs = row + 4 * blocks;
+        const uint16_t *dh = (const uint16_t *)row, *mh = dh + blocks;
+        for (size_t p = 0; p < 4 * blocks; p += 64) _mm_prefetch((const char *)(row + ahead + p), _MM_HINT_T0);
+        __m512 acc[16];
+        for (size_t t = 0; t < tokens; t++) acc[t] = _mm512_setzero_ps();
+        for (size_t b = 0; b < blocks; b++) {
+            if ((b & 3) == 0) _mm_prefetch((const char *)(qs + 16 * b + ahead), _MM_HINT_T0);
+            const __m512 d = _mm512_set1_ps(_cvtsh_ss(dh[b])), m = _mm512_set1_ps(_cvtsh_ss(mh[b]));
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16 * b)));
+            const __m512 w0 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0x0f))), d), m);
+            const __m512 w1 = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), d), m);
+            for (size_t t = 0; t < tokens; t++) {
+                const float *xb = x + t * ldx + b * QK;
+                acc[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[t]));
+            }
+        }
+        for (size_t t = 0; t < tokens; t++) {
+            const float total = _mm512_reduce_add_ps(acc[t]);
+            y[t * ldy + r] = accumulate ? y[t * ldy + r] + total : total;
+        }
+    }
+}
+
+TK_AVX512 __attribute__((always_inline)) static inline void rows_q8_0_avx512(size_t tokens, const uint8_t *w, size_t rows,
+                                                                             size_t blocks, const float *x, size_t ldx,
+                                                                             float *y, size_t ldy, int accumulate) {
+    const size_t ahead = prefetch_distance(blocks * Q8_0_BYTES);
+    for (size_t r = 0; r < rows; r++) {
+        const uint8_t *row = w + r * blocks * Q8_0_BYTES;
+        const int8_t *qs = (const int8_t *)(row + 2 * blocks);
+        const uint16_t *dh = (const uint16_t *)row;
+        for (size_t p = 0; p < 2 * blocks; p += 64) _mm_prefetch((const char *)(row + ahead + p), _MM_HINT_T0);
+        __m512 acc[16];
+        for (size_t t = 0; t < tokens; t++) acc[t] = _mm512_setzero_ps();
+        for (size_t b = 0; b < blocks; b++) {
+            _mm_prefetch((const char *)(qs + 32 * b + ahead), _MM_HINT_T0);
+            const __m512 d = _mm512_set1_ps(_cvtsh_ss(dh[b]));
+            const __m512 w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 32 * b)))), d);
+            const __m512 w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 32 * b + 16)))), d);
+            for (size_t t = 0; t < tokens; t++) {
+                const float *xb = x + t * ldx + b * QK;
+                acc[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[t]));
+            }
+        }
+        for (size_t t = 0; t < tokens; t++) {
+            const float total = _mm512_reduce_add_ps(acc[t]);
+            y[t * ldy + r] = accumulate ? y[t * ldy + r] + total : total;
+        }
+    }
+}
+
+// A constant token count per call keeps every accumulator in a register.
+#define TK_TOKEN_CASES(kernel, ...) \
+    switch (tokens) { \
+    case 1: kernel(1, __VA_ARGS__); break; case 2: kernel(2, __VA_ARGS__); break; case 3: kernel(3, __VA_ARGS__); break; \
+    case 4: kernel(4, __VA_ARGS__); break; case 5: kernel(5, __VA_ARGS__); break; case 6: kernel(6, __VA_ARGS__); break; \
+    case 7: kernel(7, __VA_ARGS__); break; case 8: kernel(8, __VA_ARGS__); break; case 9: kernel(9, __VA_ARGS__); break; \
+    case 10: kernel(10, __VA_ARGS__); break; case 11: kernel(11, __VA_ARGS__); break; case 12: kernel(12, __VA_ARGS__); break; \
+    case 13: kernel(13, __VA_ARGS__); break; case 14: kernel(14, __VA_ARGS__); break; case 15: kernel(15, __VA_ARGS__); break; \
+    default: kernel(16, __VA_ARGS__); break; \
+    }
+
+TK_AVX512 static void rows_q4_1_dispatch(size_t tokens, const uint8_t *w, size_t rows, size_t blocks, const float *x, size_t ldx,
+                                         float *y, size_t ldy, int accumulate) {
+    TK_TOKEN_CASES(rows_q4_1_avx512, w, rows, blocks, x, ldx, y, ldy, accumulate)
+}
+
+TK_AVX512 static void rows_q8_0_dispatch(size_t tokens, const uint8_t *w, size_t rows, size_t blocks, const float *x, size_t ldx,
+                                         float *y, size_t ldy, int accumulate) {
+    TK_TOKEN_CASES(rows_q8_0_avx512, w, rows, blocks, x, ldx, y, ldy, accumulate)
+}
 #endif
+
+int tessera_matmul_blocks_available(void) { return tk_level() >= TK_LEVEL_AVX512; }
+
+void tessera_matmul_q4_1(const void *w, size_t rows, size_t cols, const float *x, size_t ldx, size_t tokens, float *y,
+                         size_t ldy, int accumulate) {
+    const size_t blocks = cols / QK;
+    for (size_t t0 = 0; t0 < tokens; t0 += 16) {
+        const size_t n = tokens - t0 < 16 ? tokens - t0 : 16;
+#ifdef TK_X86
+        if (tk_level() >= TK_LEVEL_AVX512) { rows_q4_1_dispatch(n, w, rows, blocks, x + t0 * ldx, ldx, y + t0 * ldy, ldy, accumulate); continue; }
+#endif
+        for (size_t t = 0; t < n; t++) tessera_matvec_q4_1(w, rows, cols, x + (t0 + t) * ldx, y + (t0 + t) * ldy, accumulate);
+    }
+}
+
+void tessera_matmul_q8_0(const void *w, size_t rows, size_t cols, const float *x, size_t ldx, size_t tokens, float *y,
+                         size_t ldy, int accumulate) {
+    const size_t blocks = cols / QK;
+    for (size_t t0 = 0; t0 < tokens; t0 += 16) {
+        const size_t n = tokens - t0 < 16 ? tokens - t0 : 16;
+#ifdef TK_X86
+        if (tk_level() >= TK_LEVEL_AVX512) { rows_q8_0_dispatch(n, w, rows, blocks, x + t0 * ldx, ldx, y + t0 * ldy, ldy, accumulate); continue; }
+#endif
+        for (size_t t = 0; t < n; t++) tessera_matvec_q8_0(w, rows, cols, x + (t0 + t) * ldx, y + (t0 + t) * ldy, accumulate);
+    }
+}
 
 // ---- dispatch ----
 

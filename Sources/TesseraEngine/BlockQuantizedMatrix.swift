@@ -77,6 +77,28 @@ public final class BlockQuantizedMatrix: @unchecked Sendable {
         apply(x, y, rows: 0..<rows, accumulate: accumulate, threads: threads)
     }
 
+    /// Whether `apply(_:tokens:_:accumulate:threads:)` has a several-token kernel on this CPU (AVX-512): each row's
+    /// blocks dequantised once for up to 16 tokens. Without it, several tokens are better served by sgemm.
+    public static var multiTokenKernel: Bool { tessera_matmul_blocks_available() != 0 }
+
+    /// Y[t] = W·X[t] (or +=) for `tokens` rows of x ([tokens, columns]) into y ([tokens, rows]), the weight rows split
+    /// over `threads` cores.
+    public func apply(_ x: UnsafePointer<Float>, tokens: Int, _ y: UnsafeMutablePointer<Float>, accumulate: Bool, threads: Int) {
+        let count = rows
+        let parts = max(1, min(threads, count / 64))
+        let rowBytes = self.rowBytes, bytes = UnsafeRawPointer(self.bytes), format = self.format, columns = self.columns
+        let run = { (part: Int) in
+            let first = part * count / parts, end = (part + 1) * count / parts
+            guard end > first else { return }
+            let w = bytes + first * rowBytes
+            switch format {
+            case .q4_1: tessera_matmul_q4_1(w, end - first, columns, x, columns, tokens, y + first, count, accumulate ? 1 : 0)
+            case .q8_0: tessera_matmul_q8_0(w, end - first, columns, x, columns, tokens, y + first, count, accumulate ? 1 : 0)
+            }
+        }
+        if parts == 1 { run(0) } else { Parallel.forEach(parts, run) }
+    }
+
     /// y[r] = W[r]·x (or +=) for the rows `range` only, y indexed by row (y + r), split over `threads` cores.
     func apply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows range: Range<Int>, accumulate: Bool, threads: Int) {
         let count = range.count

@@ -53,6 +53,34 @@ struct BlockQuantizedMatrixTests {
         #expect(head < 1e-5, "relative error \(head)")
     }
 
+    /// Several tokens at once (a scoring batch through the blocks): every token's row equals the one-token product's
+    /// reference, for token counts around the kernel's 16-token chunks.
+    @Test(arguments: [2, 16, 19])
+    func severalTokensMatchDequantisedWeights(tokens: Int) throws {
+        let gguf = try GGUFFile(path: EngineFixtures.smolLM2Path)
+        for names in [["blk.5.ffn_gate.weight", "blk.5.ffn_up.weight"], ["token_embd.weight"]] {
+            let matrix = try #require(BlockQuantizedMatrix(gguf: gguf, names: names))
+            let weights = try names.flatMap { try gguf.dequantized($0) }
+            let cols = matrix.columns, rows = matrix.rows
+            let x = (0..<(tokens * cols)).map { Float(sin(Double($0) * 0.37)) * 0.8 }
+            let start = (0..<(tokens * rows)).map { Float(cos(Double($0))) }
+            var y = start
+            x.withUnsafeBufferPointer { xp in
+                y.withUnsafeMutableBufferPointer { matrix.apply(xp.baseAddress!, tokens: tokens, $0.baseAddress!, accumulate: true, threads: 2) }
+            }
+            var worst = 0.0, scale = 0.0
+            for t in 0..<tokens {
+                for r in stride(from: 0, to: rows, by: 7) {
+                    var s = Double(start[t * rows + r])
+                    for c in 0..<cols { s += Double(weights[r * cols + c]) * Double(x[t * cols + c]) }
+                    worst = max(worst, abs(Double(y[t * rows + r]) - s))
+                    scale = max(scale, abs(s))
+                }
+            }
+            #expect(worst / scale < 1e-5, "\(names[0]), \(tokens) tokens: relative error \(worst / scale)")
+        }
+    }
+
     @Test func otherFormatsStayOnTheFloatPath() throws {
         let gguf = try GGUFFile(path: EngineFixtures.smolLM2Path)
         #expect(BlockQuantizedMatrix(gguf: gguf, names: ["blk.0.attn_norm.weight"]) == nil)  // F32, one dimension

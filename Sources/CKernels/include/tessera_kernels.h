@@ -19,6 +19,15 @@ void tessera_repack_q8_0(const void *src, size_t rows, size_t cols, void *dst);
 void tessera_matvec_q4_1(const void *w, size_t rows, size_t cols, const float *x, float *y, int accumulate);
 void tessera_matvec_q8_0(const void *w, size_t rows, size_t cols, const float *x, float *y, int accumulate);
 
+/// Y[t] = W·X[t] (or +=) for `tokens` tokens, x rows at stride ldx, y rows at stride ldy (y[t * ldy + r]): each row's
+/// blocks are dequantised once for up to 16 tokens. Without AVX-512 it runs the single-token kernel per token.
+void tessera_matmul_q4_1(const void *w, size_t rows, size_t cols, const float *x, size_t ldx, size_t tokens, float *y,
+                         size_t ldy, int accumulate);
+void tessera_matmul_q8_0(const void *w, size_t rows, size_t cols, const float *x, size_t ldx, size_t tokens, float *y,
+                         size_t ldy, int accumulate);
+/// 1 when tessera_matmul_* has its several-token kernels (AVX-512) on this CPU.
+int tessera_matmul_blocks_available(void);
+
 /// 1 when vector kernels (AVX2 or wider) are in use on this CPU, 0 for the portable ones.
 int tessera_kernels_vectorised(void);
 /// 0 portable, 1 AVX2/FMA/F16C, 2 AVX-512: the widest the CPU has that the tests allow.

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 enum { MAX_WORKERS = 63, INDEX_BITS = 20, TASK_BITS = 20 };
@@ -83,6 +84,8 @@ static void *worker_main(void *unused) {
 }
 
 static void start_workers(void) {
+    const char *spin = getenv("TESSERA_PARALLEL_SPIN");  // pauses before an idle worker sleeps (tuning, benchmarks)
+    if (spin && *spin) spin_limit = atol(spin) < 1 ? 1 : atol(spin);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (cores < 1) cores = 1;
     int wanted = (int)(cores - 1 > MAX_WORKERS ? MAX_WORKERS : cores - 1);

@@ -6,6 +6,7 @@
 //   TesseraCore                   tensors, dtypes, formats, manifest, pure encodings: imports no C library
 //   TesseraStore                  the content-addressed object store (zstd, SHA-256)
 //   TesseraGit                    libgit2 reads, git's filter protocol, hooks, Git LFS transport
+//   TesseraMath                   what the numeric code shares: BLAS/LAPACK, parallel loops, float codecs, vector kernels
 //   TesseraMerge                  merge methods and task vectors behind a registry
 //   TesseraEngine                 CPU inference engine (OpenBLAS)
 //   TesseraEval                   evaluation tasks and metrics
@@ -16,6 +17,8 @@ import PackageDescription
 // Every target keeps Swift's bounds, overflow and precondition checks: parsers of untrusted bytes (checkpoints,
 // manifests, objects, GGUF, configs) live in them. Only measured numeric kernels may opt out, target by target.
 let swiftSettings: [SwiftSetting] = []
+// TesseraMath: loops over buffers whose sizes the checked callers validated; no parser, no input bytes decided here.
+let numericKernelSettings: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
 
 let package = Package(
     name: "tessera",
@@ -52,8 +55,9 @@ let package = Package(
         .target(name: "TesseraCore", dependencies: ["TesseraIO"], swiftSettings: swiftSettings),
         .target(name: "TesseraStore", dependencies: ["TesseraIO", "TesseraCore", "CZstd", "CCrypto", "CSHA256"], swiftSettings: swiftSettings),
         .target(name: "TesseraGit", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "CGit2"], swiftSettings: swiftSettings),
-        .target(name: "TesseraMerge", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "COpenBLAS", "Yams"], swiftSettings: swiftSettings),
-        .target(name: "TesseraEngine", dependencies: ["TesseraIO", "TesseraCore", "COpenBLAS", "CKernels"], swiftSettings: swiftSettings),
+        .target(name: "TesseraMath", dependencies: ["TesseraIO", "TesseraCore", "COpenBLAS", "CKernels"], swiftSettings: numericKernelSettings),
+        .target(name: "TesseraMerge", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMath", "Yams"], swiftSettings: swiftSettings),
+        .target(name: "TesseraEngine", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "CKernels"], swiftSettings: swiftSettings),
         .target(name: "TesseraEval", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
         .target(
             name: "TesseraCLI",
@@ -68,8 +72,9 @@ let package = Package(
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraIO", "TesseraCore"]),
         .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore"]),
         .testTarget(name: "TesseraGitTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraCLI"]),
+        .testTarget(name: "TesseraMathTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath"]),
         .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge"]),
-        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath"], exclude: ["Fixtures"]),
         .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval"], exclude: ["Fixtures"]),
     ]
 )

@@ -4,7 +4,9 @@ three GPT-2-small-shaped float32 checkpoints (124M parameters each) over a base,
 `git merge` of two fine-tuned branches (TIES through Tessera's merge driver) timed against the offline merge.
 Prints wall time (median of --repeat runs, default 3, for both tools) and peak RSS of each, the ratios, and checks
 that both tools' outputs agree.
-Usage: bench/bench_merge.py [--workdir DIR] [--repeat N]
+`--baseline BIN` times another tessera binary (the previous release) on the same merges in the same run, interleaved
+with this one, and checks that no merge got slower by more than 5%.
+Usage: bench/bench_merge.py [--workdir DIR] [--repeat N] [--baseline BIN]
 """
 import argparse, json, os, shutil, struct, subprocess, sys, time
 import numpy as np
@@ -64,6 +66,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default=os.path.join(ROOT, "bench", "out"))
     ap.add_argument("--repeat", type=int, default=3, help="runs of each tool per row; the median wall time is reported")
+    ap.add_argument("--baseline", help="another tessera binary (the previous release), timed on the same merges in this run")
     a = ap.parse_args()
     work = os.path.abspath(a.workdir)
     os.makedirs(work, exist_ok=True)
@@ -86,13 +89,24 @@ def main():
             import yaml
             open(cfg_path, "w").write(yaml.safe_dump(cfg))
             out_t = os.path.join(work, f"out-tessera-{method}-{n}.safetensors")
-            def tessera_run():
-                if os.path.exists(out_t):
-                    os.remove(out_t)  # both tools write a new output (mergekit's folder is removed below too)
+            def tessera_run(binary=TESSERA, out=out_t):
+                if os.path.exists(out):
+                    os.remove(out)  # both tools write a new output (mergekit's folder is removed below too)
                 subprocess.run(["sync"])
-                return timed([TESSERA, "merge", "--config", cfg_path, "-o", out_t])
-            tw, tr = repeated(tessera_run, a.repeat)
+                return timed([binary, "merge", "--config", cfg_path, "-o", out])
+            if a.baseline:
+                # Interleaved, new then baseline, so that load from other sessions hits both alike.
+                out_b = os.path.join(work, f"out-baseline-{method}-{n}.safetensors")
+                pairs = [(tessera_run(), tessera_run(a.baseline, out_b)) for _ in range(a.repeat)]
+                median = lambda xs: sorted(xs)[len(xs) // 2]
+                tw, tr = median([p[0][0] for p in pairs]), max(p[0][1] for p in pairs)
+                bw, br = median([p[1][0] for p in pairs]), max(p[1][1] for p in pairs)
+            else:
+                tw, tr = repeated(tessera_run, a.repeat)
             row = {"merge": f"{method} x{n}", "tessera_s": tw, "tessera_rss_mb": tr}
+            if a.baseline:
+                row.update(baseline_s=bw, baseline_rss_mb=br, baseline_identical=load(out_t).keys() == load(out_b).keys() and
+                           all(np.array_equal(x, y) for x, y in zip(load(out_t).values(), load(out_b).values())))
             if mergekit:
                 out_dir = os.path.join(work, f"out-mergekit-{method}-{n}")
                 env = dict(os.environ, OMP_NUM_THREADS="2")
@@ -135,6 +149,12 @@ def main():
         else:
             print(f"{r['merge']:12}{r['tessera_s']:11.2f}{r['tessera_rss_mb']:9.0f}{'-':>12}{'-':>9}")
         checks.append((f"{r['merge']}: tessera peak RSS GB", r["tessera_rss_mb"] / 1024, 1.0))
+    if a.baseline:
+        print(f"{'merge':12}{'tessera s':>11}{'baseline s':>12}{'ratio':>8}{'RSS MB':>9}{'baseline':>10}  identical output")
+        for r in rows:
+            print(f"{r['merge']:12}{r['tessera_s']:11.2f}{r['baseline_s']:12.2f}{r['tessera_s'] / r['baseline_s']:8.3f}"
+                  f"{r['tessera_rss_mb']:9.0f}{r['baseline_rss_mb']:10.0f}  {r['baseline_identical']}")
+            checks.append((f"{r['merge']}: tessera / baseline wall time", r["tessera_s"] / r["baseline_s"], 1.05))
     print(f"git merge of two fine-tuned branches (TIES, merge driver): {gw:.2f} s; offline `tessera merge` of the same revisions: {ow:.2f} s; results identical: {equal}")
     passed = 0
     for label, v, limit in checks:

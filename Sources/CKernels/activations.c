@@ -3,13 +3,11 @@
 #include <math.h>
 #include "simd_exp.h"
 
-int tessera_kernels_vectorised(void);
-
 static void silu_mul_portable(const float *gate, const float *up, float *out, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef TK_X86
 TK_AVX2 static void silu_mul_avx2(const float *gate, const float *up, float *out, size_t n) {
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     size_t i = 0;
@@ -23,8 +21,8 @@ TK_AVX2 static void silu_mul_avx2(const float *gate, const float *up, float *out
 #endif
 
 void tessera_silu_mul(const float *gate, const float *up, float *out, size_t n) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (tessera_kernels_vectorised()) { silu_mul_avx2(gate, up, out, n); return; }
+#ifdef TK_X86
+    if (tk_level() >= TK_LEVEL_AVX2) { silu_mul_avx2(gate, up, out, n); return; }
 #endif
     silu_mul_portable(gate, up, out, n);
 }

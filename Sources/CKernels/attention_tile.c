@@ -3,8 +3,7 @@
 // row, then the value product (each value row loaded once per tile). Portable C, or AVX2/FMA where the CPU has it.
 #include "tessera_kernels.h"
 #include <math.h>
-
-int tessera_kernels_vectorised(void);
+#include "kernel_level.h"
 
 enum { MAX_ROWS = 12 };
 
@@ -56,7 +55,7 @@ static void tile_portable(size_t rows, const float *const *q, float *const *out,
     }
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef TK_X86
 #include "simd_exp.h"
 
 // Register pressure decides this kernel's speed: with a row pointer per query row the twelve pointers spill and
@@ -152,8 +151,8 @@ void tessera_attend_tile(size_t rows, const float *const *q, float *const *out, 
                          const float *keys_t, size_t ld_keys_t, const float *values, size_t head_dim,
                          float scale, float *scores) {
     if (rows == 0) return;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (head_dim % 8 == 0 && head_dim <= MAX_HEAD_DIM && rows <= MAX_ROWS && tessera_kernels_vectorised()) {
+#ifdef TK_X86
+    if (head_dim % 8 == 0 && head_dim <= MAX_HEAD_DIM && rows <= MAX_ROWS && tk_level() >= TK_LEVEL_AVX2) {
         tile_avx2(rows, q, out, ranges, keys_t, ld_keys_t, values, head_dim, scale, scores);
         return;
     }

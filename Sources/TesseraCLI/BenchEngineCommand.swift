@@ -17,6 +17,8 @@ struct BenchEngineCommand: ParsableCommand {
     @Argument(help: "A model folder (single or sharded), .gguf file, REV:path or REV:folder.") var model: String
     @Option(help: "Prompt length for the prefill timing.") var prefill: Int = 512
     @Option(help: "Tokens to generate for the decode timing.") var decode: Int = 64
+    @Option(help: "Decode after this many tokens in the KV cache (prompt not timed, as llama-bench's -d); default: generation from a 16-token prompt, prompt timed.")
+    var depth: Int?
     @Option(help: "ARC-Easy test questions to score (0 skips).") var arc: Int = 0
     @Option(help: "Threads for matrix products (default: $OPENBLAS_NUM_THREADS, else the number of cores).") var threads: Int = Linalg.defaultThreads
     @Option(help: "Where the data is (default: the project's data/).") var dataDir: String?
@@ -47,6 +49,19 @@ struct BenchEngineCommand: ParsableCommand {
         let decodeSeconds = (clock.now - t1) / .seconds(1)
         pairs.append(("decode_tokens_per_s", .double(Double(generated.count) / decodeSeconds)))
         pairs.append(("decode_tokens", .int(generated.count)))
+        if let depth {
+            // Decode at a depth: the prompt fills the cache untimed, then `decode` single-token steps are timed.
+            let context = (0..<max(1, depth)).map { ($0 * 7919) % (vocab - 200) + 100 }
+            let state = decoder.makeState(capacity: context.count + decode + 1)
+            var logits = try decoder.forward(context, state: state, logitRows: [context.count - 1])
+            let t3 = clock.now
+            for _ in 0..<decode {
+                let next = logits.indices.max { logits[$0] < logits[$1] } ?? 0
+                logits = try decoder.forward([next], state: state, logitRows: [0])
+            }
+            pairs.append(("decode_at_depth_tokens_per_s", .double(Double(decode) / ((clock.now - t3) / .seconds(1)))))
+            pairs.append(("decode_depth", .int(context.count)))
+        }
         // FLOP rate of the prefill's matrix products (2·params·tokens for the linear layers, approximately).
         if arc > 0 {
             let data = EvalDataDirectory.resolve(explicit: dataDir, default: EvalCommand.shippedData)

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import TesseraIO
 import Glibc
 #endif
 

@@ -1,3 +1,4 @@
+import TesseraIO
 import ArgumentParser
 import Foundation
 import TesseraCore

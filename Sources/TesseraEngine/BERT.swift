@@ -1,7 +1,7 @@
-import COpenBLAS
 import Foundation
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// The hyper-parameters of a BERT encoder, as Hugging Face's `config.json` (BertConfig) states them.
 public struct BERTConfig: Sendable, Equatable {
@@ -80,42 +80,85 @@ public struct BERTConfig: Sendable, Equatable {
     }
 }
 
+/// One BERT encoder layer's weights, by role (post-LayerNorm block).
+public struct BERTLayer: Sendable {
+    public struct Attention: Sendable {
+        /// Query, key and value fused: slices "query", "key", "value".
+        public let qkv: Projection
+        /// attention.output.dense
+        public let output: Projection
+    }
+
+    public struct MLP: Sendable {
+        /// intermediate.dense, before GELU.
+        public let up: Projection
+        /// output.dense, back to the hidden size.
+        public let down: Projection
+    }
+
+    public let attention: Attention
+    let attentionNormWeight: WeightBuffer, attentionNormBias: WeightBuffer
+    public let mlp: MLP
+    let outputNormWeight: WeightBuffer, outputNormBias: WeightBuffer
+}
+
 /// A BERT encoder (embeddings, post-LayerNorm transformer blocks) on the CPU, every matrix product through sgemm.
 ///
 /// Weights are read by their Hugging Face names, with or without the `bert.` prefix of task models, from any
-/// `TensorSource` in F32, F16 or BF16, and held as float32. Immutable after loading, so it can be shared across
-/// threads; `encode` allocates its own scratch buffers.
+/// `TensorSource` in F32, F16 or BF16, and held as float32. Immutable after loading (adapters aside, see
+/// `Projection`), so it can be shared across threads; `encode` allocates its own scratch buffers.
 public final class BERTModel: @unchecked Sendable {
     public let config: BERTConfig
     /// `""` or `"bert."`: the prefix the weights were found under.
     public let weightPrefix: String
+    public let layers: [BERTLayer]
 
     private let wordEmbeddings: [Float]       // [vocab, H]
     private let positionEmbeddings: [Float]   // [maxPositions, H]
     private let tokenTypeEmbeddings: [Float]  // [types, H]
     private let embeddingNormWeight: [Float]
     private let embeddingNormBias: [Float]
-    private let layers: [Layer]
 
-    private struct Layer {
-        var qkvWeight: [Float]         // [3H, H]: query, key and value stacked so one sgemm computes all three
-        var qkvBias: [Float]           // [3H]
-        var attentionOutWeight: [Float]  // [H, H]
-        var attentionOutBias: [Float]
-        var attentionNormWeight: [Float]
-        var attentionNormBias: [Float]
-        var intermediateWeight: [Float]  // [I, H]
-        var intermediateBias: [Float]
-        var outputWeight: [Float]        // [H, I]
-        var outputBias: [Float]
-        var outputNormWeight: [Float]
-        var outputNormBias: [Float]
+    /// The tensors of one encoder layer.
+    public enum LayerTensor: CaseIterable, Sendable {
+        case queryWeight, queryBias, keyWeight, keyBias, valueWeight, valueBias
+        case attentionOutputWeight, attentionOutputBias, attentionNormWeight, attentionNormBias
+        case upWeight, upBias, downWeight, downBias, outputNormWeight, outputNormBias
+    }
+
+    /// The name table: each per-layer tensor's Hugging Face suffix (after `encoder.layer.{i}.`). BERT is read from
+    /// Hugging Face checkpoints only.
+    static let layerTable: [(tensor: LayerTensor, huggingFace: String)] = [
+        (.queryWeight, "attention.self.query.weight"), (.queryBias, "attention.self.query.bias"),
+        (.keyWeight, "attention.self.key.weight"), (.keyBias, "attention.self.key.bias"),
+        (.valueWeight, "attention.self.value.weight"), (.valueBias, "attention.self.value.bias"),
+        (.attentionOutputWeight, "attention.output.dense.weight"), (.attentionOutputBias, "attention.output.dense.bias"),
+        (.attentionNormWeight, "attention.output.LayerNorm.weight"), (.attentionNormBias, "attention.output.LayerNorm.bias"),
+        (.upWeight, "intermediate.dense.weight"), (.upBias, "intermediate.dense.bias"),
+        (.downWeight, "output.dense.weight"), (.downBias, "output.dense.bias"),
+        (.outputNormWeight, "output.LayerNorm.weight"), (.outputNormBias, "output.LayerNorm.bias"),
+    ]
+
+    /// The name of `tensor` in layer `l`, without prefix.
+    public static func name(_ tensor: LayerTensor, layer l: Int) -> String {
+        "encoder.layer.\(l).\(layerTable.first { $0.tensor == tensor }?.huggingFace ?? "")"
+    }
+
+    static func shape(_ tensor: LayerTensor, _ c: BERTConfig) -> [Int] {
+        let h = c.hiddenSize, i = c.intermediateSize
+        switch tensor {
+        case .queryWeight, .keyWeight, .valueWeight, .attentionOutputWeight: return [h, h]
+        case .upWeight: return [i, h]
+        case .upBias: return [i]
+        case .downWeight: return [h, i]
+        default: return [h]
+        }
     }
 
     /// The tensors a BERT encoder with this config needs, with their shapes (names without prefix). The pooler is
     /// not used (sentence embeddings pool the hidden states) and not required.
     public static func requiredTensors(_ c: BERTConfig) -> [(name: String, shape: [Int])] {
-        let h = c.hiddenSize, i = c.intermediateSize
+        let h = c.hiddenSize
         var list: [(String, [Int])] = [
             ("embeddings.word_embeddings.weight", [c.vocabularySize, h]),
             ("embeddings.position_embeddings.weight", [c.maxPositions, h]),
@@ -124,18 +167,7 @@ public final class BERTModel: @unchecked Sendable {
             ("embeddings.LayerNorm.bias", [h]),
         ]
         for l in 0..<c.layerCount {
-            let p = "encoder.layer.\(l)."
-            for proj in ["query", "key", "value"] {
-                list.append((p + "attention.self.\(proj).weight", [h, h]))
-                list.append((p + "attention.self.\(proj).bias", [h]))
-            }
-            list += [
-                (p + "attention.output.dense.weight", [h, h]), (p + "attention.output.dense.bias", [h]),
-                (p + "attention.output.LayerNorm.weight", [h]), (p + "attention.output.LayerNorm.bias", [h]),
-                (p + "intermediate.dense.weight", [i, h]), (p + "intermediate.dense.bias", [i]),
-                (p + "output.dense.weight", [h, i]), (p + "output.dense.bias", [h]),
-                (p + "output.LayerNorm.weight", [h]), (p + "output.LayerNorm.bias", [h]),
-            ]
+            for tensor in LayerTensor.allCases { list.append((name(tensor, layer: l), shape(tensor, c))) }
         }
         return list
     }
@@ -167,29 +199,31 @@ public final class BERTModel: @unchecked Sendable {
                                    hint: "the BERT encoder reads F32, F16 or BF16 weights")
             }
         }
-        func load(_ name: String) throws -> [Float] { try weights.floats(prefix + name) }
+        let w = CheckpointWeights(weights)
+        func load(_ name: String) throws -> [Float] { try w.floats(prefix + name) }
         wordEmbeddings = try load("embeddings.word_embeddings.weight")
         positionEmbeddings = try load("embeddings.position_embeddings.weight")
         tokenTypeEmbeddings = try load("embeddings.token_type_embeddings.weight")
         embeddingNormWeight = try load("embeddings.LayerNorm.weight")
         embeddingNormBias = try load("embeddings.LayerNorm.bias")
-        var layers: [Layer] = []
+        let h = config.hiddenSize, inter = config.intermediateSize
+        var layers: [BERTLayer] = []
         for l in 0..<config.layerCount {
-            let p = "encoder.layer.\(l)."
-            let a = p + "attention.self."
-            layers.append(Layer(
-                qkvWeight: try load(a + "query.weight") + load(a + "key.weight") + load(a + "value.weight"),
-                qkvBias: try load(a + "query.bias") + load(a + "key.bias") + load(a + "value.bias"),
-                attentionOutWeight: try load(p + "attention.output.dense.weight"),
-                attentionOutBias: try load(p + "attention.output.dense.bias"),
-                attentionNormWeight: try load(p + "attention.output.LayerNorm.weight"),
-                attentionNormBias: try load(p + "attention.output.LayerNorm.bias"),
-                intermediateWeight: try load(p + "intermediate.dense.weight"),
-                intermediateBias: try load(p + "intermediate.dense.bias"),
-                outputWeight: try load(p + "output.dense.weight"),
-                outputBias: try load(p + "output.dense.bias"),
-                outputNormWeight: try load(p + "output.LayerNorm.weight"),
-                outputNormBias: try load(p + "output.LayerNorm.bias")))
+            func n(_ t: LayerTensor) -> String { prefix + BERTModel.name(t, layer: l) }
+            layers.append(BERTLayer(
+                attention: .init(
+                    qkv: try w.projection("layers.\(l).attention.qkv", inputs: h,
+                                          parts: [("query", n(.queryWeight), h), ("key", n(.keyWeight), h), ("value", n(.valueWeight), h)],
+                                          biases: [n(.queryBias), n(.keyBias), n(.valueBias)]),
+                    output: try w.projection("layers.\(l).attention.output", inputs: h, parts: [("output", n(.attentionOutputWeight), h)],
+                                             biases: [n(.attentionOutputBias)])),
+                attentionNormWeight: try w.buffer(n(.attentionNormWeight), count: h),
+                attentionNormBias: try w.buffer(n(.attentionNormBias), count: h),
+                mlp: .init(
+                    up: try w.projection("layers.\(l).mlp.up", inputs: h, parts: [("up", n(.upWeight), inter)], biases: [n(.upBias)]),
+                    down: try w.projection("layers.\(l).mlp.down", inputs: inter, parts: [("down", n(.downWeight), h)], biases: [n(.downBias)])),
+                outputNormWeight: try w.buffer(n(.outputNormWeight), count: h),
+                outputNormBias: try w.buffer(n(.outputNormBias), count: h)))
         }
         self.layers = layers
     }
@@ -204,7 +238,19 @@ public final class BERTModel: @unchecked Sendable {
     /// Hidden states of the last layer for a batch of token-id sequences of any lengths. Sequences are padded to the
     /// longest one; padded key positions are masked out of attention, so each sequence's states equal what it
     /// would get alone. Returns `[batch, paddedLength, hidden]` row-major and `paddedLength`.
-    public func encode(_ batch: [[Int]]) throws -> (states: [Float], paddedLength: Int) {
+    ///
+    /// One layer, rows = every position of every sequence:
+    ///
+    ///     qkv = x · Wqkvᵀ + b                            reads x (the layer input)
+    ///     a   = attention(q, k, v) per sequence          reads qkv (probabilities recomputable)
+    ///     x   = LN(x + a · Woᵀ + bo)                      reads a; LN reads its input
+    ///     u   = x · Wupᵀ + b                             reads x
+    ///     h   = gelu(u)                                  reads u
+    ///     x   = LN(x + h · Wdownᵀ + b)                    reads h; LN reads its input
+    ///
+    /// `recorder`, when given, receives those activations as they are produced (`ActivationSite`: the layer input is
+    /// `attentionNormInput`, the attention LayerNorm's input `mlpNormInput`, the output LayerNorm's `finalNormInput`).
+    public func encode(_ batch: [[Int]], recorder: (any ActivationRecorder)? = nil) throws -> (states: [Float], paddedLength: Int) {
         let c = config
         let h = c.hiddenSize, inter = c.intermediateSize, heads = c.headCount, d = c.headDimension
         let b = batch.count
@@ -219,163 +265,91 @@ public final class BERTModel: @unchecked Sendable {
                 throw TesseraError(.invalidParameter, "token id \(id) is outside BERT's vocabulary of \(c.vocabularySize)")
             }
         }
+        let lengths = batch.map(\.count)
+        if lengths.contains(where: { $0 < t }), c.padTokenID < 0 || c.padTokenID >= c.vocabularySize {
+            throw TesseraError(.invalidCheckpoint, "BERT's pad_token_id \(c.padTokenID) is outside its vocabulary of \(c.vocabularySize), so sequences of different lengths cannot be padded",
+                               hint: "fix pad_token_id in config.json, or encode sequences of equal length")
+        }
         let n = b * t
         var x = [Float](repeating: 0, count: n * h)
         var qkv = [Float](repeating: 0, count: n * 3 * h)
         var context = [Float](repeating: 0, count: n * h)
         var hidden = [Float](repeating: 0, count: n * inter)
         var scores = [Float](repeating: 0, count: t * t)
-        let lengths = batch.map(\.count)
         let scale = 1 / Float(d).squareRoot()
         let eps = c.layerNormEpsilon
+        let gelu: VectorKernels.GELU = c.activation == .geluErf ? .erf : .tanh
 
-        // Embeddings: word + absolute position + token type 0, then LayerNorm. Padding rows use the pad id.
-        x.withUnsafeMutableBufferPointer { xp in
-            wordEmbeddings.withUnsafeBufferPointer { we in
-                positionEmbeddings.withUnsafeBufferPointer { pe in
-                    tokenTypeEmbeddings.withUnsafeBufferPointer { te in
-                        for s in 0..<b {
-                            for pos in 0..<t {
-                                let id = pos < lengths[s] ? batch[s][pos] : c.padTokenID
-                                let row = xp.baseAddress! + (s * t + pos) * h
-                                let w = we.baseAddress! + id * h, p = pe.baseAddress! + pos * h
-                                for k in 0..<h { row[k] = w[k] + p[k] + te[k] }
-                            }
-                        }
+        x.withUnsafeMutableBufferPointer { xb in
+          qkv.withUnsafeMutableBufferPointer { qb in
+            context.withUnsafeMutableBufferPointer { cb in
+              hidden.withUnsafeMutableBufferPointer { hb in
+                scores.withUnsafeMutableBufferPointer { sb in
+                  wordEmbeddings.withUnsafeBufferPointer { we in
+                    positionEmbeddings.withUnsafeBufferPointer { pe in
+                      tokenTypeEmbeddings.withUnsafeBufferPointer { te in
+                        embeddingNormWeight.withUnsafeBufferPointer { nw in
+                          embeddingNormBias.withUnsafeBufferPointer { nb in
+                guard let xp = xb.baseAddress, let q0 = qb.baseAddress, let cp = cb.baseAddress, let hp = hb.baseAddress,
+                      let s0 = sb.baseAddress, let wp = we.baseAddress, let pp = pe.baseAddress, let tp = te.baseAddress,
+                      let nwp = nw.baseAddress, let nbp = nb.baseAddress else { return }
+                // Embeddings: word + absolute position + token type 0, then LayerNorm. Padding rows use the pad id.
+                for s in 0..<b {
+                    for pos in 0..<t {
+                        let id = pos < lengths[s] ? batch[s][pos] : c.padTokenID
+                        let row = xp + (s * t + pos) * h
+                        let w = wp + id * h, p = pp + pos * h
+                        for k in 0..<h { row[k] = w[k] + p[k] + tp[k] }
                     }
                 }
-            }
-            BERTModel.layerNorm(xp.baseAddress!, rows: n, width: h, weight: embeddingNormWeight, bias: embeddingNormBias, eps: eps)
-        }
+                VectorKernels.layerNorm(xp, nwp, nbp, xp, rows: n, dim: h, eps: eps)
 
-        for layer in layers {
-            // Q, K, V for every position of every sequence: [n, 3H] = x · Wqkvᵀ + b.
-            BERTModel.linear(x, layer.qkvWeight, layer.qkvBias, into: &qkv, rows: n, inputs: h, outputs: 3 * h)
-
-            // Scaled dot-product attention per sequence and head, over the sequence's real (unpadded) keys only.
-            qkv.withUnsafeBufferPointer { qp in
-                context.withUnsafeMutableBufferPointer { cp in
-                    scores.withUnsafeMutableBufferPointer { sp in
-                        let q0 = qp.baseAddress!, s0 = sp.baseAddress!
-                        for s in 0..<b {
-                            let len = lengths[s]
-                            for head in 0..<heads {
-                                let q = q0 + s * t * 3 * h + head * d
-                                let k = q + h, v = q + 2 * h
-                                // Only the real query rows are computed: a padded row never feeds a real one (keys
-                                // are masked, every other operation is row-wise), so its context stays zero.
-                                // scores[len × len] = scale · Q[len × d] · K[len × d]ᵀ (rows strided by 3H inside qkv)
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(len), Int32(len), Int32(d),
-                                            scale, q, Int32(3 * h), k, Int32(3 * h), 0, s0, Int32(t))
-                                for i in 0..<len { BERTModel.softmax(s0 + i * t, count: len) }
-                                // context[len × d] = P[len × len] · V[len × d], written into this head's columns.
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(len), Int32(d), Int32(len),
-                                            1, s0, Int32(t), v, Int32(3 * h), 0,
-                                            cp.baseAddress! + s * t * h + head * d, Int32(h))
-                            }
+                for (l, layer) in layers.enumerated() {
+                    recorder?.record(.attentionNormInput, layer: l, values: xp, rows: n, width: h)
+                    // Q, K, V for every position of every sequence: [n, 3H] = x · Wqkvᵀ + b.
+                    layer.attention.qkv.apply(xp, rows: n, into: q0)
+                    recorder?.record(.queryKeyValue, layer: l, values: q0, rows: n, width: 3 * h)
+                    // Scaled dot-product attention per sequence and head, over the sequence's real (unpadded) keys only.
+                    for s in 0..<b {
+                        let len = lengths[s]
+                        for head in 0..<heads {
+                            let q = q0 + s * t * 3 * h + head * d
+                            let k = q + h, v = q + 2 * h
+                            // Only the real query rows are computed: a padded row never feeds a real one (keys
+                            // are masked, every other operation is row-wise), so its context stays zero.
+                            // scores[len × len] = scale · Q[len × d] · K[len × d]ᵀ (rows strided by 3H inside qkv)
+                            Linalg.sgemm(transposeB: true, m: len, n: len, k: d, alpha: scale, q, lda: 3 * h, k, ldb: 3 * h,
+                                         s0, ldc: t)
+                            for i in 0..<len { VectorKernels.softmaxInPlace(s0 + i * t, count: len) }
+                            // context[len × d] = P[len × len] · V[len × d], written into this head's columns.
+                            Linalg.sgemm(m: len, n: d, k: len, s0, lda: t, v, ldb: 3 * h, cp + s * t * h + head * d, ldc: h)
                         }
                     }
+                    recorder?.record(.attentionOutput, layer: l, values: cp, rows: n, width: h)
+                    // Attention output projection, residual, LayerNorm: x = LN(x + context · Woᵀ + bo).
+                    layer.attention.output.apply(cp, rows: n, into: xp, accumulate: true)
+                    recorder?.record(.mlpNormInput, layer: l, values: xp, rows: n, width: h)
+                    VectorKernels.layerNorm(xp, layer.attentionNormWeight.p, layer.attentionNormBias.p, xp, rows: n, dim: h, eps: eps)
+                    recorder?.record(.mlpInput, layer: l, values: xp, rows: n, width: h)
+                    // Feed-forward: x = LN(x + GELU(x · W1ᵀ + b1) · W2ᵀ + b2).
+                    layer.mlp.up.apply(xp, rows: n, into: hp)
+                    recorder?.record(.mlpUp, layer: l, values: hp, rows: n, width: inter)
+                    VectorKernels.gelu(hp, count: n * inter, gelu)
+                    recorder?.record(.mlpHidden, layer: l, values: hp, rows: n, width: inter)
+                    layer.mlp.down.apply(hp, rows: n, into: xp, accumulate: true)
+                    recorder?.record(.finalNormInput, layer: l, values: xp, rows: n, width: h)
+                    VectorKernels.layerNorm(xp, layer.outputNormWeight.p, layer.outputNormBias.p, xp, rows: n, dim: h, eps: eps)
                 }
+                          }
+                        }
+                      }
+                    }
+                  }
+                }
+              }
             }
-
-            // Attention output projection, residual, LayerNorm: x = LN(x + context · Woᵀ + bo).
-            BERTModel.linear(context, layer.attentionOutWeight, layer.attentionOutBias, into: &x, rows: n, inputs: h,
-                             outputs: h, accumulate: true)
-            x.withUnsafeMutableBufferPointer {
-                BERTModel.layerNorm($0.baseAddress!, rows: n, width: h, weight: layer.attentionNormWeight,
-                                    bias: layer.attentionNormBias, eps: eps)
-            }
-
-            // Feed-forward: x = LN(x + GELU(x · W1ᵀ + b1) · W2ᵀ + b2).
-            BERTModel.linear(x, layer.intermediateWeight, layer.intermediateBias, into: &hidden, rows: n, inputs: h, outputs: inter)
-            hidden.withUnsafeMutableBufferPointer { BERTModel.gelu($0.baseAddress!, count: n * inter, c.activation) }
-            BERTModel.linear(hidden, layer.outputWeight, layer.outputBias, into: &x, rows: n, inputs: inter, outputs: h, accumulate: true)
-            x.withUnsafeMutableBufferPointer {
-                BERTModel.layerNorm($0.baseAddress!, rows: n, width: h, weight: layer.outputNormWeight,
-                                    bias: layer.outputNormBias, eps: eps)
-            }
+          }
         }
         return (x, t)
     }
-
-    // MARK: - Kernels
-
-    /// out[rows × outputs] = x · Wᵀ + bias (+ out when `accumulate`, which is how residuals are added for free).
-    private static func linear(_ x: [Float], _ weight: [Float], _ bias: [Float], into out: inout [Float],
-                               rows: Int, inputs: Int, outputs: Int, accumulate: Bool = false) {
-        out.withUnsafeMutableBufferPointer { op in
-            let o = op.baseAddress!
-            bias.withUnsafeBufferPointer { bp in
-                for r in 0..<rows {
-                    let row = o + r * outputs
-                    if accumulate {
-                        for j in 0..<outputs { row[j] += bp[j] }
-                    } else {
-                        for j in 0..<outputs { row[j] = bp[j] }
-                    }
-                }
-            }
-            x.withUnsafeBufferPointer { xp in
-                weight.withUnsafeBufferPointer { wp in
-                    Linalg.matmulTransposedB(xp.baseAddress!, wp.baseAddress!, o, m: rows, n: outputs, k: inputs, beta: 1)
-                }
-            }
-        }
-    }
-
-    /// In-place softmax of `count` values (max-subtracted for stability).
-    @inline(__always)
-    private static func softmax(_ p: UnsafeMutablePointer<Float>, count: Int) {
-        var maxValue = -Float.infinity
-        for j in 0..<count where p[j] > maxValue { maxValue = p[j] }
-        var sum: Float = 0
-        for j in 0..<count { let e = expf(p[j] - maxValue); p[j] = e; sum += e }
-        let inv = 1 / sum
-        for j in 0..<count { p[j] *= inv }
-    }
-
-    /// Row-wise LayerNorm with biased variance, as torch.nn.LayerNorm.
-    private static func layerNorm(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int, weight: [Float], bias: [Float], eps: Float) {
-        weight.withUnsafeBufferPointer { w in
-            bias.withUnsafeBufferPointer { bb in
-                for r in 0..<rows {
-                    let row = x + r * width
-                    var mean: Float = 0
-                    for k in 0..<width { mean += row[k] }
-                    mean /= Float(width)
-                    var variance: Float = 0
-                    for k in 0..<width { let dx = row[k] - mean; variance += dx * dx }
-                    variance /= Float(width)
-                    let inv = 1 / (variance + eps).squareRoot()
-                    for k in 0..<width { row[k] = (row[k] - mean) * inv * w[k] + bb[k] }
-                }
-            }
-        }
-    }
-
-    /// GELU in place, split over the cores (erf dominates the non-matmul time).
-    private static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int, _ activation: BERTConfig.Activation) {
-        let chunks = count >= 1 << 16 ? 4 : 1
-        let chunk = (count + chunks - 1) / chunks
-        let base = BERTSharedFloatPointer(x)
-        DispatchQueue.concurrentPerform(iterations: chunks) { ci in
-            let p = base.pointer
-            let lo = ci * chunk, hi = min(count, lo + chunk)
-            guard lo < hi else { return }
-            switch activation {
-            case .geluErf:
-                let invSqrt2: Float = 0.70710678118654752
-                for k in lo..<hi { let v = p[k]; p[k] = 0.5 * v * (1 + erff(v * invSqrt2)) }
-            case .geluTanh:
-                let c: Float = 0.7978845608028654  // √(2/π)
-                for k in lo..<hi { let v = p[k]; p[k] = 0.5 * v * (1 + tanhf(c * (v + 0.044715 * v * v * v))) }
-            }
-        }
-    }
-}
-
-/// A raw pointer handed to `concurrentPerform` workers that write disjoint ranges of the same buffer.
-private struct BERTSharedFloatPointer: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<Float>
-    init(_ pointer: UnsafeMutablePointer<Float>) { self.pointer = pointer }
 }

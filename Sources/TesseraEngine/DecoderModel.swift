@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// The KV cache and scratch memory of one sequence being processed.
 ///
@@ -19,6 +20,8 @@ public final class DecoderState: @unchecked Sendable {
     private(set) var keys: [UnsafeMutablePointer<Float>]
     private(set) var values: [UnsafeMutablePointer<Float>]
     let scratch = ScratchBuffers(slots: 12)
+    /// Receives the activations of every forward pass run on this state (see `ActivationSite`); nil by default.
+    public var recorder: (any ActivationRecorder)?
 
     init(layers: Int, kvHeads: Int, headDim: Int, capacity: Int) {
         self.layers = layers
@@ -67,29 +70,61 @@ public final class DecoderState: @unchecked Sendable {
     }
 }
 
-/// A tensor as float32. GGUF tensors are dequantised straight into the result; other sources decode their bytes.
-/// (`TensorSource.floats` is a protocol extension, so a call through the protocol would not reach `GGUFFile`'s own.)
-func weightFloats(_ source: TensorSource, _ name: String) throws -> [Float] {
-    if let gguf = source as? GGUFFile { return try gguf.dequantized(name) }
-    return try source.floats(name)
+/// Where a forward pass hands an activation to a recorder: the values each operation reads, which a backward pass
+/// needs (the architectures' `forward` documents which operation reads which). Rows are tokens of the pass.
+public enum ActivationSite: String, Sendable, CaseIterable {
+    /// The residual stream entering a layer's attention block (before its norm; BERT: the layer's input).
+    case attentionNormInput
+    /// The normalised input of the Q/K/V projection.
+    case attentionInput
+    /// Q, K and V as attention reads them (after RoPE where there is one), one row per token.
+    case queryKeyValue
+    /// Attention's output per head, the input of the attention output projection.
+    case attentionOutput
+    /// The residual stream entering the MLP block (before its norm; BERT: before the attention LayerNorm).
+    case mlpNormInput
+    /// The normalised input of the MLP's first projection.
+    case mlpInput
+    /// The MLP's first projection before the activation (Llama: gate and up side by side).
+    case mlpUp
+    /// The activation's output, the input of the MLP's down projection.
+    case mlpHidden
+    /// The residual stream entering the final norm (decoders) or a layer's output LayerNorm (BERT).
+    case finalNormInput
+    /// The normalised rows the output head multiplies.
+    case headInput
 }
 
-/// Weights held as one immutable float buffer. `@unchecked Sendable`: written once while loading, then only read.
-final class WeightBuffer: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<Float>
-    let count: Int
+/// Receives activations as a forward pass produces them (copy what is kept: the buffers are reused).
+public protocol ActivationRecorder: AnyObject {
+    /// `values` holds `rows` rows of `width` floats, valid during the call. `layer` is nil outside the layer stack.
+    func record(_ site: ActivationSite, layer: Int?, values: UnsafePointer<Float>, rows: Int, width: Int)
+}
 
-    init(_ values: [Float]) {
-        count = values.count
-        pointer = .allocate(capacity: max(1, count))
-        values.withUnsafeBufferPointer { pointer.initialize(from: $0.baseAddress!, count: count) }
+/// Float scratch buffers reused across forward calls (no allocation per token once they have grown).
+///
+/// `final class @unchecked Sendable`: a scratch set belongs to one `DecoderState`, which one call uses at a time.
+final class ScratchBuffers: @unchecked Sendable {
+    private var buffers: [UnsafeMutablePointer<Float>?]
+    private var sizes: [Int]
+
+    init(slots: Int) {
+        buffers = Array(repeating: nil, count: slots)
+        sizes = Array(repeating: 0, count: slots)
     }
 
-    /// Rows of several [rows, cols] matrices stacked into one (fused Q/K/V or gate/up projections).
-    convenience init(stacking parts: [[Float]]) { self.init(Array(parts.joined())) }
+    deinit { for b in buffers { b?.deallocate() } }
 
-    deinit { pointer.deallocate() }
-    var p: UnsafePointer<Float> { UnsafePointer(pointer) }
+    /// Slot `slot` with room for at least `count` floats (contents unspecified).
+    func buffer(_ slot: Int, count: Int) -> UnsafeMutablePointer<Float> {
+        if let existing = buffers[slot], sizes[slot] >= count { return existing }
+        buffers[slot]?.deallocate()
+        let n = max(count, sizes[slot] * 2, 1)
+        let fresh = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        buffers[slot] = fresh
+        sizes[slot] = n
+        return fresh
+    }
 }
 
 /// A decoder-only transformer the engine can run: each architecture implements `forward`, and scoring and
@@ -184,7 +219,7 @@ extension DecoderArchitecture {
             for i in members where !requests[i].continuation.isEmpty {
                 var scores = [Float](repeating: 0, count: requests[i].continuation.count)
                 scores[0] = contextLogits.withUnsafeBufferPointer {
-                    DecoderKernels.logProbability($0.baseAddress!, count: vocab, at: requests[i].continuation[0])
+                    VectorKernels.logProbability($0.baseAddress!, count: vocab, at: requests[i].continuation[0])
                 }
                 results[i] = scores
             }
@@ -214,7 +249,7 @@ extension DecoderArchitecture {
                     for (k, i) in batch.enumerated() {
                         let continuation = requests[i].continuation
                         for j in 1..<continuation.count {
-                            results[i][j] = DecoderKernels.logProbability(l.baseAddress! + (firstRow[k] + j - 1) * vocab, count: vocab, at: continuation[j])
+                            results[i][j] = VectorKernels.logProbability(l.baseAddress! + (firstRow[k] + j - 1) * vocab, count: vocab, at: continuation[j])
                         }
                     }
                 }

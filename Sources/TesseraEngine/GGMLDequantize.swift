@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraMath
 
 /// Dequantisation of GGML block formats to float32, written from the block layouts in ggml's `ggml-common.h`
 /// (documented in the GGUF spec): each block stores one or two f16 scales and packed small integers.
@@ -30,7 +31,7 @@ enum GGMLDequantize {
                 }
             }
         }
-        if chunks == 1 { work(0) } else { parallelFor(chunks, work) }
+        if chunks == 1 { work(0) } else { Parallel.forEach(chunks, work) }
     }
 
     @inline(__always)

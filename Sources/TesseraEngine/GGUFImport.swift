@@ -61,9 +61,9 @@ public enum GGUFImport {
         try add(to.finalNorm, from.finalNorm)
         if !c.tiedEmbeddings { try add(to.output, from.output) }
         for i in 0..<c.layers {
-            let g = from.layer(i), h = to.layer(i)
-            for k in 0..<g.count {
-                try add(h[k], g[k], unpermuteHeads: k == 1 ? c.heads : k == 2 ? c.kvHeads : nil)
+            for tensor in LlamaTensorNames.LayerTensor.allCases {
+                let heads = tensor == .query ? c.heads : tensor == .key ? c.kvHeads : nil
+                try add(to.name(tensor, layer: i), from.name(tensor, layer: i), unpermuteHeads: heads)
             }
         }
         try SafetensorsWriter.write(tensors: tensors, metadata: [("format", "pt")], to: file("model.safetensors"))

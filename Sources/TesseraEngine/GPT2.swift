@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// Hyper-parameters of a GPT-2 model from its Hugging Face `config.json`.
 public struct GPT2Config: Sendable, Equatable {
@@ -34,8 +35,9 @@ public struct GPT2Config: Sendable, Equatable {
     }
 }
 
-/// GPT-2 tensor names. Checkpoints saved from `GPT2LMHeadModel` prefix them with `transformer.`; the original
-/// OpenAI-converted ones do not. Conv1D weights are stored [in, out].
+/// GPT-2 tensor names, one table: each per-layer tensor's Hugging Face suffix and the shape the config implies.
+/// Checkpoints saved from `GPT2LMHeadModel` prefix them with `transformer.`; the original OpenAI-converted ones do
+/// not. Conv1D weights are stored [in, out] (transposed at load). GPT-2 is read from Hugging Face checkpoints only.
 public struct GPT2TensorNames: Sendable {
     public let prefix: String
 
@@ -44,19 +46,48 @@ public struct GPT2TensorNames: Sendable {
         prefix = source.tensorInfo("transformer.wte.weight") != nil ? "transformer." : ""
     }
 
-    func layer(_ i: Int, _ suffix: String) -> String { "\(prefix)h.\(i).\(suffix)" }
+    public enum LayerTensor: CaseIterable, Sendable {
+        case norm1Weight, norm1Bias, qkvWeight, qkvBias, attentionOutputWeight, attentionOutputBias
+        case norm2Weight, norm2Bias, upWeight, upBias, downWeight, downBias
+    }
+
+    static let layerTable: [(tensor: LayerTensor, huggingFace: String)] = [
+        (.norm1Weight, "ln_1.weight"), (.norm1Bias, "ln_1.bias"),
+        (.qkvWeight, "attn.c_attn.weight"), (.qkvBias, "attn.c_attn.bias"),
+        (.attentionOutputWeight, "attn.c_proj.weight"), (.attentionOutputBias, "attn.c_proj.bias"),
+        (.norm2Weight, "ln_2.weight"), (.norm2Bias, "ln_2.bias"),
+        (.upWeight, "mlp.c_fc.weight"), (.upBias, "mlp.c_fc.bias"),
+        (.downWeight, "mlp.c_proj.weight"), (.downBias, "mlp.c_proj.bias"),
+    ]
+
+    public func name(_ tensor: LayerTensor, layer i: Int) -> String {
+        "\(prefix)h.\(i).\(Self.layerTable.first { $0.tensor == tensor }?.huggingFace ?? "")"
+    }
+
+    public static func shape(_ tensor: LayerTensor, _ c: GPT2Config) -> [Int] {
+        let d = c.hiddenSize
+        switch tensor {
+        case .norm1Weight, .norm1Bias, .norm2Weight, .norm2Bias, .attentionOutputBias, .downBias: return [d]
+        case .qkvWeight: return [d, 3 * d]
+        case .qkvBias: return [3 * d]
+        case .attentionOutputWeight: return [d, d]
+        case .upWeight: return [d, c.innerSize]
+        case .upBias: return [c.innerSize]
+        case .downWeight: return [c.innerSize, d]
+        }
+    }
+
+    public var tokenEmbedding: String { "\(prefix)wte.weight" }
+    public var positionEmbedding: String { "\(prefix)wpe.weight" }
+    public var finalNormWeight: String { "\(prefix)ln_f.weight" }
+    public var finalNormBias: String { "\(prefix)ln_f.bias" }
 
     public func expected(_ c: GPT2Config) -> [(name: String, shape: [Int])] {
         let d = c.hiddenSize
-        var out: [(String, [Int])] = [("\(prefix)wte.weight", [c.vocabularySize, d]), ("\(prefix)wpe.weight", [c.maxPositions, d]),
-                                      ("\(prefix)ln_f.weight", [d]), ("\(prefix)ln_f.bias", [d])]
+        var out: [(String, [Int])] = [(tokenEmbedding, [c.vocabularySize, d]), (positionEmbedding, [c.maxPositions, d]),
+                                      (finalNormWeight, [d]), (finalNormBias, [d])]
         for i in 0..<c.layers {
-            out += [(layer(i, "ln_1.weight"), [d]), (layer(i, "ln_1.bias"), [d]),
-                    (layer(i, "attn.c_attn.weight"), [d, 3 * d]), (layer(i, "attn.c_attn.bias"), [3 * d]),
-                    (layer(i, "attn.c_proj.weight"), [d, d]), (layer(i, "attn.c_proj.bias"), [d]),
-                    (layer(i, "ln_2.weight"), [d]), (layer(i, "ln_2.bias"), [d]),
-                    (layer(i, "mlp.c_fc.weight"), [d, c.innerSize]), (layer(i, "mlp.c_fc.bias"), [c.innerSize]),
-                    (layer(i, "mlp.c_proj.weight"), [c.innerSize, d]), (layer(i, "mlp.c_proj.bias"), [d])]
+            for tensor in LayerTensor.allCases { out.append((name(tensor, layer: i), Self.shape(tensor, c))) }
         }
         return out
     }
@@ -64,12 +95,15 @@ public struct GPT2TensorNames: Sendable {
 
 /// GPT-2: learned positions, pre-LayerNorm blocks, GELU (tanh), attention scaled by 1/√headDim, tied head.
 ///
-/// `final class @unchecked Sendable`: weights are immutable after `init`; per-call state lives in `DecoderState`.
+/// `final class @unchecked Sendable`: weights are immutable after `init` (adapters aside, see `Projection`);
+/// per-call state lives in `DecoderState`.
 public final class GPT2Model: DecoderArchitecture, @unchecked Sendable {
     public let config: GPT2Config
     private let shape: LayerNormDecoderShape
     private let weights: LayerNormDecoderWeights
 
+    public var layers: [LayerNormDecoderLayer] { weights.layers }
+    public var head: Projection { weights.head }
     public var vocabularySize: Int { config.vocabularySize }
     public var maxSequenceLength: Int { config.maxPositions }
     public var layerCount: Int { config.layers }
@@ -78,27 +112,33 @@ public final class GPT2Model: DecoderArchitecture, @unchecked Sendable {
 
     public init(config c: GPT2Config, source: TensorSource) throws {
         config = c
-        let n = GPT2TensorNames(source: source)
-        let d = c.hiddenSize
-        func w(_ name: String) throws -> WeightBuffer { WeightBuffer(try weightFloats(source, name)) }
-        func conv(_ name: String, _ rows: Int, _ cols: Int) throws -> WeightBuffer {
-            WeightBuffer(LayerNormDecoder.transposed(try weightFloats(source, name), rows: rows, cols: cols))
-        }
-        var layers: [LayerNormDecoderWeights.Layer] = []
+        let names = GPT2TensorNames(source: source)
+        let w = CheckpointWeights(source)
+        let d = c.hiddenSize, inner = c.innerSize
+        var layers: [LayerNormDecoderLayer] = []
         for i in 0..<c.layers {
-            layers.append(.init(
-                ln1Weight: try w(n.layer(i, "ln_1.weight")), ln1Bias: try w(n.layer(i, "ln_1.bias")),
-                qkv: try conv(n.layer(i, "attn.c_attn.weight"), d, 3 * d), qkvBias: try w(n.layer(i, "attn.c_attn.bias")),
-                attnOut: try conv(n.layer(i, "attn.c_proj.weight"), d, d), attnOutBias: try w(n.layer(i, "attn.c_proj.bias")),
-                ln2Weight: try w(n.layer(i, "ln_2.weight")), ln2Bias: try w(n.layer(i, "ln_2.bias")),
-                fc: try conv(n.layer(i, "mlp.c_fc.weight"), d, c.innerSize), fcBias: try w(n.layer(i, "mlp.c_fc.bias")),
-                proj: try conv(n.layer(i, "mlp.c_proj.weight"), c.innerSize, d), projBias: try w(n.layer(i, "mlp.c_proj.bias")),
+            func n(_ t: GPT2TensorNames.LayerTensor) -> String { names.name(t, layer: i) }
+            layers.append(LayerNormDecoderLayer(
+                norm1Weight: try w.buffer(n(.norm1Weight), count: d), norm1Bias: try w.buffer(n(.norm1Bias), count: d),
+                attention: .init(
+                    qkv: try w.projection("layers.\(i).attention.qkv", inputs: d, parts: [("qkv", n(.qkvWeight), 3 * d)],
+                                          biases: [n(.qkvBias)], transposed: true,
+                                          slices: [("query", d), ("key", d), ("value", d)]),
+                    output: try w.projection("layers.\(i).attention.output", inputs: d, parts: [("output", n(.attentionOutputWeight), d)],
+                                             biases: [n(.attentionOutputBias)], transposed: true)),
+                norm2Weight: try w.buffer(n(.norm2Weight), count: d), norm2Bias: try w.buffer(n(.norm2Bias), count: d),
+                mlp: .init(
+                    up: try w.projection("layers.\(i).mlp.up", inputs: d, parts: [("up", n(.upWeight), inner)],
+                                         biases: [n(.upBias)], transposed: true),
+                    down: try w.projection("layers.\(i).mlp.down", inputs: inner, parts: [("down", n(.downWeight), d)],
+                                           biases: [n(.downBias)], transposed: true)),
                 window: nil))
         }
-        let embedding = try w("\(n.prefix)wte.weight")
+        let embedding = try w.buffer(names.tokenEmbedding, count: c.vocabularySize * d)
         weights = LayerNormDecoderWeights(
-            tokenEmbedding: embedding, positionEmbedding: try w("\(n.prefix)wpe.weight"), layers: layers,
-            finalNormWeight: try w("\(n.prefix)ln_f.weight"), finalNormBias: try w("\(n.prefix)ln_f.bias"), head: embedding)
+            tokenEmbedding: embedding, positionEmbedding: try w.buffer(names.positionEmbedding, count: c.maxPositions * d), layers: layers,
+            finalNormWeight: try w.buffer(names.finalNormWeight, count: d), finalNormBias: try w.buffer(names.finalNormBias, count: d),
+            head: w.projection("head", sharing: embedding, tensor: names.tokenEmbedding, rows: c.vocabularySize, inputs: d))
         shape = LayerNormDecoderShape(vocabularySize: c.vocabularySize, hidden: d, heads: c.heads, inner: c.innerSize,
                                       positions: c.maxPositions, eps: c.layerNormEps,
                                       attentionScale: 1 / Float(d / c.heads).squareRoot())

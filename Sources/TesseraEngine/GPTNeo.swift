@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// Hyper-parameters of a GPT-Neo model from its Hugging Face `config.json`.
 public struct GPTNeoConfig: Sendable, Equatable {
@@ -52,7 +53,9 @@ public struct GPTNeoConfig: Sendable, Equatable {
     }
 }
 
-/// GPT-Neo tensor names (`transformer.` prefix optional). Linear weights are stored [out, in].
+/// GPT-Neo tensor names, one table: each per-layer tensor's Hugging Face suffix and the shape the config implies
+/// (`transformer.` prefix optional). Linear weights are stored [out, in]. GPT-Neo is read from Hugging Face
+/// checkpoints only.
 public struct GPTNeoTensorNames: Sendable {
     public let prefix: String
 
@@ -60,20 +63,47 @@ public struct GPTNeoTensorNames: Sendable {
         prefix = source.tensorInfo("transformer.wte.weight") != nil ? "transformer." : ""
     }
 
-    func layer(_ i: Int, _ suffix: String) -> String { "\(prefix)h.\(i).\(suffix)" }
+    public enum LayerTensor: CaseIterable, Sendable {
+        case norm1Weight, norm1Bias, queryWeight, keyWeight, valueWeight, attentionOutputWeight, attentionOutputBias
+        case norm2Weight, norm2Bias, upWeight, upBias, downWeight, downBias
+    }
+
+    static let layerTable: [(tensor: LayerTensor, huggingFace: String)] = [
+        (.norm1Weight, "ln_1.weight"), (.norm1Bias, "ln_1.bias"),
+        (.queryWeight, "attn.attention.q_proj.weight"), (.keyWeight, "attn.attention.k_proj.weight"),
+        (.valueWeight, "attn.attention.v_proj.weight"),
+        (.attentionOutputWeight, "attn.attention.out_proj.weight"), (.attentionOutputBias, "attn.attention.out_proj.bias"),
+        (.norm2Weight, "ln_2.weight"), (.norm2Bias, "ln_2.bias"),
+        (.upWeight, "mlp.c_fc.weight"), (.upBias, "mlp.c_fc.bias"),
+        (.downWeight, "mlp.c_proj.weight"), (.downBias, "mlp.c_proj.bias"),
+    ]
+
+    public func name(_ tensor: LayerTensor, layer i: Int) -> String {
+        "\(prefix)h.\(i).\(Self.layerTable.first { $0.tensor == tensor }?.huggingFace ?? "")"
+    }
+
+    public static func shape(_ tensor: LayerTensor, _ c: GPTNeoConfig) -> [Int] {
+        let d = c.hiddenSize
+        switch tensor {
+        case .norm1Weight, .norm1Bias, .norm2Weight, .norm2Bias, .attentionOutputBias, .downBias: return [d]
+        case .queryWeight, .keyWeight, .valueWeight, .attentionOutputWeight: return [d, d]
+        case .upWeight: return [c.innerSize, d]
+        case .upBias: return [c.innerSize]
+        case .downWeight: return [d, c.innerSize]
+        }
+    }
+
+    public var tokenEmbedding: String { "\(prefix)wte.weight" }
+    public var positionEmbedding: String { "\(prefix)wpe.weight" }
+    public var finalNormWeight: String { "\(prefix)ln_f.weight" }
+    public var finalNormBias: String { "\(prefix)ln_f.bias" }
 
     public func expected(_ c: GPTNeoConfig) -> [(name: String, shape: [Int])] {
         let d = c.hiddenSize
-        var out: [(String, [Int])] = [("\(prefix)wte.weight", [c.vocabularySize, d]), ("\(prefix)wpe.weight", [c.maxPositions, d]),
-                                      ("\(prefix)ln_f.weight", [d]), ("\(prefix)ln_f.bias", [d])]
+        var out: [(String, [Int])] = [(tokenEmbedding, [c.vocabularySize, d]), (positionEmbedding, [c.maxPositions, d]),
+                                      (finalNormWeight, [d]), (finalNormBias, [d])]
         for i in 0..<c.layers {
-            out += [(layer(i, "ln_1.weight"), [d]), (layer(i, "ln_1.bias"), [d]),
-                    (layer(i, "attn.attention.q_proj.weight"), [d, d]), (layer(i, "attn.attention.k_proj.weight"), [d, d]),
-                    (layer(i, "attn.attention.v_proj.weight"), [d, d]),
-                    (layer(i, "attn.attention.out_proj.weight"), [d, d]), (layer(i, "attn.attention.out_proj.bias"), [d]),
-                    (layer(i, "ln_2.weight"), [d]), (layer(i, "ln_2.bias"), [d]),
-                    (layer(i, "mlp.c_fc.weight"), [c.innerSize, d]), (layer(i, "mlp.c_fc.bias"), [c.innerSize]),
-                    (layer(i, "mlp.c_proj.weight"), [d, c.innerSize]), (layer(i, "mlp.c_proj.bias"), [d])]
+            for tensor in LayerTensor.allCases { out.append((name(tensor, layer: i), Self.shape(tensor, c))) }
         }
         return out
     }
@@ -83,12 +113,15 @@ public struct GPTNeoTensorNames: Sendable {
 /// implementation), and alternating global / local layers where a local layer sees only the last `window_size`
 /// positions.
 ///
-/// `final class @unchecked Sendable`: weights are immutable after `init`; per-call state lives in `DecoderState`.
+/// `final class @unchecked Sendable`: weights are immutable after `init` (adapters aside, see `Projection`);
+/// per-call state lives in `DecoderState`.
 public final class GPTNeoModel: DecoderArchitecture, @unchecked Sendable {
     public let config: GPTNeoConfig
     private let shape: LayerNormDecoderShape
     private let weights: LayerNormDecoderWeights
 
+    public var layers: [LayerNormDecoderLayer] { weights.layers }
+    public var head: Projection { weights.head }
     public var vocabularySize: Int { config.vocabularySize }
     public var maxSequenceLength: Int { config.maxPositions }
     public var layerCount: Int { config.layers }
@@ -97,27 +130,30 @@ public final class GPTNeoModel: DecoderArchitecture, @unchecked Sendable {
 
     public init(config c: GPTNeoConfig, source: TensorSource) throws {
         config = c
-        let n = GPTNeoTensorNames(source: source)
-        func w(_ name: String) throws -> WeightBuffer { WeightBuffer(try weightFloats(source, name)) }
-        var layers: [LayerNormDecoderWeights.Layer] = []
+        let names = GPTNeoTensorNames(source: source)
+        let w = CheckpointWeights(source)
+        let d = c.hiddenSize, inner = c.innerSize
+        var layers: [LayerNormDecoderLayer] = []
         for i in 0..<c.layers {
-            let a = "attn.attention."
-            layers.append(.init(
-                ln1Weight: try w(n.layer(i, "ln_1.weight")), ln1Bias: try w(n.layer(i, "ln_1.bias")),
-                qkv: WeightBuffer(stacking: [try weightFloats(source, n.layer(i, a + "q_proj.weight")),
-                                             try weightFloats(source, n.layer(i, a + "k_proj.weight")),
-                                             try weightFloats(source, n.layer(i, a + "v_proj.weight"))]),
-                qkvBias: nil,
-                attnOut: try w(n.layer(i, a + "out_proj.weight")), attnOutBias: try w(n.layer(i, a + "out_proj.bias")),
-                ln2Weight: try w(n.layer(i, "ln_2.weight")), ln2Bias: try w(n.layer(i, "ln_2.bias")),
-                fc: try w(n.layer(i, "mlp.c_fc.weight")), fcBias: try w(n.layer(i, "mlp.c_fc.bias")),
-                proj: try w(n.layer(i, "mlp.c_proj.weight")), projBias: try w(n.layer(i, "mlp.c_proj.bias")),
+            func n(_ t: GPTNeoTensorNames.LayerTensor) -> String { names.name(t, layer: i) }
+            layers.append(LayerNormDecoderLayer(
+                norm1Weight: try w.buffer(n(.norm1Weight), count: d), norm1Bias: try w.buffer(n(.norm1Bias), count: d),
+                attention: .init(
+                    qkv: try w.projection("layers.\(i).attention.qkv", inputs: d,
+                                          parts: [("query", n(.queryWeight), d), ("key", n(.keyWeight), d), ("value", n(.valueWeight), d)]),
+                    output: try w.projection("layers.\(i).attention.output", inputs: d, parts: [("output", n(.attentionOutputWeight), d)],
+                                             biases: [n(.attentionOutputBias)])),
+                norm2Weight: try w.buffer(n(.norm2Weight), count: d), norm2Bias: try w.buffer(n(.norm2Bias), count: d),
+                mlp: .init(
+                    up: try w.projection("layers.\(i).mlp.up", inputs: d, parts: [("up", n(.upWeight), inner)], biases: [n(.upBias)]),
+                    down: try w.projection("layers.\(i).mlp.down", inputs: inner, parts: [("down", n(.downWeight), d)], biases: [n(.downBias)])),
                 window: c.attentionLayers[i] == "local" ? c.windowSize : nil))
         }
-        let embedding = try w("\(n.prefix)wte.weight")
+        let embedding = try w.buffer(names.tokenEmbedding, count: c.vocabularySize * d)
         weights = LayerNormDecoderWeights(
-            tokenEmbedding: embedding, positionEmbedding: try w("\(n.prefix)wpe.weight"), layers: layers,
-            finalNormWeight: try w("\(n.prefix)ln_f.weight"), finalNormBias: try w("\(n.prefix)ln_f.bias"), head: embedding)
+            tokenEmbedding: embedding, positionEmbedding: try w.buffer(names.positionEmbedding, count: c.maxPositions * d), layers: layers,
+            finalNormWeight: try w.buffer(names.finalNormWeight, count: d), finalNormBias: try w.buffer(names.finalNormBias, count: d),
+            head: w.projection("head", sharing: embedding, tensor: names.tokenEmbedding, rows: c.vocabularySize, inputs: d))
         shape = LayerNormDecoderShape(vocabularySize: c.vocabularySize, hidden: c.hiddenSize, heads: c.heads, inner: c.innerSize,
                                       positions: c.maxPositions, eps: c.layerNormEps, attentionScale: 1)
     }

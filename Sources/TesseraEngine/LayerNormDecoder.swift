@@ -1,29 +1,40 @@
 import Foundation
 import TesseraCore
+import TesseraMath
+
+/// One pre-LayerNorm block's weights (GPT-2, GPT-Neo), by role.
+public struct LayerNormDecoderLayer: Sendable {
+    public struct Attention: Sendable {
+        /// Q, K and V fused: slices "query", "key", "value".
+        public let qkv: Projection
+        public let output: Projection
+    }
+
+    public struct MLP: Sendable {
+        /// The first projection (c_fc), before GELU.
+        public let up: Projection
+        /// The second projection (c_proj), back to the hidden size.
+        public let down: Projection
+    }
+
+    let norm1Weight: WeightBuffer, norm1Bias: WeightBuffer
+    public let attention: Attention
+    let norm2Weight: WeightBuffer, norm2Bias: WeightBuffer
+    public let mlp: MLP
+    /// nil: global causal attention; n: each query sees the n most recent positions (itself included).
+    public let window: Int?
+}
 
 /// The pre-LayerNorm transformer block stack that GPT-2 and GPT-Neo share: learned position embeddings,
 /// LN → attention (fused Q/K/V) → output projection, LN → FC → GELU → projection, final LN, tied output head.
 /// The architectures differ only in names, biases, attention scaling and GPT-Neo's local attention windows, which
 /// their own files set up.
 struct LayerNormDecoderWeights {
-    struct Layer {
-        var ln1Weight: WeightBuffer, ln1Bias: WeightBuffer
-        /// [3·d, d]: Q rows, then K, then V (weights stored [out, in]).
-        var qkv: WeightBuffer
-        var qkvBias: WeightBuffer?
-        var attnOut: WeightBuffer, attnOutBias: WeightBuffer
-        var ln2Weight: WeightBuffer, ln2Bias: WeightBuffer
-        var fc: WeightBuffer, fcBias: WeightBuffer
-        var proj: WeightBuffer, projBias: WeightBuffer
-        /// nil: global causal attention; n: each query sees the n most recent positions (itself included).
-        var window: Int?
-    }
-
     var tokenEmbedding: WeightBuffer
     var positionEmbedding: WeightBuffer
-    var layers: [Layer]
+    var layers: [LayerNormDecoderLayer]
     var finalNormWeight: WeightBuffer, finalNormBias: WeightBuffer
-    var head: WeightBuffer
+    var head: Projection
 }
 
 struct LayerNormDecoderShape: Sendable {
@@ -39,13 +50,18 @@ struct LayerNormDecoderShape: Sendable {
 }
 
 enum LayerNormDecoder {
-    /// A row-major [rows, cols] matrix transposed to [cols, rows] (GPT-2's Conv1D stores weights [in, out]).
-    static func transposed(_ m: [Float], rows: Int, cols: Int) -> [Float] {
-        var out = [Float](repeating: 0, count: m.count)
-        for r in 0..<rows { for c in 0..<cols { out[c * rows + r] = m[r * cols + c] } }
-        return out
-    }
-
+    /// One block, activations row-major [T, ·]:
+    ///
+    ///     xn  = layerNorm1(x)                         reads x (the residual stream)
+    ///     qkv = xn · Wqkvᵀ + b                         reads xn
+    ///     a   = attention(q, K cache, V cache)         reads q, the cached keys and values
+    ///     x  += a · Woᵀ + bo                           reads a
+    ///     xn  = layerNorm2(x)                          reads x
+    ///     u   = xn · Wupᵀ + b                          reads xn
+    ///     h   = gelu(u)                                reads u
+    ///     x  += h · Wdownᵀ + b                         reads h
+    ///
+    /// With `state.recorder` set, x, xn, qkv, a, u and h are handed to it as they are produced (`ActivationSite`).
     static func forward(_ tokens: [Int], state: DecoderState, layout: TokenLayout, logitRows: [Int], shape s: LayerNormDecoderShape,
                         weights w: LayerNormDecoderWeights) -> [Float] {
         let T = tokens.count, start = state.length
@@ -54,43 +70,46 @@ enum LayerNormDecoder {
         let x = sc.buffer(0, count: T * d), xn = sc.buffer(1, count: T * d)
         let qkv = sc.buffer(2, count: T * qkvDim), attn = sc.buffer(3, count: T * d)
         let hidden = sc.buffer(4, count: T * s.inner)
-        let scores = sc.buffer(6, count: DecoderKernels.attentionScratchCount(tokens: T, start: start, heads: s.heads, kvHeads: s.heads, headDim: s.headDim))
+        let scores = sc.buffer(6, count: Attention.scratchCount(tokens: T, start: start, heads: s.heads, kvHeads: s.heads, headDim: s.headDim))
+        let recorder = state.recorder
+        let threads = Linalg.threads
         for (t, token) in tokens.enumerated() {
             let row = x + t * d, te = w.tokenEmbedding.p + token * d, pe = w.positionEmbedding.p + layout.positions[t] * d
             for j in 0..<d { row[j] = te[j] + pe[j] }
         }
         for (l, layer) in w.layers.enumerated() {
-            DecoderKernels.layerNorm(x, layer.ln1Weight.p, layer.ln1Bias.p, xn, rows: T, dim: d, eps: s.eps)
-            DecoderKernels.linear(xn, layer.qkv.p, bias: layer.qkvBias?.p, qkv, tokens: T, inDim: d, outDim: qkvDim)
+            recorder?.record(.attentionNormInput, layer: l, values: x, rows: T, width: d)
+            VectorKernels.layerNorm(x, layer.norm1Weight.p, layer.norm1Bias.p, xn, rows: T, dim: d, eps: s.eps)
+            recorder?.record(.attentionInput, layer: l, values: xn, rows: T, width: d)
+            layer.attention.qkv.apply(xn, rows: T, into: qkv)
+            recorder?.record(.queryKeyValue, layer: l, values: qkv, rows: T, width: qkvDim)
             state.store(layer: l, keys: qkv + d, values: qkv + 2 * d, ld: qkvDim, tokens: T, start: start)
-            DecoderKernels.attention(
+            Attention.attend(
                 q: qkv, ldq: qkvDim, layout: layout,
                 keys: state.keys[l], values: state.values[l], cacheCapacity: state.capacity,
-                heads: s.heads, kvHeads: s.heads, headDim: s.headDim, scale: s.attentionScale, window: layer.window,
+                heads: s.heads, kvHeads: s.heads, headDim: s.headDim, scale: s.attentionScale, window: layer.window, threads: threads,
                 scratch: scores, out: attn, ldo: d)
-            DecoderKernels.linear(attn, layer.attnOut.p, bias: nil, x, tokens: T, inDim: d, outDim: d, accumulate: true)
-            addBias(x, layer.attnOutBias.p, rows: T, dim: d)
-            DecoderKernels.layerNorm(x, layer.ln2Weight.p, layer.ln2Bias.p, xn, rows: T, dim: d, eps: s.eps)
-            DecoderKernels.linear(xn, layer.fc.p, bias: layer.fcBias.p, hidden, tokens: T, inDim: d, outDim: s.inner)
-            DecoderKernels.geluTanh(hidden, count: T * s.inner)
-            DecoderKernels.linear(hidden, layer.proj.p, bias: nil, x, tokens: T, inDim: s.inner, outDim: d, accumulate: true)
-            addBias(x, layer.projBias.p, rows: T, dim: d)
+            recorder?.record(.attentionOutput, layer: l, values: attn, rows: T, width: d)
+            layer.attention.output.apply(attn, rows: T, into: x, accumulate: true)
+            recorder?.record(.mlpNormInput, layer: l, values: x, rows: T, width: d)
+            VectorKernels.layerNorm(x, layer.norm2Weight.p, layer.norm2Bias.p, xn, rows: T, dim: d, eps: s.eps)
+            recorder?.record(.mlpInput, layer: l, values: xn, rows: T, width: d)
+            layer.mlp.up.apply(xn, rows: T, into: hidden)
+            recorder?.record(.mlpUp, layer: l, values: hidden, rows: T, width: s.inner)
+            VectorKernels.gelu(hidden, count: T * s.inner, .tanh)
+            recorder?.record(.mlpHidden, layer: l, values: hidden, rows: T, width: s.inner)
+            layer.mlp.down.apply(hidden, rows: T, into: x, accumulate: true)
         }
         state.length = start + T
         for (i, r) in logitRows.enumerated() {
-            DecoderKernels.layerNorm(x + r * d, w.finalNormWeight.p, w.finalNormBias.p, xn + i * d, rows: 1, dim: d, eps: s.eps)
+            recorder?.record(.finalNormInput, layer: nil, values: x + r * d, rows: 1, width: d)
+            VectorKernels.layerNorm(x + r * d, w.finalNormWeight.p, w.finalNormBias.p, xn + i * d, rows: 1, dim: d, eps: s.eps)
         }
+        recorder?.record(.headInput, layer: nil, values: xn, rows: logitRows.count, width: d)
         var logits = [Float](repeating: 0, count: logitRows.count * s.vocabularySize)
         logits.withUnsafeMutableBufferPointer {
-            DecoderKernels.linear(xn, w.head.p, bias: nil, $0.baseAddress!, tokens: logitRows.count, inDim: d, outDim: s.vocabularySize)
+            if let base = $0.baseAddress { w.head.apply(xn, rows: logitRows.count, into: base) }
         }
         return logits
-    }
-
-    private static func addBias(_ x: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, rows: Int, dim: Int) {
-        for r in 0..<rows {
-            let row = x + r * dim
-            for j in 0..<dim { row[j] += b[j] }
-        }
     }
 }

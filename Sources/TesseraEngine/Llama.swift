@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// Hyper-parameters of a Llama-architecture model (Llama 2/3, SmolLM, TinyLlama, Mistral without sliding window).
 public struct LlamaConfig: Sendable, Equatable {
@@ -16,7 +17,7 @@ public struct LlamaConfig: Sendable, Equatable {
     public var maxPositions: Int
     public var tiedEmbeddings: Bool
     /// GGUF files from llama.cpp's converter rotate adjacent pairs; Hugging Face checkpoints rotate split halves.
-    var ropeLayout: DecoderKernels.RoPELayout
+    var ropeLayout: VectorKernels.RoPELayout
     public var ropeRotatesAdjacentPairs: Bool { ropeLayout == .adjacentPairs }
 
     /// From GGUF metadata (`llama.*` keys); the vocabulary size comes from `token_embd.weight`.
@@ -135,61 +136,103 @@ public struct LlamaConfig: Sendable, Equatable {
     }
 }
 
-/// Checkpoint tensor names of a Llama model, in GGUF or Hugging Face spelling.
+/// Checkpoint tensor names of a Llama model, in GGUF or Hugging Face spelling: one table maps each of a layer's
+/// tensors to both spellings and to the shape the config implies. Loading, the tensor check before loading, and the
+/// GGUF import all read it.
 public struct LlamaTensorNames: Sendable {
     public enum Convention: Sendable { case gguf, huggingFace }
     public let convention: Convention
+
+    public init(convention: Convention) { self.convention = convention }
+
+    /// The tensors of one decoder layer.
+    public enum LayerTensor: CaseIterable, Sendable {
+        case attentionNorm, query, key, value, attentionOutput, mlpNorm, gate, up, down
+    }
+
+    /// (tensor, GGUF name, Hugging Face name) with `{i}` for the layer index.
+    static let layerTable: [(tensor: LayerTensor, gguf: String, huggingFace: String)] = [
+        (.attentionNorm, "blk.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+        (.query, "blk.{i}.attn_q.weight", "model.layers.{i}.self_attn.q_proj.weight"),
+        (.key, "blk.{i}.attn_k.weight", "model.layers.{i}.self_attn.k_proj.weight"),
+        (.value, "blk.{i}.attn_v.weight", "model.layers.{i}.self_attn.v_proj.weight"),
+        (.attentionOutput, "blk.{i}.attn_output.weight", "model.layers.{i}.self_attn.o_proj.weight"),
+        (.mlpNorm, "blk.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+        (.gate, "blk.{i}.ffn_gate.weight", "model.layers.{i}.mlp.gate_proj.weight"),
+        (.up, "blk.{i}.ffn_up.weight", "model.layers.{i}.mlp.up_proj.weight"),
+        (.down, "blk.{i}.ffn_down.weight", "model.layers.{i}.mlp.down_proj.weight"),
+    ]
 
     public var embedding: String { convention == .gguf ? "token_embd.weight" : "model.embed_tokens.weight" }
     public var finalNorm: String { convention == .gguf ? "output_norm.weight" : "model.norm.weight" }
     public var output: String { convention == .gguf ? "output.weight" : "lm_head.weight" }
 
-    /// Per-layer names: attention norm, q, k, v, o, FFN norm, gate, up, down.
-    public func layer(_ i: Int) -> [String] {
-        switch convention {
-        case .gguf:
-            return ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
-                .map { "blk.\(i).\($0).weight" }
-        case .huggingFace:
-            return ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                    "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-                .map { "model.layers.\(i).\($0).weight" }
+    /// The checkpoint name of `tensor` in layer `i`.
+    public func name(_ tensor: LayerTensor, layer i: Int) -> String {
+        guard let entry = Self.layerTable.first(where: { $0.tensor == tensor }) else { return "" }
+        return (convention == .gguf ? entry.gguf : entry.huggingFace).replacingOccurrences(of: "{i}", with: String(i))
+    }
+
+    /// Per-layer names in table order: attention norm, q, k, v, o, FFN norm, gate, up, down.
+    public func layer(_ i: Int) -> [String] { LayerTensor.allCases.map { name($0, layer: i) } }
+
+    /// The shape `tensor` has under config `c`.
+    public static func shape(_ tensor: LayerTensor, _ c: LlamaConfig) -> [Int] {
+        let qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim
+        switch tensor {
+        case .attentionNorm, .mlpNorm: return [c.hiddenSize]
+        case .query: return [qd, c.hiddenSize]
+        case .key, .value: return [kvd, c.hiddenSize]
+        case .attentionOutput: return [c.hiddenSize, qd]
+        case .gate, .up: return [c.intermediateSize, c.hiddenSize]
+        case .down: return [c.hiddenSize, c.intermediateSize]
         }
     }
 
     /// Every tensor the model needs with the shape its config implies.
     public func expected(_ c: LlamaConfig) -> [(name: String, shape: [Int])] {
-        let qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim
         var out: [(String, [Int])] = [(embedding, [c.vocabularySize, c.hiddenSize]), (finalNorm, [c.hiddenSize])]
         if !c.tiedEmbeddings { out.append((output, [c.vocabularySize, c.hiddenSize])) }
         for i in 0..<c.layers {
-            let n = layer(i)
-            let shapes = [[c.hiddenSize], [qd, c.hiddenSize], [kvd, c.hiddenSize], [kvd, c.hiddenSize], [c.hiddenSize, qd],
-                          [c.hiddenSize], [c.intermediateSize, c.hiddenSize], [c.intermediateSize, c.hiddenSize],
-                          [c.hiddenSize, c.intermediateSize]]
-            for (name, shape) in zip(n, shapes) { out.append((name, shape)) }
+            for tensor in LayerTensor.allCases { out.append((name(tensor, layer: i), Self.shape(tensor, c))) }
         }
         return out
     }
 }
 
+/// One Llama decoder layer's weights, by role.
+public struct LlamaLayer: Sendable {
+    public struct Attention: Sendable {
+        /// Q, K and V fused: slices "query", "key", "value".
+        public let qkv: Projection
+        public let output: Projection
+    }
+
+    public struct MLP: Sendable {
+        /// Gate and up fused: slices "gate", "up".
+        public let gateUp: Projection
+        public let down: Projection
+    }
+
+    let attentionNorm: WeightBuffer
+    public let attention: Attention
+    let mlpNorm: WeightBuffer
+    public let mlp: MLP
+}
+
 /// A Llama decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU FFN, optionally tied output head.
-/// Q/K/V and gate/up projections are fused into one matrix each so a layer makes four matrix products.
+/// Q/K/V and gate/up are fused projections, so a layer makes four matrix products.
 ///
-/// `final class @unchecked Sendable`: weights are immutable after `init`; per-call state lives in `DecoderState`.
+/// `final class @unchecked Sendable`: weights are immutable after `init` (adapters aside, see `Projection`);
+/// per-call state lives in `DecoderState`.
 public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
     public let config: LlamaConfig
+    public let layers: [LlamaLayer]
+    /// The output head ([vocabulary, hidden]; the embedding's rows when tied).
+    public let head: Projection
     private let embedding: WeightBuffer
-    private let head: WeightBuffer
     private let finalNorm: WeightBuffer
-    private let attnNorm: [WeightBuffer], qkv: [WeightBuffer], attnOut: [WeightBuffer]
-    private let ffnNorm: [WeightBuffer], gateUp: [WeightBuffer], down: [WeightBuffer]
     private let ropeCos: [Float], ropeSin: [Float]
-    /// The same matrices in the GGUF's own Q4_1/Q8_0 blocks, for single-token products (decoding reads every weight
-    /// once per token, so its speed is the bytes read); nil where the checkpoint is not such a GGUF.
-    private let blockQKV: [BlockQuantizedMatrix?], blockAttnOut: [BlockQuantizedMatrix?]
-    private let blockGateUp: [BlockQuantizedMatrix?], blockDown: [BlockQuantizedMatrix?]
-    private let blockHead: BlockQuantizedMatrix?
 
     public var vocabularySize: Int { config.vocabularySize }
     /// The config's context, capped so the RoPE tables stay small (32k positions · headDim floats).
@@ -202,35 +245,45 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
     /// Loads weights from `source` named by `names`. Call through `loadCausalLM`, which checks names and shapes first.
     public init(config c: LlamaConfig, source: TensorSource, names: LlamaTensorNames) throws {
         config = c
-        embedding = WeightBuffer(try weightFloats(source, names.embedding))
-        head = c.tiedEmbeddings ? embedding : WeightBuffer(try weightFloats(source, names.output))
-        finalNorm = WeightBuffer(try weightFloats(source, names.finalNorm))
-        var an: [WeightBuffer] = [], q: [WeightBuffer] = [], o: [WeightBuffer] = []
-        var fn: [WeightBuffer] = [], gu: [WeightBuffer] = [], dn: [WeightBuffer] = []
+        let w = CheckpointWeights(source)
+        let d = c.hiddenSize, qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim, ffn = c.intermediateSize
+        embedding = try w.buffer(names.embedding, count: c.vocabularySize * d)
+        head = c.tiedEmbeddings
+            ? w.projection("head", sharing: embedding, tensor: names.embedding, rows: c.vocabularySize, inputs: d)
+            : try w.projection("head", inputs: d, parts: [("logits", names.output, c.vocabularySize)])
+        finalNorm = try w.buffer(names.finalNorm, count: d)
+        var layers: [LlamaLayer] = []
         for i in 0..<c.layers {
-            let n = names.layer(i)
-            an.append(WeightBuffer(try weightFloats(source, n[0])))
-            q.append(WeightBuffer(stacking: [try weightFloats(source, n[1]), try weightFloats(source, n[2]), try weightFloats(source, n[3])]))
-            o.append(WeightBuffer(try weightFloats(source, n[4])))
-            fn.append(WeightBuffer(try weightFloats(source, n[5])))
-            gu.append(WeightBuffer(stacking: [try weightFloats(source, n[6]), try weightFloats(source, n[7])]))
-            dn.append(WeightBuffer(try weightFloats(source, n[8])))
+            func n(_ t: LlamaTensorNames.LayerTensor) -> String { names.name(t, layer: i) }
+            layers.append(LlamaLayer(
+                attentionNorm: try w.buffer(n(.attentionNorm), count: d),
+                attention: .init(
+                    qkv: try w.projection("layers.\(i).attention.qkv", inputs: d,
+                                          parts: [("query", n(.query), qd), ("key", n(.key), kvd), ("value", n(.value), kvd)]),
+                    output: try w.projection("layers.\(i).attention.output", inputs: qd, parts: [("output", n(.attentionOutput), d)])),
+                mlpNorm: try w.buffer(n(.mlpNorm), count: d),
+                mlp: .init(
+                    gateUp: try w.projection("layers.\(i).mlp.gateUp", inputs: d, parts: [("gate", n(.gate), ffn), ("up", n(.up), ffn)]),
+                    down: try w.projection("layers.\(i).mlp.down", inputs: ffn, parts: [("down", n(.down), d)]))))
         }
-        attnNorm = an; qkv = q; attnOut = o; ffnNorm = fn; gateUp = gu; down = dn
-        if let gguf = source as? GGUFFile, names.convention == .gguf {
-            let layers = (0..<c.layers).map { names.layer($0) }
-            blockQKV = layers.map { BlockQuantizedMatrix(gguf: gguf, names: [$0[1], $0[2], $0[3]]) }
-            blockAttnOut = layers.map { BlockQuantizedMatrix(gguf: gguf, names: [$0[4]]) }
-            blockGateUp = layers.map { BlockQuantizedMatrix(gguf: gguf, names: [$0[6], $0[7]]) }
-            blockDown = layers.map { BlockQuantizedMatrix(gguf: gguf, names: [$0[8]]) }
-            blockHead = BlockQuantizedMatrix(gguf: gguf, names: [c.tiedEmbeddings ? names.embedding : names.output])
-        } else {
-            blockQKV = Array(repeating: nil, count: c.layers); blockAttnOut = blockQKV; blockGateUp = blockQKV; blockDown = blockQKV
-            blockHead = nil
-        }
-        (ropeCos, ropeSin) = DecoderKernels.ropeTables(positions: min(c.maxPositions, Self.maxTablePositions), headDim: c.headDim, base: c.ropeTheta)
+        self.layers = layers
+        (ropeCos, ropeSin) = VectorKernels.ropeTables(positions: min(c.maxPositions, Self.maxTablePositions), headDim: c.headDim, base: c.ropeTheta)
     }
 
+    /// One layer, activations row-major [T, ·]:
+    ///
+    ///     xn   = rmsNorm(x) · attentionNorm          reads x (the residual stream)
+    ///     qkv  = xn · Wqkvᵀ                            reads xn
+    ///     q, k = rope(q, k)                            reads positions (linear in q, k)
+    ///     a    = attention(q, K cache, V cache)        reads q, the cached keys and values (probabilities recomputable)
+    ///     x   += a · Woᵀ                               reads a
+    ///     xn   = rmsNorm(x) · mlpNorm                  reads x
+    ///     gu   = xn · Wguᵀ                             reads xn
+    ///     h    = silu(gate) · up                       reads gu
+    ///     x   += h · Wdᵀ                               reads h
+    ///
+    /// With `state.recorder` set, each of x, xn, qkv (after RoPE), a, gu and h is handed to it as it is produced
+    /// (`ActivationSite`): what a backward pass reads.
     public func forward(_ tokens: [Int], state: DecoderState, logitRows: [Int], segments: [Int]?) throws -> [Float] {
         let layout = try prepare(tokens, state: state, segments: segments)
         let c = config
@@ -241,46 +294,47 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
         let x = s.buffer(0, count: T * d), xn = s.buffer(1, count: T * d)
         let qkvOut = s.buffer(2, count: T * qkvDim), attn = s.buffer(3, count: T * qd)
         let gu = s.buffer(4, count: T * 2 * ffn), hidden = s.buffer(5, count: T * ffn)
-        let scores = s.buffer(6, count: DecoderKernels.attentionScratchCount(tokens: T, start: start, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim))
+        let scores = s.buffer(6, count: Attention.scratchCount(tokens: T, start: start, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim))
+        let recorder = state.recorder
 
         for (t, token) in tokens.enumerated() {
             (x + t * d).update(from: embedding.p + token * d, count: d)
         }
         let scale = 1 / Float(c.headDim).squareRoot()
         let threads = Linalg.threads
-        /// One token through the block-encoded weights when there are some, else float32 through BLAS.
-        func project(_ input: UnsafePointer<Float>, _ weights: WeightBuffer, _ blocks: BlockQuantizedMatrix?,
-                     _ output: UnsafeMutablePointer<Float>, tokens: Int, inDim: Int, outDim: Int, accumulate: Bool = false) {
-            if tokens == 1, let blocks {
-                blocks.apply(input, output, accumulate: accumulate, threads: threads)
-            } else {
-                DecoderKernels.linear(input, weights.p, bias: nil, output, tokens: tokens, inDim: inDim, outDim: outDim, accumulate: accumulate)
-            }
-        }
         ropeCos.withUnsafeBufferPointer { cosTable in
           ropeSin.withUnsafeBufferPointer { sinTable in
             layout.positions.withUnsafeBufferPointer { positions in
-                for l in 0..<c.layers {
-                    DecoderKernels.rmsNorm(x, attnNorm[l].p, xn, rows: T, dim: d, eps: c.rmsNormEps)
-                    project(xn, qkv[l], blockQKV[l], qkvOut, tokens: T, inDim: d, outDim: qkvDim)
-                    DecoderKernels.applyRoPE(qkvOut, ld: qkvDim, tokens: T, heads: c.heads, headDim: c.headDim, positions: positions.baseAddress!,
-                                             cos: cosTable.baseAddress!, sin: sinTable.baseAddress!, layout: c.ropeLayout)
-                    DecoderKernels.applyRoPE(qkvOut + qd, ld: qkvDim, tokens: T, heads: c.kvHeads, headDim: c.headDim, positions: positions.baseAddress!,
-                                             cos: cosTable.baseAddress!, sin: sinTable.baseAddress!, layout: c.ropeLayout)
+                guard let cosBase = cosTable.baseAddress, let sinBase = sinTable.baseAddress, let positionBase = positions.baseAddress else { return }
+                for (l, layer) in layers.enumerated() {
+                    recorder?.record(.attentionNormInput, layer: l, values: x, rows: T, width: d)
+                    VectorKernels.rmsNorm(x, layer.attentionNorm.p, xn, rows: T, dim: d, eps: c.rmsNormEps)
+                    recorder?.record(.attentionInput, layer: l, values: xn, rows: T, width: d)
+                    layer.attention.qkv.apply(xn, rows: T, into: qkvOut)
+                    VectorKernels.applyRoPE(qkvOut, ld: qkvDim, tokens: T, heads: c.heads, headDim: c.headDim, positions: positionBase,
+                                            cos: cosBase, sin: sinBase, layout: c.ropeLayout)
+                    VectorKernels.applyRoPE(qkvOut + qd, ld: qkvDim, tokens: T, heads: c.kvHeads, headDim: c.headDim, positions: positionBase,
+                                            cos: cosBase, sin: sinBase, layout: c.ropeLayout)
                     if c.ropeLayout == .splitHalves {
-                        DecoderKernels.interleaveHalves(qkvOut, ld: qkvDim, tokens: T, heads: c.heads + c.kvHeads, headDim: c.headDim)
+                        VectorKernels.interleaveHalves(qkvOut, ld: qkvDim, tokens: T, heads: c.heads + c.kvHeads, headDim: c.headDim)
                     }
+                    recorder?.record(.queryKeyValue, layer: l, values: qkvOut, rows: T, width: qkvDim)
                     state.store(layer: l, keys: qkvOut + qd, values: qkvOut + qd + kvd, ld: qkvDim, tokens: T, start: start)
-                    DecoderKernels.attention(
+                    Attention.attend(
                         q: qkvOut, ldq: qkvDim, layout: layout,
                         keys: state.keys[l], values: state.values[l], cacheCapacity: state.capacity,
-                        heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scale: scale, window: nil,
+                        heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scale: scale, window: nil, threads: threads,
                         scratch: scores, out: attn, ldo: qd)
-                    project(attn, attnOut[l], blockAttnOut[l], x, tokens: T, inDim: qd, outDim: d, accumulate: true)
-                    DecoderKernels.rmsNorm(x, ffnNorm[l].p, xn, rows: T, dim: d, eps: c.rmsNormEps)
-                    project(xn, gateUp[l], blockGateUp[l], gu, tokens: T, inDim: d, outDim: 2 * ffn)
-                    DecoderKernels.swiGLU(gu, hidden, tokens: T, ffn: ffn)
-                    project(hidden, down[l], blockDown[l], x, tokens: T, inDim: ffn, outDim: d, accumulate: true)
+                    recorder?.record(.attentionOutput, layer: l, values: attn, rows: T, width: qd)
+                    layer.attention.output.apply(attn, rows: T, into: x, accumulate: true)
+                    recorder?.record(.mlpNormInput, layer: l, values: x, rows: T, width: d)
+                    VectorKernels.rmsNorm(x, layer.mlpNorm.p, xn, rows: T, dim: d, eps: c.rmsNormEps)
+                    recorder?.record(.mlpInput, layer: l, values: xn, rows: T, width: d)
+                    layer.mlp.gateUp.apply(xn, rows: T, into: gu)
+                    recorder?.record(.mlpUp, layer: l, values: gu, rows: T, width: 2 * ffn)
+                    VectorKernels.swiGLU(gu, hidden, tokens: T, ffn: ffn)
+                    recorder?.record(.mlpHidden, layer: l, values: hidden, rows: T, width: ffn)
+                    layer.mlp.down.apply(hidden, rows: T, into: x, accumulate: true)
                 }
             }
           }
@@ -289,11 +343,13 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
 
         // Final norm and output head only for the rows whose logits are wanted.
         for (i, r) in logitRows.enumerated() {
-            DecoderKernels.rmsNorm(x + r * d, finalNorm.p, xn + i * d, rows: 1, dim: d, eps: c.rmsNormEps)
+            recorder?.record(.finalNormInput, layer: nil, values: x + r * d, rows: 1, width: d)
+            VectorKernels.rmsNorm(x + r * d, finalNorm.p, xn + i * d, rows: 1, dim: d, eps: c.rmsNormEps)
         }
+        recorder?.record(.headInput, layer: nil, values: xn, rows: logitRows.count, width: d)
         var logits = [Float](repeating: 0, count: logitRows.count * c.vocabularySize)
         logits.withUnsafeMutableBufferPointer {
-            project(xn, head, blockHead, $0.baseAddress!, tokens: logitRows.count, inDim: d, outDim: c.vocabularySize)
+            if let base = $0.baseAddress { head.apply(xn, rows: logitRows.count, into: base) }
         }
         return logits
     }

@@ -1,6 +1,6 @@
-import COpenBLAS
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// PEFT's `add_weighted_adapter` for LoRA factors (layout: A [r, d_in], B [d_out, r], ΔW = s · B · A), on ΔW, the
 /// thing that is actually added to the weights:
@@ -72,13 +72,18 @@ public enum LoRACombination {
     public static func deltaWeight(_ adapters: [Adapter], weights: [Float]) throws -> [Float] {
         try check(adapters, weights)
         let dOut = adapters[0].outFeatures, dIn = adapters[0].inFeatures
-        var out = [Float](repeating: 0, count: dOut * dIn)
+        let (count, overflow) = dOut.multipliedReportingOverflow(by: dIn)
+        guard !overflow else {
+            throw TesseraError(.shapeMismatch, "LoRA ΔW of \(dOut) × \(dIn) values is too large to compute", hint: "check the adapters' shapes")
+        }
+        var out = [Float](repeating: 0, count: count)
+        guard count > 0 else { return out }  // an empty layer: nothing to multiply (and no storage to point at)
         for (ad, w) in zip(adapters, weights) {
             ad.b.withUnsafeBufferPointer { bp in
                 ad.a.withUnsafeBufferPointer { ap in
                     out.withUnsafeMutableBufferPointer { op in
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(dOut), Int32(dIn), Int32(ad.rank),
-                                    w * ad.scaling, bp.baseAddress, Int32(ad.rank), ap.baseAddress, Int32(dIn), 1, op.baseAddress, Int32(dIn))
+                        Linalg.matmul(bp.baseAddress!, ap.baseAddress!, op.baseAddress!, m: dOut, n: dIn, k: ad.rank,
+                                      alpha: w * ad.scaling, beta: 1)
                     }
                 }
             }
@@ -120,8 +125,7 @@ public enum LoRACombination {
             s.withUnsafeMutableBufferPointer { sp in
                 u.withUnsafeMutableBufferPointer { up in
                     vt.withUnsafeMutableBufferPointer { vp in
-                        LAPACKE_sgesdd(LAPACK_ROW_MAJOR, Int8(UInt8(ascii: "S")), Int32(m), Int32(n), wp.baseAddress, Int32(n),
-                                       sp.baseAddress, up.baseAddress, Int32(k), vp.baseAddress, Int32(n))
+                        Linalg.svd(wp.baseAddress!, m: m, n: n, s: sp.baseAddress!, u: up.baseAddress!, vt: vp.baseAddress!)
                     }
                 }
             }
@@ -139,11 +143,11 @@ public enum LoRACombination {
 
     static func matmul(_ x: [Float], _ y: [Float], m: Int, k: Int, n: Int) -> [Float] {
         var out = [Float](repeating: 0, count: m * n)
+        guard m > 0, n > 0, k > 0 else { return out }  // a product with an empty side is zero
         x.withUnsafeBufferPointer { xp in
             y.withUnsafeBufferPointer { yp in
                 out.withUnsafeMutableBufferPointer { op in
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1,
-                                xp.baseAddress, Int32(k), yp.baseAddress, Int32(n), 0, op.baseAddress, Int32(n))
+                    Linalg.matmul(xp.baseAddress!, yp.baseAddress!, op.baseAddress!, m: m, n: n, k: k)
                 }
             }
         }

@@ -3,7 +3,8 @@
 // GGUF encoding (Q4_1: 5 bits per weight, Q8_0: 8.5), so a token reads a fraction of the memory float32 weights
 // need. Each row is dequantised exactly as ggml defines it (value = d * q + m, or d * q) and summed in float32.
 //
-// W is row-major: `rows` rows of `cols / 32` blocks each (cols a multiple of 32).
+// W is row-major: `rows` rows of `cols / 32` blocks each (cols a multiple of 32), repacked by tessera_repack_* from
+// the GGUF's blocks: per row the blocks' f16 scales (Q4_1: then their f16 minimums), then their quants, same bytes.
 // y[r] = sum_c W[r, c] * x[c], added to y[r] when `accumulate` is non-zero.
 #include <stddef.h>
 
@@ -11,13 +12,47 @@
 extern "C" {
 #endif
 
+/// Reorders `rows` rows of ggml blocks (20 bytes per Q4_1 block, 34 per Q8_0) into the kernels' row layout, same size.
+void tessera_repack_q4_1(const void *src, size_t rows, size_t cols, void *dst);
+void tessera_repack_q8_0(const void *src, size_t rows, size_t cols, void *dst);
+
 void tessera_matvec_q4_1(const void *w, size_t rows, size_t cols, const float *x, float *y, int accumulate);
 void tessera_matvec_q8_0(const void *w, size_t rows, size_t cols, const float *x, float *y, int accumulate);
 
-/// 1 when the AVX2/FMA/F16C kernels are in use on this CPU, 0 for the portable ones.
+/// Y[t] = W·X[t] (or +=) for `tokens` tokens, x rows at stride ldx, y rows at stride ldy (y[t * ldy + r]): each row's
+/// blocks are dequantised once for up to 16 tokens. Without AVX-512 it runs the single-token kernel per token.
+void tessera_matmul_q4_1(const void *w, size_t rows, size_t cols, const float *x, size_t ldx, size_t tokens, float *y,
+                         size_t ldy, int accumulate);
+void tessera_matmul_q8_0(const void *w, size_t rows, size_t cols, const float *x, size_t ldx, size_t tokens, float *y,
+                         size_t ldy, int accumulate);
+/// 1 when tessera_matmul_* has its several-token kernels (AVX-512) on this CPU.
+int tessera_matmul_blocks_available(void);
+
+/// 1 when vector kernels (AVX2 or wider) are in use on this CPU, 0 for the portable ones.
 int tessera_kernels_vectorised(void);
+/// 0 portable, 1 AVX2/FMA/F16C, 2 AVX-512: the widest the CPU has that the tests allow.
+int tessera_kernels_level(void);
 /// Tests: 1 forces the portable kernels, 0 undoes one such call (calls nest).
 void tessera_kernels_force_portable(int portable);
+/// Tests: 1 caps the kernels at AVX2 (so that they run where AVX-512 would be chosen), 0 undoes one such call.
+void tessera_kernels_force_avx2(int avx2);
+/// What the CPU (and OS) support, whatever the tests force.
+int tessera_cpu_has_avx2(void);
+int tessera_cpu_has_avx512(void);
+
+/// Runs fn(ctx, i) for i in 0..<tasks on the calling thread and the pool's workers (one per extra core, started on
+/// first use), and returns 1 when all are done. Returns 0 without running anything when the pool is busy with another
+/// caller's region, when called from inside a region, or when there are no workers: the caller runs the loop some
+/// other way.
+int tessera_parallel_run(size_t tasks, void (*fn)(void *ctx, size_t index), void *ctx);
+/// How long idle workers spin (in pause instructions) before they sleep.
+void tessera_parallel_set_spin(long pauses);
+
+/// Attention of one new token for the `group` query heads sharing a KV head: q [group][head_dim] (contiguous heads),
+/// keys and values [n][head_dim] (the positions it sees, contiguous), out [group][head_dim] =
+/// softmax(scale * q·k) · V. `scores` is scratch for group * n floats.
+void tessera_attend_decode(size_t group, const float *q, const float *keys, const float *values, size_t n,
+                           size_t head_dim, float scale, float *scores, float *out);
 
 #ifdef __cplusplus
 }

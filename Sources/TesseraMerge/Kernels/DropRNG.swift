@@ -1,3 +1,5 @@
+import TesseraMath
+
 /// The random numbers behind DARE's drop masks: SplitMix64 used as a counter-based generator.
 ///
 /// Element j of model m's task vector for tensor `name` under seed s is kept when
@@ -13,12 +15,7 @@ public enum DropRNG {
     static let golden: UInt64 = 0x9E37_79B9_7F4A_7C15
 
     @inline(__always)
-    public static func mix64(_ z0: UInt64) -> UInt64 {
-        var z = z0
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    public static func mix64(_ z0: UInt64) -> UInt64 { MergeKernels.mix64(z0) }
 
     public static func fnv1a64(_ s: String) -> UInt64 {
         var h: UInt64 = 0xCBF2_9CE4_8422_2325
@@ -38,12 +35,6 @@ public enum DropRNG {
     /// DARE's drop: keeps each entry with probability `density` and zeroes the rest, in place (the kept fraction is
     /// density in expectation). Rescaling is the caller's.
     static func drop(_ x: UnsafeMutableBufferPointer<Float>, density: Double, key: UInt64) {
-        let limit = threshold(density: density)
-        Parallel.forChunks(x.count) { _, r in
-            for j in r {
-                let u = mix64(key &+ UInt64(j + 1) &* golden) >> 11
-                if u >= limit { x[j] = 0 }
-            }
-        }
+        MergeKernels.randomDrop(x, key: key, increment: golden, limit: threshold(density: density))
     }
 }

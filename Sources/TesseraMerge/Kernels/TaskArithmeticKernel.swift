@@ -1,5 +1,6 @@
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// mergekit's "generalized task arithmetic", the kernel under task_arithmetic, ties, dare_linear, dare_ties,
 /// breadcrumbs and breadcrumbs_ties (mergekit 0.1.5 semantics, as restated in the reference spec `mk_gta`):
@@ -62,11 +63,7 @@ enum TaskArithmeticKernel {
             let mp = input.modelParameters[i]
             weights.append(Float(try mp.double("weight")))
             let density = try density(mp, model: i, tensor: input.name, method: method)
-            d.withUnsafeMutableBufferPointer { dp in
-                base.withUnsafeBufferPointer { bp in
-                    Parallel.forChunks(n) { _, r in for j in r { dp[j] -= bp[j] } }
-                }
-            }
+            d.withUnsafeMutableBufferPointer { dp in base.withUnsafeBufferPointer { MergeKernels.subtract(dp, $0) } }
             if density < 1, n > 0 {
                 switch sparsification {
                 case .none:
@@ -96,7 +93,7 @@ enum TaskArithmeticKernel {
                         if rescaleMode == "density" {
                             // The DARE paper's rescale: survivors divided by the keep probability.
                             let fd = Float(density)
-                            d.withUnsafeMutableBufferPointer { dp in Parallel.forChunks(n) { _, r in for j in r { dp[j] /= fd } } }
+                            d.withUnsafeMutableBufferPointer { MergeKernels.divide($0, by: fd) }
                         } else {
                             rescaleL1(&d, originalSum: before)
                         }
@@ -128,69 +125,18 @@ enum TaskArithmeticKernel {
             for i in 0..<m { deltaPointers[i] = dps[i] }
             base.withUnsafeMutableBufferPointer { bp in
                 let out = bp.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
+                let kernelConsensus: MergeKernels.Consensus = consensus == .none ? .none : (consensus == .sum ? .sum : .count)
                 Parallel.forChunks(n) { _, r in
-                    combine(r, out: out, deltas: deltaPointers, weights: weightPointer, models: m, consensus: consensus,
-                            normalize: normalize, lambda: lambda, divisor: divisor)
+                    MergeKernels.taskArithmetic(r, out: out, deltas: deltaPointers, weights: weightPointer, models: m,
+                                                consensus: kernelConsensus, normalize: normalize, lambda: lambda, divisor: divisor)
                 }
             }
         }
         return base
     }
 
-    /// The per-element election and mix over one chunk (see the type's comment for the arithmetic). Works in blocks
-    /// that stay in L1 cache, looping models outside and elements inside, so the inner loops are branch-free and
-    /// vectorise whatever the number of models. Sums run over models in order, as mergekit's do.
-    @inline(never)
-    static func combine(_ r: Range<Int>, out: UnsafeMutablePointer<Float>, deltas d: UnsafeMutablePointer<UnsafeMutablePointer<Float>>,
-                        weights w: UnsafeMutablePointer<Float>, models m: Int, consensus: Consensus, normalize: Bool,
-                        lambda: Float, divisor: Float) {
-        let block = 2048
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 3 * block)
-        defer { scratch.deallocate() }
-        let vote = scratch, mixed = scratch + block, agreeing = scratch + 2 * block
-        var start = r.lowerBound
-        while start < r.upperBound {
-            let len = min(block, r.upperBound - start)
-            let o = out + start
-            mixed.update(repeating: 0, count: len)
-            if consensus == .none {
-                for i in 0..<m {
-                    let di = d[i] + start, wi = w[i]
-                    for j in 0..<len { mixed[j] += di[j] * wi }
-                }
-                if normalize { for j in 0..<len { mixed[j] /= divisor } }
-            } else {
-                vote.update(repeating: 0, count: len)
-                agreeing.update(repeating: 0, count: len)
-                for i in 0..<m {
-                    let di = d[i] + start, wi = w[i]
-                    if consensus == .sum {
-                        for j in 0..<len { vote[j] += di[j] * wi }
-                    } else {
-                        for j in 0..<len { let v = di[j] * wi; vote[j] += v > 0 ? 1 : (v < 0 ? -1 : 0) }
-                    }
-                }
-                for i in 0..<m {
-                    let di = d[i] + start, wi = w[i]
-                    for j in 0..<len {
-                        let v = di[j] * wi
-                        let agrees = vote[j] >= 0 ? v > 0 : v < 0   // an exact zero vote elects +1; zeros never agree
-                        mixed[j] += agrees ? v : 0
-                        agreeing[j] += agrees ? wi : 0
-                    }
-                }
-                if normalize { for j in 0..<len { mixed[j] /= agreeing[j] == 0 ? 1 : agreeing[j] } }
-            }
-            if lambda != 1 { for j in 0..<len { mixed[j] *= lambda } }
-            for j in 0..<len { o[j] = o[j] + mixed[j] }
-            start += len
-        }
-    }
-
     static func l1(_ x: [Float]) -> Double {
-        var s = 0.0
-        for v in x { s += Double(abs(v)) }
-        return s
+        x.withUnsafeBufferPointer { MergeKernels.l1($0) }
     }
 
     /// mergekit's L1 rescale (`rescaled_masked_tensor` with norm l1): multiply the survivors by ‖τ‖₁ / ‖mask ⊙ τ‖₁,
@@ -199,7 +145,7 @@ enum TaskArithmeticKernel {
         let newSum = l1(x)
         guard originalSum >= 1e-7, newSum >= 1e-7 else { return }
         let f = Float(originalSum / newSum)
-        for j in x.indices { x[j] *= f }
+        x.withUnsafeMutableBufferPointer { MergeKernels.scale($0, by: f) }
     }
 }
 

@@ -7,20 +7,22 @@
 ///
 /// Ties are ordered by flat index (lower index first), the deterministic order the reference spec uses in place of
 /// torch's implementation-defined one, so "the k largest" is a set, not a choice.
-enum MagnitudeSelect {
-    @inline(__always) static func key(_ x: Float) -> UInt32 { x.bitPattern & 0x7FFF_FFFF }
+public enum MagnitudeSelect {
+    @inline(__always) public static func key(_ x: Float) -> UInt32 { x.bitPattern & 0x7FFF_FFFF }
 
     /// Where rank `rank` (0-based) falls in the order by key, descending (`descending`) or ascending:
     /// `value` is the key of the element at that rank, `before` the number of elements strictly before all
     /// elements with that key, `ties` the number of elements with that key.
-    struct Threshold: Equatable {
-        var value: UInt32
-        var before: Int
-        var ties: Int
+    public struct Threshold: Equatable, Sendable {
+        public var value: UInt32
+        public var before: Int
+        public var ties: Int
     }
 
-    static func threshold(_ x: UnsafeBufferPointer<Float>, rank: Int, descending: Bool) -> Threshold {
-        precondition(rank >= 0 && rank < x.count)
+    /// `rank` is clamped to 0..<x.count (this target runs without precondition checks); an empty buffer has no rank.
+    public static func threshold(_ x: UnsafeBufferPointer<Float>, rank requested: Int, descending: Bool) -> Threshold {
+        guard !x.isEmpty else { return Threshold(value: 0, before: 0, ties: 0) }
+        let rank = min(max(requested, 0), x.count - 1)
         let hiBins = 1 << 15, loBins = 1 << 16
         // Pass 1: high 15 bits.
         let hist1 = histogram(x, bins: hiBins, highBitsOf: nil)
@@ -84,7 +86,7 @@ enum MagnitudeSelect {
 
     /// Keeps the `k` largest-magnitude entries (ties at the threshold go to the lower flat indices) and sets every other
     /// entry to zero, in place. `k` must be in 1...count.
-    static func keepTopK(_ x: UnsafeMutableBufferPointer<Float>, k: Int) {
+    public static func keepTopK(_ x: UnsafeMutableBufferPointer<Float>, k: Int) {
         let n = x.count
         if k >= n { return }
         let t = threshold(UnsafeBufferPointer(x), rank: k - 1, descending: true)
@@ -108,7 +110,7 @@ enum MagnitudeSelect {
     /// first), as mergekit's `magnitude_outliers` (breadcrumbs) keeps them. Zeroes the others in place; returns the
     /// number kept. Serial: breadcrumbs is not on the hot path.
     @discardableResult
-    static func keepAscendingRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int) -> Int {
+    public static func keepAscendingRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int) -> Int {
         let n = x.count
         let lo = max(0, min(lower, n)), hi = max(lo, min(upper, n))
         if lo == hi { for i in 0..<n { x[i] = 0 }; return 0 }

@@ -1,0 +1,120 @@
+import CKernels
+import COpenBLAS
+import Foundation
+
+/// Every BLAS and LAPACK call of Tessera goes through here (OpenBLAS with LAPACKE). Row-major throughout, as
+/// checkpoints store weights. Callers pass sizes they have validated; nothing here reads input bytes.
+public enum Linalg {
+    /// C[m×n] = alpha · op(A) · op(B) + beta · C with explicit leading dimensions (op = transpose when asked).
+    @inline(__always)
+    public static func sgemm(transposeA: Bool = false, transposeB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
+                             _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int, beta: Float = 0,
+                             _ c: UnsafeMutablePointer<Float>, ldc: Int) {
+        _ = configured
+        cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// C[m×n] = alpha · A[m×k] · B[n×k]ᵀ + beta · C. This is the shape of a linear layer: x · Wᵀ with W [out, in].
+    @inline(__always)
+    public static func matmulTransposedB(
+        _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
+        m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0
+    ) {
+        sgemm(transposeB: true, m: m, n: n, k: k, alpha: alpha, a, lda: k, b, ldb: k, beta: beta, c, ldc: n)
+    }
+
+    /// C[m×n] = alpha · A[m×k] · B[k×n] + beta · C.
+    @inline(__always)
+    public static func matmul(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
+                              m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
+        sgemm(m: m, n: n, k: k, alpha: alpha, a, lda: k, b, ldb: n, beta: beta, c, ldc: n)
+    }
+
+    /// y[rows] = alpha · A[rows×cols] · x + beta · y (row-major A): a linear layer applied to one token.
+    @inline(__always)
+    public static func matvec(
+        _ a: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+        rows: Int, cols: Int, lda: Int? = nil, alpha: Float = 1, beta: Float = 0
+    ) {
+        _ = configured
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), alpha, a, Int32(lda ?? cols), x, 1, beta, y, 1)
+    }
+
+    /// The thin SVD of a row-major [m×n] matrix (LAPACK sgesdd, job 'S'): `a` is overwritten, `s` receives min(m, n)
+    /// singular values (descending), `u` [m×k] and `vt` [k×n], k = min(m, n). Returns LAPACK's info (0: success,
+    /// > 0: did not converge).
+    public static func svd(_ a: UnsafeMutablePointer<Float>, m: Int, n: Int, s: UnsafeMutablePointer<Float>,
+                           u: UnsafeMutablePointer<Float>, vt: UnsafeMutablePointer<Float>) -> Int {
+        _ = configured
+        let k = min(m, n)
+        return Int(LAPACKE_sgesdd(LAPACK_ROW_MAJOR, Int8(UInt8(ascii: "S")), Int32(m), Int32(n), a, Int32(n), s, u, Int32(k),
+                                  vt, Int32(n)))
+    }
+
+    /// The number of OpenBLAS threads in use.
+    public static var threads: Int { _ = configured; return Int(openblas_get_num_threads()) }
+
+    /// Sets the number of OpenBLAS threads (benchmarks pin this to compare with other programs at equal threads).
+    public static func setThreads(_ n: Int) {
+        _ = configured
+        _ = quietIdleWorkers
+        openblas_set_num_threads(Int32(n))
+    }
+
+    /// The kernel set OpenBLAS uses ("SkylakeX", "Haswell", ...).
+    public static var coreName: String { _ = configured; return String(cString: openblas_get_corename()) }
+
+    /// What BLAS users expect: OPENBLAS_NUM_THREADS when it is set, else one thread per core.
+    public static var defaultThreads: Int {
+        if let text = ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"], let n = Int(text), n > 0 { return n }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }
+
+    /// OpenBLAS picks its kernels from the CPU's family and model numbers, and version 0.3.21 (Debian 12) does not
+    /// know recent Xeons (nor what some hypervisors report): it falls back to "Prescott", SSE3 kernels, which run
+    /// sgemm 4× slower than its AVX-512 ones on this machine (7 against 29 GFLOP/s on 2 cores). Unless the user chose
+    /// with OPENBLAS_CORETYPE, a pre-AVX2 choice on a CPU (and OS) with AVX-512 or AVX2 is redone here, once, before
+    /// the first product: the library's own re-initialisation (`gotoblas_dynamic_quit` then `gotoblas_dynamic_init`,
+    /// looked up with dlsym, so another BLAS build is left alone) with OPENBLAS_CORETYPE set for that call only.
+    static let configured: Void = {
+        let environment = ProcessInfo.processInfo.environment
+        guard environment["OPENBLAS_CORETYPE"] == nil else { return }
+        let current = String(cString: openblas_get_corename()).lowercased()
+        let modern = ["haswell", "zen", "skylakex", "cooperlake", "sapphirerapids"]
+        guard !modern.contains(current) else { return }
+        let wanted: String
+        if tessera_cpu_has_avx512() != 0 {
+            wanted = "SkylakeX"
+        } else if tessera_cpu_has_avx2() != 0 {
+            wanted = "Haswell"
+        } else {
+            return
+        }
+        guard let library = dlopen(nil, RTLD_NOW),
+              let quit = dlsym(library, "gotoblas_dynamic_quit"),
+              let initialise = dlsym(library, "gotoblas_dynamic_init") else { return }
+        setenv("OPENBLAS_CORETYPE", wanted, 1)
+        unsafeBitCast(quit, to: (@convention(c) () -> Void).self)()
+        unsafeBitCast(initialise, to: (@convention(c) () -> Void).self)()
+        unsetenv("OPENBLAS_CORETYPE")
+    }()
+
+    /// OpenBLAS's idle workers spin, calling sched_yield, for about 2^28 cycles after each product before they sleep.
+    /// The engine's own parallel loops (attention, activations) run between products, and when there are as many
+    /// threads as cores the spinning workers take cores from them: on SmolLM2's 512-token prefill, attention took
+    /// 0.11 s beside spinning workers and 0.075 s without. OpenBLAS reads the spin time (OPENBLAS_THREAD_TIMEOUT, a
+    /// power of two from 4 to 30) only when it loads, so unless the user set it, it is set to the minimum here and the
+    /// worker pool is restarted (OpenBLAS starts it again on the next product). Waking a sleeping worker costs
+    /// microseconds, a few hundred times per forward pass. Both entry points are looked up, so another BLAS build
+    /// without them is left as it is.
+    private static let quietIdleWorkers: Void = {
+        guard ProcessInfo.processInfo.environment["OPENBLAS_THREAD_TIMEOUT"] == nil,
+              let library = dlopen(nil, RTLD_NOW),
+              let readEnvironment = dlsym(library, "openblas_read_env"),
+              let shutdownWorkers = dlsym(library, "blas_thread_shutdown_") else { return }
+        setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0)
+        unsafeBitCast(readEnvironment, to: (@convention(c) () -> Void).self)()
+        _ = unsafeBitCast(shutdownWorkers, to: (@convention(c) () -> Int32).self)()
+    }()
+}

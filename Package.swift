@@ -9,7 +9,9 @@
 //   TesseraMerge                  merge methods and task vectors behind a registry
 //   TesseraEngine                 CPU inference engine (OpenBLAS)
 //   TesseraEval                   evaluation tasks and metrics
-//   TesseraCLI                    every command, as a library so tests can drive it
+//   TesseraRepository             the repository layer: addresses (REV:path) and checkpoint names, reachability and
+//                                 gc, push and fetch plans, history, the merge driver's and the hooks' work
+//   TesseraCLI                    every command (parse, call, print), as a library so tests can drive it
 //   tessera                       the thin executable
 import PackageDescription
 
@@ -55,10 +57,11 @@ let package = Package(
         .target(name: "TesseraMerge", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "COpenBLAS", "Yams"], swiftSettings: swiftSettings),
         .target(name: "TesseraEngine", dependencies: ["TesseraIO", "TesseraCore", "COpenBLAS", "CKernels"], swiftSettings: swiftSettings),
         .target(name: "TesseraEval", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
+        .target(name: "TesseraRepository", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge"], swiftSettings: swiftSettings),
         .target(
             name: "TesseraCLI",
             dependencies: [
-                "TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge", "TesseraEngine", "TesseraEval",
+                "TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge", "TesseraEngine", "TesseraEval", "TesseraRepository",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -1,9 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CGit2
 import Foundation
 import TesseraCore
+import TesseraGit
 import TesseraStore
 import TesseraIO
 
@@ -15,9 +15,9 @@ public struct ManifestCheckout {
     let repository: GitRepository
     let store: ObjectStore
 
-    public init(repository: GitRepository, store: ObjectStore) {
-        self.repository = repository
-        self.store = store
+    public init(_ repository: Repository) {
+        self.repository = repository.git
+        store = repository.store
     }
 
     /// Paths (relative to the worktree) of tracked files whose worktree content is exactly the manifest staged for
@@ -91,23 +91,5 @@ public struct ManifestCheckout {
         try Subprocess.check(["git", "update-index", "--index-info"], directory: worktree, input: info, what: "cannot update the index")
         _ = try Subprocess.run(["git", "update-index", "-q", "--refresh"], directory: worktree)
         return done
-    }
-}
-
-extension GitRepository {
-    /// Paths, blob ids and modes of the index's stage-0 entries.
-    public func indexEntries() -> [(path: String, blob: String, mode: UInt32)] {
-        var index: OpaquePointer?
-        guard git_repository_index(&index, pointer) == 0, let index else { return [] }
-        defer { git_index_free(index) }
-        var out: [(String, String, UInt32)] = []
-        for k in 0..<git_index_entrycount(index) {
-            guard let e = git_index_get_byindex(index, k) else { continue }
-            // Stage bits 12-13 of the flags: conflicted entries are not checked out by anyone.
-            guard (e.pointee.flags >> 12) & 3 == 0 else { continue }
-            var id = e.pointee.id
-            out.append((String(cString: e.pointee.path), withUnsafeBytes(of: &id.id) { Array($0) }.hexString, e.pointee.mode))
-        }
-        return out
     }
 }

@@ -7,26 +7,27 @@ import TesseraIO
 
 /// The repository side of checkpoint names: `REV:path` (a tracked file, or a shard index committed beside its
 /// shards) and `REV:folder` (a Hugging Face folder at a revision: its weights from the object store, its config and
-/// tokenizer files from git). Kept behind this one type so that it can move into a repository layer whole.
+/// tokenizer files from git).
 final class RevisionCheckpoints {
-    let context: RepositoryContext
+    let repository: Repository
     /// Opens a tracked safetensors checkpoint from its manifest (fetching missing objects, recording hashes).
     let openStored: (Manifest, String) throws -> TensorSource
 
-    init(context: RepositoryContext, openStored: @escaping (Manifest, String) throws -> TensorSource) {
-        self.context = context
+    init(repository: Repository, openStored: @escaping (Manifest, String) throws -> TensorSource) {
+        self.repository = repository
         self.openStored = openStored
     }
 
     /// `REV:path` or `REV:folder` as a checkpoint.
     func checkpoint(_ spec: String, resolver: CheckpointResolver) throws -> ResolvedCheckpoint {
-        let trimmed = Self.trimmingSlashes(spec)
-        let (rev, path) = Self.split(trimmed)
-        if context.repository.objectKind(trimmed) == .folder {
+        let trimmed = RevisionPath.trimmingSlashes(spec)
+        let address = RevisionPath(trimmed)
+        let (rev, path) = (address.rev, address.path)
+        if repository.git.objectKind(trimmed) == .folder {
             return try resolver.open(folder: RevisionFolder(revisions: self, rev: rev, path: path), name: spec)
         }
         let beside = RevisionFolder(revisions: self, rev: rev, path: (path as NSString).deletingLastPathComponent)
-        let bytes = try context.repository.blob(trimmed)
+        let bytes = try repository.git.blob(trimmed)
         if Manifest.looksLikeManifest(bytes) {
             let manifest = try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: spec)
             return ResolvedCheckpoint(name: spec, source: try openStored(manifest, spec), layout: .file, isFolder: false,
@@ -49,24 +50,23 @@ final class RevisionCheckpoints {
             throw TesseraError(.invalidCheckpoint, "\(spec): \(size) bytes is larger than such a file can be (at most \(limit))",
                                hint: "check that the file is what its name says")
         }
-        let bytes = try context.repository.blob(spec)
+        let bytes = try repository.git.blob(spec)
         guard Manifest.looksLikeManifest(bytes) else { return bytes }
         let manifest = try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: spec)
         guard manifest.size <= limit else {
             throw TesseraError(.invalidCheckpoint, "\(spec): \(manifest.size) bytes is larger than such a file can be (at most \(limit))",
                                hint: "check that the file is what its name says")
         }
-        let missing = manifest.objects.filter { !context.store.contains($0.id) }
-        if !missing.isEmpty { try LFSTransport(repository: context.repository, store: context.store).fetch(missing, forFile: spec) }
+        try repository.fetchMissingObjects(of: [manifest], forFile: spec)
         var out: [UInt8] = []
         out.reserveCapacity(manifest.size)
-        try context.store.reconstruct(manifest, file: spec) { out.append(contentsOf: $0) }
+        try repository.store.reconstruct(manifest, file: spec) { out.append(contentsOf: $0) }
         return out
     }
 
     /// A tracked checkpoint of a folder at a revision.
     func openCheckpoint(_ spec: String) throws -> TensorSource {
-        let bytes = try context.repository.blob(spec)
+        let bytes = try repository.git.blob(spec)
         guard Manifest.looksLikeManifest(bytes) else {
             throw TesseraError(.notFound, "\(spec) is not tracked by tessera (git stores it as a plain file)",
                                hint: "`tessera track '*.safetensors'` tracks checkpoints from the next `git add`")
@@ -74,41 +74,31 @@ final class RevisionCheckpoints {
         return try openStored(try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: spec), spec)
     }
 
-    /// "REV" and "path" of "REV:path" (the first colon separates them, as in git).
-    static func split(_ spec: String) -> (rev: String, path: String) {
-        guard let colon = spec.firstIndex(of: ":") else { return (spec, "") }
-        return (String(spec[..<colon]), String(spec[spec.index(after: colon)...]))
-    }
-
-    static func trimmingSlashes(_ spec: String) -> String {
-        var s = Substring(spec)
-        while s.hasSuffix("/") && !s.hasSuffix(":/") { s = s.dropLast() }
-        return String(s)
-    }
 }
 
 /// A folder at a revision, as a checkpoint folder.
-struct RevisionFolder: CheckpointFolder {
+public struct RevisionFolder: CheckpointFolder {
     let revisions: RevisionCheckpoints
-    let rev: String
-    let path: String
+    public let rev: String
+    /// The folder's path in the revision ("" for its top).
+    public let path: String
 
-    var name: String { "\(rev):\(path)" }
+    public var name: String { "\(rev):\(path)" }
 
     func spec(_ file: String) -> String { path.isEmpty ? "\(rev):\(file)" : "\(rev):\(path)/\(file)" }
 
     private func entries() throws -> [GitRepository.TreeEntry] {
-        try revisions.context.repository.treeEntries(name).filter { $0.kind == .file }
+        try revisions.repository.git.treeEntries(name).filter { $0.kind == .file }
     }
 
-    func fileNames() throws -> [String] { try entries().map(\.name).sorted() }
+    public func fileNames() throws -> [String] { try entries().map(\.name).sorted() }
 
-    func read(_ file: String, limit: Int) throws -> [UInt8] {
+    public func read(_ file: String, limit: Int) throws -> [UInt8] {
         guard let entry = try entries().first(where: { $0.name == file }) else {
             throw TesseraError(.notFound, "\(spec(file)): no such file at that revision", hint: "`git ls-tree \(name)` lists the folder")
         }
         return try revisions.readFile(spec(file), size: entry.size, limit: limit)
     }
 
-    func openCheckpoint(_ file: String) throws -> TensorSource { try revisions.openCheckpoint(spec(file)) }
+    public func openCheckpoint(_ file: String) throws -> TensorSource { try revisions.openCheckpoint(spec(file)) }
 }

@@ -6,14 +6,15 @@ import TesseraIO
 
 /// Everything that keeps an object alive: manifests in the history of every ref and reflog entry (stashes
 /// included), in every worktree's HEAD and index (staged but uncommitted files), and in the stat cache.
-struct Reachability {
-    var manifests: [(origin: String, manifest: Manifest)] = []
+public struct Reachability {
+    /// Every manifest that keeps objects alive, with where it was found ("history:PATH", "index:PATH", "statcache").
+    public private(set) var manifests: [(origin: String, manifest: Manifest)] = []
     /// Objects that only this repository can have: named by commits no remote-tracking ref reaches, by an index or
     /// by the stat cache. A missing object outside this set is merely not fetched yet (the remote has it).
-    var localOnlyObjectIDs = Set<String>()
+    public private(set) var localOnlyObjectIDs = Set<String>()
 
-    init(context: RepositoryContext) throws {
-        let repo = context.repository
+    public init(repository: Repository) throws {
+        let repo = repository.git
         var tips: [String] = []
         if let head = repo.resolveCommit("HEAD") { tips.append(head) }
         tips += repo.reflogCommits()
@@ -31,7 +32,7 @@ struct Reachability {
         for wt in repo.linkedWorktreeGitDirectories() {
             for (path, m) in repo.manifestsInIndex(path: wt + "/index") { manifests.append(("index:\(path)", m)); localOnlyObjectIDs.formUnion(m.objectIDs) }
         }
-        let cacheDir = context.store.root + "/statcache"
+        let cacheDir = repository.store.root + "/statcache"
         for name in FileSystem.list(cacheDir) {
             guard let bytes = try? FileSystem.readFile(cacheDir + "/" + name), let nl = bytes.firstIndex(of: 0x0A),
                   let m = try? Manifest.parse(String(decoding: bytes[(nl + 1)...], as: UTF8.self)) else { continue }
@@ -39,7 +40,7 @@ struct Reachability {
         }
     }
 
-    var objectIDs: Set<String> {
+    public var objectIDs: Set<String> {
         var s = Set<String>()
         for (_, m) in manifests { s.formUnion(m.objectIDs) }
         return s

@@ -6,8 +6,8 @@ import TesseraStore
 import TesseraIO
 
 /// A checkpoint as a command names it, resolved: its tensors, and the folder its config and tokenizer files are in.
-struct ResolvedCheckpoint {
-    enum Layout: Equatable {
+public struct ResolvedCheckpoint {
+    public enum Layout: Equatable, Sendable {
         /// One safetensors file (on disk, or tracked: `REV:path`).
         case file
         /// A sharded checkpoint read through its index.
@@ -17,13 +17,13 @@ struct ResolvedCheckpoint {
     }
 
     /// The name as given (a path, `REV:path`, `REV:folder`).
-    var name: String
-    var source: TensorSource
-    var layout: Layout
+    public var name: String
+    public var source: TensorSource
+    public var layout: Layout
     /// Whether the name is a folder (on disk or at a revision): a Hugging Face model folder.
-    var isFolder: Bool
+    public var isFolder: Bool
     /// Where the checkpoint's config and tokenizer files are: the folder itself, else the folder holding the file.
-    var sideFiles: CheckpointFolder?
+    public var sideFiles: CheckpointFolder?
 }
 
 /// Resolves what users name as checkpoints, the same way for every command:
@@ -34,27 +34,30 @@ struct ResolvedCheckpoint {
 /// - `REV:path` of a tracked file and `REV:folder` (the same folder layouts, read from git and the object store with
 ///   no checkout; missing objects are fetched from the remote first).
 /// Anything else is one line saying what it is and what to do.
-final class CheckpointResolver {
-    let context: RepositoryContext?
+public final class CheckpointResolver {
+    /// The repository the names are resolved in (for `REV:path`, and manifests of files not checked out); nil
+    /// outside any repository.
+    public let repository: Repository?
     private var hashes: [ObjectIdentifier: (String) -> String?] = [:]
     /// Hashes file inputs' tensors for provenance (shared by every file this resolver opens, so that the same tensor
     /// of two inputs is hashed as a pair).
     private let hasher = ProvenanceHasher()
-    private lazy var revisions: RevisionCheckpoints? = context.map { context in
-        RevisionCheckpoints(context: context) { [unowned self] manifest, name in try self.stored(manifest, name: name, context: context) }
+    private lazy var revisions: RevisionCheckpoints? = repository.map { repository in
+        RevisionCheckpoints(repository: repository) { [unowned self] manifest, name in try self.stored(manifest, name: name, repository: repository) }
     }
 
     /// Whether file inputs are hashed for provenance (merges and task vectors record them; evaluation does not).
-    let hashesFileInputs: Bool
+    public let hashesFileInputs: Bool
 
-    init(directory: String, hashesFileInputs: Bool = true) {
-        context = try? RepositoryContext(directory: directory)
+    /// Resolves names inside the repository holding `directory`, if any.
+    public init(directory: String, hashesFileInputs: Bool = true) {
+        repository = try? Repository(directory: directory)
         self.hashesFileInputs = hashesFileInputs
     }
 
-    func source(_ spec: String) throws -> TensorSource { try checkpoint(spec).source }
+    public func source(_ spec: String) throws -> TensorSource { try checkpoint(spec).source }
 
-    func checkpoint(_ spec: String) throws -> ResolvedCheckpoint {
+    public func checkpoint(_ spec: String) throws -> ResolvedCheckpoint {
         var st = stat()
         if stat(spec, &st) == 0 {
             if (st.st_mode & S_IFMT) == S_IFDIR {
@@ -93,7 +96,7 @@ final class CheckpointResolver {
     }
 
     /// A checkpoint folder (on disk or at a revision) as one source.
-    func open(folder: CheckpointFolder, name: String) throws -> ResolvedCheckpoint {
+    public func open(folder: CheckpointFolder, name: String) throws -> ResolvedCheckpoint {
         let layout = try CheckpointFolderLayout.detect(in: folder)
         let source = try layout.open(in: folder)
         let kind: ResolvedCheckpoint.Layout
@@ -110,16 +113,16 @@ final class CheckpointResolver {
 
     /// A checkpoint file on disk, told from its bytes: safetensors, or the manifest of a tracked file that is not
     /// checked out.
-    func openFile(_ path: String, format known: CheckpointFileFormat? = nil) throws -> TensorSource {
+    public func openFile(_ path: String, format known: CheckpointFileFormat? = nil) throws -> TensorSource {
         let format = known ?? CheckpointFileFormat.detect(prefix: DiskCheckpointFolder.prefix(path, count: 32))
         switch format {
         case .tesseraManifest:
-            guard let context else {
+            guard let repository else {
                 throw TesseraError(.usage, "\(path) is a tessera manifest (a tracked checkpoint that is not checked out)",
                                    hint: "run inside its repository, or check the file out first")
             }
             let text = String(decoding: try DiskCheckpointFolder.readFile(path, limit: 64 << 20), as: UTF8.self)
-            return try stored(try Manifest.parse(text, file: path), name: path, context: context)
+            return try stored(try Manifest.parse(text, file: path), name: path, repository: repository)
         case .gguf:
             throw TesseraError(.unsupported, "\(path) is a GGUF file: `tessera eval` reads it, but merges and task vectors read safetensors",
                                hint: "`tessera import \(path) -o FOLDER` writes it as a Hugging Face folder")
@@ -137,22 +140,19 @@ final class CheckpointResolver {
         }
     }
 
-    func stored(_ manifest: Manifest, name: String, context: RepositoryContext) throws -> TensorSource {
+    func stored(_ manifest: Manifest, name: String, repository: Repository) throws -> TensorSource {
         guard manifest.format == .safetensors else {
             throw TesseraError(.unsupported, "\(name) is tracked by tessera but is not a safetensors checkpoint (stored whole)",
                                hint: "name a safetensors checkpoint")
         }
-        let missing = manifest.objects.filter { !context.store.contains($0.id) }
-        if !missing.isEmpty {
-            try LFSTransport(repository: context.repository, store: context.store).fetch(missing, forFile: name)
-        }
-        let checkpoint = try StoredCheckpoint(manifest: manifest, store: context.store, name: name)
+        try repository.fetchMissingObjects(of: [manifest], forFile: name)
+        let checkpoint = try StoredCheckpoint(manifest: manifest, store: repository.store, name: name)
         hashes[ObjectIdentifier(checkpoint)] = { checkpoint.stored($0)?.rawSHA256 }
         return checkpoint
     }
 
     /// A sharded source's tensor hashes are its shards'.
-    func register(_ sharded: ShardedSource) {
+    public func register(_ sharded: ShardedSource) {
         hashes[ObjectIdentifier(sharded)] = { [weak self, weak sharded] name in
             guard let self, let shard = sharded?.shard(of: name) else { return nil }
             return self.tensorHash(shard, name)
@@ -161,12 +161,12 @@ final class CheckpointResolver {
 
     /// Stops and waits for the background hashing of file inputs. Commands call it before they return or throw, so
     /// that no thread is still reading a tensor when the process exits.
-    func finish() {
+    public func finish() {
         hasher.stop()
     }
 
     /// The exact SHA-256 of a tensor's bytes in a source this resolver opened (for provenance).
-    func tensorHash(_ source: TensorSource, _ name: String) -> String? {
+    public func tensorHash(_ source: TensorSource, _ name: String) -> String? {
         hashes[ObjectIdentifier(source)]?(name)
     }
 }
@@ -174,9 +174,9 @@ final class CheckpointResolver {
 /// A file source that records each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway (the
 /// arrays it reads, or the file mappings it merges from), hashed by the resolver's `ProvenanceHasher` on worker
 /// threads while the merge goes on, instead of reading every input a second time at the end.
-final class HashingSource: TensorSource, Float32Reading, Float32Mapping, @unchecked Sendable {
+public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, @unchecked Sendable {
     // @unchecked: `hashes` and `submitted` are guarded by `lock`.
-    let inner: StreamingSafetensorsSource
+    public let inner: StreamingSafetensorsSource
     private let hasher: ProvenanceHasher
     private var hashes: [String: String] = [:]
     private var submitted = Set<String>()
@@ -187,20 +187,20 @@ final class HashingSource: TensorSource, Float32Reading, Float32Mapping, @unchec
         self.hasher = hasher
     }
 
-    var sourceName: String { inner.sourceName }
-    var allowsConcurrentReads: Bool { true }  // the inner file allows them; `hashes` and `submitted` are locked
-    var tensorNames: [String] { inner.tensorNames }
-    var metadata: [(String, String)] { inner.metadata }
-    func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
+    public var sourceName: String { inner.sourceName }
+    public var allowsConcurrentReads: Bool { true }  // the inner file allows them; `hashes` and `submitted` are locked
+    public var tensorNames: [String] { inner.tensorNames }
+    public var metadata: [(String, String)] { inner.metadata }
+    public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
 
-    func rawTensor(_ name: String) throws -> RawTensor {
+    public func rawTensor(_ name: String) throws -> RawTensor {
         let t = try inner.rawTensor(name)
         let bytes = t.bytes
         hashLater(name, count: bytes.count) { body in bytes.withUnsafeBytes(body) }
         return t
     }
 
-    func readFloat32(_ name: String) throws -> [Float]? {
+    public func readFloat32(_ name: String) throws -> [Float]? {
         #if _endian(big)
         return nil  // the floats' storage is not the file's bytes there: hash through rawTensor
         #else
@@ -211,7 +211,7 @@ final class HashingSource: TensorSource, Float32Reading, Float32Mapping, @unchec
         #endif
     }
 
-    func mapFloat32(_ name: String) throws -> MappedFloat32? {
+    public func mapFloat32(_ name: String) throws -> MappedFloat32? {
         guard let mapped = try inner.mapFloat32(name) else { return nil }
         // The mapping is the file's bytes; the hasher holds it until it is hashed.
         hashLater(name, count: 4 * mapped.values.count) { body in body(UnsafeRawBufferPointer(mapped.values)) }
@@ -229,7 +229,7 @@ final class HashingSource: TensorSource, Float32Reading, Float32Mapping, @unchec
     }
 
     /// The tensor's SHA-256; computed now if the merge never read it.
-    func hash(of name: String) -> String? {
+    public func hash(of name: String) -> String? {
         hasher.waitUntilIdle()
         lock.lock(); let h = hashes[name]; lock.unlock()
         if let h { return h }

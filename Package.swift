@@ -68,11 +68,20 @@ let package = Package(
         ),
         .executableTarget(name: "tessera", dependencies: ["TesseraCLI"], swiftSettings: swiftSettings),
 
-        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraIO", "TesseraCore"]),
-        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore"]),
-        .testTarget(name: "TesseraGitTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraCLI"]),
-        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge"]),
+        // What the test targets share: the sandbox (isolated HOME, shell commands), independent checkpoint builders
+        // and reader, package paths, the Git LFS test server, temporary stores. Used by test targets only.
+        .target(name: "TesseraTestSupport", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore"], path: "Tests/TesseraTestSupport"),
+        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraTestSupport"]),
+        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraTestSupport"]),
+        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge", "TesseraTestSupport"]),
+        .testTarget(name: "TesseraRepositoryTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge",
+                                                                  "TesseraRepository", "TesseraTestSupport"]),
+        // Commands run in process (`TesseraCommand.parseAsRoot([...]).run()`) on temporary repositories.
+        .testTarget(name: "TesseraCommandTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraRepository", "TesseraCLI",
+                                                               "TesseraTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // The tessera binary driven by real git and git-lfs, in sandboxes.
+        .testTarget(name: "TesseraEndToEndTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraTestSupport"]),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval", "TesseraTestSupport"], exclude: ["Fixtures"]),
     ]
 )

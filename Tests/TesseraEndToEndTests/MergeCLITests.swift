@@ -1,10 +1,11 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// `tessera merge --config` on mergekit's own configs, and `tessera taskvec`, against the outputs mergekit and the
 /// task-vectors code produced (Tests/Fixtures/reference/merge), through the command line users run.
 @Suite struct MergeCLITests {
-    let reference = "\(packageRoot)/Tests/Fixtures/reference/merge"
+    let reference = PackagePaths.fixtures + "/reference/merge"
 
     func tensorBytes(_ path: String) throws -> [String: (dtype: String, bytes: Data)] {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))

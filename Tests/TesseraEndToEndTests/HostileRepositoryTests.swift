@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraStore
+import TesseraTestSupport
 
 /// Issue 8, end to end: repositories and remotes built to hurt, through real git, git-lfs and the tessera binary.
 @Suite struct HostileRepositoryTests {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// Objects travel as Git LFS objects through a plain file:// remote (git-lfs's own standalone transfer).
 @Suite struct RemoteTests {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// End-to-end: real git, real git-lfs, real files, in temporary repositories.
 @Suite struct RoundTripTests {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TesseraGit
+import TesseraTestSupport
 
 @Suite struct InstallTests {
     @Test func installChainsExistingHooksAndUninstallRestoresThem() throws {

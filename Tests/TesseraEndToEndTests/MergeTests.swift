@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// Reads a safetensors file's float32 tensors with Foundation's JSON parser (independent of Tessera's reader).
 func readF32Tensors(_ path: String) throws -> [String: [Float]] {

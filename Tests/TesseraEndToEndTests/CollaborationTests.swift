@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// Issue 9: clone, work, push, as a newcomer does it, against a file:// remote and a real Git LFS HTTP server.
 @Suite(.serialized) struct CollaborationTests {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// Hostile and broken input: one clear line from tessera, git's state consistent, no partial object visible.
 @Suite struct BadInputTests {

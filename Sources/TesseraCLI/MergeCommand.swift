@@ -3,6 +3,7 @@ import Foundation
 import TesseraCore
 import TesseraMerge
 import TesseraIO
+import TesseraRepository
 
 /// Options shared by commands that name merge parameters on the command line.
 struct MergeParameterOptions: ParsableArguments {

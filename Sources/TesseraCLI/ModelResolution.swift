@@ -2,10 +2,9 @@ import Foundation
 import TesseraCore
 import TesseraEngine
 import TesseraEval
-import TesseraGit
-import TesseraMerge
-import TesseraStore
 import TesseraIO
+import TesseraMerge
+import TesseraRepository
 
 /// A model as `tessera eval` names it, loaded for the tasks that need it: any checkpoint `CheckpointResolver` reads
 /// (a safetensors file with config.json beside it, a Hugging Face folder, single or sharded, a shard index, `REV:path`
@@ -41,12 +40,7 @@ struct ResolvedModel {
            CheckpointFileFormat.detect(prefix: DiskCheckpointFolder.prefix(spec, count: 32)) == .gguf {
             return try fromGGUF(spec)
         }
-        var target = spec
-        if !FileManager.default.fileExists(atPath: spec), !spec.contains(":"), let context = resolver.context,
-           let commit = context.repository.resolveCommit(spec) {
-            target = try oneCheckpoint(in: commit, rev: spec, context: context)
-        }
-        let checkpoint = try resolver.checkpoint(target)
+        let checkpoint = try resolver.checkpoint(orRevision: spec)
         if checkpoint.layout == .adapter {
             throw TesseraError(.unsupported, "\(spec) is a PEFT adapter, not a whole model: the engine evaluates models",
                                hint: "merge the adapter into its base model first, then evaluate that")
@@ -58,38 +52,12 @@ struct ResolvedModel {
         let tmp = NSTemporaryDirectory() + "tessera-eval-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: tmp) }
-        let present = Set((try? checkpoint.sideFiles?.fileNames()) ?? [])
-        for name in sideFiles {
-            if let folder = checkpoint.sideFiles, present.contains(name) {
-                try Data(try folder.read(name, limit: sideFileLimit)).write(to: URL(fileURLWithPath: tmp + "/" + name))
-            } else if !checkpoint.isFolder, let folder = checkpoint.sideFiles as? RevisionFolder, let w = resolver.context?.repository.workdir {
-                let inRepo = folder.path.isEmpty ? name : folder.path + "/" + name
-                if FileManager.default.fileExists(atPath: w + "/" + inRepo) {
-                    try FileManager.default.copyItem(atPath: w + "/" + inRepo, toPath: tmp + "/" + name)
-                }
-            }
-        }
+        try checkpoint.copySideFiles(sideFiles, into: tmp, limit: sideFileLimit, worktree: resolver.repository?.git.workdir)
         return try fromFolder(weights: checkpoint.source, folder: tmp, label: spec)
     }
 
     /// Config and tokenizer files are read whole; real ones are at most tens of megabytes.
     static let sideFileLimit = 512 << 20
-
-    /// `REV` alone: the one checkpoint tracked in that revision: one tracked file, or one folder holding them all
-    /// (a sharded checkpoint's shards).
-    static func oneCheckpoint(in commit: String, rev: String, context: RepositoryContext) throws -> String {
-        let found = try context.repository.manifests(inCommits: [commit]).filter { $0.manifest.format == .safetensors }
-        if found.count == 1 { return "\(rev):\(found[0].path)" }
-        let folders = Set(found.map { ($0.path as NSString).deletingLastPathComponent })
-        if found.count > 1, folders.count == 1, let folder = folders.first,
-           context.repository.objectKind("\(rev):\(folder)") == .folder,
-           (try? context.repository.treeEntries("\(rev):\(folder)"))?.contains(where: { $0.name == CheckpointFolderLayout.indexName }) == true {
-            return "\(rev):\(folder)"
-        }
-        throw TesseraError(.usage, "\(rev) holds \(found.count) tracked checkpoints",
-                           hint: found.isEmpty ? "name a revision that tracks a checkpoint, a model folder or a file"
-                               : "name one: \(rev):PATH (\(found.map(\.path).prefix(4).joined(separator: ", ")))")
-    }
 
     static func fromFolder(weights: TensorSource, folder: String, label: String) throws -> ResolvedModel {
         let configPath = folder + "/config.json"

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import TesseraCore
-import TesseraGit
+import TesseraRepository
 import TesseraStore
 
 struct PullCommand: ParsableCommand {
@@ -25,11 +25,11 @@ struct PullCommand: ParsableCommand {
     @OptionGroup var options: RepositoryOptions
 
     func run() throws {
-        let context = try RepositoryContext(directory: options.directory)
-        _ = try context.worktree
-        let lock = try StoreLock(store: context.store, mode: .shared)
+        let repository = try Repository(directory: options.directory)
+        _ = try repository.worktree
+        let lock = try StoreLock(store: repository.store, mode: .shared)
         defer { withExtendedLifetime(lock) {} }
-        let paths = try ManifestCheckout(repository: context.repository, store: context.store).checkOut(remote: remote)
+        let paths = try ManifestCheckout(repository).checkOut(remote: remote)
         if options.json {
             printJSON(.object([("checked_out", .array(paths.map { .string($0) }))]))
         } else if paths.isEmpty {

@@ -1,9 +1,8 @@
 import ArgumentParser
 import Foundation
 import TesseraCore
-import TesseraGit
-import TesseraStore
 import TesseraIO
+import TesseraRepository
 
 struct PushCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -37,31 +36,23 @@ struct PushCommand: ParsableCommand {
     @OptionGroup var options: RepositoryOptions
 
     func run() throws {
-        let context = try RepositoryContext(directory: options.directory)
-        let transport = LFSTransport(repository: context.repository, store: context.store)
-        let remote = remote ?? transport.defaultRemote()
-        let tips = all ? try context.repository.commits(reachableFrom: [], globs: ["refs/heads/*", "refs/tags/*"])
-                       : try TransferPlan.commits(context: context, revisions: revisions, all: false)
-        let history = try context.repository.commits(reachableFrom: tips)
-        var named: [String] = []
-        var seen = Set<String>()
-        for (_, m) in try context.repository.manifests(inCommits: history) {
-            for id in m.objectIDs where seen.insert(id).inserted { named.append(id) }
-        }
-        let present = named.filter { context.store.contains($0) }
-        let absent = named.count - present.count
+        let repository = try Repository(directory: options.directory)
+        let remote = remote ?? repository.transport.defaultRemote()
+        let tips = all ? try repository.git.commits(reachableFrom: [], globs: ["refs/heads/*", "refs/tags/*"])
+                       : try repository.transferCommits(revisions: revisions, all: false)
+        let plan = try PushPlan(history: tips, remote: remote, repository: repository)
         if dryRun {
-            print("would offer \(present.count) object(s) to \(remote)" + (absent > 0 ? "; \(absent) named object(s) are not in this store" : ""))
+            print("would offer \(plan.present.count) object(s) to \(remote)" + (plan.absent > 0 ? "; \(plan.absent) named object(s) are not in this store" : ""))
             return
         }
-        let report = try transport.push(present, remote: remote)
+        let report = try plan.send(repository)
         if options.json {
             printJSON(.object([("remote", .string(remote)), ("sent", .int(report.transferred)), ("sent_bytes", .int(report.bytes)),
-                               ("already_there", .int(report.alreadyThere)), ("not_in_store", .int(absent))]))
+                               ("already_there", .int(report.alreadyThere)), ("not_in_store", .int(plan.absent))]))
         } else {
             print("sent \(report.transferred) object(s), \(humanBytes(report.bytes)), to \(remote); \(report.alreadyThere) were already there")
-            if absent > 0 {
-                print("\(absent) object(s) named by this history are not in this store (fetch them with `tessera fetch --all`, or push from where they were made)")
+            if plan.absent > 0 {
+                print("\(plan.absent) object(s) named by this history are not in this store (fetch them with `tessera fetch --all`, or push from where they were made)")
             }
         }
     }

@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import TesseraCore
 import TesseraMerge
+import TesseraRepository
 
 struct TaskVectorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -245,21 +245,4 @@ public struct LFSTransport {
         bar.finish()
         return (r, watch.reported)
     }
-
-    /// Objects named by the manifests of the commits a push sends: reachable from `local`, not from `remoteSHA`
-    /// and not from any ref the remote is known to have.
-    public func objectsToPush(local: String, remoteSHA: String?, remote: String) throws -> [String] {
-        var exclude: [String] = []
-        if let remoteSHA, repository.resolveCommit(remoteSHA) != nil { exclude.append(remoteSHA) }
-        let knownRemoteRefs = (try? Subprocess.run(["git", "for-each-ref", "--format=%(objectname)", "refs/remotes/\(remote)/"],
-                                                   directory: gitDirectoryForCommands).stdoutText) ?? ""
-        exclude += knownRemoteRefs.split(separator: "\n").map(String.init)
-        let commits = try repository.commits(reachableFrom: [local], excluding: exclude)
-        var seen = Set<String>()
-        var out: [String] = []
-        for (_, m) in try repository.manifests(inCommits: commits) {
-            for id in m.objectIDs where seen.insert(id).inserted { out.append(id) }
-        }
-        return out
-    }
 }

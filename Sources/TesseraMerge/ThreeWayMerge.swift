@@ -32,80 +32,90 @@ public struct ThreeWayMerge {
         self.path = path
     }
 
-    /// One side: its tensors (name → (dtype, shape, stored)) in file order, and its metadata.
+    /// One side: its tensors (name → (dtype, shape, stored)) in file order, and its metadata. Names are compared
+    /// byte for byte: two canonically equivalent names are two tensors.
     struct Side {
-        var order: [String]
-        var tensors: [String: (dtype: DType, shape: [Int], stored: Manifest.Stored)]
+        var order: [ExactName]
+        var tensors: [ExactName: (dtype: DType, shape: [Int], stored: Manifest.Stored)]
         var metadata: [(String, String)]
         var checkpoint: StoredCheckpoint
+        var changes: ManifestDiff.Side
     }
 
     func side(_ manifest: Manifest, label: String) throws -> Side {
         let c = try StoredCheckpoint(manifest: manifest, store: store, name: label)
-        var t: [String: (DType, [Int], Manifest.Stored)] = [:]
-        for x in manifest.tensors { t[x.name] = (x.dtype, x.shape, x.stored) }
-        return Side(order: manifest.tensors.map(\.name), tensors: t, metadata: c.metadata, checkpoint: c)
+        var t: [ExactName: (DType, [Int], Manifest.Stored)] = [:]
+        for x in manifest.tensors where t[ExactName(x.name)] == nil { t[ExactName(x.name)] = (x.dtype, x.shape, x.stored) }
+        return Side(order: manifest.tensors.map { ExactName($0.name) }, tensors: t, metadata: c.metadata, checkpoint: c,
+                    changes: ManifestDiff.Side(manifest))
     }
 
     public func run(base: Manifest?, ours: Manifest, theirs: Manifest, rules: MergeRules) throws -> Outcome {
         let O = try base.map { try side($0, label: "base:\(path)") }
         let A = try side(ours, label: "ours:\(path)")
         let B = try side(theirs, label: "theirs:\(path)")
-        func id(_ s: Side?, _ n: String) -> String? { s?.tensors[n].map { "\($0.dtype.rawValue)\($0.shape)\($0.stored.rawSHA256)" } }
+        // What each side changed since the merge base, and whether the two sides differ (names alone, no renames: a
+        // tensor renamed on one side is removed and added there).
+        let ourChanges = try ManifestDiff(old: O?.changes, new: A.changes, pairsRenames: false)
+        let theirChanges = try ManifestDiff(old: O?.changes, new: B.changes, pairsRenames: false)
+        let between = try ManifestDiff(old: A.changes, new: B.changes, pairsRenames: false)
 
         var order = A.order
         let inA = Set(A.order)
-        order += B.order.filter { !inA.contains($0) }
-        var chosen: [String: (dtype: DType, shape: [Int], stored: Manifest.Stored)] = [:]
-        var removed = Set<String>()
-        var conflicts: [String] = []
+        var seenInB = Set<ExactName>()
+        order += B.order.filter { !inA.contains($0) && seenInB.insert($0).inserted }
+        var chosen: [ExactName: (dtype: DType, shape: [Int], stored: Manifest.Stored)] = [:]
+        var removed = Set<ExactName>()
+        var conflicts: [ExactName] = []
         var report: [String] = []
-        var toMerge: [String: MergeRules.Rule] = [:]
-        for n in order {
-            let (o, a, b) = (id(O, n), id(A, n), id(B, n))
-            if a == b {                           // unchanged, or changed identically (or removed on both sides)
-                if let x = A.tensors[n] { chosen[n] = x } else { removed.insert(n) }
-            } else if a == o {                    // changed (or added, or removed) on their side only
-                if let x = B.tensors[n] { chosen[n] = x } else { removed.insert(n) }
-            } else if b == o {                    // on our side only
-                if let x = A.tensors[n] { chosen[n] = x } else { removed.insert(n) }
-            } else if let ta = A.tensors[n], let tb = B.tensors[n], let rule = rules.rule(path: path, tensor: n) {
+        var toMerge: [ExactName: MergeRules.Rule] = [:]
+        for key in order {
+            let n = key.string
+            if !between.differs(key) {            // unchanged, or changed identically (or removed on both sides)
+                if let x = A.tensors[key] { chosen[key] = x } else { removed.insert(key) }
+            } else if !ourChanges.differs(key) {  // changed (or added, or removed) on their side only
+                if let x = B.tensors[key] { chosen[key] = x } else { removed.insert(key) }
+            } else if !theirChanges.differs(key) { // on our side only
+                if let x = A.tensors[key] { chosen[key] = x } else { removed.insert(key) }
+            } else if let ta = A.tensors[key], let tb = B.tensors[key], let rule = rules.rule(path: path, tensor: n) {
                 if ta.shape != tb.shape || ta.dtype != tb.dtype {
-                    conflicts.append(n)
+                    conflicts.append(key)
                     report.append("\(n): shape or dtype differs (ours \(ta.dtype.rawValue) \(ta.shape), theirs \(tb.dtype.rawValue) \(tb.shape)); cannot be merged by \(rule.method)")
-                    chosen[n] = ta
+                    chosen[key] = ta
                 } else {
-                    toMerge[n] = rule
-                    chosen[n] = ta  // placeholder until merged
+                    toMerge[key] = rule
+                    chosen[key] = ta  // placeholder until merged
                 }
             } else {
-                conflicts.append(n)
-                let what = A.tensors[n] == nil ? "removed on our side, changed on theirs"
-                    : B.tensors[n] == nil ? "changed on our side, removed on theirs"
+                conflicts.append(key)
+                let what = A.tensors[key] == nil ? "removed on our side, changed on theirs"
+                    : B.tensors[key] == nil ? "changed on our side, removed on theirs"
                     : "changed on both sides and no merge method is configured for it"
                 report.append("\(n): \(what)")
-                if let x = A.tensors[n] { chosen[n] = x } else { removed.insert(n) }
+                if let x = A.tensors[key] { chosen[key] = x } else { removed.insert(key) }
             }
         }
 
         // Merge the two-sided changes, grouped by rule, with the merge base as the base model.
         var merged: [(String, String)] = []
         var provenance: [(String, String)] = []
-        let groups = Dictionary(grouping: toMerge.keys.sorted(), by: { toMerge[$0]!.method + "|" + String(describing: toMerge[$0]!.parameters.sorted { $0.key < $1.key }) + "|\(toMerge[$0]!.weights ?? [])" })
+        func ruleKey(_ r: MergeRules.Rule) -> String {
+            r.method + "|" + String(describing: r.parameters.sorted { $0.key < $1.key }) + "|\(r.weights ?? [])"
+        }
+        let groups = Dictionary(grouping: Self.sorted(Array(toMerge.keys)), by: { toMerge[$0].map(ruleKey) ?? "" })
         let encoder = ObjectEncoder()
         for key in groups.keys.sorted() {
-            let names = groups[key]!
-            let rule = toMerge[names[0]]!
+            guard let names = groups[key], let first = names.first, let rule = toMerge[first] else { continue }
             if rule.method == "ours" || rule.method == "theirs" || rule.method == "base" {
                 for n in names {
-                    if rule.method == "theirs" { chosen[n] = B.tensors[n]! }
+                    if rule.method == "theirs", let x = B.tensors[n] { chosen[n] = x }
                     else if rule.method == "base" {
                         guard let x = O?.tensors[n] else {
-                            conflicts.append(n); report.append("\(n): method 'base' but the merge base has no such tensor"); continue
+                            conflicts.append(n); report.append("\(n.string): method 'base' but the merge base has no such tensor"); continue
                         }
                         chosen[n] = x
                     }
-                    merged.append((n, rule.method))
+                    merged.append((n.string, rule.method))
                 }
                 continue
             }
@@ -113,32 +123,33 @@ public struct ThreeWayMerge {
             var usable = names
             if type.baseUse == .required, let O {
                 let lacking = names.filter { O.tensors[$0] == nil }
-                for n in lacking { conflicts.append(n); report.append("\(n): added on both sides; \(rule.method) needs it in the merge base") }
+                for n in lacking { conflicts.append(n); report.append("\(n.string): added on both sides; \(rule.method) needs it in the merge base") }
                 usable = names.filter { O.tensors[$0] != nil }
             } else if type.baseUse == .required {
-                for n in names { conflicts.append(n); report.append("\(n): no merge base; \(rule.method) needs one") }
+                for n in names { conflicts.append(n); report.append("\(n.string): no merge base; \(rule.method) needs one") }
                 usable = []
             }
             guard !usable.isEmpty else { continue }
+            let usableNames = usable.map(\.string)
             let w = rule.weights ?? [1, 1]
             let plan = try MergePlan(
                 method: rule.method,
-                base: type.baseUse == .required ? O.map { MergeInputModel(name: "base", source: SubsetSource($0.checkpoint, names: usable)) } : nil,
-                models: [MergeInputModel(name: "ours", source: SubsetSource(A.checkpoint, names: usable), parameters: ["weight": .number(w.first ?? 1)]),
-                         MergeInputModel(name: "theirs", source: SubsetSource(B.checkpoint, names: usable), parameters: ["weight": .number(w.count > 1 ? w[1] : 1)])],
+                base: type.baseUse == .required ? O.map { MergeInputModel(name: "base", source: SubsetSource($0.checkpoint, names: usableNames)) } : nil,
+                models: [MergeInputModel(name: "ours", source: SubsetSource(A.checkpoint, names: usableNames), parameters: ["weight": .number(w.first ?? 1)]),
+                         MergeInputModel(name: "theirs", source: SubsetSource(B.checkpoint, names: usableNames), parameters: ["weight": .number(w.count > 1 ? w[1] : 1)])],
                 parameters: rule.parameters).distributingModelDefaults()
             let summary = try MergeDriver.run(plan) { name, tensor in
                 let sha = SHA256Hasher.hex(tensor.bytes)
                 let width = tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1
                 let stored = try tensor.bytes.withUnsafeBytes { try store.put(raw: $0, rawSHA256: sha, width: width, encoder: encoder) }
-                chosen[name] = (tensor.dtype, tensor.shape, stored)
+                chosen[ExactName(name)] = (tensor.dtype, tensor.shape, stored)
                 merged.append((name, rule.method))
             }
             provenance += try MergeProvenance.metadata(plan: plan, summary: summary) { source, name in
                 (source as? SubsetSource).flatMap { ($0.inner as? StoredCheckpoint)?.stored(name)?.rawSHA256 }
             }
         }
-        conflicts = Array(Set(conflicts)).sorted()
+        let conflicted = Self.sorted(Array(Set(conflicts))).map(\.string)
 
         // The result: our metadata (plus provenance when a method ran), tensors in our order, contiguous.
         var metadata = A.metadata.filter { !$0.0.hasPrefix("tessera.merge.") }
@@ -147,9 +158,16 @@ public struct ThreeWayMerge {
             for (k, v) in provenance where seen.insert(k).inserted { metadata.append((k, v)) }
             metadata.append(("tessera.merge.tensors", JSONValue.array(merged.map { JSONValue.string($0.0) }).serialized()))
         }
-        let final = order.filter { !removed.contains($0) && chosen[$0] != nil }
-        return Outcome(manifest: try assemble(final.map { ($0, chosen[$0]!) }, metadata: metadata), conflicts: conflicts,
-                       merged: merged, report: report)
+        let final = order.compactMap { key in removed.contains(key) ? nil : chosen[key].map { (key.string, $0) } }
+        return Outcome(manifest: try assemble(final, metadata: metadata), conflicts: conflicted, merged: merged, report: report)
+    }
+
+    /// Names in String order; canonically equivalent ones (equal as Strings) in the order of their bytes.
+    static func sorted(_ names: [ExactName]) -> [ExactName] {
+        names.sorted { a, b in
+            let (x, y) = (a.string, b.string)
+            return x != y ? x < y : a.utf8.lexicographicallyPrecedes(b.utf8)
+        }
     }
 
     /// Builds the manifest of a checkpoint made of stored tensors, writing only its new header.

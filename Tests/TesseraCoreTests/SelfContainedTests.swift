@@ -1,14 +1,11 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// A contributor's clone has nothing beside it: no source, test or script may reach outside the repository for its
 /// data (reference values are vendored in Tests/Fixtures, evaluation data in data/).
 @Suite struct SelfContainedTests {
-    static let root: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.path
-    }()
+    static let root = packageRoot
 
     @Test func nothingReadsAFolderBesideTheRepository() throws {
         // Built at run time so that this file does not match itself.

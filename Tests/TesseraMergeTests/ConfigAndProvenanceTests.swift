@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraMerge
 import TesseraIO
+import TesseraTestSupport
 
 @Suite struct ConfigTests {
     @Test func parsesEveryReferenceConfig() throws {

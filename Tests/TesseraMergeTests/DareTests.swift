@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraMerge
+import TesseraTestSupport
 
 @Suite struct DareTests {
     static let n = 100_000

@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraMerge
 import TesseraIO
+import TesseraTestSupport
 
 /// Merges whose 16-bit output overflows fail naming the tensor, the value and the dtype, and nothing appears under
 /// the output's name.

@@ -4,6 +4,7 @@ import TesseraCore
 import TesseraMerge
 import TesseraStore
 import TesseraIO
+import TesseraTestSupport
 
 /// `.tessera/merge.yml`, read as strictly as a mergekit config, and the three-way merge it drives.
 @Suite struct MergeRulesTests {

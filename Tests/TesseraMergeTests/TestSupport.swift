@@ -2,30 +2,7 @@ import Foundation
 import TesseraCore
 import TesseraMerge
 import TesseraIO
-
-/// An in-memory tensor source for tests.
-final class MemorySource: TensorSource {
-    let sourceName: String
-    var tensors: [(String, RawTensor)]
-    init(_ name: String, _ tensors: [(String, RawTensor)]) {
-        sourceName = name
-        self.tensors = tensors
-    }
-    convenience init(_ name: String, floats: [(String, [Int], [Float])], dtype: DType = .f32) throws {
-        self.init(name, try floats.map { ($0.0, try RawTensor(floats: $0.2, shape: $0.1, dtype: dtype)) })
-    }
-    var tensorNames: [String] { tensors.map(\.0) }
-    func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? {
-        tensors.first { $0.0 == name }.map { ($0.1.dtype, $0.1.shape) }
-    }
-    func rawTensor(_ name: String) throws -> RawTensor {
-        guard let t = tensors.first(where: { $0.0 == name }) else {
-            throw TesseraError(.notFound, "\(sourceName): no tensor '\(name)'")
-        }
-        return t.1
-    }
-    var metadata: [(String, String)] { [] }
-}
+import TesseraTestSupport
 
 /// Runs a plan and collects its output.
 func runMerge(_ plan: MergePlan) throws -> [String: RawTensor] {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraMerge
+import TesseraTestSupport
 
 /// The documented edge cases of TIES (inputs/edge_tv.safetensors) and the three variants against plain sort-based
 /// restatements of the reference spec.

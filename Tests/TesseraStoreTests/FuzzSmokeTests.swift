@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TesseraTestSupport
 
 /// The fuzz targets of Fuzz/ (built with libFuzzer's runtime by scripts/fuzz-build.sh, which scripts/test.sh runs),
 /// each run for a bounded time on its seed corpus, and every regression input of Fuzz/Regressions replayed. A crash,
@@ -22,11 +23,7 @@ import Testing
         Target(name: "mergeconfig", executable: "FuzzMergeConfig"),
     ]
 
-    static let root: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.path
-    }()
+    static let root = packageRoot
 
     static let binDirectory = ProcessInfo.processInfo.environment["TESSERA_FUZZ_BIN"] ?? root + "/.build-fuzz/release"
     static let seconds = Int(ProcessInfo.processInfo.environment["TESSERA_FUZZ_SECONDS"] ?? "") ?? 10

@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraStore
 import TesseraIO
+import TesseraTestSupport
 
 /// Issue 8: objects, manifests and checkpoints built to hurt. Every case builds its hostile bytes here and expects one
 /// clear error (never a crash, a hang or a wrong answer).

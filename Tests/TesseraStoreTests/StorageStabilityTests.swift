@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraStore
+import TesseraTestSupport
 
 /// What the store writes for a fixed set of checkpoints (manifests and object ids, byte for byte), against values
 /// recorded before the store was restructured into codecs behind a registry: the same inputs must keep giving the
@@ -9,11 +10,7 @@ import TesseraStore
 /// change of format is intended, with a new manifest or object version) with
 /// `TESSERA_RECORD_STORAGE_FIXTURE=1 swift test --filter StorageStabilityTests`.
 @Suite struct StorageStabilityTests {
-    static let fixture: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.path + "/Tests/Fixtures/storage-stability.json"
-    }()
+    static let fixture = PackagePaths.fixtures + "/storage-stability.json"
 
     /// Deterministic values (xorshift), no randomness between runs.
     static func floats(_ n: Int, seed: UInt64, scale: Float = 0.05) -> [Float] {

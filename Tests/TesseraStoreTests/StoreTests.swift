@@ -3,11 +3,7 @@ import Testing
 import TesseraCore
 import TesseraStore
 import TesseraIO
-
-func temporaryStore() throws -> (ObjectStore, String) {
-    let dir = NSTemporaryDirectory() + "tessera-store-" + UUID().uuidString.prefix(8)
-    return (try ObjectStore(root: dir), dir)
-}
+import TesseraTestSupport
 
 @Suite struct ObjectStoreTests {
     @Test func sha256MatchesTheStandardVectors() {

@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraStore
 import TesseraIO
+import TesseraTestSupport
 
 /// `StoredCheckpoint.readFloat32` (objects decoded straight into float storage) against `rawTensor`, from several
 /// threads at once as a merge of stored revisions reads them, and on a damaged object.

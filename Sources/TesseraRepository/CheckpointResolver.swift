@@ -1,0 +1,238 @@
+import Foundation
+import TesseraCore
+import TesseraGit
+import TesseraMerge
+import TesseraStore
+import TesseraIO
+
+/// A checkpoint as a command names it, resolved: its tensors, and the folder its config and tokenizer files are in.
+public struct ResolvedCheckpoint {
+    public enum Layout: Equatable, Sendable {
+        /// One safetensors file (on disk, or tracked: `REV:path`).
+        case file
+        /// A sharded checkpoint read through its index.
+        case sharded(shards: Int)
+        /// A PEFT adapter folder's `adapter_model.safetensors`.
+        case adapter
+    }
+
+    /// The name as given (a path, `REV:path`, `REV:folder`).
+    public var name: String
+    public var source: TensorSource
+    public var layout: Layout
+    /// Whether the name is a folder (on disk or at a revision): a Hugging Face model folder.
+    public var isFolder: Bool
+    /// Where the checkpoint's config and tokenizer files are: the folder itself, else the folder holding the file.
+    public var sideFiles: CheckpointFolder?
+}
+
+/// Resolves what users name as checkpoints, the same way for every command:
+/// - a safetensors file (told from its bytes, whatever its name), or a tracked file's manifest in the worktree;
+/// - a Hugging Face folder: `model.safetensors`, or `model.safetensors.index.json` and its shards, or a PEFT adapter
+///   (`adapter_model.safetensors` + `adapter_config.json`);
+/// - a shard index file itself;
+/// - `REV:path` of a tracked file and `REV:folder` (the same folder layouts, read from git and the object store with
+///   no checkout; missing objects are fetched from the remote first).
+/// Anything else is one line saying what it is and what to do.
+public final class CheckpointResolver {
+    /// The repository the names are resolved in (for `REV:path`, and manifests of files not checked out); nil
+    /// outside any repository.
+    public let repository: Repository?
+    private var hashes: [ObjectIdentifier: (String) -> String?] = [:]
+    /// Hashes file inputs' tensors for provenance (shared by every file this resolver opens, so that the same tensor
+    /// of two inputs is hashed as a pair).
+    private let hasher = ProvenanceHasher()
+    private lazy var revisions: RevisionCheckpoints? = repository.map { repository in
+        RevisionCheckpoints(repository: repository) { [unowned self] manifest, name in try self.stored(manifest, name: name, repository: repository) }
+    }
+
+    /// Whether file inputs are hashed for provenance (merges and task vectors record them; evaluation does not).
+    public let hashesFileInputs: Bool
+
+    /// Resolves names inside the repository holding `directory`, if any.
+    public init(directory: String, hashesFileInputs: Bool = true) {
+        repository = try? Repository(directory: directory)
+        self.hashesFileInputs = hashesFileInputs
+    }
+
+    public func source(_ spec: String) throws -> TensorSource { try checkpoint(spec).source }
+
+    public func checkpoint(_ spec: String) throws -> ResolvedCheckpoint {
+        var st = stat()
+        if stat(spec, &st) == 0 {
+            if (st.st_mode & S_IFMT) == S_IFDIR {
+                let folder = DiskCheckpointFolder(directory: spec) { [unowned self] in try self.openFile($0) }
+                return try open(folder: folder, name: spec)
+            }
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                throw TesseraError(.usage, "\(spec) is neither a file nor a folder", hint: "name a safetensors file, a model folder or REV:path")
+            }
+            let parent = (spec as NSString).deletingLastPathComponent
+            let beside = DiskCheckpointFolder(directory: parent.isEmpty ? "." : parent) { [unowned self] in try self.openFile($0) }
+            let format = CheckpointFileFormat.detect(prefix: DiskCheckpointFolder.prefix(spec, count: 32))
+            if format == .json {
+                // A shard index: its shards are files beside it.
+                let index = try CheckpointFolderLayout.openSharded(index: (spec as NSString).lastPathComponent, in: beside)
+                register(index)
+                return ResolvedCheckpoint(name: spec, source: index, layout: .sharded(shards: index.shards.count), isFolder: false, sideFiles: beside)
+            }
+            return ResolvedCheckpoint(name: spec, source: try openFile(spec, format: format), layout: .file, isFolder: false, sideFiles: beside)
+        }
+        if spec.contains(":") {
+            guard let revisions else {
+                throw TesseraError(.usage, "\(spec): no such file, and REV:path needs a git repository", hint: "run inside the repository (or -C DIR), or name a file")
+            }
+            return try revisions.checkpoint(spec, resolver: self)
+        }
+        if spec.contains("+") {
+            throw TesseraError(.unsupported, "\(spec): no such file or folder (mergekit's MODEL+LORA form is not supported)",
+                               hint: "merge the LoRA into its model first, or name the adapter folder itself")
+        }
+        if ModelCard.hubID(spec) != nil && !spec.hasSuffix(".safetensors") {
+            throw TesseraError(.notFound, "\(spec): no such file or folder (tessera reads local checkpoints; it does not download from the Hugging Face Hub)",
+                               hint: "download the model into a folder (e.g. `hf download \(spec) --local-dir DIR`) and name the folder")
+        }
+        throw TesseraError(.notFound, "\(spec): no such file or folder", hint: "name a safetensors file, a model folder, or REV:path (e.g. HEAD~1:model.safetensors)")
+    }
+
+    /// A checkpoint folder (on disk or at a revision) as one source.
+    public func open(folder: CheckpointFolder, name: String) throws -> ResolvedCheckpoint {
+        let layout = try CheckpointFolderLayout.detect(in: folder)
+        let source = try layout.open(in: folder)
+        let kind: ResolvedCheckpoint.Layout
+        switch layout {
+        case .single: kind = .file
+        case .sharded:
+            let sharded = source as? ShardedSource
+            if let sharded { register(sharded) }
+            kind = .sharded(shards: sharded?.shards.count ?? 1)
+        case .adapter: kind = .adapter
+        }
+        return ResolvedCheckpoint(name: name, source: source, layout: kind, isFolder: true, sideFiles: folder)
+    }
+
+    /// A checkpoint file on disk, told from its bytes: safetensors, or the manifest of a tracked file that is not
+    /// checked out.
+    public func openFile(_ path: String, format known: CheckpointFileFormat? = nil) throws -> TensorSource {
+        let format = known ?? CheckpointFileFormat.detect(prefix: DiskCheckpointFolder.prefix(path, count: 32))
+        switch format {
+        case .tesseraManifest:
+            guard let repository else {
+                throw TesseraError(.usage, "\(path) is a tessera manifest (a tracked checkpoint that is not checked out)",
+                                   hint: "run inside its repository, or check the file out first")
+            }
+            let text = String(decoding: try DiskCheckpointFolder.readFile(path, limit: 64 << 20), as: UTF8.self)
+            return try stored(try Manifest.parse(text, file: path), name: path, repository: repository)
+        case .gguf:
+            throw TesseraError(.unsupported, "\(path) is a GGUF file: `tessera eval` reads it, but merges and task vectors read safetensors",
+                               hint: "`tessera import \(path) -o FOLDER` writes it as a Hugging Face folder")
+        case .json:
+            throw TesseraError(.invalidCheckpoint, "\(path) is JSON, not a checkpoint", hint: "name the model's folder, or its .safetensors file")
+        case .safetensors:
+            let plain = try StreamingSafetensorsSource(path: path)
+            guard hashesFileInputs else { return plain }
+            let file = HashingSource(plain, hasher: hasher)
+            hashes[ObjectIdentifier(file)] = { name in file.hash(of: name) }
+            return file
+        default:
+            throw CheckpointFileFormat.unsupportedError(format, file: path)
+                ?? TesseraError(.invalidCheckpoint, "\(path) is not a checkpoint", hint: "name a safetensors file or a model folder")
+        }
+    }
+
+    func stored(_ manifest: Manifest, name: String, repository: Repository) throws -> TensorSource {
+        guard manifest.format == .safetensors else {
+            throw TesseraError(.unsupported, "\(name) is tracked by tessera but is not a safetensors checkpoint (stored whole)",
+                               hint: "name a safetensors checkpoint")
+        }
+        try repository.fetchMissingObjects(of: [manifest], forFile: name)
+        let checkpoint = try StoredCheckpoint(manifest: manifest, store: repository.store, name: name)
+        hashes[ObjectIdentifier(checkpoint)] = { checkpoint.stored($0)?.rawSHA256 }
+        return checkpoint
+    }
+
+    /// A sharded source's tensor hashes are its shards'.
+    public func register(_ sharded: ShardedSource) {
+        hashes[ObjectIdentifier(sharded)] = { [weak self, weak sharded] name in
+            guard let self, let shard = sharded?.shard(of: name) else { return nil }
+            return self.tensorHash(shard, name)
+        }
+    }
+
+    /// Stops and waits for the background hashing of file inputs. Commands call it before they return or throw, so
+    /// that no thread is still reading a tensor when the process exits.
+    public func finish() {
+        hasher.stop()
+    }
+
+    /// The exact SHA-256 of a tensor's bytes in a source this resolver opened (for provenance).
+    public func tensorHash(_ source: TensorSource, _ name: String) -> String? {
+        hashes[ObjectIdentifier(source)]?(name)
+    }
+}
+
+/// A file source that records each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway (the
+/// arrays it reads, or the file mappings it merges from), hashed by the resolver's `ProvenanceHasher` on worker
+/// threads while the merge goes on, instead of reading every input a second time at the end.
+public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, @unchecked Sendable {
+    // @unchecked: `hashes` and `submitted` are guarded by `lock`.
+    public let inner: StreamingSafetensorsSource
+    private let hasher: ProvenanceHasher
+    private var hashes: [String: String] = [:]
+    private var submitted = Set<String>()
+    private let lock = NSLock()
+
+    init(_ inner: StreamingSafetensorsSource, hasher: ProvenanceHasher) {
+        self.inner = inner
+        self.hasher = hasher
+    }
+
+    public var sourceName: String { inner.sourceName }
+    public var allowsConcurrentReads: Bool { true }  // the inner file allows them; `hashes` and `submitted` are locked
+    public var tensorNames: [String] { inner.tensorNames }
+    public var metadata: [(String, String)] { inner.metadata }
+    public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
+
+    public func rawTensor(_ name: String) throws -> RawTensor {
+        let t = try inner.rawTensor(name)
+        let bytes = t.bytes
+        hashLater(name, count: bytes.count) { body in bytes.withUnsafeBytes(body) }
+        return t
+    }
+
+    public func readFloat32(_ name: String) throws -> [Float]? {
+        #if _endian(big)
+        return nil  // the floats' storage is not the file's bytes there: hash through rawTensor
+        #else
+        guard let values = try inner.readFloat32(name) else { return nil }
+        // Little-endian float32 storage is exactly the file's bytes; the array is immutable, so it is read uncopied.
+        hashLater(name, count: 4 * values.count) { body in values.withUnsafeBytes(body) }
+        return values
+        #endif
+    }
+
+    public func mapFloat32(_ name: String) throws -> MappedFloat32? {
+        guard let mapped = try inner.mapFloat32(name) else { return nil }
+        // The mapping is the file's bytes; the hasher holds it until it is hashed.
+        hashLater(name, count: 4 * mapped.values.count) { body in body(UnsafeRawBufferPointer(mapped.values)) }
+        return mapped
+    }
+
+    private func hashLater(_ name: String, count: Int, _ bytes: @escaping ProvenanceHasher.ByteAccess) {
+        lock.lock()
+        let first = submitted.insert(name).inserted
+        lock.unlock()
+        guard first else { return }
+        hasher.submit(count: count, bytes) { [self] digest in
+            lock.lock(); hashes[name] = digest; lock.unlock()
+        }
+    }
+
+    /// The tensor's SHA-256; computed now if the merge never read it.
+    public func hash(of name: String) -> String? {
+        hasher.waitUntilIdle()
+        lock.lock(); let h = hashes[name]; lock.unlock()
+        if let h { return h }
+        return (try? inner.rawTensor(name)).map { SHA256Hasher.hex($0.bytes) }
+    }
+}

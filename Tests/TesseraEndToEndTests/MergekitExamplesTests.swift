@@ -1,0 +1,92 @@
+import Foundation
+import Testing
+import TesseraTestSupport
+
+/// mergekit's own example configs (its examples/*.yml), run unchanged by `tessera merge --config` from a folder where
+/// every model they name is a small local Hugging Face folder of that name (Tests/Fixtures/mergekit-examples, made by
+/// scripts/make_mergekit_example_fixtures.py, which also ran mergekit 0.1.5 on them). Each config either merges like
+/// mergekit or is refused in one line that names what is not supported.
+@Suite struct MergekitExamplesTests {
+    static let fixtures = PackagePaths.fixtures + "/mergekit-examples"
+
+    /// What the script recorded: "merged" or "refused" per config, and the feature a refusal must name.
+    static let outcomes: [String: (tessera: String, names: String?)] = [
+        "arcee_fusion.yml": ("refused", "arcee_fusion"),
+        "bio-merge.yml": ("merged", nil),
+        "gradient-slerp.yml": ("refused", "'slices'"),
+        "linear.yml": ("merged", nil),
+        "orcamini-platy-44layer.yml": ("refused", "'slices'"),
+        "ties.yml": ("merged", nil),
+    ]
+
+    @Test func theFixturesListEveryExample() throws {
+        let configs = Checkpoints.list(Self.fixtures + "/examples")
+        #expect(Set(configs) == Set(Self.outcomes.keys))
+        let recorded = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Self.fixtures + "/outcomes.json"))) as? [String: Any])
+        let byConfig = try #require(recorded["configs"] as? [String: [String: Any]])
+        for (config, outcome) in Self.outcomes { #expect(byConfig[config]?["tessera"] as? String == outcome.tessera, "\(config)") }
+        // transformers loaded the folders tessera wrote (sharded, through the index) and mergekit's, and their logits
+        // agree: to float32 rounding for the linear merge, to the float16 differences above for the TIES ones.
+        for (config, outcome) in Self.outcomes where outcome.tessera == "merged" {
+            let row = try #require(byConfig[config])
+            #expect((row["tessera_files"] as? [String])?.contains("model.safetensors.index.json") == true, "\(config)")
+            let diff = try #require(row["transformers_max_logit_diff"] as? Double, "\(config): transformers did not load the output")
+            #expect(diff < (config == "linear.yml" ? 1e-3 : 0.5), "\(config): logits differ by \(diff)")
+        }
+    }
+
+    @Test(arguments: outcomes.keys.sorted())
+    func exampleMergesLikeMergekitOrNamesWhatIsNotSupported(config: String) throws {
+        let s = try Sandbox()
+        let outcome = try #require(Self.outcomes[config])
+        let r = try s.run("\"$T\" merge --config examples/\(config) -o \"\(s.path("out"))\"", in: Self.fixtures, check: false)
+        guard outcome.tessera == "merged" else {
+            #expect(r.status != 0 && r.stderr.hasPrefix("tessera: ") && r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
+            #expect(r.stderr.contains(outcome.names ?? "?"), "\(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: s.path("out")))
+            return
+        }
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(Checkpoints.list(s.path("out")) == ["README.md", "config.json", "model.safetensors"])
+        let card = try String(contentsOfFile: s.path("out/README.md"), encoding: .utf8)
+        #expect(card.contains(try String(contentsOfFile: Self.fixtures + "/examples/" + config, encoding: .utf8)), "the card quotes the config")
+        let stem = String(config.dropLast(4))
+        let got = try Checkpoints.tensors(s.path("out")), expected = try Checkpoints.tensors(Self.fixtures + "/expected/\(stem).safetensors")
+        #expect(Set(got.keys) == Set(expected.keys))
+        // mergekit computes in the config's dtype (float16 here), tessera in float32 with one rounding at the end: the
+        // same value to one float16 step, except where TIES's magnitude threshold falls between values that the
+        // float16 arithmetic ranked differently (a few percent of a tensor at most).
+        for (name, e) in expected {
+            let g = try #require(got[name])
+            #expect(g.dtype == e.dtype && g.shape == e.shape, "\(name)")
+            let x = Checkpoints.values(g), y = Checkpoints.values(e)
+            let far = zip(x, y).filter { abs($0 - $1) > Checkpoints.halfULP($1) * 1.0001 }.count
+            let allowed = stem == "linear" ? 0 : y.count / 10
+            #expect(far <= allowed, "\(config) \(name): \(far) of \(y.count) values differ from mergekit's by more than one float16 step")
+        }
+    }
+
+    /// The same configs computing in float32 on both sides (their dtype line changed): equal to mergekit's up to
+    /// float32 rounding, but for values tied in magnitude at TIES's density threshold (mergekit's torch.topk leaves
+    /// their order unspecified; tessera keeps the lower index).
+    @Test(arguments: ["bio-merge", "linear", "ties"])
+    func exampleInFloat32MatchesMergekit(stem: String) throws {
+        let s = try Sandbox()
+        let text = try String(contentsOfFile: Self.fixtures + "/examples/\(stem).yml", encoding: .utf8)
+        let variant = text.split(separator: "\n", omittingEmptySubsequences: false)
+            .map { $0.hasPrefix("dtype:") ? "dtype: float32" : String($0) }.joined(separator: "\n")
+        try variant.write(toFile: s.path("config.yml"), atomically: true, encoding: .utf8)
+        try s.run("\"$T\" merge --config \"\(s.path("config.yml"))\" -o \"\(s.path("out.safetensors"))\"", in: Self.fixtures)
+        let got = try Checkpoints.tensors(s.path("out.safetensors"))
+        let expected = try Checkpoints.tensors(Self.fixtures + "/expected/\(stem).float32.safetensors")
+        #expect(Set(got.keys) == Set(expected.keys))
+        for (name, e) in expected {
+            let g = try #require(got[name])
+            #expect(g.dtype == "F32" && e.dtype == "F32" && g.shape == e.shape, "\(name)")
+            let x = Checkpoints.values(g), y = Checkpoints.values(e)
+            let scale = max(y.map(abs).max() ?? 0, 1e-12)
+            let far = zip(x, y).filter { abs($0 - $1) > 1e-6 * scale }.count
+            #expect(far <= max(2, y.count / 100), "\(stem) \(name): \(far) of \(y.count) values differ from mergekit's")
+        }
+    }
+}

@@ -42,10 +42,11 @@ struct GGUFBytes {
     }
 }
 
-@Suite struct HostileGGUFTests {
+@Suite final class HostileGGUFTests {
     let directory: String
 
     init() throws { directory = try EngineFixtures.temporaryDirectory("hostile-gguf") }
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     /// Opening `g` fails with one invalid-checkpoint error whose message contains every word of `words`.
     func expectRefused(_ g: GGUFBytes, _ words: [String], code: TesseraError.Code = .invalidCheckpoint,

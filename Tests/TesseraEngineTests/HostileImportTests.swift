@@ -6,9 +6,10 @@ import TesseraIO
 
 /// `tessera import`: the folder appears whole or not at all, the user's files are never touched, and the side files
 /// match what transformers sets up from the same GGUF (scripts/make_import_fixtures.py).
-@Suite struct HostileImportTests {
+@Suite final class HostileImportTests {
     let directory: String
     init() throws { directory = try EngineFixtures.temporaryDirectory("import") }
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     func entries(_ path: String) -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted() }
 

@@ -132,9 +132,25 @@ def main():
     sh(f'cp {files["base"]} model.safetensors && git add -A && git commit -qm base')
     sh(f'git switch -q -c a && cp {files["ft1"]} model.safetensors && git commit -qam a')
     sh(f'git switch -q -c b main && cp {files["ft2"]} model.safetensors && git commit -qam b && git switch -q a')
-    gw, _ = timed(["git", "merge", "-q", "--no-edit", "b"], cwd=repo, env=env)
-    ow, orss = timed([TESSERA, "merge", "--method", "ties", "--base", "main:model.safetensors", "a~0^1:model.safetensors" if False else "HEAD^1:model.safetensors",
-                      "b:model.safetensors", "--param", "density=0.5", "-o", os.path.join(work, "offline.safetensors")], cwd=repo, env=env)
+    offline_out = os.path.join(work, "offline.safetensors")
+    a_commit = subprocess.run(["git", "rev-parse", "a"], cwd=repo, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    def git_merge_run():
+        sh(f"git reset -q --hard {a_commit}")  # back to branch a before the merge (the merge's objects stay stored)
+        subprocess.run(["sync"])
+        return timed(["git", "merge", "-q", "--no-edit", "b"], cwd=repo, env=env)
+    def offline_run():
+        if os.path.exists(offline_out):
+            os.remove(offline_out)
+        subprocess.run(["sync"])
+        return timed([TESSERA, "merge", "--method", "ties", "--base", "main:model.safetensors", f"{a_commit}:model.safetensors",
+                      "b:model.safetensors", "--param", "density=0.5", "-o", offline_out], cwd=repo, env=env)
+    # The first git merge stores the merged tensors; later ones find them stored. Both are timed: the first is the
+    # user's case.
+    first_gw, _ = git_merge_run()
+    pairs = [(git_merge_run()[0], offline_run()[0]) for _ in range(a.repeat)]
+    gw = sorted(p[0] for p in pairs)[len(pairs) // 2]
+    ow = sorted(p[1] for p in pairs)[len(pairs) // 2]
+    sh(f"git reset -q --hard {a_commit} && git merge -q --no-edit b")
     same = load(os.path.join(repo, "model.safetensors")) .keys() == load(os.path.join(work, "offline.safetensors")).keys()
     equal = all(np.array_equal(x, y) for x, y in zip(load(os.path.join(repo, "model.safetensors")).values(), load(os.path.join(work, "offline.safetensors")).values())) if same else False
 
@@ -155,7 +171,10 @@ def main():
             print(f"{r['merge']:12}{r['tessera_s']:11.2f}{r['baseline_s']:12.2f}{r['tessera_s'] / r['baseline_s']:8.3f}"
                   f"{r['tessera_rss_mb']:9.0f}{r['baseline_rss_mb']:10.0f}  {r['baseline_identical']}")
             checks.append((f"{r['merge']}: tessera / baseline wall time", r["tessera_s"] / r["baseline_s"], 1.05))
-    print(f"git merge of two fine-tuned branches (TIES, merge driver): {gw:.2f} s; offline `tessera merge` of the same revisions: {ow:.2f} s; results identical: {equal}")
+    print(f"git merge of two fine-tuned branches (TIES, merge driver): first {first_gw:.2f} s, median {gw:.2f} s; "
+          f"offline `tessera merge` of the same revisions: {ow:.2f} s; results identical: {equal}")
+    checks.append(("git merge (first, storing the merged tensors) / offline merge wall time", first_gw / ow, 1.2))
+    checks.append(("git merge and offline merge give different tensors (0 = identical)", 0.0 if equal else 1.0, 0.0))
     passed = 0
     for label, v, limit in checks:
         ok = v <= limit

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 import TesseraStore
 
 /// A source restricted to some tensors of another (the merge methods see only the tensors being merged).
@@ -103,7 +104,10 @@ public struct ThreeWayMerge {
             r.method + "|" + String(describing: r.parameters.sorted { $0.key < $1.key }) + "|\(r.weights ?? [])"
         }
         let groups = Dictionary(grouping: Self.sorted(Array(toMerge.keys)), by: { toMerge[$0].map(ruleKey) ?? "" })
-        let encoder = ObjectEncoder()
+        // Merged tensors are hashed, encoded and stored on a thread of their own while the next ones are merged.
+        let writer = BackgroundObjectWriter(store: store)
+        defer { writer.cancel() }
+        var pending: [(name: ExactName, dtype: DType, shape: [Int])] = []
         for key in groups.keys.sorted() {
             guard let names = groups[key], let first = names.first, let rule = toMerge[first] else { continue }
             if rule.method == "ours" || rule.method == "theirs" || rule.method == "base" {
@@ -139,15 +143,18 @@ public struct ThreeWayMerge {
                          MergeInputModel(name: "theirs", source: SubsetSource(B.checkpoint, names: usableNames), parameters: ["weight": .number(w.count > 1 ? w[1] : 1)])],
                 parameters: rule.parameters).distributingModelDefaults()
             let summary = try MergeDriver.run(plan) { name, tensor in
-                let sha = SHA256Hasher.hex(tensor.bytes)
-                let width = tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1
-                let stored = try tensor.bytes.withUnsafeBytes { try store.put(raw: $0, rawSHA256: sha, width: width, encoder: encoder) }
-                chosen[ExactName(name)] = (tensor.dtype, tensor.shape, stored)
+                writer.store(tensor.bytes, width: tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1, key: pending.count)
+                pending.append((ExactName(name), tensor.dtype, tensor.shape))
                 merged.append((name, rule.method))
             }
             provenance += try MergeProvenance.metadata(plan: plan, summary: summary) { source, name in
                 (source as? SubsetSource).flatMap { ($0.inner as? StoredCheckpoint)?.stored(name)?.rawSHA256 }
             }
+        }
+        let stored = try writer.finish()
+        for (key, t) in pending.enumerated() {
+            guard let object = stored[key] else { throw TesseraError(.io, "\(path): merged tensor '\(t.name.string)' was not stored") }
+            chosen[t.name] = (t.dtype, t.shape, object)
         }
         let conflicted = Self.sorted(Array(Set(conflicts))).map(\.string)
 

@@ -85,13 +85,14 @@ public enum ObjectCodecs {
 public final class PayloadReader {
     let file: FileDescriptor
     public private(set) var remaining: Int
-    let hasher: SHA256Hasher
+    /// Hashes the payload for the object-id check; nil when the read is checked by its raw value alone.
+    let hasher: SHA256Hasher?
     let objectID: String
     /// The current block: the buffer's first `blockLength` bytes. Owned by the decoder and reused across objects.
     let buffer: UnsafeMutableRawBufferPointer
     public private(set) var blockLength = 0
 
-    init(file: FileDescriptor, payloadLength: Int, hasher: SHA256Hasher, objectID: String, buffer: UnsafeMutableRawBufferPointer) {
+    init(file: FileDescriptor, payloadLength: Int, hasher: SHA256Hasher?, objectID: String, buffer: UnsafeMutableRawBufferPointer) {
         self.file = file
         remaining = payloadLength
         self.hasher = hasher
@@ -105,7 +106,7 @@ public final class PayloadReader {
         blockLength = n
         guard n > 0 else { return 0 }
         try file.readExactly(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]))
-        hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        hasher?.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
         remaining -= n
         return n
     }

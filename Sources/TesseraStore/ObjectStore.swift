@@ -179,13 +179,14 @@ public final class ObjectStore: @unchecked Sendable {
                      hint: "delete \(objectPath(id)) and fetch it again (`tessera fetch`), or run `tessera fsck`")
     }
 
-    /// Decodes an object, handing its raw bytes to `sink` in order, piece by piece. Verification (object id and raw
-    /// hash) completes only when the call returns without throwing: a caller that must not act on unverified bytes
+    /// Decodes an object, handing its raw bytes to `sink` in order, piece by piece. Verification (the raw hash, and
+    /// the object id unless `expectedRawSHA256` is given) completes only when the call returns without throwing: a caller that must not act on unverified bytes
     /// must not commit to them before then (the filter reports failure to git, which then discards the output).
     /// `expectedLength`, when the caller knows it (a manifest's segment), is checked against the trailer before any
     /// byte is decoded.
-    public func read(_ id: String, expectedLength: Int? = nil, expectedRawSHA256: String? = nil, decoder: ObjectDecoder,
-                     sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+    /// `checksObjectID`: hash the object file against its id even when the raw value is named (fsck does).
+    public func read(_ id: String, expectedLength: Int? = nil, expectedRawSHA256: String? = nil, checksObjectID: Bool = false,
+                     decoder: ObjectDecoder, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let object = try open(id)
         let trailer = object.trailer
         if let expectedLength, expectedLength != trailer.rawCount {
@@ -205,7 +206,11 @@ public final class ObjectStore: @unchecked Sendable {
             try readAll(dependencyID, into: buffer.bytes, decoder: ObjectDecoder())
             dependencies.append(buffer)
         }
-        let stored = SHA256Hasher()
+        // A read that names the raw value it expects is proven by that value alone: the decoded bytes hash to the
+        // SHA-256 the manifest names, whatever the object file's other bytes are (a delta's base is checked whole
+        // above). Hashing the object file too would cost a second pass over it for nothing the reader gets; reads
+        // that expect nothing (fsck, fetch verification) check the object id as well.
+        let stored: SHA256Hasher? = expectedRawSHA256 == nil || checksObjectID ? SHA256Hasher() : nil
         let raw = SHA256Hasher()
         var produced = 0
         try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: trailer, dependencies: dependencies,
@@ -214,8 +219,10 @@ public final class ObjectStore: @unchecked Sendable {
             produced += piece.count
             try sink(piece)
         }
-        stored.update(object.trailerBytes)
-        guard stored.finalizeHex() == id else { throw corrupt(id, "its bytes do not match its SHA-256") }
+        if let stored {
+            stored.update(object.trailerBytes)
+            guard stored.finalizeHex() == id else { throw corrupt(id, "its bytes do not match its SHA-256") }
+        }
         guard produced == trailer.rawCount, raw.finalizeHex() == trailer.rawSHA256.hexString else {
             throw corrupt(id, "its decoded bytes do not match the recorded raw SHA-256")
         }
@@ -251,10 +258,10 @@ public final class ObjectStore: @unchecked Sendable {
         guard at == capacity else { throw corrupt(id, "it is shorter than expected") }
     }
 
-    /// Checks an object fully (as a read does) without keeping its bytes.
+    /// Checks an object fully (its id and its raw value) without keeping its bytes.
     public func verify(_ id: String, expectedLength: Int? = nil, expectedRawSHA256: String? = nil,
                        decoder: ObjectDecoder = ObjectDecoder()) throws {
-        try read(id, expectedLength: expectedLength, expectedRawSHA256: expectedRawSHA256, decoder: decoder) { _ in }
+        try read(id, expectedLength: expectedLength, expectedRawSHA256: expectedRawSHA256, checksObjectID: true, decoder: decoder) { _ in }
     }
 
     /// Every object id in the store.
@@ -303,7 +310,7 @@ public final class ObjectDecoder {
     /// Decodes a payload whose trailer has been validated (`ObjectTrailer.decode`): every length below derives from
     /// the trailer's bounded raw length and the file's real size.
     func decode(file: FileDescriptor, payloadLength: Int, trailer: ObjectTrailer, dependencies: [LargeBuffer],
-                storedHasher: SHA256Hasher, objectID: String, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+                storedHasher: SHA256Hasher?, objectID: String, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         guard let type = ObjectCodecs.codec(code: trailer.codec) else {
             throw TesseraError(.objectCorrupt, "object \(objectID.prefix(12)) has an unknown encoding \(trailer.codec)", hint: "upgrade tessera")
         }

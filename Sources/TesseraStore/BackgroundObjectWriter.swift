@@ -1,0 +1,71 @@
+import Dispatch
+import Foundation
+import TesseraCore
+import TesseraIO
+
+/// Stores values on a thread of its own while the caller computes the next ones: hashing, encoding and writing a
+/// merged tensor (about as much work as merging it) then overlap with the merge instead of following it. Used by the
+/// git merge driver and `tessera resolve`, whose merged tensors go to the store rather than to a file.
+///
+/// Values wait in order, bounded by a byte budget (the caller blocks in `store` while the limit is held). The first
+/// failure stops the pipeline: later values are dropped and `finish` throws it.
+public final class BackgroundObjectWriter: @unchecked Sendable {
+    // @unchecked: `results` and `failure` are guarded by `lock`; the queue is serial.
+    private let store: ObjectStore
+    private let queue = DispatchQueue(label: "tessera.background-object-writer")
+    private let group = DispatchGroup()
+    private let budget: ByteBudget
+    private let encoder = ObjectEncoder()
+    /// Objects are flushed to disk on the batch's queue as they are written, and made visible together by `finish`.
+    private let batch: ObjectBatch
+    private let lock = NSLock()
+    private var results: [Int: Manifest.Stored] = [:]
+    private var failure: (any Error)?
+
+    /// `limit`: bytes of values waiting or being stored at once.
+    public init(store: ObjectStore, limit: Int = 256 << 20) {
+        self.store = store
+        budget = ByteBudget(limit: limit)
+        batch = ObjectBatch(store: store)
+    }
+
+    /// Queues `bytes` (elements of `width` bytes: the byte grouping's width; 1 for anything else) under `key`.
+    public func store(_ bytes: [UInt8], width: Int, key: Int) {
+        guard budget.reserve(bytes.count) else {
+            budget.release(bytes.count)
+            return
+        }
+        queue.async(group: group) { [self] in
+            defer { budget.release(bytes.count) }
+            guard !budget.isStopped else { return }
+            do {
+                let sha = SHA256Hasher.hex(bytes)
+                let stored = try bytes.withUnsafeBytes { try store.put(raw: $0, rawSHA256: sha, width: width, encoder: encoder, batch: batch) }
+                lock.withLock { results[key] = stored }
+            } catch {
+                lock.withLock { if failure == nil { failure = error } }
+                budget.stop()
+            }
+        }
+    }
+
+    /// Waits for every queued value; the stored objects by key, or the first failure.
+    public func finish() throws -> [Int: Manifest.Stored] {
+        group.wait()
+        let (results, failure) = lock.withLock { (self.results, self.failure) }
+        if let failure {
+            batch.abandon()
+            throw failure
+        }
+        try batch.commit()
+        return results
+    }
+
+    /// Stops storing (after a failure of the caller's own): waits for the value in hand, drops the rest and removes
+    /// what was written and not yet committed (nothing, after `finish`).
+    public func cancel() {
+        budget.stop()
+        group.wait()
+        batch.abandon()
+    }
+}

@@ -107,7 +107,7 @@ public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Se
         }
         try LargeBuffer.checkFitsInMemory(4 * n, what: "\(sourceName): tensor '\(name)'")
         return try [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
-            try store.readAll(t.stored.objectID, into: UnsafeMutableRawBufferPointer(buffer))
+            try store.readAll(t.stored.objectID, into: UnsafeMutableRawBufferPointer(buffer), expectedRawSHA256: t.stored.rawSHA256)
             initialized = n
         }
         #else

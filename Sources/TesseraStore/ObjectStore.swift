@@ -197,20 +197,26 @@ public final class ObjectStore: @unchecked Sendable {
         }
         // Dependencies (a delta's base) are whole objects themselves, exactly as long as this one, and not
         // dependent on others (chains have depth one): checked on their trailers before their length is allocated.
+        // A read that names the raw value it expects is proven by that value alone: the decoded bytes hash to the
+        // SHA-256 the manifest names, whatever the object file's other bytes are, and whatever its delta base's are
+        // (the decoded bytes depend on every byte of the base). Hashing the object file, and hashing the base twice
+        // more, would triple the hashing for nothing the reader gets. Reads that expect nothing (fsck, fetch
+        // verification) check the object id, and the base whole, as well.
+        let provenByRawValue = expectedRawSHA256 != nil && !checksObjectID
         var dependencies: [LargeBuffer] = []
         for dependencyID in trailer.dependencyIDs {
             let dependency = try open(dependencyID)
             guard dependency.trailer.dependencies.isEmpty else { throw corrupt(id, "its delta base is itself a delta") }
             guard dependency.trailer.rawLength == trailer.rawLength else { throw corrupt(id, "its delta base has a different length") }
             let buffer = try LargeBuffer(count: trailer.rawCount)
-            try readAll(dependencyID, into: buffer.bytes, decoder: ObjectDecoder())
+            if provenByRawValue {
+                try decodeUnverified(dependency, id: dependencyID, into: buffer.bytes, decoder: ObjectDecoder())
+            } else {
+                try readAll(dependencyID, into: buffer.bytes, decoder: ObjectDecoder())
+            }
             dependencies.append(buffer)
         }
-        // A read that names the raw value it expects is proven by that value alone: the decoded bytes hash to the
-        // SHA-256 the manifest names, whatever the object file's other bytes are (a delta's base is checked whole
-        // above). Hashing the object file too would cost a second pass over it for nothing the reader gets; reads
-        // that expect nothing (fsck, fetch verification) check the object id as well.
-        let stored: SHA256Hasher? = expectedRawSHA256 == nil || checksObjectID ? SHA256Hasher() : nil
+        let stored: SHA256Hasher? = provenByRawValue ? nil : SHA256Hasher()
         let raw = SHA256Hasher()
         var produced = 0
         try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: trailer, dependencies: dependencies,
@@ -226,6 +232,21 @@ public final class ObjectStore: @unchecked Sendable {
         guard produced == trailer.rawCount, raw.finalizeHex() == trailer.rawSHA256.hexString else {
             throw corrupt(id, "its decoded bytes do not match the recorded raw SHA-256")
         }
+    }
+
+    /// Decodes a dependency-free object into `destination` (exactly its raw length) without hashing anything: only
+    /// for bytes that are proven by what is decoded from them (a delta's base, under a read checked by its raw value).
+    private func decodeUnverified(_ object: OpenedObject, id: String, into destination: UnsafeMutableRawBufferPointer,
+                                  decoder: ObjectDecoder) throws {
+        var at = 0
+        try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: object.trailer, dependencies: [],
+                           storedHasher: nil, objectID: id) { piece in
+            guard at + piece.count <= destination.count else { throw corrupt(id, "it is longer than expected") }
+            if piece.count == 0 { return }
+            (destination.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            at += piece.count
+        }
+        guard at == destination.count else { throw corrupt(id, "it is shorter than expected") }
     }
 
     /// Decodes a whole object into memory (verified).

@@ -18,9 +18,13 @@ import PackageDescription
 
 // Every target keeps Swift's bounds, overflow and precondition checks: parsers of untrusted bytes (checkpoints,
 // manifests, objects, GGUF, configs) live in them. Only measured numeric kernels may opt out, target by target.
-let swiftSettings: [SwiftSetting] = []
+// MemberImportVisibility: a file sees only the members of modules it imports itself, so an undeclared module
+// dependency (one reached only transitively) fails the build.
+let swiftSettings: [SwiftSetting] = [.enableUpcomingFeature("MemberImportVisibility")]
 // TesseraMath: loops over buffers whose sizes the checked callers validated; no parser, no input bytes decided here.
-let numericKernelSettings: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+let numericKernelSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("MemberImportVisibility"), .unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
+]
 
 let package = Package(
     name: "tessera",
@@ -65,8 +69,8 @@ let package = Package(
         .target(
             name: "TesseraCLI",
             dependencies: [
-                "TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge", "TesseraEngine", "TesseraEval", "TesseraRepository",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMath", "TesseraMerge", "TesseraEngine", "TesseraEval",
+                "TesseraRepository", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -74,19 +78,20 @@ let package = Package(
 
         // What the test targets share: the sandbox (isolated HOME, shell commands), independent checkpoint builders
         // and reader, package paths, the Git LFS test server, temporary stores. Used by test targets only.
-        .target(name: "TesseraTestSupport", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore"], path: "Tests/TesseraTestSupport"),
-        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraTestSupport"]),
-        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraTestSupport"]),
-        .testTarget(name: "TesseraMathTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "TesseraTestSupport"]),
-        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge", "TesseraTestSupport"]),
+        .target(name: "TesseraTestSupport", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore"], path: "Tests/TesseraTestSupport",
+                swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraMathTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "TesseraTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge", "TesseraTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraRepositoryTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge",
-                                                                  "TesseraRepository", "TesseraTestSupport"]),
+                                                                  "TesseraRepository", "TesseraTestSupport"], swiftSettings: swiftSettings),
         // Commands run in process (`TesseraCommand.parseAsRoot([...]).run()`) on temporary repositories.
         .testTarget(name: "TesseraCommandTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraRepository", "TesseraCLI",
-                                                               "TesseraTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+                                                               "TesseraTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
         // The tessera binary driven by real git and git-lfs, in sandboxes.
-        .testTarget(name: "TesseraEndToEndTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraTestSupport"]),
-        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath", "TesseraTestSupport"], exclude: ["Fixtures"]),
-        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval", "TesseraTestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "TesseraEndToEndTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath", "TesseraTestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval", "TesseraTestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
     ]
 )

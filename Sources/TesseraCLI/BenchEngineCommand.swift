@@ -4,6 +4,7 @@ import TesseraCore
 import TesseraEngine
 import TesseraEval
 import TesseraIO
+import TesseraMath
 import TesseraRepository
 
 /// Timings of the engine on one model, for bench/bench_engine.py (which runs PyTorch on the same model beside it).

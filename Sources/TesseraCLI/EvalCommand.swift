@@ -4,6 +4,7 @@ import TesseraCore
 import TesseraEngine
 import TesseraEval
 import TesseraIO
+import TesseraMath
 import TesseraRepository
 
 struct EvalCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TesseraCore
+import TesseraGit
 import TesseraIO
 import TesseraRepository
 

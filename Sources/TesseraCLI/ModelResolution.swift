@@ -1,7 +1,9 @@
+import CoreFoundation  // owns `stat` as Foundation imports it on Linux
 import Foundation
 import TesseraCore
 import TesseraEngine
 import TesseraEval
+import TesseraGit
 import TesseraIO
 import TesseraMerge
 import TesseraRepository

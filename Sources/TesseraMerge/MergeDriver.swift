@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// What a finished merge reports.
 public struct MergeSummary: Sendable {

@@ -1,5 +1,6 @@
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// Task vectors (Ilharco et al. 2023): τ = θ_ft − θ_base, and checkpoints θ_base + s · Σ_i c_i τ_i built from them
 /// (addition c_i = 1, negation c_i = −1, scaling s, analogies τ_a − τ_b + τ_c), tensor by tensor.

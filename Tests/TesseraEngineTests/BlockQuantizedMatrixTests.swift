@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TesseraEngine
+import TesseraMath
 
 /// Decoding multiplies by the GGUF's own Q4_1/Q8_0 blocks. Checked against the float32 dequantisation (itself checked
 /// against the gguf package in GGUFTests), on SmolLM2's real tensors, in every kernel set the CPU has (AVX-512, AVX2

@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraEngine
 import TesseraIO
+import TesseraMath
 
 /// SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32) loaded once for the suite.
 let sharedSmolLM2: Result<LlamaModel, any Error> = Result {

@@ -1,5 +1,6 @@
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// `linear`: the weighted average Σ w_i θ_i / Σ w_i (normalize: true, the default) or the weighted sum Σ w_i θ_i.
 /// The base model takes part only if it is listed among the models. Σ w_i = 0 under normalisation is an error

@@ -1,5 +1,6 @@
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// `ties` (Yadav et al. 2023): trim each task vector to its largest-magnitude entries, elect a sign per entry, and
 /// average the entries that agree with it. Three published variants differ; `ties_variant` picks one:

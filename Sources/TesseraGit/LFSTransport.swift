@@ -199,7 +199,7 @@ public struct LFSTransport {
     private func runWithProgress(_ arguments: [String], label: String, total: Int,
                                  measure: @escaping @Sendable ([String: Int]) -> Int) throws -> (Subprocess.Result, [String: Int]) {
         let progressFile = NSTemporaryDirectory() + "tessera-lfs-progress-" + UUID().uuidString.prefix(8)
-        FileManager.default.createFile(atPath: progressFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: progressFile, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: progressFile) }
         let bar = ProgressReporter(label: label, total: total, unit: .bytes, enabled: isatty(2) != 0 && total > 4_000_000)
         final class Watch: @unchecked Sendable {

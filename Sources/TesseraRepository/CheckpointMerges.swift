@@ -45,7 +45,7 @@ public struct GitMergeDriver {
         for (suffix, m) in [("base", O), ("ours", A), ("theirs", B)] {
             guard let m else { continue }
             let out = worktree + "/" + path + "." + suffix
-            FileManager.default.createFile(atPath: out, contents: nil)
+            _ = FileManager.default.createFile(atPath: out, contents: nil)
             let h = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
             try repository.store.reconstruct(m, file: path) { h.write(Data($0)) }
             try h.close()
@@ -115,7 +115,7 @@ public struct ConflictedCheckpoint {
         // Write the file through a temporary file, then stage it through git's own filter.
         let target = worktree + "/" + path
         let tmp = target + ".tessera-resolve"
-        FileManager.default.createFile(atPath: tmp, contents: nil)
+        _ = FileManager.default.createFile(atPath: tmp, contents: nil)
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
         try repository.store.reconstruct(outcome.manifest, file: path) { h.write(Data($0)) }
         try h.close()

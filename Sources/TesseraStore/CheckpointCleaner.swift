@@ -430,7 +430,7 @@ final class EncodePipeline: @unchecked Sendable {
             if stop { return }
             do {
                 // A base that cannot be read (damaged, say) only costs the delta: the value is stored whole.
-                let baseBytes = try base.flatMap { try? store.readAll($0.objectID, into: LargeBuffer(count: tensor.byteCount)) }
+                let baseBytes = base.flatMap { try? store.readAll($0.objectID, into: LargeBuffer(count: tensor.byteCount)) }
                 let baseRaw = baseBytes.map { UnsafeRawBufferPointer($0.bytes) }
                 let choice = policy.choose(raw: buffer.bytes, width: width, base: base, baseRaw: baseRaw)
                 completion(try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, choice: choice,

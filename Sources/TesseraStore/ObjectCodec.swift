@@ -44,7 +44,8 @@ extension ObjectCodec {
 /// The registry of codecs: the built-in ones, and any a program registers (codes 128 and up are for codecs that
 /// are not part of the format, such as tests').
 public enum ObjectCodecs {
-    public static let builtIn: [any ObjectCodec.Type] = [RawCodec.self, ZstdCodec.self, ByteGroupedZstdCodec.self, XORDeltaCodec.self]
+    // nonisolated(unsafe): a constant array of types (metatypes of a non-Sendable protocol are not Sendable).
+    nonisolated(unsafe) public static let builtIn: [any ObjectCodec.Type] = [RawCodec.self, ZstdCodec.self, ByteGroupedZstdCodec.self, XORDeltaCodec.self]
 
     private final class Registered: @unchecked Sendable {
         // @unchecked: guarded by `lock`.

@@ -42,7 +42,7 @@ struct TokenizerChatTemplateTests {
         for item in try #require(fixture["renders"]?.arrayValue) where item["template"]?.stringValue == name {
             let conversation = try #require(item["conversation"]?.intValue)
             let messages = Self.messages(conversations[conversation])
-            let generation = try #require(item["add_generation_prompt"].flatMap(\.boolValue))
+            let generation = try #require(item["add_generation_prompt"]?.boolValue as Bool?)
             let text = try template.render(messages, addGenerationPrompt: generation,
                                            bosToken: fixture["bos_token"]?.stringValue ?? "",
                                            eosToken: fixture["eos_token"]?.stringValue ?? "")

@@ -86,7 +86,7 @@ import TesseraTestSupport
     /// Runs a fuzz executable with its output in `log`; one that outlives `deadline` seconds (libFuzzer stops itself
     /// long before) is killed and reported. The wait sleeps asynchronously: the test holds no thread meanwhile.
     func runFuzzer(_ executable: String, _ arguments: [String], log: String, deadline: Int) async throws -> Run {
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         defer { try? handle.close() }
         let p = Process()

@@ -61,7 +61,7 @@ import TesseraTestSupport
         #expect(throws: TesseraError.self) { try store.verify(s.objectID) }
         try Data(bytes.prefix(20)).write(to: URL(fileURLWithPath: path))
         #expect(throws: TesseraError.self) { try store.verify(s.objectID) }
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         #expect(throws: TesseraError.self) { try store.verify(s.objectID) }
         try FileManager.default.removeItem(atPath: path)
         do { try store.verify(s.objectID); Issue.record("missing object verified") } catch let e as TesseraError { #expect(e.code == .objectMissing) }

@@ -4,7 +4,11 @@ GPT-2-small-shaped checkpoint (124M float32 parameters, 148 tensors, 498 MB).
 
 Measures: first add; add after 2 tensors changed; add after every tensor changed slightly (a fine-tune); checkout of
 an older version; `git status`; store bytes after each commit; peak RSS. Prints each number and the ratios against
-the targets of issue 2. Usage: bench/bench_git.py [--workdir DIR] [--no-theta] [--json OUT]
+the targets of issue 2.
+`--baseline BIN` measures another tessera binary (the previous release) in the same run, interleaved with this one
+(`--repeat` times each, default 3, best time kept), and checks that no timing got worse by more than 5% and that the
+store holds the same bytes.
+Usage: bench/bench_git.py [--workdir DIR] [--no-theta] [--json OUT] [--baseline BIN [--repeat N]]
 """
 import argparse, json, os, resource, shutil, subprocess, sys, time
 
@@ -44,9 +48,18 @@ class Tool:
     def store(self, repo): raise NotImplementedError
 
 class Tessera(Tool):
-    name = "tessera"
+    def __init__(self, binary=TESSERA, name="tessera"):
+        self.binary, self.name = binary, name
     def setup(self, repo, env):
-        run(f'git init -q {repo} && cd {repo} && "{TESSERA}" track "*.safetensors" >/dev/null && git add .gitattributes && git commit -qm init', ".", env)
+        # git runs the filter as `tessera` when it is on PATH: put this binary first there, so that a baseline's
+        # repository runs the baseline.
+        bindir = os.path.join(os.path.dirname(repo), f"bin-{self.name}")
+        os.makedirs(bindir, exist_ok=True)
+        link = os.path.join(bindir, "tessera")
+        if os.path.lexists(link): os.remove(link)
+        os.symlink(os.path.abspath(self.binary), link)
+        env["PATH"] = bindir + ":" + env["PATH"]
+        run(f'git init -q {repo} && cd {repo} && "{self.binary}" track "*.safetensors" >/dev/null && git add .gitattributes && git commit -qm init', ".", env)
     def store(self, repo): return du(os.path.join(repo, ".git", "tessera", "objects"))
 
 class GitLFS(Tool):
@@ -113,6 +126,8 @@ def main():
     ap.add_argument("--workdir", default=os.path.join(ROOT, "bench", "out"))
     ap.add_argument("--no-theta", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--baseline", help="another tessera binary (the previous release), measured in the same run")
+    ap.add_argument("--repeat", type=int, default=3, help="with --baseline: runs of each tessera binary; the best time is kept")
     a = ap.parse_args()
     work = os.path.abspath(a.workdir)
     os.makedirs(work, exist_ok=True)
@@ -135,6 +150,20 @@ def main():
             results[t.name] = measure(t, work, files, None)
         except SystemExit as e:
             print(f"{t.name} failed: {e}", file=sys.stderr)
+    baseline = None
+    if a.baseline:
+        # Interleaved runs of both binaries (the first tessera run above counts as one); the best of each timing.
+        timing = ["add_first_s", "add_two_s", "add_finetune_s", "checkout_old_s", "status_s"]
+        new_runs, old_runs = [results["tessera"]], []
+        for i in range(a.repeat):
+            print(f"-- tessera-baseline ({i + 1}/{a.repeat})", file=sys.stderr)
+            old_runs.append(measure(Tessera(a.baseline, "tessera-baseline"), work, files, None))
+            if i + 1 < a.repeat:
+                print(f"-- tessera ({i + 2}/{a.repeat})", file=sys.stderr)
+                new_runs.append(measure(Tessera(), work, files, None))
+        best = lambda runs: dict(runs[-1], **{k: min(r[k] for r in runs) for k in timing})
+        results["tessera"], baseline = best(new_runs), best(old_runs)
+        results["tessera-baseline"] = baseline
     # bf16 store ratio (Tessera)
     env = base_env(os.path.join(work, "home-tessera"))
     bf = os.path.join(work, "repo-bf16")
@@ -182,6 +211,14 @@ def main():
             target(f"{k[:-2]}: git-theta / tessera (speed-up)", G[k] / T[k], 20, "{:.1f}", le=False)
     else:
         print("info  git-theta: not measured (did not install or failed)")
+    if baseline:
+        print(f"against the previous release ({a.baseline}; best of {a.repeat} interleaved runs each):")
+        for k in ["add_first_s", "add_two_s", "add_finetune_s", "checkout_old_s", "status_s"]:
+            # git status takes milliseconds: 5% of it is noise, so it gets 20 ms of slack.
+            slack = 0.02 if k == "status_s" else 0.0
+            target(f"{k[:-2]}: tessera / baseline", (T[k] - slack) / baseline[k] if k == "status_s" else T[k] / baseline[k], 1.05)
+        for k in ["store_after_first", "store_after_two", "store_after_finetune"]:
+            target(f"{k}: bytes, tessera - baseline", T[k] - baseline[k], 0, "{:.0f}")
     if a.json:
         json.dump({"results": results, "bf16_store_ratio": bf16_ratio, "raw_bytes": raw}, open(a.json, "w"), indent=1)
     print(f"{sum(checks)} passed, {len(checks) - sum(checks)} failed")

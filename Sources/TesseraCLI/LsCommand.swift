@@ -134,7 +134,12 @@ struct LsCommand: ParsableCommand {
     func printMetadata(_ metadata: [(String, String)]) {
         guard !metadata.isEmpty else { return }
         print("metadata:")
-        for (k, v) in metadata { print("  \(k): \(v)") }
+        // Provenance values (per-tensor input hashes) run to tens of kilobytes: the table shows their start.
+        let shown = 160
+        for (k, v) in metadata {
+            let value = v.count <= shown ? v : String(v.prefix(shown)) + "... (\(v.count) characters; --json prints them all)"
+            print("  \(k): \(value)")
+        }
     }
 }
 

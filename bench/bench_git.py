@@ -180,14 +180,14 @@ def main():
 
     T, L = results["tessera"], results["git-lfs"]
     print(f"checkpoint: {raw} bytes (GPT-2-small shape, float32, 148 tensors); largest tensor {largest} bytes")
-    hdr = f"{'':28}" + "".join(f"{n:>14}" for n in results)
+    hdr = f"{'':28}" + "".join(f"{n:>18}" for n in results)
     print(hdr)
     for key in ["add_first_s", "add_first_cpu_s", "add_two_s", "add_finetune_s", "checkout_old_s", "status_s",
                 "store_after_first", "store_after_two", "store_after_finetune", "filter_peak_rss_kb", "checkout_exact"]:
         row = f"{key:28}"
         for n in results:
             v = results[n].get(key)
-            row += f"{v:>14.3f}" if isinstance(v, float) else f"{str(v):>14}"
+            row += f"{v:>18.3f}" if isinstance(v, float) else f"{str(v):>18}"
         print(row)
     checks = []
     def target(label, value, limit, fmt="{:.3f}", le=True):

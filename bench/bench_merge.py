@@ -97,6 +97,9 @@ def main():
             if a.baseline:
                 # Interleaved, new then baseline, so that load from other sessions hits both alike.
                 out_b = os.path.join(work, f"out-baseline-{method}-{n}.safetensors")
+                # One untimed run of each first: on this VM the first run after a pause pays for memory the host
+                # took back (seen: 1.9 s against 0.65 s for the same merge), which a median of 3 does not always hide.
+                tessera_run(), tessera_run(a.baseline, out_b)
                 pairs = [(tessera_run(), tessera_run(a.baseline, out_b)) for _ in range(a.repeat)]
                 median = lambda xs: sorted(xs)[len(xs) // 2]
                 tw, tr = median([p[0][0] for p in pairs]), max(p[0][1] for p in pairs)

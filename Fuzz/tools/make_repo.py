@@ -128,12 +128,15 @@ def main():
         text = show(spec)
         with open(os.path.join(files, tag + ".manifest"), "w") as f:
             f.write(text)
+        # Version 1 lines carry begin and end offsets; version 2 lines one length (docs/manifest-format.md).
+        v2 = text.startswith("tessera-manifest 2")
+        at = 2 if v2 else 3
         for line in text.splitlines():
             f_ = line.split(" ")
-            if f_[0] in ("header", "blob") or (f_[0] == "gap" and f_[3] != "inline"):
-                label, enc, oid = f_[0], f_[3], f_[5]
+            if f_[0] in ("header", "blob") or (f_[0] == "gap" and f_[at] != "inline"):
+                label, enc, oid = f_[0], f_[at], f_[at + 2]
             elif f_[0] == "tensor":
-                label, enc, oid = f_[1], f_[6], f_[8]
+                label, enc, oid = f_[1], f_[at + 2], f_[at + 4]
             else:
                 continue
             if oid in seen:

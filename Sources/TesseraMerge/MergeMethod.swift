@@ -125,6 +125,8 @@ public enum MergeRegistry {
         LinearMerge.self, TaskArithmeticMerge.self, TiesMerge.self, DareLinearMerge.self, DareTiesMerge.self,
         BreadcrumbsMerge.self, BreadcrumbsTiesMerge.self, SlerpMerge.self, FisherMerge.self,
         TakeOursMerge.self, TakeTheirsMerge.self, TakeBaseMerge.self,
+        // mergekit's other methods (issue 11), one file each in Methods/.
+        DellaMerge.self, DellaLinearMerge.self,
     ]
 
     public static var names: [String] { methods.map { $0.name } }

@@ -3,7 +3,7 @@ import TesseraIO
 import TesseraMath
 
 /// mergekit's "generalized task arithmetic", the kernel under task_arithmetic, ties, dare_linear, dare_ties,
-/// breadcrumbs and breadcrumbs_ties (mergekit 0.1.5 semantics, as restated in the reference spec `mk_gta`):
+/// breadcrumbs, breadcrumbs_ties, della and della_linear (mergekit 0.1.5 semantics, as restated in the reference spec `mk_gta`):
 ///
 ///     δ_i  = sparsify(θ_i − θ_base)                   per model, with its own density
 ///     wδ_i = w_i · δ_i                                 weights BEFORE the sign election
@@ -14,7 +14,7 @@ import TesseraMath
 ///     normalize:       mixed /= divisor     (signed divisor: a lone weight −1 cancels itself; negate with λ = −1)
 ///     θ = θ_base + λ · mixed
 enum TaskArithmeticKernel {
-    enum Sparsification { case none, magnitude, magnitudeOutliers, random }
+    enum Sparsification { case none, magnitude, magnitudeOutliers, random, dellaMagprune }
     enum Consensus: String { case none, sum, count }
 
     static func consensus(_ p: MergeParameters, method: String) throws -> Consensus {
@@ -84,6 +84,13 @@ enum TaskArithmeticKernel {
                     let bottom = max(0, n - target - Int(gamma * Double(n)))
                     let before = rescale ? l1(d) : 0
                     _ = d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepAscendingRanks($0, lower: bottom, upper: bottom + target) }
+                    if rescale { rescaleL1(&d, originalSum: before) }
+                case .dellaMagprune:
+                    // DELLA's MAGPRUNE (Methods/DellaMerge.swift): keep probabilities by magnitude rank, seeded draws.
+                    let epsilon = try DellaMagprune.epsilon(mp, density: density, model: i, tensor: input.name, method: method)
+                    let key = DropRNG.streamKey(seed: seed, tensor: input.name, model: i)
+                    let before = rescale ? l1(d) : 0
+                    DellaMagprune.prune(&d, shape: input.shape, density: density, epsilon: epsilon, key: key)
                     if rescale { rescaleL1(&d, originalSum: before) }
                 case .random:
                     let key = DropRNG.streamKey(seed: seed, tensor: input.name, model: i)

@@ -1,0 +1,127 @@
+import TesseraCore
+import TesseraIO
+import TesseraMath
+
+/// `sce` (Wan et al. 2024, FuseChat: Select, Calculate, Erase), per tensor as mergekit 0.1.5 computes it, on the task
+/// vectors τ_i = θ_i − θ_base of the models other than the base:
+///
+///     Select (select_topk < 1): keep the entries with the largest variance across the τ_i (population variance),
+///         k = ⌊nonzero · select_topk⌋ of them (nonzero: entries whose variance is not zero; the product is taken in
+///         float32, as torch does), the same entries in every τ_i; the others become 0 (select_topk ≤ 0 keeps none)
+///     Calculate: w_i = mean(τ_i²) / Σ_j mean(τ_j²) over the selected τ; if Σ_j mean(τ_j²) < 1e-6, w_i = 1/m
+///     Erase: elect a sign per entry by Σ_i τ_i (≥ 0 elects +), keep only the τ_i entries of that sign (zeros never)
+///     θ = θ_base + Σ_i w_i τ_i / max(Σ_i w_i [τ_i kept], 1e-6)
+///
+/// Models carry no weights (a `weight` is accepted and ignored). Subtleties: the 1e-6 floor on the summed mean
+/// squares makes small task vectors (|τ| ≲ 1e-3) fall back to equal weights; with one model and select_topk < 1 the
+/// variance is zero everywhere, nothing is selected and the result is the base. Entries tied in variance at the
+/// cut are kept by lower flat index (torch's topk leaves the choice open). The mean squares are summed in double, so
+/// they and the output agree with mergekit's to float32 rounding (1e-6 relative), not bit for bit.
+public struct SceMerge: MergeMethod {
+    public static let name = "sce"
+    public static let summary = "select high-variance entries, weight by mean square, erase minority signs (FuseChat)"
+    public static let baseUse = BaseUse.required
+    public static let globalParameters: [ParameterDefinition] = [
+        .number("select_topk", 1, help: "fraction of the entries with the largest variance across models kept, in [0, 1]"),
+        CommonParameters.int8Mask,
+    ]
+    public static let modelParameters: [ParameterDefinition] = [
+        .number("weight", 1, help: "accepted and ignored (sce weights models by their task vectors' mean square)"),
+    ]
+    public init() {}
+
+    public func merge(_ input: inout TensorMergeInput) throws -> [Float] {
+        var base = try input.requireBase(Self.name)
+        input.base = nil
+        let idx = input.nonBaseIndices
+        if idx.isEmpty { return base }
+        let n = base.count
+        let topk = try input.parameters.double("select_topk")
+        guard !topk.isNaN else {
+            throw TesseraError(.invalidParameter, "sce: select_topk is NaN", hint: "use a fraction in [0, 1], e.g. select_topk: 0.1")
+        }
+        // Task vectors, in place of the models.
+        var tvs: [[Float]] = []
+        for i in idx {
+            var d = input.models[i]
+            input.models[i] = []
+            guard d.count == n else {
+                throw TesseraError(.shapeMismatch, "sce: tensor '\(input.name)' of model \(i) has \(d.count) values, the base has \(n)")
+            }
+            d.withUnsafeMutableBufferPointer { dp in base.withUnsafeBufferPointer { MergeKernels.subtract(dp, $0) } }
+            tvs.append(d)
+        }
+        let m = tvs.count
+        if topk < 1 { Self.select(&tvs, fraction: topk) }
+        // Calculate: mean squares, in double, rounded to float32 as torch's float32 mean is.
+        var meanSquares = [Float](repeating: 0, count: m)
+        for i in 0..<m {
+            var s = 0.0
+            for v in tvs[i] { s += Double(v) * Double(v) }
+            meanSquares[i] = n > 0 ? Float(s / Double(n)) : .nan
+        }
+        var total: Float = 0
+        for w in meanSquares { total += w }
+        var weights = [Float](repeating: 1 / Float(m), count: m)
+        if !(abs(Double(total)) < 1e-6) {  // mergekit compares the float32 sum, as a Python float, with 1e-6
+            for i in 0..<m { weights[i] = meanSquares[i] / total }
+        }
+        // Erase and merge, element by element, summing over models in order.
+        let w = weights
+        withBufferPointers(&tvs) { t in
+            base.withUnsafeMutableBufferPointer { bb in
+                guard let bp = bb.baseAddress else { return }
+                let out = SharedMutablePointer(bp)
+                let tp = UncheckedSendable(t)
+                Parallel.forChunks(n) { _, r in
+                    let t = tp.value
+                    for j in r {
+                        var vote: Float = 0
+                        for i in 0..<m { vote += t[i][j] }
+                        let positive = vote >= 0
+                        var mixed: Float = 0, kept: Float = 0
+                        for i in 0..<m {
+                            let v = t[i][j]
+                            let ew: Float = (positive ? v > 0 : v < 0) ? w[i] : 0
+                            mixed += v * ew
+                            kept += ew
+                        }
+                        out[j] = out[j] + mixed / max(kept, Float(1e-6))
+                    }
+                }
+            }
+        }
+        return base
+    }
+
+    /// Select: zero, in every task vector, the entries outside the k of largest population variance across them.
+    static func select(_ tvs: inout [[Float]], fraction: Double) {
+        let m = tvs.count, n = tvs.first?.count ?? 0
+        if fraction <= 0 {
+            for i in 0..<m { tvs[i] = [Float](repeating: 0, count: n) }
+            return
+        }
+        var variance = [Float](repeating: 0, count: n)
+        var nonzero = 0
+        for j in 0..<n {
+            var mean = 0.0
+            for i in 0..<m { mean += Double(tvs[i][j]) }
+            mean /= Double(m)
+            var s = 0.0
+            for i in 0..<m { let d = Double(tvs[i][j]) - mean; s += d * d }
+            variance[j] = Float(s / Double(m))
+            if variance[j] != 0 { nonzero += 1 }
+        }
+        // torch: int(count_nonzero * density), the product in float32.
+        let k = Int(Float(nonzero) * Float(fraction))
+        if k == 0 {
+            for i in 0..<m { tvs[i] = [Float](repeating: 0, count: n) }
+            return
+        }
+        // The k largest variances (all non-zero, as k ≤ nonzero), ties by lower index.
+        variance.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k) }
+        for i in 0..<m {
+            for j in 0..<n where variance[j] == 0 { tvs[i][j] = 0 }
+        }
+    }
+}

@@ -126,7 +126,7 @@ public enum MergeRegistry {
         BreadcrumbsMerge.self, BreadcrumbsTiesMerge.self, SlerpMerge.self, FisherMerge.self,
         TakeOursMerge.self, TakeTheirsMerge.self, TakeBaseMerge.self,
         // mergekit's other methods (issue 11), one file each in Methods/.
-        DellaMerge.self, DellaLinearMerge.self, ModelStockMerge.self, SceMerge.self,
+        DellaMerge.self, DellaLinearMerge.self, ModelStockMerge.self, SceMerge.self, NearswapMerge.self,
     ]
 
     public static var names: [String] { methods.map { $0.name } }

@@ -127,7 +127,7 @@ public enum MergeRegistry {
         TakeOursMerge.self, TakeTheirsMerge.self, TakeBaseMerge.self,
         // mergekit's other methods (issue 11), one file each in Methods/.
         DellaMerge.self, DellaLinearMerge.self, ModelStockMerge.self, SceMerge.self, NearswapMerge.self, RamMerge.self,
-        RamPlusTLMerge.self,
+        RamPlusTLMerge.self, PassthroughMerge.self,
     ]
 
     public static var names: [String] { methods.map { $0.name } }

@@ -52,7 +52,7 @@ import TesseraTestSupport
                      "linear-unnormalized-f16", "linear-gradient-bf16", "linear-gradient-f16", "linear-bf16-nodtype",
                      "linear-bf16-compute-f32-out-bf16"] { table[name] = fma }
         table["linear-f16-out-bf16"] = "mergekit rounds its result to float16 (dtype), then to bfloat16 (out_dtype); tessera rounds once; and " + fma
-        table["linear-f32-compute-bf16-out-f32"] = "mergekit rounds the inputs and the result to bfloat16 (dtype is the compute dtype) before writing float32; tessera computes from the float32 inputs"
+        table["linear-f32-compute-bf16-out-f32"] = "both round the inputs to bfloat16, but mergekit also rounds its result to bfloat16 (dtype is the compute dtype) before writing float32; tessera writes its float32 result; and " + fma
         // mergekit computes task arithmetic in the config's dtype: every task vector, product and sum is rounded to it.
         let lowPrecision = "mergekit computes in the config's dtype (each task vector, product and sum rounded to it); tessera computes in float32 and rounds once"
         for name in ["task_arithmetic-bf16", "task_arithmetic-f16", "task_arithmetic-gradient-bf16", "task_arithmetic-gradient-f16",

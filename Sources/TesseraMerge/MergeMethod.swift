@@ -126,8 +126,8 @@ public enum MergeRegistry {
         BreadcrumbsMerge.self, BreadcrumbsTiesMerge.self, SlerpMerge.self, FisherMerge.self,
         TakeOursMerge.self, TakeTheirsMerge.self, TakeBaseMerge.self,
         // mergekit's other methods (issue 11), one file each in Methods/.
-        DellaMerge.self, DellaLinearMerge.self, ModelStockMerge.self, SceMerge.self, NearswapMerge.self, RamMerge.self,
-        RamPlusTLMerge.self, PassthroughMerge.self,
+        ModelStockMerge.self, DellaMerge.self, DellaLinearMerge.self, SceMerge.self, NearswapMerge.self,
+        ArceeFusionMerge.self, RamMerge.self, RamPlusTLMerge.self, PassthroughMerge.self,
     ]
 
     public static var names: [String] { methods.map { $0.name } }

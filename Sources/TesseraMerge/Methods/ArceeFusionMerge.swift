@@ -1,0 +1,111 @@
+import Foundation
+import TesseraCore
+import TesseraIO
+import TesseraMath
+
+/// `arcee_fusion` (Arcee's dynamic-threshold fusion) as mergekit 0.1.5 computes it, from the base b and the one
+/// other model p:
+///
+///     importance = |p − b| · KL_row,   KL_row = Σ_row P·log(P/Q) along the last dimension,
+///                  P = softmax(p) + 1e-8, Q = softmax(b) + 1e-8 (per row; a 1-D tensor is one row)
+///     threshold  = median + 1.5·(q3 − q1) of the importances (quantiles at index ⌊q·(n − 1)⌋ of the sorted values)
+///     θ = b + (p − b)·[importance ≥ threshold]
+///
+/// so only the entries whose change stands out (an upper-outlier fence, Tukey's 1.5 IQR) are taken from p. Subtleties:
+/// when most entries are unchanged the quartiles are 0, the threshold is 0 and every entry is taken from p (as
+/// b + (p − b), which may differ from p in the last bit); the gate compares values in float32, so an importance
+/// within rounding of the threshold may fall either way against mergekit's (its softmax sums in float32).
+/// mergekit estimates the quantiles of a tensor of more than 1,000,000 entries from 1,000,000 entries drawn with
+/// torch's generator; Tessera uses the exact quantiles of every entry (deterministic, and what mergekit computes
+/// for smaller tensors), so on such tensors the gate can differ from any one mergekit run near the threshold.
+/// No parameters; the base and exactly one other model.
+public struct ArceeFusionMerge: MergeMethod {
+    public static let name = "arcee_fusion"
+    public static let summary = "take the other model's changes whose importance (|Δ|·KL) passes a dynamic IQR threshold"
+    public static let baseUse = BaseUse.required
+    public static let globalParameters: [ParameterDefinition] = []
+    public static let modelParameters: [ParameterDefinition] = [
+        .number("weight", 1, help: "accepted and ignored (arcee_fusion does not weight models)"),
+    ]
+    public init() {}
+
+    public func merge(_ input: inout TensorMergeInput) throws -> [Float] {
+        var base = try input.requireBase(Self.name)
+        input.base = nil
+        let others = input.nonBaseIndices
+        guard others.count == 1 else {
+            throw TesseraError(.usage, "arcee_fusion: needs exactly two models, the base and one other; got \(others.count) besides the base (tensor '\(input.name)')",
+                               hint: "list the base model and one other model")
+        }
+        let p = input.models[others[0]]
+        input.models = []
+        let n = base.count
+        guard p.count == n else {
+            throw TesseraError(.shapeMismatch, "arcee_fusion: tensor '\(input.name)' has \(p.count) values in the model, \(n) in the base")
+        }
+        guard n > 0 else { return base }
+        let rowLength = max(1, input.shape.last ?? n)
+        let rows = n / rowLength
+        // Importance, in float32: |p − b| times the row's KL divergence (computed in double, rounded to float32).
+        var importance = [Float](repeating: 0, count: n)
+        importance.withUnsafeMutableBufferPointer { ib in
+            let out = SharedMutablePointer(ib.baseAddress!)
+            p.withUnsafeBufferPointer { pb in
+                base.withUnsafeBufferPointer { bb in
+                    let pp = SharedPointer(pb.baseAddress!), bp = SharedPointer(bb.baseAddress!)
+                    let chunks = n >= Parallel.minimumParallelCount ? min(rows, Parallel.chunksPerCore * 2) : 1
+                    Parallel.forEach(chunks) { c in
+                        var sp = [Float](repeating: 0, count: rowLength), sq = sp
+                        for row in (rows * c / chunks)..<(rows * (c + 1) / chunks) {
+                            let lo = row * rowLength
+                            Self.softmaxPlusEpsilon(pp.base + lo, count: rowLength, into: &sp)
+                            Self.softmaxPlusEpsilon(bp.base + lo, count: rowLength, into: &sq)
+                            var kl = 0.0
+                            for j in 0..<rowLength {
+                                let a = Double(sp[j])
+                                kl += a * log(a / Double(sq[j]))
+                            }
+                            let k = Float(kl)
+                            for j in 0..<rowLength { out[lo + j] = abs(pp[lo + j] - bp[lo + j]) * k }
+                        }
+                    }
+                }
+            }
+        }
+        let threshold = Self.threshold(importance)
+        // b + (p − b)·mask for every entry, as mergekit writes it (a −0 base entry left by the gate becomes +0 when
+        // (p − b)·0 is +0, so the gated entries are not simply b).
+        for j in 0..<n {
+            let mask: Float = importance[j] >= threshold ? 1 : 0
+            base[j] = base[j] + (p[j] - base[j]) * mask
+        }
+        return base
+    }
+
+    /// softmax(x) + 1e-8 in float32 (the exponentials and their sum in double, each probability rounded once).
+    static func softmaxPlusEpsilon(_ x: UnsafePointer<Float>, count: Int, into out: inout [Float]) {
+        var mx = -Float.infinity
+        for j in 0..<count { mx = max(mx, x[j]) }
+        var sum = 0.0
+        for j in 0..<count { sum += exp(Double(x[j] - mx)) }
+        let eps = Float(1e-8)
+        for j in 0..<count { out[j] = Float(exp(Double(x[j] - mx)) / sum) + eps }
+    }
+
+    /// median + 1.5·(q3 − q1), the quantiles at sorted index ⌊q·(n − 1)⌋, in float32.
+    static func threshold(_ importance: [Float]) -> Float {
+        let n = importance.count
+        let positions = [(n - 1) / 4, (n - 1) / 2, 3 * (n - 1) / 4]
+        var q: [Float]
+        if importance.allSatisfy({ $0 >= 0 }) {
+            // Non-negative (the usual case: KL ≥ 0): order statistics of the magnitudes, no sort, no copy.
+            q = importance.withUnsafeBufferPointer { ib in
+                positions.map { Float(bitPattern: MagnitudeSelect.threshold(ib, rank: $0, descending: false).value) }
+            }
+        } else {
+            let sorted = importance.sorted()
+            q = positions.map { sorted[$0] }
+        }
+        return q[1] + Float(1.5) * (q[2] - q[0])
+    }
+}

@@ -66,6 +66,16 @@ import TesseraTestSupport
                      "breadcrumbs-f16", "breadcrumbs_ties-bf16", "breadcrumbs_ties-f16"] {
             table[name] = lowPrecision + "; and " + tiesAtThreshold
         }
+        // model_stock, nearswap, ram, sce (float32 cases match): mergekit runs them in the config's dtype too.
+        for name in ["model_stock-bf16", "model_stock-f16", "model_stock-filterwise-bf16", "model_stock-filterwise-f16", "nearswap-bf16",
+                     "nearswap-f16", "ram-bf16", "ram-f16", "sce-bf16", "sce-f16", "sce-all-bf16", "sce-all-f16"] { table[name] = lowPrecision }
+        // mergekit's arcee_fusion and ramplus_tl multiply by a float32 tensor (the fusion mask; λ), which promotes the
+        // result: they write float32 for bfloat16/float16 inputs.
+        let float32Result = "mergekit's result is promoted to float32 by a float32 mask or λ and written as float32; tessera writes the inputs' dtype"
+        for name in ["arcee_fusion-bf16", "arcee_fusion-f16", "ramplus_tl-bf16", "ramplus_tl-f16"] { table[name] = float32Result }
+        // Checked on arcee_fusion-f32 (1 of 3,972 values): the entry's importance lies 7e-4 below mergekit's threshold.
+        table["arcee_fusion-f32"] = "mergekit's per-row KL divergence is a float32 sum of p·log(p/q) with p ≈ q (softmaxes of nearby rows), which "
+            + "cancels to a few significant bits; tessera sums it in double, so an entry whose importance is that close to the threshold is gated the other way"
         return table
     }()
 

@@ -111,6 +111,23 @@ import TesseraTestSupport
         #expect(try Self.merged(try Self.plan("model_stock", base: base, models: [m, m, m], listBase: true)) == m)
     }
 
+    @Test func modelStockOnALargeTensor() throws {
+        // 300,000 entries (sums over blocks in parallel): identical task vectors of 40,000 ones (norm 200, exact) give
+        // t = 1, the model; a third model with an orthogonal task vector gives cos = (1 + 0 + 0)/3, t = 3·(1/3)/(1 + 2/3).
+        let n = 300_000
+        let base = Self.normals(n, seed: 4)
+        var m = base, o = base
+        for j in 0..<40_000 { m[j] += 1 }
+        for j in 100_000..<140_000 { o[j] += 1 }
+        #expect(try Self.merged(try Self.plan("model_stock", base: base, models: [m, m])) == m)
+        let r = try Self.merged(try Self.plan("model_stock", base: base, models: [m, m, o]))
+        let t: Float = 0.6
+        for j in [0, 39_999, 40_000, 100_000, 299_999] {
+            let avg = (m[j] + m[j] + o[j]) / 3
+            #expect(abs(r[j] - (t * avg + (1 - t) * base[j])) < 1e-6)
+        }
+    }
+
     @Test func modelStockFilterWiseTakesOneRatioPerRow() throws {
         // Row 0: identical task vectors (t = 1), row 1: orthogonal ones (t = 0).
         let base: [Float] = [0, 0, 1, 1]

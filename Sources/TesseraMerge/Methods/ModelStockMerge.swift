@@ -54,17 +54,11 @@ public struct ModelStockMerge: MergeMethod {
                 let out = SharedMutablePointer(w0)
                 let inputs = UncheckedSendable(ws)
                 // Rows are independent: each finds its t, then blends in place (w₀ is read before it is overwritten).
-                let work = { (row: Int) in
+                // A single row (the whole tensor) spreads its sums and its blend over the cores.
+                let work = { (row: Int, parallel: Bool) in
                     let lo = row * rowLength, hi = lo + rowLength
                     let ws = inputs.value
-                    var dots = [Double](repeating: 0, count: count * count)
-                    for j in lo..<hi {
-                        let b = out[j]
-                        for a in 0..<count {
-                            let oa = Double(ws[a][j] - b)
-                            for c in a..<count { dots[a * count + c] += oa * Double(ws[c][j] - b) }
-                        }
-                    }
+                    let dots = Self.gram(ws, UnsafePointer(out.base), lo, hi, parallel: parallel)
                     // Σ of the pairs' cosines in float32, in mergekit's pair order, then their mean.
                     var cosSum: Float = 0
                     for a in 0..<count {
@@ -79,22 +73,61 @@ public struct ModelStockMerge: MergeMethod {
                     let denominator = 1 + (countF - 1) * cos
                     let t: Float = abs(denominator) < Float(1e-6) ? 0 : (countF * cos) / denominator
                     let s = 1 - t
-                    for j in lo..<hi {
-                        var sum: Float = 0
-                        for a in 0..<count { sum += ws[a][j] }
-                        out[j] = t * (sum / countF) + s * out[j]
+                    let blend = { (r: Range<Int>) in
+                        for j in r {
+                            var sum: Float = 0
+                            for a in 0..<count { sum += ws[a][j] }
+                            out[j] = t * (sum / countF) + s * out[j]
+                        }
+                    }
+                    if parallel {
+                        Parallel.forChunks(hi - lo) { _, r in blend((lo + r.lowerBound)..<(lo + r.upperBound)) }
+                    } else {
+                        blend(lo..<hi)
                     }
                 }
                 if rows == 1 {
-                    work(0)
+                    work(0, true)
                 } else {
                     let chunks = n >= Parallel.minimumParallelCount ? min(rows, Parallel.chunksPerCore * 2) : 1
                     Parallel.forEach(chunks) { c in
-                        for row in (rows * c / chunks)..<(rows * (c + 1) / chunks) { work(row) }
+                        for row in (rows * c / chunks)..<(rows * (c + 1) / chunks) { work(row, false) }
                     }
                 }
             }
         }
         return base
+    }
+
+    /// The task vectors' Gram matrix over entries lo..<hi: entry [a·k + c] (a ≤ c) is Σ_j o_a[j]·o_c[j] with
+    /// o_i = w_i − w₀ (each difference in float32, as mergekit's offsets are), summed in double. In parallel, blocks
+    /// of 65,536 entries are summed separately and combined in block order, so the result is the same whatever the
+    /// number of threads.
+    static func gram(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, _ lo: Int, _ hi: Int, parallel: Bool) -> [Double] {
+        let k = ws.count
+        let block = 1 << 16
+        let blocks = parallel ? max(1, (hi - lo + block - 1) / block) : 1
+        var partial = [Double](repeating: 0, count: blocks * k * k)
+        partial.withUnsafeMutableBufferPointer { pb in
+            let p = SharedMutablePointer(pb.baseAddress!)
+            let inputs = UncheckedSendable(ws), base = SharedPointer(w0)
+            let sum = { (b: Int) in
+                let start = blocks == 1 ? lo : lo + b * block, end = blocks == 1 ? hi : min(hi, start + block)
+                let ws = inputs.value
+                var acc = [Double](repeating: 0, count: k * k)
+                for j in start..<end {
+                    let w = base[j]
+                    for a in 0..<k {
+                        let oa = Double(ws[a][j] - w)
+                        for c in a..<k { acc[a * k + c] += oa * Double(ws[c][j] - w) }
+                    }
+                }
+                for i in 0..<(k * k) { p[b * k * k + i] = acc[i] }
+            }
+            if blocks == 1 { sum(0) } else { Parallel.forEach(blocks) { sum($0) } }
+        }
+        var total = [Double](repeating: 0, count: k * k)
+        for b in 0..<blocks { for i in 0..<(k * k) { total[i] += partial[b * k * k + i] } }
+        return total
     }
 }

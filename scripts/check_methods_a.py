@@ -208,7 +208,7 @@ def main():
             failures += not ok
         else:
             # Structural: kept fraction of each task vector near density, nothing outside the models' support.
-            b = read_folder(os.path.join(work, "base")) if False else {k: v for k, v in base.items()}
+            b = base
             kept_m, kept_t, n = 0, 0, 0
             for k in e:
                 dm, dt = e[k] - b[k], g[k] - b[k]

@@ -20,9 +20,9 @@ SHAPE = dict(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_lay
              num_key_value_heads=2)
 
 
-def tensors(seed, base=None, noise=0.0, fraction=1.0):
+def tensors(seed, base=None, noise=0.0, fraction=1.0, shape=SHAPE):
     rng = np.random.default_rng(seed)
-    h, i, v, n = SHAPE["hidden_size"], SHAPE["intermediate_size"], SHAPE["vocab_size"], SHAPE["num_hidden_layers"]
+    h, i, v, n = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["num_hidden_layers"]
     shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
     for l in range(n):
         p = f"model.layers.{l}."
@@ -73,12 +73,12 @@ def read_folder(folder):
     return out
 
 
-def make_model(root, name, ts):
+def make_model(root, name, ts, shape=SHAPE):
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
     write_safetensors(os.path.join(folder, "model.safetensors"), ts)
     config = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", max_position_embeddings=64,
-                  rms_norm_eps=1e-5, tie_word_embeddings=False, torch_dtype="float32", bos_token_id=1, eos_token_id=2, **SHAPE)
+                  rms_norm_eps=1e-5, tie_word_embeddings=False, torch_dtype="float32", bos_token_id=1, eos_token_id=2, **shape)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
 
@@ -127,6 +127,8 @@ CASES = [
     ("ramplus_tl-params", config("ramplus_tl", ["sp1", "sp2"], params={"r": 0.5, "alpha": 0.9, "epsilon": 0.001}), "exact"),
     ("arcee_fusion", config("arcee_fusion", ["ft1"]), "exact"),
     ("arcee_fusion-sparse", config("arcee_fusion", ["sp1"]), "exact"),
+    # Rows of 4,096 (down_proj): torch's cascade sum uses its multi-level accumulators there.
+    ("arcee_fusion-wide", config("arcee_fusion", ["wide_ft"], base="wide_base"), "exact"),
     ("arcee_fusion-two", config("arcee_fusion", ["ft1", "ft2"]), "refuse"),
     ("passthrough", config("passthrough", ["ft1"], base=None), "exact"),
     ("passthrough-scale", config("passthrough", ["ft1"], base=None,
@@ -164,6 +166,10 @@ def main():
                                        "sp1": (21, 0.01, 0.3), "sp2": (22, 0.01, 0.3),
                                        "tiny1": (31, 1e-4, 1.0), "tiny2": (32, 1e-4, 1.0)}.items():
         make_model(work, k, tensors(seed, base, noise, fraction))
+    wide = dict(SHAPE, intermediate_size=4096, num_hidden_layers=1)
+    wide_base = tensors(2, shape=wide)
+    make_model(work, "wide_base", wide_base, wide)
+    make_model(work, "wide_ft", tensors(41, wide_base, 0.01, 1.0, wide), wide)
     failures = 0
     for name, text, kind in CASES:
         if a.only and a.only not in name:

@@ -38,8 +38,6 @@ import TesseraTestSupport
         "multislerp": "norms, the weighted mean and its norm are torch reductions; cos/sin from torch",
         "karcher": "iterated norms and dot products (torch reductions) and arccos/sin; the stopping test depends on them",
         "model_stock": "norms and dot products of the task vectors (torch reductions) set the interpolation factor",
-        "sce": "the task vectors' weights are means of squares (torch reductions)",
-        "arcee_fusion": "softmax, log and the KL sum over rows (torch reductions) set the importance scores",
     ]
 
     /// Cases that do not match mergekit yet, each with the reason (found by running this suite). A case that starts

@@ -15,8 +15,9 @@ import TesseraMath
 /// Models carry no weights (a `weight` is accepted and ignored). Subtleties: the 1e-6 floor on the summed mean
 /// squares makes small task vectors (|τ| ≲ 1e-3) fall back to equal weights; with one model and select_topk < 1 the
 /// variance is zero everywhere, nothing is selected and the result is the base. Entries tied in variance at the
-/// cut are kept by lower flat index (torch's topk leaves the choice open). The mean squares are summed in double, so
-/// they and the output agree with mergekit's to float32 rounding (1e-6 relative), not bit for bit.
+/// cut are kept by lower flat index (torch's topk leaves the choice open). The mean squares are summed as torch sums
+/// them (`TorchFloat32`), so float32 results agree with mergekit's bit for bit (with one model the weight is 1 however
+/// it is summed).
 public struct SceMerge: MergeMethod {
     public static let name = "sce"
     public static let summary = "select high-variance entries, weight by mean square, erase minority signs (FuseChat)"
@@ -53,15 +54,23 @@ public struct SceMerge: MergeMethod {
         }
         let m = tvs.count
         if topk < 1 { Self.select(&tvs, fraction: topk) }
-        // Calculate: mean squares, in double, rounded to float32 as torch's float32 mean is.
+        // Calculate: mean squares as torch computes them (float32 squares, its cascade sum of each model's row, / n;
+        // torch sums each row on one thread when there are two or more models), and their float32 sum.
         var meanSquares = [Float](repeating: 0, count: m)
+        var squares = [Float](repeating: 0, count: n)
         for i in 0..<m {
-            var s = 0.0
-            for v in tvs[i] { s += Double(v) * Double(v) }
-            meanSquares[i] = n > 0 ? Float(s / Double(n)) : .nan
+            tvs[i].withUnsafeBufferPointer { t in
+                squares.withUnsafeMutableBufferPointer { sq in
+                    guard let tp = t.baseAddress, let sp = sq.baseAddress else { return }
+                    let src = SharedPointer(tp), dst = SharedMutablePointer(sp)
+                    Parallel.forChunks(n) { _, r in for j in r { dst[j] = src[j] * src[j] } }
+                    meanSquares[i] = TorchFloat32.sum(sp, count: n) / Float(n)
+                }
+            }
+            if n == 0 { meanSquares[i] = .nan }
         }
-        var total: Float = 0
-        for w in meanSquares { total += w }
+        squares = []
+        let total = meanSquares.withUnsafeBufferPointer { TorchFloat32.sum($0.baseAddress!, count: m) }
         var weights = [Float](repeating: 1 / Float(m), count: m)
         if !(abs(Double(total)) < 1e-6) {  // mergekit compares the float32 sum, as a Python float, with 1e-6
             for i in 0..<m { weights[i] = meanSquares[i] / total }

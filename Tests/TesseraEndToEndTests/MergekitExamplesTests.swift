@@ -11,12 +11,19 @@ import TesseraTestSupport
 
     /// What the script recorded: "merged" or "refused" per config, and the feature a refusal must name.
     static let outcomes: [String: (tessera: String, names: String?)] = [
-        "arcee_fusion.yml": ("refused", "arcee_fusion"),
+        "arcee_fusion.yml": ("merged", nil),
         "bio-merge.yml": ("merged", nil),
         "gradient-slerp.yml": ("refused", "'slices'"),
         "linear.yml": ("merged", nil),
         "orcamini-platy-44layer.yml": ("refused", "'slices'"),
         "ties.yml": ("merged", nil),
+    ]
+
+    /// Configs that merge but do not give mergekit's tensors yet, with the reason; their float32 run must match
+    /// (`exampleInFloat32MatchesMergekit`).
+    static let knownDifferences: [String: String] = [
+        "arcee_fusion.yml": "mergekit computes it in bfloat16 (the config's dtype), so its importance scores gate other entries, and its "
+            + "float32 mask promotes the result, which it writes as float32; tessera computes in float32 and writes bfloat16",
     ]
 
     @Test func theFixturesListEveryExample() throws {
@@ -53,6 +60,10 @@ import TesseraTestSupport
         let stem = String(config.dropLast(4))
         let got = try Checkpoints.tensors(s.path("out")), expected = try Checkpoints.tensors(Self.fixtures + "/expected/\(stem).safetensors")
         #expect(Set(got.keys) == Set(expected.keys))
+        if Self.knownDifferences[config] != nil {
+            for (name, e) in expected { #expect(got[name]?.shape == e.shape, "\(name)") }
+            return
+        }
         // mergekit computes in the config's dtype (float16 here), tessera in float32 with one rounding at the end: the
         // same value to one float16 step, except where TIES's magnitude threshold falls between values that the
         // float16 arithmetic ranked differently (a few percent of a tensor at most).
@@ -69,7 +80,7 @@ import TesseraTestSupport
     /// The same configs computing in float32 on both sides (their dtype line changed): equal to mergekit's up to
     /// float32 rounding, but for values tied in magnitude at TIES's density threshold (mergekit's torch.topk leaves
     /// their order unspecified; tessera keeps the lower index).
-    @Test(arguments: ["bio-merge", "linear", "ties"])
+    @Test(arguments: ["arcee_fusion", "bio-merge", "linear", "ties"])
     func exampleInFloat32MatchesMergekit(stem: String) throws {
         let s = try Sandbox()
         let text = try String(contentsOfFile: Self.fixtures + "/examples/\(stem).yml", encoding: .utf8)

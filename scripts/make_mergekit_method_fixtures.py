@@ -289,6 +289,21 @@ def random_info(case):
             "consensus": "sum" if method in ("dare_ties", "della") else None, "seed": SEED}
 
 
+def sparsification_info(case):
+    """For the deterministic magnitude-sparsified methods: what a test needs to find the entries whose result depends
+    on how torch orders equal magnitudes at the density cut (its argsort is not stable): the sparsification, the
+    compute dtype (the magnitudes are |θ_i − θ_base| in it), and each model's density and gamma settings as written
+    (scalars or filter lists)."""
+    kind = {"ties": "magnitude", "breadcrumbs": "magnitude_outliers", "breadcrumbs_ties": "magnitude_outliers"}.get(case["method"])
+    if kind is None:
+        return None
+    models = []
+    for entry in case["body"]["models"]:
+        p = entry.get("parameters") or {}
+        models.append({"model": entry["model"], "density": p.get("density", 1.0), "gamma": p.get("gamma", 0.01)})
+    return {"method": kind, "compute_dtype": case["dtype"] or case["models"], "models": models}
+
+
 # ----------------------------------------------------------------------------------------------- running mergekit
 
 DRIVER = r"""
@@ -378,6 +393,8 @@ def main():
                    "deterministic": c["random"] is None}
             if c["random"]:
                 row["random"] = random_info(c)
+            if sparsification_info(c):
+                row["sparsification"] = sparsification_info(c)
             if r["ok"]:
                 tensors = read_folder(os.path.join(work, c["name"]))
                 write_safetensors(os.path.join(out, "expected", c["name"] + ".safetensors"), dict(sorted(tensors.items())))

@@ -8,7 +8,7 @@ mergekit's own output for it, and what a test needs to judge another implementat
   and exactly unchanged on about a third of its entries (so RAM's and TIES's masks see zeros).
 - configs/NAME.yml: every method in mergekit's registry (merge_methods/registry.py), with non-default parameters where
   it has them, in float32, bfloat16 and float16 (`dtype:`), plus cases with another `out_dtype:`, gradient lists and
-  `filter:` entries. Model paths are relative to configs/ (mergekit is run from there; tessera falls back to the
+  `filter:` entries, and error-* configs that mergekit refuses. Model paths are relative to configs/ (mergekit is run from there; tessera falls back to the
   config's folder).
 - expected/NAME.safetensors: mergekit's output tensors exactly as it wrote them (dtype included).
 - cases.json: per case the method, dtypes, mergekit's outcome (merged, or failed and its last line), whether its result
@@ -248,6 +248,16 @@ def case_list():
     variant("slerp-f16-compute-f32-out-f16", "slerp", slerp, "float16", "float32", "float16", base=B, params={"t": 0.3})
     variant("task_arithmetic-f32-out-f16", "task_arithmetic", [m(F1, weight=0.6), m(F2, weight=0.4)], "float32", "float32", "float16",
             base=B, params={"lambda": 0.8})
+    # Configs mergekit refuses (its contracts and parameter checks): tessera must refuse them too.
+    variant("error-ties-no-base", "ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.5)], "float32", "float32", None)
+    variant("error-slerp-three-models", "slerp", [m(B), m(F1), m(F2)], "float32", "float32", None, base=B, params={"t": 0.5})
+    variant("error-nearswap-no-t", "nearswap", [m(B), m(F1)], "float32", "float32", None, base=B)
+    variant("error-nuslerp-three-models", "nuslerp", [m(F1, weight=1.0), m(F2, weight=1.0), m(F3, weight=1.0)], "float32", "float32", None,
+            base=B)
+    variant("error-passthrough-two-models", "passthrough", [m(F1), m(F2)], "float32", "float32", None)
+    variant("error-model_stock-one-model", "model_stock", [m(F1)], "float32", "float32", None, base=B)
+    variant("error-della-epsilon", "della", [m(F1, weight=0.6, density=0.9, epsilon=0.2)], "float32", "float32", None, base=B,
+            random={"sparsification": "della_magprune"})
     return cases
 
 
@@ -336,7 +346,8 @@ the models are seeded, and mergekit ran with `--random-seed 0`).
   fine-tunes are the base plus noise (ft3 is correlated with ft1 and unchanged on about a third of its entries). The
   same values are stored in float32, bfloat16 (rounded to nearest even) and float16.
 - `configs/NAME.yml`: one mergekit config per case, written by the script: every merge method in mergekit 0.1.5's
-  registry, with non-default parameters, in the three dtypes, plus `out_dtype`, gradient-list and `filter` cases.
+  registry, with non-default parameters, in the three dtypes, plus `out_dtype`, gradient-list and `filter` cases;
+  `configs/error-*.yml` are configs mergekit refuses (its input contracts and parameter checks).
 - `expected/NAME.safetensors`: mergekit 0.1.5's output for `configs/NAME.yml` (its `mergekit-yaml` command run in
   process, CPU torch, `--no-write-model-card --no-copy-tokenizer --random-seed 0`), tensors exactly as written.
 - `cases.json`: per case the method, dtypes, mergekit's outcome (merged, or failed with its last line), whether the

@@ -170,6 +170,9 @@ def case_list():
     add("ties", "ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.7), m(F3, weight=0.4, density=0.3)], base=B)
     add("ties-options", "ties", [m(F1, weight=0.6, density=0.4), m(F2, weight=0.5, density=0.8)], base=B,
         params={"normalize": False, "int8_mask": True, "lambda": 1.3})
+    add("ties-rescale", "ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.7)], base=B, params={"rescale": True})
+    add("breadcrumbs-rescale", "breadcrumbs", [m(F1, weight=0.6, density=0.6, gamma=0.05), m(F3, weight=0.5, density=0.5)], base=B,
+        params={"rescale": True, "lambda": 0.7})
     # DARE: random masks (Bernoulli(density)), l1 rescale by default
     add("dare_ties", "dare_ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.7), m(F3, weight=0.4, density=0.6)], base=B,
         random={"sparsification": "random"})
@@ -302,8 +305,9 @@ def random_info(case):
 def sparsification_info(case):
     """For the deterministic magnitude-sparsified methods: what a test needs to find the entries whose result depends
     on how torch orders equal magnitudes at the density cut (its argsort is not stable): the sparsification, the
-    compute dtype (the magnitudes are |θ_i − θ_base| in it), and each model's density and gamma settings as written
-    (scalars or filter lists)."""
+    compute dtype (the magnitudes are |θ_i − θ_base| in it), each model's density and gamma settings as written
+    (scalars or filter lists), and whether the kept entries are rescaled to the task vector's L1 norm (a sum over the
+    tensor, whose float32 rounding depends on the order of the additions)."""
     kind = {"ties": "magnitude", "breadcrumbs": "magnitude_outliers", "breadcrumbs_ties": "magnitude_outliers"}.get(case["method"])
     if kind is None:
         return None
@@ -311,7 +315,8 @@ def sparsification_info(case):
     for entry in case["body"]["models"]:
         p = entry.get("parameters") or {}
         models.append({"model": entry["model"], "density": p.get("density", 1.0), "gamma": p.get("gamma", 0.01)})
-    return {"method": kind, "compute_dtype": case["dtype"] or case["models"], "models": models}
+    rescale = (case["body"].get("parameters") or {}).get("rescale", False)  # default_rescale is False for these three
+    return {"method": kind, "compute_dtype": case["dtype"] or case["models"], "models": models, "rescale": rescale}
 
 
 # ----------------------------------------------------------------------------------------------- running mergekit

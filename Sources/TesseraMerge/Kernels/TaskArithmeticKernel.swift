@@ -142,12 +142,13 @@ enum TaskArithmeticKernel {
         return base
     }
 
+    /// ‖x‖₁ as torch sums it (`x.abs().sum()`: float32, its cascade order, see `TorchFloat32`).
     static func l1(_ x: [Float]) -> Double {
-        x.withUnsafeBufferPointer { MergeKernels.l1($0) }
+        x.withUnsafeBufferPointer { Double(TorchFloat32.sumOfMagnitudes($0)) }
     }
 
-    /// mergekit's L1 rescale (`rescaled_masked_tensor` with norm l1): multiply the survivors by ‖τ‖₁ / ‖mask ⊙ τ‖₁,
-    /// unless either norm is below 1e-7.
+    /// mergekit's L1 rescale (`rescaled_masked_tensor` with norm l1): multiply the survivors by ‖τ‖₁ / ‖mask ⊙ τ‖₁
+    /// (both float32 sums as torch's, their quotient rounded to float32), unless either norm is below 1e-7.
     static func rescaleL1(_ x: inout [Float], originalSum: Double) {
         let newSum = l1(x)
         guard originalSum >= 1e-7, newSum >= 1e-7 else { return }

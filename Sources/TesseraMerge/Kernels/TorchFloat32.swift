@@ -94,6 +94,16 @@ enum TorchFloat32 {
         return total
     }
 
+    /// torch's `x.abs().sum()` of a whole tensor (as one thread runs it: torch splits a sum of more than 32,768
+    /// entries over its threads, in an order that depends on their number).
+    static func sumOfMagnitudes(_ x: UnsafeBufferPointer<Float>) -> Float {
+        guard let p = x.baseAddress, !x.isEmpty else { return 0 }
+        let magnitudes = UnsafeMutablePointer<Float>.allocate(capacity: x.count)
+        defer { magnitudes.deallocate() }
+        for j in 0..<x.count { magnitudes[j] = abs(p[j]) }
+        return sum(magnitudes, count: x.count)
+    }
+
     /// `row_sum` over `size` items of `lanes` floats each (item i at x + i·lanes): four interleaved accumulators
     /// (`multi_row_sum`), the leftover items into the first, then the four summed in order; lanes independent.
     static func rowSum(_ x: UnsafePointer<Float>, lanes: Int, count size: Int, into out: UnsafeMutablePointer<Float>) {

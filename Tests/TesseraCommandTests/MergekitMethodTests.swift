@@ -40,7 +40,6 @@ import TesseraTestSupport
         "nuslerp": "row or tensor norms and dot products are torch reductions; acos/sin from torch",
         "multislerp": "norms, the weighted mean and its norm are torch reductions; cos/sin from torch",
         "karcher": "iterated norms and dot products (torch reductions) and arccos/sin; the stopping test depends on them",
-        "model_stock": "norms and dot products of the task vectors (torch reductions) set the interpolation factor",
     ]
 
     /// Cases that do not match mergekit yet, each with the reason (found by running this suite). A case that starts

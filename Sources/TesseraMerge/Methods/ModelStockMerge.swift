@@ -13,8 +13,10 @@ import TesseraMath
 /// over the whole tensor, or with filter_wise: true over each row along the last dimension (each row its own t; a
 /// 1-D tensor is one row). mergekit needs three inputs: the base and at least two others (the base may be listed
 /// among the models; it is not counted twice). Model weights play no part (a `weight` is accepted and ignored).
-/// Norms and dot products are summed in double and rounded to float32 where mergekit's float32 tensors are, so t
-/// agrees with mergekit's to float32 rounding; the final blend is the same float32 arithmetic.
+/// Norms, dot products and the mean of the cosines are float32 sums in the order torch's CPU kernels add them on one
+/// thread (`TorchFloat32`), and the blend is the same float32 arithmetic, so float32 results are mergekit's bit for
+/// bit (torch splits a whole-tensor sum of more than 32,768 entries over its threads, in an order that depends on
+/// their number: there mergekit's own t varies in its last bit). These sums run on one core; the blend on all.
 public struct ModelStockMerge: MergeMethod {
     public static let name = "model_stock"
     public static let summary = "interpolate the models' average toward the base by their task vectors' angle"
@@ -46,7 +48,6 @@ public struct ModelStockMerge: MergeMethod {
         let rowLength = filterWise ? (input.shape.last ?? n) : n
         let rows = rowLength == 0 ? 0 : n / rowLength
         let count = models.count
-        let pairs = count * (count - 1) / 2
         let countF = Float(count)
         withReadOnlyPointers(models) { ws in
             base.withUnsafeMutableBufferPointer { bb in
@@ -54,24 +55,11 @@ public struct ModelStockMerge: MergeMethod {
                 let out = SharedMutablePointer(w0)
                 let inputs = UncheckedSendable(ws)
                 // Rows are independent: each finds its t, then blends in place (w₀ is read before it is overwritten).
-                // A single row (the whole tensor) spreads its sums and its blend over the cores.
+                // A single row (the whole tensor) blends over the cores.
                 let work = { (row: Int, parallel: Bool) in
-                    let lo = row * rowLength, hi = lo + rowLength
+                    let lo = row * rowLength
                     let ws = inputs.value
-                    let dots = Self.gram(ws, UnsafePointer(out.base), lo, hi, parallel: parallel)
-                    // Σ of the pairs' cosines in float32, in mergekit's pair order, then their mean.
-                    var cosSum: Float = 0
-                    for a in 0..<count {
-                        let na = Float(dots[a * count + a].squareRoot())
-                        for c in (a + 1)..<count {
-                            let nc = Float(dots[c * count + c].squareRoot())
-                            let product = max(na * nc, Float(1e-6))
-                            cosSum += min(max(Float(dots[a * count + c]) / product, -1), 1)
-                        }
-                    }
-                    let cos = cosSum / Float(pairs)
-                    let denominator = 1 + (countF - 1) * cos
-                    let t: Float = abs(denominator) < Float(1e-6) ? 0 : (countF * cos) / denominator
+                    let t = Self.ratio(ws.map { $0 + lo }, UnsafePointer(out.base + lo), count: rowLength)
                     let s = 1 - t
                     let blend = { (r: Range<Int>) in
                         for j in r {
@@ -81,9 +69,9 @@ public struct ModelStockMerge: MergeMethod {
                         }
                     }
                     if parallel {
-                        Parallel.forChunks(hi - lo) { _, r in blend((lo + r.lowerBound)..<(lo + r.upperBound)) }
+                        Parallel.forChunks(rowLength) { _, r in blend((lo + r.lowerBound)..<(lo + r.upperBound)) }
                     } else {
-                        blend(lo..<hi)
+                        blend(lo..<(lo + rowLength))
                     }
                 }
                 if rows == 1 {
@@ -99,35 +87,30 @@ public struct ModelStockMerge: MergeMethod {
         return base
     }
 
-    /// The task vectors' Gram matrix over entries lo..<hi: entry [a·k + c] (a ≤ c) is Σ_j o_a[j]·o_c[j] with
-    /// o_i = w_i − w₀ (each difference in float32, as mergekit's offsets are), summed in double. In parallel, blocks
-    /// of 65,536 entries are summed separately and combined in block order, so the result is the same whatever the
-    /// number of threads.
-    static func gram(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, _ lo: Int, _ hi: Int, parallel: Bool) -> [Double] {
+    /// The interpolation ratio t of one row (or the whole tensor) of `n` entries, with float32 norms, dot products and
+    /// means summed as torch sums them on one thread (`TorchFloat32`): k·cos θ / (1 + (k − 1)·cos θ), 0 when singular.
+    static func ratio(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, count n: Int) -> Float {
         let k = ws.count
-        let block = 1 << 16
-        let blocks = parallel ? max(1, (hi - lo + block - 1) / block) : 1
-        var partial = [Double](repeating: 0, count: blocks * k * k)
-        partial.withUnsafeMutableBufferPointer { pb in
-            let p = SharedMutablePointer(pb.baseAddress!)
-            let inputs = UncheckedSendable(ws), base = SharedPointer(w0)
-            let sum = { (b: Int) in
-                let start = blocks == 1 ? lo : lo + b * block, end = blocks == 1 ? hi : min(hi, start + block)
-                let ws = inputs.value
-                var acc = [Double](repeating: 0, count: k * k)
-                for j in start..<end {
-                    let w = base[j]
-                    for a in 0..<k {
-                        let oa = Double(ws[a][j] - w)
-                        for c in a..<k { acc[a * k + c] += oa * Double(ws[c][j] - w) }
-                    }
-                }
-                for i in 0..<(k * k) { p[b * k * k + i] = acc[i] }
+        var scratch = [Float](repeating: 0, count: n)
+        var norms = [Float](repeating: 0, count: k)
+        var cosines: [Float] = []
+        scratch.withUnsafeMutableBufferPointer { sb in
+            let x = sb.baseAddress!
+            for a in 0..<k {
+                for j in 0..<n { x[j] = ws[a][j] - w0[j] }
+                norms[a] = TorchFloat32.norm(x, count: n)
             }
-            if blocks == 1 { sum(0) } else { Parallel.forEach(blocks) { sum($0) } }
+            for a in 0..<k {
+                for c in (a + 1)..<k {
+                    for j in 0..<n { x[j] = (ws[a][j] - w0[j]) * (ws[c][j] - w0[j]) }
+                    let dot = TorchFloat32.sum(x, count: n)
+                    cosines.append(min(max(dot / max(norms[a] * norms[c], Float(1e-6)), -1), 1))
+                }
+            }
         }
-        var total = [Double](repeating: 0, count: k * k)
-        for b in 0..<blocks { for i in 0..<(k * k) { total[i] += partial[b * k * k + i] } }
-        return total
+        let cos = cosines.withUnsafeBufferPointer { TorchFloat32.sum($0.baseAddress!, count: $0.count) } / Float(cosines.count)
+        let kf = Float(k)
+        let denominator = 1 + (kf - 1) * cos
+        return abs(denominator) < Float(1e-6) ? 0 : (kf * cos) / denominator
     }
 }

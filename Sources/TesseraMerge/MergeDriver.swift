@@ -154,6 +154,13 @@ final class MergeJob {
         return MergeJob.isMergeable(stored) ? stored : .f32
     }
 
+    /// mergekit's compute dtype: the config's `dtype`, else what it loaded (inputs of one dtype, as `check` requires
+    /// without a plan dtype). float64 inputs are computed in float32 here (mergekit would use float64).
+    func computeDType(stored: DType) -> DType {
+        let d = plan.dtype ?? stored
+        return d == .f16 || d == .bf16 ? d : .f32
+    }
+
     func globalParameters(_ name: String) throws -> MergeParameters {
         try MergeParameters.resolve(plan.parameters, definitions: type.globalParameters, tensor: name,
                                     layerPosition: positions.position(name), method: type.name, scope: "global")
@@ -263,7 +270,7 @@ final class MergeJob {
         let info = try referenceInput.source.requireInfo(name)
         let reference = (name: referenceInput.name, dtype: info.dtype, shape: info.shape)
         let t = positions.position(name)
-        let needsBase = plan.base != nil && (type.baseUse == .required || isBase.contains(true))
+        let needsBase = plan.base != nil && (type.baseUse != .ignored || isBase.contains(true))
         let preloaded = try loadConcurrently(name, reference: reference, needsBase: needsBase)
         var base: [Float]? = nil
         if let b = plan.base, needsBase {
@@ -296,8 +303,10 @@ final class MergeJob {
                 return try FloatCodec.decode(try f.rawTensor(name), name: "\(m.fisherName ?? f.sourceName): \(name)")
             }
         }
-        return TensorMergeInput(name: name, shape: info.shape, base: base, models: models, isBaseModel: isBase,
-                                modelParameters: modelParameters, parameters: try globalParameters(name), fishers: fishers)
+        var input = TensorMergeInput(name: name, shape: info.shape, base: base, models: models, isBaseModel: isBase,
+                                     modelParameters: modelParameters, parameters: try globalParameters(name), fishers: fishers)
+        input.computeDType = computeDType(stored: info.dtype)
+        return input
     }
 }
 

@@ -8,6 +8,8 @@ config's `dtype:` is that dtype, and writes:
     Tests/Fixtures/mergekit-dtype/inputs.<dtype>.safetensors    base / m0 / m1 / m2 of every shape, in <dtype>
     Tests/Fixtures/mergekit-dtype/expected.<dtype>.safetensors  "<case>|<shape>" -> mergekit's output, in <dtype>
     Tests/Fixtures/mergekit-dtype/cases.json                     method, models, base, parameters per case
+    Tests/Fixtures/mergekit-dtype/sort.safetensors               tied magnitudes and torch's argsort of them (the
+                                                                 order mergekit's magnitude trims keep ties in)
 
 Run with the mergekit venv: /work/venvs/mergekit/bin/python scripts/make_mergekit_dtype_fixtures.py
 """
@@ -78,8 +80,23 @@ def run(case, tensors, shape_name, dtype):
     return result.to(dtype).contiguous()
 
 
+def sort_fixture():
+    g = torch.Generator().manual_seed(99)
+    out = {}
+    for name, n, scale in [("tied", 5000, 4.0), ("few", 17, 2.0), ("mixed", 40000, 64.0), ("distinct", 3000, 0.0)]:
+        x = torch.randn(n, generator=g)
+        keys = (x * scale).round().abs() / max(scale, 1.0) if scale else x.abs()
+        out[f"{name}.keys"] = keys
+        # Indices as float32 (exact below 2^24): torch.argsort as mergekit's magnitude() calls it, and torch.sort's
+        # ascending order as magnitude_outliers() calls it.
+        out[f"{name}.desc"] = torch.argsort(keys, descending=True).to(torch.float32)
+        out[f"{name}.asc"] = torch.sort(keys, descending=False).indices.to(torch.float32)
+    save_file(out, os.path.join(OUT, "sort.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    sort_fixture()
     for dtype_name, dtype in DTYPES.items():
         tensors = inputs(dtype)
         save_file(tensors, os.path.join(OUT, f"inputs.{dtype_name}.safetensors"))

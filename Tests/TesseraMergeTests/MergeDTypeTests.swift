@@ -104,4 +104,99 @@ import TesseraTestSupport
         }
         print("MergeDTypeTests \(dtypeName): " + (report.isEmpty ? "all bit-exact" : report.joined(separator: ", ")))
     }
+
+    /// torch's argsort (mergekit's magnitude trim) and ascending sort (breadcrumbs) of tied magnitudes, replayed.
+    @Test(arguments: ["tied", "few", "mixed", "distinct"])
+    func tieOrderIsTorchs(set: String) throws {
+        let file = try SafetensorsFile(path: Self.dir + "/sort.safetensors")
+        let keys = try file.floats("\(set).keys")
+        for (suffix, descending) in [("desc", true), ("asc", false)] {
+            let expected = try file.floats("\(set).\(suffix)").map { Int($0) }
+            let got = keys.withUnsafeBufferPointer { TorchSort.order($0, descending: descending) }.map { Int($0) }
+            #expect(got == expected, "\(set) \(suffix)")
+        }
+    }
+
+    /// The trims take the radix-select fast path when no tie straddles the cut and the replay otherwise; both give
+    /// the set torch's order gives.
+    @Test func trimsKeepTorchsTies() throws {
+        let file = try SafetensorsFile(path: Self.dir + "/sort.safetensors")
+        for set in ["tied", "mixed", "distinct"] {
+            let keys = try file.floats("\(set).keys")
+            let desc = try file.floats("\(set).desc").map { Int($0) }, asc = try file.floats("\(set).asc").map { Int($0) }
+            let n = keys.count
+            let signed = keys.enumerated().map { $0.offset % 3 == 0 ? -$0.element : $0.element }
+            for k in [1, n / 7, n / 2, n - 1] {
+                var x = signed
+                x.withUnsafeMutableBufferPointer { TorchSort.keepTopK($0, k: k) }
+                var expected = [Float](repeating: 0, count: n)
+                for i in desc.prefix(k) { expected[i] = signed[i] }
+                #expect(x == expected, "\(set) top \(k)")
+                let lower = n / 5, upper = min(n, lower + k)
+                var y = signed
+                y.withUnsafeMutableBufferPointer { _ = TorchSort.keepAscendingRanks($0, lower: lower, upper: upper) }
+                var band = [Float](repeating: 0, count: n)
+                for i in asc[lower..<upper] { band[i] = signed[i] }
+                #expect(y == band, "\(set) ranks \(lower)..<\(upper)")
+            }
+        }
+    }
+
+    /// Each op rounds once to the dtype, to nearest even; float32 is untouched.
+    @Test func roundingIsPerOpToNearestEven() {
+        let f16 = TorchRounding(.f16), bf16 = TorchRounding(.bf16), f32 = TorchRounding(.f32)
+        #expect(f32.isIdentity && !f16.isIdentity && !bf16.isIdentity)
+        let x: Float = 1 + 1.0 / 4096  // halfway between two float16 values: rounds to the even one
+        #expect(f32(x) == x && f16(x) == 1 && f16(1 + 3.0 / 2048) == 1 + 1.0 / 512)
+        #expect(bf16(1 + 1.0 / 256) == 1 && bf16(1 + 3.0 / 256) == 1 + 1.0 / 64)
+        #expect(f16(70000) == .infinity && bf16(70000) == 70144)
+        var a: [Float] = [0.1, 1 + 1.0 / 4096]
+        f16.round(&a)
+        #expect(a == [f16(0.1), 1])
+    }
+
+    /// A source of named raw tensors, for plans over the fixture's inputs.
+    final class FixtureSource: TensorSource {
+        let sourceName: String
+        let tensors: [String: RawTensor]
+        init(_ name: String, _ tensors: [String: RawTensor]) { sourceName = name; self.tensors = tensors }
+        var tensorNames: [String] { tensors.keys.sorted() }
+        func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { tensors[name].map { ($0.dtype, $0.shape) } }
+        func rawTensor(_ name: String) throws -> RawTensor { try #require(tensors[name]) }
+        var metadata: [(String, String)] { [] }
+    }
+
+    static func plan(_ dtypeName: String, method: String, dtype: DType?, outDType: DType?, parameters: [String: [Double]]) throws -> MergePlan {
+        let file = try SafetensorsFile(path: Self.dir + "/inputs.\(dtypeName).safetensors")
+        func source(_ model: String) throws -> FixtureSource {
+            FixtureSource(model, try Dictionary(uniqueKeysWithValues: Self.shapes.map { ("\($0).weight", try file.tensor("\($0).\(model)")) }))
+        }
+        let models = try ["m0", "m1", "m2"].enumerated().map { i, m in
+            MergeInputModel(name: m, source: try source(m), parameters: parameters.mapValues { .number($0[i]) })
+        }
+        return MergePlan(method: method, base: MergeInputModel(name: "base", source: try source("base")), models: models,
+                         parameters: ["normalize": .bool(true)], dtype: dtype, outDType: outDType)
+    }
+
+    /// Through the driver: without `dtype:` mergekit computes in what it loaded (bfloat16 checkpoints: bfloat16); with
+    /// `dtype: bfloat16` over float32 checkpoints it rounds the inputs and computes in bfloat16; `out_dtype` only
+    /// changes what is written.
+    @Test func theDriverComputesInTheMergeDType() throws {
+        let expected = try SafetensorsFile(path: Self.dir + "/expected.bfloat16.safetensors")
+        let ties: [String: [Double]] = ["weight": [1.0, 0.5, 0.3], "density": [0.5, 0.3, 0.7]]
+        let runs: [(String, DType?, DType?, DType)] = [("bfloat16", nil, nil, .bf16), ("float32", .bf16, nil, .bf16),
+                                                      ("float32", .bf16, .f32, .f32), ("bfloat16", nil, .f32, .f32)]
+        for (inputs, dtype, outDType, written) in runs {
+            let out = try runMerge(try Self.plan(inputs, method: "ties", dtype: dtype, outDType: outDType, parameters: ties))
+            for shape in Self.shapes {
+                let got = try #require(out["\(shape).weight"])
+                #expect(got.dtype == written)
+                let want = try expected.floats("ties|\(shape)")
+                #expect(try got.floats() == want, "inputs \(inputs), dtype \(dtype?.rawValue ?? "-"), out_dtype \(outDType?.rawValue ?? "-"): \(shape)")
+            }
+        }
+        // Computing in float32 instead gives other bfloat16 values (the emulation is what makes the difference).
+        let f32 = try runMerge(try Self.plan("bfloat16", method: "ties", dtype: .f32, outDType: .bf16, parameters: ties))
+        #expect(try f32["matrix.weight"]!.floats() != expected.floats("ties|matrix"))
+    }
 }

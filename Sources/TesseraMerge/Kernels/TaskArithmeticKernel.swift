@@ -173,8 +173,7 @@ enum TaskArithmeticKernel {
     /// The task-arithmetic combination in a 16-bit compute dtype, op by op as mergekit's torch code runs it:
     ///
     ///     wδ_i = r(δ_i · w_i)                          deltas.mul_(weights)
-    ///     vote = r(Σ_i wδ_i)                           delta.sum(dim=0): float32 sum, rounded once (a tiny
-    ///                                                  negative vote rounding to −0 elects +1, as in torch)
+    ///     vote = r(Σ_i wδ_i)                           delta.sum(dim=0): float32 sum, rounded once
     ///     mixed = r(Σ_{i agreeing} wδ_i), divisor = r(Σ_{i agreeing} w_i)   (deltas * mask).sum(0), (weights * mask).sum(0)
     ///     mixed = r(mixed / divisor); mixed = r(mixed · λ); out = r(base + mixed)
     ///

@@ -86,7 +86,7 @@ let package = Package(
         .testTarget(name: "TesseraRepositoryTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge",
                                                                   "TesseraRepository", "TesseraTestSupport"], swiftSettings: swiftSettings),
         // Commands run in process (`TesseraCommand.parseAsRoot([...]).run()`) on temporary repositories.
-        .testTarget(name: "TesseraCommandTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraRepository", "TesseraCLI",
+        .testTarget(name: "TesseraCommandTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge", "TesseraRepository", "TesseraCLI",
                                                                "TesseraTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
         // The tessera binary driven by real git and git-lfs, in sandboxes.
         .testTarget(name: "TesseraEndToEndTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraTestSupport"], swiftSettings: swiftSettings),

@@ -36,7 +36,7 @@ public enum MergeDriver {
                 try sink(name, passthrough)
                 continue
             }
-            let out: [Float], shape: [Int], count: Int
+            var out: [Float], shape: [Int], count: Int
             // Views hold the stored values: only when the plan rounds to nothing coarser than float32.
             if type.readsViews, plan.dtype == nil || plan.dtype == .f32, let viewed = try job.loadViews(name) {
                 shape = viewed.shape
@@ -52,6 +52,10 @@ public enum MergeDriver {
                 throw TesseraError(.shapeMismatch, "\(plan.method): produced \(out.count) values for tensor '\(name)' of shape \(shape)")
             }
             let dtype = job.outputDType(name)
+            // mergekit's methods return a tensor of the compute dtype, which `out_dtype` then converts: a 16-bit
+            // compute dtype rounds the result once more when the output dtype is another one.
+            let compute = job.computeDType(name)
+            if compute != .f32 && compute != dtype { FloatCodec.quantize(&out, to: compute) }
             let nonFinite = { (k: Int) in
                 TesseraError(.invalidParameter, "\(plan.method): the merge of tensor '\(name)' produced \(out[k]) at index \(k)",
                              hint: "check the inputs and parameters (zero weight sums, zero Fishers, NaN inputs); nothing was written for this tensor")
@@ -159,6 +163,10 @@ final class MergeJob {
     func computeDType(stored: DType) -> DType {
         let d = plan.dtype ?? stored
         return d == .f16 || d == .bf16 ? d : .f32
+    }
+
+    func computeDType(_ name: String) -> DType {
+        computeDType(stored: (plan.base ?? plan.models[0]).source.tensorInfo(name)?.dtype ?? .f32)
     }
 
     func globalParameters(_ name: String) throws -> MergeParameters {

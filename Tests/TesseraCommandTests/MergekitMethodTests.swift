@@ -45,27 +45,11 @@ import TesseraTestSupport
     /// Cases that do not match mergekit yet, each with the reason (found by running this suite). A case that starts
     /// matching fails the test until it is removed from here.
     static let knownDifferences: [String: String] = {
-        var table: [String: String] = [:]
-        // Checked by redoing the arithmetic in numpy: with a fused multiply-add every linear case matches bit for bit.
-        let fma = "mergekit's addcmul_ rounds acc + w·x once (a fused multiply-add on torch's CPU path); tessera rounds w·x, then the sum"
-        for name in ["linear-f32", "linear-unnormalized-f32", "linear-gradient-f32", "linear-bf16", "linear-f16", "linear-unnormalized-bf16",
-                     "linear-unnormalized-f16", "linear-gradient-bf16", "linear-gradient-f16", "linear-bf16-nodtype",
-                     "linear-bf16-compute-f32-out-bf16"] { table[name] = fma }
-        table["linear-f16-out-bf16"] = "mergekit rounds its result to float16 (dtype), then to bfloat16 (out_dtype); tessera rounds once; and " + fma
-        table["linear-f32-compute-bf16-out-f32"] = "both round the inputs to bfloat16, but mergekit also rounds its result to bfloat16 (dtype is the compute dtype) before writing float32; tessera writes its float32 result; and " + fma
-        // mergekit computes task arithmetic in the config's dtype: every task vector, product and sum is rounded to it.
-        let lowPrecision = "mergekit computes in the config's dtype (each task vector, product and sum rounded to it); tessera computes in float32 and rounds once"
-        for name in ["task_arithmetic-bf16", "task_arithmetic-f16", "task_arithmetic-gradient-bf16", "task_arithmetic-gradient-f16",
-                     "task_arithmetic-normalized-bf16", "task_arithmetic-normalized-f16"] { table[name] = lowPrecision }
-        // Checked on ties-bf16-compute-f32-out-bf16: every differing value is an entry whose |δ| ties others' at the
-        // density threshold. mergekit's torch.argsort is not stable (above a few dozen elements torch orders ties its
-        // own way); tessera keeps the lower index. bfloat16/float16 inputs make such ties common.
-        let tiesAtThreshold = "entries tied in |δ| at the density threshold: torch's unstable argsort picks its own; tessera keeps the lower index"
-        for name in ["ties-bf16-compute-f32-out-bf16", "ties-f16-compute-f32-out-f16"] { table[name] = tiesAtThreshold }
-        for name in ["ties-bf16", "ties-f16", "ties-filter-bf16", "ties-filter-f16", "ties-options-bf16", "ties-options-f16", "breadcrumbs-bf16",
-                     "breadcrumbs-f16", "breadcrumbs_ties-bf16", "breadcrumbs_ties-f16"] {
-            table[name] = lowPrecision + "; and " + tiesAtThreshold
-        }
+        let table: [String: String] = [:]
+        // Emptied by the dtype work (branch m-methods-b): linear accumulates with fused multiply-adds as torch's
+        // addcmul_ does; task arithmetic, TIES and breadcrumbs compute in the config's dtype op by op; magnitude ties
+        // at the density threshold are resolved in torch's sort order; a 16-bit compute dtype rounds the result
+        // before out_dtype converts it.
         return table
     }()
 

@@ -77,7 +77,7 @@ enum TaskArithmeticKernel {
                     break
                 case .magnitude:
                     let k = max(1, Int(density * Double(n)))
-                    let before = rescale ? l1(d) : 0
+                    let before = rescale ? l1(d, r) : 0
                     d.withUnsafeMutableBufferPointer { TorchSort.keepTopK($0, k: k) }
                     if rescale { rescaleL1(&d, originalSum: before, r) }
                 case .magnitudeOutliers:
@@ -89,12 +89,15 @@ enum TaskArithmeticKernel {
                     let target = Int(density * Double(n))
                     // n_bot = n − target − n_top; when negative mergekit shrinks n_top instead, so n_bot = 0.
                     let bottom = max(0, n - target - Int(gamma * Double(n)))
-                    let before = rescale ? l1(d) : 0
+                    let before = rescale ? l1(d, r) : 0
                     _ = d.withUnsafeMutableBufferPointer { TorchSort.keepAscendingRanks($0, lower: bottom, upper: bottom + target) }
                     if rescale { rescaleL1(&d, originalSum: before, r) }
                 case .random:
                     let key = DropRNG.streamKey(seed: seed, tensor: input.name, model: i)
-                    let before = rescale ? l1(d) : 0
+                    // mergekit's bernoulli path works in float32 for a float16 tensor (torch has no float16
+                    // bernoulli on CPU) and rounds once at the end; bfloat16 stays bfloat16 throughout.
+                    let work = r.half == .f16 ? TorchRounding(.f32) : r
+                    let before = rescale ? l1(d, work) : 0
                     d.withUnsafeMutableBufferPointer { DropRNG.drop($0, density: density, key: key) }
                     if rescale {
                         if rescaleMode == "density" {
@@ -102,12 +105,9 @@ enum TaskArithmeticKernel {
                             let fd = Float(density)
                             d.withUnsafeMutableBufferPointer { MergeKernels.divide($0, by: fd) }
                         } else {
-                            // mergekit's bernoulli path works in float32 for a float16 tensor (torch has no float16
-                            // bernoulli on CPU) and rounds once at the end; bfloat16 stays bfloat16 throughout.
-                            let f16 = r.half == .f16
-                            rescaleL1(&d, originalSum: before, f16 ? TorchRounding(.f32) : r)
-                            if f16 { r.round(&d) }
+                            rescaleL1(&d, originalSum: before, work)
                         }
+                        r.round(&d)
                     }
                 }
             }
@@ -155,15 +155,18 @@ enum TaskArithmeticKernel {
         return base
     }
 
-    static func l1(_ x: [Float]) -> Double {
-        x.withUnsafeBufferPointer { MergeKernels.l1($0) }
+    /// ‖x‖₁ as mergekit's `tensor.abs().sum()` gives it: in float32 in torch's summation order, in a 16-bit dtype a
+    /// double sum rounded once to it.
+    static func l1(_ x: [Float], _ r: TorchRounding) -> Float {
+        if r.isIdentity { return TorchReductions.sum(x.map { abs($0) }) }
+        return r.reduced(x.withUnsafeBufferPointer { MergeKernels.l1($0) })
     }
 
     /// mergekit's L1 rescale (`rescaled_masked_tensor` with norm l1): multiply the survivors by ‖τ‖₁ / ‖mask ⊙ τ‖₁,
     /// unless either norm is below 1e-7. As in torch, both norms are tensors of the compute dtype (rounded from the
     /// wider sum), their quotient is one too, and so is each product.
-    static func rescaleL1(_ x: inout [Float], originalSum: Double, _ r: TorchRounding) {
-        let before = r.reduced(originalSum), after = r.reduced(l1(x))
+    static func rescaleL1(_ x: inout [Float], originalSum before: Float, _ r: TorchRounding) {
+        let after = l1(x, r)
         guard before >= 1e-7, after >= 1e-7 else { return }
         let f = r(before / after)
         x.withUnsafeMutableBufferPointer { MergeKernels.scale($0, by: f) }

@@ -48,7 +48,7 @@ public struct KarcherMerge: MergeMethod {
     static func karcher(_ tensors: inout [[Float]], maxIterations: Int, tol: Double, _ r: TorchRounding) -> [Float] {
         let count = tensors.count, n = tensors[0].count
         let alpha = 1.0 / Double(count)
-        let norms = tensors.map { Float(Reductions.norm($0)) }
+        let norms = tensors.map { TorchReductions.norm($0) }
         for i in 0..<count {
             let norm = norms[i]
             for j in 0..<n { tensors[i][j] = norm == 0 ? 0 : r(tensors[i][j] / norm) }
@@ -61,7 +61,7 @@ public struct KarcherMerge: MergeMethod {
         for (k, i) in valid.enumerated() {
             for j in 0..<n { mean[j] = r(mean[j] + r(weights[k] * tensors[i][j])) }
         }
-        let meanNorm = Float(Reductions.norm(mean))
+        let meanNorm = TorchReductions.norm(mean)
         if Double(meanNorm) < tol {
             mean = tensors[valid[0]]
         } else {
@@ -78,11 +78,11 @@ public struct KarcherMerge: MergeMethod {
                 let coefficient = r(weights[k] * r(theta / r(sin(theta))))
                 for j in 0..<n { tangent[j] = r(tangent[j] + r(coefficient * r(unit[j] - r(dot * mean[j])))) }
             }
-            let tangentNorm = Float(Reductions.norm(tangent))
+            let tangentNorm = TorchReductions.norm(tangent)
             if Double(tangentNorm) < tol { break }
             let c = r(cos(tangentNorm)), s = r(sin(tangentNorm))
             for j in 0..<n { mean[j] = r(r(c * mean[j]) + r(s * r(tangent[j] / tangentNorm))) }
-            let unitNorm = Float(Reductions.norm(mean))
+            let unitNorm = TorchReductions.norm(mean)
             if Double(unitNorm) > tol { for j in 0..<n { mean[j] = r(mean[j] / unitNorm) } }
         }
         var scale: Float = 0

@@ -36,11 +36,13 @@ public struct MultiSlerpMerge: MergeMethod {
         let eps = try input.parameters.double("eps")
         let addedEps = r(Float(eps))
         var weights = try indices.map { r(Float(try input.modelParameters[$0].double("weight"))) }
+        // Whole-tensor sums and norms: torch's float32 order in float32 (`TorchReductions`), else a double sum
+        // rounded once to the dtype (which matched every 16-bit case of mergekit's).
+        let sum = { (x: [Float]) -> Float in r.isIdentity ? TorchReductions.sum(x) : r.reduced(x.reduce(0.0) { $0 + Double($1) }) }
+        let norm = { (x: [Float]) -> Float in r.isIdentity ? TorchReductions.norm(x) : r.reduced(Reductions.norm(x)) }
         if normalizeWeights {
-            var s: Float = 0
-            for w in weights { s += w }
-            let sum = r(s)
-            weights = weights.map { r($0 / sum) }
+            let total = sum(weights)
+            weights = weights.map { r($0 / total) }
         }
         let base = input.base
         input.base = nil
@@ -53,7 +55,7 @@ public struct MultiSlerpMerge: MergeMethod {
         }
         input.models = []
         let m = points.count, n = points[0].count
-        let norms = points.map { r.reduced(Reductions.norm($0)) }
+        let norms = points.map { norm($0) }
         // Cancelling points (checked on the mean of the unit vectors, before they replace the points).
         var mean = [Float](repeating: 0, count: n)
         var units = points
@@ -66,7 +68,7 @@ public struct MultiSlerpMerge: MergeMethod {
             for i in 0..<m { s += r(units[i][j] * weights[i]) }
             mean[j] = r(s)
         }
-        let meanNorm = r.reduced(Reductions.norm(mean))
+        let meanNorm = norm(mean)
         if meanNorm < addedEps {
             guard m == 2 else {
                 throw TesseraError(.invalidParameter, "multislerp: the weighted unit vectors sum to zero (tensor '\(input.name)')",
@@ -81,11 +83,7 @@ public struct MultiSlerpMerge: MergeMethod {
         }
         points = []
         for j in 0..<n { mean[j] = r(mean[j] / meanNorm) }
-        let dots = units.map { u in
-            var s = 0.0
-            for j in 0..<n { s += Double(r(u[j] * mean[j])) }
-            return r.reduced(s)
-        }
+        let dots = units.map { u in sum((0..<n).map { j in r(u[j] * mean[j]) }) }
         var tangent = [Float](repeating: 0, count: n)
         for j in 0..<n {
             var s: Float = 0
@@ -93,11 +91,9 @@ public struct MultiSlerpMerge: MergeMethod {
             tangent[j] = r(s)
         }
         units = []
-        let tangentNorm = r(r.reduced(Reductions.norm(tangent)) + addedEps)
+        let tangentNorm = r(norm(tangent) + addedEps)
         let c = r(cos(tangentNorm)), s = r(r(sin(tangentNorm)) / tangentNorm)
-        var averageNorm: Float = 0
-        for i in 0..<m { averageNorm += r(norms[i] * weights[i]) }
-        averageNorm = r(averageNorm)
+        let averageNorm = sum((0..<m).map { r(norms[$0] * weights[$0]) })
         var out = mean
         for j in 0..<n {
             out[j] = r(r(r(mean[j] * c) + r(tangent[j] * s)) * averageNorm)

@@ -10,6 +10,7 @@ config's `dtype:` is that dtype, and writes:
     Tests/Fixtures/mergekit-dtype/cases.json                     method, models, base, parameters per case
     Tests/Fixtures/mergekit-dtype/sort.safetensors               tied magnitudes and torch's argsort of them (the
                                                                  order mergekit's magnitude trims keep ties in)
+    Tests/Fixtures/mergekit-dtype/reductions.safetensors         float32 vectors with torch's sum and vector_norm
 
 Run with the mergekit venv: /work/venvs/mergekit/bin/python scripts/make_mergekit_dtype_fixtures.py
 """
@@ -94,9 +95,22 @@ def sort_fixture():
     save_file(out, os.path.join(OUT, "sort.safetensors"))
 
 
+def reductions_fixture():
+    g = torch.Generator().manual_seed(7)
+    out = {}
+    for n in [3, 7, 8, 13, 100, 1000, 3001, 20000, 32768]:
+        for trial in range(4):
+            x = torch.randn(n, generator=g) * (trial + 1)
+            out[f"{n}.{trial}.x"] = x
+            out[f"{n}.{trial}.sum"] = x.sum().reshape(1)
+            out[f"{n}.{trial}.norm"] = torch.linalg.vector_norm(x).reshape(1)
+    save_file(out, os.path.join(OUT, "reductions.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     sort_fixture()
+    reductions_fixture()
     for dtype_name, dtype in DTYPES.items():
         tensors = inputs(dtype)
         save_file(tensors, os.path.join(OUT, f"inputs.{dtype_name}.safetensors"))

@@ -158,6 +158,23 @@ import TesseraTestSupport
         }
     }
 
+    /// torch's float32 sum and vector_norm, replayed (runs of at most 32,768 floats: longer ones torch splits over
+    /// its threads). The norm of runs shorter than 8 floats takes another path in torch, replayed only approximately.
+    @Test func reductionsAreTorchs() throws {
+        let file = try SafetensorsFile(path: Self.dir + "/reductions.safetensors")
+        var normMisses: [String] = []
+        for n in [3, 7, 8, 13, 100, 1000, 3001, 20000, 32768] {
+            for trial in 0..<4 {
+                let x = try file.floats("\(n).\(trial).x")
+                #expect(TorchReductions.sum(x).bitPattern == (try file.floats("\(n).\(trial).sum"))[0].bitPattern, "sum of \(n) (\(trial))")
+                let norm = try file.floats("\(n).\(trial).norm")[0]
+                if TorchReductions.norm(x).bitPattern != norm.bitPattern { normMisses.append("\(n).\(trial)") }
+                #expect(abs(TorchReductions.norm(x) - norm) <= norm * 2e-7)
+            }
+        }
+        #expect(normMisses.allSatisfy { Int($0.split(separator: ".")[0])! < 8 }, "norms differ: \(normMisses)")
+    }
+
     /// Each op rounds once to the dtype, to nearest even; float32 is untouched.
     @Test func roundingIsPerOpToNearestEven() {
         let f16 = TorchRounding(.f16), bf16 = TorchRounding(.bf16), f32 = TorchRounding(.f32)

@@ -15,8 +15,7 @@ enum TorchReductions {
     static let lanes = 8
     static let ilp = 4
 
-    /// `x.sum()` of n contiguous floats (element j at x[j · stride] when strided: the per-output cascade of torch's
-    /// outer reductions, which has no lanes).
+    /// `x.sum()` of n contiguous floats.
     static func sum(_ x: UnsafeBufferPointer<Float>) -> Float {
         let n = x.count
         guard let p = x.baseAddress else { return 0 }
@@ -24,20 +23,45 @@ enum TorchReductions {
             // scalar_inner_sum: row_sum on scalars, ilp 4.
             return rowSum(width: 1, count: n) { i, _ in p[i] }
         }
-        let vectors = n / lanes
-        var acc = [Float](repeating: 0, count: lanes)
-        // row_sum over vectors: multi_row_sum of (vectors / 4) rows of 4 vectors, leftover vectors into partial 0.
-        let partials = multiRowSum(rows: vectors / ilp, columns: ilp * lanes) { row, column in
-            p[(row * ilp + column / lanes) * lanes + column % lanes]
+        // row_sum over 8-lane vectors: multi_row_sum over rows of 4 vectors, leftover vectors into partial 0, the
+        // partials added in order; then the scalar tail from 0, then the lanes in order.
+        let vectors = n / lanes, rows = vectors / ilp
+        let raw = UnsafeRawPointer(p)
+        @inline(__always) func load(_ v: Int) -> SIMD8<Float> { raw.loadUnaligned(fromByteOffset: v * 32, as: SIMD8<Float>.self) }
+        var ceilLog2 = 0
+        while (1 << ceilLog2) < rows { ceilLog2 += 1 }
+        let power = max(4, ceilLog2 / 4)
+        let step = 1 << power, mask = step - 1
+        let zero = SIMD8<Float>(repeating: 0)
+        // acc[level][k]
+        var a0 = (zero, zero, zero, zero), a1 = a0, a2 = a0, a3 = a0
+        var i = 0
+        while i + step <= rows {
+            for _ in 0..<step {
+                let v = i * ilp
+                a0.0 += load(v); a0.1 += load(v + 1); a0.2 += load(v + 2); a0.3 += load(v + 3)
+                i += 1
+            }
+            a1.0 += a0.0; a1.1 += a0.1; a1.2 += a0.2; a1.3 += a0.3; a0 = (zero, zero, zero, zero)
+            if i & (mask << power) != 0 { continue }
+            a2.0 += a1.0; a2.1 += a1.1; a2.2 += a1.2; a2.3 += a1.3; a1 = (zero, zero, zero, zero)
+            if i & (mask << (2 * power)) != 0 { continue }
+            a3.0 += a2.0; a3.1 += a2.1; a3.2 += a2.2; a3.3 += a2.3; a2 = (zero, zero, zero, zero)
         }
-        var sums = [[Float]](repeating: [Float](repeating: 0, count: lanes), count: ilp)
-        for k in 0..<ilp { for l in 0..<lanes { sums[k][l] = partials[k * lanes + l] } }
-        for v in (vectors / ilp * ilp)..<vectors { for l in 0..<lanes { sums[0][l] += p[v * lanes + l] } }
-        for k in 1..<ilp { for l in 0..<lanes { sums[0][l] += sums[k][l] } }
-        acc = sums[0]
+        while i < rows {
+            let v = i * ilp
+            a0.0 += load(v); a0.1 += load(v + 1); a0.2 += load(v + 2); a0.3 += load(v + 3)
+            i += 1
+        }
+        a0.0 += a1.0; a0.1 += a1.1; a0.2 += a1.2; a0.3 += a1.3
+        a0.0 += a2.0; a0.1 += a2.1; a0.2 += a2.2; a0.3 += a2.3
+        a0.0 += a3.0; a0.1 += a3.1; a0.2 += a3.2; a0.3 += a3.3
+        var s = a0.0
+        for v in (rows * ilp)..<vectors { s += load(v) }
+        s += a0.1; s += a0.2; s += a0.3
         var total: Float = 0
         for j in (vectors * lanes)..<n { total += p[j] }
-        for l in 0..<lanes { total += acc[l] }
+        for l in 0..<lanes { total += s[l] }
         return total
     }
 

@@ -166,8 +166,13 @@ enum TorchSort {
         if k >= n { return }
         let t = MagnitudeSelect.threshold(UnsafeBufferPointer(x), rank: k - 1, descending: true)
         if t.before + t.ties == k {
-            // Every element tied at the threshold is kept: the set is unique, whatever the sort does with ties.
-            MagnitudeSelect.keepTopK(x, k: k)
+            // Every element tied at the threshold is kept: the set is unique, whatever the sort does with ties, and
+            // one branch-free pass keeps it.
+            let v = t.value
+            let p = SharedMutablePointer(x.baseAddress!)
+            Parallel.forChunks(n) { _, r in
+                for i in r { p[i] = MagnitudeSelect.key(p[i]) >= v ? p[i] : 0 }
+            }
             return
         }
         keepRanks(x, lower: 0, upper: k, descending: true)

@@ -154,19 +154,33 @@ final class MergeJob {
 
     func outputDType(_ name: String) -> DType {
         if let d = plan.outDType ?? plan.dtype { return d }
-        let stored = (plan.base ?? plan.models[0]).source.tensorInfo(name)?.dtype ?? .f32
-        return MergeJob.isMergeable(stored) ? stored : .f32
+        let loaded = loadedDType(name)
+        return MergeJob.isMergeable(loaded) ? loaded : .f32
     }
 
-    /// mergekit's compute dtype: the config's `dtype`, else what it loaded (inputs of one dtype, as `check` requires
-    /// without a plan dtype). float64 inputs are computed in float32 here (mergekit would use float64).
+    /// The dtype mergekit holds a tensor in without a `dtype:`: what it loaded, promoted across the inputs (base
+    /// included) as torch promotes floats: one dtype stays itself; two different ones give float32 (bfloat16 with
+    /// float16 too), or float64 if one is float64.
+    func loadedDType(_ name: String) -> DType {
+        var sources: [MergeInputModel] = plan.models
+        if let b = plan.base { sources.append(b) }
+        var seen: [DType] = []
+        for s in sources {
+            if let d = s.source.tensorInfo(name)?.dtype, !seen.contains(d) { seen.append(d) }
+        }
+        guard seen.count > 1 else { return seen.first ?? .f32 }
+        return seen.contains(.f64) ? .f64 : .f32
+    }
+
+    /// mergekit's compute dtype: the config's `dtype`, else what it loaded (`loadedDType`). float64 is computed in
+    /// float32 here (mergekit would use float64).
     func computeDType(stored: DType) -> DType {
         let d = plan.dtype ?? stored
         return d == .f16 || d == .bf16 ? d : .f32
     }
 
     func computeDType(_ name: String) -> DType {
-        computeDType(stored: (plan.base ?? plan.models[0]).source.tensorInfo(name)?.dtype ?? .f32)
+        computeDType(stored: loadedDType(name))
     }
 
     func globalParameters(_ name: String) throws -> MergeParameters {
@@ -227,9 +241,11 @@ final class MergeJob {
             throw TesseraError(.shapeMismatch, "tensor '\(name)' has shape \(info.shape) in '\(input.name)' but \(reference.shape) in '\(reference.name)'",
                                hint: "merge checkpoints of the same architecture")
         }
-        if plan.dtype == nil && info.dtype != reference.dtype {
+        // Different float dtypes are promoted (`loadedDType`), as mergekit promotes them; a non-float input among
+        // float ones cannot be merged.
+        if info.dtype != reference.dtype && !MergeJob.isMergeable(info.dtype) {
             throw TesseraError(.shapeMismatch, "tensor '\(name)' is \(info.dtype.rawValue) in '\(input.name)' but \(reference.dtype.rawValue) in '\(reference.name)'",
-                               hint: "set dtype (e.g. dtype: float32) to merge inputs of different dtypes")
+                               hint: "merge checkpoints whose tensors are floats")
         }
     }
 
@@ -313,7 +329,7 @@ final class MergeJob {
         }
         var input = TensorMergeInput(name: name, shape: info.shape, base: base, models: models, isBaseModel: isBase,
                                      modelParameters: modelParameters, parameters: try globalParameters(name), fishers: fishers)
-        input.computeDType = computeDType(stored: info.dtype)
+        input.computeDType = computeDType(name)
         return input
     }
 }

@@ -196,16 +196,44 @@ enum TorchSort {
         return hi - lo
     }
 
-    /// The full replay: sorts the magnitudes as torch does and keeps the elements at ranks lower..<upper.
+    /// The replay: the elements torch's sort puts at ranks lower..<upper are kept.
+    ///
+    /// Only which elements land on each side of the two cuts matters, so the replay follows introsort only into the
+    /// ranges that contain a cut (a selection, O(n) expected, instead of a sort): introsort partitions so that no
+    /// element of a range is strictly less than one of an earlier range, and its final insertion sort moves an element
+    /// only past strictly greater ones, so it never carries one across a partition boundary. A range on one side of
+    /// both cuts is left as it is; a leaf of at most 16 that holds a cut gets the final insertion sort (stable, as
+    /// libstdc++'s is); a range that reaches the depth limit is heap-sorted whole, as torch does.
     static func keepRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int, descending: Bool) {
         let n = x.count
-        let magnitudes = [Float](unsafeUninitializedCapacity: n) { m, c in
-            for i in 0..<n { m[i] = abs(x[i]) }
-            c = n
-        }
-        let order = magnitudes.withUnsafeBufferPointer { TorchSort.order($0, descending: descending) }
+        let pairs = UnsafeMutablePointer<Pair>.allocate(capacity: max(n, 1))
+        defer { pairs.deallocate() }
+        for i in 0..<n { pairs[i] = Pair(key: descending ? -abs(x[i]) : abs(x[i]), index: UInt32(truncatingIfNeeded: i)) }
+        var lg = 0
+        while (1 << (lg + 1)) <= n { lg += 1 }
+        select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
         var keep = [Bool](repeating: false, count: n)
-        for r in lower..<upper { keep[Int(order[r])] = true }
+        for r in lower..<upper { keep[Int(pairs[r].index)] = true }
         for i in 0..<n where !keep[i] { x[i] = 0 }
+    }
+
+    /// `introsortLoop` restricted to the ranges holding a cut (a cut c separates ranks c − 1 and c).
+    static func select(_ a: UnsafeMutablePointer<Pair>, _ first: Int, _ last0: Int, depth depth0: Int, cuts: [Int]) {
+        var last = last0, depth = depth0
+        func holdsCut(_ lo: Int, _ hi: Int) -> Bool { cuts.contains { $0 > lo && $0 < hi } }
+        while last - first > threshold {
+            if !holdsCut(first, last) { return }
+            if depth == 0 {
+                heapSort(a, first, last)
+                return
+            }
+            depth -= 1
+            let mid = first + (last - first) / 2
+            moveMedianToFirst(a, first, first + 1, mid, last - 1)
+            let cut = unguardedPartition(a, first + 1, last, pivot: first)
+            select(a, cut, last, depth: depth, cuts: cuts)
+            last = cut
+        }
+        if holdsCut(first, last) { insertionSort(a, first, last) }
     }
 }

@@ -175,6 +175,24 @@ import TesseraTestSupport
         #expect(normMisses.allSatisfy { Int($0.split(separator: ".")[0])! < 8 }, "norms differ: \(normMisses)")
     }
 
+    /// The inlined rounding is HalfFloat's conversion there and back, on every kind of value.
+    @Test func roundingAgreesWithTheConversions() {
+        var rng = TestRNG(state: 5)
+        var values: [Float] = [0, -0, 1, -1, 65504, 65519.996, 65520, -65520, 6.1035156e-05, 6.1e-05, 2.9802322e-08, 2.98e-08,
+                               5.9604645e-08, 1e-40, .infinity, -.infinity, .greatestFiniteMagnitude, 3.3895314e38, 3.4e38]
+        for _ in 0..<200_000 {
+            let bits = UInt32(truncatingIfNeeded: rng.next())
+            let v = Float(bitPattern: bits)
+            if !v.isNaN { values.append(v) }
+            values.append(rng.normal() * Float(sign: .plus, exponent: Int(rng.next() % 60) - 30, significand: 1))
+        }
+        for v in values {
+            #expect(TorchRounding.bf16(v).bitPattern == HalfFloat.bf16ToFloat(HalfFloat.floatToBF16(v)).bitPattern, "bf16 \(v)")
+            #expect(TorchRounding.f16(v).bitPattern == HalfFloat.f16ToFloat(HalfFloat.floatToF16(v)).bitPattern, "f16 \(v)")
+        }
+        #expect(TorchRounding.bf16(.nan).isNaN && TorchRounding.f16(.nan).isNaN)
+    }
+
     /// Each op rounds once to the dtype, to nearest even; float32 is untouched.
     @Test func roundingIsPerOpToNearestEven() {
         let f16 = TorchRounding(.f16), bf16 = TorchRounding(.bf16), f32 = TorchRounding(.f32)

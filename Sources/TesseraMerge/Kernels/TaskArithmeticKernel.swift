@@ -188,6 +188,8 @@ enum TaskArithmeticKernel {
         for i in 0..<m { weightSum += w[i] }
         var noConsensusDivisor = r(weightSum)
         if abs(noConsensusDivisor) < 1e-8 { noConsensusDivisor = 1 }
+        let products = UnsafeMutablePointer<Float>.allocate(capacity: max(m, 1))
+        defer { products.deallocate() }
         for j in range {
             var mixed: Float = 0, divisor: Float = 0
             if consensus == .none {
@@ -198,11 +200,12 @@ enum TaskArithmeticKernel {
                 var vote: Float = 0
                 for i in 0..<m {
                     let v = r(d[i][j] * w[i])
+                    products[i] = v
                     vote += consensus == .sum ? v : (v > 0 ? 1 : (v < 0 ? -1 : 0))
                 }
                 let positive = r(vote) >= 0
                 for i in 0..<m {
-                    let v = r(d[i][j] * w[i])
+                    let v = products[i]
                     let agrees = positive ? v > 0 : v < 0
                     mixed += agrees ? v : 0
                     divisor += agrees ? w[i] : 0

@@ -29,13 +29,37 @@ struct TorchRounding: Sendable {
 
     var isIdentity: Bool { half == nil }
 
+    /// x rounded to the dtype (nearest, ties to even), as a float32: what `HalfFloat`'s conversion there and back
+    /// gives, computed here on the float's bits so that it inlines into the methods' loops (one call per op).
     @inline(__always)
     func callAsFunction(_ x: Float) -> Float {
         switch half {
         case nil: return x
-        case .f16?: return HalfFloat.f16ToFloat(HalfFloat.floatToF16(x))
-        case .bf16?: return HalfFloat.bf16ToFloat(HalfFloat.floatToBF16(x))
+        case .bf16?: return Self.bf16(x)
+        case .f16?: return Self.f16(x)
         }
+    }
+
+    @inline(__always)
+    static func bf16(_ x: Float) -> Float {
+        if x.isNaN { return x }
+        let bits = x.bitPattern
+        // Adding 0x7FFF plus the lowest kept bit rounds to nearest even; a carry moves into the exponent (up to inf).
+        return Float(bitPattern: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000)
+    }
+
+    @inline(__always)
+    static func f16(_ x: Float) -> Float {
+        if x.isNaN { return x }
+        let magnitude = abs(x)
+        if magnitude < 6.103515625e-05 {
+            // float16 subnormals (and zero): multiples of 2^-24; scaling by 2^24 is exact.
+            return (x * 16_777_216).rounded(.toNearestOrEven) * 5.9604644775390625e-08
+        }
+        let bits = x.bitPattern
+        let r = Float(bitPattern: (bits &+ 0x0FFF &+ ((bits >> 13) & 1)) & 0xFFFF_E000)
+        // Past float16's largest finite value (65504) the rounding gives infinity.
+        return abs(r) > 65504 ? (x < 0 ? -.infinity : .infinity) : r
     }
 
     /// Rounds every value in place (the result of an elementwise op on whole tensors).

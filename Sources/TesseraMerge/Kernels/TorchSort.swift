@@ -208,13 +208,15 @@ enum TorchSort {
         let n = x.count
         let pairs = UnsafeMutablePointer<Pair>.allocate(capacity: max(n, 1))
         defer { pairs.deallocate() }
-        for i in 0..<n { pairs[i] = Pair(key: descending ? -abs(x[i]) : abs(x[i]), index: UInt32(truncatingIfNeeded: i)) }
+        let out = SharedMutablePointer(pairs), values = SharedMutablePointer(x.baseAddress!)
+        Parallel.forChunks(n) { _, r in
+            for i in r { out[i] = Pair(key: descending ? -abs(values[i]) : abs(values[i]), index: UInt32(truncatingIfNeeded: i)) }
+        }
         var lg = 0
         while (1 << (lg + 1)) <= n { lg += 1 }
         select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
-        var keep = [Bool](repeating: false, count: n)
-        for r in lower..<upper { keep[Int(pairs[r].index)] = true }
-        for i in 0..<n where !keep[i] { x[i] = 0 }
+        for r in 0..<lower { x[Int(pairs[r].index)] = 0 }
+        for r in upper..<n { x[Int(pairs[r].index)] = 0 }
     }
 
     /// `introsortLoop` restricted to the ranges holding a cut (a cut c separates ranks c − 1 and c).

@@ -105,11 +105,13 @@ enum TorchReductions {
     static func norm(_ x: UnsafeBufferPointer<Float>) -> Float {
         let n = x.count
         guard let p = x.baseAddress else { return 0 }
-        var acc = [Float](repeating: 0, count: lanes)
+        var acc = SIMD8<Float>(repeating: 0)
         let body = n - n % lanes
+        let raw = UnsafeRawPointer(p)
         var d = 0
         while d < body {
-            for l in 0..<lanes { let v = p[d + l]; acc[l] = acc[l] + v * v }
+            let v = raw.loadUnaligned(fromByteOffset: d * 4, as: SIMD8<Float>.self)
+            acc = acc + v * v
             d += lanes
         }
         var total = acc[0]

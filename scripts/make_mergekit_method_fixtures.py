@@ -8,7 +8,7 @@ mergekit's own output for it, and what a test needs to judge another implementat
   and exactly unchanged on about a third of its entries (so RAM's and TIES's masks see zeros).
 - configs/NAME.yml: every method in mergekit's registry (merge_methods/registry.py), with non-default parameters where
   it has them, in float32, bfloat16 and float16 (`dtype:`), plus cases with another `out_dtype:`, gradient lists and
-  `filter:` entries. Model paths are relative to configs/ (mergekit is run from there; tessera falls back to the
+  `filter:` entries, and error-* configs that mergekit refuses. Model paths are relative to configs/ (mergekit is run from there; tessera falls back to the
   config's folder).
 - expected/NAME.safetensors: mergekit's output tensors exactly as it wrote them (dtype included).
 - cases.json: per case the method, dtypes, mergekit's outcome (merged, or failed and its last line), whether its result
@@ -170,6 +170,9 @@ def case_list():
     add("ties", "ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.7), m(F3, weight=0.4, density=0.3)], base=B)
     add("ties-options", "ties", [m(F1, weight=0.6, density=0.4), m(F2, weight=0.5, density=0.8)], base=B,
         params={"normalize": False, "int8_mask": True, "lambda": 1.3})
+    add("ties-rescale", "ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.7)], base=B, params={"rescale": True})
+    add("breadcrumbs-rescale", "breadcrumbs", [m(F1, weight=0.6, density=0.6, gamma=0.05), m(F3, weight=0.5, density=0.5)], base=B,
+        params={"rescale": True, "lambda": 0.7})
     # DARE: random masks (Bernoulli(density)), l1 rescale by default
     add("dare_ties", "dare_ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.7), m(F3, weight=0.4, density=0.6)], base=B,
         random={"sparsification": "random"})
@@ -248,6 +251,16 @@ def case_list():
     variant("slerp-f16-compute-f32-out-f16", "slerp", slerp, "float16", "float32", "float16", base=B, params={"t": 0.3})
     variant("task_arithmetic-f32-out-f16", "task_arithmetic", [m(F1, weight=0.6), m(F2, weight=0.4)], "float32", "float32", "float16",
             base=B, params={"lambda": 0.8})
+    # Configs mergekit refuses (its contracts and parameter checks): tessera must refuse them too.
+    variant("error-ties-no-base", "ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.5)], "float32", "float32", None)
+    variant("error-slerp-three-models", "slerp", [m(B), m(F1), m(F2)], "float32", "float32", None, base=B, params={"t": 0.5})
+    variant("error-nearswap-no-t", "nearswap", [m(B), m(F1)], "float32", "float32", None, base=B)
+    variant("error-nuslerp-three-models", "nuslerp", [m(F1, weight=1.0), m(F2, weight=1.0), m(F3, weight=1.0)], "float32", "float32", None,
+            base=B)
+    variant("error-passthrough-two-models", "passthrough", [m(F1), m(F2)], "float32", "float32", None)
+    variant("error-model_stock-one-model", "model_stock", [m(F1)], "float32", "float32", None, base=B)
+    variant("error-della-epsilon", "della", [m(F1, weight=0.6, density=0.9, epsilon=0.2)], "float32", "float32", None, base=B,
+            random={"sparsification": "della_magprune"})
     return cases
 
 
@@ -289,6 +302,23 @@ def random_info(case):
             "consensus": "sum" if method in ("dare_ties", "della") else None, "seed": SEED}
 
 
+def sparsification_info(case):
+    """For the deterministic magnitude-sparsified methods: what a test needs to find the entries whose result depends
+    on how torch orders equal magnitudes at the density cut (its argsort is not stable): the sparsification, the
+    compute dtype (the magnitudes are |θ_i − θ_base| in it), each model's density and gamma settings as written
+    (scalars or filter lists), and whether the kept entries are rescaled to the task vector's L1 norm (a sum over the
+    tensor, whose float32 rounding depends on the order of the additions)."""
+    kind = {"ties": "magnitude", "breadcrumbs": "magnitude_outliers", "breadcrumbs_ties": "magnitude_outliers"}.get(case["method"])
+    if kind is None:
+        return None
+    models = []
+    for entry in case["body"]["models"]:
+        p = entry.get("parameters") or {}
+        models.append({"model": entry["model"], "density": p.get("density", 1.0), "gamma": p.get("gamma", 0.01)})
+    rescale = (case["body"].get("parameters") or {}).get("rescale", False)  # default_rescale is False for these three
+    return {"method": kind, "compute_dtype": case["dtype"] or case["models"], "models": models, "rescale": rescale}
+
+
 # ----------------------------------------------------------------------------------------------- running mergekit
 
 DRIVER = r"""
@@ -321,7 +351,8 @@ the models are seeded, and mergekit ran with `--random-seed 0`).
   fine-tunes are the base plus noise (ft3 is correlated with ft1 and unchanged on about a third of its entries). The
   same values are stored in float32, bfloat16 (rounded to nearest even) and float16.
 - `configs/NAME.yml`: one mergekit config per case, written by the script: every merge method in mergekit 0.1.5's
-  registry, with non-default parameters, in the three dtypes, plus `out_dtype`, gradient-list and `filter` cases.
+  registry, with non-default parameters, in the three dtypes, plus `out_dtype`, gradient-list and `filter` cases;
+  `configs/error-*.yml` are configs mergekit refuses (its input contracts and parameter checks).
 - `expected/NAME.safetensors`: mergekit 0.1.5's output for `configs/NAME.yml` (its `mergekit-yaml` command run in
   process, CPU torch, `--no-write-model-card --no-copy-tokenizer --random-seed 0`), tensors exactly as written.
 - `cases.json`: per case the method, dtypes, mergekit's outcome (merged, or failed with its last line), whether the
@@ -378,6 +409,8 @@ def main():
                    "deterministic": c["random"] is None}
             if c["random"]:
                 row["random"] = random_info(c)
+            if sparsification_info(c):
+                row["sparsification"] = sparsification_info(c)
             if r["ok"]:
                 tensors = read_folder(os.path.join(work, c["name"]))
                 write_safetensors(os.path.join(out, "expected", c["name"] + ".safetensors"), dict(sorted(tensors.items())))

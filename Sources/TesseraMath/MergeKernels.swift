@@ -1,3 +1,5 @@
+import CKernels
+
 /// The numeric loops of the merge methods: elementwise passes over whole tensors (split over the cores) and the
 /// per-element sign election of mergekit's generalized task arithmetic. Parameters are parsed and checked by the
 /// methods in TesseraMerge; these loops only see buffers of the sizes the methods checked.
@@ -14,6 +16,13 @@ public enum MergeKernels {
         guard let yp = y.baseAddress, let xp = x.baseAddress else { return }
         let out = SharedMutablePointer(yp), input = SharedPointer(xp)
         Parallel.forChunks(min(y.count, x.count)) { _, r in for j in r { out[j] += a * input[j] } }
+    }
+
+    /// o[i] = fma(x[i], w, o[i]), rounded once per element: torch's `addcmul_`, which mergekit's linear merge
+    /// accumulates with (a separate multiply and add differs from it in about one element in ten).
+    @inline(__always)
+    public static func fusedMultiplyAdd(_ o: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ w: Float, count: Int) {
+        tessera_fma_accumulate(o, x, w, count)
     }
 
     /// x[i] /= d.

@@ -36,7 +36,7 @@ public enum MergeDriver {
                 try sink(name, passthrough)
                 continue
             }
-            let out: [Float], shape: [Int], count: Int
+            var out: [Float], shape: [Int], count: Int
             // Views hold the stored values: only when the plan rounds to nothing coarser than float32.
             if type.readsViews, plan.dtype == nil || plan.dtype == .f32, let viewed = try job.loadViews(name) {
                 shape = viewed.shape
@@ -52,6 +52,10 @@ public enum MergeDriver {
                 throw TesseraError(.shapeMismatch, "\(plan.method): produced \(out.count) values for tensor '\(name)' of shape \(shape)")
             }
             let dtype = job.outputDType(name)
+            // mergekit's methods return a tensor of the compute dtype, which `out_dtype` then converts: a 16-bit
+            // compute dtype rounds the result once more when the output dtype is another one.
+            let compute = job.computeDType(name)
+            if compute != .f32 && compute != dtype { FloatCodec.quantize(&out, to: compute) }
             let nonFinite = { (k: Int) in
                 TesseraError(.invalidParameter, "\(plan.method): the merge of tensor '\(name)' produced \(out[k]) at index \(k)",
                              hint: "check the inputs and parameters (zero weight sums, zero Fishers, NaN inputs); nothing was written for this tensor")
@@ -150,8 +154,33 @@ final class MergeJob {
 
     func outputDType(_ name: String) -> DType {
         if let d = plan.outDType ?? plan.dtype { return d }
-        let stored = (plan.base ?? plan.models[0]).source.tensorInfo(name)?.dtype ?? .f32
-        return MergeJob.isMergeable(stored) ? stored : .f32
+        let loaded = loadedDType(name)
+        return MergeJob.isMergeable(loaded) ? loaded : .f32
+    }
+
+    /// The dtype mergekit holds a tensor in without a `dtype:`: what it loaded, promoted across the inputs (base
+    /// included) as torch promotes floats: one dtype stays itself; two different ones give float32 (bfloat16 with
+    /// float16 too), or float64 if one is float64.
+    func loadedDType(_ name: String) -> DType {
+        var sources: [MergeInputModel] = plan.models
+        if let b = plan.base { sources.append(b) }
+        var seen: [DType] = []
+        for s in sources {
+            if let d = s.source.tensorInfo(name)?.dtype, !seen.contains(d) { seen.append(d) }
+        }
+        guard seen.count > 1 else { return seen.first ?? .f32 }
+        return seen.contains(.f64) ? .f64 : .f32
+    }
+
+    /// mergekit's compute dtype: the config's `dtype`, else what it loaded (`loadedDType`). float64 is computed in
+    /// float32 here (mergekit would use float64).
+    func computeDType(stored: DType) -> DType {
+        let d = plan.dtype ?? stored
+        return d == .f16 || d == .bf16 ? d : .f32
+    }
+
+    func computeDType(_ name: String) -> DType {
+        computeDType(stored: loadedDType(name))
     }
 
     func globalParameters(_ name: String) throws -> MergeParameters {
@@ -212,9 +241,11 @@ final class MergeJob {
             throw TesseraError(.shapeMismatch, "tensor '\(name)' has shape \(info.shape) in '\(input.name)' but \(reference.shape) in '\(reference.name)'",
                                hint: "merge checkpoints of the same architecture")
         }
-        if plan.dtype == nil && info.dtype != reference.dtype {
+        // Different float dtypes are promoted (`loadedDType`), as mergekit promotes them; a non-float input among
+        // float ones cannot be merged.
+        if info.dtype != reference.dtype && !MergeJob.isMergeable(info.dtype) {
             throw TesseraError(.shapeMismatch, "tensor '\(name)' is \(info.dtype.rawValue) in '\(input.name)' but \(reference.dtype.rawValue) in '\(reference.name)'",
-                               hint: "set dtype (e.g. dtype: float32) to merge inputs of different dtypes")
+                               hint: "merge checkpoints whose tensors are floats")
         }
     }
 
@@ -263,7 +294,7 @@ final class MergeJob {
         let info = try referenceInput.source.requireInfo(name)
         let reference = (name: referenceInput.name, dtype: info.dtype, shape: info.shape)
         let t = positions.position(name)
-        let needsBase = plan.base != nil && (type.baseUse == .required || isBase.contains(true))
+        let needsBase = plan.base != nil && (type.baseUse != .ignored || isBase.contains(true))
         let preloaded = try loadConcurrently(name, reference: reference, needsBase: needsBase)
         var base: [Float]? = nil
         if let b = plan.base, needsBase {
@@ -296,8 +327,10 @@ final class MergeJob {
                 return try FloatCodec.decode(try f.rawTensor(name), name: "\(m.fisherName ?? f.sourceName): \(name)")
             }
         }
-        return TensorMergeInput(name: name, shape: info.shape, base: base, models: models, isBaseModel: isBase,
-                                modelParameters: modelParameters, parameters: try globalParameters(name), fishers: fishers)
+        var input = TensorMergeInput(name: name, shape: info.shape, base: base, models: models, isBaseModel: isBase,
+                                     modelParameters: modelParameters, parameters: try globalParameters(name), fishers: fishers)
+        input.computeDType = computeDType(name)
+        return input
     }
 }
 

@@ -7,10 +7,14 @@ public enum BaseUse: String, Sendable {
     case required
     /// Ignores any base that is given (linear, Fisher, ours/theirs).
     case ignored
+    /// Uses the base when one is given and merges without it otherwise (mergekit's `BasePolicy.OPTIONAL`: nuslerp,
+    /// multislerp; karcher counts it as one more model).
+    case optional
 }
 
 /// Everything a method sees for one tensor. Values are float32 (inputs are decoded and, when the plan sets a merge
-/// `dtype`, first rounded to it, as mergekit does); methods may consume the arrays in place.
+/// `dtype`, first rounded to it, as mergekit does); methods may consume the arrays in place. Methods that reproduce
+/// mergekit's arithmetic in a 16-bit dtype round each op to `computeDType`.
 public struct TensorMergeInput: Sendable {
     /// The tensor's name, for errors and for keying random draws.
     public var name: String
@@ -27,6 +31,10 @@ public struct TensorMergeInput: Sendable {
     public var parameters: MergeParameters
     /// Per-model diagonal Fisher tensors, for methods that declare `needsFisher`.
     public var fishers: [[Float]]?
+    /// The dtype mergekit would compute this tensor in: the plan's `dtype`, else the inputs' stored dtype (mergekit
+    /// then computes in what it loaded). Methods that follow mergekit's torch ops round each op's result to it when it
+    /// is float16 or bfloat16 (`TorchRounding`); values arrive already rounded to it.
+    public var computeDType: DType = .f32
 
     public init(name: String, shape: [Int], base: [Float]?, models: [[Float]], isBaseModel: [Bool]? = nil,
                 modelParameters: [MergeParameters], parameters: MergeParameters, fishers: [[Float]]? = nil) {
@@ -128,6 +136,7 @@ public enum MergeRegistry {
         // mergekit's other methods (issue 11), one file each in Methods/.
         ModelStockMerge.self, DellaMerge.self, DellaLinearMerge.self, SceMerge.self, NearswapMerge.self,
         ArceeFusionMerge.self, RamMerge.self, RamPlusTLMerge.self, PassthroughMerge.self,
+        NuSlerpMerge.self, MultiSlerpMerge.self, KarcherMerge.self,
     ]
 
     public static var names: [String] { methods.map { $0.name } }

@@ -30,8 +30,10 @@ public struct MergePlan {
     public var models: [MergeInputModel]
     /// Global parameters (normalize, lambda, t, seed, ties_variant, ...).
     public var parameters: [String: ParameterSetting]
-    /// mergekit's `dtype`: inputs are rounded to it before merging (computation is float32) and it is the output
-    /// dtype unless `outDType` is set. nil: inputs as stored; output in the base's (else the first model's) dtype.
+    /// mergekit's `dtype`: inputs are rounded to it before merging, methods compute in it as mergekit's torch ops do
+    /// (each op rounded to it; linear and slerp compute in float32 and round once, as mergekit's do), and it is the
+    /// output dtype unless `outDType` is set. nil: inputs as stored and computed in their dtype; output in the base's
+    /// (else the first model's) dtype.
     public var dtype: DType?
     /// mergekit's `out_dtype`.
     public var outDType: DType?

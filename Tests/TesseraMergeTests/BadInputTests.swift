@@ -35,16 +35,27 @@ import TesseraTestSupport
         #expect(e?.message.contains("'x'") == true)
     }
 
-    @Test func dtypeMismatchNamesTheTensor() throws {
-        let a = try Self.source("a", [("x", [4], Self.w)])
-        let b = try Self.source("b", [("x", [4], Self.w)], dtype: .bf16)
-        let e = Self.error(Self.plan("linear", models: [a, b]))
+    /// Inputs of different float dtypes without `dtype:` are promoted as mergekit (torch) promotes them: float32 with
+    /// bfloat16 merges and is written in float32, and so do bfloat16 with float16; a non-float input is an error.
+    @Test func mixedDTypesArePromoted() throws {
+        let v: [Float] = [1.005, -2.01, 3, 0.1]
+        let a = try Self.source("a", [("x", [4], v)])
+        let b = try Self.source("b", [("x", [4], v)], dtype: .bf16)
+        let c = try Self.source("c", [("x", [4], v)], dtype: .f16)
+        let rb = v.map { HalfFloat.bf16ToFloat(HalfFloat.floatToBF16($0)) }, rc = v.map { HalfFloat.f16ToFloat(HalfFloat.floatToF16($0)) }
+        for (models, second) in [([a, b], rb), ([b, c], rc)] {
+            let first = models[0] === a ? v : rb
+            let out = try runMerge(Self.plan("linear", models: models))["x"]!
+            #expect(out.dtype == .f32)
+            #expect(try out.floats() == zip(first, second).map { ($0 * 1).addingProduct($1, 1) / 2 })
+        }
+        let i = MemorySource("i", [("x", RawTensor(dtype: .i8, shape: [4], bytes: [1, 2, 3, 4]))])
+        let e = Self.error(Self.plan("linear", models: [a, i]))
         #expect(e?.message.contains("'x'") == true)
-        #expect(e?.message.contains("BF16") == true)
         // With an explicit merge dtype the inputs are converted, as mergekit does.
         var plan = Self.plan("linear", models: [a, b])
         plan.dtype = .f32
-        #expect(try runMerge(plan)["x"]!.floats() == Self.w)
+        #expect(try runMerge(plan)["x"]!.floats() == zip(v, rb).map { ($0 * 1).addingProduct($1, 1) / 2 })
     }
 
     @Test func missingTensorIsNamed() throws {

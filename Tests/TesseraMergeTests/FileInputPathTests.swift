@@ -54,9 +54,12 @@ import TesseraIO
         #expect(raw.isEmpty)  // every F32 result went to the float sink
         for (name, seeds, count) in [("big", 10, Self.large), ("small", 20, 6)] {
             let inputs = (0..<3).map { Self.values(seed: UInt64(seeds + $0), count: count) }
-            // The element-by-element definition, in the same order of operations.
+            // The element-by-element definition, in the same order of operations, each term added with one fused
+            // multiply-add as torch's addcmul_ (mergekit's linear) adds it.
             let w = weights.map(Float.init)
-            let expected = (0..<count).map { j in (w[0] * inputs[0][j] + w[1] * inputs[1][j] + w[2] * inputs[2][j]) / (w[0] + w[1] + w[2]) }
+            let expected = (0..<count).map { j in
+                (w[0] * inputs[0][j]).addingProduct(inputs[1][j], w[1]).addingProduct(inputs[2][j], w[2]) / (w[0] + w[1] + w[2])
+            }
             #expect(floats[name] == expected, "tensor \(name)")
         }
     }

@@ -1,6 +1,6 @@
 import Foundation
 import TesseraCore
-import TesseraMerge
+@testable import TesseraMerge
 import TesseraIO
 import TesseraTestSupport
 
@@ -46,20 +46,28 @@ enum NaiveSpec {
         x.indices.sorted { (abs(x[$0]), -$0) > (abs(x[$1]), -$1) }
     }
 
-    static func magnitude(_ d: [Float], density: Double, atLeastOne: Bool = true) -> [Float] {
+    /// Indices by |x| descending in the order torch's (non-stable) argsort gives ties: `TorchSort.order`, itself
+    /// checked against torch's output in MergeDTypeTests.
+    static func torchDescOrder(_ x: [Float]) -> [Int] {
+        x.map { abs($0) }.withUnsafeBufferPointer { TorchSort.order($0, descending: true) }.map { Int($0) }
+    }
+
+    /// Keeps the k largest magnitudes: ties by lower index (PEFT, the reference spec) or in torch's order (mergekit).
+    static func magnitude(_ d: [Float], density: Double, atLeastOne: Bool = true, torchTies: Bool = false) -> [Float] {
         if density >= 1 { return d }
         var k = Int(density * Double(d.count))
         if atLeastOne { k = max(1, k) }
         var out = [Float](repeating: 0, count: d.count)
-        for i in descOrder(d).prefix(k) { out[i] = d[i] }
+        for i in (torchTies ? torchDescOrder(d) : descOrder(d)).prefix(k) { out[i] = d[i] }
         return out
     }
 
     static func sign(_ v: Float) -> Float { v > 0 ? 1 : (v < 0 ? -1 : 0) }
 
-    /// mergekit's GTA with magnitude sparsification and sum consensus (spec `mk_gta`).
+    /// mergekit's GTA with magnitude sparsification and sum consensus (spec `mk_gta`; ties at the trim threshold
+    /// resolved as torch's sort resolves them).
     static func mergekitTies(base: [Float], models: [[Float]], weights: [Float], density: Double, normalize: Bool = true, lambda: Float = 1) -> [Float] {
-        let D = models.map { m in magnitude(zip(m, base).map { $0 - $1 }, density: density) }
+        let D = models.map { m in magnitude(zip(m, base).map { $0 - $1 }, density: density, torchTies: true) }
         var out = base
         for j in base.indices {
             var s: Float = 0

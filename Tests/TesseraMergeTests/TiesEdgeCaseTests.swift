@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import TesseraCore
-import TesseraMerge
+@testable import TesseraMerge
 import TesseraTestSupport
 
 /// The documented edge cases of TIES (inputs/edge_tv.safetensors) and the three variants against plain sort-based
@@ -128,9 +128,10 @@ import TesseraTestSupport
         let model = MergeInputModel(name: "m", source: try MemorySource("m", floats: [("t", [n], tau)]),
                                     parameters: ["weight": .number(1), "density": .number(0.3), "gamma": .number(0.05)])
         let out = try runMerge(MergePlan(method: "breadcrumbs", base: MergeInputModel(name: "b", source: base), models: [model]))["t"]!.floats()
-        // Spec mk_magnitude_outliers: ascending stable order, keep ranks [n_bot, n_bot + target).
+        // Spec mk_magnitude_outliers: ascending order (ties as torch's non-stable sort leaves them, `TorchSort`,
+        // checked against torch in MergeDTypeTests), keep ranks [n_bot, n_bot + target).
         let target = 300, top = 50, bottom = n - target - top
-        let ascending = tau.indices.sorted { (abs(tau[$0]), $0) < (abs(tau[$1]), $1) }
+        let ascending = tau.map { abs($0) }.withUnsafeBufferPointer { TorchSort.order($0, descending: false) }.map { Int($0) }
         var expected = [Float](repeating: 0, count: n)
         for i in ascending[bottom..<(bottom + target)] { expected[i] = tau[i] }
         #expect(out == expected)

@@ -64,6 +64,8 @@ extern "C" {
 
 /// SwiGLU's gating: out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].
 void tessera_silu_mul(const float *gate, const float *up, float *out, size_t n);
+/// o[i] = fma(x[i], w, o[i]): the fused accumulation of torch's addcmul_, one rounding per element.
+void tessera_fma_accumulate(float *o, const float *x, float w, size_t n);
 
 /// Causal attention for a tile of up to 12 query rows that share one KV head (the heads of a GQA group, for a few
 /// consecutive tokens), so that each key and value is loaded once for the whole tile.

@@ -13,6 +13,11 @@ import TesseraMath
 ///     no consensus:    mixed = Σ_i wδ_i, divisor = Σ_i w_i
 ///     normalize:       mixed /= divisor     (signed divisor: a lone weight −1 cancels itself; negate with λ = −1)
 ///     θ = θ_base + λ · mixed
+///
+/// In a float16 or bfloat16 merge dtype every step above is a torch op whose result mergekit rounds to that dtype
+/// (weights included: mergekit makes them a tensor of the merge dtype); `computeDType` selects that path
+/// (`halfKernel`), which rounds where torch does. The magnitude trims keep the entries torch's sort keeps
+/// (`TorchSort`), ties included.
 enum TaskArithmeticKernel {
     enum Sparsification { case none, magnitude, magnitudeOutliers, random, dellaMagprune }
     enum Consensus: String { case none, sum, count }
@@ -52,6 +57,7 @@ enum TaskArithmeticKernel {
                                hint: "l1 restores each task vector's L1 norm (mergekit); density divides by the keep probability (DARE paper)")
         }
 
+        let r = TorchRounding(input.computeDType)
         var weights: [Float] = []
         var deltas: [[Float]] = []
         for i in indices {
@@ -61,18 +67,19 @@ enum TaskArithmeticKernel {
                 throw TesseraError(.shapeMismatch, "\(method): tensor '\(input.name)' of model \(i) has \(d.count) values, the base has \(n)")
             }
             let mp = input.modelParameters[i]
-            weights.append(Float(try mp.double("weight")))
+            weights.append(r(Float(try mp.double("weight"))))
             let density = try density(mp, model: i, tensor: input.name, method: method)
             d.withUnsafeMutableBufferPointer { dp in base.withUnsafeBufferPointer { MergeKernels.subtract(dp, $0) } }
+            r.round(&d)
             if density < 1, n > 0 {
                 switch sparsification {
                 case .none:
                     break
                 case .magnitude:
                     let k = max(1, Int(density * Double(n)))
-                    let before = rescale ? l1(d) : 0
-                    d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k) }
-                    if rescale { rescaleL1(&d, originalSum: before) }
+                    let before = rescale ? l1(d, r) : 0
+                    d.withUnsafeMutableBufferPointer { TorchSort.keepTopK($0, k: k) }
+                    if rescale { rescaleL1(&d, originalSum: before, r) }
                 case .magnitudeOutliers:
                     let gamma = mp.has("gamma") ? try mp.double("gamma") : 0.01
                     guard gamma >= 0, gamma < 1 else {
@@ -82,19 +89,22 @@ enum TaskArithmeticKernel {
                     let target = Int(density * Double(n))
                     // n_bot = n − target − n_top; when negative mergekit shrinks n_top instead, so n_bot = 0.
                     let bottom = max(0, n - target - Int(gamma * Double(n)))
-                    let before = rescale ? l1(d) : 0
-                    _ = d.withUnsafeMutableBufferPointer { MagnitudeSelect.keepAscendingRanks($0, lower: bottom, upper: bottom + target) }
-                    if rescale { rescaleL1(&d, originalSum: before) }
+                    let before = rescale ? l1(d, r) : 0
+                    _ = d.withUnsafeMutableBufferPointer { TorchSort.keepAscendingRanks($0, lower: bottom, upper: bottom + target) }
+                    if rescale { rescaleL1(&d, originalSum: before, r) }
                 case .dellaMagprune:
                     // DELLA's MAGPRUNE (Methods/DellaMerge.swift): keep probabilities by magnitude rank, seeded draws.
                     let epsilon = try DellaMagprune.epsilon(mp, density: density, model: i, tensor: input.name, method: method)
                     let key = DropRNG.streamKey(seed: seed, tensor: input.name, model: i)
-                    let before = rescale ? l1(d) : 0
+                    let before = rescale ? l1(d, r) : 0
                     DellaMagprune.prune(&d, shape: input.shape, density: density, epsilon: epsilon, key: key)
-                    if rescale { rescaleL1(&d, originalSum: before) }
+                    if rescale { rescaleL1(&d, originalSum: before, r) }
                 case .random:
                     let key = DropRNG.streamKey(seed: seed, tensor: input.name, model: i)
-                    let before = rescale ? l1(d) : 0
+                    // mergekit's bernoulli path works in float32 for a float16 tensor (torch has no float16
+                    // bernoulli on CPU) and rounds once at the end; bfloat16 stays bfloat16 throughout.
+                    let work = r.half == .f16 ? TorchRounding(.f32) : r
+                    let before = rescale ? l1(d, work) : 0
                     d.withUnsafeMutableBufferPointer { DropRNG.drop($0, density: density, key: key) }
                     if rescale {
                         if rescaleMode == "density" {
@@ -102,8 +112,9 @@ enum TaskArithmeticKernel {
                             let fd = Float(density)
                             d.withUnsafeMutableBufferPointer { MergeKernels.divide($0, by: fd) }
                         } else {
-                            rescaleL1(&d, originalSum: before)
+                            rescaleL1(&d, originalSum: before, work)
                         }
+                        r.round(&d)
                     }
                 }
             }
@@ -133,27 +144,87 @@ enum TaskArithmeticKernel {
             base.withUnsafeMutableBufferPointer { bp in
                 let out = bp.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
                 let kernelConsensus: MergeKernels.Consensus = consensus == .none ? .none : (consensus == .sum ? .sum : .count)
-                Parallel.forChunks(n) { _, r in
-                    MergeKernels.taskArithmetic(r, out: out, deltas: deltaPointers, weights: weightPointer, models: m,
-                                                consensus: kernelConsensus, normalize: normalize, lambda: lambda, divisor: divisor)
+                if r.isIdentity {
+                    Parallel.forChunks(n) { _, range in
+                        MergeKernels.taskArithmetic(range, out: out, deltas: deltaPointers, weights: weightPointer, models: m,
+                                                    consensus: kernelConsensus, normalize: normalize, lambda: lambda, divisor: divisor)
+                    }
+                } else {
+                    let shared = UncheckedSendable((out, deltaPointers, weightPointer))
+                    Parallel.forChunks(n) { _, range in
+                        let (o, ds, ws) = shared.value
+                        halfKernel(range, out: o, deltas: ds, weights: ws, models: m, consensus: kernelConsensus,
+                                   normalize: normalize, lambda: lambda, r)
+                    }
                 }
             }
         }
         return base
     }
 
-    /// ‖x‖₁ as torch sums it (`x.abs().sum()`: float32, its cascade order, see `TorchFloat32`).
-    static func l1(_ x: [Float]) -> Double {
-        x.withUnsafeBufferPointer { Double(TorchFloat32.sumOfMagnitudes($0)) }
+    /// ‖x‖₁ as mergekit's `tensor.abs().sum()` gives it: in float32 in torch's summation order, in a 16-bit dtype a
+    /// double sum rounded once to it.
+    static func l1(_ x: [Float], _ r: TorchRounding) -> Float {
+        if r.isIdentity { return TorchReductions.sum(x.map { abs($0) }) }
+        return r.reduced(x.withUnsafeBufferPointer { MergeKernels.l1($0) })
     }
 
-    /// mergekit's L1 rescale (`rescaled_masked_tensor` with norm l1): multiply the survivors by ‖τ‖₁ / ‖mask ⊙ τ‖₁
-    /// (both float32 sums as torch's, their quotient rounded to float32), unless either norm is below 1e-7.
-    static func rescaleL1(_ x: inout [Float], originalSum: Double) {
-        let newSum = l1(x)
-        guard originalSum >= 1e-7, newSum >= 1e-7 else { return }
-        let f = Float(originalSum / newSum)
+    /// mergekit's L1 rescale (`rescaled_masked_tensor` with norm l1): multiply the survivors by ‖τ‖₁ / ‖mask ⊙ τ‖₁,
+    /// unless either norm is below 1e-7. As in torch, both norms are tensors of the compute dtype (rounded from the
+    /// wider sum), their quotient is one too, and so is each product.
+    static func rescaleL1(_ x: inout [Float], originalSum before: Float, _ r: TorchRounding) {
+        let after = l1(x, r)
+        guard before >= 1e-7, after >= 1e-7 else { return }
+        let f = r(before / after)
         x.withUnsafeMutableBufferPointer { MergeKernels.scale($0, by: f) }
+        r.round(&x)
+    }
+
+    /// The task-arithmetic combination in a 16-bit compute dtype, op by op as mergekit's torch code runs it:
+    ///
+    ///     wδ_i = r(δ_i · w_i)                          deltas.mul_(weights)
+    ///     vote = r(Σ_i wδ_i)                           delta.sum(dim=0): float32 sum, rounded once
+    ///     mixed = r(Σ_{i agreeing} wδ_i), divisor = r(Σ_{i agreeing} w_i)   (deltas * mask).sum(0), (weights * mask).sum(0)
+    ///     mixed = r(mixed / divisor); mixed = r(mixed · λ); out = r(base + mixed)
+    ///
+    /// Sums over the models run in model order in float32, as torch's reduction over the stacked dimension does.
+    static func halfKernel(_ range: Range<Int>, out: UnsafeMutablePointer<Float>, deltas d: UnsafePointer<UnsafeMutablePointer<Float>>,
+                           weights w: UnsafePointer<Float>, models m: Int, consensus: MergeKernels.Consensus, normalize: Bool,
+                           lambda: Float, _ r: TorchRounding) {
+        var weightSum: Float = 0
+        for i in 0..<m { weightSum += w[i] }
+        var noConsensusDivisor = r(weightSum)
+        if abs(noConsensusDivisor) < 1e-8 { noConsensusDivisor = 1 }
+        let products = UnsafeMutablePointer<Float>.allocate(capacity: max(m, 1))
+        defer { products.deallocate() }
+        for j in range {
+            var mixed: Float = 0, divisor: Float = 0
+            if consensus == .none {
+                for i in 0..<m { mixed += r(d[i][j] * w[i]) }
+                mixed = r(mixed)
+                divisor = noConsensusDivisor
+            } else {
+                var vote: Float = 0
+                for i in 0..<m {
+                    let v = r(d[i][j] * w[i])
+                    products[i] = v
+                    vote += consensus == .sum ? v : (v > 0 ? 1 : (v < 0 ? -1 : 0))
+                }
+                let positive = r(vote) >= 0
+                for i in 0..<m {
+                    let v = products[i]
+                    let agrees = positive ? v > 0 : v < 0
+                    mixed += agrees ? v : 0
+                    divisor += agrees ? w[i] : 0
+                }
+                mixed = r(mixed)
+                divisor = r(divisor)
+                if divisor == 0 { divisor = 1 }
+            }
+            if normalize { mixed = r(mixed / divisor) }
+            if lambda != 1 { mixed = r(mixed * lambda) }
+            out[j] = r(out[j] + mixed)
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 /// `breadcrumbs` (Davari & Belilovsky 2023): each task vector drops its largest-magnitude fraction `gamma` (the
 /// outliers) and keeps the next `density` fraction below them, then task arithmetic. Kept ranks are
-/// [n_bot, n_bot + ⌊density·n⌋) of the ascending |τ| order (ties by lower index), n_bot = n − ⌊density·n⌋ − ⌊gamma·n⌋.
+/// [n_bot, n_bot + ⌊density·n⌋) of the ascending |τ| order (ties in torch's sort order, `TorchSort`), n_bot = n − ⌊density·n⌋ − ⌊gamma·n⌋.
 public struct BreadcrumbsMerge: MergeMethod {
     public static let name = "breadcrumbs"
     public static let summary = "drop the top-gamma outliers and small entries, keep density; task arithmetic"

@@ -30,8 +30,9 @@ public struct LinearMerge: MergeMethod {
     }
 
     /// The result goes to fresh storage. The sum runs model by model over blocks small enough to stay in L1, so each
-    /// pass is a plain vector loop; the terms are added in the same order as Σ w_i θ_i element by element, so the
-    /// result is bit-identical to that loop (and to mergekit).
+    /// pass is a plain vector loop; the terms are added in the same order as mergekit's, each with one fused
+    /// multiply-add (torch's `addcmul_`), so the result is bit-identical to mergekit's. mergekit computes linear in
+    /// float32 whatever the merge dtype and rounds once at the end, so a 16-bit dtype needs no emulation here.
     static func average(name: String, _ ps: [UnsafePointer<Float>], count n: Int, modelParameters: [MergeParameters],
                         parameters: MergeParameters) throws -> [Float] {
         let m = ps.count
@@ -60,16 +61,15 @@ public struct LinearMerge: MergeMethod {
         }
     }
 
-    /// o = (w_0 x_0 + w_1 x_1 + ...) [/ divisor] over elements offset..<offset+count of the inputs, term by term
-    /// left to right.
+    /// o = fma(x_{m-1}, w_{m-1}, ... fma(x_1, w_1, w_0 x_0)) [/ divisor] over elements offset..<offset+count of the
+    /// inputs, term by term left to right.
     @inline(__always)
     static func weightedSum(_ o: UnsafeMutablePointer<Float>, _ xs: [UnsafePointer<Float>], offset: Int, _ w: [Float], count: Int,
                             divisor: Float?) {
         let x0 = xs[0] + offset, w0 = w[0]
         for j in 0..<count { o[j] = w0 * x0[j] }
         for i in 1..<xs.count {
-            let x = xs[i] + offset, wi = w[i]
-            for j in 0..<count { o[j] += wi * x[j] }
+            MergeKernels.fusedMultiplyAdd(o, xs[i] + offset, w[i], count: count)
         }
         if let d = divisor { for j in 0..<count { o[j] /= d } }
     }

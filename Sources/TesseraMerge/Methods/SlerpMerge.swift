@@ -34,26 +34,31 @@ public struct SlerpMerge: MergeMethod {
         return Self.slerp(t: Float(t), v0, v1, dotThreshold: threshold, eps: eps)
     }
 
+    /// float32 arithmetic as mergekit's torch code does it: the norms and the sum of the products of the normalised
+    /// entries in torch's reduction order (`TorchReductions`), the clamp to [−1, 1], acos and sin (glibc's, as
+    /// torch's scalar path), (1 − t)·θ and the coefficients, each rounded to float32, and coef₀·v₀ + coef₁·v₁ with
+    /// three roundings. mergekit splits tensors longer than 2^20 / (tensors batched together) elements into chunks
+    /// whose norms and dot products it combines; for those the float32 result may differ in the last bit.
     public static func slerp(t: Float, _ v0: [Float], _ v1: [Float], dotThreshold: Double = 0.9995, eps: Double = 1e-8) -> [Float] {
         let n = v0.count
-        var n0 = 0.0, n1 = 0.0, d = 0.0
-        for j in 0..<n {
-            let a = Double(v0[j]), b = Double(v1[j])
-            n0 += a * a; n1 += b * b; d += a * b
-        }
-        n0 = n0.squareRoot(); n1 = n1.squareRoot()
-        let dot = d / (n0 > eps ? n0 : 1) / (n1 > eps ? n1 : 1)
+        let e = Float(eps)
+        var na = TorchReductions.norm(v0), nb = TorchReductions.norm(v1)
+        na = na > e ? na : 1
+        nb = nb > e ? nb : 1
+        let products = (0..<n).map { j in (v0[j] / na) * (v1[j] / nb) }
+        let dot = min(max(TorchReductions.sum(products), -1), 1)
         var out = [Float](repeating: 0, count: n)
-        if abs(dot) > dotThreshold {
-            for j in 0..<n { out[j] = (1 - t) * v0[j] + t * v1[j] }
-            return out
+        let a: Float, b: Float
+        if abs(dot) > Float(dotThreshold) {
+            a = 1 - t
+            b = t
+        } else {
+            let theta = acos(dot)
+            let sinTheta = sin(theta)
+            a = sin((1 - t) * theta) / sinTheta
+            b = sin(t * theta) / sinTheta
         }
-        let theta0 = acos(dot)
-        let sin0 = sin(theta0)
-        let thetaT = theta0 * Double(t)
-        let s0 = Float(sin(theta0 - thetaT) / sin0)
-        let s1 = Float(sin(thetaT) / sin0)
-        for j in 0..<n { out[j] = s0 * v0[j] + s1 * v1[j] }
+        for j in 0..<n { out[j] = a * v0[j] + b * v1[j] }
         return out
     }
 }

@@ -6,7 +6,8 @@ import TesseraMath
 /// average the entries that agree with it. Three published variants differ; `ties_variant` picks one:
 ///
 /// - `mergekit` (default, what mergekit YAML configs mean): per tensor, keep exactly k = max(1, ⌊density·n⌋) entries
-///   of each τ_i (ties at the threshold go to the lower flat index); multiply by the weights BEFORE the vote;
+///   of each τ_i (ties at the threshold resolved as torch's argsort resolves them, `TorchSort`); multiply by the
+///   weights BEFORE the vote;
 ///   elected sign = sign of Σ_i w_i τ_i with an exact zero electing +1; divide by the sum of the agreeing weights
 ///   (normalize: true, default); θ = θ_base + λ·mixed.
 /// - `peft` (PEFT's `ties`): per tensor, keep k = ⌊density·n⌋ entries (k = 0 keeps none); vote on the UNWEIGHTED

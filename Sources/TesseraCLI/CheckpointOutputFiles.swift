@@ -33,6 +33,13 @@ final class OutputCheckpoint {
     let reference: ResolvedCheckpoint?
     /// The output dtype when the command sets one (config.json's dtype is then updated to it).
     let dtype: DType?
+    /// The output's number of layers when it differs from the reference's (a `slices:` merge): config.json's
+    /// layer-count keys are set to it, as mergekit writes them.
+    var layerCount: Int?
+    /// Side files that replace the reference's or are added (a tokenizer from another input, a chat template).
+    var extraSideFiles: [(name: String, bytes: [UInt8])] = []
+    /// Whether `extraSideFiles` hold another model's tokenizer: the reference's tokenizer files are then left out.
+    var replacesTokenizer = false
 
     init(options: CheckpointOutputOptions, target: CheckpointOutputTarget, reference: ResolvedCheckpoint?, dtype: DType?,
          headerReserve: Int) throws {
@@ -59,7 +66,7 @@ final class OutputCheckpoint {
     }
 
     func sideFiles() throws -> [(name: String, bytes: [UInt8])] {
-        guard let reference, let folder = reference.sideFiles else { return [] }
+        guard let reference, let folder = reference.sideFiles else { return extraSideFiles }
         let present = Set(try folder.fileNames())
         var names = CheckpointFolderLayout.sideFileNames
         if reference.layout == .adapter { names.insert(CheckpointFolderLayout.adapterConfigName, at: 0) }
@@ -67,9 +74,26 @@ final class OutputCheckpoint {
         for name in names where present.contains(name) {
             var bytes = try folder.read(name, limit: ResolvedModel.sideFileLimit)
             if name == "config.json", let dtype { bytes = Self.settingDType(dtype, inConfig: bytes) }
+            if name == "config.json", let layerCount { bytes = Self.settingLayerCount(layerCount, inConfig: bytes) }
+            if extraSideFiles.contains(where: { $0.name == name }) { continue }
+            if replacesTokenizer, name != "config.json", name != "generation_config.json" { continue }
             out.append((name, bytes))
         }
-        return out
+        return out + extraSideFiles
+    }
+
+    /// config.json with every layer-count key it has (`num_hidden_layers`, `n_layer`, `num_layers`, `n_layers`) set
+    /// to `count`. As in mergekit 0.1.5, per-layer lists (`layer_types` of newer configs) are left as they are.
+    static func settingLayerCount(_ count: Int, inConfig bytes: [UInt8]) -> [UInt8] {
+        guard case let .object(pairs)? = try? JSONParser.parse(bytes) else { return bytes }
+        var changed = false
+        let updated = pairs.map { key, value -> (String, JSONValue) in
+            guard LayerLayout.layerCountKeys.contains(key), value.intValue != nil, value.intValue != count else { return (key, value) }
+            changed = true
+            return (key, .int(count))
+        }
+        guard changed else { return bytes }
+        return Array((prettyJSON(.object(updated)) + "\n").utf8)
     }
 
     /// config.json with its `torch_dtype` (transformers 4) or `dtype` (transformers 5) set to the output's dtype, as

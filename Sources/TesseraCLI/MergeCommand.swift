@@ -100,8 +100,16 @@ struct MergeCommand: ParsableCommand {
             resolved[name] = c
             return c.source
         }
-        var plan: MergePlan
+        // Paths in a config are relative to the current directory (as mergekit runs them), else to the config's folder.
+        func locate(_ spec: String) -> String {
+            guard let config else { return spec }
+            let beside = URL(fileURLWithPath: config).deletingLastPathComponent().path + "/" + spec
+            if !FileManager.default.fileExists(atPath: spec), !spec.hasPrefix("/"), FileManager.default.fileExists(atPath: beside) { return beside }
+            return spec
+        }
+        var program: MergeProgram
         let configYAML: String
+        var parsedConfig: MergeConfig?
         if let config {
             let text: String
             do { text = try String(contentsOfFile: config, encoding: .utf8) } catch {
@@ -109,15 +117,8 @@ struct MergeCommand: ParsableCommand {
             }
             configYAML = text
             let parsed = try MergeConfig.parse(yaml: text, file: config)
-            // Paths in a config are relative to the current directory (as mergekit runs them), else to the config's folder.
-            let folder = URL(fileURLWithPath: config).deletingLastPathComponent().path
-            plan = try parsed.plan { spec in
-                let beside = folder + "/" + spec
-                if !FileManager.default.fileExists(atPath: spec), !spec.hasPrefix("/"), FileManager.default.fileExists(atPath: beside) {
-                    return try open(beside, as: spec)
-                }
-                return try open(spec, as: spec)
-            }
+            parsedConfig = parsed
+            program = try parsed.program { spec in try open(locate(spec), as: spec) }
         } else {
             let w = try Self.list(weights, count: models.count, name: "--weights")
             let d = try Self.list(densities, count: models.count, name: "--densities")
@@ -129,39 +130,66 @@ struct MergeCommand: ParsableCommand {
                 inputs.append(MergeInputModel(name: m, source: try resolved[m]?.source ?? open(m, as: m), parameters: p))
             }
             let baseModel = try base.map { MergeInputModel(name: $0, source: try resolved[$0]?.source ?? open($0, as: $0)) }
-            plan = MergePlan(method: method!, base: baseModel, models: inputs, parameters: try parameterOptions.parsed(),
-                             dtype: try dtype.map(Self.dtype))
+            let plan = MergePlan(method: method!, base: baseModel, models: inputs, parameters: try parameterOptions.parsed(),
+                                 dtype: try dtype.map(Self.dtype))
             configYAML = Self.configYAML(plan)
+            program = MergeProgram(segments: [plan], summaryPlan: plan, outputLayers: nil, referenceName: plan.base?.name ?? plan.models[0].name)
         }
-        plan = try plan.distributingModelDefaults()
+        program.segments = try program.segments.map { try $0.distributingModelDefaults() }
+        program.summaryPlan = try program.summaryPlan.distributingModelDefaults()
+        if program.segments.count == 1 { program.summaryPlan = program.segments[0] }
+        let plan = program.summaryPlan
         let started = Date()
-        let referenceInput = plan.base ?? plan.models[0]
-        let reference = referenceInput.source
-        let shapes = reference.tensorNames.map { ($0, reference.tensorInfo($0)?.shape ?? []) }
+        let shapes = program.outputShapes
         // Provenance lists each input's tensor hashes: about 70 bytes per tensor and input, plus the names.
         let inputs = plan.models.count + (plan.base == nil ? 0 : 1)
         let metadataBytes = 8192 + inputs * shapes.reduce(0) { $0 + $1.0.utf8.count + 72 }
-        let output = try OutputCheckpoint(options: outputOptions, target: target, reference: resolved[referenceInput.name],
+        let output = try OutputCheckpoint(options: outputOptions, target: target, reference: resolved[program.referenceName],
                                           dtype: plan.outDType ?? plan.dtype,
                                           headerReserve: SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: metadataBytes))
+        output.layerCount = program.outputLayers
+        if let parsedConfig, let config {
+            let tokenizer = try TokenizerFiles.plan(config: parsedConfig, file: config, reference: program.referenceName) { spec in
+                if let c = resolved[spec] { return c }
+                _ = try open(locate(spec), as: spec)
+                return resolved[spec]!
+            }
+            output.extraSideFiles = tokenizer.files
+            output.replacesTokenizer = tokenizer.replacesTokenizer
+        }
         // A bar over the tensors on a terminal (a merge of a large model takes a while); quiet when piped.
         let bar = ProgressReporter(label: "tessera: merging (\(plan.method))", total: shapes.count)
-        let summary = try MergeDriver.run(plan, float32Sink: { name, values, shape in try output.append(name, float32: values, shape: shape) },
-                                          progress: { done, _ in bar.update(completed: done) }) { name, tensor in
-            try output.append(name, tensor)
+        var summary: MergeSummary?
+        var done = 0
+        for segment in program.segments {
+            let before = done
+            let s = try MergeDriver.run(segment, float32Sink: { name, values, shape in try output.append(name, float32: values, shape: shape) },
+                                        progress: { k, _ in bar.update(completed: before + k) }) { name, tensor in
+                try output.append(name, tensor)
+            }
+            done += s.tensorCount
+            if var total = summary {
+                total.tensorCount += s.tensorCount
+                total.parameterCount += s.parameterCount
+                summary = total
+            } else {
+                summary = s
+            }
         }
         bar.finish()
-        let meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: resolver.tensorHash)
+        var meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: resolver.tensorHash)
+        if let parsedConfig, !parsedConfig.slices.isEmpty { meta.append(("tessera.merge.slices", Self.slicesJSON(parsedConfig).serialized())) }
         let ordered = ([plan.base?.name].compactMap { $0 } + plan.models.map(\.name)).compactMap { resolved[$0] }
         let written = try output.finish(metadata: meta, card: Self.card(plan: plan, metadata: meta, configYAML: configYAML, inputs: ordered))
+        let summaryOut = summary!
         let seconds = Date().timeIntervalSince(started)
         if json {
-            printJSON(.object([("output", .string(target.path)), ("method", .string(summary.method)), ("tensors", .int(summary.tensorCount)),
-                               ("parameters", .int(summary.parameterCount)), ("seconds", .double(seconds)),
+            printJSON(.object([("output", .string(target.path)), ("method", .string(summaryOut.method)), ("tensors", .int(summaryOut.tensorCount)),
+                               ("parameters", .int(summaryOut.parameterCount)), ("seconds", .double(seconds)),
                                ("files", .array(written.files.map { .string($0) }))]))
         } else {
-            print(String(format: "merged %d tensors (%d parameters) with %@ into %@ in %.2f s", summary.tensorCount, summary.parameterCount,
-                         summary.method, output.describe(written), seconds))
+            print(String(format: "merged %d tensors (%d parameters) with %@ into %@ in %.2f s", summaryOut.tensorCount, summaryOut.parameterCount,
+                         summaryOut.method, output.describe(written), seconds))
         }
     }
 
@@ -184,6 +212,18 @@ struct MergeCommand: ParsableCommand {
         return ModelCard(title: "", baseModels: OutputCheckpoint.hubIDs(inputs), libraryName: "transformers", summary: summary,
                          inputs: listed, parameters: .object(parameters), configYAML: configYAML,
                          configHeading: "Configuration (mergekit YAML; `tessera merge --config` runs it)")
+    }
+
+    /// The slices of a `slices:` config for provenance: each slice's method, base and sources with their layers.
+    static func slicesJSON(_ config: MergeConfig) -> JSONValue {
+        .array(config.slices.map { s in
+            var pairs: [(String, JSONValue)] = [("merge_method", .string(s.method ?? config.method))]
+            if let b = s.baseModel ?? config.baseModel { pairs.append(("base_model", .string(b))) }
+            pairs.append(("sources", .array(s.sources.map { src in
+                .object([("model", .string(src.model)), ("layer_range", .array([.int(src.layers.lowerBound), .int(src.layers.upperBound)]))])
+            })))
+            return .object(pairs)
+        })
     }
 
     /// A mergekit config equivalent to a command-line merge.

@@ -124,7 +124,7 @@ public enum MergeRegistry {
     public static let methods: [any MergeMethod.Type] = [
         LinearMerge.self, TaskArithmeticMerge.self, TiesMerge.self, DareLinearMerge.self, DareTiesMerge.self,
         BreadcrumbsMerge.self, BreadcrumbsTiesMerge.self, SlerpMerge.self, FisherMerge.self,
-        TakeOursMerge.self, TakeTheirsMerge.self, TakeBaseMerge.self,
+        TakeOursMerge.self, TakeTheirsMerge.self, TakeBaseMerge.self, PassthroughMerge.self,
     ]
 
     public static var names: [String] { methods.map { $0.name } }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import TesseraCore
 import TesseraIO
 
@@ -31,7 +28,9 @@ public enum MergeValue: Sendable, Equatable, CustomStringConvertible {
 /// - `.value`: the same for every tensor;
 /// - `.gradient`: a list of numbers interpolated linearly by the tensor's layer position t in [0, 1];
 /// - `.filtered`: a list of `{filter, value}`; the first entry whose filter matches the tensor name wins (the filter
-///   matches as the glob `*filter*`; an entry without filter, or with filter `*`, matches every tensor).
+///   matches when it is a substring of the tensor's name, as mergekit 0.1.5 tests it (`filter in tensor_name`, no
+///   wildcards: `self_attn` matches `model.layers.3.self_attn.q_proj.weight`); an entry without filter, or with
+///   filter `*`, matches every tensor).
 public indirect enum ParameterSetting: Sendable, Equatable {
     case value(MergeValue)
     case gradient([Double])
@@ -56,7 +55,7 @@ public indirect enum ParameterSetting: Sendable, Equatable {
         case let .filtered(entries):
             for e in entries {
                 guard let f = e.filter, f != "*" else { return e.value.evaluate(tensor: name, layerPosition: t) }
-                if GlobMatch.matches("*" + f + "*", name) { return e.value.evaluate(tensor: name, layerPosition: t) }
+                if !name.isEmpty, name.contains(f) { return e.value.evaluate(tensor: name, layerPosition: t) }
             }
             return nil
         }
@@ -176,14 +175,6 @@ public struct MergeParameters: Sendable, Equatable {
     }
 }
 
-/// The glob matching mergekit uses for parameter filters (Python's fnmatch: `*`, `?`, `[...]`, `[!...]`, no
-/// backslash escapes): fnmatch(3) with FNM_NOESCAPE.
-enum GlobMatch {
-    static func matches(_ pattern: String, _ text: String) -> Bool {
-        fnmatch(pattern, text, FNM_NOESCAPE) == 0
-    }
-}
-
 /// The layer position t in [0, 1] that gradient parameters are interpolated at: the tensor's layer index (the first
 /// purely numeric component of its dotted name, e.g. `model.layers.7.mlp...`) over the number of layers minus one.
 /// Tensors outside the layers sit at t = 0, before and after the layers, as mergekit 0.1.5 places them.
@@ -202,12 +193,13 @@ public struct LayerPositions: Sendable {
         return nil
     }
 
-    /// A tensor's position t ∈ [0, 1] for gradients: layer index / (layers − 1) inside the layers; 0 outside them,
+    /// A tensor's position t ∈ [0, 1] for gradients: layer index / (layers − 1) inside the layers (1 for a model of
+    /// one layer, as mergekit's planner sets it); 0 outside them,
     /// for the weights before the layers (embeddings) and, as mergekit 0.1.5 evaluates them, after (final norm,
     /// lm_head: mergekit's planner reads them with the module's t = 0 since its commit fd5eb19; before, it used 1).
     public func position(_ name: String) -> Double {
         if let i = LayerPositions.layerIndex(name) {
-            return layerCount > 1 ? Double(i) / Double(layerCount - 1) : 0
+            return layerCount > 1 ? Double(i) / Double(layerCount - 1) : 1
         }
         return 0
     }

@@ -35,6 +35,9 @@ public struct MergePlan {
     public var dtype: DType?
     /// mergekit's `out_dtype`.
     public var outDType: DType?
+    /// Each tensor's position t in [0, 1] for gradient parameters, when the plan sets them (a slice of a
+    /// frankenmerge: t runs over the slice's layers). nil: from the tensor names (`LayerPositions`).
+    public var layerPositions: [String: Double]?
 
     public init(method: String, base: MergeInputModel? = nil, models: [MergeInputModel], parameters: [String: ParameterSetting] = [:],
                 dtype: DType? = nil, outDType: DType? = nil) {
@@ -69,5 +72,32 @@ extension MergePlan {
             }
         }
         return out
+    }
+}
+
+/// A config as the merges that make its output, run one after another into the same checkpoint: one plan for a
+/// `models:` config, one per slice for a `slices:` config (each over views of its sources' layers, renumbered).
+public struct MergeProgram {
+    public var segments: [MergePlan]
+    /// The plan provenance and the model card describe: the config's method, base and every distinct input, whole.
+    public var summaryPlan: MergePlan
+    /// The output's number of layers when it differs from the inputs' (slices); its config.json is written to match.
+    public var outputLayers: Int?
+    /// The input whose config and tokenizer files a folder output takes (the base model, else the first input).
+    public var referenceName: String
+
+    public init(segments: [MergePlan], summaryPlan: MergePlan, outputLayers: Int?, referenceName: String) {
+        self.segments = segments
+        self.summaryPlan = summaryPlan
+        self.outputLayers = outputLayers
+        self.referenceName = referenceName
+    }
+
+    /// Every output tensor's name and shape, in output order (sinks reserve their header from it).
+    public var outputShapes: [(String, [Int])] {
+        segments.flatMap { p -> [(String, [Int])] in
+            let r = (p.base ?? p.models[0]).source
+            return r.tensorNames.map { ($0, r.tensorInfo($0)?.shape ?? []) }
+        }
     }
 }

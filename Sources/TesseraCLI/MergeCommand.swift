@@ -56,6 +56,9 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "A mergekit YAML config (merge_method, base_model, models[].model/.parameters, parameters, dtype).")
     var config: String?
 
+    @Option(help: ArgumentHelp("A multi-document config's intermediate merges go here, by name, and are reused when present (default: a temporary folder, removed afterwards).", valueName: "dir"))
+    var intermediateDir: String?
+
     @Option(help: "The merge method (see above).")
     var method: String?
 
@@ -92,6 +95,38 @@ struct MergeCommand: ParsableCommand {
         // Where the output goes is settled first: a refusal must come before any work.
         let target = try outputOptions.target()
         _ = try outputOptions.shardSize()
+        guard let config else { return try merge(nil, target: target) }
+        let text: String
+        do { text = try String(contentsOfFile: config, encoding: .utf8) } catch {
+            throw TesseraError(.notFound, "\(config): cannot read the config", hint: "check the path")
+        }
+        let documents = try MergeConfig.parseDocuments(yaml: text, file: config)
+        guard documents.count > 1 else { return try merge((documents[0], text), target: target) }
+        // mergekit-multi: each named merge is written to the intermediate folder under its name, where later ones
+        // read it; the final one (unnamed) goes to -o.
+        let (order, final) = try MergeConfig.runOrder(documents, file: config)
+        let keep = intermediateDir != nil
+        let folder = intermediateDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("tessera-multi-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { if !keep { try? FileManager.default.removeItem(atPath: folder) } }
+        var names: [String: String] = [:]
+        for d in documents { if let n = d.name { names[n] = folder + "/" + n } }
+        for k in order {
+            let doc = documents[k]
+            if k == final {
+                try merge((doc, text), target: target, names: names)
+            } else {
+                let path = names[doc.name!]!
+                // As mergekit-multi's default (--lazy): a result already in a kept folder is used as it is.
+                if keep, FileManager.default.fileExists(atPath: path + "/config.json") { continue }
+                try merge((doc, text), target: try CheckpointOutputTarget.resolve(path + "/"), names: names)
+            }
+        }
+    }
+
+    /// Runs one merge: a config document (with the text the model card quotes) or the command line's models.
+    /// `names` maps the names of a multi-document config's earlier merges to where they were written.
+    func merge(_ document: (config: MergeConfig, text: String)?, target: CheckpointOutputTarget, names: [String: String] = [:]) throws {
         let resolver = CheckpointResolver(directory: directory)
         defer { resolver.finish() }
         var resolved: [String: ResolvedCheckpoint] = [:]
@@ -102,23 +137,39 @@ struct MergeCommand: ParsableCommand {
         }
         // Paths in a config are relative to the current directory (as mergekit runs them), else to the config's folder.
         func locate(_ spec: String) -> String {
+            if let path = names[spec] { return path }
             guard let config else { return spec }
             let beside = URL(fileURLWithPath: config).deletingLastPathComponent().path + "/" + spec
             if !FileManager.default.fileExists(atPath: spec), !spec.hasPrefix("/"), FileManager.default.fileExists(atPath: beside) { return beside }
             return spec
         }
+        /// A config's model reference: a checkpoint, or mergekit's `MODEL+ADAPTER` (a PEFT LoRA adapter applied to
+        /// its model; the output's side files are the model's).
+        func openReference(_ spec: String) throws -> TensorSource {
+            let parts = spec.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 2, !FileManager.default.fileExists(atPath: locate(spec)) else { return try open(locate(spec), as: spec) }
+            let model = try resolver.checkpoint(locate(parts[0]))
+            let adapter = try resolver.checkpoint(locate(parts[1]))
+            guard adapter.layout == .adapter, let folder = adapter.sideFiles,
+                  (try folder.fileNames()).contains(CheckpointFolderLayout.adapterConfigName) else {
+                throw TesseraError(.invalidParameter, "\(spec): '\(parts[1])' is not a PEFT adapter folder",
+                                   hint: "MODEL+ADAPTER names a model and a folder with adapter_config.json and adapter_model.safetensors")
+            }
+            let source = try LoRAAppliedSource(base: model.source, adapter: adapter.source,
+                                               adapterConfig: try folder.read(CheckpointFolderLayout.adapterConfigName, limit: 16 << 20), name: spec)
+            var applied = model
+            applied.name = spec
+            applied.source = source
+            resolved[spec] = applied
+            return source
+        }
         var program: MergeProgram
         let configYAML: String
         var parsedConfig: MergeConfig?
-        if let config {
-            let text: String
-            do { text = try String(contentsOfFile: config, encoding: .utf8) } catch {
-                throw TesseraError(.notFound, "\(config): cannot read the config", hint: "check the path")
-            }
+        if let (parsed, text) = document {
             configYAML = text
-            let parsed = try MergeConfig.parse(yaml: text, file: config)
             parsedConfig = parsed
-            program = try parsed.program { spec in try open(locate(spec), as: spec) }
+            program = try parsed.program { spec in try openReference(spec) }
         } else {
             let w = try Self.list(weights, count: models.count, name: "--weights")
             let d = try Self.list(densities, count: models.count, name: "--densities")
@@ -139,6 +190,15 @@ struct MergeCommand: ParsableCommand {
         program.summaryPlan = try program.summaryPlan.distributingModelDefaults()
         if program.segments.count == 1 { program.summaryPlan = program.segments[0] }
         let plan = program.summaryPlan
+        // The tokenizer choice is checked before the output is started: a refusal leaves nothing behind.
+        var tokenizer = TokenizerFiles.Result()
+        if let parsedConfig, let config {
+            tokenizer = try TokenizerFiles.plan(config: parsedConfig, file: config, reference: program.referenceName) { spec in
+                if let c = resolved[spec] { return c }
+                _ = try openReference(spec)
+                return resolved[spec]!
+            }
+        }
         let started = Date()
         let shapes = program.outputShapes
         // Provenance lists each input's tensor hashes: about 70 bytes per tensor and input, plus the names.
@@ -148,15 +208,8 @@ struct MergeCommand: ParsableCommand {
                                           dtype: plan.outDType ?? plan.dtype,
                                           headerReserve: SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: metadataBytes))
         output.layerCount = program.outputLayers
-        if let parsedConfig, let config {
-            let tokenizer = try TokenizerFiles.plan(config: parsedConfig, file: config, reference: program.referenceName) { spec in
-                if let c = resolved[spec] { return c }
-                _ = try open(locate(spec), as: spec)
-                return resolved[spec]!
-            }
-            output.extraSideFiles = tokenizer.files
-            output.replacesTokenizer = tokenizer.replacesTokenizer
-        }
+        output.extraSideFiles = tokenizer.files
+        output.replacesTokenizer = tokenizer.replacesTokenizer
         // A bar over the tensors on a terminal (a merge of a large model takes a while); quiet when piped.
         let bar = ProgressReporter(label: "tessera: merging (\(plan.method))", total: shapes.count)
         var summary: MergeSummary?
@@ -217,7 +270,7 @@ struct MergeCommand: ParsableCommand {
     /// The slices of a `slices:` config for provenance: each slice's method, base and sources with their layers.
     static func slicesJSON(_ config: MergeConfig) -> JSONValue {
         .array(config.slices.map { s in
-            var pairs: [(String, JSONValue)] = [("merge_method", .string(s.method ?? config.method))]
+            var pairs: [(String, JSONValue)] = []
             if let b = s.baseModel ?? config.baseModel { pairs.append(("base_model", .string(b))) }
             pairs.append(("sources", .array(s.sources.map { src in
                 .object([("model", .string(src.model)), ("layer_range", .array([.int(src.layers.lowerBound), .int(src.layers.upperBound)]))])

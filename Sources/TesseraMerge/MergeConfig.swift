@@ -5,8 +5,8 @@ import TesseraIO
 /// A mergekit YAML config, as parsed (model references are still strings).
 ///
 /// Supported keys: `merge_method`, `base_model`, either `models` (each `model:` and optional `parameters:`) or
-/// `slices` (each `sources:` of `{model, layer_range, parameters}`, with optional per-slice `base_model`,
-/// `merge_method` and `parameters`), top-level `parameters`, `dtype`, `out_dtype`, `name`, `tokenizer_source`,
+/// `slices` (each `sources:` of `{model, layer_range, parameters}`, with optional per-slice `base_model` and
+/// `parameters`), top-level `parameters`, `dtype`, `out_dtype`, `name`, `tokenizer_source`,
 /// `tokenizer` (`source`; `tokens` and `pad_to_multiple_of` are refused) and `chat_template`. Parameter values may be
 /// scalars, gradient lists of numbers, or lists of `{filter, value}`. A per-model `fisher: PATH` parameter gives the
 /// Fisher for `fisher`. `modules` is refused with a clear "not supported" error; any other unknown key is an error
@@ -24,7 +24,8 @@ public struct MergeConfig: Sendable, Equatable {
     }
 
     /// One output slice: the same number of consecutive layers from each source, merged layer by layer (mergekit's
-    /// `slices:` entry). A slice with one source and `passthrough` copies layers (layer stacking).
+    /// `slices:` entry). A slice with one source and `passthrough` copies layers (layer stacking). A slice may have
+    /// its own base model and parameters; its method is the config's (mergekit 0.1.5 has no per-slice method).
     public struct Slice: Sendable, Equatable {
         public struct Source: Sendable, Equatable {
             public var model: String
@@ -38,15 +39,13 @@ public struct MergeConfig: Sendable, Equatable {
             }
         }
         public var sources: [Source]
-        /// The slice's own base model and method (mergekit allows both per slice); nil: the config's.
+        /// The slice's own base model; nil: the config's.
         public var baseModel: String?
-        public var method: String?
         /// The slice's parameters: they take precedence over the config's, below each source's own.
         public var parameters: [String: ParameterSetting]
-        public init(sources: [Source], baseModel: String? = nil, method: String? = nil, parameters: [String: ParameterSetting] = [:]) {
+        public init(sources: [Source], baseModel: String? = nil, parameters: [String: ParameterSetting] = [:]) {
             self.sources = sources
             self.baseModel = baseModel
-            self.method = method
             self.parameters = parameters
         }
     }
@@ -96,6 +95,79 @@ public struct MergeConfig: Sendable, Equatable {
             throw TesseraError(.invalidParameter, "\(file): the config is not a YAML mapping", hint: "see the mergekit config format")
         }
         return try parse(node: root, file: file)
+    }
+
+    /// Parses every document of a config: one for a mergekit-yaml config, several (separated by `---`) for a
+    /// mergekit-multi one, whose documents are named (`name:`) and may use earlier results by name. Names must be
+    /// unique and at most one document may be unnamed (the final merge), as mergekit-multi requires.
+    public static func parseDocuments(yaml text: String, file: String = "merge config") throws -> [MergeConfig] {
+        let depth = YAMLDocument.nestingBound(text)
+        guard depth <= YAMLDocument.maxNesting else {
+            throw TesseraError(.invalidParameter, "\(file): the YAML nests about \(depth) levels deep (at most \(YAMLDocument.maxNesting))",
+                               hint: "a config needs a few levels; the file is malformed or hostile")
+        }
+        var nodes: [Node] = []
+        do {
+            for node in try Yams.compose_all(yaml: text) { nodes.append(node) }
+        } catch let e as TesseraError {
+            throw e
+        } catch {
+            let first = String(describing: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? "syntax error"
+            throw TesseraError(.invalidParameter, "\(file): invalid YAML (\(first))", hint: "fix the YAML syntax")
+        }
+        guard !nodes.isEmpty else {
+            throw TesseraError(.invalidParameter, "\(file): the config is not a YAML mapping", hint: "see the mergekit config format")
+        }
+        for n in nodes {
+            try YAMLDocument.checkExpansion(n, limit: YAMLDocument.expansionLimit(bytes: text.utf8.count), textBytes: text.utf8.count, file: file)
+        }
+        let configs = try nodes.map { try parse(node: $0, file: file) }
+        guard configs.count > 1 else { return configs }
+        var names = Set<String>()
+        for (k, c) in configs.enumerated() {
+            if let name = c.name {
+                guard names.insert(name).inserted else {
+                    throw TesseraError(.invalidParameter, "\(file): two documents are named '\(name)'\(line(nodes[k]))", hint: "give each merge its own name")
+                }
+            }
+        }
+        if configs.filter({ $0.name == nil }).count > 1 {
+            throw TesseraError(.invalidParameter, "\(file): more than one document has no name", hint: "name every merge but the final one (name: ...)")
+        }
+        return configs
+    }
+
+    /// The documents of a multi-document config in an order that runs each after the merges it uses (by name), and
+    /// the index of the final one (the unnamed document, else the one no other uses). A cycle is an error.
+    public static func runOrder(_ documents: [MergeConfig], file: String) throws -> (order: [Int], final: Int) {
+        let byName = Dictionary(uniqueKeysWithValues: documents.enumerated().compactMap { k, c in c.name.map { ($0, k) } })
+        func uses(_ c: MergeConfig) -> [Int] {
+            c.referencedModels.compactMap { ref in byName[String(ref.split(separator: "+", maxSplits: 1).first ?? "")] ?? byName[ref] }
+        }
+        var order: [Int] = [], state = [Int](repeating: 0, count: documents.count)
+        func visit(_ k: Int, _ path: [String]) throws {
+            if state[k] == 2 { return }
+            if state[k] == 1 {
+                throw TesseraError(.invalidParameter, "\(file): the merges use each other in a cycle (\((path + [documents[k].name ?? "final"]).joined(separator: " → ")))",
+                                   hint: "a merge can only use merges that do not use it")
+            }
+            state[k] = 1
+            for d in uses(documents[k]) where d != k { try visit(d, path + [documents[k].name ?? "final"]) }
+            if uses(documents[k]).contains(k) {
+                throw TesseraError(.invalidParameter, "\(file): merge '\(documents[k].name ?? "")' uses itself", hint: "name another model")
+            }
+            state[k] = 2
+            order.append(k)
+        }
+        for k in documents.indices { try visit(k, []) }
+        if let unnamed = documents.firstIndex(where: { $0.name == nil }) { return (order, unnamed) }
+        let used = Set(documents.flatMap(uses))
+        let sinks = documents.indices.filter { !used.contains($0) }
+        guard sinks.count == 1 else {
+            throw TesseraError(.invalidParameter, "\(file): \(sinks.count) merges are used by no other, so none is the final one",
+                               hint: "leave the final merge unnamed (as mergekit-multi writes it to --out-path)")
+        }
+        return (order, sinks[0])
     }
 
     /// Parses one document's root node (mergekit-multi configs hold several).
@@ -210,15 +282,16 @@ public struct MergeConfig: Sendable, Equatable {
                     for (j, src) in sources.enumerated() { slice.sources.append(try sliceSource(src, "\(what).sources[\(j)]", file)) }
                 case "base_model": slice.baseModel = try modelReference(sv, "\(what).base_model", file)
                 case "merge_method":
-                    let m = try string(sv, "\(what).merge_method", file)
-                    _ = try MergeRegistry.method(named: m)
-                    slice.method = m
+                    // mergekit 0.1.5's slice has no method of its own: it ignores the key and merges with the
+                    // config's. Running either way would surprise someone; say so.
+                    throw TesseraError(.unsupported, "\(file): \(what).merge_method is not supported\(line(k))",
+                                       hint: "mergekit 0.1.5 ignores a slice's merge_method (every slice uses the config's); merge the slices separately in a multi-document config and stack the results")
                 case "parameters": slice.parameters = try parameterMap(sv, "\(what).parameters", file)
                 case "residual_weight":
                     throw TesseraError(.unsupported, "\(file): \(what).residual_weight is not supported\(line(k))", hint: "mergekit 0.1.5 reads it but never applies it; remove it")
                 default:
                     throw TesseraError(.invalidParameter, "\(file): unknown key '\(k.string ?? "?")' in \(what)\(line(k))",
-                                       hint: "a slice has sources:, and optionally base_model:, merge_method:, parameters:")
+                                       hint: "a slice has sources:, and optionally base_model: and parameters:")
                 }
             }
             guard sawSources else { throw TesseraError(.invalidParameter, "\(file): \(what) has no 'sources:'\(line(entry))", hint: "write - sources: [{model: PATH, layer_range: [0, 8]}]") }
@@ -344,7 +417,7 @@ public struct MergeConfig: Sendable, Equatable {
         var segments: [MergePlan] = []
         var next = 0
         for (i, slice) in slices.enumerated() {
-            let sliceMethod = slice.method ?? method
+            let sliceMethod = method
             let type = try MergeRegistry.method(named: sliceMethod)
             let count = slice.sources[0].layers.count
             var views: [String: LayerSliceSource] = [:]

@@ -184,7 +184,7 @@ struct MergeCommand: ParsableCommand {
             let plan = MergePlan(method: method!, base: baseModel, models: inputs, parameters: try parameterOptions.parsed(),
                                  dtype: try dtype.map(Self.dtype))
             configYAML = Self.configYAML(plan)
-            program = MergeProgram(segments: [plan], summaryPlan: plan, outputLayers: nil, referenceName: plan.base?.name ?? plan.models[0].name)
+            program = MergeProgram(segments: [plan], summaryPlan: plan, outputLayerOrigins: nil, referenceName: plan.base?.name ?? plan.models[0].name)
         }
         program.segments = try program.segments.map { try $0.distributingModelDefaults() }
         program.summaryPlan = try program.summaryPlan.distributingModelDefaults()
@@ -207,7 +207,7 @@ struct MergeCommand: ParsableCommand {
         let output = try OutputCheckpoint(options: outputOptions, target: target, reference: resolved[program.referenceName],
                                           dtype: plan.outDType ?? plan.dtype,
                                           headerReserve: SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: metadataBytes))
-        output.layerCount = program.outputLayers
+        output.layerOrigins = program.outputLayerOrigins
         output.extraSideFiles = tokenizer.files
         output.replacesTokenizer = tokenizer.replacesTokenizer
         // A bar over the tensors on a terminal (a merge of a large model takes a while); quiet when piped.

@@ -404,7 +404,7 @@ public struct MergeConfig: Sendable, Equatable {
     public func program(resolver: (String) throws -> TensorSource) throws -> MergeProgram {
         guard !slices.isEmpty else {
             let p = try plan(resolver: resolver)
-            return MergeProgram(segments: [p], summaryPlan: p, outputLayers: nil, referenceName: p.base?.name ?? p.models[0].name)
+            return MergeProgram(segments: [p], summaryPlan: p, outputLayerOrigins: nil, referenceName: p.base?.name ?? p.models[0].name)
         }
         var cache: [String: (source: TensorSource, layout: LayerLayout)] = [:]
         func source(_ ref: String) throws -> (source: TensorSource, layout: LayerLayout) {
@@ -470,7 +470,7 @@ public struct MergeConfig: Sendable, Equatable {
         } }
         let summaryBase = try baseModel.map { MergeInputModel(name: $0, source: try source($0).source) }
         let summary = MergePlan(method: method, base: summaryBase, models: summaryModels, parameters: parameters, dtype: dtype, outDType: outDType)
-        return MergeProgram(segments: segments, summaryPlan: summary, outputLayers: next,
+        return MergeProgram(segments: segments, summaryPlan: summary, outputLayerOrigins: slices.flatMap { Array($0.sources[0].layers) },
                             referenceName: baseModel ?? slices[0].sources[0].model)
     }
 

@@ -82,14 +82,17 @@ public struct MergeProgram {
     /// The plan provenance and the model card describe: the config's method, base and every distinct input, whole.
     public var summaryPlan: MergePlan
     /// The output's number of layers when it differs from the inputs' (slices); its config.json is written to match.
-    public var outputLayers: Int?
+    public var outputLayers: Int? { outputLayerOrigins?.count }
+    /// For each output layer, the input layer it comes from (the first source of its slice): per-layer config
+    /// lists (`layer_types`, GPT-Neo's `attention_types`) are rebuilt from it. nil for a `models:` config.
+    public var outputLayerOrigins: [Int]?
     /// The input whose config and tokenizer files a folder output takes (the base model, else the first input).
     public var referenceName: String
 
-    public init(segments: [MergePlan], summaryPlan: MergePlan, outputLayers: Int?, referenceName: String) {
+    public init(segments: [MergePlan], summaryPlan: MergePlan, outputLayerOrigins: [Int]?, referenceName: String) {
         self.segments = segments
         self.summaryPlan = summaryPlan
-        self.outputLayers = outputLayers
+        self.outputLayerOrigins = outputLayerOrigins
         self.referenceName = referenceName
     }
 

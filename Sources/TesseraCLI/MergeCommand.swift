@@ -33,7 +33,7 @@ struct MergeCommand: ParsableCommand {
         discussion: """
         Methods (mergekit's semantics by default): linear, task_arithmetic, ties,
         dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, slerp, fisher, ours,
-        theirs, base. Inputs (models, --base, a config's model: and base_model:) are
+        theirs, base, passthrough. Inputs (models, --base, a config's model: and base_model:) are
         safetensors files, Hugging Face folders (single, sharded or PEFT adapter),
         shard index files, REV:path and REV:folder (read from the object store with no
         checkout). -o FILE.safetensors writes one file; -o FOLDER writes a Hugging
@@ -53,7 +53,7 @@ struct MergeCommand: ParsableCommand {
     @Argument(help: "Models to merge (files, folders, REV:path, REV:folder). Not with --config.")
     var models: [String] = []
 
-    @Option(help: "A mergekit YAML config (merge_method, base_model, models[].model/.parameters, parameters, dtype).")
+    @Option(help: "A mergekit YAML config (merge_method, base_model, models or slices, parameters, dtype, tokenizer_source, chat_template; several documents as mergekit-multi).")
     var config: String?
 
     @Option(help: ArgumentHelp("A multi-document config's intermediate merges go here, by name, and are reused when present (default: a temporary folder, removed afterwards).", valueName: "dir"))

@@ -108,6 +108,27 @@ parameters:
   normalize: true
 dtype: float32
 """,
+    # Scopes: a filter list that matches nothing for a tensor falls through to the slice's, then the config's value.
+    "fallthrough.yml": """slices:
+  - sources:
+      - model: models/ft_a
+        layer_range: [0, 4]
+        parameters:
+          weight:
+            - filter: self_attn
+              value: 0.9
+      - model: models/ft_b
+        layer_range: [0, 4]
+    parameters:
+      weight:
+        - filter: mlp
+          value: [0.1, 0.6]
+merge_method: linear
+parameters:
+  weight: 0.3
+  normalize: false
+dtype: float32
+""",
     # MODEL+LORA: the adapter applied to its model (W + alpha/r B A), then merged.
     "lora.yml": """models:
   - model: models/base+adapters/lora

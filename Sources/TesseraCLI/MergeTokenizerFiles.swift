@@ -56,6 +56,16 @@ enum TokenizerFiles {
             case "union": donor = reference // one shared vocabulary: its union is itself
             default: donor = source
             }
+            // mergekit sizes the embeddings to the tokenizer's vocabulary (len(get_vocab())): padded embedding rows
+            // would be cut or added there. Merging them unchanged would give another shape, so such configs are refused.
+            let donorFiles = byModel.first { $0.0 == donor }?.1 ?? [:]
+            if let tokens = donorFiles["tokenizer.json"].flatMap(vocabularySize),
+               let config = try? checkpoint(reference).sideFiles?.read("config.json", limit: 16 << 20),
+               let rows = (try? JSONParser.parse(config))?["vocab_size"]?.intValue, rows != tokens {
+                throw TesseraError(.unsupported,
+                                   "\(file): tokenizer_source: the tokenizer has \(tokens) tokens but the embeddings have \(rows) rows",
+                                   hint: "mergekit would resize the embeddings to the vocabulary; tessera keeps them (remove tokenizer_source to copy the reference's tokenizer)")
+            }
             if donor != reference {
                 let files = byModel.first { $0.0 == donor }?.1 ?? [:]
                 guard vocabularyFiles.contains(where: { files[$0] != nil }) else {
@@ -89,6 +99,22 @@ enum TokenizerFiles {
             }
         }
         return result
+    }
+
+    /// The number of distinct tokens of a tokenizer.json (its model's vocabulary and its added tokens), as
+    /// transformers' `len(get_vocab())` counts them; nil when the file is not a tokenizer it can read.
+    static func vocabularySize(_ bytes: [UInt8]) -> Int? {
+        guard let json = try? JSONParser.parse(bytes), let model = json["model"] else { return nil }
+        var tokens = Set<String>()
+        if let vocab = model["vocab"]?.objectValue {
+            for (k, _) in vocab { tokens.insert(k) }
+        } else if let pieces = model["vocab"]?.arrayValue {
+            for p in pieces { if let t = p.arrayValue?.first?.stringValue { tokens.insert(t) } }
+        } else {
+            return nil
+        }
+        for t in json["added_tokens"]?.arrayValue ?? [] { if let c = t["content"]?.stringValue { tokens.insert(c) } }
+        return tokens.count
     }
 
     /// A tokenizer's chat template: chat_template.jinja, else tokenizer_config.json's `chat_template` string.

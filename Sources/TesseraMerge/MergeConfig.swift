@@ -449,7 +449,7 @@ public struct MergeConfig: Sendable, Equatable {
             }
             // Precedence as mergekit's: a source's own parameters, then the slice's, then the config's.
             var merged = parameters
-            for (k, v) in slice.parameters { merged[k] = v }
+            for (k, v) in slice.parameters { merged[k] = parameters[k].map { v.fallingBack(to: $0) } ?? v }
             var positions: [String: Double] = [:]
             let reference = inputs.first(where: { $0.name == base?.name })?.source ?? inputs[0].source
             for name in reference.tensorNames {

@@ -61,6 +61,15 @@ public indirect enum ParameterSetting: Sendable, Equatable {
         }
     }
 
+    /// This setting where it gives a value for a tensor, else `other`. mergekit looks a parameter up scope by scope
+    /// (a model's own, the slice's, the config's) and takes the first scope that gives a value for the tensor: a
+    /// filter list that matches nothing falls through to the next scope instead of leaving the parameter unset.
+    public func fallingBack(to other: ParameterSetting) -> ParameterSetting {
+        guard case let .filtered(entries) = self else { return self }
+        if entries.contains(where: { $0.filter == nil || $0.filter == "*" }) { return self }
+        return .filtered(entries + [FilteredSetting(filter: nil, value: other)])
+    }
+
     /// JSON form for provenance: the setting as written, so that a merge can be replayed.
     public var json: JSONValue {
         switch self {

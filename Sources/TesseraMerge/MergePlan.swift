@@ -58,8 +58,9 @@ public struct MergePlan {
 
 extension MergePlan {
     /// mergekit lets per-model parameters stand at the top level as defaults for every model (`parameters:
-    /// {density: 0.5}` beside `models:`); this moves such entries into each model that does not set them, so that
-    /// methods see them where they look for them.
+    /// {density: 0.5}` beside `models:`); this moves such entries into each model that does not set them (or whose
+    /// filter list leaves a tensor unset, as mergekit falls through to the next scope), so that methods see them
+    /// where they look for them.
     public func distributingModelDefaults() throws -> MergePlan {
         let type = try MergeRegistry.method(named: method)
         let globalNames = Set(type.globalParameters.flatMap { [$0.name] + $0.aliases })
@@ -67,8 +68,8 @@ extension MergePlan {
         var out = self
         for (key, value) in parameters where !globalNames.contains(key) && modelNames.contains(key) {
             out.parameters.removeValue(forKey: key)
-            for k in out.models.indices where out.models[k].parameters[key] == nil {
-                out.models[k].parameters[key] = value
+            for k in out.models.indices {
+                out.models[k].parameters[key] = out.models[k].parameters[key]?.fallingBack(to: value) ?? value
             }
         }
         return out

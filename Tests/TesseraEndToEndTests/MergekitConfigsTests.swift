@@ -9,7 +9,7 @@ import TesseraTestSupport
 /// runs each unchanged, from the fixture folder, and gives mergekit's tensors to float32 rounding.
 @Suite struct MergekitConfigsTests {
     static let fixtures = PackagePaths.fixtures + "/mergekit-configs"
-    static let configs = ["franken", "gradients", "lora", "lora-rslora", "multi", "slerp-slices", "stack", "tokenizer", "tokenizer-base"]
+    static let configs = ["fallthrough", "franken", "gradients", "lora", "lora-rslora", "multi", "slerp-slices", "stack", "tokenizer", "tokenizer-base"]
 
     static func json(_ path: String) throws -> [String: Any] {
         try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
@@ -84,6 +84,18 @@ import TesseraTestSupport
         #expect(r.status != 0 && r.stderr.hasPrefix("tessera: ") && r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
         #expect(r.stderr.contains(says), "\(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: s.path("out")))
+    }
+
+    /// mergekit sizes the embeddings to the tokenizer's vocabulary; a model whose embeddings are padded beyond it
+    /// would change shape there, so tessera refuses rather than give other shapes.
+    @Test func aTokenizerSourceThatWouldResizeTheEmbeddingsIsRefused() throws {
+        let s = try Sandbox()
+        try FileManager.default.copyItem(atPath: Self.fixtures + "/models/ft_a", toPath: s.path("padded"))
+        let config = try String(contentsOfFile: s.path("padded/config.json"), encoding: .utf8)
+        try config.replacingOccurrences(of: "\"vocab_size\": 32", with: "\"vocab_size\": 40").write(toFile: s.path("padded/config.json"), atomically: true, encoding: .utf8)
+        try "models:\n  - model: padded\nmerge_method: linear\ntokenizer_source: base\nbase_model: padded\n".write(toFile: s.path("c.yml"), atomically: true, encoding: .utf8)
+        let r = try s.run("\"$T\" merge --config c.yml -o out", in: s.path(""), check: false)
+        #expect(r.status != 0 && r.stderr.contains("the tokenizer has 32 tokens but the embeddings have 40 rows"), "\(r.stderr)")
     }
 
     @Test func multiDocumentIntermediatesCanBeKept() throws {

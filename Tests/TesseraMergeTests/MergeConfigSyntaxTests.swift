@@ -126,6 +126,21 @@ import TesseraTestSupport
         #expect(ParameterSetting.filtered([FilteredSetting(filter: "[mlp]", value: .number(1))]).evaluate(tensor: "model.layers.0.mlp.x", layerPosition: 0) == nil)
     }
 
+    /// A filter list that matches nothing for a tensor falls through to the next scope (slice, then config).
+    @Test func filterListsFallThroughToTheNextScope() throws {
+        let own = ParameterSetting.filtered([FilteredSetting(filter: "self_attn", value: .number(0.9))])
+        let combined = own.fallingBack(to: .number(0.3))
+        #expect(combined.evaluate(tensor: "model.layers.0.self_attn.q_proj.weight", layerPosition: 0) == .number(0.9))
+        #expect(combined.evaluate(tensor: "model.layers.0.mlp.up_proj.weight", layerPosition: 0) == .number(0.3))
+        #expect(ParameterSetting.number(1).fallingBack(to: .number(2)) == .number(1))
+        let a = try MemorySource("a", floats: [("model.layers.0.self_attn.q_proj.weight", [1], [1]), ("model.layers.0.mlp.up_proj.weight", [1], [1])])
+        let plan = try MergePlan(method: "linear", models: [MergeInputModel(name: "a", source: a, parameters: ["weight": own])],
+                                 parameters: ["weight": .number(0.3), "normalize": .bool(false)]).distributingModelDefaults()
+        let out = try runMerge(plan)
+        #expect(try Self.values(out["model.layers.0.self_attn.q_proj.weight"]!) == [0.9])
+        #expect(try Self.values(out["model.layers.0.mlp.up_proj.weight"]!) == [0.3])
+    }
+
     /// Whole-model gradients: layer i of n at i/(n−1) (1 for a one-layer model), everything outside the layers at 0.
     @Test func wholeModelGradientPlacement() {
         let p = LayerPositions(tensorNames: ["model.embed_tokens.weight", "model.layers.0.a", "model.layers.4.a", "lm_head.weight", "model.norm.weight"])

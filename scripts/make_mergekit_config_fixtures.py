@@ -129,6 +129,35 @@ parameters:
   normalize: false
 dtype: float32
 """,
+    # GPT-2: layers under transformer.h, the count in n_layer, ln_f after the layers (from the last slice).
+    "gpt2-franken.yml": """slices:
+  - sources:
+      - model: models/gpt2_a
+        layer_range: [0, 2]
+      - model: models/gpt2_b
+        layer_range: [0, 2]
+  - sources:
+      - model: models/gpt2_b
+        layer_range: [1, 4]
+      - model: models/gpt2_a
+        layer_range: [1, 4]
+merge_method: slerp
+base_model: models/gpt2_b
+parameters:
+  t: [0.2, 0.8]
+dtype: float32
+""",
+    # GPT-Neo: mergekit has no architecture file for it; stacking one model's layers is the same either way.
+    "neo-stack.yml": """slices:
+  - sources:
+      - model: models/neo_a
+        layer_range: [0, 2]
+  - sources:
+      - model: models/neo_a
+        layer_range: [1, 3]
+merge_method: passthrough
+dtype: float32
+""",
     # MODEL+LORA: the adapter applied to its model (W + alpha/r B A), then merged.
     "lora.yml": """models:
   - model: models/base+adapters/lora
@@ -287,6 +316,27 @@ def adapter(name, seed, **kw):
     peft_model.save_pretrained(os.path.join(out, "adapters", name))
 adapter("lora", 5)
 adapter("rslora", 6, use_rslora=True)
+
+# GPT-2 (layers under transformer.h, n_layer) and GPT-Neo (num_layers, per-layer attention_types), no tokenizer.
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM
+def other(name, cls, cfg, seed, base=None):
+    torch.manual_seed(seed)
+    m = cls(cfg).to(torch.float32)
+    with torch.no_grad():
+        if base is not None:
+            for p, q in zip(m.parameters(), base.parameters()):
+                p.copy_(q + 0.02 * torch.randn_like(q))
+        else:
+            for p in m.parameters():
+                p.copy_(0.1 * torch.randn_like(p) + (1 if p.dim() == 1 else 0))
+    m.save_pretrained(os.path.join(out, "models", name), safe_serialization=True)
+    return m
+g = GPT2Config(vocab_size=32, n_positions=16, n_embd=8, n_layer=4, n_head=2)
+g2 = other("gpt2_a", GPT2LMHeadModel, g, 7)
+other("gpt2_b", GPT2LMHeadModel, g, 8, g2)
+n = GPTNeoConfig(vocab_size=32, max_position_embeddings=16, hidden_size=8, num_layers=3, num_heads=2,
+                 attention_types=[[["global", "local"], 1], [["global"], 1]], window_size=4)
+other("neo_a", GPTNeoForCausalLM, n, 9)
 """
 
 LOGITS = r"""
@@ -308,6 +358,8 @@ Made by `scripts/make_mergekit_config_fixtures.py` (run it again to remake every
 - `models/`: tiny Llama-shaped models written with transformers (4 layers, hidden size 8, vocabulary 32, float32,
   random, seeded): `base`, its fine-tunes `ft_a` and `ft_b` (base plus noise), and `other_vocab` (a fine-tune whose
   tokenizer orders the vocabulary differently). Each has a word-level tokenizer (tokenizers) with a chat template.
+- `models/gpt2_a`, `gpt2_b` (GPT-2, 4 layers) and `models/neo_a` (GPT-Neo, 3 layers, global/local/global attention):
+  tiny random models written with transformers, no tokenizer.
 - `adapters/lora`, `adapters/rslora`: PEFT LoRA adapters of `base` (r 4, alpha 8, q/v/down projections, random A and
   B; the second with use_rslora), written by peft's save_pretrained.
 - `configs/*.yml`: configs in mergekit's syntax (slices, gradients, MODEL+LORA, tokenizer_source, chat_template,
@@ -364,7 +416,7 @@ def main():
                 row["tensors"] = len(expected)
                 row["mergekit_files"] = sorted(os.listdir(mk_out))
                 cfg = json.load(open(os.path.join(mk_out, "config.json")))
-                row["num_hidden_layers"] = cfg.get("num_hidden_layers")
+                row["num_hidden_layers"] = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("num_layers")))
                 if os.path.exists(TESSERA):
                     ts = subprocess.run([TESSERA, "merge", "--config", rel, "-o", ts_out], cwd=out,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -85,8 +85,8 @@ final class OutputCheckpoint {
     /// config.json with every layer-count key it has (`num_hidden_layers`, `n_layer`, `num_layers`, `n_layers`) set
     /// to the output's number of layers, as mergekit writes it. Per-layer lists, which mergekit 0.1.5 leaves as they
     /// were (transformers then refuses the config, or applies the wrong attention to a layer), are rebuilt from the
-    /// layer each output layer comes from: `layer_types` (one entry per layer) and GPT-Neo's `attention_types`
-    /// (`[[types, repeat], ...]`, written back as one run of the per-layer list).
+    /// layer each output layer comes from: `layer_types` and GPT-Neo's `attention_layers` (one entry per layer) and
+    /// its `attention_types` (`[[types, repeat], ...]`, written back as one run of the per-layer list).
     static func settingLayers(_ origins: [Int], inConfig bytes: [UInt8]) -> [UInt8] {
         guard case let .object(pairs)? = try? JSONParser.parse(bytes) else { return bytes }
         let count = origins.count
@@ -100,7 +100,7 @@ final class OutputCheckpoint {
                 changed = true
                 return (key, .int(count))
             }
-            if key == "layer_types", let list = value.arrayValue, let out = perLayer(list) {
+            if key == "layer_types" || key == "attention_layers", let list = value.arrayValue, let out = perLayer(list) {
                 changed = true
                 return (key, .array(out))
             }

@@ -158,6 +158,19 @@ dtype: float32
 merge_method: passthrough
 dtype: float32
 """,
+    # A list of booleans steps through its entries over the layers (entry int(t * (n - 1))), without interpolating.
+    "steps.yml": """models:
+  - model: models/ft_a
+    parameters:
+      weight: 0.7
+  - model: models/ft_b
+    parameters:
+      weight: 0.6
+merge_method: linear
+parameters:
+  normalize: [true, false, false]
+dtype: float32
+""",
     # MODEL+LORA: the adapter applied to its model (W + alpha/r B A), then merged.
     "lora.yml": """models:
   - model: models/base+adapters/lora

@@ -554,15 +554,18 @@ public struct MergeConfig: Sendable, Equatable {
                 }
                 return .filtered(entries)
             }
-            var points: [Double] = []
+            guard !items.isEmpty else { throw TesseraError(.invalidParameter, "\(file): \(what) is an empty list\(line(n))", hint: "give it a value") }
+            var values: [MergeValue] = []
             for (i, item) in items.enumerated() {
-                guard case let .number(d) = try scalarValue(item, "\(what)[\(i)]", file) else {
-                    throw TesseraError(.unsupported, "\(file): \(what) is a list of non-numbers; only numeric gradients and filter lists are supported\(line(item))",
-                                       hint: "write a number, a list of numbers, or a list of {filter, value}")
+                guard case .scalar = item else {
+                    throw TesseraError(.invalidParameter, "\(file): \(what)[\(i)] must be a scalar\(line(item))",
+                                       hint: "write a number, a list of values, or a list of {filter, value}")
                 }
-                points.append(d)
+                values.append(try scalarValue(item, "\(what)[\(i)]", file))
             }
-            guard !points.isEmpty else { throw TesseraError(.invalidParameter, "\(file): \(what) is an empty list\(line(n))", hint: "give it a value") }
+            // Numbers interpolate over the layers; a list with anything else steps through its entries (mergekit).
+            let points = values.compactMap { v -> Double? in if case let .number(d) = v { return d }; return nil }
+            guard points.count == values.count else { return .steps(values) }
             return .gradient(points)
         case .mapping:
             throw TesseraError(.unsupported, "\(file): \(what) is a mapping; parameter values are scalars, gradient lists or lists of {filter, value}\(line(n))",

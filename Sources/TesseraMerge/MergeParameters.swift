@@ -27,6 +27,7 @@ public enum MergeValue: Sendable, Equatable, CustomStringConvertible {
 /// A parameter as written in a config, which (as in mergekit) may vary with the tensor:
 /// - `.value`: the same for every tensor;
 /// - `.gradient`: a list of numbers interpolated linearly by the tensor's layer position t in [0, 1];
+/// - `.steps`: a list with non-numbers (booleans, strings), of which entry ⌊t·(n−1)⌋ is taken;
 /// - `.filtered`: a list of `{filter, value}`; the first entry whose filter matches the tensor name wins (the filter
 ///   matches when it is a substring of the tensor's name, as mergekit 0.1.5 tests it (`filter in tensor_name`, no
 ///   wildcards: `self_attn` matches `model.layers.3.self_attn.q_proj.weight`); an entry without filter, or with
@@ -34,6 +35,8 @@ public enum MergeValue: Sendable, Equatable, CustomStringConvertible {
 public indirect enum ParameterSetting: Sendable, Equatable {
     case value(MergeValue)
     case gradient([Double])
+    /// A list of non-numbers (booleans, strings): mergekit picks entry ⌊t·(n−1)⌋, without interpolating.
+    case steps([MergeValue])
     case filtered([FilteredSetting])
 
     public static func number(_ d: Double) -> ParameterSetting { .value(.number(d)) }
@@ -52,6 +55,9 @@ public indirect enum ParameterSetting: Sendable, Equatable {
             let i0 = Int(scaled.rounded(.down)), i1 = min(points.count - 1, i0 + 1)
             let frac = scaled - Double(i0)
             return .number((1 - frac) * points[i0] + frac * points[i1])
+        case let .steps(values):
+            guard !values.isEmpty else { return nil }
+            return values[min(values.count - 1, Int((min(max(t, 0), 1) * Double(values.count - 1)).rounded(.down)))]
         case let .filtered(entries):
             for e in entries {
                 guard let f = e.filter, f != "*" else { return e.value.evaluate(tensor: name, layerPosition: t) }
@@ -75,6 +81,7 @@ public indirect enum ParameterSetting: Sendable, Equatable {
         switch self {
         case let .value(v): return v.json
         case let .gradient(p): return .array(p.map { JSONValue.double($0) })
+        case let .steps(values): return .array(values.map(\.json))
         case let .filtered(entries):
             return .array(entries.map { e in
                 var pairs: [(String, JSONValue)] = []

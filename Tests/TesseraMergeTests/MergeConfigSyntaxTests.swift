@@ -141,6 +141,15 @@ import TesseraTestSupport
         #expect(try Self.values(out["model.layers.0.mlp.up_proj.weight"]!) == [0.3])
     }
 
+    /// A list with non-numbers steps through its entries: entry ⌊t·(n−1)⌋, as mergekit picks it.
+    @Test func nonNumericListsStep() throws {
+        let c = try MergeConfig.parse(yaml: "models:\n  - model: a\nmerge_method: linear\nparameters:\n  normalize: [true, false, false]\n")
+        let s = try #require(c.parameters["normalize"])
+        #expect(s == .steps([.bool(true), .bool(false), .bool(false)]))
+        #expect(s.evaluate(tensor: "x", layerPosition: 0.49) == .bool(true) && s.evaluate(tensor: "x", layerPosition: 0.5) == .bool(false))
+        #expect(s.evaluate(tensor: "x", layerPosition: 1) == .bool(false))
+    }
+
     /// Whole-model gradients: layer i of n at i/(n−1) (1 for a one-layer model), everything outside the layers at 0.
     @Test func wholeModelGradientPlacement() {
         let p = LayerPositions(tensorNames: ["model.embed_tokens.weight", "model.layers.0.a", "model.layers.4.a", "lm_head.weight", "model.norm.weight"])

@@ -109,7 +109,11 @@ final class OutputCheckpoint {
                 var expanded: [JSONValue] = []
                 for run in runs {
                     guard let r = run.arrayValue, r.count == 2, let types = r[0].arrayValue, let n = r[1].intValue, n >= 0, n < 1 << 16 else { return (key, value) }
-                    for _ in 0..<n { expanded += types }
+                    for _ in 0..<n {
+                        expanded += types
+                        // A real model has at most a few hundred layers; a hostile config must not grow memory.
+                        guard expanded.count <= 1 << 16 else { return (key, value) }
+                    }
                 }
                 guard let out = perLayer(expanded) else { return (key, value) }
                 changed = true

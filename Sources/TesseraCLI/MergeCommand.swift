@@ -33,14 +33,18 @@ struct MergeCommand: ParsableCommand {
         discussion: """
         Methods (mergekit's semantics by default): linear, task_arithmetic, ties,
         dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, slerp, fisher, ours,
-        theirs, base, passthrough. Inputs (models, --base, a config's model: and base_model:) are
-        safetensors files, Hugging Face folders (single, sharded or PEFT adapter),
-        shard index files, REV:path and REV:folder (read from the object store with no
-        checkout). -o FILE.safetensors writes one file; -o FOLDER writes a Hugging
-        Face folder: the weights (sharded above --max-shard-size), the base model's
-        config and tokenizer files, and a model card. Nothing tessera did not write is
-        replaced. The output records its provenance (method, parameters, inputs and
-        their tensor hashes) in its metadata: `tessera ls` shows it.
+        theirs, base, passthrough. Inputs (models, --base, a config's model: and
+        base_model:) are safetensors files, Hugging Face folders (single, sharded or
+        PEFT adapter), shard index files, REV:path and REV:folder (read from the
+        object store with no checkout); a config's MODEL+ADAPTER applies a LoRA.
+        Configs run as mergekit runs them: models: or slices: (layer stacking and
+        frankenmerges), gradients, filters, tokenizer_source, chat_template, and
+        several documents as mergekit-multi. -o FILE.safetensors writes one file;
+        -o FOLDER writes a Hugging Face folder: the weights (sharded above
+        --max-shard-size), the base model's config and tokenizer files, and a model
+        card. Nothing tessera did not write is replaced. The output records its
+        provenance (method, parameters, inputs and their tensor hashes) in its
+        metadata: `tessera ls` shows it.
         Examples:
           tessera merge --config merge.yml -o merged-model
           tessera merge --method ties --base main:model.safetensors \\
@@ -53,7 +57,7 @@ struct MergeCommand: ParsableCommand {
     @Argument(help: "Models to merge (files, folders, REV:path, REV:folder). Not with --config.")
     var models: [String] = []
 
-    @Option(help: "A mergekit YAML config (merge_method, base_model, models or slices, parameters, dtype, tokenizer_source, chat_template; several documents as mergekit-multi).")
+    @Option(help: "A mergekit YAML config (see above and docs/commands.md).")
     var config: String?
 
     @Option(help: ArgumentHelp("A multi-document config's intermediate merges go here, by name, and are reused when present (default: a temporary folder, removed afterwards).", valueName: "dir"))

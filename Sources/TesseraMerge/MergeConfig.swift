@@ -97,6 +97,10 @@ public struct MergeConfig: Sendable, Equatable {
         return try parse(node: root, file: file)
     }
 
+    /// The most documents a multi-document config may have (each is a whole merge; the run order is found by a
+    /// recursive walk whose depth this bounds).
+    public static let maxDocuments = 256
+
     /// Parses every document of a config: one for a mergekit-yaml config, several (separated by `---`) for a
     /// mergekit-multi one, whose documents are named (`name:`) and may use earlier results by name. Names must be
     /// unique and at most one document may be unnamed (the final merge), as mergekit-multi requires.
@@ -117,6 +121,10 @@ public struct MergeConfig: Sendable, Equatable {
         }
         guard !nodes.isEmpty else {
             throw TesseraError(.invalidParameter, "\(file): the config is not a YAML mapping", hint: "see the mergekit config format")
+        }
+        guard nodes.count <= maxDocuments else {
+            throw TesseraError(.invalidParameter, "\(file): the config has \(nodes.count) documents (at most \(maxDocuments))",
+                               hint: "a multi-document config chains a few merges; split the work into several configs")
         }
         for n in nodes {
             try YAMLDocument.checkExpansion(n, limit: YAMLDocument.expansionLimit(bytes: text.utf8.count), textBytes: text.utf8.count, file: file)

@@ -327,6 +327,14 @@ def adapter(name, seed, **kw):
             if "lora_B" in n or "lora_A" in n:
                 p.copy_(0.1 * torch.randn_like(p))  # PEFT starts B at zero: make the update visible
     peft_model.save_pretrained(os.path.join(out, "adapters", name))
+    os.remove(os.path.join(out, "adapters", name, "README.md"))  # peft's empty model card template
+    # peft writes target_modules from a set: sorted, the file is the same from run to run.
+    path = os.path.join(out, "adapters", name, "adapter_config.json")
+    cfg = json.load(open(path))
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
 adapter("lora", 5)
 adapter("rslora", 6, use_rslora=True)
 

@@ -158,6 +158,26 @@ dtype: float32
 merge_method: passthrough
 dtype: float32
 """,
+    # The last slice has more sources than the first: mergekit merges the final norm and lm_head from the last
+    # slice's first source only (it pairs them with the first slice's entries).
+    "uneven.yml": """slices:
+  - sources:
+      - model: models/ft_a
+        layer_range: [0, 2]
+  - sources:
+      - model: models/ft_b
+        layer_range: [2, 4]
+        parameters:
+          weight: 0.3
+      - model: models/base
+        layer_range: [2, 4]
+        parameters:
+          weight: 0.7
+merge_method: linear
+parameters:
+  weight: 1.0
+dtype: float32
+""",
     # A list of booleans steps through its entries over the layers (entry int(t * (n - 1))), without interpolating.
     "steps.yml": """models:
   - model: models/ft_a

@@ -430,6 +430,9 @@ public struct MergeConfig: Sendable, Equatable {
             let count = slice.sources[0].layers.count
             var views: [String: LayerSliceSource] = [:]
             var inputs: [MergeInputModel] = []
+            // mergekit merges the weights after the layers from the last slice's models paired with the first
+            // slice's entries: when the last slice has more sources, only its first ones take part (a plan of their own).
+            let postApart = i == slices.count - 1 && i > 0 && slice.sources.count > slices[0].sources.count
             for src in slice.sources {
                 let (s, layout) = try source(src.model)
                 guard layout.layerCount > 0 else {
@@ -441,7 +444,8 @@ public struct MergeConfig: Sendable, Equatable {
                                        hint: "layer_range's second number is one past the last layer taken (at most \(layout.layerCount))")
                 }
                 let key = "\(src.model)#\(src.layers.lowerBound)"
-                let view = views[key] ?? LayerSliceSource(s, layout: layout, range: src.layers, to: next, pre: i == 0, post: i == slices.count - 1)
+                let view = views[key] ?? LayerSliceSource(s, layout: layout, range: src.layers, to: next, pre: i == 0,
+                                                          post: i == slices.count - 1 && !postApart)
                 views[key] = view
                 inputs.append(MergeInputModel(name: src.model, source: view, parameters: src.parameters))
             }
@@ -468,6 +472,20 @@ public struct MergeConfig: Sendable, Equatable {
             plan.layerPositions = positions
             segments.append(plan)
             next += count
+            if postApart {
+                var postInputs: [MergeInputModel] = []
+                var postViews: [String: LayerSliceSource] = [:]
+                for src in slice.sources.prefix(slices[0].sources.count) {
+                    let (s, layout) = try source(src.model)
+                    let view = postViews[src.model] ?? LayerSliceSource(s, layout: layout, range: 0..<0, to: next, pre: false, post: true)
+                    postViews[src.model] = view
+                    postInputs.append(MergeInputModel(name: src.model, source: view, parameters: src.parameters))
+                }
+                let postBase = base.flatMap { b in postInputs.first { $0.name == b.name }.map { MergeInputModel(name: b.name, source: $0.source) } }
+                var post = MergePlan(method: sliceMethod, base: postBase, models: postInputs, parameters: merged, dtype: dtype, outDType: outDType)
+                post.layerPositions = Dictionary(uniqueKeysWithValues: postInputs[0].source.tensorNames.map { ($0, 0.0) })
+                if !postInputs[0].source.tensorNames.isEmpty { segments.append(post) }
+            }
         }
         // Provenance and the model card see every distinct input once, whole.
         var seen: [String] = []

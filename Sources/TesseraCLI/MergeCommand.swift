@@ -151,7 +151,11 @@ struct MergeCommand: ParsableCommand {
         /// its model; the output's side files are the model's).
         func openReference(_ spec: String) throws -> TensorSource {
             let parts = spec.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
-            guard parts.count == 2, !FileManager.default.fileExists(atPath: locate(spec)) else { return try open(locate(spec), as: spec) }
+            guard parts.count >= 2, !FileManager.default.fileExists(atPath: locate(spec)) else { return try open(locate(spec), as: spec) }
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                throw TesseraError(.invalidParameter, "\(spec): no such file or folder, and not MODEL+ADAPTER (one model, one adapter)",
+                                   hint: "write model: MODEL+ADAPTER, e.g. models/base+adapters/lora")
+            }
             let model = try resolver.checkpoint(locate(parts[0]))
             let adapter = try resolver.checkpoint(locate(parts[1]))
             guard adapter.layout == .adapter, let folder = adapter.sideFiles,

@@ -227,6 +227,18 @@ tokenizer_source: models/ft_b
 chat_template: "%s"
 dtype: float32
 """ % NEW_TEMPLATE.replace("\n", "\\n"),
+    # A named chat template (ChatML).
+    "chatml.yml": """models:
+  - model: models/ft_a
+  - model: models/ft_b
+merge_method: linear
+parameters:
+  weight: 1.0
+tokenizer_source: base
+base_model: models/ft_a
+chat_template: chatml
+dtype: float32
+""",
     # tokenizer_source: base, chat_template: auto (the inputs' most common template).
     "tokenizer-base.yml": """models:
   - model: models/ft_a
@@ -392,6 +404,17 @@ for folder in sys.argv[1:]:
 print(json.dumps(out))
 """
 
+RENDER = r"""
+import sys
+from transformers import AutoTokenizer
+conversations = [[{"role": "user", "content": "hi"}],
+                 [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a\nb "}, {"role": "assistant", "content": " ok"}]]
+a, b = (AutoTokenizer.from_pretrained(f) for f in sys.argv[1:3])
+same = all(a.apply_chat_template(c, tokenize=False, add_generation_prompt=g) == b.apply_chat_template(c, tokenize=False, add_generation_prompt=g)
+           for c in conversations for g in (False, True))
+print("same" if same else "different")
+"""
+
 SOURCES = """# Sources
 
 Made by `scripts/make_mergekit_config_fixtures.py` (run it again to remake everything here).
@@ -468,6 +491,9 @@ def main():
                                  else float("inf") for k, v in expected.items()]
                         row["max_abs_diff"] = max(diffs)
                         row["same_names"] = sorted(got) == sorted(expected)
+                        if os.path.exists(os.path.join(mk_out, "chat_template.jinja")) or os.path.exists(os.path.join(ts_out, "chat_template.jinja")):
+                            rendered = subprocess.run([py, "-c", RENDER, mk_out, ts_out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            row["chat_template_renders_same"] = rendered.stdout.strip() == "same"
                         logits = subprocess.run([py, "-c", LOGITS, mk_out, ts_out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                         if logits.returncode == 0:
                             l = json.loads(logits.stdout)

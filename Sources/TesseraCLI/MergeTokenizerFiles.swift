@@ -86,8 +86,11 @@ enum TokenizerFiles {
                 }
                 text = counts.max { $0.1 < $1.1 }?.0
             } else if template.count < 256, !template.contains("\n"), !template.contains("{") {
-                throw TesseraError(.unsupported, "\(file): chat_template '\(template)' names one of mergekit's bundled templates, which tessera does not ship",
-                                   hint: "write the Jinja template itself in chat_template, or use chat_template: auto")
+                guard let named = namedTemplates[template] else {
+                    throw TesseraError(.unsupported, "\(file): chat_template '\(template)' names one of mergekit's bundled templates, which tessera does not ship",
+                                       hint: "write the Jinja template itself in chat_template, use chatml, or use chat_template: auto")
+                }
+                text = named
             } else if template.count < 20 {
                 throw TesseraError(.invalidParameter, "\(file): chat_template '\(template)' is not a template", hint: "write a Jinja chat template, or auto")
             } else {
@@ -100,6 +103,14 @@ enum TokenizerFiles {
         }
         return result
     }
+
+    /// Named chat templates. ChatML (`<|im_start|>ROLE\nCONTENT<|im_end|>\n` per message, then
+    /// `<|im_start|>assistant\n` for a generation prompt) is written here as its format defines it; it renders every
+    /// conversation as mergekit's bundled `chatml` does (checked by scripts/make_mergekit_config_fixtures.py).
+    static let namedTemplates: [String: String] = [
+        "chatml": "{% for message in messages %}{{ '<|im_start|>' ~ message['role'] ~ '\\n' ~ message['content'] ~ '<|im_end|>\\n' }}{% endfor %}"
+            + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    ]
 
     /// The number of distinct tokens of a tokenizer.json (its model's vocabulary and its added tokens), as
     /// transformers' `len(get_vocab())` counts them; nil when the file is not a tokenizer it can read.

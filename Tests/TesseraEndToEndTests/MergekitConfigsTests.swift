@@ -9,7 +9,7 @@ import TesseraTestSupport
 /// runs each unchanged, from the fixture folder, and gives mergekit's tensors to float32 rounding.
 @Suite struct MergekitConfigsTests {
     static let fixtures = PackagePaths.fixtures + "/mergekit-configs"
-    static let configs = ["fallthrough", "franken", "gpt2-franken", "gradients", "neo-stack", "lora", "lora-rslora", "multi", "slerp-slices", "stack", "steps", "tokenizer", "tokenizer-base", "uneven"]
+    static let configs = ["chatml", "fallthrough", "franken", "gpt2-franken", "gradients", "neo-stack", "lora", "lora-rslora", "multi", "slerp-slices", "stack", "steps", "tokenizer", "tokenizer-base", "uneven"]
 
     static func json(_ path: String) throws -> [String: Any] {
         try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
@@ -91,7 +91,7 @@ import TesseraTestSupport
     @Test(arguments: [
         ("tokenizer_source: union", "the same"),
         ("tokenizer_source: models/other_vocab", "the same"),
-        ("chat_template: chatml", "bundled templates"),
+        ("chat_template: alpaca", "bundled templates"),
     ])
     func tokenizerChoicesItCannotHonourAreRefused(line: String, says: String) throws {
         let s = try Sandbox()
@@ -113,6 +113,18 @@ import TesseraTestSupport
         try "models:\n  - model: padded\nmerge_method: linear\ntokenizer_source: base\nbase_model: padded\n".write(toFile: s.path("c.yml"), atomically: true, encoding: .utf8)
         let r = try s.run("\"$T\" merge --config c.yml -o out", in: s.path(""), check: false)
         #expect(r.status != 0 && r.stderr.contains("the tokenizer has 32 tokens but the embeddings have 40 rows"), "\(r.stderr)")
+    }
+
+    /// A chat template in the output (given, auto or ChatML) renders conversations as mergekit's output does
+    /// (transformers applied both in the fixture script).
+    @Test func chatTemplatesRenderAsMergekits() throws {
+        let byConfig = try #require(try Self.json(Self.fixtures + "/outcomes.json")["configs"] as? [String: [String: Any]])
+        for c in ["chatml", "tokenizer", "tokenizer-base"] {
+            #expect(byConfig[c + ".yml"]?["chat_template_renders_same"] as? Bool == true, "\(c)")
+        }
+        let s = try Sandbox()
+        try s.run("\"$T\" merge --config configs/chatml.yml -o \"\(s.path("out"))\"", in: Self.fixtures)
+        #expect(try String(contentsOfFile: s.path("out/chat_template.jinja"), encoding: .utf8).contains("<|im_start|>"))
     }
 
     @Test func multiDocumentIntermediatesCanBeKept() throws {

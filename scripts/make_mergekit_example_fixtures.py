@@ -25,9 +25,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESSERA = os.environ.get("TESSERA_BIN", os.path.join(ROOT, ".build", "release", "tessera"))
 OUT = os.path.join(ROOT, "Tests", "Fixtures", "mergekit-examples")
 
-# Tiny shapes: 4 layers so that gradients (parameter lists over layers) interpolate.
-SHAPE = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
-             num_key_value_heads=2)
+# Tiny shapes. The Mistral family has 4 layers, so that gradients (parameter lists over layers) interpolate; the
+# Llama 2 13B family has the real model's 40 layers, which the slices examples take ranges of (layer_range [0, 40],
+# [20, 40]), with a smaller hidden size to keep the folder small.
+SHAPES = {
+    "mistral": dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+                    num_key_value_heads=2),
+    "llama": dict(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=40, num_attention_heads=2,
+                  num_key_value_heads=2),
+}
 
 
 def ensure_venv(venv):
@@ -65,10 +71,10 @@ def family(name):
 BASES = {"llama": "TheBloke/Llama-2-13B-fp16", "mistral": "mistralai/Mistral-7B-v0.1"}
 
 
-def tensors_for(arch_seed, noise_seed=None):
+def tensors_for(shape, arch_seed, noise_seed=None):
     import numpy as np
     rng = np.random.default_rng(arch_seed)
-    h, i, v, n = SHAPE["hidden_size"], SHAPE["intermediate_size"], SHAPE["vocab_size"], SHAPE["num_hidden_layers"]
+    h, i, v, n = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["num_hidden_layers"]
     shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
     for l in range(n):
         p = f"model.layers.{l}."
@@ -123,11 +129,11 @@ def make_model(root, name):
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
     base_name = BASES[fam]
-    tensors = tensors_for(seed(base_name), None if name == base_name else seed(name))
+    tensors = tensors_for(SHAPES[fam], seed(base_name), None if name == base_name else seed(name))
     write_safetensors(os.path.join(folder, "model.safetensors"), tensors, {"format": "pt"})
     arch = {"llama": ("LlamaForCausalLM", "llama"), "mistral": ("MistralForCausalLM", "mistral")}[fam]
     config = dict(architectures=[arch[0]], model_type=arch[1], hidden_act="silu", max_position_embeddings=64,
-                  rms_norm_eps=1e-5, tie_word_embeddings=False, torch_dtype="float16", bos_token_id=1, eos_token_id=2, **SHAPE)
+                  rms_norm_eps=1e-5, tie_word_embeddings=False, torch_dtype="float16", bos_token_id=1, eos_token_id=2, **SHAPES[fam])
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -167,9 +173,9 @@ Made by `scripts/make_mergekit_example_fixtures.py` (run it again to remake ever
 - `examples/`: mergekit's example configs, `examples/*.yml` of github.com/arcee-ai/mergekit (LGPL-3.0-only), unchanged
   (identical from v0.1.4 to the 0.1.5 era; the 0.1.5 sdist on PyPI does not ship them).
 - The model folders (`TheBloke/Llama-2-13B-fp16`, `psmathur/orca_mini_v3_13b`, ...): tiny stand-ins written by the
-  script under the names the configs use, so that the configs run unchanged: 4-layer Llama- or Mistral-shaped
-  models (hidden size 16, vocabulary 32), float16, random (numpy, seeded by the name); fine-tunes are their family's
-  base plus noise.
+  script under the names the configs use, so that the configs run unchanged: Mistral-shaped models of 4 layers
+  (hidden size 16) and Llama-2-13B-shaped ones of 40 layers (hidden size 8), vocabulary 32, float16, random (numpy,
+  seeded by the name); fine-tunes are their family's base plus noise.
 - `expected/NAME.safetensors`: mergekit 0.1.5's output for `examples/NAME.yml` (mergekit-yaml, CPU torch);
   `expected/NAME.float32.safetensors`: the same config with `dtype: float32`.
 - `outcomes.json`: each config's outcome in mergekit and in tessera, the largest differences, and the largest
@@ -187,15 +193,21 @@ def main():
     py = ensure_venv(os.path.abspath(a.venv))
     mergekit = os.path.join(os.path.dirname(py), "mergekit-yaml")
     out = os.path.abspath(a.out)
+    sources = sorted(glob.glob(os.path.join(a.examples, "*.yml")))
+    if not sources:
+        sys.exit(f"no *.yml in {a.examples}")
+    # Read before the output folder is remade: --examples may be the fixtures' own examples/ folder.
+    texts = {os.path.basename(c): open(c).read() for c in sources}
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(os.path.join(out, "examples"))
     os.makedirs(os.path.join(out, "expected"))
-    configs = sorted(glob.glob(os.path.join(a.examples, "*.yml")))
-    if not configs:
-        sys.exit(f"no *.yml in {a.examples}")
+    configs = []
+    for base, text in texts.items():
+        configs.append(os.path.join(out, "examples", base))
+        with open(configs[-1], "w") as f:
+            f.write(text)
     names = []
     for c in configs:
-        shutil.copy(c, os.path.join(out, "examples"))
         for n in model_names(yaml.safe_load(open(c))):
             if n not in names:
                 names.append(n)

@@ -33,6 +33,13 @@ final class OutputCheckpoint {
     let reference: ResolvedCheckpoint?
     /// The output dtype when the command sets one (config.json's dtype is then updated to it).
     let dtype: DType?
+    /// The input layer of each output layer when the output's layers are not the reference's (a `slices:` merge):
+    /// config.json's layer count and per-layer lists are written to match.
+    var layerOrigins: [Int]?
+    /// Side files that replace the reference's or are added (a tokenizer from another input, a chat template).
+    var extraSideFiles: [(name: String, bytes: [UInt8])] = []
+    /// Whether `extraSideFiles` hold another model's tokenizer: the reference's tokenizer files are then left out.
+    var replacesTokenizer = false
 
     init(options: CheckpointOutputOptions, target: CheckpointOutputTarget, reference: ResolvedCheckpoint?, dtype: DType?,
          headerReserve: Int) throws {
@@ -59,7 +66,7 @@ final class OutputCheckpoint {
     }
 
     func sideFiles() throws -> [(name: String, bytes: [UInt8])] {
-        guard let reference, let folder = reference.sideFiles else { return [] }
+        guard let reference, let folder = reference.sideFiles else { return extraSideFiles }
         let present = Set(try folder.fileNames())
         var names = CheckpointFolderLayout.sideFileNames
         if reference.layout == .adapter { names.insert(CheckpointFolderLayout.adapterConfigName, at: 0) }
@@ -67,9 +74,55 @@ final class OutputCheckpoint {
         for name in names where present.contains(name) {
             var bytes = try folder.read(name, limit: ResolvedModel.sideFileLimit)
             if name == "config.json", let dtype { bytes = Self.settingDType(dtype, inConfig: bytes) }
+            if name == "config.json", let layerOrigins { bytes = Self.settingLayers(layerOrigins, inConfig: bytes) }
+            if extraSideFiles.contains(where: { $0.name == name }) { continue }
+            if replacesTokenizer, name != "config.json", name != "generation_config.json" { continue }
             out.append((name, bytes))
         }
-        return out
+        return out + extraSideFiles
+    }
+
+    /// config.json with every layer-count key it has (`num_hidden_layers`, `n_layer`, `num_layers`, `n_layers`) set
+    /// to the output's number of layers, as mergekit writes it. Per-layer lists, which mergekit 0.1.5 leaves as they
+    /// were (transformers then refuses the config, or applies the wrong attention to a layer), are rebuilt from the
+    /// layer each output layer comes from: `layer_types` and GPT-Neo's `attention_layers` (one entry per layer) and
+    /// its `attention_types` (`[[types, repeat], ...]`, written back as one run of the per-layer list).
+    static func settingLayers(_ origins: [Int], inConfig bytes: [UInt8]) -> [UInt8] {
+        guard case let .object(pairs)? = try? JSONParser.parse(bytes) else { return bytes }
+        let count = origins.count
+        func perLayer(_ list: [JSONValue]) -> [JSONValue]? {
+            guard origins.allSatisfy({ $0 < list.count }) else { return nil }
+            return origins.map { list[$0] }
+        }
+        var changed = false
+        let updated = pairs.map { key, value -> (String, JSONValue) in
+            if LayerLayout.layerCountKeys.contains(key), let n = value.intValue, n != count {
+                changed = true
+                return (key, .int(count))
+            }
+            if key == "layer_types" || key == "attention_layers", let list = value.arrayValue, let out = perLayer(list) {
+                changed = true
+                return (key, .array(out))
+            }
+            if key == "attention_types", let runs = value.arrayValue {
+                // Expanded as transformers expands it: each [types, n] repeats `types` n times.
+                var expanded: [JSONValue] = []
+                for run in runs {
+                    guard let r = run.arrayValue, r.count == 2, let types = r[0].arrayValue, let n = r[1].intValue, n >= 0, n < 1 << 16 else { return (key, value) }
+                    for _ in 0..<n {
+                        expanded += types
+                        // A real model has at most a few hundred layers; a hostile config must not grow memory.
+                        guard expanded.count <= 1 << 16 else { return (key, value) }
+                    }
+                }
+                guard let out = perLayer(expanded) else { return (key, value) }
+                changed = true
+                return (key, .array([.array([.array(out), .int(1)])]))
+            }
+            return (key, value)
+        }
+        guard changed else { return bytes }
+        return Array((prettyJSON(.object(updated)) + "\n").utf8)
     }
 
     /// config.json with its `torch_dtype` (transformers 4) or `dtype` (transformers 5) set to the output's dtype, as

@@ -33,14 +33,18 @@ struct MergeCommand: ParsableCommand {
         discussion: """
         Methods (mergekit's semantics by default): linear, task_arithmetic, ties,
         dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, slerp, fisher, ours,
-        theirs, base. Inputs (models, --base, a config's model: and base_model:) are
-        safetensors files, Hugging Face folders (single, sharded or PEFT adapter),
-        shard index files, REV:path and REV:folder (read from the object store with no
-        checkout). -o FILE.safetensors writes one file; -o FOLDER writes a Hugging
-        Face folder: the weights (sharded above --max-shard-size), the base model's
-        config and tokenizer files, and a model card. Nothing tessera did not write is
-        replaced. The output records its provenance (method, parameters, inputs and
-        their tensor hashes) in its metadata: `tessera ls` shows it.
+        theirs, base, passthrough. Inputs (models, --base, a config's model: and
+        base_model:) are safetensors files, Hugging Face folders (single, sharded or
+        PEFT adapter), shard index files, REV:path and REV:folder (read from the
+        object store with no checkout); a config's MODEL+ADAPTER applies a LoRA.
+        Configs run as mergekit runs them: models: or slices: (layer stacking and
+        frankenmerges), gradients, filters, tokenizer_source, chat_template, and
+        several documents as mergekit-multi. -o FILE.safetensors writes one file;
+        -o FOLDER writes a Hugging Face folder: the weights (sharded above
+        --max-shard-size), the base model's config and tokenizer files, and a model
+        card. Nothing tessera did not write is replaced. The output records its
+        provenance (method, parameters, inputs and their tensor hashes) in its
+        metadata: `tessera ls` shows it.
         Examples:
           tessera merge --config merge.yml -o merged-model
           tessera merge --method ties --base main:model.safetensors \\
@@ -53,8 +57,11 @@ struct MergeCommand: ParsableCommand {
     @Argument(help: "Models to merge (files, folders, REV:path, REV:folder). Not with --config.")
     var models: [String] = []
 
-    @Option(help: "A mergekit YAML config (merge_method, base_model, models[].model/.parameters, parameters, dtype).")
+    @Option(help: "A mergekit YAML config (see above and docs/commands.md).")
     var config: String?
+
+    @Option(help: ArgumentHelp("A multi-document config's intermediate merges go here, by name, and are reused when present (default: a temporary folder, removed afterwards).", valueName: "dir"))
+    var intermediateDir: String?
 
     @Option(help: "The merge method (see above).")
     var method: String?
@@ -92,6 +99,38 @@ struct MergeCommand: ParsableCommand {
         // Where the output goes is settled first: a refusal must come before any work.
         let target = try outputOptions.target()
         _ = try outputOptions.shardSize()
+        guard let config else { return try merge(nil, target: target) }
+        let text: String
+        do { text = try String(contentsOfFile: config, encoding: .utf8) } catch {
+            throw TesseraError(.notFound, "\(config): cannot read the config", hint: "check the path")
+        }
+        let documents = try MergeConfig.parseDocuments(yaml: text, file: config)
+        guard documents.count > 1 else { return try merge((documents[0], text), target: target) }
+        // mergekit-multi: each named merge is written to the intermediate folder under its name, where later ones
+        // read it; the final one (unnamed) goes to -o.
+        let (order, final) = try MergeConfig.runOrder(documents, file: config)
+        let keep = intermediateDir != nil
+        let folder = intermediateDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("tessera-multi-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { if !keep { try? FileManager.default.removeItem(atPath: folder) } }
+        var names: [String: String] = [:]
+        for d in documents { if let n = d.name { names[n] = folder + "/" + n } }
+        for k in order {
+            let doc = documents[k]
+            if k == final {
+                try merge((doc, text), target: target, names: names)
+            } else {
+                let path = names[doc.name!]!
+                // As mergekit-multi's default (--lazy): a result already in a kept folder is used as it is.
+                if keep, FileManager.default.fileExists(atPath: path + "/config.json") { continue }
+                try merge((doc, text), target: try CheckpointOutputTarget.resolve(path + "/"), names: names)
+            }
+        }
+    }
+
+    /// Runs one merge: a config document (with the text the model card quotes) or the command line's models.
+    /// `names` maps the names of a multi-document config's earlier merges to where they were written.
+    func merge(_ document: (config: MergeConfig, text: String)?, target: CheckpointOutputTarget, names: [String: String] = [:]) throws {
         let resolver = CheckpointResolver(directory: directory)
         defer { resolver.finish() }
         var resolved: [String: ResolvedCheckpoint] = [:]
@@ -100,24 +139,45 @@ struct MergeCommand: ParsableCommand {
             resolved[name] = c
             return c.source
         }
-        var plan: MergePlan
+        // Paths in a config are relative to the current directory (as mergekit runs them), else to the config's folder.
+        func locate(_ spec: String) -> String {
+            if let path = names[spec] { return path }
+            guard let config else { return spec }
+            let beside = URL(fileURLWithPath: config).deletingLastPathComponent().path + "/" + spec
+            if !FileManager.default.fileExists(atPath: spec), !spec.hasPrefix("/"), FileManager.default.fileExists(atPath: beside) { return beside }
+            return spec
+        }
+        /// A config's model reference: a checkpoint, or mergekit's `MODEL+ADAPTER` (a PEFT LoRA adapter applied to
+        /// its model; the output's side files are the model's).
+        func openReference(_ spec: String) throws -> TensorSource {
+            let parts = spec.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count >= 2, !FileManager.default.fileExists(atPath: locate(spec)) else { return try open(locate(spec), as: spec) }
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                throw TesseraError(.invalidParameter, "\(spec): no such file or folder, and not MODEL+ADAPTER (one model, one adapter)",
+                                   hint: "write model: MODEL+ADAPTER, e.g. models/base+adapters/lora")
+            }
+            let model = try resolver.checkpoint(locate(parts[0]))
+            let adapter = try resolver.checkpoint(locate(parts[1]))
+            guard adapter.layout == .adapter, let folder = adapter.sideFiles,
+                  (try folder.fileNames()).contains(CheckpointFolderLayout.adapterConfigName) else {
+                throw TesseraError(.invalidParameter, "\(spec): '\(parts[1])' is not a PEFT adapter folder",
+                                   hint: "MODEL+ADAPTER names a model and a folder with adapter_config.json and adapter_model.safetensors")
+            }
+            let source = try LoRAAppliedSource(base: model.source, adapter: adapter.source,
+                                               adapterConfig: try folder.read(CheckpointFolderLayout.adapterConfigName, limit: 16 << 20), name: spec)
+            var applied = model
+            applied.name = spec
+            applied.source = source
+            resolved[spec] = applied
+            return source
+        }
+        var program: MergeProgram
         let configYAML: String
-        if let config {
-            let text: String
-            do { text = try String(contentsOfFile: config, encoding: .utf8) } catch {
-                throw TesseraError(.notFound, "\(config): cannot read the config", hint: "check the path")
-            }
+        var parsedConfig: MergeConfig?
+        if let (parsed, text) = document {
             configYAML = text
-            let parsed = try MergeConfig.parse(yaml: text, file: config)
-            // Paths in a config are relative to the current directory (as mergekit runs them), else to the config's folder.
-            let folder = URL(fileURLWithPath: config).deletingLastPathComponent().path
-            plan = try parsed.plan { spec in
-                let beside = folder + "/" + spec
-                if !FileManager.default.fileExists(atPath: spec), !spec.hasPrefix("/"), FileManager.default.fileExists(atPath: beside) {
-                    return try open(beside, as: spec)
-                }
-                return try open(spec, as: spec)
-            }
+            parsedConfig = parsed
+            program = try parsed.program { spec in try openReference(spec) }
         } else {
             let w = try Self.list(weights, count: models.count, name: "--weights")
             let d = try Self.list(densities, count: models.count, name: "--densities")
@@ -129,39 +189,68 @@ struct MergeCommand: ParsableCommand {
                 inputs.append(MergeInputModel(name: m, source: try resolved[m]?.source ?? open(m, as: m), parameters: p))
             }
             let baseModel = try base.map { MergeInputModel(name: $0, source: try resolved[$0]?.source ?? open($0, as: $0)) }
-            plan = MergePlan(method: method!, base: baseModel, models: inputs, parameters: try parameterOptions.parsed(),
-                             dtype: try dtype.map(Self.dtype))
+            let plan = MergePlan(method: method!, base: baseModel, models: inputs, parameters: try parameterOptions.parsed(),
+                                 dtype: try dtype.map(Self.dtype))
             configYAML = Self.configYAML(plan)
+            program = MergeProgram(segments: [plan], summaryPlan: plan, outputLayerOrigins: nil, referenceName: plan.base?.name ?? plan.models[0].name)
         }
-        plan = try plan.distributingModelDefaults()
+        program.segments = try program.segments.map { try $0.distributingModelDefaults() }
+        program.summaryPlan = try program.summaryPlan.distributingModelDefaults()
+        if program.segments.count == 1 { program.summaryPlan = program.segments[0] }
+        let plan = program.summaryPlan
+        // The tokenizer choice is checked before the output is started: a refusal leaves nothing behind.
+        var tokenizer = TokenizerFiles.Result()
+        if let parsedConfig, let config {
+            tokenizer = try TokenizerFiles.plan(config: parsedConfig, file: config, reference: program.referenceName) { spec in
+                if let c = resolved[spec] { return c }
+                _ = try openReference(spec)
+                return resolved[spec]!
+            }
+        }
         let started = Date()
-        let referenceInput = plan.base ?? plan.models[0]
-        let reference = referenceInput.source
-        let shapes = reference.tensorNames.map { ($0, reference.tensorInfo($0)?.shape ?? []) }
+        let shapes = program.outputShapes
         // Provenance lists each input's tensor hashes: about 70 bytes per tensor and input, plus the names.
         let inputs = plan.models.count + (plan.base == nil ? 0 : 1)
         let metadataBytes = 8192 + inputs * shapes.reduce(0) { $0 + $1.0.utf8.count + 72 }
-        let output = try OutputCheckpoint(options: outputOptions, target: target, reference: resolved[referenceInput.name],
+        let output = try OutputCheckpoint(options: outputOptions, target: target, reference: resolved[program.referenceName],
                                           dtype: plan.outDType ?? plan.dtype,
                                           headerReserve: SafetensorsStreamWriter.headerEstimate(tensors: shapes, metadataBytes: metadataBytes))
+        output.layerOrigins = program.outputLayerOrigins
+        output.extraSideFiles = tokenizer.files
+        output.replacesTokenizer = tokenizer.replacesTokenizer
         // A bar over the tensors on a terminal (a merge of a large model takes a while); quiet when piped.
         let bar = ProgressReporter(label: "tessera: merging (\(plan.method))", total: shapes.count)
-        let summary = try MergeDriver.run(plan, float32Sink: { name, values, shape in try output.append(name, float32: values, shape: shape) },
-                                          progress: { done, _ in bar.update(completed: done) }) { name, tensor in
-            try output.append(name, tensor)
+        var summary: MergeSummary?
+        var done = 0
+        for segment in program.segments {
+            let before = done
+            let s = try MergeDriver.run(segment, float32Sink: { name, values, shape in try output.append(name, float32: values, shape: shape) },
+                                        progress: { k, _ in bar.update(completed: before + k) }) { name, tensor in
+                try output.append(name, tensor)
+            }
+            done += s.tensorCount
+            if var total = summary {
+                total.tensorCount += s.tensorCount
+                total.parameterCount += s.parameterCount
+                summary = total
+            } else {
+                summary = s
+            }
         }
         bar.finish()
-        let meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: resolver.tensorHash)
+        var meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: resolver.tensorHash)
+        if let parsedConfig, !parsedConfig.slices.isEmpty { meta.append(("tessera.merge.slices", Self.slicesJSON(parsedConfig).serialized())) }
         let ordered = ([plan.base?.name].compactMap { $0 } + plan.models.map(\.name)).compactMap { resolved[$0] }
         let written = try output.finish(metadata: meta, card: Self.card(plan: plan, metadata: meta, configYAML: configYAML, inputs: ordered))
+        let summaryOut = summary!
         let seconds = Date().timeIntervalSince(started)
         if json {
-            printJSON(.object([("output", .string(target.path)), ("method", .string(summary.method)), ("tensors", .int(summary.tensorCount)),
-                               ("parameters", .int(summary.parameterCount)), ("seconds", .double(seconds)),
+            printJSON(.object([("output", .string(target.path)), ("method", .string(summaryOut.method)), ("tensors", .int(summaryOut.tensorCount)),
+                               ("parameters", .int(summaryOut.parameterCount)), ("seconds", .double(seconds)),
                                ("files", .array(written.files.map { .string($0) }))]))
         } else {
-            print(String(format: "merged %d tensors (%d parameters) with %@ into %@ in %.2f s", summary.tensorCount, summary.parameterCount,
-                         summary.method, output.describe(written), seconds))
+            print(String(format: "merged %d tensors (%d parameters) with %@ into %@ in %.2f s", summaryOut.tensorCount, summaryOut.parameterCount,
+                         summaryOut.method, output.describe(written), seconds))
         }
     }
 
@@ -184,6 +273,18 @@ struct MergeCommand: ParsableCommand {
         return ModelCard(title: "", baseModels: OutputCheckpoint.hubIDs(inputs), libraryName: "transformers", summary: summary,
                          inputs: listed, parameters: .object(parameters), configYAML: configYAML,
                          configHeading: "Configuration (mergekit YAML; `tessera merge --config` runs it)")
+    }
+
+    /// The slices of a `slices:` config for provenance: each slice's method, base and sources with their layers.
+    static func slicesJSON(_ config: MergeConfig) -> JSONValue {
+        .array(config.slices.map { s in
+            var pairs: [(String, JSONValue)] = []
+            if let b = s.baseModel ?? config.baseModel { pairs.append(("base_model", .string(b))) }
+            pairs.append(("sources", .array(s.sources.map { src in
+                .object([("model", .string(src.model)), ("layer_range", .array([.int(src.layers.lowerBound), .int(src.layers.upperBound)]))])
+            })))
+            return .object(pairs)
+        })
     }
 
     /// A mergekit config equivalent to a command-line merge.

@@ -150,6 +150,15 @@ final class MergeJob {
         floatTensorNames = names.filter { n in reference.source.tensorInfo(n).map { MergeJob.isMergeable($0.dtype) } ?? false }
     }
 
+    /// The tensor's t for gradients: the plan's own table (slices), else from the names.
+    func position(_ name: String) -> Double { plan.layerPositions?[name] ?? positions.position(name) }
+
+    /// The name a model's parameter filters see: the tensor's name in that model (mergekit filters each input's
+    /// parameters by the input tensor's name, which a slice's renumbering changes).
+    func inputName(_ m: MergeInputModel, _ name: String) -> String {
+        (m.source as? LayerSliceSource)?.originalName(name) ?? name
+    }
+
     static func isMergeable(_ d: DType) -> Bool { [.f32, .f16, .bf16, .f64].contains(d) }
 
     func outputDType(_ name: String) -> DType {
@@ -185,7 +194,7 @@ final class MergeJob {
 
     func globalParameters(_ name: String) throws -> MergeParameters {
         try MergeParameters.resolve(plan.parameters, definitions: type.globalParameters, tensor: name,
-                                    layerPosition: positions.position(name), method: type.name, scope: "global")
+                                    layerPosition: position(name), method: type.name, scope: "global")
     }
 
     /// Integer and other non-float tensors (position ids, masks) are not merged: taken as they are when every input
@@ -211,7 +220,7 @@ final class MergeJob {
         let info = try referenceInput.source.requireInfo(name)
         guard MergeJob.isMergeable(info.dtype) else { return nil }
         let reference = (name: referenceInput.name, dtype: info.dtype, shape: info.shape)
-        let t = positions.position(name)
+        let t = position(name)
         var storage: [ViewedInput.Storage] = []
         var modelParameters: [MergeParameters] = []
         for (i, m) in plan.models.enumerated() {
@@ -225,7 +234,7 @@ final class MergeJob {
                     storage.append(.array(try load(m, name, reference: reference)))
                 }
             }
-            modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: name,
+            modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: inputName(m, name),
                                                                layerPosition: t, method: type.name, scope: "model '\(m.name)'"))
         }
         return ViewedInput(name: name, shape: info.shape, storage: storage, modelParameters: modelParameters,
@@ -293,7 +302,7 @@ final class MergeJob {
         let referenceInput = plan.base ?? plan.models[0]
         let info = try referenceInput.source.requireInfo(name)
         let reference = (name: referenceInput.name, dtype: info.dtype, shape: info.shape)
-        let t = positions.position(name)
+        let t = position(name)
         let needsBase = plan.base != nil && (type.baseUse != .ignored || isBase.contains(true))
         let preloaded = try loadConcurrently(name, reference: reference, needsBase: needsBase)
         var base: [Float]? = nil
@@ -312,7 +321,7 @@ final class MergeJob {
             } else {
                 models.append(try load(m, name, reference: reference))
             }
-            modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: name,
+            modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: inputName(m, name),
                                                                layerPosition: t, method: type.name, scope: "model '\(m.name)'"))
         }
         var fishers: [[Float]]? = nil

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import TesseraCore
 import TesseraIO
 
@@ -30,11 +27,16 @@ public enum MergeValue: Sendable, Equatable, CustomStringConvertible {
 /// A parameter as written in a config, which (as in mergekit) may vary with the tensor:
 /// - `.value`: the same for every tensor;
 /// - `.gradient`: a list of numbers interpolated linearly by the tensor's layer position t in [0, 1];
+/// - `.steps`: a list with non-numbers (booleans, strings), of which entry ⌊t·(n−1)⌋ is taken;
 /// - `.filtered`: a list of `{filter, value}`; the first entry whose filter matches the tensor name wins (the filter
-///   matches as the glob `*filter*`; an entry without filter, or with filter `*`, matches every tensor).
+///   matches when it is a substring of the tensor's name, as mergekit 0.1.5 tests it (`filter in tensor_name`, no
+///   wildcards: `self_attn` matches `model.layers.3.self_attn.q_proj.weight`); an entry without filter, or with
+///   filter `*`, matches every tensor).
 public indirect enum ParameterSetting: Sendable, Equatable {
     case value(MergeValue)
     case gradient([Double])
+    /// A list of non-numbers (booleans, strings): mergekit picks entry ⌊t·(n−1)⌋, without interpolating.
+    case steps([MergeValue])
     case filtered([FilteredSetting])
 
     public static func number(_ d: Double) -> ParameterSetting { .value(.number(d)) }
@@ -53,13 +55,25 @@ public indirect enum ParameterSetting: Sendable, Equatable {
             let i0 = Int(scaled.rounded(.down)), i1 = min(points.count - 1, i0 + 1)
             let frac = scaled - Double(i0)
             return .number((1 - frac) * points[i0] + frac * points[i1])
+        case let .steps(values):
+            guard !values.isEmpty else { return nil }
+            return values[min(values.count - 1, Int((min(max(t, 0), 1) * Double(values.count - 1)).rounded(.down)))]
         case let .filtered(entries):
             for e in entries {
                 guard let f = e.filter, f != "*" else { return e.value.evaluate(tensor: name, layerPosition: t) }
-                if GlobMatch.matches("*" + f + "*", name) { return e.value.evaluate(tensor: name, layerPosition: t) }
+                if !name.isEmpty, name.contains(f) { return e.value.evaluate(tensor: name, layerPosition: t) }
             }
             return nil
         }
+    }
+
+    /// This setting where it gives a value for a tensor, else `other`. mergekit looks a parameter up scope by scope
+    /// (a model's own, the slice's, the config's) and takes the first scope that gives a value for the tensor: a
+    /// filter list that matches nothing falls through to the next scope instead of leaving the parameter unset.
+    public func fallingBack(to other: ParameterSetting) -> ParameterSetting {
+        guard case let .filtered(entries) = self else { return self }
+        if entries.contains(where: { $0.filter == nil || $0.filter == "*" }) { return self }
+        return .filtered(entries + [FilteredSetting(filter: nil, value: other)])
     }
 
     /// JSON form for provenance: the setting as written, so that a merge can be replayed.
@@ -67,6 +81,7 @@ public indirect enum ParameterSetting: Sendable, Equatable {
         switch self {
         case let .value(v): return v.json
         case let .gradient(p): return .array(p.map { JSONValue.double($0) })
+        case let .steps(values): return .array(values.map(\.json))
         case let .filtered(entries):
             return .array(entries.map { e in
                 var pairs: [(String, JSONValue)] = []
@@ -176,14 +191,6 @@ public struct MergeParameters: Sendable, Equatable {
     }
 }
 
-/// The glob matching mergekit uses for parameter filters (Python's fnmatch: `*`, `?`, `[...]`, `[!...]`, no
-/// backslash escapes): fnmatch(3) with FNM_NOESCAPE.
-enum GlobMatch {
-    static func matches(_ pattern: String, _ text: String) -> Bool {
-        fnmatch(pattern, text, FNM_NOESCAPE) == 0
-    }
-}
-
 /// The layer position t in [0, 1] that gradient parameters are interpolated at: the tensor's layer index (the first
 /// purely numeric component of its dotted name, e.g. `model.layers.7.mlp...`) over the number of layers minus one.
 /// Tensors outside the layers sit at t = 0, before and after the layers, as mergekit 0.1.5 places them.
@@ -202,12 +209,13 @@ public struct LayerPositions: Sendable {
         return nil
     }
 
-    /// A tensor's position t ∈ [0, 1] for gradients: layer index / (layers − 1) inside the layers; 0 outside them,
+    /// A tensor's position t ∈ [0, 1] for gradients: layer index / (layers − 1) inside the layers (1 for a model of
+    /// one layer, as mergekit's planner sets it); 0 outside them,
     /// for the weights before the layers (embeddings) and, as mergekit 0.1.5 evaluates them, after (final norm,
     /// lm_head: mergekit's planner reads them with the module's t = 0 since its commit fd5eb19; before, it used 1).
     public func position(_ name: String) -> Double {
         if let i = LayerPositions.layerIndex(name) {
-            return layerCount > 1 ? Double(i) / Double(layerCount - 1) : 0
+            return layerCount > 1 ? Double(i) / Double(layerCount - 1) : 1
         }
         return 0
     }

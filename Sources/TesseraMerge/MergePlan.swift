@@ -37,6 +37,9 @@ public struct MergePlan {
     public var dtype: DType?
     /// mergekit's `out_dtype`.
     public var outDType: DType?
+    /// Each tensor's position t in [0, 1] for gradient parameters, when the plan sets them (a slice of a
+    /// frankenmerge: t runs over the slice's layers). nil: from the tensor names (`LayerPositions`).
+    public var layerPositions: [String: Double]?
 
     public init(method: String, base: MergeInputModel? = nil, models: [MergeInputModel], parameters: [String: ParameterSetting] = [:],
                 dtype: DType? = nil, outDType: DType? = nil) {
@@ -57,8 +60,9 @@ public struct MergePlan {
 
 extension MergePlan {
     /// mergekit lets per-model parameters stand at the top level as defaults for every model (`parameters:
-    /// {density: 0.5}` beside `models:`); this moves such entries into each model that does not set them, so that
-    /// methods see them where they look for them.
+    /// {density: 0.5}` beside `models:`); this moves such entries into each model that does not set them (or whose
+    /// filter list leaves a tensor unset, as mergekit falls through to the next scope), so that methods see them
+    /// where they look for them.
     public func distributingModelDefaults() throws -> MergePlan {
         let type = try MergeRegistry.method(named: method)
         let globalNames = Set(type.globalParameters.flatMap { [$0.name] + $0.aliases })
@@ -66,10 +70,40 @@ extension MergePlan {
         var out = self
         for (key, value) in parameters where !globalNames.contains(key) && modelNames.contains(key) {
             out.parameters.removeValue(forKey: key)
-            for k in out.models.indices where out.models[k].parameters[key] == nil {
-                out.models[k].parameters[key] = value
+            for k in out.models.indices {
+                out.models[k].parameters[key] = out.models[k].parameters[key]?.fallingBack(to: value) ?? value
             }
         }
         return out
+    }
+}
+
+/// A config as the merges that make its output, run one after another into the same checkpoint: one plan for a
+/// `models:` config, one per slice for a `slices:` config (each over views of its sources' layers, renumbered).
+public struct MergeProgram {
+    public var segments: [MergePlan]
+    /// The plan provenance and the model card describe: the config's method, base and every distinct input, whole.
+    public var summaryPlan: MergePlan
+    /// The output's number of layers when it differs from the inputs' (slices); its config.json is written to match.
+    public var outputLayers: Int? { outputLayerOrigins?.count }
+    /// For each output layer, the input layer it comes from (the first source of its slice): per-layer config
+    /// lists (`layer_types`, GPT-Neo's `attention_types`) are rebuilt from it. nil for a `models:` config.
+    public var outputLayerOrigins: [Int]?
+    /// The input whose config and tokenizer files a folder output takes (the base model, else the first input).
+    public var referenceName: String
+
+    public init(segments: [MergePlan], summaryPlan: MergePlan, outputLayerOrigins: [Int]?, referenceName: String) {
+        self.segments = segments
+        self.summaryPlan = summaryPlan
+        self.outputLayerOrigins = outputLayerOrigins
+        self.referenceName = referenceName
+    }
+
+    /// Every output tensor's name and shape, in output order (sinks reserve their header from it).
+    public var outputShapes: [(String, [Int])] {
+        segments.flatMap { p -> [(String, [Int])] in
+            let r = (p.base ?? p.models[0]).source
+            return r.tensorNames.map { ($0, r.tensorInfo($0)?.shape ?? []) }
+        }
     }
 }

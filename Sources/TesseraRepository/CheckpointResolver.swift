@@ -85,8 +85,8 @@ public final class CheckpointResolver {
             return try revisions.checkpoint(spec, resolver: self)
         }
         if spec.contains("+") {
-            throw TesseraError(.unsupported, "\(spec): no such file or folder (mergekit's MODEL+LORA form is not supported)",
-                               hint: "merge the LoRA into its model first, or name the adapter folder itself")
+            throw TesseraError(.unsupported, "\(spec): no such file or folder (mergekit's MODEL+LORA form is read in merge configs only)",
+                               hint: "use it as a config's model: (tessera merge --config), merge the LoRA into its model first, or name the adapter folder itself")
         }
         if ModelCard.hubID(spec) != nil && !spec.hasSuffix(".safetensors") {
             throw TesseraError(.notFound, "\(spec): no such file or folder (tessera reads local checkpoints; it does not download from the Hugging Face Hub)",

@@ -13,9 +13,9 @@ import TesseraTestSupport
     static let outcomes: [String: (tessera: String, names: String?)] = [
         "arcee_fusion.yml": ("merged", nil),
         "bio-merge.yml": ("merged", nil),
-        "gradient-slerp.yml": ("refused", "'slices'"),
+        "gradient-slerp.yml": ("merged", nil),
         "linear.yml": ("merged", nil),
-        "orcamini-platy-44layer.yml": ("refused", "'slices'"),
+        "orcamini-platy-44layer.yml": ("merged", nil),
         "ties.yml": ("merged", nil),
     ]
 
@@ -38,7 +38,9 @@ import TesseraTestSupport
             let row = try #require(byConfig[config])
             #expect((row["tessera_files"] as? [String])?.contains("model.safetensors.index.json") == true, "\(config)")
             let diff = try #require(row["transformers_max_logit_diff"] as? Double, "\(config): transformers did not load the output")
-            #expect(diff < (config == "linear.yml" ? 1e-3 : 0.5), "\(config): logits differ by \(diff)")
+            // The slices examples (SLERP with gradients, passthrough stacking) match mergekit's exactly.
+            let exact = ["gradient-slerp.yml", "orcamini-platy-44layer.yml"].contains(config)
+            #expect(diff <= (exact ? 0 : config == "linear.yml" ? 1e-3 : 0.5), "\(config): logits differ by \(diff)")
         }
     }
 
@@ -76,9 +78,20 @@ import TesseraTestSupport
         }
     }
 
+    /// A frankenmerge's output has the layers its slices stack, renumbered from 0, and config.json says how many.
+    @Test func layerStackingWritesTheLayerCount() throws {
+        let s = try Sandbox()
+        try s.run("\"$T\" merge --config examples/orcamini-platy-44layer.yml -o \"\(s.path("out"))\"", in: Self.fixtures)
+        let config = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: s.path("out/config.json")))) as? [String: Any])
+        #expect(config["num_hidden_layers"] as? Int == 44)
+        let names = try Checkpoints.tensors(s.path("out")).keys
+        #expect(names.contains("model.layers.43.mlp.down_proj.weight") && !names.contains("model.layers.44.mlp.down_proj.weight"))
+        #expect(names.count == 3 + 44 * 9)
+    }
+
     /// The same configs computing in float32 on both sides (their dtype line changed): bit for bit mergekit's (ties
     /// at TIES's density threshold resolved as torch's sort resolves them, linear's sums fused as torch's addcmul_).
-    @Test(arguments: ["arcee_fusion", "bio-merge", "linear", "ties"])
+    @Test(arguments: ["arcee_fusion", "bio-merge", "gradient-slerp", "linear", "orcamini-platy-44layer", "ties"])
     func exampleInFloat32MatchesMergekit(stem: String) throws {
         let s = try Sandbox()
         let text = try String(contentsOfFile: Self.fixtures + "/examples/\(stem).yml", encoding: .utf8)

@@ -22,7 +22,7 @@ import TesseraTestSupport
         #expect(bf.dtype == .bf16)
     }
 
-    @Test(arguments: ["slices", "tokenizer_source"])
+    @Test(arguments: ["modules"])
     func unsupportedKeysAreRefused(key: String) throws {
         let yaml = """
         merge_method: linear

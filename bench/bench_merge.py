@@ -6,6 +6,8 @@ Prints wall time (median of --repeat runs, default 3, for both tools) and peak R
 that both tools' outputs agree.
 `--baseline BIN` times another tessera binary (the previous release) on the same merges in the same run, interleaved
 with this one, and checks that no merge got slower by more than 5%.
+Rows for model_stock, DELLA (random drops: compared by the fraction of entries kept) and a `slices` frankenmerge
+run mergekit-yaml on the same checkpoints as Hugging Face GPT-2 folders.
 Usage: bench/bench_merge.py [--workdir DIR] [--repeat N] [--baseline BIN]
 """
 import argparse, json, os, shutil, struct, subprocess, sys, time
@@ -61,6 +63,96 @@ def max_rel_diff(a, b):
         scale = np.maximum(np.abs(b[k].astype(np.float64)), 1e-6)
         worst = max(worst, float(np.max(d / scale)))
     return worst
+
+def git_merge_phases(path):
+    """Seconds of the phases of a traced `git merge` (GIT_TRACE2_EVENT): the index refresh before merging (git
+    re-reads a file whose mtime is as new as the index through the clean filter), the merge driver process, and the
+    checkout of the merged file (git runs the smudge filter and writes the file)."""
+    if not os.path.exists(path):
+        return {}
+    events = [json.loads(line) for line in open(path) if line.strip()]
+    out, starts = {}, {}
+    for e in events:
+        kind = e.get("event")
+        if kind == "child_start" and any("merge-driver" in a for a in e.get("argv", [])):
+            starts[e["child_id"]] = "merge driver"
+        elif kind == "child_exit" and e.get("child_id") in starts and "t_rel" in e:
+            name = starts.pop(e["child_id"])
+            out[name] = out.get(name, 0) + e["t_rel"]
+        elif kind == "region_leave" and e.get("category") == "index" and e.get("label") == "refresh" and e.get("t_rel", 0) > 0.01:
+            out["index refresh"] = out.get("index refresh", 0) + e["t_rel"]
+        elif kind == "region_leave" and e.get("category") == "merge" and e.get("label") == "checkout":
+            out["checkout (smudge + write)"] = e["t_rel"]
+    return out
+
+def hf_folders(work, files):
+    """The checkpoints as Hugging Face GPT-2 folders (config.json + model.safetensors, a hard link), for mergekit-yaml
+    and for tessera's architecture-aware configs."""
+    out = {}
+    for n, path in files.items():
+        folder = os.path.join(work, f"hf-{n}")
+        os.makedirs(folder, exist_ok=True)
+        target = os.path.join(folder, "model.safetensors")
+        if not os.path.exists(target):
+            os.link(path, target)
+        config = dict(architectures=["GPT2LMHeadModel"], model_type="gpt2", n_layer=12, n_head=12, n_embd=768,
+                      n_positions=1024, n_ctx=1024, vocab_size=50257, torch_dtype="float32")
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(config, f)
+        out[n] = folder
+    return out
+
+def yaml_rows(folders):
+    """(row name, mergekit config, whether the method draws random numbers)."""
+    return [
+        ("model_stock", {"merge_method": "model_stock", "base_model": folders["base"], "dtype": "float32",
+                         "models": [{"model": folders["ft1"]}, {"model": folders["ft2"]}, {"model": folders["ft3"]}]}, False),
+        ("della", {"merge_method": "della", "base_model": folders["base"], "dtype": "float32",
+                   "parameters": {"density": 0.5, "epsilon": 0.1, "lambda": 1.0},
+                   "models": [{"model": folders["ft1"], "parameters": {"weight": 1.0}},
+                              {"model": folders["ft2"], "parameters": {"weight": 1.0}}]}, True),
+        ("slices", {"merge_method": "passthrough", "dtype": "float32",
+                    "slices": [{"sources": [{"model": folders["ft1"], "layer_range": [0, 8]}]},
+                               {"sources": [{"model": folders["ft2"], "layer_range": [4, 12]}]}]}, False),
+    ]
+
+def load_output(path):
+    """Every tensor of an output file, or of every safetensors file of an output folder. Names are compared without
+    GPT-2's `transformer.` prefix: mergekit writes its architecture's canonical names (`transformer.h.0...`), tessera
+    keeps the inputs' (`h.0...`, as the checkpoints on the Hub have them); transformers loads both."""
+    files = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")] if os.path.isdir(path) else [path]
+    out = {}
+    for f in files:
+        out.update({k.removeprefix("transformer."): v for k, v in load(f).items()})
+    return out
+
+def yaml_row(work, name, cfg, random_draws, mergekit_yaml, a):
+    import yaml
+    cfg_path = os.path.join(work, f"cfg-{name}.yml")
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    out_t, out_m = os.path.join(work, f"out-tessera-{name}"), os.path.join(work, f"out-mergekit-{name}")
+    def run(cmd, out):
+        def go():
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run(["sync"])
+            return timed(cmd)
+        return go
+    tw, tr = repeated(run([TESSERA, "merge", "--config", cfg_path, "-o", out_t], out_t), a.repeat)
+    mw, mr = repeated(run([mergekit_yaml, cfg_path, out_m, "--no-copy-tokenizer", "--no-write-model-card"], out_m), a.repeat)
+    t, m = load_output(out_t), load_output(out_m)
+    row = dict(merge=name, tessera_s=tw, tessera_rss_mb=tr, mergekit_s=mw, mergekit_rss_mb=mr)
+    if set(t) != set(m):
+        row["max_rel_diff"] = float("inf")
+    elif random_draws:
+        # Both draw their drops from their own generators: compare what the draws must agree on, the fraction of
+        # task-vector entries kept (as a relative difference).
+        base = load_output(cfg["base_model"])
+        kept = lambda out: sum(int(np.count_nonzero(out[k] != base[k])) for k in out) / sum(out[k].size for k in out)
+        row["max_rel_diff"] = abs(kept(t) - kept(m)) / max(kept(m), 1e-12)
+    else:
+        row["max_rel_diff"] = max_rel_diff(t, m)
+    return row
 
 def main():
     ap = argparse.ArgumentParser()
@@ -125,6 +217,13 @@ def main():
                 row.update(mergekit_s=mw, mergekit_rss_mb=mr, max_rel_diff=max_rel_diff(load(out_t), merged))
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
+    # Methods and configs that need mergekit-yaml (model folders with an architecture): model_stock, DELLA, and a
+    # slices frankenmerge (layers 0-8 of one fine-tune stacked on layers 4-12 of another: 16 layers).
+    if mergekit:
+        folders = hf_folders(work, files)
+        for name, cfg, random_draws in yaml_rows(folders):
+            rows.append(yaml_row(work, name, cfg, random_draws, os.path.join(os.path.dirname(mergekit), "mergekit-yaml"), a))
+            print(json.dumps(rows[-1]), file=sys.stderr)
     # git merge of two fine-tuned branches (TIES through the merge driver) vs the offline merge of the same revisions.
     repo = os.path.join(work, "repo-merge")
     shutil.rmtree(repo, ignore_errors=True)
@@ -137,10 +236,13 @@ def main():
     sh(f'git switch -q -c b main && cp {files["ft2"]} model.safetensors && git commit -qam b && git switch -q a')
     offline_out = os.path.join(work, "offline.safetensors")
     a_commit = subprocess.run(["git", "rev-parse", "a"], cwd=repo, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
-    def git_merge_run():
+    trace = os.path.join(work, "git-merge-trace2.json")
+    def git_merge_run(traced=False):
         sh(f"git reset -q --hard {a_commit}")  # back to branch a before the merge (the merge's objects stay stored)
         subprocess.run(["sync"])
-        return timed(["git", "merge", "-q", "--no-edit", "b"], cwd=repo, env=env)
+        if traced and os.path.exists(trace):
+            os.remove(trace)
+        return timed(["git", "merge", "-q", "--no-edit", "b"], cwd=repo, env=dict(env, GIT_TRACE2_EVENT=trace) if traced else env)
     def offline_run():
         if os.path.exists(offline_out):
             os.remove(offline_out)
@@ -149,7 +251,8 @@ def main():
                       "b:model.safetensors", "--param", "density=0.5", "-o", offline_out], cwd=repo, env=env)
     # The first git merge stores the merged tensors; later ones find them stored. Both are timed: the first is the
     # user's case.
-    first_gw, _ = git_merge_run()
+    first_gw, _ = git_merge_run(traced=True)
+    phases = git_merge_phases(trace)
     pairs = [(git_merge_run()[0], offline_run()[0]) for _ in range(a.repeat)]
     gw = sorted(p[0] for p in pairs)[len(pairs) // 2]
     ow = sorted(p[1] for p in pairs)[len(pairs) // 2]
@@ -171,11 +274,18 @@ def main():
     if a.baseline:
         print(f"{'merge':12}{'tessera s':>11}{'baseline s':>12}{'ratio':>8}{'RSS MB':>9}{'baseline':>10}  identical output")
         for r in rows:
+            if "baseline_s" not in r:
+                continue  # rows the previous release cannot run (methods and configs new since)
             print(f"{r['merge']:12}{r['tessera_s']:11.2f}{r['baseline_s']:12.2f}{r['tessera_s'] / r['baseline_s']:8.3f}"
                   f"{r['tessera_rss_mb']:9.0f}{r['baseline_rss_mb']:10.0f}  {r['baseline_identical']}")
             checks.append((f"{r['merge']}: tessera / baseline wall time", r["tessera_s"] / r["baseline_s"], 1.05))
     print(f"git merge of two fine-tuned branches (TIES, merge driver): first {first_gw:.2f} s, median {gw:.2f} s; "
           f"offline `tessera merge` of the same revisions: {ow:.2f} s; results identical: {equal}")
+    if phases:
+        rest = first_gw - sum(phases.values())
+        print("first git merge, by phase (git's trace2): " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()) + f", rest {rest:.2f} s")
+        if "merge driver" in phases:
+            checks.append(("merge driver (first git merge) / offline merge wall time", phases["merge driver"] / ow, 1.2))
     checks.append(("git merge (first, storing the merged tensors) / offline merge wall time", first_gw / ow, 1.2))
     checks.append(("git merge and offline merge give different tensors (0 = identical)", 0.0 if equal else 1.0, 0.0))
     passed = 0

@@ -165,7 +165,7 @@ enum TaskArithmeticKernel {
     /// ‖x‖₁ as mergekit's `tensor.abs().sum()` gives it: in float32 in torch's summation order, in a 16-bit dtype a
     /// double sum rounded once to it.
     static func l1(_ x: [Float], _ r: TorchRounding) -> Float {
-        if r.isIdentity { return TorchReductions.sum(x.map { abs($0) }) }
+        if r.isIdentity { return x.withUnsafeBufferPointer { TorchReductions.sumOfMagnitudes($0) } }
         return r.reduced(x.withUnsafeBufferPointer { MergeKernels.l1($0) })
     }
 

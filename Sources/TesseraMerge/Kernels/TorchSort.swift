@@ -11,14 +11,16 @@ import TesseraMath
 /// percent of the tensor. This file replays that algorithm step for step (checked against torch 2.13's argsort on
 /// tensors with and without ties, ascending and descending), but only when it matters: when the elements tied at a
 /// cut all fall on the same side of it, the kept set is unique and the O(n) radix select decides it alone.
-enum TorchSort {
+///
+/// Public so that the tests can check the replay against torch's own orders.
+public enum TorchSort {
     struct Pair {
         var key: Float
         var index: UInt32
     }
 
     /// Indices of `keys` in the order torch's `sort(keys, descending:)` returns them (non-stable CPU sort).
-    static func order(_ keys: UnsafeBufferPointer<Float>, descending: Bool) -> [UInt32] {
+    public static func order(_ keys: UnsafeBufferPointer<Float>, descending: Bool) -> [UInt32] {
         let n = keys.count
         let pairs = UnsafeMutablePointer<Pair>.allocate(capacity: max(n, 1))
         defer { pairs.deallocate() }
@@ -161,7 +163,7 @@ enum TorchSort {
 
     /// Keeps the `k` largest-magnitude entries as mergekit's `magnitude` sparsifier picks them
     /// (`argsort(|x|, descending=True)[:k]`) and zeroes the rest, in place. `k` in 1...count.
-    static func keepTopK(_ x: UnsafeMutableBufferPointer<Float>, k: Int) {
+    public static func keepTopK(_ x: UnsafeMutableBufferPointer<Float>, k: Int) {
         let n = x.count
         if k >= n { return }
         let t = MagnitudeSelect.threshold(UnsafeBufferPointer(x), rank: k - 1, descending: true)
@@ -181,7 +183,7 @@ enum TorchSort {
     /// Keeps ranks `lower..<upper` of the ascending magnitude order as mergekit's `magnitude_outliers` (breadcrumbs)
     /// picks them (`sort(|x|).indices[lower:upper]`) and zeroes the rest, in place; returns the number kept.
     @discardableResult
-    static func keepAscendingRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int) -> Int {
+    public static func keepAscendingRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int) -> Int {
         let n = x.count
         let lo = max(0, min(lower, n)), hi = max(lo, min(upper, n))
         // A cut at rank r splits ties only when elements of rank r's magnitude also sit below r.

@@ -81,9 +81,73 @@ public enum TorchSort {
         }
     }
 
+    /// Elements per block of the block partition (its loops are written out for 128).
+    static let block = 128
+
+    /// libstdc++'s `__unguarded_partition`: Hoare's scheme, which swaps the k-th element from the left that is not
+    /// less than the pivot with the k-th from the right that the pivot is not less than, for k = 1, 2, … until the two
+    /// cross. On a long range the pairs are found a block at a time without branches (BlockQuicksort's scheme), which
+    /// swaps exactly the same pairs in the same order (every left block lies before every right block, so each pair
+    /// is swapped by Hoare's loop too); the scalar loop then resumes after the last pair swapped, where Hoare's loop
+    /// would be, and finds the crossing. The result is the scalar loop's, element for element.
     static func unguardedPartition(_ a: UnsafeMutablePointer<Pair>, _ first0: Int, _ last0: Int, pivot: Int) -> Int {
         var first = first0, last = last0
         let p = a[pivot]
+        if last0 - first0 >= 4 * block {
+            let pk = p.key
+            let offsets = UnsafeMutablePointer<UInt8>.allocate(capacity: 2 * block)
+            defer { offsets.deallocate() }
+            let offL = offsets, offR = offsets + block
+            var lb = first0, rb = last0
+            var numL = 0, startL = 0, numR = 0, startR = 0
+            var lastL = -1, lastR = -1
+            while rb - lb >= 2 * block {
+                if numL == 0 {
+                    startL = 0
+                    let base = a + lb
+                    var i = 0
+                    while i < 128 {
+                        // Branch-free: the offset is written, and kept only when the element is a violator.
+                        offL[numL] = UInt8(truncatingIfNeeded: i); numL &+= base[i].key < pk ? 0 : 1
+                        offL[numL] = UInt8(truncatingIfNeeded: i &+ 1); numL &+= base[i &+ 1].key < pk ? 0 : 1
+                        offL[numL] = UInt8(truncatingIfNeeded: i &+ 2); numL &+= base[i &+ 2].key < pk ? 0 : 1
+                        offL[numL] = UInt8(truncatingIfNeeded: i &+ 3); numL &+= base[i &+ 3].key < pk ? 0 : 1
+                        i &+= 4
+                    }
+                }
+                if numR == 0 {
+                    startR = 0
+                    let top = a + (rb &- 128)  // the block's elements, read from its end
+                    var i = 0
+                    while i < 128 {
+                        offR[numR] = UInt8(truncatingIfNeeded: i); numR &+= pk < top[127 &- i].key ? 0 : 1
+                        offR[numR] = UInt8(truncatingIfNeeded: i &+ 1); numR &+= pk < top[126 &- i].key ? 0 : 1
+                        offR[numR] = UInt8(truncatingIfNeeded: i &+ 2); numR &+= pk < top[125 &- i].key ? 0 : 1
+                        offR[numR] = UInt8(truncatingIfNeeded: i &+ 3); numR &+= pk < top[124 &- i].key ? 0 : 1
+                        i &+= 4
+                    }
+                }
+                let num = min(numL, numR)
+                if num > 0 {
+                    let left = a + lb, right = a + (rb &- 1)
+                    var j = 0
+                    while j < num {
+                        let l = left + Int(offL[startL &+ j]), r = right - Int(offR[startR &+ j])
+                        let t = l.pointee; l.pointee = r.pointee; r.pointee = t
+                        j &+= 1
+                    }
+                    lastL = lb + Int(offL[startL + num - 1])
+                    lastR = rb - 1 - Int(offR[startR + num - 1])
+                }
+                numL -= num; numR -= num; startL += num; startR += num
+                if numL == 0 { lb += block }
+                if numR == 0 { rb -= block }
+            }
+            if lastL >= 0 {
+                first = lastL + 1
+                last = lastR
+            }
+        }
         while true {
             while less(a[first], p) { first += 1 }
             last -= 1
@@ -217,6 +281,19 @@ public enum TorchSort {
         var lg = 0
         while (1 << (lg + 1)) <= n { lg += 1 }
         select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
+        if lower == 0 && descending && upper < n {
+            // A top-k: every magnitude above the one tied at the cut is kept and every one below it dropped (a
+            // parallel pass, instead of scattered writes for most of the tensor); of the tied ones, those torch puts
+            // at ranks ≥ k are dropped. The largest magnitude past the cut is the tied one.
+            var tieKey = pairs[upper].key
+            for r in (upper + 1)..<n { tieKey = min(tieKey, pairs[r].key) }
+            let tie = -tieKey
+            Parallel.forChunks(n) { _, r in
+                for i in r { values[i] = abs(values[i]) >= tie ? values[i] : 0 }
+            }
+            for r in upper..<n where pairs[r].key == tieKey { x[Int(pairs[r].index)] = 0 }
+            return
+        }
         for r in 0..<lower { x[Int(pairs[r].index)] = 0 }
         for r in upper..<n { x[Int(pairs[r].index)] = 0 }
     }

@@ -58,6 +58,18 @@ public enum TorchReductions {
         return total.squareRoot()
     }
 
+    /// The sum of the tensor (x / a) · (y / b) (slerp's dot product of the normalised tensors), in `sum`'s order,
+    /// without the temporary tensor torch makes: each entry is rounded as torch rounds it (two quotients, a product).
+    static func sumOfQuotientProducts(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeBufferPointer<Float>, _ a: Float, _ b: Float) -> Float {
+        guard let px = x.baseAddress, let py = y.baseAddress else { return 0 }
+        let rx = UnsafeRawPointer(px), ry = UnsafeRawPointer(py)
+        let va = SIMD8<Float>(repeating: a), vb = SIMD8<Float>(repeating: b)
+        return cascadeSum(
+            count: min(x.count, y.count),
+            vector: { (rx.loadUnaligned(fromByteOffset: $0 * 32, as: SIMD8<Float>.self) / va) * (ry.loadUnaligned(fromByteOffset: $0 * 32, as: SIMD8<Float>.self) / vb) },
+            scalar: { (px[$0] / a) * (py[$0] / b) })
+    }
+
     public static func sum(_ x: [Float]) -> Float { x.withUnsafeBufferPointer { sum($0) } }
     public static func norm(_ x: [Float]) -> Float { x.withUnsafeBufferPointer { norm($0) } }
 

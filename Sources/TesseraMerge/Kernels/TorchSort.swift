@@ -84,6 +84,16 @@ public enum TorchSort {
     /// Elements per block of the block partition (its loops are written out for 128).
     static let block = 128
 
+    /// For each 8-bit mask, the positions of its set bits in ascending order, one per byte (the rest zero).
+    static let offsetTable: [UInt64] = (0..<256).map { mask in
+        var packed: UInt64 = 0, count: UInt64 = 0
+        for bit in 0..<8 where mask & (1 << bit) != 0 {
+            packed |= UInt64(bit) << (8 * count)
+            count += 1
+        }
+        return packed
+    }
+
     /// libstdc++'s `__unguarded_partition`: Hoare's scheme, which swaps the k-th element from the left that is not
     /// less than the pivot with the k-th from the right that the pivot is not less than, for k = 1, 2, … until the two
     /// cross. On a long range the pairs are found a block at a time without branches (BlockQuicksort's scheme), which
@@ -95,36 +105,41 @@ public enum TorchSort {
         let p = a[pivot]
         if last0 - first0 >= 4 * block {
             let pk = p.key
-            let offsets = UnsafeMutablePointer<UInt8>.allocate(capacity: 2 * block)
+            let pivots = SIMD8<Float>(repeating: pk)
+            let leftWeights = SIMD8<UInt32>(1, 2, 4, 8, 16, 32, 64, 128), rightWeights = SIMD8<UInt32>(128, 64, 32, 16, 8, 4, 2, 1)
+            // Offsets are written eight bytes at a time, up to seven past the last kept one.
+            let offsets = UnsafeMutablePointer<UInt8>.allocate(capacity: 2 * (block + 8))
             defer { offsets.deallocate() }
-            let offL = offsets, offR = offsets + block
+            let offL = offsets, offR = offsets + block + 8
             var lb = first0, rb = last0
             var numL = 0, startL = 0, numR = 0, startR = 0
             var lastL = -1, lastR = -1
             while rb - lb >= 2 * block {
                 if numL == 0 {
                     startL = 0
-                    let base = a + lb
+                    let base = UnsafeRawPointer(a + lb)
                     var i = 0
                     while i < 128 {
-                        // Branch-free: the offset is written, and kept only when the element is a violator.
-                        offL[numL] = UInt8(truncatingIfNeeded: i); numL &+= base[i].key < pk ? 0 : 1
-                        offL[numL] = UInt8(truncatingIfNeeded: i &+ 1); numL &+= base[i &+ 1].key < pk ? 0 : 1
-                        offL[numL] = UInt8(truncatingIfNeeded: i &+ 2); numL &+= base[i &+ 2].key < pk ? 0 : 1
-                        offL[numL] = UInt8(truncatingIfNeeded: i &+ 3); numL &+= base[i &+ 3].key < pk ? 0 : 1
-                        i &+= 4
+                        // Eight pairs at a time: the keys not less than the pivot, as a bit mask, and their offsets
+                        // from a table (written whole; only the first popcount of them are kept).
+                        let keys = base.loadUnaligned(fromByteOffset: i &* 8, as: SIMD16<Float>.self).evenHalf
+                        let bits = Int(SIMD8<UInt32>(repeating: 0).replacing(with: leftWeights, where: .!(keys .< pivots)).wrappedSum())
+                        UnsafeMutableRawPointer(offL + numL).storeBytes(of: offsetTable[bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
+                        numL &+= bits.nonzeroBitCount
+                        i &+= 8
                     }
                 }
                 if numR == 0 {
                     startR = 0
-                    let top = a + (rb &- 128)  // the block's elements, read from its end
+                    let top = UnsafeRawPointer(a + (rb &- 128))  // the block's elements, read from its end
                     var i = 0
                     while i < 128 {
-                        offR[numR] = UInt8(truncatingIfNeeded: i); numR &+= pk < top[127 &- i].key ? 0 : 1
-                        offR[numR] = UInt8(truncatingIfNeeded: i &+ 1); numR &+= pk < top[126 &- i].key ? 0 : 1
-                        offR[numR] = UInt8(truncatingIfNeeded: i &+ 2); numR &+= pk < top[125 &- i].key ? 0 : 1
-                        offR[numR] = UInt8(truncatingIfNeeded: i &+ 3); numR &+= pk < top[124 &- i].key ? 0 : 1
-                        i &+= 4
+                        // Lane l holds the element at offset i + 7 − l from the end: its bit is 7 − l.
+                        let keys = top.loadUnaligned(fromByteOffset: (120 &- i) &* 8, as: SIMD16<Float>.self).evenHalf
+                        let bits = Int(SIMD8<UInt32>(repeating: 0).replacing(with: rightWeights, where: .!(pivots .< keys)).wrappedSum())
+                        UnsafeMutableRawPointer(offR + numR).storeBytes(of: offsetTable[bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
+                        numR &+= bits.nonzeroBitCount
+                        i &+= 8
                     }
                 }
                 let num = min(numL, numR)

@@ -256,7 +256,7 @@ public enum TorchSort {
             }
             return
         }
-        keepRanks(x, lower: 0, upper: k, descending: true)
+        keepRanks(x, lower: 0, upper: k, descending: true, tie: t)
     }
 
     /// Keeps ranks `lower..<upper` of the ascending magnitude order as mergekit's `magnitude_outliers` (breadcrumbs)
@@ -285,7 +285,9 @@ public enum TorchSort {
     /// only past strictly greater ones, so it never carries one across a partition boundary. A range on one side of
     /// both cuts is left as it is; a leaf of at most 16 that holds a cut gets the final insertion sort (stable, as
     /// libstdc++'s is); a range that reaches the depth limit is heap-sorted whole, as torch does.
-    static func keepRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int, descending: Bool) {
+    /// `tie`: for a top-k (lower 0, descending), the radix select's threshold at rank k − 1.
+    static func keepRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int, descending: Bool,
+                          tie: MagnitudeSelect.Threshold? = nil) {
         let n = x.count
         let pairs = UnsafeMutablePointer<Pair>.allocate(capacity: max(n, 1))
         defer { pairs.deallocate() }
@@ -296,17 +298,20 @@ public enum TorchSort {
         var lg = 0
         while (1 << (lg + 1)) <= n { lg += 1 }
         select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
-        if lower == 0 && descending && upper < n {
+        if let tie, lower == 0 && descending && upper < n {
             // A top-k: every magnitude above the one tied at the cut is kept and every one below it dropped (a
-            // parallel pass, instead of scattered writes for most of the tensor); of the tied ones, those torch puts
-            // at ranks ≥ k are dropped. The largest magnitude past the cut is the tied one.
-            var tieKey = pairs[upper].key
-            for r in (upper + 1)..<n { tieKey = min(tieKey, pairs[r].key) }
-            let tie = -tieKey
+            // parallel pass, instead of scattered writes for most of the tensor); of the tied ones, the
+            // before + ties − k that torch puts at ranks ≥ k are dropped.
+            let v = tie.value, tieKey = -Float(bitPattern: v)
             Parallel.forChunks(n) { _, r in
-                for i in r { values[i] = abs(values[i]) >= tie ? values[i] : 0 }
+                for i in r { values[i] = MagnitudeSelect.key(values[i]) >= v ? values[i] : 0 }
             }
-            for r in upper..<n where pairs[r].key == tieKey { x[Int(pairs[r].index)] = 0 }
+            var surplus = tie.before + tie.ties - upper
+            var r = upper
+            while surplus > 0 && r < n {
+                if pairs[r].key == tieKey { x[Int(pairs[r].index)] = 0; surplus -= 1 }
+                r += 1
+            }
             return
         }
         for r in 0..<lower { x[Int(pairs[r].index)] = 0 }

@@ -1,3 +1,4 @@
+import Foundation
 import TesseraCore
 import TesseraIO
 import TesseraMath
@@ -123,8 +124,14 @@ enum TaskArithmeticKernel {
             deltas.withUnsafeMutableBufferPointer { db in
                 let all = SharedMutablePointer(db.baseAddress!)
                 let body = { (t: Int) in jobs[t].apply(&all.base[jobs[t].model], rescale: rescale, r) }
-                // One trim at a time when the tensor is small (its own loops stay serial there anyway).
-                if n >= Parallel.minimumParallelCount { Parallel.forEach(jobs.count, body) } else { for t in jobs.indices { body(t) } }
+                // One trim at a time when the tensor is small (its own loops stay serial there anyway). libdispatch's
+                // threads wait without spinning for the longer trim (Parallel's workers would spin).
+                if n >= Parallel.minimumParallelCount && jobs.count > 1 {
+                    let sendable = unsafeBitCast(body, to: (@Sendable (Int) -> Void).self)
+                    DispatchQueue.concurrentPerform(iterations: jobs.count, execute: sendable)
+                } else {
+                    for t in jobs.indices { body(t) }
+                }
             }
         }
 

@@ -1,3 +1,4 @@
+import Foundation
 import TesseraMath
 
 /// The order torch's CPU sort gives equal magnitudes, so that magnitude trimming keeps the same entries as mergekit.
@@ -289,23 +290,24 @@ public enum TorchSort {
     static func keepRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int, descending: Bool,
                           tie: MagnitudeSelect.Threshold? = nil) {
         let n = x.count
-        let pairs = UnsafeMutablePointer<Pair>.allocate(capacity: max(n, 1))
-        defer { pairs.deallocate() }
+        let (pairs, capacity) = PairScratch.take(max(n, 1))
+        defer { PairScratch.give(pairs, capacity: capacity) }
         let out = SharedMutablePointer(pairs), values = SharedMutablePointer(x.baseAddress!)
-        Parallel.forChunks(n) { _, r in
-            for i in r { out[i] = Pair(key: descending ? -abs(values[i]) : abs(values[i]), index: UInt32(truncatingIfNeeded: i)) }
-        }
         var lg = 0
         while (1 << (lg + 1)) <= n { lg += 1 }
-        select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
         if let tie, lower == 0 && descending && upper < n {
-            // A top-k: every magnitude above the one tied at the cut is kept and every one below it dropped (a
-            // parallel pass, instead of scattered writes for most of the tensor); of the tied ones, the
-            // before + ties − k that torch puts at ranks ≥ k are dropped.
+            // A top-k: every magnitude above the one tied at the cut is kept and every one below it dropped, in the
+            // pass that builds the pairs (from the values before they are dropped), instead of scattered writes for
+            // most of the tensor; of the tied ones, the before + ties − k that torch puts at ranks ≥ k are dropped.
             let v = tie.value, tieKey = -Float(bitPattern: v)
             Parallel.forChunks(n) { _, r in
-                for i in r { values[i] = MagnitudeSelect.key(values[i]) >= v ? values[i] : 0 }
+                for i in r {
+                    let value = values[i]
+                    out[i] = Pair(key: -abs(value), index: UInt32(truncatingIfNeeded: i))
+                    values[i] = MagnitudeSelect.key(value) >= v ? value : 0
+                }
             }
+            select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
             var surplus = tie.before + tie.ties - upper
             var r = upper
             while surplus > 0 && r < n {
@@ -314,6 +316,10 @@ public enum TorchSort {
             }
             return
         }
+        Parallel.forChunks(n) { _, r in
+            for i in r { out[i] = Pair(key: descending ? -abs(values[i]) : abs(values[i]), index: UInt32(truncatingIfNeeded: i)) }
+        }
+        select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
         for r in 0..<lower { x[Int(pairs[r].index)] = 0 }
         for r in upper..<n { x[Int(pairs[r].index)] = 0 }
     }
@@ -336,5 +342,35 @@ public enum TorchSort {
             last = cut
         }
         if holdsCut(first, last) { insertionSort(a, first, last) }
+    }
+}
+
+/// The replay's (value, index) buffers, kept for the next tensor: a merge trims tensor after tensor, two models at a
+/// time, and a fresh buffer of 8 bytes per entry costs the kernel a zeroed page every 4 KiB (as much time as the
+/// partitions, on a 124M-parameter model). At most two buffers of at most 2^23 pairs (64 MiB) are kept.
+enum PairScratch {
+    nonisolated(unsafe) private static var free: [(pointer: UnsafeMutablePointer<TorchSort.Pair>, capacity: Int)] = []
+    private static let lock = NSLock()
+    static let largestKept = 1 << 23
+
+    /// A buffer of at least `count` pairs, and its capacity.
+    static func take(_ count: Int) -> (UnsafeMutablePointer<TorchSort.Pair>, Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        if let i = free.firstIndex(where: { $0.capacity >= count }) {
+            let kept = free.remove(at: i)
+            return (kept.pointer, kept.capacity)
+        }
+        return (.allocate(capacity: count), count)
+    }
+
+    static func give(_ pointer: UnsafeMutablePointer<TorchSort.Pair>, capacity: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard capacity <= largestKept else { pointer.deallocate(); return }
+        free.append((pointer, capacity))
+        if free.count > 2, let smallest = free.indices.min(by: { free[$0].capacity < free[$1].capacity }) {
+            free.remove(at: smallest).pointer.deallocate()
+        }
     }
 }

@@ -50,9 +50,9 @@ import TesseraTestSupport
         // fused multiply-adds as torch's addcmul_ does; the others compute in the config's dtype op by op; magnitude
         // ties at the density threshold are resolved in torch's sort order; a 16-bit compute dtype rounds the result
         // before out_dtype converts it.
-        let lowPrecision = "mergekit computes in the config's dtype (each op rounded to it); this method computes in float32 and rounds once"
-        for name in ["model_stock-bf16", "model_stock-f16", "model_stock-filterwise-bf16", "model_stock-filterwise-f16", "nearswap-bf16",
-                     "nearswap-f16", "ram-bf16", "ram-f16", "sce-bf16", "sce-f16", "sce-all-bf16", "sce-all-f16"] { table[name] = lowPrecision }
+        // model_stock, nearswap, ram and sce (select_topk 1) left it when they rounded each op to the 16-bit dtype.
+        let topkTies = "select_topk ranks the variances rounded to the dtype, where many tie; torch.topk orders ties its own way, not replayed"
+        for name in ["sce-bf16", "sce-f16"] { table[name] = topkTies }
         // mergekit's arcee_fusion and ramplus_tl multiply by a float32 tensor (the fusion mask; λ), which promotes the
         // result: they write float32 for bfloat16/float16 inputs.
         let float32Result = "mergekit's result is promoted to float32 by a float32 mask or λ and written as float32; tessera writes the inputs' dtype"
@@ -219,6 +219,7 @@ import TesseraTestSupport
             verdict = try Self.compare(c, got: Checkpoints.tensors(out))
         }
         if let reason = Self.knownDifferences[name] {
+            print("MergekitMethodTests \(name), a known difference: \(verdict)")
             if case .matches = verdict {
                 Issue.record("\(name) now matches mergekit: remove it from the known differences (\(reason))")
             }

@@ -3,7 +3,7 @@ import Testing
 import TesseraCore
 import TesseraIO
 import TesseraMath
-@testable import TesseraMerge
+import TesseraMerge
 import TesseraTestSupport
 
 /// The merge dtype as mergekit 0.1.5 uses it: the dtype the merge computes in, op by op. Expected values are
@@ -85,7 +85,7 @@ import TesseraTestSupport
     /// - karcher: also SLEEF's arccos/sin/cos, and `torch.dot` is the BLAS library's dot product, summed in its own
     ///   order; ten iterations carry the difference along.
     static let knownDifferences: [String: Int] = [
-        "nuslerp_base.float32": 87, "nuslerp.float32": 194, "nuslerp_rows.float32": 115, "nuslerp_row_wise.float32": 1221,
+        "nuslerp_base.float32": 87, "nuslerp.float32": 194, "nuslerp_rows.float32": 110, "nuslerp_row_wise.float32": 1221,
         "karcher.float32": 980, "karcher_base.float32": 1551,
     ]
 

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraIO
-@testable import TesseraMerge
+import TesseraMerge
 import TesseraTestSupport
 
 /// Edge cases of nuslerp, multislerp and karcher (their agreement with mergekit is in MergeDTypeTests and

@@ -1,6 +1,6 @@
 import Foundation
 import TesseraCore
-@testable import TesseraMerge
+import TesseraMerge
 import TesseraIO
 import TesseraTestSupport
 

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import TesseraCore
-@testable import TesseraMerge
+import TesseraMerge
 import TesseraTestSupport
 
 /// The documented edge cases of TIES (inputs/edge_tv.safetensors) and the three variants against plain sort-based

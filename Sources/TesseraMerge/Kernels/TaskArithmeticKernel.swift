@@ -1,3 +1,4 @@
+import Foundation
 import TesseraCore
 import TesseraIO
 import TesseraMath
@@ -60,6 +61,9 @@ enum TaskArithmeticKernel {
         let r = TorchRounding(input.computeDType)
         var weights: [Float] = []
         var deltas: [[Float]] = []
+        // The magnitude trims (a radix select, and torch's tie order replayed on one core where a tie straddles a
+        // cut, as it often does in a large float32 tensor) run after this loop, the models' trims side by side.
+        var trims: [MagnitudeTrim] = []
         for i in indices {
             var d = input.models[i]
             input.models[i] = []
@@ -76,10 +80,7 @@ enum TaskArithmeticKernel {
                 case .none:
                     break
                 case .magnitude:
-                    let k = max(1, Int(density * Double(n)))
-                    let before = rescale ? l1(d, r) : 0
-                    d.withUnsafeMutableBufferPointer { TorchSort.keepTopK($0, k: k) }
-                    if rescale { rescaleL1(&d, originalSum: before, r) }
+                    trims.append(MagnitudeTrim(model: deltas.count, topK: max(1, Int(density * Double(n))), lower: 0, upper: 0))
                 case .magnitudeOutliers:
                     let gamma = mp.has("gamma") ? try mp.double("gamma") : 0.01
                     guard gamma >= 0, gamma < 1 else {
@@ -89,9 +90,7 @@ enum TaskArithmeticKernel {
                     let target = Int(density * Double(n))
                     // n_bot = n − target − n_top; when negative mergekit shrinks n_top instead, so n_bot = 0.
                     let bottom = max(0, n - target - Int(gamma * Double(n)))
-                    let before = rescale ? l1(d, r) : 0
-                    _ = d.withUnsafeMutableBufferPointer { TorchSort.keepAscendingRanks($0, lower: bottom, upper: bottom + target) }
-                    if rescale { rescaleL1(&d, originalSum: before, r) }
+                    trims.append(MagnitudeTrim(model: deltas.count, topK: nil, lower: bottom, upper: bottom + target))
                 case .dellaMagprune:
                     // DELLA's MAGPRUNE (Methods/DellaMerge.swift): keep probabilities by magnitude rank, seeded draws.
                     let epsilon = try DellaMagprune.epsilon(mp, density: density, model: i, tensor: input.name, method: method)
@@ -119,6 +118,21 @@ enum TaskArithmeticKernel {
                 }
             }
             deltas.append(d)
+        }
+        if !trims.isEmpty {
+            let jobs = trims
+            deltas.withUnsafeMutableBufferPointer { db in
+                let all = SharedMutablePointer(db.baseAddress!)
+                let body = { (t: Int) in jobs[t].apply(&all.base[jobs[t].model], rescale: rescale, r) }
+                // One trim at a time when the tensor is small (its own loops stay serial there anyway). libdispatch's
+                // threads wait without spinning for the longer trim (Parallel's workers would spin).
+                if n >= Parallel.minimumParallelCount && jobs.count > 1 {
+                    let sendable = unsafeBitCast(body, to: (@Sendable (Int) -> Void).self)
+                    DispatchQueue.concurrentPerform(iterations: jobs.count, execute: sendable)
+                } else {
+                    for t in jobs.indices { body(t) }
+                }
+            }
         }
 
         var scalarDivisor: Float = 1
@@ -162,10 +176,29 @@ enum TaskArithmeticKernel {
         return base
     }
 
+    /// One model's magnitude trim: the top `topK` magnitudes (TIES, DARE's magnitude variants) or, without `topK`, the
+    /// ascending ranks lower..<upper (breadcrumbs), with mergekit's optional L1 rescale.
+    struct MagnitudeTrim: Sendable {
+        var model: Int
+        var topK: Int?
+        var lower: Int
+        var upper: Int
+
+        func apply(_ d: inout [Float], rescale: Bool, _ r: TorchRounding) {
+            let before = rescale ? l1(d, r) : 0
+            if let k = topK {
+                d.withUnsafeMutableBufferPointer { TorchSort.keepTopK($0, k: k) }
+            } else {
+                _ = d.withUnsafeMutableBufferPointer { TorchSort.keepAscendingRanks($0, lower: lower, upper: upper) }
+            }
+            if rescale { rescaleL1(&d, originalSum: before, r) }
+        }
+    }
+
     /// ‖x‖₁ as mergekit's `tensor.abs().sum()` gives it: in float32 in torch's summation order, in a 16-bit dtype a
     /// double sum rounded once to it.
     static func l1(_ x: [Float], _ r: TorchRounding) -> Float {
-        if r.isIdentity { return TorchReductions.sum(x.map { abs($0) }) }
+        if r.isIdentity { return x.withUnsafeBufferPointer { TorchReductions.sumOfMagnitudes($0) } }
         return r.reduced(x.withUnsafeBufferPointer { MergeKernels.l1($0) })
     }
 

@@ -12,14 +12,17 @@ import TesseraMath
 /// dtype. In float32 the rounding is the identity, and the methods keep their float32 loops (checked with
 /// `isIdentity`) so that emulating costs nothing there.
 ///
-/// What is not reproduced exactly: reductions over a whole tensor (`sum`, `norm`, `dot`) accumulate here in double
-/// precision, rounded once to float32 (and then to the dtype), while torch sums float32 partial sums in its own
-/// vectorised cascade order; the two agree to an ulp or so of float32, which changes a 16-bit result only when it sits
-/// within that distance of a rounding boundary.
-struct TorchRounding: Sendable {
+/// What is not reproduced exactly: reductions over a whole 16-bit tensor (`sum`, `norm`, `dot`) accumulate here in
+/// double precision (`TorchReductions.wideSum` and its kin), rounded once to float32 and then to the dtype, while torch
+/// sums float32 partial sums in its own vectorised cascade order; the two agree to an ulp or so of float32, which
+/// changes a 16-bit result only when it sits within that distance of a rounding boundary.
+///
+/// Public so that the tests can check the rounding against `HalfFloat`'s conversions.
+public struct TorchRounding: Sendable {
     let half: TesseraMath.FloatCodec.Half?
 
-    init(_ dtype: DType) {
+    /// The rounding of a merge in `dtype`: the identity unless it is float16 or bfloat16.
+    public init(_ dtype: DType) {
         switch dtype {
         case .f16: half = .f16
         case .bf16: half = .bf16
@@ -27,12 +30,13 @@ struct TorchRounding: Sendable {
         }
     }
 
-    var isIdentity: Bool { half == nil }
+    /// True for float32 (and wider) dtypes, where the methods keep their plain float32 loops.
+    public var isIdentity: Bool { half == nil }
 
     /// x rounded to the dtype (nearest, ties to even), as a float32: what `HalfFloat`'s conversion there and back
     /// gives, computed here on the float's bits so that it inlines into the methods' loops (one call per op).
     @inline(__always)
-    func callAsFunction(_ x: Float) -> Float {
+    public func callAsFunction(_ x: Float) -> Float {
         switch half {
         case nil: return x
         case .bf16?: return Self.bf16(x)
@@ -41,7 +45,8 @@ struct TorchRounding: Sendable {
     }
 
     @inline(__always)
-    static func bf16(_ x: Float) -> Float {
+    /// x rounded to bfloat16, as a float32.
+    public static func bf16(_ x: Float) -> Float {
         if x.isNaN { return x }
         let bits = x.bitPattern
         // Adding 0x7FFF plus the lowest kept bit rounds to nearest even; a carry moves into the exponent (up to inf).
@@ -49,7 +54,8 @@ struct TorchRounding: Sendable {
     }
 
     @inline(__always)
-    static func f16(_ x: Float) -> Float {
+    /// x rounded to float16, as a float32 (±infinity past 65504).
+    public static func f16(_ x: Float) -> Float {
         if x.isNaN { return x }
         let magnitude = abs(x)
         if magnitude < 6.103515625e-05 {
@@ -63,7 +69,7 @@ struct TorchRounding: Sendable {
     }
 
     /// Rounds every value in place (the result of an elementwise op on whole tensors).
-    func round(_ x: inout [Float]) {
+    public func round(_ x: inout [Float]) {
         guard let half else { return }
         x.withUnsafeMutableBufferPointer { TesseraMath.FloatCodec.round($0, to: half) }
     }
@@ -72,30 +78,4 @@ struct TorchRounding: Sendable {
     /// to the dtype.
     @inline(__always)
     func reduced(_ x: Double) -> Float { self(Float(x)) }
-}
-
-/// Whole-tensor reductions as the methods need them, in double.
-enum Reductions {
-    static func sumOfSquares(_ x: UnsafeBufferPointer<Float>) -> Double {
-        var s0 = 0.0, s1 = 0.0
-        let n = x.count
-        var j = 0
-        while j + 1 < n { let a = Double(x[j]), b = Double(x[j + 1]); s0 += a * a; s1 += b * b; j += 2 }
-        if j < n { let a = Double(x[j]); s0 += a * a }
-        return s0 + s1
-    }
-
-    static func dot(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeBufferPointer<Float>) -> Double {
-        var s0 = 0.0, s1 = 0.0
-        let n = min(x.count, y.count)
-        var j = 0
-        while j + 1 < n { s0 += Double(x[j]) * Double(y[j]); s1 += Double(x[j + 1]) * Double(y[j + 1]); j += 2 }
-        if j < n { s0 += Double(x[j]) * Double(y[j]) }
-        return s0 + s1
-    }
-
-    static func norm(_ x: [Float]) -> Double { x.withUnsafeBufferPointer { sumOfSquares($0) }.squareRoot() }
-    static func dot(_ x: [Float], _ y: [Float]) -> Double {
-        x.withUnsafeBufferPointer { a in y.withUnsafeBufferPointer { b in dot(a, b) } }
-    }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import TesseraMath
 
 /// The order torch's CPU sort gives equal magnitudes, so that magnitude trimming keeps the same entries as mergekit.
@@ -11,14 +12,16 @@ import TesseraMath
 /// percent of the tensor. This file replays that algorithm step for step (checked against torch 2.13's argsort on
 /// tensors with and without ties, ascending and descending), but only when it matters: when the elements tied at a
 /// cut all fall on the same side of it, the kept set is unique and the O(n) radix select decides it alone.
-enum TorchSort {
+///
+/// Public so that the tests can check the replay against torch's own orders.
+public enum TorchSort {
     struct Pair {
         var key: Float
         var index: UInt32
     }
 
     /// Indices of `keys` in the order torch's `sort(keys, descending:)` returns them (non-stable CPU sort).
-    static func order(_ keys: UnsafeBufferPointer<Float>, descending: Bool) -> [UInt32] {
+    public static func order(_ keys: UnsafeBufferPointer<Float>, descending: Bool) -> [UInt32] {
         let n = keys.count
         let pairs = UnsafeMutablePointer<Pair>.allocate(capacity: max(n, 1))
         defer { pairs.deallocate() }
@@ -79,9 +82,88 @@ enum TorchSort {
         }
     }
 
+    /// Elements per block of the block partition (its loops are written out for 128).
+    static let block = 128
+
+    /// For each 8-bit mask, the positions of its set bits in ascending order, one per byte (the rest zero).
+    static let offsetTable: [UInt64] = (0..<256).map { mask in
+        var packed: UInt64 = 0, count: UInt64 = 0
+        for bit in 0..<8 where mask & (1 << bit) != 0 {
+            packed |= UInt64(bit) << (8 * count)
+            count += 1
+        }
+        return packed
+    }
+
+    /// libstdc++'s `__unguarded_partition`: Hoare's scheme, which swaps the k-th element from the left that is not
+    /// less than the pivot with the k-th from the right that the pivot is not less than, for k = 1, 2, … until the two
+    /// cross. On a long range the pairs are found a block at a time without branches (BlockQuicksort's scheme), which
+    /// swaps exactly the same pairs in the same order (every left block lies before every right block, so each pair
+    /// is swapped by Hoare's loop too); the scalar loop then resumes after the last pair swapped, where Hoare's loop
+    /// would be, and finds the crossing. The result is the scalar loop's, element for element.
     static func unguardedPartition(_ a: UnsafeMutablePointer<Pair>, _ first0: Int, _ last0: Int, pivot: Int) -> Int {
         var first = first0, last = last0
         let p = a[pivot]
+        if last0 - first0 >= 4 * block {
+            let pk = p.key
+            let pivots = SIMD8<Float>(repeating: pk)
+            let leftWeights = SIMD8<UInt32>(1, 2, 4, 8, 16, 32, 64, 128), rightWeights = SIMD8<UInt32>(128, 64, 32, 16, 8, 4, 2, 1)
+            // Offsets are written eight bytes at a time, up to seven past the last kept one.
+            let offsets = UnsafeMutablePointer<UInt8>.allocate(capacity: 2 * (block + 8))
+            defer { offsets.deallocate() }
+            let offL = offsets, offR = offsets + block + 8
+            var lb = first0, rb = last0
+            var numL = 0, startL = 0, numR = 0, startR = 0
+            var lastL = -1, lastR = -1
+            while rb - lb >= 2 * block {
+                if numL == 0 {
+                    startL = 0
+                    let base = UnsafeRawPointer(a + lb)
+                    var i = 0
+                    while i < 128 {
+                        // Eight pairs at a time: the keys not less than the pivot, as a bit mask, and their offsets
+                        // from a table (written whole; only the first popcount of them are kept).
+                        let keys = base.loadUnaligned(fromByteOffset: i &* 8, as: SIMD16<Float>.self).evenHalf
+                        let bits = Int(SIMD8<UInt32>(repeating: 0).replacing(with: leftWeights, where: .!(keys .< pivots)).wrappedSum())
+                        UnsafeMutableRawPointer(offL + numL).storeBytes(of: offsetTable[bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
+                        numL &+= bits.nonzeroBitCount
+                        i &+= 8
+                    }
+                }
+                if numR == 0 {
+                    startR = 0
+                    let top = UnsafeRawPointer(a + (rb &- 128))  // the block's elements, read from its end
+                    var i = 0
+                    while i < 128 {
+                        // Lane l holds the element at offset i + 7 − l from the end: its bit is 7 − l.
+                        let keys = top.loadUnaligned(fromByteOffset: (120 &- i) &* 8, as: SIMD16<Float>.self).evenHalf
+                        let bits = Int(SIMD8<UInt32>(repeating: 0).replacing(with: rightWeights, where: .!(pivots .< keys)).wrappedSum())
+                        UnsafeMutableRawPointer(offR + numR).storeBytes(of: offsetTable[bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
+                        numR &+= bits.nonzeroBitCount
+                        i &+= 8
+                    }
+                }
+                let num = min(numL, numR)
+                if num > 0 {
+                    let left = a + lb, right = a + (rb &- 1)
+                    var j = 0
+                    while j < num {
+                        let l = left + Int(offL[startL &+ j]), r = right - Int(offR[startR &+ j])
+                        let t = l.pointee; l.pointee = r.pointee; r.pointee = t
+                        j &+= 1
+                    }
+                    lastL = lb + Int(offL[startL + num - 1])
+                    lastR = rb - 1 - Int(offR[startR + num - 1])
+                }
+                numL -= num; numR -= num; startL += num; startR += num
+                if numL == 0 { lb += block }
+                if numR == 0 { rb -= block }
+            }
+            if lastL >= 0 {
+                first = lastL + 1
+                last = lastR
+            }
+        }
         while true {
             while less(a[first], p) { first += 1 }
             last -= 1
@@ -161,7 +243,7 @@ enum TorchSort {
 
     /// Keeps the `k` largest-magnitude entries as mergekit's `magnitude` sparsifier picks them
     /// (`argsort(|x|, descending=True)[:k]`) and zeroes the rest, in place. `k` in 1...count.
-    static func keepTopK(_ x: UnsafeMutableBufferPointer<Float>, k: Int) {
+    public static func keepTopK(_ x: UnsafeMutableBufferPointer<Float>, k: Int) {
         let n = x.count
         if k >= n { return }
         let t = MagnitudeSelect.threshold(UnsafeBufferPointer(x), rank: k - 1, descending: true)
@@ -175,13 +257,13 @@ enum TorchSort {
             }
             return
         }
-        keepRanks(x, lower: 0, upper: k, descending: true)
+        keepRanks(x, lower: 0, upper: k, descending: true, tie: t)
     }
 
     /// Keeps ranks `lower..<upper` of the ascending magnitude order as mergekit's `magnitude_outliers` (breadcrumbs)
     /// picks them (`sort(|x|).indices[lower:upper]`) and zeroes the rest, in place; returns the number kept.
     @discardableResult
-    static func keepAscendingRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int) -> Int {
+    public static func keepAscendingRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int) -> Int {
         let n = x.count
         let lo = max(0, min(lower, n)), hi = max(lo, min(upper, n))
         // A cut at rank r splits ties only when elements of rank r's magnitude also sit below r.
@@ -204,16 +286,39 @@ enum TorchSort {
     /// only past strictly greater ones, so it never carries one across a partition boundary. A range on one side of
     /// both cuts is left as it is; a leaf of at most 16 that holds a cut gets the final insertion sort (stable, as
     /// libstdc++'s is); a range that reaches the depth limit is heap-sorted whole, as torch does.
-    static func keepRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int, descending: Bool) {
+    /// `tie`: for a top-k (lower 0, descending), the radix select's threshold at rank k − 1.
+    static func keepRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int, descending: Bool,
+                          tie: MagnitudeSelect.Threshold? = nil) {
         let n = x.count
-        let pairs = UnsafeMutablePointer<Pair>.allocate(capacity: max(n, 1))
-        defer { pairs.deallocate() }
+        let (pairs, capacity) = PairScratch.take(max(n, 1))
+        defer { PairScratch.give(pairs, capacity: capacity) }
         let out = SharedMutablePointer(pairs), values = SharedMutablePointer(x.baseAddress!)
+        var lg = 0
+        while (1 << (lg + 1)) <= n { lg += 1 }
+        if let tie, lower == 0 && descending && upper < n {
+            // A top-k: every magnitude above the one tied at the cut is kept and every one below it dropped, in the
+            // pass that builds the pairs (from the values before they are dropped), instead of scattered writes for
+            // most of the tensor; of the tied ones, the before + ties − k that torch puts at ranks ≥ k are dropped.
+            let v = tie.value, tieKey = -Float(bitPattern: v)
+            Parallel.forChunks(n) { _, r in
+                for i in r {
+                    let value = values[i]
+                    out[i] = Pair(key: -abs(value), index: UInt32(truncatingIfNeeded: i))
+                    values[i] = MagnitudeSelect.key(value) >= v ? value : 0
+                }
+            }
+            select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
+            var surplus = tie.before + tie.ties - upper
+            var r = upper
+            while surplus > 0 && r < n {
+                if pairs[r].key == tieKey { x[Int(pairs[r].index)] = 0; surplus -= 1 }
+                r += 1
+            }
+            return
+        }
         Parallel.forChunks(n) { _, r in
             for i in r { out[i] = Pair(key: descending ? -abs(values[i]) : abs(values[i]), index: UInt32(truncatingIfNeeded: i)) }
         }
-        var lg = 0
-        while (1 << (lg + 1)) <= n { lg += 1 }
         select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
         for r in 0..<lower { x[Int(pairs[r].index)] = 0 }
         for r in upper..<n { x[Int(pairs[r].index)] = 0 }
@@ -237,5 +342,35 @@ enum TorchSort {
             last = cut
         }
         if holdsCut(first, last) { insertionSort(a, first, last) }
+    }
+}
+
+/// The replay's (value, index) buffers, kept for the next tensor: a merge trims tensor after tensor, two models at a
+/// time, and a fresh buffer of 8 bytes per entry costs the kernel a zeroed page every 4 KiB (as much time as the
+/// partitions, on a 124M-parameter model). At most two buffers of at most 2^23 pairs (64 MiB) are kept.
+enum PairScratch {
+    nonisolated(unsafe) private static var free: [(pointer: UnsafeMutablePointer<TorchSort.Pair>, capacity: Int)] = []
+    private static let lock = NSLock()
+    static let largestKept = 1 << 23
+
+    /// A buffer of at least `count` pairs, and its capacity.
+    static func take(_ count: Int) -> (UnsafeMutablePointer<TorchSort.Pair>, Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        if let i = free.firstIndex(where: { $0.capacity >= count }) {
+            let kept = free.remove(at: i)
+            return (kept.pointer, kept.capacity)
+        }
+        return (.allocate(capacity: count), count)
+    }
+
+    static func give(_ pointer: UnsafeMutablePointer<TorchSort.Pair>, capacity: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard capacity <= largestKept else { pointer.deallocate(); return }
+        free.append((pointer, capacity))
+        if free.count > 2, let smallest = free.indices.min(by: { free[$0].capacity < free[$1].capacity }) {
+            free.remove(at: smallest).pointer.deallocate()
+        }
     }
 }

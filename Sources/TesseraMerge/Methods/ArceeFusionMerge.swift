@@ -15,7 +15,7 @@ import TesseraMath
 /// when most entries are unchanged the quartiles are 0, the threshold is 0 and every entry is taken from p (as
 /// b + (p − b), which may differ from p in the last bit). The KL of two nearby softmaxes cancels to a few significant
 /// bits in mergekit's float32, and that rounding decides the gate of entries near the threshold, so the softmax and
-/// the row sums are computed as torch's float32 CPU kernels compute them (`TorchFloat32`): float32 results agree with
+/// the row sums are computed as torch's float32 CPU kernels compute them (`TorchSoftmax`, `TorchReductions`): float32 results agree with
 /// mergekit's bit for bit. mergekit estimates the quantiles of a tensor of more than 1,000,000 entries from 1,000,000
 /// entries drawn with torch's generator; Tessera uses the exact quantiles of every entry (deterministic, and what
 /// mergekit computes for smaller tensors), so on such tensors the gate can differ from any one mergekit run near
@@ -48,7 +48,7 @@ public struct ArceeFusionMerge: MergeMethod {
         guard n > 0 else { return base }
         let rowLength = max(1, input.shape.last ?? n)
         let rows = n / rowLength
-        // Importance, in float32: |p − b| times the row's KL divergence, computed as torch computes it (`TorchFloat32`).
+        // Importance, in float32: |p − b| times the row's KL divergence, computed as torch computes it (`TorchSoftmax`, `TorchReductions`).
         var importance = [Float](repeating: 0, count: n)
         importance.withUnsafeMutableBufferPointer { ib in
             let out = SharedMutablePointer(ib.baseAddress!)
@@ -60,14 +60,14 @@ public struct ArceeFusionMerge: MergeMethod {
                         var sp = [Float](repeating: 0, count: rowLength), sq = sp, terms = sp
                         for row in (rows * c / chunks)..<(rows * (c + 1) / chunks) {
                             let lo = row * rowLength
-                            TorchFloat32.softmax(pp.base + lo, count: rowLength, into: &sp)
-                            TorchFloat32.softmax(bp.base + lo, count: rowLength, into: &sq)
+                            sp.withUnsafeMutableBufferPointer { TorchSoftmax.softmax(pp.base + lo, count: rowLength, into: $0.baseAddress!) }
+                            sq.withUnsafeMutableBufferPointer { TorchSoftmax.softmax(bp.base + lo, count: rowLength, into: $0.baseAddress!) }
                             let eps = Float(1e-8)
                             for j in 0..<rowLength {
                                 let a = sp[j] + eps, b = sq[j] + eps
                                 terms[j] = a * Float(log(Double(a / b)))
                             }
-                            let kl = terms.withUnsafeBufferPointer { TorchFloat32.sum($0.baseAddress!, count: rowLength) }
+                            let kl = TorchReductions.sum(terms)
                             for j in 0..<rowLength { out[lo + j] = abs(pp[lo + j] - bp[lo + j]) * kl }
                         }
                     }

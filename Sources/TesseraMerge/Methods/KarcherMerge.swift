@@ -72,7 +72,7 @@ public struct KarcherMerge: MergeMethod {
             for j in 0..<n { tangent[j] = 0 }
             for (k, i) in valid.enumerated() {
                 let unit = tensors[i]
-                let dot = min(max(r.reduced(Reductions.dot(mean, unit)), -1), 1)
+                let dot = min(max(r.reduced(TorchReductions.wideDot(mean, unit)), -1), 1)
                 let theta = r(acos(dot))
                 if Double(theta) < tol { continue }
                 let coefficient = r(weights[k] * r(theta / r(sin(theta))))

@@ -14,7 +14,7 @@ import TesseraMath
 /// 1-D tensor is one row). mergekit needs three inputs: the base and at least two others (the base may be listed
 /// among the models; it is not counted twice). Model weights play no part (a `weight` is accepted and ignored).
 /// Norms, dot products and the mean of the cosines are float32 sums in the order torch's CPU kernels add them on one
-/// thread (`TorchFloat32`), and the blend is the same float32 arithmetic, so float32 results are mergekit's bit for
+/// thread (`TorchReductions`), and the blend is the same float32 arithmetic, so float32 results are mergekit's bit for
 /// bit (torch splits a whole-tensor sum of more than 32,768 entries over its threads, in an order that depends on
 /// their number: there mergekit's own t varies in its last bit). These sums run on one core; the blend on all.
 public struct ModelStockMerge: MergeMethod {
@@ -49,6 +49,8 @@ public struct ModelStockMerge: MergeMethod {
         let rows = rowLength == 0 ? 0 : n / rowLength
         let count = models.count
         let countF = Float(count)
+        // In a 16-bit merge dtype mergekit's every op rounds to it (`TorchRounding`); in float32 `r` is the identity.
+        let r = TorchRounding(input.computeDType)
         withReadOnlyPointers(models) { ws in
             base.withUnsafeMutableBufferPointer { bb in
                 guard let w0 = bb.baseAddress else { return }
@@ -59,13 +61,14 @@ public struct ModelStockMerge: MergeMethod {
                 let work = { (row: Int, parallel: Bool) in
                     let lo = row * rowLength
                     let ws = inputs.value
-                    let t = Self.ratio(ws.map { $0 + lo }, UnsafePointer(out.base + lo), count: rowLength)
-                    let s = 1 - t
-                    let blend = { (r: Range<Int>) in
-                        for j in r {
+                    let t = Self.ratio(ws.map { $0 + lo }, UnsafePointer(out.base + lo), count: rowLength, r)
+                    let s = r(1 - t)
+                    let blend = { (range: Range<Int>) in
+                        for j in range {
+                            // sum(ws) / count: Python's sum, 0 + w₁ + w₂ + …, each addition a tensor op.
                             var sum: Float = 0
-                            for a in 0..<count { sum += ws[a][j] }
-                            out[j] = t * (sum / countF) + s * out[j]
+                            for a in 0..<count { sum = r(sum + ws[a][j]) }
+                            out[j] = r(r(t * r(sum / countF)) + r(s * out[j]))
                         }
                     }
                     if parallel {
@@ -88,9 +91,13 @@ public struct ModelStockMerge: MergeMethod {
     }
 
     /// The interpolation ratio t of one row (or the whole tensor) of `n` entries, with float32 norms, dot products and
-    /// means summed as torch sums them on one thread (`TorchFloat32`): k·cos θ / (1 + (k − 1)·cos θ), 0 when singular.
-    static func ratio(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, count n: Int) -> Float {
+    /// means summed as torch sums them on one thread (`TorchReductions`): k·cos θ / (1 + (k − 1)·cos θ), 0 when singular.
+    ///
+    /// In a 16-bit merge dtype each elementwise op rounds to it, and the norms and sums (which torch accumulates in
+    /// float32 and rounds once) are accumulated wide and rounded once (`TorchReductions.wideSum`).
+    static func ratio(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, count n: Int, _ r: TorchRounding) -> Float {
         let k = ws.count
+        if !r.isIdentity { return roundedRatio(ws, w0, count: n, r) }
         var scratch = [Float](repeating: 0, count: n)
         var norms = [Float](repeating: 0, count: k)
         var cosines: [Float] = []
@@ -98,19 +105,41 @@ public struct ModelStockMerge: MergeMethod {
             let x = sb.baseAddress!
             for a in 0..<k {
                 for j in 0..<n { x[j] = ws[a][j] - w0[j] }
-                norms[a] = TorchFloat32.norm(x, count: n)
+                norms[a] = TorchReductions.norm(UnsafeBufferPointer(start: x, count: n))
             }
             for a in 0..<k {
                 for c in (a + 1)..<k {
                     for j in 0..<n { x[j] = (ws[a][j] - w0[j]) * (ws[c][j] - w0[j]) }
-                    let dot = TorchFloat32.sum(x, count: n)
+                    let dot = TorchReductions.sum(UnsafeBufferPointer(start: x, count: n))
                     cosines.append(min(max(dot / max(norms[a] * norms[c], Float(1e-6)), -1), 1))
                 }
             }
         }
-        let cos = cosines.withUnsafeBufferPointer { TorchFloat32.sum($0.baseAddress!, count: $0.count) } / Float(cosines.count)
+        let cos = TorchReductions.sum(cosines) / Float(cosines.count)
         let kf = Float(k)
         let denominator = 1 + (kf - 1) * cos
         return abs(denominator) < Float(1e-6) ? 0 : (kf * cos) / denominator
+    }
+
+    /// `ratio` in a 16-bit merge dtype, op by op.
+    static func roundedRatio(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, count n: Int, _ r: TorchRounding) -> Float {
+        let k = ws.count
+        let offsets = ws.map { w in (0..<n).map { j in r(w[j] - w0[j]) } }
+        let norms = offsets.map { r.reduced(TorchReductions.wideNorm($0)) }
+        var cosines: [Float] = []
+        let floor = Float(1e-6)
+        for a in 0..<k {
+            for c in (a + 1)..<k {
+                let products = (0..<n).map { j in r(offsets[a][j] * offsets[c][j]) }
+                let dot = r.reduced(TorchReductions.wideSum(products))
+                cosines.append(min(max(r(dot / r(max(r(norms[a] * norms[c]), floor))), -1), 1))
+            }
+        }
+        // mean over the stacked cosines: torch's CPU mean of a 16-bit tensor sums and divides in float32, then rounds.
+        let cos = r(Float(TorchReductions.wideSum(cosines)) / Float(cosines.count))
+        let kf = Float(k)
+        let denominator = r(1 + r((kf - 1) * cos))
+        // A comparison converts its scalar to the tensor's dtype.
+        return abs(denominator) < r(1e-6) ? 0 : r(r(kf * cos) / denominator)
     }
 }

@@ -38,8 +38,8 @@ public struct MultiSlerpMerge: MergeMethod {
         var weights = try indices.map { r(Float(try input.modelParameters[$0].double("weight"))) }
         // Whole-tensor sums and norms: torch's float32 order in float32 (`TorchReductions`), else a double sum
         // rounded once to the dtype (which matched every 16-bit case of mergekit's).
-        let sum = { (x: [Float]) -> Float in r.isIdentity ? TorchReductions.sum(x) : r.reduced(x.reduce(0.0) { $0 + Double($1) }) }
-        let norm = { (x: [Float]) -> Float in r.isIdentity ? TorchReductions.norm(x) : r.reduced(Reductions.norm(x)) }
+        let sum = { (x: [Float]) -> Float in r.isIdentity ? TorchReductions.sum(x) : r.reduced(TorchReductions.wideSum(x)) }
+        let norm = { (x: [Float]) -> Float in r.isIdentity ? TorchReductions.norm(x) : r.reduced(TorchReductions.wideNorm(x)) }
         if normalizeWeights {
             let total = sum(weights)
             weights = weights.map { r($0 / total) }

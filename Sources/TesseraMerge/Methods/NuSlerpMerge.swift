@@ -76,10 +76,10 @@ public struct NuSlerpMerge: MergeMethod {
             // float32 over contiguous vectors: torch's reduction order; otherwise a double sum rounded once (exact
             // enough that every 16-bit result matched mergekit's; strided float32 vectors may differ in the last bit).
             let exact = r.isIdentity && !strided
-            let n0 = max(exact ? TorchReductions.norm(x0) : r.reduced(Reductions.norm(x0)), clampMin)
-            let n1 = max(exact ? TorchReductions.norm(x1) : r.reduced(Reductions.norm(x1)), clampMin)
+            let n0 = max(exact ? TorchReductions.norm(x0) : r.reduced(TorchReductions.wideNorm(x0)), clampMin)
+            let n1 = max(exact ? TorchReductions.norm(x1) : r.reduced(TorchReductions.wideNorm(x1)), clampMin)
             let products = (0..<length).map { p in r(r(x0[p] / n0) * r(x1[p] / n1)) }
-            let cosTheta = min(max(exact ? TorchReductions.sum(products) : r.reduced(products.reduce(0.0) { $0 + Double($1) }), -1), 1)
+            let cosTheta = min(max(exact ? TorchReductions.sum(products) : r.reduced(TorchReductions.wideSum(products)), -1), 1)
             let colinear = r(1 - r(cosTheta * cosTheta)) <= colinearBound
             if colinear {
                 for p in 0..<length { out[index(p)] = r(r(a * x0[p]) + r(b * x1[p])) }

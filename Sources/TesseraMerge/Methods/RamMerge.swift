@@ -68,6 +68,11 @@ public struct RamMerge: MergeMethod {
             for i in 0..<m { lambdas[i] = boost(shared[i], unique[i]) }
         }
         let lambda = lambdas, boosted = boost != nil
+        let rounding = TorchRounding(input.computeDType)
+        if !rounding.isIdentity && !boosted {
+            Self.mergeRounded(&base, &tvs, epsilon: epsilon, rounding)
+            return base
+        }
         withBufferPointers(&tvs) { t in
             base.withUnsafeMutableBufferPointer { bb in
                 guard let bp = bb.baseAddress else { return }
@@ -92,5 +97,36 @@ public struct RamMerge: MergeMethod {
             }
         }
         return base
+    }
+
+    /// ram in a 16-bit merge dtype, op by op as mergekit's torch code runs there: the task vectors rounded to the
+    /// dtype, `|τ| > ε` compared with ε converted to the dtype (torch casts a comparison's scalar to the tensor's
+    /// dtype), the masked terms (exact) and the overlap share τ / count each rounded, the sum over models accumulated
+    /// in float32 in model order and rounded once (torch's reduction over a 16-bit tensor), then base + Σ rounded.
+    static func mergeRounded(_ base: inout [Float], _ tvs: inout [[Float]], epsilon: Float, _ rounding: TorchRounding) {
+        let n = base.count, m = tvs.count
+        let r = rounding, eps = rounding(epsilon)
+        withBufferPointers(&tvs) { t in
+            base.withUnsafeMutableBufferPointer { bb in
+                guard let bp = bb.baseAddress else { return }
+                let out = SharedMutablePointer(bp)
+                let tp = UncheckedSendable(t)
+                Parallel.forChunks(n) { _, range in
+                    let t = tp.value
+                    for j in range {
+                        var c = 0
+                        for i in 0..<m where abs(r(t[i][j])) > eps { c += 1 }
+                        let divisor = Float(max(c, 1))
+                        var merged: Float = 0
+                        for i in 0..<m {
+                            let tv = r(t[i][j])
+                            let z: Float = abs(tv) > eps ? tv : 0
+                            merged += c == 1 ? z : (c > 1 ? r(z / divisor) : 0)
+                        }
+                        out[j] = r(out[j] + r(merged))
+                    }
+                }
+            }
+        }
     }
 }

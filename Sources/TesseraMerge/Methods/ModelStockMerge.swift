@@ -95,15 +95,24 @@ public struct ModelStockMerge: MergeMethod {
         var norms = [Float](repeating: 0, count: k)
         var cosines: [Float] = []
         scratch.withUnsafeMutableBufferPointer { sb in
-            let x = sb.baseAddress!
+            let x = SharedMutablePointer(sb.baseAddress!)
+            let inputs = UncheckedSendable(ws)
+            // The elementwise passes run over the cores (each entry is the same float32 operation wherever it runs);
+            // only the sums, whose order is torch's, stay on one.
             for a in 0..<k {
-                for j in 0..<n { x[j] = ws[a][j] - w0[j] }
-                norms[a] = TorchFloat32.norm(x, count: n)
+                Parallel.forChunks(n) { _, r in
+                    let wa = inputs.value[a]
+                    for j in r { x[j] = wa[j] - w0[j] }
+                }
+                norms[a] = TorchFloat32.norm(x.base, count: n)
             }
             for a in 0..<k {
                 for c in (a + 1)..<k {
-                    for j in 0..<n { x[j] = (ws[a][j] - w0[j]) * (ws[c][j] - w0[j]) }
-                    let dot = TorchFloat32.sum(x, count: n)
+                    Parallel.forChunks(n) { _, r in
+                        let wa = inputs.value[a], wc = inputs.value[c]
+                        for j in r { x[j] = (wa[j] - w0[j]) * (wc[j] - w0[j]) }
+                    }
+                    let dot = TorchFloat32.sum(x.base, count: n)
                     cosines.append(min(max(dot / max(norms[a] * norms[c], Float(1e-6)), -1), 1))
                 }
             }

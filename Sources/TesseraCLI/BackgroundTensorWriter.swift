@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraMerge
 
 /// Hands a merge's output tensors to `OutputCheckpoint` on a thread of their own, one tensor behind the merge.
 ///
@@ -22,6 +23,11 @@ final class BackgroundTensorWriter: @unchecked Sendable {
 
     func append(_ name: String, float32 values: [Float], shape: [Int]) throws {
         try submit { out in try out.append(name, float32: values, shape: shape) }
+    }
+
+    /// A tensor taken unchanged from a file mapping: the job holds the mapping until the tensor is written.
+    func append(_ name: String, mapped: MappedFloat32, shape: [Int]) throws {
+        try submit { out in try out.append(name, float32: mapped.values, shape: shape) }
     }
 
     func append(_ name: String, _ tensor: RawTensor) throws {

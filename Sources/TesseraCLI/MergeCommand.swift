@@ -228,6 +228,7 @@ struct MergeCommand: ParsableCommand {
             for segment in program.segments {
                 let before = done
                 let s = try MergeDriver.run(segment, float32Sink: { name, values, shape in try writer.append(name, float32: values, shape: shape) },
+                                            mappedSink: { name, mapped, shape in try writer.append(name, mapped: mapped, shape: shape) },
                                             progress: { k, _ in bar.update(completed: before + k) }) { name, tensor in
                     try writer.append(name, tensor)
                 }

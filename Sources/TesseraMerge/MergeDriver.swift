@@ -271,8 +271,23 @@ final class MergeJob {
             modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: inputName(m, name),
                                                                layerPosition: t, method: type.name, scope: "model '\(m.name)'"))
         }
+        // The base, last, for a method that uses it (mapped like the models; shared with a model of the same source).
+        var hasBase = false
+        if type.baseUse != .ignored, let b = plan.base {
+            if let j = plan.models.firstIndex(where: { $0.source === b.source }) {
+                storage.append(storage[j])
+            } else {
+                try check(b, name, reference: reference)
+                if let source = b.source as? Float32Mapping, let mapped = try source.mapFloat32(name) {
+                    storage.append(.mapped(mapped))
+                } else {
+                    storage.append(.array(try load(b, name, reference: reference)))
+                }
+            }
+            hasBase = true
+        }
         return ViewedInput(name: name, shape: info.shape, storage: storage, modelParameters: modelParameters,
-                           parameters: try globalParameters(name))
+                           parameters: try globalParameters(name), hasBase: hasBase, isBaseModel: isBase)
     }
 
     /// The tensor exists in the input with the reference's shape (and dtype, unless the plan converts).
@@ -388,6 +403,9 @@ struct ViewedInput {
     let storage: [Storage]
     let modelParameters: [MergeParameters]
     let parameters: MergeParameters
+    /// Whether the last storage is the base's (the others are the models', in order).
+    var hasBase = false
+    var isBaseModel: [Bool] = []
 
     /// Calls `body` with views that stay valid for the call (arrays are pinned, mappings are held).
     func withViews<R>(_ body: (TensorMergeViews) throws -> R) throws -> R {
@@ -396,7 +414,11 @@ struct ViewedInput {
 
     private func pinned<R>(_ k: Int, _ views: [UnsafeBufferPointer<Float>], _ body: (TensorMergeViews) throws -> R) throws -> R {
         if k == storage.count {
-            return try body(TensorMergeViews(name: name, shape: shape, models: views, modelParameters: modelParameters, parameters: parameters))
+            var v = TensorMergeViews(name: name, shape: shape, models: hasBase ? Array(views.dropLast()) : views,
+                                     modelParameters: modelParameters, parameters: parameters)
+            v.base = hasBase ? views.last : nil
+            v.isBaseModel = isBaseModel
+            return try body(v)
         }
         switch storage[k] {
         case .mapped(let m): return try pinned(k + 1, views + [m.values], body)

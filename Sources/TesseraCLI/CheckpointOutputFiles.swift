@@ -55,6 +55,7 @@ final class OutputCheckpoint {
 
     func append(_ name: String, _ tensor: RawTensor) throws { try writer.append(name, tensor) }
     func append(_ name: String, float32 values: [Float], shape: [Int]) throws { try writer.append(name, float32: values, shape: shape) }
+    func append(_ name: String, float32 values: UnsafeBufferPointer<Float>, shape: [Int]) throws { try writer.append(name, float32: values, shape: shape) }
 
     /// Finishes the output; `card` is rendered for a folder with the final file list.
     func finish(metadata: [(String, String)], card: ModelCard) throws -> CheckpointOutputResult {

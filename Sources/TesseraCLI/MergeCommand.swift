@@ -222,21 +222,31 @@ struct MergeCommand: ParsableCommand {
         let bar = ProgressReporter(label: "tessera: merging (\(plan.method))", total: shapes.count)
         var summary: MergeSummary?
         var done = 0
-        for segment in program.segments {
-            let before = done
-            let s = try MergeDriver.run(segment, float32Sink: { name, values, shape in try output.append(name, float32: values, shape: shape) },
-                                        progress: { k, _ in bar.update(completed: before + k) }) { name, tensor in
-                try output.append(name, tensor)
+        // Each tensor is written while the next one merges.
+        let writer = BackgroundTensorWriter(output)
+        do {
+            for segment in program.segments {
+                let before = done
+                let s = try MergeDriver.run(segment, float32Sink: { name, values, shape in try writer.append(name, float32: values, shape: shape) },
+                                            mappedSink: { name, mapped, shape in try writer.append(name, mapped: mapped, shape: shape) },
+                                            progress: { k, _ in bar.update(completed: before + k) }) { name, tensor in
+                    try writer.append(name, tensor)
+                }
+                done += s.tensorCount
+                if var total = summary {
+                    total.tensorCount += s.tensorCount
+                    total.parameterCount += s.parameterCount
+                    summary = total
+                } else {
+                    summary = s
+                }
             }
-            done += s.tensorCount
-            if var total = summary {
-                total.tensorCount += s.tensorCount
-                total.parameterCount += s.parameterCount
-                summary = total
-            } else {
-                summary = s
-            }
+        } catch {
+            // No write may still be under way when the output is dropped (it removes its temporary files).
+            try? writer.drain()
+            throw error
         }
+        try writer.drain()
         bar.finish()
         var meta = try MergeProvenance.metadata(plan: plan, summary: summary, tensorHash: resolver.tensorHash)
         if let parsedConfig, !parsedConfig.slices.isEmpty { meta.append(("tessera.merge.slices", Self.slicesJSON(parsedConfig).serialized())) }

@@ -62,6 +62,18 @@ public final class SafetensorsStreamWriter {
         #endif
     }
 
+    /// An F32 tensor written from float storage the caller holds (a file mapping): no copy on little-endian machines.
+    public func append(_ name: String, float32 values: UnsafeBufferPointer<Float>, shape: [Int]) throws {
+        guard elementCount(shape) == values.count else {
+            throw TesseraError(.shapeMismatch, "tensor '\(name)': \(values.count) values do not fit shape \(shape)")
+        }
+        #if _endian(little)
+        try appendBytes(name, dtype: .f32, shape: shape, UnsafeRawBufferPointer(values))
+        #else
+        try append(name, try RawTensor(floats: Array(values), shape: shape, dtype: .f32))
+        #endif
+    }
+
     private func appendBytes(_ name: String, dtype: DType, shape: [Int], _ raw: UnsafeRawBufferPointer) throws {
         try SafetensorsLayout.validateName(name, file: path)
         guard names.insert(name).inserted else { throw TesseraError(.invalidParameter, "\(path): tensor '\(name)' written twice") }

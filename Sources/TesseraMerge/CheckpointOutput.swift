@@ -195,6 +195,15 @@ public final class CheckpointOutputWriter {
         try record(name, bytes: bytes, elements: values.count)
     }
 
+    /// An F32 tensor from float storage the caller holds for the call (a file mapping), written without a copy.
+    public func append(_ name: String, float32 values: UnsafeBufferPointer<Float>, shape: [Int]) throws {
+        let (bytes, overflow) = values.count.multipliedReportingOverflow(by: 4)
+        guard !overflow else { throw TesseraError(.shapeMismatch, "tensor '\(name)' is too large") }
+        let w = try shard(for: bytes)
+        try w.append(name, float32: values, shape: shape)
+        try record(name, bytes: bytes, elements: values.count)
+    }
+
     /// The weight file names the folder will have, in shard order.
     func shardFileNames() -> [String] {
         if shards.count <= 1 { return ["\(weightsName).safetensors"] }

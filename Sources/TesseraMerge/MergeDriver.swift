@@ -22,7 +22,10 @@ public enum MergeDriver {
     /// instead, with no encoding copy (a file writer takes them straight from float storage).
     @discardableResult
     /// `progress`, when given, is told the number of tensors done and the total after each tensor.
+    /// With `mappedSink`, float32 tensors that `passthrough` takes unchanged from a file go there as the file's mapping
+    /// (see `MergeJob.unchangedMapping`); the sink may hold the mapping until it has written it.
     public static func run(_ plan: MergePlan, float32Sink: ((_ name: String, _ values: [Float], _ shape: [Int]) throws -> Void)? = nil,
+                           mappedSink: ((_ name: String, _ values: MappedFloat32, _ shape: [Int]) throws -> Void)? = nil,
                            progress: ((_ done: Int, _ total: Int) -> Void)? = nil,
                            sink: (_ name: String, _ tensor: RawTensor) throws -> Void) throws -> MergeSummary {
         let type = try MergeRegistry.method(named: plan.method)
@@ -34,6 +37,16 @@ public enum MergeDriver {
             defer { progress?(done + 1, job.names.count) }
             if let passthrough = try job.nonFloatPassthrough(name) {
                 try sink(name, passthrough)
+                continue
+            }
+            if let mappedSink, let mapped = try job.unchangedMapping(name) {
+                // The float32 check every result goes through: a non-finite input fails here as it would merged.
+                if let k = TesseraMath.FloatCodec.firstNonFinite(mapped.values) {
+                    throw TesseraError(.invalidParameter, "\(plan.method): the merge of tensor '\(name)' produced \(mapped.values[k]) at index \(k)",
+                                       hint: "check the inputs and parameters (zero weight sums, zero Fishers, NaN inputs); nothing was written for this tensor")
+                }
+                try mappedSink(name, mapped, try job.reference.source.requireInfo(name).shape)
+                parameterCount += mapped.values.count
                 continue
             }
             var out: [Float], shape: [Int], count: Int
@@ -213,6 +226,27 @@ final class MergeJob {
         return raw
     }
 
+    /// The model the plan's tensor names and shapes come from: the base, else the first model.
+    var reference: MergeInputModel { plan.base ?? plan.models[0] }
+
+    /// The file mapping of a tensor `passthrough` takes unchanged, or nil when the tensor must go through the merge.
+    /// Unchanged means: one model and no base, no `scale` for this tensor, float32 stored, computed and written (the
+    /// merge would return the stored values as they are). Copying such a tensor into an array only to write the
+    /// array out was most of a slices merge's work: the output is written straight from the input file's pages.
+    func unchangedMapping(_ name: String) throws -> MappedFloat32? {
+        guard type is PassthroughMerge.Type, plan.base == nil, plan.models.count == 1,
+              plan.dtype == nil || plan.dtype == .f32 else { return nil }
+        let m = plan.models[0]
+        guard let info = m.source.tensorInfo(name), info.dtype == .f32,
+              outputDType(name) == .f32, computeDType(name) == .f32 else { return nil }
+        let parameters = try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: inputName(m, name),
+                                                     layerPosition: position(name), method: type.name, scope: "model '\(m.name)'")
+        guard !parameters.has("scale") else { return nil }
+        _ = try globalParameters(name)  // resolved as the merge would, for the same errors
+        guard let source = m.source as? Float32Mapping else { return nil }
+        return try source.mapFloat32(name)
+    }
+
     /// One tensor of every model for a method that reads views: mapped where the source can map it (no copy, no
     /// fresh memory), read into an array otherwise. Nil for a tensor the plan does not merge as floats.
     func loadViews(_ name: String) throws -> ViewedInput? {
@@ -237,8 +271,23 @@ final class MergeJob {
             modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: inputName(m, name),
                                                                layerPosition: t, method: type.name, scope: "model '\(m.name)'"))
         }
+        // The base, last, for a method that uses it (mapped like the models; shared with a model of the same source).
+        var hasBase = false
+        if type.baseUse != .ignored, let b = plan.base {
+            if let j = plan.models.firstIndex(where: { $0.source === b.source }) {
+                storage.append(storage[j])
+            } else {
+                try check(b, name, reference: reference)
+                if let source = b.source as? Float32Mapping, let mapped = try source.mapFloat32(name) {
+                    storage.append(.mapped(mapped))
+                } else {
+                    storage.append(.array(try load(b, name, reference: reference)))
+                }
+            }
+            hasBase = true
+        }
         return ViewedInput(name: name, shape: info.shape, storage: storage, modelParameters: modelParameters,
-                           parameters: try globalParameters(name))
+                           parameters: try globalParameters(name), hasBase: hasBase, isBaseModel: isBase)
     }
 
     /// The tensor exists in the input with the reference's shape (and dtype, unless the plan converts).
@@ -354,6 +403,9 @@ struct ViewedInput {
     let storage: [Storage]
     let modelParameters: [MergeParameters]
     let parameters: MergeParameters
+    /// Whether the last storage is the base's (the others are the models', in order).
+    var hasBase = false
+    var isBaseModel: [Bool] = []
 
     /// Calls `body` with views that stay valid for the call (arrays are pinned, mappings are held).
     func withViews<R>(_ body: (TensorMergeViews) throws -> R) throws -> R {
@@ -362,7 +414,11 @@ struct ViewedInput {
 
     private func pinned<R>(_ k: Int, _ views: [UnsafeBufferPointer<Float>], _ body: (TensorMergeViews) throws -> R) throws -> R {
         if k == storage.count {
-            return try body(TensorMergeViews(name: name, shape: shape, models: views, modelParameters: modelParameters, parameters: parameters))
+            var v = TensorMergeViews(name: name, shape: shape, models: hasBase ? Array(views.dropLast()) : views,
+                                     modelParameters: modelParameters, parameters: parameters)
+            v.base = hasBase ? views.last : nil
+            v.isBaseModel = isBaseModel
+            return try body(v)
         }
         switch storage[k] {
         case .mapped(let m): return try pinned(k + 1, views + [m.values], body)

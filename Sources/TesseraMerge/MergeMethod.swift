@@ -71,6 +71,10 @@ public struct TensorMergeViews {
     public var models: [UnsafeBufferPointer<Float>]
     public var modelParameters: [MergeParameters]
     public var parameters: MergeParameters
+    /// The base model's view, for methods that use the base (`baseUse` not `.ignored`) when the plan has one.
+    public var base: UnsafeBufferPointer<Float>? = nil
+    /// Which listed models are the base model itself (as `TensorMergeInput.isBaseModel`).
+    public var isBaseModel: [Bool] = []
 
     public var elementCount: Int { TesseraCore.elementCount(shape) ?? 0 }
 }
@@ -97,7 +101,8 @@ public protocol MergeMethod: Sendable {
     func merge(_ input: inout TensorMergeInput) throws -> [Float]
 
     /// Whether the method can merge from read-only views (`merge(views:)`); the driver then maps file inputs instead
-    /// of reading them into arrays. Only for methods that ignore the base and never write to their inputs.
+    /// of reading them into arrays. Only for methods that never write to their inputs; a method that uses the base
+    /// gets it as a view too (`TensorMergeViews.base`).
     static var readsViews: Bool { get }
 
     /// Merges one tensor from read-only views (methods with `readsViews`); the result must equal `merge(_:)`'s.

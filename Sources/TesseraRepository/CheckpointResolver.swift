@@ -230,9 +230,27 @@ public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, 
 
     /// The tensor's SHA-256; computed now if the merge never read it.
     public func hash(of name: String) -> String? {
+        lock.lock(); let unread = !submitted.contains(name); lock.unlock()
+        if unread { hashUnread() }
         hasher.waitUntilIdle()
         lock.lock(); let h = hashes[name]; lock.unlock()
         if let h { return h }
         return (try? inner.rawTensor(name)).map { SHA256Hasher.hex($0.bytes) }
+    }
+
+    /// Hands every tensor the merge never read to the hasher's workers (mapped where the file allows it), so that
+    /// they are hashed over the cores, two at a time where lengths match, instead of one by one on the calling
+    /// thread: a slices merge reads only some layers of each input, and hashing the rest serially at the end was a
+    /// fifth of its wall time. The queue's bound keeps memory to a few tensors.
+    private func hashUnread() {
+        for name in inner.tensorNames {
+            lock.lock(); let unread = !submitted.contains(name); lock.unlock()
+            guard unread else { continue }
+            if let mapped = try? mapFloat32(name) {
+                _ = mapped  // submitted by mapFloat32
+            } else {
+                _ = try? rawTensor(name)  // submitted by rawTensor
+            }
+        }
     }
 }

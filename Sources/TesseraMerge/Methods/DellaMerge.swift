@@ -84,22 +84,84 @@ enum DellaMagprune {
                 let lp = SharedPointer(lb.baseAddress!)
                 Parallel.forEach(chunks) { c in
                     let lo = groups * c / chunks, hi = groups * (c + 1) / chunks
-                    var order = [Int](repeating: 0, count: len)
+                    // Two sort buffers and the four digit histograms, reused by every row of the chunk.
+                    let front = UnsafeMutablePointer<UInt64>.allocate(capacity: len)
+                    let back = UnsafeMutablePointer<UInt64>.allocate(capacity: len)
+                    let counts = UnsafeMutablePointer<Int>.allocate(capacity: 4 * 256)
+                    defer { front.deallocate(); back.deallocate(); counts.deallocate() }
                     for g in lo..<hi {
                         let o = g / inner, k = g % inner
-                        let start = o * len * inner + k
-                        for r in 0..<len { order[r] = start + r * inner }
-                        order.sort { a, b in
-                            let ka = MagnitudeSelect.key(xp[a]), kb = MagnitudeSelect.key(xp[b])
-                            return ka != kb ? ka < kb : a < b
-                        }
-                        for r in 0..<len {
-                            let j = order[r]
+                        let start = o &* len &* inner &+ k
+                        forEachRank(xp, start: start, stride: inner, len: len,
+                                    front: front, back: back, counts: counts) { r, position in
+                            let j = start &+ position &* inner
                             let u = MergeKernels.mix64(key &+ UInt64(j &+ 1) &* golden) >> 11
                             if u >= lp[r] { xp[j] = 0 }
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Calls `body(rank, position)` for every entry of a row, ranks in ascending order of (magnitude key, position in
+    /// the row): the order a comparison sort by (`MagnitudeSelect.key`, index) gives, since that pair is a total
+    /// order.
+    ///
+    /// A comparison sort per row was three quarters of a DELLA merge; this is an LSD radix sort instead, linear in the
+    /// row: words `key << 32 | position` go through stable passes of 8 key bits each, positions entering in
+    /// ascending order, so equal keys stay by lower index. A pass whose digit is the same for the whole row is
+    /// skipped, and the last pass hands each entry's rank (its slot) to `body` instead of storing it. Each slot is
+    /// read once into a local before the store (the histogram and the buffers could alias as far as the compiler
+    /// knows, which otherwise costs a reload per entry).
+    @inline(__always)
+    private static func forEachRank(_ xp: SharedMutablePointer<Float>, start: Int, stride: Int, len: Int,
+                                    front: UnsafeMutablePointer<UInt64>, back: UnsafeMutablePointer<UInt64>,
+                                    counts: UnsafeMutablePointer<Int>, _ body: (Int, Int) -> Void) {
+        counts.initialize(repeating: 0, count: 4 * 256)
+        for r in 0..<len {
+            let key = MagnitudeSelect.key(xp[start &+ r &* stride])
+            front[r] = UInt64(key) << 32 | UInt64(truncatingIfNeeded: r)
+            counts[Int(key & 0xFF)] &+= 1
+            counts[256 &+ Int((key >> 8) & 0xFF)] &+= 1
+            counts[512 &+ Int((key >> 16) & 0xFF)] &+= 1
+            counts[768 &+ Int(key >> 24)] &+= 1
+        }
+        // The passes that move something (bit p set): those whose digit is not the same for every entry.
+        let first = front[0] >> 32
+        var needed = 0
+        for pass in 0..<4 where counts[256 &* pass &+ Int((first >> UInt64(8 &* pass)) & 0xFF)] != len {
+            needed |= 1 << pass
+        }
+        if needed == 0 {
+            // One key for the whole row: ranks are positions.
+            for r in 0..<len { body(r, r) }
+            return
+        }
+        let last = Int.bitWidth - 1 - needed.leadingZeroBitCount
+        var src = front, dst = back
+        for pass in 0...last where needed & (1 << pass) != 0 {
+            let shift = UInt64(32 &+ 8 &* pass)
+            let h = counts + 256 &* pass
+            var sum = 0
+            for d in 0..<256 { let t = h[d]; h[d] = sum; sum &+= t }
+            if pass == last {
+                for i in 0..<len {
+                    let v = src[i]
+                    let d = Int((v >> shift) & 0xFF)
+                    let slot = h[d]
+                    h[d] = slot &+ 1
+                    body(slot, Int(truncatingIfNeeded: v & 0xFFFF_FFFF))
+                }
+            } else {
+                for i in 0..<len {
+                    let v = src[i]
+                    let d = Int((v >> shift) & 0xFF)
+                    let slot = h[d]
+                    h[d] = slot &+ 1
+                    dst[slot] = v
+                }
+                swap(&src, &dst)
             }
         }
     }

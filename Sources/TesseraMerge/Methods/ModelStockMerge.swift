@@ -29,88 +29,137 @@ public struct ModelStockMerge: MergeMethod {
     ]
     public init() {}
 
+    /// Inputs are read as views (file mappings), not copied into arrays: reading four models' tensors into fresh
+    /// memory cost about as much as the merge. The result goes to a fresh array, which also holds each row's
+    /// differences and products while t is found (it is overwritten by the blend only after).
+    public static let readsViews = true
+
     public func merge(_ input: inout TensorMergeInput) throws -> [Float] {
         var base = try input.requireBase(Self.name)
         input.base = nil
         let idx = input.nonBaseIndices
-        guard idx.count >= 2 else {
-            throw TesseraError(.usage, "model_stock: needs the base model and at least two other models; got \(idx.count) besides the base (tensor '\(input.name)')",
-                               hint: "list at least two fine-tunes of the base model")
-        }
+        guard idx.count >= 2 else { throw Self.tooFewModels(idx.count, input.name) }
         let models = idx.map { input.models[$0] }
         input.models = []
         let n = base.count
-        for (k, m) in models.enumerated() where m.count != n {
-            throw TesseraError(.shapeMismatch, "model_stock: tensor '\(input.name)' of model \(idx[k]) has \(m.count) values, the base has \(n)")
-        }
+        for (k, m) in models.enumerated() where m.count != n { throw Self.shapeMismatch(input.name, idx[k], m.count, n) }
         guard n > 0 else { return base }
         let filterWise = try input.parameters.bool("filter_wise")
-        let rowLength = filterWise ? (input.shape.last ?? n) : n
-        let rows = rowLength == 0 ? 0 : n / rowLength
-        let count = models.count
-        let countF = Float(count)
-        // In a 16-bit merge dtype mergekit's every op rounds to it (`TorchRounding`); in float32 `r` is the identity.
-        let r = TorchRounding(input.computeDType)
         withReadOnlyPointers(models) { ws in
             base.withUnsafeMutableBufferPointer { bb in
-                guard let w0 = bb.baseAddress else { return }
-                let out = SharedMutablePointer(w0)
-                let inputs = UncheckedSendable(ws)
-                // Rows are independent: each finds its t, then blends in place (w₀ is read before it is overwritten).
-                // A single row (the whole tensor) blends over the cores.
-                let work = { (row: Int, parallel: Bool) in
-                    let lo = row * rowLength
-                    let ws = inputs.value
-                    let t = Self.ratio(ws.map { $0 + lo }, UnsafePointer(out.base + lo), count: rowLength, r)
-                    let s = r(1 - t)
-                    let blend = { (range: Range<Int>) in
-                        for j in range {
-                            // sum(ws) / count: Python's sum, 0 + w₁ + w₂ + …, each addition a tensor op.
-                            var sum: Float = 0
-                            for a in 0..<count { sum = r(sum + ws[a][j]) }
-                            out[j] = r(r(t * r(sum / countF)) + r(s * out[j]))
-                        }
-                    }
-                    if parallel {
-                        Parallel.forChunks(rowLength) { _, r in blend((lo + r.lowerBound)..<(lo + r.upperBound)) }
-                    } else {
-                        blend(lo..<(lo + rowLength))
-                    }
-                }
-                if rows == 1 {
-                    work(0, true)
-                } else {
-                    let chunks = n >= Parallel.minimumParallelCount ? min(rows, Parallel.chunksPerCore * 2) : 1
-                    Parallel.forEach(chunks) { c in
-                        for row in (rows * c / chunks)..<(rows * (c + 1) / chunks) { work(row, false) }
-                    }
-                }
+                // In place: the base's storage is the output, so the ratio needs scratch of its own.
+                Self.blend(into: bb.baseAddress!, base: UnsafePointer(bb.baseAddress!), ws, count: n, shape: input.shape,
+                           filterWise: filterWise, outputIsScratch: false, TorchRounding(input.computeDType))
             }
         }
         return base
     }
 
+    public func merge(views: TensorMergeViews) throws -> [Float] {
+        guard let base = views.base else {
+            throw TesseraError(.usage, "\(Self.name) needs a base model (tensor '\(views.name)')", hint: "set base_model in the merge config")
+        }
+        let idx = views.models.indices.filter { !(views.isBaseModel.indices.contains($0) && views.isBaseModel[$0]) }
+        guard idx.count >= 2 else { throw Self.tooFewModels(idx.count, views.name) }
+        let models = idx.map { views.models[$0] }
+        let n = base.count
+        for (k, m) in models.enumerated() where m.count != n { throw Self.shapeMismatch(views.name, idx[k], m.count, n) }
+        guard n > 0 else { return Array(base) }
+        let filterWise = try views.parameters.bool("filter_wise")
+        let ws = models.map { $0.baseAddress! }
+        return [Float](unsafeUninitializedCapacity: n) { out, initialized in
+            // Views are float32 merges (the driver maps only those): no rounding.
+            Self.blend(into: out.baseAddress!, base: base.baseAddress!, ws, count: n, shape: views.shape,
+                       filterWise: filterWise, outputIsScratch: true, TorchRounding(.f32))
+            initialized = n
+        }
+    }
+
+    static func tooFewModels(_ count: Int, _ name: String) -> TesseraError {
+        TesseraError(.usage, "model_stock: needs the base model and at least two other models; got \(count) besides the base (tensor '\(name)')",
+                     hint: "list at least two fine-tunes of the base model")
+    }
+
+    static func shapeMismatch(_ name: String, _ model: Int, _ count: Int, _ n: Int) -> TesseraError {
+        TesseraError(.shapeMismatch, "model_stock: tensor '\(name)' of model \(model) has \(count) values, the base has \(n)")
+    }
+
+    /// θ = t · (Σ_i w_i)/k + (1 − t) · w₀ into `out`, each row (or the whole tensor) with its own t. `base` may be `out`
+    /// itself (each entry of w₀ is read before it is overwritten); otherwise (`outputIsScratch`) the output row holds
+    /// the differences and products while t is found, instead of scratch memory of its own.
+    static func blend(into out0: UnsafeMutablePointer<Float>, base w0p: UnsafePointer<Float>, _ ws0: [UnsafePointer<Float>],
+                      count n: Int, shape: [Int], filterWise: Bool, outputIsScratch: Bool, _ r: TorchRounding) {
+        let rowLength = filterWise ? (shape.last ?? n) : n
+        let rows = rowLength == 0 ? 0 : n / rowLength
+        let count = ws0.count
+        let countF = Float(count)
+        let out = SharedMutablePointer(out0)
+        let w0 = SharedPointer(w0p)
+        let inputs = UncheckedSendable(ws0)
+        // Rows are independent: each finds its t, then blends (w₀ is read before it is overwritten when in place).
+        // A single row (the whole tensor) blends over the cores.
+        let work = { (row: Int, parallel: Bool) in
+            let lo = row * rowLength
+            let ws = inputs.value
+            let t = Self.ratio(ws.map { $0 + lo }, w0.base + lo, count: rowLength, scratch: outputIsScratch ? out.base + lo : nil, r)
+            let s = r(1 - t)
+            // In a 16-bit merge dtype mergekit's every op rounds to it (`TorchRounding`); in float32 `r` is the identity.
+            let blend = { (range: Range<Int>) in
+                for j in range {
+                    // sum(ws) / count: Python's sum, 0 + w₁ + w₂ + …, each addition a tensor op.
+                    var sum: Float = 0
+                    for a in 0..<count { sum = r(sum + ws[a][j]) }
+                    out[j] = r(r(t * r(sum / countF)) + r(s * w0[j]))
+                }
+            }
+            if parallel {
+                Parallel.forChunks(rowLength) { _, r in blend((lo + r.lowerBound)..<(lo + r.upperBound)) }
+            } else {
+                blend(lo..<(lo + rowLength))
+            }
+        }
+        if rows == 1 {
+            work(0, true)
+        } else {
+            let chunks = n >= Parallel.minimumParallelCount ? min(rows, Parallel.chunksPerCore * 2) : 1
+            Parallel.forEach(chunks) { c in
+                for row in (rows * c / chunks)..<(rows * (c + 1) / chunks) { work(row, false) }
+            }
+        }
+    }
+
     /// The interpolation ratio t of one row (or the whole tensor) of `n` entries, with float32 norms, dot products and
     /// means summed as torch sums them on one thread (`TorchReductions`): k·cos θ / (1 + (k − 1)·cos θ), 0 when singular.
+    /// `scratch`: room for `n` floats, or nil to allocate it.
     ///
     /// In a 16-bit merge dtype each elementwise op rounds to it, and the norms and sums (which torch accumulates in
-    /// float32 and rounds once) are accumulated wide and rounded once (`TorchReductions.wideSum`).
-    static func ratio(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, count n: Int, _ r: TorchRounding) -> Float {
+    /// float32 and rounds once) are accumulated wide and rounded once (`roundedRatio`).
+    static func ratio(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, count n: Int, scratch given: UnsafeMutablePointer<Float>? = nil,
+                      _ r: TorchRounding) -> Float {
         let k = ws.count
         if !r.isIdentity { return roundedRatio(ws, w0, count: n, r) }
-        var scratch = [Float](repeating: 0, count: n)
+        var owned = given == nil ? [Float](repeating: 0, count: n) : []
         var norms = [Float](repeating: 0, count: k)
         var cosines: [Float] = []
-        scratch.withUnsafeMutableBufferPointer { sb in
-            let x = sb.baseAddress!
+        owned.withUnsafeMutableBufferPointer { sb in
+            let x = SharedMutablePointer(given ?? sb.baseAddress!)
+            let inputs = UncheckedSendable(ws)
+            // The elementwise passes run over the cores (each entry is the same float32 operation wherever it runs);
+            // only the sums, whose order is torch's, stay on one.
             for a in 0..<k {
-                for j in 0..<n { x[j] = ws[a][j] - w0[j] }
-                norms[a] = TorchReductions.norm(UnsafeBufferPointer(start: x, count: n))
+                Parallel.forChunks(n) { _, r in
+                    let wa = inputs.value[a]
+                    for j in r { x[j] = wa[j] - w0[j] }
+                }
+                norms[a] = TorchReductions.norm(UnsafeBufferPointer(start: x.base, count: n))
             }
             for a in 0..<k {
                 for c in (a + 1)..<k {
-                    for j in 0..<n { x[j] = (ws[a][j] - w0[j]) * (ws[c][j] - w0[j]) }
-                    let dot = TorchReductions.sum(UnsafeBufferPointer(start: x, count: n))
+                    Parallel.forChunks(n) { _, r in
+                        let wa = inputs.value[a], wc = inputs.value[c]
+                        for j in r { x[j] = (wa[j] - w0[j]) * (wc[j] - w0[j]) }
+                    }
+                    let dot = TorchReductions.sum(UnsafeBufferPointer(start: x.base, count: n))
                     cosines.append(min(max(dot / max(norms[a] * norms[c], Float(1e-6)), -1), 1))
                 }
             }

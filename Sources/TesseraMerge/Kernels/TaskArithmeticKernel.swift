@@ -20,6 +20,9 @@ import TesseraMath
 /// (`halfKernel`), which rounds where torch does. The magnitude trims keep the entries torch's sort keeps
 /// (`TorchSort`), ties included.
 enum TaskArithmeticKernel {
+    /// The most memory the models' trims of one tensor may take side by side (their tie-replay pairs).
+    static let sideBySideTrimBytes = 256 << 20
+
     enum Sparsification { case none, magnitude, magnitudeOutliers, random, dellaMagprune }
     enum Consensus: String { case none, sum, count }
 
@@ -124,9 +127,12 @@ enum TaskArithmeticKernel {
             deltas.withUnsafeMutableBufferPointer { db in
                 let all = SharedMutablePointer(db.baseAddress!)
                 let body = { (t: Int) in jobs[t].apply(&all.base[jobs[t].model], rescale: rescale, r) }
-                // One trim at a time when the tensor is small (its own loops stay serial there anyway). libdispatch's
-                // threads wait without spinning for the longer trim (Parallel's workers would spin).
-                if n >= Parallel.minimumParallelCount && jobs.count > 1 {
+                // One trim at a time when the tensor is small (its own loops stay serial there anyway), and when it
+                // is large: a trim that replays torch's tie order holds (magnitude, index) pairs for the whole tensor
+                // (300 MB for GPT-2's embedding), and two side by side would take peak memory past 1 GB.
+                // libdispatch's threads wait without spinning for the longer trim (Parallel's workers would spin).
+                let pairBytes = n * MemoryLayout<TorchSort.Pair>.stride * jobs.count
+                if n >= Parallel.minimumParallelCount && jobs.count > 1 && pairBytes <= Self.sideBySideTrimBytes {
                     let sendable = unsafeBitCast(body, to: (@Sendable (Int) -> Void).self)
                     DispatchQueue.concurrentPerform(iterations: jobs.count, execute: sendable)
                 } else {

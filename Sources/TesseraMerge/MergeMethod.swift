@@ -1,5 +1,6 @@
 import TesseraCore
 import TesseraIO
+import TesseraMath
 
 /// How a method uses the base model.
 public enum BaseUse: String, Sendable {
@@ -53,6 +54,17 @@ public struct TensorMergeInput: Sendable {
 
     /// Indices of the models that are not the base model.
     public var nonBaseIndices: [Int] { models.indices.filter { !isBaseModel[$0] } }
+
+    /// Model `i`'s task vector θ_i − θ_base, made in the model's own array (which this input gives up).
+    mutating func takeTaskVector(_ i: Int, base: [Float], method: String) throws -> [Float] {
+        var d = models[i]
+        models[i] = []
+        guard d.count == base.count else {
+            throw TesseraError(.shapeMismatch, "\(method): tensor '\(name)' of model \(i) has \(d.count) values, the base has \(base.count)")
+        }
+        d.withUnsafeMutableBufferPointer { dp in base.withUnsafeBufferPointer { MergeKernels.subtract(dp, $0) } }
+        return d
+    }
 
     func requireBase(_ method: String) throws -> [Float] {
         guard let base else {

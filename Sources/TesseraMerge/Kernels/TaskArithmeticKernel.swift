@@ -68,15 +68,10 @@ enum TaskArithmeticKernel {
         // cut, as it often does in a large float32 tensor) run after this loop, the models' trims side by side.
         var trims: [MagnitudeTrim] = []
         for i in indices {
-            var d = input.models[i]
-            input.models[i] = []
-            guard d.count == n else {
-                throw TesseraError(.shapeMismatch, "\(method): tensor '\(input.name)' of model \(i) has \(d.count) values, the base has \(n)")
-            }
+            var d = try input.takeTaskVector(i, base: base, method: method)
             let mp = input.modelParameters[i]
             weights.append(r(Float(try mp.double("weight"))))
             let density = try density(mp, model: i, tensor: input.name, method: method)
-            d.withUnsafeMutableBufferPointer { dp in base.withUnsafeBufferPointer { MergeKernels.subtract(dp, $0) } }
             r.round(&d)
             if density < 1, n > 0 {
                 switch sparsification {

@@ -38,15 +38,7 @@ public struct RamMerge: MergeMethod {
         if idx.isEmpty { return base }
         let n = base.count
         var tvs: [[Float]] = []
-        for i in idx {
-            var d = input.models[i]
-            input.models[i] = []
-            guard d.count == n else {
-                throw TesseraError(.shapeMismatch, "\(method): tensor '\(input.name)' of model \(i) has \(d.count) values, the base has \(n)")
-            }
-            d.withUnsafeMutableBufferPointer { dp in base.withUnsafeBufferPointer { MergeKernels.subtract(dp, $0) } }
-            tvs.append(d)
-        }
+        for i in idx { tvs.append(try input.takeTaskVector(i, base: base, method: method)) }
         let epsilonValue = try input.parameters.double("epsilon")
         guard !epsilonValue.isNaN else {
             throw TesseraError(.invalidParameter, "\(method): epsilon is NaN", hint: "use a small non-negative threshold, e.g. epsilon: 1e-5")

@@ -43,15 +43,7 @@ public struct SceMerge: MergeMethod {
         }
         // Task vectors, in place of the models.
         var tvs: [[Float]] = []
-        for i in idx {
-            var d = input.models[i]
-            input.models[i] = []
-            guard d.count == n else {
-                throw TesseraError(.shapeMismatch, "sce: tensor '\(input.name)' of model \(i) has \(d.count) values, the base has \(n)")
-            }
-            d.withUnsafeMutableBufferPointer { dp in base.withUnsafeBufferPointer { MergeKernels.subtract(dp, $0) } }
-            tvs.append(d)
-        }
+        for i in idx { tvs.append(try input.takeTaskVector(i, base: base, method: Self.name)) }
         let rounding = TorchRounding(input.computeDType)
         if !rounding.isIdentity {
             for i in tvs.indices { rounding.round(&tvs[i]) }

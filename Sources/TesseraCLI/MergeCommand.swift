@@ -27,13 +27,25 @@ struct MergeParameterOptions: ParsableArguments {
 }
 
 struct MergeCommand: ParsableCommand {
+    /// The registry's methods, wrapped at 78 columns (help text must not depend on ArgumentParser's wrapping).
+    static var methodsParagraph: String {
+        var lines: [String] = [], line = ""
+        for word in ("Methods (mergekit's semantics by default): " + MergeRegistry.names.joined(separator: ", ") + ".").split(separator: " ") {
+            if !line.isEmpty && line.count + 1 + word.count > 78 {
+                lines.append(line)
+                line = ""
+            }
+            line += (line.isEmpty ? "" : " ") + word
+        }
+        return (lines + [line]).joined(separator: "\n")
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "merge",
         abstract: "Merge checkpoints (files or REV:path) with a merge method, or run a mergekit YAML config.",
         discussion: """
-        Methods (mergekit's semantics by default): linear, task_arithmetic, ties,
-        dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, slerp, fisher, ours,
-        theirs, base, passthrough. Inputs (models, --base, a config's model: and
+        \(methodsParagraph)
+        Inputs (models, --base, a config's model: and
         base_model:) are safetensors files, Hugging Face folders (single, sharded or
         PEFT adapter), shard index files, REV:path and REV:folder (read from the
         object store with no checkout); a config's MODEL+ADAPTER applies a LoRA.

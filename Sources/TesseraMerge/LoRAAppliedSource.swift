@@ -30,69 +30,20 @@ public final class LoRAAppliedSource: TensorSource {
         self.base = base
         self.adapter = adapter
         sourceName = name
-        guard let config = try? JSONParser.parse(adapterConfig), config.objectValue != nil else {
-            throw TesseraError(.invalidParameter, "\(name): the adapter's adapter_config.json is not a JSON object", hint: "name a PEFT LoRA adapter folder")
-        }
-        let peftType = config["peft_type"]?.stringValue ?? "LORA"
-        guard peftType == "LORA" else {
-            throw TesseraError(.unsupported, "\(name): the adapter is \(peftType), not LoRA", hint: "model+adapter applies LoRA adapters only")
-        }
-        if config["use_dora"]?.boolValue == true {
-            throw TesseraError(.unsupported, "\(name): DoRA adapters (use_dora) are not supported", hint: "merge the adapter with PEFT's merge_and_unload and name the result")
-        }
-        guard let alpha = config["lora_alpha"]?.doubleValue, let r = config["r"]?.doubleValue, r > 0 else {
-            throw TesseraError(.invalidParameter, "\(name): adapter_config.json has no lora_alpha or r", hint: "name a PEFT LoRA adapter folder")
-        }
-        let rslora = config["use_rslora"]?.boolValue == true
-        let fanInFanOut = config["fan_in_fan_out"]?.boolValue == true
-        let alphaPattern = config["alpha_pattern"]?.objectValue ?? []
-        let rankPattern = config["rank_pattern"]?.objectValue ?? []
-        /// PEFT matches a pattern key to a module name as the regex `(.*\.)?KEY$`; keys here are taken literally.
-        func pattern(_ pairs: [(String, JSONValue)], _ module: String) -> Double? {
-            pairs.first { module == $0.0 || module.hasSuffix("." + $0.0) }?.1.doubleValue
-        }
-        let prefix = "base_model.model."
+        let parsed = try LoRAAdapter(configBytes: adapterConfig, tensors: adapter, name: name)
         let baseNames = Set(base.tensorNames)
         var deltas: [String: Delta] = [:], replacements: [String: String] = [:]
-        var handled = Set<String>()
-        for n in adapter.tensorNames {
-            let stripped = n.hasPrefix(prefix) ? String(n.dropFirst(prefix.count)) : n
-            for (aSuffix, bSuffix, embedding) in [(".lora_A.weight", ".lora_B.weight", false), (".lora_embedding_A", ".lora_embedding_B", true)]
-            where stripped.hasSuffix(aSuffix) {
-                let module = String(stripped.dropLast(aSuffix.count))
-                let bName = String(n.dropLast(aSuffix.count)) + bSuffix
-                guard adapter.tensorInfo(bName) != nil else {
-                    throw TesseraError(.invalidParameter, "\(name): '\(n)' has no matching '\(bName)'", hint: "the adapter file is incomplete")
-                }
-                let target = module + ".weight"
-                guard baseNames.contains(target) else {
-                    throw TesseraError(.notFound, "\(name): the adapter changes '\(target)', which the base model does not have", hint: "apply the adapter to the model it was trained on")
-                }
-                let rank = Double(adapter.tensorInfo(n)?.shape.first ?? 0)
-                let moduleAlpha = pattern(alphaPattern, module) ?? alpha
-                let moduleRank = pattern(rankPattern, module) ?? rank
-                guard moduleRank > 0 else { throw TesseraError(.invalidParameter, "\(name): '\(n)' has rank 0", hint: "the adapter file is malformed") }
-                let scaling = rslora ? moduleAlpha / moduleRank.squareRoot() : moduleAlpha / moduleRank
-                deltas[target] = Delta(a: n, b: bName, scaling: Float(scaling), transpose: embedding || fanInFanOut)
-                handled.insert(n)
-                handled.insert(bName)
+        for m in parsed.modules {
+            guard baseNames.contains(m.target) else {
+                throw TesseraError(.notFound, "\(name): the adapter changes '\(m.target)', which the base model does not have", hint: "apply the adapter to the model it was trained on")
             }
+            deltas[m.target] = Delta(a: m.aName, b: m.bName, scaling: Float(m.scaling), transpose: m.transpose)
         }
-        for n in adapter.tensorNames where !handled.contains(n) {
-            let stripped = n.hasPrefix(prefix) ? String(n.dropFirst(prefix.count)) : n
-            if stripped.contains("lora_magnitude_vector") {
-                throw TesseraError(.unsupported, "\(name): DoRA adapters (lora_magnitude_vector) are not supported", hint: "merge the adapter with PEFT's merge_and_unload and name the result")
-            }
-            if stripped.contains(".lora_") {
-                throw TesseraError(.unsupported, "\(name): adapter tensor '\(n)' is not a LoRA A/B factor (LoRA biases and other variants are not supported)",
-                                   hint: "merge the adapter with PEFT's merge_and_unload and name the result")
-            }
-            // A module saved whole (modules_to_save): PEFT stores it under the module's own name.
-            let target = stripped.replacingOccurrences(of: ".modules_to_save.default.", with: ".")
+        for (target, tensor) in parsed.replacements {
             guard baseNames.contains(target) else {
-                throw TesseraError(.notFound, "\(name): the adapter holds '\(n)', which matches no tensor of the base model", hint: "apply the adapter to the model it was trained on")
+                throw TesseraError(.notFound, "\(name): the adapter holds '\(tensor)', which matches no tensor of the base model", hint: "apply the adapter to the model it was trained on")
             }
-            replacements[target] = n
+            replacements[target] = tensor
         }
         self.deltas = deltas
         self.replacements = replacements

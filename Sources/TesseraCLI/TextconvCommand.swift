@@ -64,6 +64,17 @@ struct TextconvCommand: ParsableCommand {
                 for (k, v) in layout.metadata { lines.append(metadataLine(k, v)) }
             }
             for t in m.tensors { lines.append(tensorLine(t.name, t.dtype, t.shape, t.stored.rawSHA256)) }
+        case .gguf, .pytorch, .npz:
+            // Headers (metadata runs, zip records, the pickle) by content hash, then the tensors.
+            let typed = m.typedTensors
+            lines.append("\(m.format.rawValue) \(m.size) bytes, \(typed.count) tensors")
+            for s in m.segments {
+                if case let .header(b, e, st) = s { lines.append("header \(e - b) bytes sha256:\(st.rawSHA256.prefix(16))") }
+                if case let .blob(b, e, st) = s { lines.append("stored whole \(e - b) bytes sha256:\(st.rawSHA256.prefix(16))") }
+            }
+            for t in typed {
+                lines.append("tensor \(Manifest.escapeName(t.name)) \(t.type) [\(t.shape.map(String.init).joined(separator: ","))] sha256:\(t.stored.rawSHA256.prefix(16))")
+            }
         }
         return lines.joined(separator: "\n") + "\n"
     }

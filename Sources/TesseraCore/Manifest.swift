@@ -27,6 +27,12 @@ public struct Manifest: Equatable, Sendable {
         case safetensors
         /// Any file that is not a recognised checkpoint: stored whole, as one object.
         case opaque
+        /// A GGUF file: metadata runs (big arrays such as a vocabulary on their own), tensor infos, padding, tensors.
+        case gguf
+        /// A PyTorch zip checkpoint (`torch.save` since 1.6): zip records and the pickle as headers, storages as tensors.
+        case pytorch
+        /// A NumPy `.npz` archive: each stored `.npy` entry's headers, then its array; compressed entries whole.
+        case npz
     }
 
     /// A stored run of bytes: its encoding, the SHA-256 of its raw bytes (the value's identity) and the object id
@@ -50,6 +56,8 @@ public struct Manifest: Equatable, Sendable {
         /// The format's header (for safetensors: the 8 length bytes and the JSON text).
         case header(begin: Int, end: Int, Stored)
         case tensor(name: String, dtype: DType, shape: [Int], begin: Int, end: Int, Stored)
+        /// A block-quantised tensor (GGUF), its blocks kept as they are; the shape is in GGUF order.
+        case blocks(name: String, type: BlockQuantization, shape: [Int], begin: Int, end: Int, Stored)
         /// Bytes not covered by the header or a tensor (alignment padding, trailing bytes). Small gaps inline.
         case gap(begin: Int, end: Int, GapContent)
         /// The whole file as one object (opaque files).
@@ -57,19 +65,26 @@ public struct Manifest: Equatable, Sendable {
 
         public var begin: Int {
             switch self {
-            case let .header(b, _, _), let .tensor(_, _, _, b, _, _), let .gap(b, _, _), let .blob(b, _, _): return b
+            case let .header(b, _, _), let .tensor(_, _, _, b, _, _), let .blocks(_, _, _, b, _, _), let .gap(b, _, _), let .blob(b, _, _): return b
             }
         }
         public var end: Int {
             switch self {
-            case let .header(_, e, _), let .tensor(_, _, _, _, e, _), let .gap(_, e, _), let .blob(_, e, _): return e
+            case let .header(_, e, _), let .tensor(_, _, _, _, e, _), let .blocks(_, _, _, _, e, _), let .gap(_, e, _), let .blob(_, e, _): return e
             }
         }
         public var stored: Stored? {
             switch self {
-            case let .header(_, _, s), let .tensor(_, _, _, _, _, s), let .blob(_, _, s): return s
+            case let .header(_, _, s), let .tensor(_, _, _, _, _, s), let .blocks(_, _, _, _, _, s), let .blob(_, _, s): return s
             case .gap(_, _, .object(let s)): return s
             case .gap: return nil
+            }
+        }
+        /// The tensor's name, for tensor and block-quantised tensor segments.
+        public var tensorName: String? {
+            switch self {
+            case let .tensor(n, _, _, _, _, _), let .blocks(n, _, _, _, _, _): return n
+            default: return nil
             }
         }
     }
@@ -124,6 +139,17 @@ public struct Manifest: Equatable, Sendable {
         }
     }
 
+    /// Every tensor segment with its element type: `tensors` plus the block-quantised ones (GGUF).
+    public var typedTensors: [(name: String, type: TensorElementType, shape: [Int], begin: Int, end: Int, stored: Stored)] {
+        segments.compactMap {
+            switch $0 {
+            case let .tensor(n, d, s, b, e, st): return (n, .dtype(d), s, b, e, st)
+            case let .blocks(n, q, s, b, e, st): return (n, .blocks(q), s, b, e, st)
+            default: return nil
+            }
+        }
+    }
+
     // MARK: - Text form
 
     public func render(version: Int = Manifest.version) -> String {
@@ -138,6 +164,9 @@ public struct Manifest: Equatable, Sendable {
             case let .tensor(name, dtype, shape, b, e, st):
                 let extent = version == 1 ? " \(b) \(e)" : ""
                 out += "tensor \(Manifest.escapeName(name)) \(dtype.rawValue) [\(shape.map(String.init).joined(separator: ","))]\(extent) \(st.text)\n"
+            case let .blocks(name, type, shape, b, e, st):
+                let extent = version == 1 ? " \(b) \(e)" : ""
+                out += "tensor \(Manifest.escapeName(name)) \(type.name) [\(shape.map(String.init).joined(separator: ","))]\(extent) \(st.text)\n"
             case let .gap(b, e, .inline(bytes)):
                 out += "gap \(range(b, e)) inline \(bytes.hexString)\n"
             case let .gap(b, e, .object(st)):
@@ -234,7 +263,9 @@ public struct Manifest: Equatable, Sendable {
             case "tensor":
                 guard f.count == (version == 1 ? 10 : 8) else { throw bad(n, "a tensor line has \(version == 1 ? 10 : 8) fields") }
                 let name = try unescapeName(f[1], line: n, file: file)
-                guard let dtype = DType(rawValue: f[2]) else { throw bad(n, "unknown dtype \(f[2])") }
+                // Block-quantised types came with version 2 (GGUF).
+                guard let type = TensorElementType(manifestName: f[2]) else { throw bad(n, "unknown dtype \(f[2])") }
+                if case .blocks = type, version == 1 { throw bad(n, "unknown dtype \(f[2])") }
                 guard f[3].hasPrefix("["), f[3].hasSuffix("]") else { throw bad(n, "invalid shape") }
                 let dims = f[3].dropFirst().dropLast()
                 var shape: [Int] = []
@@ -242,14 +273,21 @@ public struct Manifest: Equatable, Sendable {
                     guard let d = Int(part), d >= 0 else { throw bad(n, "invalid shape") }
                     shape.append(d)
                 }
-                guard let count = elementCount(shape), let bytes = dtype.byteCount(elements: count), bytes <= size else {
-                    throw bad(n, "tensor '\(name)' is \(dtype.rawValue) \(shape), larger than the file")
+                guard let bytes = type.byteCount(shape: shape) else {
+                    if case .blocks = type { throw bad(n, "tensor '\(name)' cannot be \(type) \(shape): not whole blocks") }
+                    throw bad(n, "tensor '\(name)' is \(type) \(shape), larger than the file")
+                }
+                guard bytes <= size else {
+                    throw bad(n, "tensor '\(name)' is \(type) \(shape), larger than the file")
                 }
                 let (b, e, at) = try range(4, length: version == 1 ? nil : bytes)
                 guard bytes == e - b else {
-                    throw bad(n, "tensor '\(name)' is \(dtype.rawValue) \(shape) but spans \(e - b) bytes")
+                    throw bad(n, "tensor '\(name)' is \(type) \(shape) but spans \(e - b) bytes")
                 }
-                segments.append(.tensor(name: name, dtype: dtype, shape: shape, begin: b, end: e, try stored(at)))
+                switch type {
+                case let .dtype(dtype): segments.append(.tensor(name: name, dtype: dtype, shape: shape, begin: b, end: e, try stored(at)))
+                case let .blocks(q): segments.append(.blocks(name: name, type: q, shape: shape, begin: b, end: e, try stored(at)))
+                }
             default:
                 throw bad(n, "unknown line kind '\(kind)'")
             }

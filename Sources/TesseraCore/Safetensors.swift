@@ -11,6 +11,14 @@ public struct SafetensorsTensor: Sendable, Equatable {
     public let end: Int
     public var byteCount: Int { end - begin }
     public var elementCount: Int { TesseraCore.elementCount(shape) ?? 0 }
+
+    public init(name: String, dtype: DType, shape: [Int], begin: Int, end: Int) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.begin = begin
+        self.end = end
+    }
 }
 
 public struct SafetensorsLayout: Sendable {

@@ -5,10 +5,11 @@ import TesseraIO
 
 /// Turns a file's bytes, arriving in pieces (git's filter stream), into a manifest plus objects in the store.
 ///
-/// The format is detected from the bytes: safetensors (a plausible header length followed by '{'), an existing
-/// manifest (passed through unchanged, so cleaning is idempotent), or anything else, which is stored whole as one
-/// object. Memory is bounded by the largest tensor plus a constant: one tensor is filled while the previous one is
-/// hashed, compressed and written on a second core.
+/// The format is detected from the first bytes (see `CheckpointLayouts`): safetensors, GGUF, a PyTorch zip
+/// checkpoint or a NumPy .npz archive are split into segments (headers, tensors, gaps); an existing manifest is passed
+/// through unchanged (so cleaning is idempotent); anything else is stored whole as one object. Memory is bounded by
+/// the largest tensor plus the largest header: one tensor is filled while the previous one is hashed, compressed and
+/// written on a second core.
 public final class CheckpointCleaner: @unchecked Sendable {
     // @unchecked: driven by one thread; the only state the encoding thread touches, `segments`, is guarded by `lock`.
     /// Where the cleaner is in the file. Bytes being collected (the detection prefix, a header, manifest text) live in
@@ -17,15 +18,11 @@ public final class CheckpointCleaner: @unchecked Sendable {
     private enum State {
         case detecting
         case manifestText
-        case header(total: Int)
+        /// Collecting a metadata run that starts at `scanBegin`, until `collected` holds `want` bytes.
+        case scanning(want: Int)
         case data
         case opaque(StreamingObjectWriter, length: Int)
         case finished
-    }
-
-    private enum PlanItem {
-        case tensor(SafetensorsTensor)
-        case gap(begin: Int, end: Int)
     }
 
     private let store: ObjectStore
@@ -36,17 +33,22 @@ public final class CheckpointCleaner: @unchecked Sendable {
     /// The manifest git has staged for this path, if any: the only manifest text passed through unchanged.
     private let stagedManifest: [UInt8]?
 
-    // Safetensors progress.
-    private var layout: SafetensorsLayout?
-    private var plan: [PlanItem] = []
+    private var layout: CheckpointLayout?
+    /// What follows the current metadata run; `planIndex` is the item being read.
+    private var plan: [(item: LayoutItem, segment: Int)] = []
     private var planIndex = 0
+    private var next: LayoutNext = .trailing
+    private var scanBegin = 0
     private var position = 0          // absolute offset of the next byte in the file
     private var segments: [Manifest.Segment?] = []
     private var current: TensorBuffer?
     private let hasher = SHA256Hasher()
     private var gapBytes: [UInt8] = []
     private var gapWriter: StreamingObjectWriter?
-    private var trailingBegin = 0
+    /// Where the trailing gap begins, once the layout has said that the rest of the file is one.
+    private var trailingBegin: Int?
+    /// Why the file was stored whole although its format was recognised (nil otherwise).
+    public private(set) var storedWholeReason: String?
 
     /// `deltaBases`: the previous manifest's tensors, XOR-delta bases for changed tensors. `stagedManifest`: the
     /// manifest currently staged for the path. Content that is manifest text is the manifest itself (git cleaning a
@@ -62,45 +64,65 @@ public final class CheckpointCleaner: @unchecked Sendable {
 
     /// Manifest text longer than this is not a manifest git staged (those are 100-200 bytes per tensor).
     public static let manifestPassthroughLimit = 64 << 20
-    static let detectionLength = 17
+    static let detectionLength = CheckpointLayouts.detectionLength
 
     public func consume(_ piece: UnsafeRawBufferPointer) throws {
         var piece = piece
-        while piece.count > 0 {
-            switch state {
-            case .detecting:
-                let take = min(CheckpointCleaner.detectionLength - collected.count, piece.count)
-                collected += UnsafeRawBufferPointer(rebasing: piece[0..<take])
-                piece = UnsafeRawBufferPointer(rebasing: piece[take...])
-                if collected.count == CheckpointCleaner.detectionLength { try decide() }
-            case .manifestText:
-                let limit = stagedManifest.map { $0.count } ?? 0
-                if collected.count + piece.count > limit {
-                    // Longer than the staged manifest: not it. Stored whole, like any file.
-                    try becomeOpaque()
-                } else {
-                    collected += piece
-                    piece = UnsafeRawBufferPointer(start: nil, count: 0)
+        while true {
+            // Bytes a header scan collected but did not use come first: they precede `piece` in the file. A loop,
+            // not recursion: an archive may hold any number of small entries.
+            if !pending.isEmpty {
+                let bytes = pending
+                pending = []
+                try bytes.withUnsafeBytes { buffer in
+                    var b = buffer
+                    while b.count > 0 {
+                        let used = try step(b)
+                        b = UnsafeRawBufferPointer(rebasing: b[used...])
+                        if !pending.isEmpty { pending += b; break }
+                    }
                 }
-            case let .header(total):
-                let take = min(total - collected.count, piece.count)
-                collected += UnsafeRawBufferPointer(rebasing: piece[0..<take])
-                piece = UnsafeRawBufferPointer(rebasing: piece[take...])
-                if collected.count == total {
-                    let header = collected
-                    collected = []
-                    try startData(headerBytes: header)
-                }
-            case .data:
-                let used = try consumeData(piece)
-                piece = UnsafeRawBufferPointer(rebasing: piece[used...])
-            case let .opaque(writer, length):
-                try writer.append(piece)
-                state = .opaque(writer, length: length + piece.count)
-                piece = UnsafeRawBufferPointer(start: nil, count: 0)
-            case .finished:
-                throw TesseraError(.io, "\(fileName): data after the end of the file")
+                continue
             }
+            guard piece.count > 0 else { return }
+            let used = try step(piece)
+            piece = UnsafeRawBufferPointer(rebasing: piece[used...])
+        }
+    }
+
+    /// Bytes collected for a header and not part of it, still to be read as what follows.
+    private var pending: [UInt8] = []
+
+    /// Consumes the start of `piece` in the current state; returns how many bytes were used.
+    private func step(_ piece: UnsafeRawBufferPointer) throws -> Int {
+        switch state {
+        case .detecting:
+            let take = min(CheckpointCleaner.detectionLength - collected.count, piece.count)
+            collected += UnsafeRawBufferPointer(rebasing: piece[0..<take])
+            if collected.count == CheckpointCleaner.detectionLength { try decide(atEnd: false) }
+            return take
+        case .manifestText:
+            let limit = stagedManifest.map { $0.count } ?? 0
+            if collected.count + piece.count > limit {
+                // Longer than the staged manifest: not it. Stored whole, like any file.
+                try becomeOpaque()
+                return 0
+            }
+            collected += piece
+            return piece.count
+        case let .scanning(want):
+            let take = min(max(0, want - collected.count), piece.count)
+            collected += UnsafeRawBufferPointer(rebasing: piece[0..<take])
+            if collected.count >= want { try scan(atEnd: false) }
+            return take
+        case .data:
+            return try consumeData(piece)
+        case let .opaque(writer, length):
+            try writer.append(piece)
+            state = .opaque(writer, length: length + piece.count)
+            return piece.count
+        case .finished:
+            throw TesseraError(.io, "\(fileName): data after the end of the file")
         }
     }
 
@@ -112,98 +134,158 @@ public final class CheckpointCleaner: @unchecked Sendable {
         collected = []
     }
 
-    private func decide() throws {
+    private func decide(atEnd: Bool) throws {
         if Manifest.looksLikeManifest(collected), stagedManifest != nil {
             state = .manifestText
-        } else if SafetensorsLayout.looksLikeSafetensors(prefix: collected) {
-            let n = try SafetensorsLayout.headerLength(prefix: collected, fileSize: nil, file: fileName)
-            let total = 8 + n
-            state = .header(total: total)
-            if collected.count >= total {
-                let rest = Array(collected[total...])
-                collected = Array(collected[0..<total])
-                let header = collected
-                collected = []
-                try startData(headerBytes: header)
-                try rest.withUnsafeBytes { try consume($0) }
-            }
+        } else if let layout = CheckpointLayouts.detect(prefix: collected, fileName: fileName) {
+            self.layout = layout
+            scanBegin = 0
+            state = .scanning(want: 0)
+            try scan(atEnd: atEnd)
         } else {
             try becomeOpaque()
         }
     }
 
-    private func startData(headerBytes: [UInt8]) throws {
-        let layout = try SafetensorsLayout.parse(headerBytes: headerBytes, fileSize: nil, file: fileName)
-        self.layout = layout
-        let stored = try headerBytes.withUnsafeBytes {
-            try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: pipeline.mainEncoder)
+    /// Asks the layout about the metadata run collected so far; stores its pieces and plans what follows.
+    private func scan(atEnd: Bool) throws {
+        guard let layout else { return }
+        switch try layout.scan(collected, at: scanBegin, atEnd: atEnd) {
+        case let .needMore(n):
+            guard !atEnd, n > collected.count else {
+                throw TesseraError(.invalidCheckpoint, "\(fileName): truncated: the file ends at byte \(scanBegin + collected.count), inside a \(layout.format.rawValue) header",
+                                   hint: "the file is incomplete; re-save or re-download it")
+            }
+            state = .scanning(want: n)
+        case let .storeWhole(reason):
+            guard scanBegin == 0 else {
+                throw TesseraError(.io, "\(fileName): internal error: a layout gave up after storing part of the file")
+            }
+            storedWholeReason = reason
+            self.layout = nil
+            try becomeOpaque()
+        case let .parsed(pieces, items, next):
+            let run = collected
+            collected = []
+            var at = 0
+            for piece in pieces {
+                let n = piece.length
+                guard n >= 0, n <= run.count - at else {
+                    throw TesseraError(.io, "\(fileName): internal error: a header piece beyond the bytes read")
+                }
+                let bytes = run[at..<(at + n)]
+                switch piece {
+                case .header:
+                    let stored = try bytes.withUnsafeBytes {
+                        try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: pipeline.mainEncoder)
+                    }
+                    segments.append(.header(begin: scanBegin + at, end: scanBegin + at + n, stored))
+                case .gap:
+                    if n <= Manifest.inlineGapLimit {
+                        segments.append(.gap(begin: scanBegin + at, end: scanBegin + at + n, .inline(Array(bytes))))
+                    } else {
+                        let stored = try bytes.withUnsafeBytes {
+                            try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: pipeline.mainEncoder)
+                        }
+                        segments.append(.gap(begin: scanBegin + at, end: scanBegin + at + n, .object(stored)))
+                    }
+                }
+                at += n
+            }
+            position = scanBegin + at
+            // The items must tile the file from here on; a layout that says otherwise is a bug, not a bad input.
+            var expected = position
+            plan = []
+            planIndex = 0
+            for item in items {
+                let begin: Int
+                switch item {
+                case let .tensor(t): begin = t.begin
+                case let .gap(b, _), let .blob(b, _): begin = b
+                }
+                guard begin == expected, item.end >= begin else {
+                    throw TesseraError(.io, "\(fileName): internal error: layout items do not tile the file at byte \(expected)")
+                }
+                expected = item.end
+                plan.append((item, segments.count))
+                segments.append(nil)
+                if case let .tensor(t) = item, t.byteCount * 2 > pipeline.budget.limit {
+                    // Declared sizes only set the pipeline's accounting; memory is taken as bytes arrive (TensorBuffer).
+                    let (budget, overflow) = t.byteCount.multipliedReportingOverflow(by: 2)
+                    pipeline.budget.limit = overflow ? Int.max : budget
+                }
+            }
+            guard at > 0 || !items.isEmpty || next == .trailing else {
+                throw TesseraError(.io, "\(fileName): internal error: a header scan made no progress at byte \(scanBegin)")
+            }
+            self.next = next
+            state = .data
+            pending = Array(run[at...])
+            try beginPlanItems()
         }
-        segments = [.header(begin: 0, end: layout.dataStart, stored)]
-        var at = 0
-        for t in layout.tensors {
-            if t.begin > at { plan.append(.gap(begin: at, end: t.begin)) }
-            plan.append(.tensor(t))
-            at = max(at, t.end)
-        }
-        position = layout.dataStart
-        trailingBegin = layout.dataStart + layout.dataEnd
-        // Declared sizes only set the pipeline's accounting; memory is taken as bytes arrive (see TensorBuffer).
-        let largest = layout.tensors.map(\.byteCount).max() ?? 0
-        let (budget, overflow) = largest.multipliedReportingOverflow(by: 2)
-        pipeline.budget.limit = overflow ? Int.max : budget
-        segments += [Manifest.Segment?](repeating: nil, count: plan.count)
-        state = .data
-        try beginPlanItems()
     }
 
-    /// Starts the next plan item, and completes at once every zero-length tensor in a row (a loop, not recursion:
-    /// a header may declare any number of them).
+    /// Starts the next plan item, and completes at once every zero-length item in a row (a loop, not recursion: a
+    /// header may declare any number of them). When the plan is done, moves on to what the layout said comes next.
     private func beginPlanItems() throws {
         while planIndex < plan.count {
-            switch plan[planIndex] {
+            switch plan[planIndex].item {
             case let .tensor(t):
                 pipeline.reserve(t.byteCount)
                 current = TensorBuffer(declared: t.byteCount)
                 if t.byteCount > 0 { return }
                 try completeTensor()
-            case .gap:
+            case let .gap(b, e), let .blob(b, e):
                 gapBytes.removeAll()
                 gapWriter = nil
-                return
+                if e > b { return }
+                record(index: plan[planIndex].segment, try finishGap(begin: b, end: e))
+                planIndex += 1
+            }
+        }
+        switch next {
+        case .scan:
+            scanBegin = position
+            state = .scanning(want: 0)
+            try scan(atEnd: false)
+        case .trailing:
+            if trailingBegin == nil {
+                trailingBegin = position
+                gapBytes.removeAll()
+                gapWriter = nil
             }
         }
     }
 
     /// Consumes bytes of the data region; returns how many were used.
     private func consumeData(_ piece: UnsafeRawBufferPointer) throws -> Int {
-        guard let layout else { return 0 }
         if planIndex >= plan.count {
-            // Bytes after the last tensor: kept as a trailing gap.
+            // Bytes after the last item: kept as a trailing gap.
             try appendGap(piece)
             position += piece.count
             return piece.count
         }
-        switch plan[planIndex] {
+        let (item, index) = plan[planIndex]
+        switch item {
         case let .tensor(t):
-            let end = layout.dataStart + t.end
-            let take = min(end - position, piece.count)
+            let take = min(t.end - position, piece.count)
             let part = UnsafeRawBufferPointer(rebasing: piece[0..<take])
             try current!.append(part)
             hasher.update(part)
             position += take
-            if position == end {
+            if position == t.end {
                 try completeTensor()
                 try beginPlanItems()
             }
             return take
-        case let .gap(_, gapEnd):
-            let end = layout.dataStart + gapEnd
+        case let .gap(begin, end), let .blob(begin, end):
             let take = min(end - position, piece.count)
-            try appendGap(UnsafeRawBufferPointer(rebasing: piece[0..<take]))
+            try appendGap(UnsafeRawBufferPointer(rebasing: piece[0..<take]), wholeObject: { if case .blob = item { return true } else { return false } }())
             position += take
             if position == end {
-                let seg = try finishGap(begin: layout.dataStart + gapBegin(planIndex), end: end)
-                record(index: 1 + planIndex, seg)
+                var seg = try finishGap(begin: begin, end: end)
+                if case .blob = item, case let .gap(b, e, .object(st)) = seg { seg = .blob(begin: b, end: e, st) }
+                record(index: index, seg)
                 planIndex += 1
                 try beginPlanItems()
             }
@@ -211,15 +293,10 @@ public final class CheckpointCleaner: @unchecked Sendable {
         }
     }
 
-    private func gapBegin(_ index: Int) -> Int {
-        if case let .gap(b, _) = plan[index] { return b }
-        return 0
-    }
-
-    private func appendGap(_ bytes: UnsafeRawBufferPointer) throws {
+    private func appendGap(_ bytes: UnsafeRawBufferPointer, wholeObject: Bool = false) throws {
         if let gapWriter { try gapWriter.append(bytes); return }
         gapBytes += bytes
-        if gapBytes.count > Manifest.inlineGapLimit {
+        if gapBytes.count > Manifest.inlineGapLimit || (wholeObject && !gapBytes.isEmpty) {
             let w = try store.beginStreamingObject()
             try gapBytes.withUnsafeBytes { try w.append($0) }
             gapBytes.removeAll()
@@ -235,14 +312,13 @@ public final class CheckpointCleaner: @unchecked Sendable {
 
     /// Hands the tensor just read to the encoding pipeline and moves past it.
     private func completeTensor() throws {
-        guard case let .tensor(t) = plan[planIndex], let layout, let buffer = current else { return }
+        guard case let .tensor(t) = plan[planIndex].item, let buffer = current else { return }
         let rawSHA = hasher.finalizeHex()
-        let index = 1 + planIndex
+        let index = plan[planIndex].segment
         current = nil
         planIndex += 1
-        try pipeline.submit(buffer: buffer, rawSHA256: rawSHA, tensor: t) { [weak self] stored in
-            self?.record(index: index, .tensor(name: t.name, dtype: t.dtype, shape: t.shape,
-                                               begin: layout.dataStart + t.begin, end: layout.dataStart + t.end, stored))
+        try pipeline.submit(buffer: buffer, rawSHA256: rawSHA, tensor: t.pipelineTensor) { [weak self] stored in
+            self?.record(index: index, t.segment(stored))
         }
     }
 
@@ -253,27 +329,40 @@ public final class CheckpointCleaner: @unchecked Sendable {
 
     /// Completes the file and returns its manifest text. Throws if the file ended early.
     public func finish() throws -> [UInt8] {
+        // A loop, not recursion: each turn either ends or moves the state forward.
+        while true {
+            try consume(UnsafeRawBufferPointer(start: nil, count: 0))
+            switch state {
+            case .detecting:
+                // A whole file shorter than the detection prefix (the empty safetensors checkpoint, 16 bytes).
+                try decide(atEnd: true)
+                if case .detecting = state { try becomeOpaque() }
+                continue
+            case .manifestText:
+                if let stagedManifest, collected == stagedManifest { state = .finished; return collected }
+                try becomeOpaque()
+                continue
+            case .scanning:
+                let (begin, count) = (scanBegin, collected.count)
+                do {
+                    try scan(atEnd: true)
+                    try consume(UnsafeRawBufferPointer(start: nil, count: 0))
+                } catch { pipeline.cancel(); throw error }
+                if case .scanning = state, scanBegin == begin, collected.count == count {
+                    pipeline.cancel()
+                    throw TesseraError(.invalidCheckpoint, "\(fileName): truncated: the file ends inside a header at byte \(begin)",
+                                       hint: "the file is incomplete; re-save or re-download it")
+                }
+                continue
+            default:
+                break
+            }
+            break
+        }
         defer { state = .finished }
         switch state {
-        case .detecting:
-            if SafetensorsLayout.looksLikeSafetensors(prefix: collected) {
-                // A whole checkpoint shorter than the detection prefix: the empty one (`save_file({})`, 16 bytes).
-                let n = try SafetensorsLayout.headerLength(prefix: collected, fileSize: collected.count, file: fileName)
-                let header = Array(collected[0..<(8 + n)]), rest = Array(collected[(8 + n)...])
-                collected = []
-                try startData(headerBytes: header)
-                try rest.withUnsafeBytes { try consume($0) }
-                return try finish()
-            }
-            try becomeOpaque()
-            return try finish()
-        case .manifestText:
-            if let stagedManifest, collected == stagedManifest { return collected }
-            try becomeOpaque()
-            return try finish()
-        case let .header(total):
-            throw TesseraError(.invalidCheckpoint, "\(fileName): header length \(total - 8) is longer than the file (\(collected.count) bytes)",
-                               hint: "the file is truncated or corrupt; re-save or re-download it")
+        case .detecting, .manifestText, .scanning:
+            throw TesseraError(.io, "\(fileName): internal error: unfinished")
         case let .opaque(w, length):
             return try opaqueManifest(w, length: length)
         case .data:
@@ -281,10 +370,11 @@ public final class CheckpointCleaner: @unchecked Sendable {
             if planIndex < plan.count {
                 pipeline.cancel()
                 var name = "?"
-                if case let .tensor(t) = plan[planIndex] { name = t.name }
-                else if let t = layout.tensors.first(where: { layout.dataStart + $0.end > position }) { name = t.name }
+                if case let .tensor(t) = plan[planIndex].item { name = t.name }
+                else if let t = plan[planIndex...].lazy.compactMap({ if case let .tensor(t) = $0.item { return t } else { return nil } }).first { name = t.name }
+                let declaredEnd = plan.last?.item.end ?? position
                 throw TesseraError(.invalidCheckpoint,
-                                   "\(fileName): truncated: the file ends at byte \(position) inside tensor '\(name)', which the header places up to byte \(layout.dataStart + layout.dataEnd)",
+                                   "\(fileName): truncated: the file ends at byte \(position) inside \(name == "?" ? "the data" : "tensor '\(name)'"), which the header places up to byte \(declaredEnd)",
                                    hint: "the file is incomplete; re-save or re-download it")
             }
             try pipeline.wait()
@@ -292,10 +382,11 @@ public final class CheckpointCleaner: @unchecked Sendable {
             guard all.count == segments.count else {
                 throw TesseraError(.io, "\(fileName): internal error: a tensor was not stored")
             }
-            if position > trailingBegin {
+            if let trailingBegin, position > trailingBegin {
                 all.append(try finishGap(begin: trailingBegin, end: position))
             }
-            return keepingStagedForm(Manifest(format: .safetensors, size: position, segments: all))
+            try layout.finish(segments: &all)
+            return keepingStagedForm(Manifest(format: layout.format, size: position, segments: all))
         case .finished:
             throw TesseraError(.io, "\(fileName): finished twice")
         }

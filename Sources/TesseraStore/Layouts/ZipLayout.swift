@@ -54,6 +54,7 @@ final class ZipCheckpointLayout: CheckpointLayout {
 
     func scan(_ bytes: [UInt8], at offset: Int, atEnd: Bool) throws -> LayoutScan {
         var start = 0
+        // State changes only with a `.parsed` result: a scan that needs more bytes is repeated from the same start.
         if let size = descriptorFor {
             guard bytes.count >= 24 || atEnd else { return .needMore(24) }
             guard let n = ZipRecords.dataDescriptorLength(bytes[...], size: size) else {
@@ -90,10 +91,11 @@ final class ZipCheckpointLayout: CheckpointLayout {
             }
         }
         guard !header.isEncrypted else { return giveUp(offset, "encrypted entries") }
-        descriptorFor = nil
-        func record(_ size: Int) {
+        /// The entry is `size` bytes: remembered for the central directory, and for its data descriptor.
+        func entry(_ size: Int, _ pieces: [LayoutPiece], _ items: [LayoutItem]) -> LayoutScan {
             seen.append((offset + start, header.name, size, header.method))
-            if header.hasDataDescriptor { descriptorFor = size }
+            descriptorFor = header.hasDataDescriptor ? size : nil
+            return .parsed(pieces: pieces, items: items, next: .scan)
         }
         func range(_ size: Int) throws -> (Int, Int) {
             let (end, o) = (offset + dataStart).addingReportingOverflow(size)
@@ -104,9 +106,8 @@ final class ZipCheckpointLayout: CheckpointLayout {
         if header.method != 0 {
             // Compressed: stored whole, when its size is known.
             guard let size = header.compressedSize else { return giveUp(offset, "compressed entries with data descriptors") }
-            record(size)
             let (b, e) = try range(size)
-            return .parsed(pieces: [.header(dataStart)], items: [.blob(begin: b, end: e)], next: .scan)
+            return entry(size, [.header(dataStart)], [.blob(begin: b, end: e)])
         }
         if let c = header.compressedSize, let u = header.uncompressedSize, c != u {
             throw refuse("STORED entry '\(header.name)' declares \(c) stored and \(u) uncompressed bytes")
@@ -114,24 +115,24 @@ final class ZipCheckpointLayout: CheckpointLayout {
         switch kind {
         case .npz:
             guard let size = header.compressedSize else { return giveUp(offset, "entries with data descriptors") }
-            record(size)
             let (b, e) = try range(size)
-            guard header.name.hasSuffix(".npy") else { return .parsed(pieces: [.header(dataStart)], items: [.blob(begin: b, end: e)], next: .scan) }
+            let whole = [LayoutItem.blob(begin: b, end: e)]
+            guard header.name.hasSuffix(".npy") else { return entry(size, [.header(dataStart)], whole) }
             switch NumpyArrayHeader.parse(bytes[dataStart...].prefix(size)) {
             case let .needMore(n):
-                if n > size { return .parsed(pieces: [.header(dataStart)], items: [.blob(begin: b, end: e)], next: .scan) }
+                if n > size { return entry(size, [.header(dataStart)], whole) }
                 if atEnd { throw refuse("the archive ends inside the .npy header of '\(header.name)'") }
                 return .needMore(dataStart + n)
             case .notArray:
-                return .parsed(pieces: [.header(dataStart)], items: [.blob(begin: b, end: e)], next: .scan)
+                return entry(size, [.header(dataStart)], whole)
             case let .parsed(npy):
                 let arrayBytes = size - npy.length
                 guard let dtype = npy.dtype, !npy.fortranOrder, let count = elementCount(npy.shape),
                       dtype.byteCount(elements: count) == arrayBytes else {
-                    return .parsed(pieces: [.header(dataStart)], items: [.blob(begin: b, end: e)], next: .scan)
+                    return entry(size, [.header(dataStart)], whole)
                 }
                 let t = LayoutTensor(name: String(header.name.dropLast(4)), type: .dtype(dtype), shape: npy.shape, begin: b + npy.length, end: e)
-                return .parsed(pieces: [.header(dataStart + npy.length)], items: [.tensor(t)], next: .scan)
+                return entry(size, [.header(dataStart + npy.length)], [.tensor(t)])
             }
         case let .torch(prefix):
             if header.name == prefix + "data.pkl" {
@@ -160,17 +161,15 @@ final class ZipCheckpointLayout: CheckpointLayout {
                 } catch let e as TesseraError where e.code == .unsupported {
                     return giveUp(offset, e.message)
                 }
-                record(length)
-                return .parsed(pieces: [.header(dataStart + length)], items: [], next: .scan)
+                return entry(length, [.header(dataStart + length)], [])
             }
-            if header.name.hasPrefix(prefix + "data/"), let pickle {
+            if header.name.hasPrefix(prefix + "data/"), pickle != nil {
                 let key = String(header.name.dropFirst(prefix.count + 5))
                 if let views = storageTensors[key], let storage = views.first?.tensor.storage,
                    let expected = storage.dtype.byteCount(elements: storage.count) {
                     if let size = header.compressedSize, size != expected {
                         throw refuse("storage '\(key)' holds \(size) bytes, but the pickle declares \(storage.count) \(storage.dtype.rawValue) elements")
                     }
-                    record(expected)
                     let (b, e) = try range(expected)
                     let t: LayoutTensor
                     if views.count == 1, views[0].tensor.coversStorageContiguously {
@@ -178,22 +177,20 @@ final class ZipCheckpointLayout: CheckpointLayout {
                     } else {
                         t = LayoutTensor(name: views.map(\.name).joined(separator: ","), type: .dtype(storage.dtype), shape: [storage.count], begin: b, end: e)
                     }
-                    return .parsed(pieces: [.header(dataStart)], items: [.tensor(t)], next: .scan)
+                    return entry(expected, [.header(dataStart)], [.tensor(t)])
                 }
-                _ = pickle
             }
             // Any other entry (version, byteorder, serialization id, an unreferenced storage): kept with its record.
             if let size = header.compressedSize {
-                record(size)
                 if size <= ZipCheckpointLayout.maximumSmallEntryBytes {
                     guard bytes.count - dataStart >= size else {
                         if atEnd { throw refuse("the archive ends inside '\(header.name)'") }
                         return .needMore(dataStart + size)
                     }
-                    return .parsed(pieces: [.header(dataStart + size)], items: [], next: .scan)
+                    return entry(size, [.header(dataStart + size)], [])
                 }
                 let (b, e) = try range(size)
-                return .parsed(pieces: [.header(dataStart)], items: [.blob(begin: b, end: e)], next: .scan)
+                return entry(size, [.header(dataStart)], [.blob(begin: b, end: e)])
             }
             // Size only in the descriptor after the data: found by its signature and the size it repeats.
             let body = bytes[dataStart...]
@@ -201,9 +198,7 @@ final class ZipCheckpointLayout: CheckpointLayout {
             while k + 16 <= body.endIndex {
                 if ZipRecords.u32(body, k - body.startIndex) == ZipRecords.descriptorSignature,
                    ZipRecords.dataDescriptorLength(body[k...], size: k - body.startIndex) != nil {
-                    let size = k - body.startIndex
-                    record(size)
-                    return .parsed(pieces: [.header(dataStart + size)], items: [], next: .scan)
+                    return entry(k - body.startIndex, [.header(dataStart + k - body.startIndex)], [])
                 }
                 k += 1
             }

@@ -49,8 +49,8 @@ struct LsCommand: ParsableCommand {
             metadata = checkpoint.metadata
         }
         if options.json {
-            let tensors: [JSONValue] = manifest.tensors.map { t in
-                .object([("name", .string(t.name)), ("dtype", .string(t.dtype.rawValue)), ("shape", .array(t.shape.map { .int($0) })),
+            let tensors: [JSONValue] = manifest.typedTensors.map { t in
+                .object([("name", .string(t.name)), ("dtype", .string("\(t.type)")), ("shape", .array(t.shape.map { .int($0) })),
                          ("bytes", .int(t.end - t.begin)), ("object", .string(t.stored.objectID)), ("object_bytes", .int(t.stored.objectSize)),
                          ("encoding", .string(t.stored.encoding)), ("sha256", .string(t.stored.rawSHA256))])
             }
@@ -67,15 +67,16 @@ struct LsCommand: ParsableCommand {
             print("\(name): not a recognised checkpoint, stored whole: \(manifest.size) bytes, object \(s.objectID.prefix(12)) (\(s.encoding), \(s.objectSize) bytes)")
             return
         }
-        let rows = manifest.tensors.map { t in
-            [t.name, t.dtype.rawValue, "[" + t.shape.map(String.init).joined(separator: ",") + "]", String(t.end - t.begin),
+        // Typed: GGUF's block-quantised tensors are listed by their GGML type.
+        let rows = manifest.typedTensors.map { t in
+            [t.name, "\(t.type)", "[" + t.shape.map(String.init).joined(separator: ",") + "]", String(t.end - t.begin),
              String(t.stored.objectID.prefix(12)), t.stored.encoding.split(separator: "@").first.map(String.init) ?? t.stored.encoding,
              String(t.stored.objectSize)]
         }
         printTable(header: ["name", "dtype", "shape", "bytes", "object", "encoding", "stored"], rows: rows)
         let stored = Set(manifest.objects.map(\.id)).count
-        let storedBytes = manifest.tensors.reduce(0) { $0 + $1.stored.objectSize }
-        print("\(manifest.tensors.count) tensors, \(humanBytes(manifest.size)) (\(stored) objects, \(humanBytes(storedBytes)) stored)")
+        let storedBytes = manifest.typedTensors.reduce(0) { $0 + $1.stored.objectSize }
+        print("\(manifest.typedTensors.count) tensors, \(humanBytes(manifest.size)) (\(stored) objects, \(humanBytes(storedBytes)) stored)")
         printMetadata(metadata)
     }
 

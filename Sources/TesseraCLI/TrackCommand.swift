@@ -10,9 +10,11 @@ struct TrackCommand: ParsableCommand {
         discussion: """
         With no pattern, lists the tracked patterns. Installs Tessera in the
         repository first if it is not yet, so that a tracked pattern never commits raw
-        files by accident.
+        files by accident. Safetensors, GGUF, PyTorch zip checkpoints (torch.save)
+        and NumPy .npz archives are stored per tensor; other files are stored whole.
         Examples:
           tessera track "*.safetensors"
+          tessera track "*.gguf" "*.pt" "*.bin" "*.npz"
           tessera track "checkpoints/**"
         """
     )

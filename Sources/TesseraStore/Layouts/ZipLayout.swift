@@ -76,7 +76,7 @@ final class ZipCheckpointLayout: CheckpointLayout {
         let header: ZipRecords.LocalHeader
         switch try ZipRecords.localHeader(bytes[start...], file: fileName) {
         case let .needMore(n):
-            if atEnd { throw refuse("the archive ends inside a local header at byte \(offset + start)") }
+            if atEnd { throw refuse("the archive ends inside a local header at byte \(offset + start) (truncated)") }
             return .needMore(start + n)
         case let .parsed(h): header = h
         }
@@ -121,7 +121,7 @@ final class ZipCheckpointLayout: CheckpointLayout {
             switch NumpyArrayHeader.parse(bytes[dataStart...].prefix(size)) {
             case let .needMore(n):
                 if n > size { return entry(size, [.header(dataStart)], whole) }
-                if atEnd { throw refuse("the archive ends inside the .npy header of '\(header.name)'") }
+                if atEnd { throw refuse("the archive ends inside the .npy header of '\(header.name)' (truncated)") }
                 return .needMore(dataStart + n)
             case .notArray:
                 return entry(size, [.header(dataStart)], whole)
@@ -142,13 +142,13 @@ final class ZipCheckpointLayout: CheckpointLayout {
                 if let size = header.compressedSize {
                     guard size <= ZipCheckpointLayout.maximumPickleBytes else { return giveUp(offset, "a pickle larger than 256 MiB") }
                     guard body.count >= size else {
-                        if atEnd { throw refuse("the archive ends inside data.pkl") }
+                        if atEnd { throw refuse("the archive ends inside data.pkl (truncated)") }
                         return .needMore(dataStart + size)
                     }
                     length = size
                 } else {
                     guard let n = try TorchPickle.length(of: body, file: fileName) else {
-                        if atEnd { throw refuse("the archive ends inside data.pkl") }
+                        if atEnd { throw refuse("the archive ends inside data.pkl (truncated)") }
                         guard body.count < ZipCheckpointLayout.maximumPickleBytes else { return giveUp(offset, "a pickle larger than 256 MiB") }
                         return .needMore(dataStart + more(body.count, cap: ZipCheckpointLayout.maximumPickleBytes))
                     }
@@ -184,7 +184,7 @@ final class ZipCheckpointLayout: CheckpointLayout {
             if let size = header.compressedSize {
                 if size <= ZipCheckpointLayout.maximumSmallEntryBytes {
                     guard bytes.count - dataStart >= size else {
-                        if atEnd { throw refuse("the archive ends inside '\(header.name)'") }
+                        if atEnd { throw refuse("the archive ends inside '\(header.name)' (truncated)") }
                         return .needMore(dataStart + size)
                     }
                     return entry(size, [.header(dataStart + size)], [])
@@ -202,7 +202,7 @@ final class ZipCheckpointLayout: CheckpointLayout {
                 }
                 k += 1
             }
-            if atEnd { throw refuse("entry '\(header.name)' has no data descriptor") }
+            if atEnd { throw refuse("entry '\(header.name)' has no data descriptor (truncated?)") }
             guard body.count < ZipCheckpointLayout.maximumSmallEntryBytes else { return giveUp(offset, "an entry with a data descriptor larger than 1 MiB") }
             return .needMore(dataStart + more(body.count + 24, cap: ZipCheckpointLayout.maximumSmallEntryBytes + 24))
         case .undecided:

@@ -58,6 +58,7 @@ final class ZipCheckpointLayout: CheckpointLayout {
         if let size = descriptorFor {
             guard bytes.count >= 24 || atEnd else { return .needMore(24) }
             guard let n = ZipRecords.dataDescriptorLength(bytes[...], size: size) else {
+                if atEnd && bytes.count < 24 { throw refuse("the archive ends inside the data descriptor after '\(seen.last?.name ?? "?")' (truncated)") }
                 throw refuse("the data descriptor after '\(seen.last?.name ?? "?")' (at byte \(offset)) does not give its \(size) bytes")
             }
             start = n

@@ -149,7 +149,7 @@ public final class CheckpointCleaner: @unchecked Sendable {
         trailingBegin = layout.dataStart + layout.dataEnd
         // Declared sizes only set the pipeline's accounting; memory is taken as bytes arrive (see TensorBuffer).
         let largest = layout.tensors.map(\.byteCount).max() ?? 0
-        let (budget, overflow) = largest.multipliedReportingOverflow(by: 2)
+        let (budget, overflow) = largest.multipliedReportingOverflow(by: pipeline.basesMayBeChained ? 4 : 2)
         pipeline.budget.limit = overflow ? Int.max : budget
         segments += [Manifest.Segment?](repeating: nil, count: plan.count)
         state = .data
@@ -379,12 +379,16 @@ final class EncodePipeline: @unchecked Sendable {
     private let deltaBases: [String: Manifest.Stored]
     private let previousByRawHash: [String: Manifest.Stored]
     private let policy = EncodingPolicy()
+    /// Whether a delta base may itself be a delta (its manifest line names dependencies): the memory budget then
+    /// makes room for decoding its chain.
+    let basesMayBeChained: Bool
 
     init(store: ObjectStore, fileName: String, deltaBases: [String: Manifest.Stored]) {
         self.store = store
         self.fileName = fileName
         self.deltaBases = deltaBases
         batch = ObjectBatch(store: store)
+        basesMayBeChained = deltaBases.values.contains { !Manifest.baseObjects(encoding: $0.encoding).isEmpty }
         previousByRawHash = Dictionary(deltaBases.values.map { ($0.rawSHA256, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
@@ -423,9 +427,12 @@ final class EncodePipeline: @unchecked Sendable {
             }
             return
         }
-        if base != nil { reserve(tensor.byteCount) }
+        // A base that is itself a delta is decoded through its chain: its buffer, plus two more while its own bases
+        // are decoded (see `ObjectStore.read`).
+        let baseBuffers = base.map { Manifest.baseObjects(encoding: $0.encoding).isEmpty ? 1 : 3 } ?? 0
+        if baseBuffers > 0 { reserve(tensor.byteCount * baseBuffers) }
         queue.async { [self] in
-            defer { release(tensor.byteCount * (base == nil ? 1 : 2)) }
+            defer { release(tensor.byteCount * (1 + baseBuffers)) }
             lock.lock(); let stop = cancelled || failure != nil; lock.unlock()
             if stop { return }
             do {

@@ -76,9 +76,11 @@ public final class ObjectStore: @unchecked Sendable {
 
     /// Encodes and stores raw bytes as one object (unless an object for the same raw value already exists), the
     /// way `choice` says (see `EncodingPolicy`). `dependencyRaw`: the raw bytes of the choice's dependencies.
+    /// `reusingExisting: false` (repack) stores the value again the way `choice` says even when an object for it
+    /// exists, and makes the raw-value index name the new one.
     public func put(raw: UnsafeRawBufferPointer, rawSHA256: String, choice: EncodingPolicy.Choice, dependencyRaw: [UnsafeRawBufferPointer] = [],
-                    encoder: ObjectEncoder, batch: ObjectBatch? = nil) throws -> Manifest.Stored {
-        if let existing = batch?.lookup(rawSHA256: rawSHA256) ?? lookup(rawSHA256: rawSHA256) { return existing }
+                    encoder: ObjectEncoder, batch: ObjectBatch? = nil, reusingExisting: Bool = true) throws -> Manifest.Stored {
+        if reusingExisting, let existing = batch?.lookup(rawSHA256: rawSHA256) ?? lookup(rawSHA256: rawSHA256) { return existing }
         let bases = choice.dependencies
         let baseBytes = dependencyRaw
         precondition(bases.count == baseBytes.count && choice.codec.dependencies.contains(bases.count), "a choice's dependencies come with their bytes")

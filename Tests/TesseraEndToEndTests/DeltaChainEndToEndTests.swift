@@ -114,4 +114,36 @@ import TesseraTestSupport
         #expect(c.status != 0 && c.stderr.contains("model.safetensors"), "\(c.stderr)")
         #expect(!FileManager.default.fileExists(atPath: s.path("\(repo)/model.safetensors")))
     }
+
+    @Test func repackStoresTheStagedVersionWholeAndHistoryStaysReadable() throws {
+        let s = try Sandbox()
+        let repo = try s.makeRepository()
+        for k in 0...5 {
+            try Data(Self.version(k)).write(to: URL(fileURLWithPath: s.path("\(repo)/model.safetensors")))
+            try s.run("git add model.safetensors && git commit -qm v\(k)", in: repo)
+        }
+        #expect(try dependencies(s, repo, "HEAD", tensor: "layers.0.weight").count == 5)
+        let history = try s.run("git log --format=%H -- model.safetensors", in: repo).stdout.split(separator: "\n").map(String.init)
+        // A dry run changes nothing; --max-depth keeps chains up to that depth.
+        #expect(try s.run("\"$T\" repack --dry-run", in: repo).stdout.contains("would store 3 object(s) whole in 1 file(s)"))
+        #expect(try s.run("git status --porcelain", in: repo).stdout.isEmpty)
+        let capped = try s.run("\"$T\" repack --max-depth 3 model.safetensors", in: repo).stdout
+        #expect(capped.contains("stored 3 object(s) whole"), "\(capped)")
+        #expect(try dependencies(s, repo, ":0", tensor: "layers.0.weight").isEmpty)
+        // The file is unchanged: git sees a staged manifest change and a clean worktree.
+        #expect(try s.run("git status --porcelain", in: repo).stdout == "M  model.safetensors\n")
+        #expect(try s.run("git diff --cached --stat", in: repo).stdout.contains("model.safetensors"))
+        try s.run("git commit -qm repack", in: repo)
+        #expect(try s.run("\"$T\" repack", in: repo).stdout.contains("nothing to repack"))
+        // The next fine-tune is a delta on the whole version.
+        try Data(Self.version(6)).write(to: URL(fileURLWithPath: s.path("\(repo)/model.safetensors")))
+        try s.run("git commit -qam v6", in: repo)
+        #expect(try dependencies(s, repo, "HEAD", tensor: "layers.0.weight").count == 1)
+        // gc after the repack deletes nothing history names, and every version checks out byte for byte.
+        try s.run("\"$T\" gc --prune now && \"$T\" fsck", in: repo)
+        for (k, commit) in history.reversed().enumerated() {
+            try s.run("git checkout -q \(commit) -- model.safetensors", in: repo)
+            #expect(Array(try s.bytes("\(repo)/model.safetensors")) == Self.version(k), "version \(k)")
+        }
+    }
 }

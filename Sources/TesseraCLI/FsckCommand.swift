@@ -11,7 +11,9 @@ struct FsckCommand: ParsableCommand {
         discussion: """
         Objects that a manifest names but the store lacks are reported as missing
         (fetch them with `git tessera fetch --all`); objects whose bytes do not match
-        their id are reported as corrupt.
+        their id are reported as corrupt. Delta bases are checked too, transitively
+        (a missing one is named with the tensor that needs it), and so are delta
+        chains that loop or run deeper than 16.
         Examples:
           tessera fsck
           tessera fsck --json
@@ -31,7 +33,7 @@ struct FsckCommand: ParsableCommand {
                                ("not_fetched", .array(report.notFetched.map { .string($0) })),
                                ("corrupt", .array(report.corrupt.map { .string($0.id) })), ("ok", .bool(report.isClean))]))
         } else {
-            for id in report.missing { print("missing \(id)") }
+            for id in report.missing { print(report.missingLine(id)) }
             for (id, why) in report.corrupt { print("corrupt \(id): \(why)") }
             print("checked \(report.checked - report.notFetched.count) object(s) from \(report.manifests) manifest(s): \(report.missing.count) missing, \(report.corrupt.count) corrupt"
                   + (report.notFetched.isEmpty ? "" : "; \(report.notFetched.count) of the remote's history not fetched (`tessera fetch --all` brings them)"))

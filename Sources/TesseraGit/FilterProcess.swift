@@ -189,7 +189,9 @@ public final class FilterProcess {
     private func cleanFromWorktree(path: String, expectedFastHash: UInt64, expectedLength: Int) -> ([UInt8]?, (any Error)?) {
         do {
             let f = try FileDescriptor.open(worktree + "/" + path, flags: O_RDONLY)
-            let cleaner = CheckpointCleaner(store: store, fileName: path, stagedManifest: stagedVersion(of: path).manifest)
+            // The same delta bases as a clean of git's stream: the file is the same (checked below).
+            let staged = stagedVersion(of: path)
+            let cleaner = CheckpointCleaner(store: store, fileName: path, deltaBases: staged.deltaBases, stagedManifest: staged.manifest)
             var fast = FastHash()
             var buffer = [UInt8](repeating: 0, count: 1 << 20)
             var length = 0

@@ -3,7 +3,8 @@ import TesseraCore
 import TesseraIO
 import TesseraStore
 
-/// Deletes the objects that nothing reaches (`Reachability`), never a reachable one, and stale temporary files.
+/// Deletes the objects that nothing reaches (`Reachability`, delta bases of reachable objects included,
+/// transitively), never a reachable one, and stale temporary files.
 /// Unreachable objects younger than the grace period are kept: a `git add` running at the same time has written
 /// objects that no index names yet. The store's lock is taken exclusively, so git commands that write to the store
 /// (they hold it shared) finish first.
@@ -35,7 +36,8 @@ public struct GarbageCollector {
             lock = try StoreLock(store: store, mode: .exclusive)
         }
         defer { withExtendedLifetime(lock) {} }
-        let reachable = try Reachability(repository: repository).objectIDs
+        // Every dependency of a reachable object is reachable: a delta is only as good as its chain.
+        let reachable = try Reachability(repository: repository).objectIDsWithDependencies(in: store).ids
         let now = Date().timeIntervalSince1970
         var result = Result()
         for id in store.allObjectIDs() {

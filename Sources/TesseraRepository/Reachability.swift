@@ -45,4 +45,22 @@ public struct Reachability {
         for (_, m) in manifests { s.formUnion(m.objectIDs) }
         return s
     }
+
+    /// `objectIDs` and every object their trailers depend on, transitively (a delta's base, its base's base...).
+    /// Manifests written since chains exist name a delta's whole chain, but one written by an older version, or
+    /// damaged, may not: what the objects themselves name is kept too. A worklist, each object once, so a loop in a
+    /// crafted store ends; objects the store lacks or cannot read add nothing.
+    public func objectIDsWithDependencies(in store: ObjectStore) -> (ids: Set<String>, dependentOf: [String: String]) {
+        var all = objectIDs
+        var dependentOf: [String: String] = [:]
+        var work = Array(all)
+        while let id = work.popLast() {
+            guard let trailer = try? store.trailer(of: id) else { continue }
+            for dependency in trailer.dependencyIDs where all.insert(dependency).inserted {
+                dependentOf[dependency] = id
+                work.append(dependency)
+            }
+        }
+        return (all, dependentOf)
+    }
 }

@@ -17,18 +17,30 @@ public struct StoreVerification {
         /// Objects of history a remote has, not fetched here (a partial clone): not a problem.
         public var notFetched: [String] = []
         public var corrupt: [(id: String, why: String)] = []
+        /// What needs an object, for messages: "model.safetensors: tensor 'w'", or "the delta base of ...".
+        public var usage: [String: String] = [:]
+
+        /// One line about a missing object: what needs it and what to run.
+        public func missingLine(_ id: String) -> String {
+            "missing \(id)" + (usage[id].map { " (\($0))" } ?? "")
+                + ": fetch it with `tessera fetch --all`, or push it from a clone that has it (`tessera push --all` there)"
+        }
 
         public var isClean: Bool { missing.isEmpty && corrupt.isEmpty }
     }
 
     let repository: Repository
     let reachability: Reachability
+    /// Objects only this repository can have (`Reachability.localOnlyObjectIDs`, and the dependencies of those).
+    let localOnly: Set<String>
     /// What the manifests say each object holds: its raw length and the SHA-256 of its raw value.
     let claims: [String: (length: Int, raw: String)]
     /// Objects two manifests claim differently, with the reason.
     let inconsistent: [(String, String)]
     /// The objects to check, sorted.
     public let objectIDs: [String]
+    /// What needs each object (see `Report.usage`).
+    let usage: [String: String]
 
     /// Plans the verification of what is reachable (with `includeUnreachable`, of every object in the store too).
     public init(repository: Repository, includeUnreachable: Bool) throws {
@@ -36,9 +48,17 @@ public struct StoreVerification {
         reachability = try Reachability(repository: repository)
         var claims: [String: (length: Int, raw: String)] = [:]
         var inconsistent: [(String, String)] = []
+        var usage: [String: String] = [:]
         for (origin, m) in reachability.manifests {
+            let file = origin.split(separator: ":", maxSplits: 1).last.map(String.init) ?? origin
             for segment in m.segments {
                 guard let st = segment.stored else { continue }
+                let what: String
+                if case let .tensor(name, _, _, _, _, _) = segment { what = "\(file): tensor '\(name)'" } else { what = file }
+                if usage[st.objectID] == nil { usage[st.objectID] = what }
+                for dependency in Manifest.baseObjects(encoding: st.encoding) where usage[dependency.id] == nil {
+                    usage[dependency.id] = "a delta base of \(what)"
+                }
                 let claim = (segment.end - segment.begin, st.rawSHA256)
                 if let known = claims[st.objectID], known != claim {
                     inconsistent.append((st.objectID, "\(origin) names it for \(claim.0) bytes of value \(claim.1.prefix(12)), another manifest for \(known.length) bytes of value \(known.raw.prefix(12))"))
@@ -49,7 +69,22 @@ public struct StoreVerification {
         }
         self.claims = claims
         self.inconsistent = inconsistent
-        var ids = reachability.objectIDs
+        // Dependencies the objects' trailers name are checked too, even ones no manifest names.
+        let (reachable, dependentOf) = reachability.objectIDsWithDependencies(in: repository.store)
+        var ids = reachable
+        for id in ids where usage[id] == nil {
+            // Up the chain to an object a manifest names (bounded: each step is a distinct object).
+            var at = id, steps = 0
+            while usage[at] == nil, let up = dependentOf[at], steps < ids.count { at = up; steps += 1 }
+            usage[id] = usage[at].map { "a delta base of \($0)" }
+        }
+        self.usage = usage
+        let localOnlyNamed = reachability.localOnlyObjectIDs
+        localOnly = localOnlyNamed.union(dependentOf.keys.filter { id in
+            var at = id, steps = 0
+            while let up = dependentOf[at], steps < reachable.count { at = up; steps += 1 }
+            return localOnlyNamed.contains(at)
+        })
         if includeUnreachable { ids.formUnion(repository.store.allObjectIDs()) }
         objectIDs = ids.sorted()
     }
@@ -64,6 +99,7 @@ public struct StoreVerification {
         var missing: [String] = []
         let progress = ProgressReporter(label: "verifying objects", total: objectIDs.count)
         let decoder = ObjectDecoder()
+        let planHasMissing = objectIDs.contains { !store.contains($0) }
         for id in objectIDs {
             switch store.presence(id) {
             case .missing:
@@ -73,6 +109,9 @@ public struct StoreVerification {
             case .present:
                 do {
                     try store.verify(id, expectedLength: claims[id]?.length, expectedRawSHA256: claims[id]?.raw, decoder: decoder)
+                } catch let e as TesseraError where e.code == .objectMissing {
+                    // A dependency is missing: reported on its own line (every dependency is in the plan).
+                    if !planHasMissing { report.corrupt.append((id, e.message)) }
                 } catch let e as TesseraError {
                     report.corrupt.append((id, e.message))
                 } catch {
@@ -83,8 +122,9 @@ public struct StoreVerification {
         }
         progress.finish()
         // Objects of published history that a partial clone has not fetched are not a problem: the remote has them.
-        report.notFetched = missing.filter { !reachability.localOnlyObjectIDs.contains($0) }
-        report.missing = missing.filter { reachability.localOnlyObjectIDs.contains($0) }
+        report.notFetched = missing.filter { !localOnly.contains($0) }
+        report.missing = missing.filter { localOnly.contains($0) }
+        report.usage = usage
         return report
     }
 }

@@ -43,8 +43,19 @@ public struct PushPlan {
 
     init(repository: Repository, remote: String, named: [String]) {
         self.remote = remote
-        self.named = named
-        present = named.filter { repository.store.contains($0) }
+        // Manifests name a delta's whole chain; what the objects' trailers name is added too (a manifest written by
+        // an older version names only the direct base), so a remote never gets a delta without its bases.
+        var all = named
+        var seen = Set(named)
+        var at = 0
+        while at < all.count {
+            if let trailer = try? repository.store.trailer(of: all[at]) {
+                for dependency in trailer.dependencyIDs where seen.insert(dependency).inserted { all.append(dependency) }
+            }
+            at += 1
+        }
+        self.named = all
+        present = all.filter { repository.store.contains($0) }
     }
 
     /// What the pre-push hook sends. git gives the hook one line per ref update, "<local ref> <local sha> <remote

@@ -209,10 +209,11 @@ public final class CheckpointCleaner: @unchecked Sendable {
                 expected = item.end
                 plan.append((item, segments.count))
                 segments.append(nil)
-                if case let .tensor(t) = item, t.byteCount * 2 > pipeline.budget.limit {
-                    // Declared sizes only set the pipeline's accounting; memory is taken as bytes arrive (TensorBuffer).
-                    let (budget, overflow) = t.byteCount.multipliedReportingOverflow(by: 2)
-                    pipeline.budget.limit = overflow ? Int.max : budget
+                // Declared sizes only set the pipeline's accounting; memory is taken as bytes arrive (TensorBuffer).
+                // A tensor and its base; twice that when bases may be chained (a chain decodes through two buffers).
+                if case let .tensor(t) = item {
+                    let (budget, overflow) = t.byteCount.multipliedReportingOverflow(by: pipeline.basesMayBeChained ? 4 : 2)
+                    if overflow || budget > pipeline.budget.limit { pipeline.budget.limit = overflow ? Int.max : budget }
                 }
             }
             guard at > 0 || !items.isEmpty || next == .trailing else {
@@ -470,12 +471,16 @@ final class EncodePipeline: @unchecked Sendable {
     private let deltaBases: [String: Manifest.Stored]
     private let previousByRawHash: [String: Manifest.Stored]
     private let policy = EncodingPolicy()
+    /// Whether a delta base may itself be a delta (its manifest line names dependencies): the memory budget then
+    /// makes room for decoding its chain.
+    let basesMayBeChained: Bool
 
     init(store: ObjectStore, fileName: String, deltaBases: [String: Manifest.Stored]) {
         self.store = store
         self.fileName = fileName
         self.deltaBases = deltaBases
         batch = ObjectBatch(store: store)
+        basesMayBeChained = deltaBases.values.contains { !Manifest.baseObjects(encoding: $0.encoding).isEmpty }
         previousByRawHash = Dictionary(deltaBases.values.map { ($0.rawSHA256, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
@@ -514,9 +519,12 @@ final class EncodePipeline: @unchecked Sendable {
             }
             return
         }
-        if base != nil { reserve(tensor.byteCount) }
+        // A base that is itself a delta is decoded through its chain: its buffer, plus two more while its own bases
+        // are decoded (see `ObjectStore.read`).
+        let baseBuffers = base.map { Manifest.baseObjects(encoding: $0.encoding).isEmpty ? 1 : 3 } ?? 0
+        if baseBuffers > 0 { reserve(tensor.byteCount * baseBuffers) }
         queue.async { [self] in
-            defer { release(tensor.byteCount * (base == nil ? 1 : 2)) }
+            defer { release(tensor.byteCount * (1 + baseBuffers)) }
             lock.lock(); let stop = cancelled || failure != nil; lock.unlock()
             if stop { return }
             do {

@@ -1,3 +1,4 @@
+import Foundation
 import TesseraCore
 import TesseraIO
 
@@ -8,6 +9,24 @@ public struct EncodingPolicy: Sendable {
     public var minimumDeltaBytes = 4096
     /// Elements sampled to decide whether a delta pays.
     public var deltaSample = 65536
+
+    /// The deepest delta chain a new delta may start: its base is at most `maximumDeltaDepth - 1` deltas deep, so
+    /// no object written is more than this many deltas from a whole one. A checkout decodes every level of the
+    /// chain (bench/bench_git.py measures the checkout time of the oldest and newest of 8 fine-tunes), and a tensor
+    /// whose previous version is at the limit is stored whole, which starts a new chain. `TESSERA_MAX_DELTA_DEPTH`
+    /// overrides it (0 stores every tensor whole; readers accept up to `ObjectStore.maximumChainDepth`).
+    public var maximumDeltaDepth = EncodingPolicy.configuredMaximumDeltaDepth
+
+    public static let defaultMaximumDeltaDepth = 8
+
+    /// `TESSERA_MAX_DELTA_DEPTH` when set to a number in 0...15, else `defaultMaximumDeltaDepth`.
+    public static var configuredMaximumDeltaDepth: Int {
+        if let text = ProcessInfo.processInfo.environment["TESSERA_MAX_DELTA_DEPTH"], let n = Int(text),
+           (0..<ObjectTrailer.maximumDependencies).contains(n) {
+            return n
+        }
+        return defaultMaximumDeltaDepth
+    }
 
     public init() {}
 
@@ -38,11 +57,12 @@ public struct EncodingPolicy: Sendable {
 
     /// The previous version of a tensor that may serve as the base of an XOR delta: a floating-point tensor of at
     /// least `minimumDeltaBytes` with multi-byte elements, whose previous version (same name) is in the store and is
-    /// itself stored whole (delta chains have depth one).
+    /// less than `maximumDeltaDepth - 1` deltas deep. Its depth comes from its trailers alone (a few 88-byte reads);
+    /// a previous version whose chain cannot be walked (damaged, incomplete) is no base.
     public func deltaCandidate(for tensor: SafetensorsTensor, previous: Manifest.Stored?, store: ObjectStore) -> Manifest.Stored? {
         guard tensor.dtype.isFloatingPoint, tensor.dtype.byteWidth > 1, tensor.byteCount >= minimumDeltaBytes,
-              let previous, ObjectCodecs.codec(manifestName: Manifest.encodingName(previous.encoding))?.codec != XORDeltaCodec.self,
-              store.contains(previous.objectID) else { return nil }
+              let previous, maximumDeltaDepth > 0, store.contains(previous.objectID),
+              let chain = try? store.dependencyChain(of: previous.objectID), chain.depth < maximumDeltaDepth else { return nil }
         return previous
     }
 

@@ -142,7 +142,10 @@ extension ObjectStore {
         let slots = segments.map { _ in Slot() }
         let cost: [Int] = segments.enumerated().map { k, s in
             guard let st = s.stored, !streamed[k] else { return 0 }
-            return (s.end - s.begin) * (st.encoding.hasPrefix("xor") ? 2 : 1)
+            // A delta holds its base's buffer while it decodes; a base that is itself a delta holds two more while
+            // its chain is decoded (see `ObjectStore.read`).
+            let dependencies = Manifest.baseObjects(encoding: st.encoding).count
+            return (s.end - s.begin) * (dependencies == 0 ? 1 : dependencies == 1 ? 2 : 4)
         }
         let budget = ByteBudget(limit: max(2 * (cost.max() ?? 0), 1))
         let workers = DispatchSemaphore(value: 2)

@@ -76,9 +76,11 @@ public final class ObjectStore: @unchecked Sendable {
 
     /// Encodes and stores raw bytes as one object (unless an object for the same raw value already exists), the
     /// way `choice` says (see `EncodingPolicy`). `dependencyRaw`: the raw bytes of the choice's dependencies.
+    /// `reusingExisting: false` (repack) stores the value again the way `choice` says even when an object for it
+    /// exists, and makes the raw-value index name the new one.
     public func put(raw: UnsafeRawBufferPointer, rawSHA256: String, choice: EncodingPolicy.Choice, dependencyRaw: [UnsafeRawBufferPointer] = [],
-                    encoder: ObjectEncoder, batch: ObjectBatch? = nil) throws -> Manifest.Stored {
-        if let existing = batch?.lookup(rawSHA256: rawSHA256) ?? lookup(rawSHA256: rawSHA256) { return existing }
+                    encoder: ObjectEncoder, batch: ObjectBatch? = nil, reusingExisting: Bool = true) throws -> Manifest.Stored {
+        if reusingExisting, let existing = batch?.lookup(rawSHA256: rawSHA256) ?? lookup(rawSHA256: rawSHA256) { return existing }
         let bases = choice.dependencies
         let baseBytes = dependencyRaw
         precondition(bases.count == baseBytes.count && choice.codec.dependencies.contains(bases.count), "a choice's dependencies come with their bytes")
@@ -89,8 +91,7 @@ public final class ObjectStore: @unchecked Sendable {
             let trailer = ObjectTrailer(rawSHA256: [UInt8](hex: rawSHA256)!, dependencies: bases.map { [UInt8](hex: $0.objectID)! },
                                         rawLength: UInt64(raw.count), codec: choice.codec.code, width: UInt8(choice.width))
             let (id, size) = try writer.finish(trailer: trailer, batch: batch)
-            let encoding = ObjectCodecs.manifestEncoding(choice.codec, width: choice.width,
-                                                         dependencies: bases.map { ($0.objectID, FileSystem.fileStat(objectPath($0.objectID))?.size ?? $0.objectSize) })
+            let encoding = ObjectCodecs.manifestEncoding(choice.codec, width: choice.width, dependencies: try manifestDependencies(of: bases))
             let stored = Manifest.Stored(encoding: encoding, rawSHA256: rawSHA256, objectID: id, objectSize: size)
             if let batch { batch.record(stored) } else { try recordRaw(stored) }
             return stored
@@ -98,6 +99,28 @@ public final class ObjectStore: @unchecked Sendable {
             writer.abandon()
             throw error
         }
+    }
+
+    /// What a manifest line names for an object encoded against `bases`: the bases (with their sizes), then every
+    /// object they depend on in turn (a delta chain), each once. A manifest thus names everything a checkout of it
+    /// needs, with the sizes a Git LFS transfer needs, even when a base's own manifest line is in history a clone
+    /// does not have (another branch); the object's trailer names only its direct bases.
+    func manifestDependencies(of bases: [Manifest.Stored]) throws -> [(id: String, size: Int)] {
+        var out: [(id: String, size: Int)] = []
+        var seen = Set<String>()
+        for base in bases where seen.insert(base.objectID).inserted {
+            out.append((base.objectID, FileSystem.fileStat(objectPath(base.objectID))?.size ?? base.objectSize))
+        }
+        for base in bases {
+            for dependency in try dependencyChain(of: base.objectID).objects where seen.insert(dependency.id).inserted {
+                out.append(dependency)
+            }
+        }
+        guard out.count <= ObjectTrailer.maximumDependencies else {
+            throw TesseraError(.usage, "a delta would depend on \(out.count) objects, more than a manifest line names (\(ObjectTrailer.maximumDependencies))",
+                               hint: "lower TESSERA_MAX_DELTA_DEPTH (or tessera.maxDeltaDepth), or run `tessera repack`")
+        }
+        return out
     }
 
     /// Stores raw bytes with no delta base: byte-grouped for elements of `width` bytes (width 1: plain zstd).
@@ -195,27 +218,17 @@ public final class ObjectStore: @unchecked Sendable {
         if let expectedRawSHA256, expectedRawSHA256 != trailer.rawSHA256.hexString {
             throw corrupt(id, "it holds another value than the manifest names (raw SHA-256 \(trailer.rawSHA256.hexString.prefix(12)), expected \(expectedRawSHA256.prefix(12)))")
         }
-        // Dependencies (a delta's base) are whole objects themselves, exactly as long as this one, and not
-        // dependent on others (chains have depth one): checked on their trailers before their length is allocated.
         // A read that names the raw value it expects is proven by that value alone: the decoded bytes hash to the
-        // SHA-256 the manifest names, whatever the object file's other bytes are, and whatever its delta base's are
-        // (the decoded bytes depend on every byte of the base). Hashing the object file, and hashing the base twice
-        // more, would triple the hashing for nothing the reader gets. Reads that expect nothing (fsck, fetch
-        // verification) check the object id, and the base whole, as well.
+        // SHA-256 the manifest names, whatever the object file's other bytes are, and whatever its delta bases' are
+        // (the decoded bytes depend on every byte of each base). Hashing the object file, and hashing each base
+        // twice more, would triple the hashing for nothing the reader gets. Reads that expect nothing (fsck, fetch
+        // verification) check the object id, and every base whole, as well.
         let provenByRawValue = expectedRawSHA256 != nil && !checksObjectID
-        var dependencies: [LargeBuffer] = []
-        for dependencyID in trailer.dependencyIDs {
-            let dependency = try open(dependencyID)
-            guard dependency.trailer.dependencies.isEmpty else { throw corrupt(id, "its delta base is itself a delta") }
-            guard dependency.trailer.rawLength == trailer.rawLength else { throw corrupt(id, "its delta base has a different length") }
-            let buffer = try LargeBuffer(count: trailer.rawCount)
-            if provenByRawValue {
-                try decodeUnverified(dependency, id: dependencyID, into: buffer.bytes, decoder: ObjectDecoder())
-            } else {
-                try readAll(dependencyID, into: buffer.bytes, decoder: ObjectDecoder())
-            }
-            dependencies.append(buffer)
-        }
+        // The dependency graph is walked on trailers alone first (cycles, depth, size of the work), before anything
+        // is allocated for a base.
+        if !trailer.dependencies.isEmpty { _ = try dependencyChain(of: id, opened: object) }
+        let dependencies = try dependencyBuffers(of: object, id: id, verified: !provenByRawValue,
+                                                 levelsLeft: ObjectStore.maximumChainDepth, decoder: decoder)
         let stored: SHA256Hasher? = provenByRawValue ? nil : SHA256Hasher()
         let raw = SHA256Hasher()
         var produced = 0
@@ -234,19 +247,122 @@ public final class ObjectStore: @unchecked Sendable {
         }
     }
 
-    /// Decodes a dependency-free object into `destination` (exactly its raw length) without hashing anything: only
-    /// for bytes that are proven by what is decoded from them (a delta's base, under a read checked by its raw value).
-    private func decodeUnverified(_ object: OpenedObject, id: String, into destination: UnsafeMutableRawBufferPointer,
-                                  decoder: ObjectDecoder) throws {
+    // MARK: Delta chains
+
+    /// The deepest delta chain a reader follows: an object whose base's base ... is more than this many levels
+    /// deep is refused (writers stay well below: `EncodingPolicy.maximumDeltaDepth`).
+    public static let maximumChainDepth = 16
+    /// The most object decodes one read may take, bases included (a crafted graph of shared bases could otherwise
+    /// ask for 2^depth decodes).
+    public static let maximumChainDecodes = 64
+
+    /// An object's dependencies, transitively, as its trailers (and theirs) name them.
+    public struct DependencyChain: Sendable {
+        /// 0 for an object with no dependency, else 1 + the deepest dependency's depth.
+        public var depth: Int
+        /// Every object it depends on, directly or not, each once, nearest first, with its file size.
+        public var objects: [(id: String, size: Int)]
+        public var objectIDs: [String] { objects.map(\.id) }
+    }
+
+    /// The dependency chain of an object, read from trailers only (no payload is read): cheap enough for every
+    /// delta a `git add` writes. Refuses, with one line, a chain deeper than `maximumChainDepth`, a loop (only a
+    /// crafted store can have one: an object's id hashes its dependencies' ids), a dependency that is missing or
+    /// unreadable, and a graph whose decode would take more than `maximumChainDecodes` decodes.
+    public func dependencyChain(of id: String) throws -> DependencyChain {
+        try dependencyChain(of: id, opened: open(id))
+    }
+
+    func dependencyChain(of id: String, opened: OpenedObject) throws -> DependencyChain {
+        var memo: [String: (depth: Int, decodes: Int)] = [:]
+        var onPath: Set<String> = [id]
+        var order: [(id: String, size: Int)] = []
+        // Recursion bounded by `maximumChainDepth` (checked before each level).
+        func visit(_ object: OpenedObject, _ objectID: String, level: Int) throws -> (depth: Int, decodes: Int) {
+            var depth = 0
+            var decodes = 1
+            for dependencyID in object.trailer.dependencyIDs {
+                if onPath.contains(dependencyID) {
+                    throw corrupt(id, "its delta chain loops back to object \(dependencyID.prefix(12))")
+                }
+                let sub: (depth: Int, decodes: Int)
+                if let known = memo[dependencyID] {
+                    sub = known
+                } else {
+                    guard level < ObjectStore.maximumChainDepth else {
+                        throw corrupt(id, "its delta chain is deeper than \(ObjectStore.maximumChainDepth) objects")
+                    }
+                    let dependency: OpenedObject
+                    do { dependency = try open(dependencyID) } catch let e as TesseraError {
+                        throw TesseraError(e.code, "object \(id.prefix(12)) depends on object \(dependencyID.prefix(12)), which cannot be read: \(e.message)",
+                                           hint: e.hint)
+                    }
+                    order.append((dependencyID, dependency.payloadLength + dependency.trailerBytes.count))
+                    onPath.insert(dependencyID)
+                    sub = try visit(dependency, dependencyID, level: level + 1)
+                    onPath.remove(dependencyID)
+                    memo[dependencyID] = sub
+                }
+                depth = max(depth, sub.depth + 1)
+                decodes += sub.decodes
+                guard depth <= ObjectStore.maximumChainDepth else {
+                    throw corrupt(id, "its delta chain is deeper than \(ObjectStore.maximumChainDepth) objects")
+                }
+                guard decodes <= ObjectStore.maximumChainDecodes else {
+                    throw corrupt(id, "decoding it would decode more than \(ObjectStore.maximumChainDecodes) delta bases")
+                }
+            }
+            return (depth, decodes)
+        }
+        let (depth, _) = try visit(opened, id, level: 0)
+        return DependencyChain(depth: depth, objects: order)
+    }
+
+    /// The decoded raw bytes of each of an object's dependencies, in trailer order. Each base is decoded after its
+    /// own bases and before its buffer is allocated, so a chain of any depth holds at most two buffers at a time
+    /// besides the caller's (the base being decoded and the one it is decoded against). One decoder serves every
+    /// level: a level's decode starts only once all its bases are done.
+    private func dependencyBuffers(of object: OpenedObject, id: String, verified: Bool, levelsLeft: Int,
+                                   decoder: ObjectDecoder) throws -> [LargeBuffer] {
+        var out: [LargeBuffer] = []
+        for dependencyID in object.trailer.dependencyIDs {
+            // Checked again while decoding (the trailers were walked once already) in case the store changed since.
+            guard levelsLeft > 0 else { throw corrupt(id, "its delta chain is deeper than \(ObjectStore.maximumChainDepth) objects") }
+            out.append(try materialize(dependencyID, length: object.trailer.rawCount, dependent: id, verified: verified,
+                                       levelsLeft: levelsLeft - 1, decoder: decoder))
+        }
+        return out
+    }
+
+    /// Decodes a delta base (exactly `length` raw bytes) into a buffer of its own. `verified`: check its object id
+    /// and raw hash; otherwise only what is decoded from it proves it (see `read`).
+    private func materialize(_ id: String, length: Int, dependent: String, verified: Bool, levelsLeft: Int,
+                             decoder: ObjectDecoder) throws -> LargeBuffer {
+        let object = try open(id)
+        guard object.trailer.rawCount == length else { throw corrupt(dependent, "its delta base has a different length") }
+        let dependencies = try dependencyBuffers(of: object, id: id, verified: verified, levelsLeft: levelsLeft, decoder: decoder)
+        let buffer = try LargeBuffer(count: length)
+        let destination = buffer.bytes
+        let stored: SHA256Hasher? = verified ? SHA256Hasher() : nil
+        let raw: SHA256Hasher? = verified ? SHA256Hasher() : nil
         var at = 0
-        try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: object.trailer, dependencies: [],
-                           storedHasher: nil, objectID: id) { piece in
+        try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: object.trailer, dependencies: dependencies,
+                           storedHasher: stored, objectID: id) { piece in
             guard at + piece.count <= destination.count else { throw corrupt(id, "it is longer than expected") }
             if piece.count == 0 { return }
+            raw?.update(piece)
             (destination.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
             at += piece.count
         }
         guard at == destination.count else { throw corrupt(id, "it is shorter than expected") }
+        if let stored, let raw {
+            stored.update(object.trailerBytes)
+            guard stored.finalizeHex() == id else { throw corrupt(id, "its bytes do not match its SHA-256") }
+            guard raw.finalizeHex() == object.trailer.rawSHA256.hexString else {
+                throw corrupt(id, "its decoded bytes do not match the recorded raw SHA-256")
+            }
+        }
+        return buffer
     }
 
     /// Decodes a whole object into memory (verified).

@@ -531,7 +531,7 @@ final class EncodePipeline: @unchecked Sendable {
                 // A base that cannot be read (damaged, say) only costs the delta: the value is stored whole.
                 let baseBytes = base.flatMap { try? store.readAll($0.objectID, into: LargeBuffer(count: tensor.byteCount)) }
                 let baseRaw = baseBytes.map { UnsafeRawBufferPointer($0.bytes) }
-                let choice = policy.choose(raw: buffer.bytes, width: width, base: base, baseRaw: baseRaw)
+                let choice = policy.choose(raw: buffer.bytes, width: width, base: base, baseRaw: baseRaw, dtype: tensor.dtype, shape: tensor.shape)
                 completion(try store.put(raw: buffer.bytes, rawSHA256: rawSHA256, choice: choice,
                                          dependencyRaw: choice.dependencies.isEmpty ? [] : baseRaw.map { [$0] } ?? [], encoder: workerEncoder, batch: batch))
             } catch {

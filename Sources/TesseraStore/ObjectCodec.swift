@@ -30,6 +30,11 @@ public protocol ObjectCodec: AnyObject {
     func encode(raw: UnsafeRawBufferPointer, width: Int, chunkLog2: UInt8, dependencies: [UnsafeRawBufferPointer],
                 sink: (UnsafeRawBufferPointer) throws -> Void) throws
 
+    /// The same, knowing the value's tensor shape (a low-rank codec needs the matrix's columns); by default the shape
+    /// is not used.
+    func encode(raw: UnsafeRawBufferPointer, width: Int, chunkLog2: UInt8, shape: [Int], dependencies: [UnsafeRawBufferPointer],
+                sink: (UnsafeRawBufferPointer) throws -> Void) throws
+
     /// Decodes the payload into exactly `trailer.rawLength` bytes, handed to `sink` in order, or throws. The payload
     /// arrives through `payload` (which also hashes it for the object id check).
     func decode(_ payload: PayloadReader, trailer: ObjectTrailer, dependencies: [LargeBuffer],
@@ -39,13 +44,21 @@ public protocol ObjectCodec: AnyObject {
 extension ObjectCodec {
     public static var dependencies: ClosedRange<Int> { 0...0 }
     public static func width(fromManifestName name: String) -> Int? { name == manifestName(width: 1) ? 1 : nil }
+
+    public func encode(raw: UnsafeRawBufferPointer, width: Int, chunkLog2: UInt8, shape: [Int], dependencies: [UnsafeRawBufferPointer],
+                       sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try encode(raw: raw, width: width, chunkLog2: chunkLog2, dependencies: dependencies, sink: sink)
+    }
 }
 
 /// The registry of codecs: the built-in ones, and any a program registers (codes 128 and up are for codecs that
 /// are not part of the format, such as tests').
 public enum ObjectCodecs {
     // nonisolated(unsafe): a constant array of types (metatypes of a non-Sendable protocol are not Sendable).
-    nonisolated(unsafe) public static let builtIn: [any ObjectCodec.Type] = [RawCodec.self, ZstdCodec.self, ByteGroupedZstdCodec.self, XORDeltaCodec.self]
+    nonisolated(unsafe) public static let builtIn: [any ObjectCodec.Type] = [
+        RawCodec.self, ZstdCodec.self, ByteGroupedZstdCodec.self, XORDeltaCodec.self, ArithmeticDeltaCodec.self, LowRankCodec.self,
+        SparseDeltaCodec.self,
+    ]
 
     private final class Registered: @unchecked Sendable {
         // @unchecked: guarded by `lock`.

@@ -87,7 +87,7 @@ public final class ObjectStore: @unchecked Sendable {
         let writer = try ObjectWriter(store: self)
         do {
             try encoder.codec(choice.codec).encode(raw: raw, width: choice.width, chunkLog2: ObjectTrailer.defaultChunkLog2,
-                                                   dependencies: baseBytes) { try writer.write($0) }
+                                                   shape: choice.shape, dependencies: baseBytes) { try writer.write($0) }
             let trailer = ObjectTrailer(rawSHA256: [UInt8](hex: rawSHA256)!, dependencies: bases.map { [UInt8](hex: $0.objectID)! },
                                         rawLength: UInt64(raw.count), codec: choice.codec.code, width: UInt8(choice.width))
             let (id, size) = try writer.finish(trailer: trailer, batch: batch)

@@ -30,9 +30,26 @@ public struct AdapterFolder {
     }
 
     /// The configured rank PEFT allocates for a combination: `r`, or the largest of `r` and `rank_pattern`'s values.
-    var configuredRank: Int {
-        let patterned = adapter.config.rankPattern.map { Int($0.1) }
-        return max(adapter.config.rank, patterned.max() ?? 0)
+    /// It sizes the output, so a value no module of the adapter can have (above the largest factor rank and the
+    /// largest min(d_out, d_in)) is refused rather than allocated.
+    func configuredRank() throws -> Int {
+        var r = adapter.config.rank
+        for (key, v) in adapter.config.rankPattern {
+            guard v.isFinite, v >= 1, v <= Double(1 << 30), v == v.rounded() else {
+                throw TesseraError(.invalidParameter, "\(name): rank_pattern['\(key)'] = \(v) is not a rank", hint: "ranks are positive integers")
+            }
+            r = max(r, Int(v))
+        }
+        let usable = adapter.modules.map { max($0.rank, min($0.inFeatures, $0.outFeatures)) }.max() ?? 0
+        guard r <= max(usable, 1) else {
+            throw TesseraError(.invalidParameter, "\(name): r = \(r) is larger than any module of the adapter can use (at most \(usable))",
+                               hint: "the adapter_config.json does not describe these weights")
+        }
+        for m in adapter.modules where m.rank > r {
+            throw TesseraError(.shapeMismatch, "\(name): module '\(m.name)' has rank \(m.rank), above the configured r = \(r)",
+                               hint: "the adapter_config.json does not describe these weights")
+        }
+        return r
     }
 
     /// ‖ΔW‖_F of a module (ΔW = s·B·A) without forming ΔW: ‖BA‖² = trace((BᵀB)(AAᵀ)), two r×r Gram matrices, in
@@ -138,7 +155,7 @@ public enum AdapterMerge {
         }
         // PEFT: with one adapter only linear merging is defined.
         let combination = inputs.count == 1 ? AdapterCombination.linear : options.combination
-        let ranks = inputs.map(\.configuredRank)
+        let ranks = try inputs.map { try $0.configuredRank() }
         let newRank: Int
         if combination == .cat {
             newRank = ranks.reduce(0, +)
@@ -289,7 +306,10 @@ public enum AdapterMerge {
             var col = 0
             for (f, m, w) in terms {
                 let (a, b) = try f.factors(m)
-                guard col + m.rank <= rank else { break }  // a configured rank below a factor's rank (a lying config)
+                guard col + m.rank <= rank else {
+                    throw TesseraError(.shapeMismatch, "\(f.name): module '\(m.name)' has rank \(m.rank), more than its config allows",
+                                       hint: "the adapter_config.json does not describe these weights")
+                }
                 let fw = Float(w), fs = Float(m.scaling)
                 for r in 0..<m.rank { for j in 0..<dIn { outA[(col + r) * dIn + j] = a[r * dIn + j] * fw * fs } }
                 for o in 0..<dOut { for r in 0..<m.rank { outB[o * rank + col + r] = b[o * m.rank + r] } }

@@ -28,6 +28,15 @@ struct DiffDriverCommand: ParsableCommand {
             for l in lines { print("  " + l) }
             return
         }
+        if (path as NSString).lastPathComponent == AdapterVersions.configName {
+            // The weights of a version could not be identified for sure: the config's changes, without ΔW.
+            let read = { (f: String) in f == "/dev/null" ? Array("{}".utf8) : ((try? FileSystem.readFile(f, limit: 16 << 20)) ?? []) }
+            if let lines = AdapterDiff.configLines(old: read(arguments[1]), new: read(arguments[4])) {
+                print("diff --tessera a/\(path) b/\(path)  (PEFT adapter config; ΔW per module: see the weights' diff)")
+                for l in lines { print("  " + l) }
+                return
+            }
+        }
         let old = try CheckpointVersion.open(path: arguments[1], store: repository.store, label: "a/\(path)")
         let new = try CheckpointVersion.open(path: arguments[4], store: repository.store, label: "b/\(path)")
         print("diff --tessera a/\(path) b/\(path)")

@@ -59,12 +59,43 @@ public struct AdapterDiff {
             } else {
                 let both = try LoRACombination.cat(terms, weights: weights)
                 difference = AdapterMerge.productNorm(a: both.a, b: both.b, rank: both.rank, inFeatures: both.inFeatures, outFeatures: both.outFeatures)
+                // The Gram form cancels: a difference below √ε of the norms is recomputed from ΔW itself (double).
+                if difference <= 1e-6 * max(oldNorm ?? 0, newNorm ?? 0) {
+                    difference = Self.explicitNorm(both)
+                }
                 kind = difference == 0 ? .unchanged : .changed
             }
             let relative = (kind == .changed || kind == .unchanged) && (oldNorm ?? 0) > 0 ? difference / oldNorm! : nil
             out.append(ModuleChange(module: name, kind: kind, oldNorm: oldNorm, newNorm: newNorm, differenceNorm: difference, relative: relative))
         }
         modules = out
+    }
+
+    /// ‖B·A‖_F with B·A formed row by row in double precision.
+    static func explicitNorm(_ f: LoRACombination.Factors) -> Double {
+        var total = 0.0
+        var row = [Double](repeating: 0, count: f.inFeatures)
+        for o in 0..<f.outFeatures {
+            for j in row.indices { row[j] = 0 }
+            for r in 0..<f.rank {
+                let b = Double(f.b[o * f.rank + r])
+                if b == 0 { continue }
+                for j in 0..<f.inFeatures { row[j] += b * Double(f.a[r * f.inFeatures + j]) }
+            }
+            for x in row { total += x * x }
+        }
+        return total.squareRoot()
+    }
+
+    /// Config keys whose values differ between two adapter_config.json (JSON objects), as `lines` prints them.
+    public static func configLines(old: [UInt8], new: [UInt8]) -> [String]? {
+        guard let o = (try? JSONParser.parse(old))?.objectValue, let n = (try? JSONParser.parse(new))?.objectValue else { return nil }
+        var keys: [String] = []
+        for (k, _) in o + n where !keys.contains(k) { keys.append(k) }
+        return keys.compactMap { k in
+            let a = o.first { $0.0 == k }?.1.serialized(), b = n.first { $0.0 == k }?.1.serialized()
+            return a == b ? nil : "config    \(k): \(a ?? "(absent)") -> \(b ?? "(absent)")"
+        }
     }
 
     /// The report `git diff` prints: config changes, then one line per module that changed, then counts.

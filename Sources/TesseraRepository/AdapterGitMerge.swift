@@ -37,8 +37,31 @@ public struct AdapterGitMerge {
             let r = try Subprocess.check(["git", "hash-object", "--no-filters", file], directory: top, what: "git hash-object failed")
             return r.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
         }
+        // The commits git is merging, when it says (merge, cherry-pick, revert, rebase): each version's config is
+        // taken from its own commit first.
+        func revParse(_ rev: String) -> String? {
+            guard let r = try? Subprocess.run(["git", "rev-parse", "--verify", "-q", rev + "^{commit}"], directory: top), r.status == 0 else { return nil }
+            return r.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        // `git merge` names the commit it merges in the driver's environment (GITHEAD_<id>, for its labels); the
+        // sequencer's heads are tried after it.
+        let named = ProcessInfo.processInfo.environment.keys.filter { $0.hasPrefix("GITHEAD_") }.sorted().map { String($0.dropFirst("GITHEAD_".count)) }
+        let theirsCommit = (named + ["MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "REBASE_HEAD"]).lazy.compactMap(revParse).first
+        var baseCommits: [String] = []
+        if let theirsCommit {
+            if let r = try? Subprocess.run(["git", "merge-base", "--all", "HEAD", theirsCommit], directory: top), r.status == 0 {
+                baseCommits = r.stdoutText.split(separator: "\n").map(String.init)
+            }
+            if let parent = revParse(theirsCommit + "^") { baseCommits.append(parent) }  // a cherry-pick's base
+        }
         func config(_ file: String, _ label: String) throws -> [UInt8] {
-            guard let v = try versions.sibling(of: path, oid: try oid(file)) else {
+            let preferred: [String]
+            switch label {
+            case "ours": preferred = ["HEAD"]
+            case "theirs": preferred = theirsCommit.map { [$0] } ?? []
+            default: preferred = baseCommits
+            }
+            guard let v = try versions.sibling(of: path, oid: try oid(file), preferring: preferred) else {
                 throw TesseraError(.conflict, "\(path): the adapter_config.json of the \(label) version cannot be found for sure, so ΔW is not known",
                                    hint: "merge the adapter by hand (tessera merge OURS THEIRS), then `git add` it")
             }

@@ -43,7 +43,9 @@ public struct AdapterVersions {
     }
 
     /// The sibling of `path` in the version where `path` has blob `oid` (nil or all zeros: the worktree's version).
-    public func sibling(of path: String, oid: String?) throws -> Version? {
+    /// `preferring`: revisions known to hold this version (a merge's HEAD, MERGE_HEAD, merge base), tried first: the
+    /// first of them whose `path` has that blob gives the sibling, even when other commits pair the blob otherwise.
+    public func sibling(of path: String, oid: String?, preferring: [String] = []) throws -> Version? {
         let other = Self.sibling(of: path)
         if oid == nil || oid!.allSatisfy({ $0 == "0" }) || oid == "." {
             let full = try repository.worktree + "/" + other
@@ -55,6 +57,7 @@ public struct AdapterVersions {
         if let r = try? Subprocess.run(["git", "rev-list", "--all", "-n", String(commitLimit), "--", dir.isEmpty ? "." : dir], directory: top), r.status == 0 {
             revisions += r.stdoutText.split(separator: "\n").map(String.init)
         }
+        revisions = preferring + revisions
         var input = ""
         for rev in revisions { input += "\(rev):\(path)\n\(rev):\(other)\n" }
         let r = try Subprocess.run(["git", "cat-file", "--batch-check=%(objectname)"], directory: top, input: Array(input.utf8))
@@ -64,6 +67,10 @@ public struct AdapterVersions {
         for k in revisions.indices where 2 * k + 1 < lines.count {
             let mine = lines[2 * k], theirs = lines[2 * k + 1]
             guard mine.hasPrefix(oid!) || oid!.hasPrefix(mine), mine.count >= 7, !theirs.hasSuffix("missing"), theirs.count >= 40 else { continue }
+            if k < preferring.count {
+                found = [theirs]
+                break
+            }
             found.insert(theirs)
         }
         guard found.count == 1, let sibling = found.first else { return nil }

@@ -40,7 +40,40 @@ struct LsCommand: ParsableCommand {
         }
         let resolver = CheckpointResolver(directory: options.directory, hashesFileInputs: false)
         defer { resolver.finish() }
-        show(try resolver.checkpoint(target))
+        let checkpoint = try resolver.checkpoint(target)
+        if checkpoint.layout == .adapter { return try showAdapter(try checkpoint.adapterFolder()) }
+        show(checkpoint)
+    }
+
+    /// A PEFT adapter: its base, rank, alpha and target modules, and each module's rank, scaling and ‖ΔW‖_F.
+    func showAdapter(_ folder: AdapterFolder) throws {
+        let a = folder.adapter, c = a.config
+        let norms = try a.modules.map { try folder.deltaNorm($0) }
+        let targets: JSONValue = c.json["target_modules"] ?? .null
+        let targetText = targets.arrayValue.map { $0.compactMap(\.stringValue).joined(separator: ", ") } ?? targets.stringValue ?? "(none)"
+        let scalings = Set(a.modules.map(\.scaling))
+        if options.json {
+            let modules: [JSONValue] = zip(a.modules, norms).map { m, n in
+                .object([("module", .string(m.name)), ("rank", .int(m.rank)), ("shape", .array(m.deltaShape.map { .int($0) })),
+                         ("scaling", .double(m.scaling)), ("delta_norm", .double(n)), ("embedding", .bool(m.isEmbedding))])
+            }
+            printJSON(.object([("file", .string(folder.name)), ("format", .string("peft-adapter")),
+                               ("base_model", c.baseModel.map { .string($0) } ?? .null), ("r", .int(c.rank)), ("lora_alpha", .double(c.alpha)),
+                               ("use_rslora", .bool(c.useRSLoRA)), ("scaling", scalings.count == 1 ? .double(scalings.first!) : .null),
+                               ("target_modules", targets), ("modules", .array(modules)),
+                               ("modules_to_save", .array(a.replacements.map { .string($0.target) }))]))
+            return
+        }
+        print("\(folder.name): PEFT LoRA adapter of \(c.baseModel ?? "(no base_model_name_or_path)")")
+        let scalingText = scalings.count == 1 ? String(format: "%.6g", scalings.first!) : "per module"
+        print("r=\(c.rank)  lora_alpha=\(String(format: "%g", c.alpha))\(c.useRSLoRA ? "  use_rslora" : "")  scaling=\(scalingText)  target_modules: \(targetText)")
+        printTable(header: ["module", "rank", "shape", "scaling", "|dW|_F"], rows: zip(a.modules, norms).map { m, n in
+            [m.name + (m.isEmbedding ? " (embedding)" : ""), String(m.rank), "[" + m.deltaShape.map(String.init).joined(separator: ",") + "]",
+             String(format: "%.6g", m.scaling), String(format: "%.6g", n)]
+        })
+        var line = "\(a.modules.count) modules"
+        if !a.replacements.isEmpty { line += ", \(a.replacements.count) tensors saved whole (modules_to_save): " + a.replacements.prefix(4).map(\.target).joined(separator: ", ") + (a.replacements.count > 4 ? ", ..." : "") }
+        print(line)
     }
 
     func show(name: String, manifest: Manifest, store: ObjectStore) {

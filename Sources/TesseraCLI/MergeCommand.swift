@@ -84,6 +84,9 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "Per-model weights, comma-separated, in the order of the models.")
     var weights: String?
 
+    @Option(help: ArgumentHelp("How adapter folders combine (PEFT's combination_type): cat (default, exact), svd, ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd on ΔW; linear, ties, dare_linear, dare_ties, magnitude_prune on the factors (lossy).", valueName: "type"))
+    var combination: String?
+
     @Option(help: "Per-model densities (TIES, DARE, breadcrumbs), comma-separated.")
     var densities: String?
 
@@ -103,7 +106,6 @@ struct MergeCommand: ParsableCommand {
     func validate() throws {
         if config == nil && models.isEmpty { throw ValidationError("name the models to merge, or give --config") }
         if config != nil && (!models.isEmpty || method != nil) { throw ValidationError("--config already names the method and the models") }
-        if config == nil && method == nil { throw ValidationError("--method is required without --config") }
     }
 
     func run() throws {
@@ -111,7 +113,11 @@ struct MergeCommand: ParsableCommand {
         // Where the output goes is settled first: a refusal must come before any work.
         let target = try outputOptions.target()
         _ = try outputOptions.shardSize()
-        guard let config else { return try merge(nil, target: target) }
+        guard let config else {
+            if try mergeAdaptersIfAny(target: target) { return }
+            guard method != nil else { throw ValidationError("--method is required without --config") }
+            return try merge(nil, target: target)
+        }
         let text: String
         do { text = try String(contentsOfFile: config, encoding: .utf8) } catch {
             throw TesseraError(.notFound, "\(config): cannot read the config", hint: "check the path")

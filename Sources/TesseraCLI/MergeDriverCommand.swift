@@ -20,6 +20,16 @@ struct MergeDriverCommand: ParsableCommand {
     @Argument var path: String
 
     func run() throws {
+        if (path as NSString).lastPathComponent == AdapterVersions.weightsName {
+            // A PEFT adapter merges on ΔW (never factor by factor); it always stops for the config to be added.
+            do {
+                let outcome = try AdapterGitMerge(repository: try Repository(directory: ".")).merge(base: base, ours: ours, theirs: theirs, path: path)
+                printError("tessera: \(path): adapters merged on ΔW (ours + theirs − base, exact): rank \(outcome.rank), \(outcome.modules) modules; \(outcome.configPath) was rewritten for the new rank: check it, then `git add` both files and commit")
+            } catch let e as TesseraError {
+                printError("tessera: \(e.description)")
+            }
+            throw ExitCode.failure
+        }
         let driver = GitMergeDriver(repository: try Repository(directory: "."))
         do {
             let outcome = try driver.merge(base: base, ours: ours, theirs: theirs, path: path)

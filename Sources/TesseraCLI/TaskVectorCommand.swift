@@ -43,6 +43,7 @@ struct TaskVectorCommand: ParsableCommand {
             let resolver = CheckpointResolver(directory: directory)
             defer { resolver.finish() }
             let bc = try resolver.checkpoint(base), fc = try resolver.checkpoint(finetuned)
+            try TaskVectorCommand.refuseAdapters([bc, fc])
             let b = bc.source, f = fc.source
             let writer = try OutputCheckpoint(options: outputOptions, target: target, reference: bc, dtype: .f32,
                                               headerReserve: TaskVectorCommand.headerReserve(b, inputs: 2))
@@ -95,6 +96,7 @@ struct TaskVectorCommand: ParsableCommand {
             let resolver = CheckpointResolver(directory: directory)
             defer { resolver.finish() }
             let bc = try resolver.checkpoint(base)
+            try TaskVectorCommand.refuseAdapters([bc])
             let b = bc.source
             var vectors: [(vector: TensorSource, coefficient: Double)] = []
             var described: [JSONValue] = []
@@ -134,6 +136,13 @@ struct TaskVectorCommand: ParsableCommand {
                                             card: card)
             print("wrote \(base) + \(scale == 1 ? "" : "\(scale) · ")Σ λ τ (\(vectors.count) vector(s)): \(count) tensors to \(writer.describe(written))")
         }
+    }
+
+    /// An adapter folder's tensors are factors, not weights: their difference is not a task vector.
+    static func refuseAdapters(_ checkpoints: [ResolvedCheckpoint]) throws {
+        guard let a = checkpoints.first(where: { $0.layout == .adapter }) else { return }
+        throw TesseraError(.invalidParameter, "\(a.name) is a PEFT adapter, not a model: its task vector is its ΔW, not a difference of factors",
+                           hint: "name the model with it applied, BASE+ADAPTER (e.g. --finetuned models/base+\(a.name)), or subtract adapters on ΔW with `tessera merge A B --weights 1,-1 -o DIR`")
     }
 
     /// Header space for each output file: names, shapes and the provenance's hashes of every input's tensors.

@@ -102,6 +102,10 @@ public struct Attributes {
     /// stay plain text in git whatever pattern is tracked, or a fresh clone would read a manifest as its attributes.
     public static let gitFiles = [".gitattributes", ".gitignore", ".gitmodules", ".lfsconfig"]
     static let gitFilesGuard = gitFiles.map { "\($0) !filter !diff !merge" }
+    static let adapterConfigLine = "adapter_config.json !filter diff=tessera"
+    static func takesInAdapterWeights(_ pattern: String) -> Bool {
+        ["adapter_model.safetensors", "a/adapter_model.safetensors"].contains { (name: String) in fnmatch(pattern, name, 0) == 0 }
+    }
 
     /// Adds a pattern; returns false if it was already tracked. A pattern that matches one of git's own files
     /// (`*`, `.git*`) is followed by lines that exempt them.
@@ -118,6 +122,12 @@ public struct Attributes {
         let patterns = lines.compactMap { l -> String? in
             guard l.hasSuffix(suffix) else { return nil }
             return unescape(String(l.dropLast(suffix.count)).trimmingCharacters(in: .whitespaces))
+        }
+        // A tracked pattern that takes in PEFT adapter weights: their folder's adapter_config.json stays plain text in
+        // git (whatever the pattern) but goes through tessera's diff, which pairs it with the weights (ΔW = s·B·A).
+        lines.removeAll { $0 == adapterConfigLine }
+        if patterns.contains(where: takesInAdapterWeights) {
+            lines.append(adapterConfigLine)
         }
         if gitFiles.contains(where: { f in patterns.contains { fnmatch($0, f, 0) == 0 } }) { lines += gitFilesGuard }
         text = lines.joined(separator: "\n") + "\n"
@@ -143,6 +153,9 @@ public struct Attributes {
             return unescape(String(l.dropLast(suffix.count)).trimmingCharacters(in: .whitespaces))
         }
         if !gitFiles.contains(where: { f in patterns.contains { fnmatch($0, f, 0) == 0 } }) { kept.removeAll { gitFilesGuard.contains($0) } }
+        if !patterns.contains(where: takesInAdapterWeights) {
+            kept.removeAll { $0 == adapterConfigLine }
+        }
         try kept.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
         return true
     }

@@ -5,7 +5,7 @@ import TesseraIO
 /// A model with a PEFT LoRA adapter applied, as mergekit's `model: BASE+ADAPTER` reads it (mergekit loads the base,
 /// applies the adapter with PEFT's `merge_and_unload` and merges the result). Each adapted weight is computed when it
 /// is read, the way PEFT computes it: ΔW = (B · A) · scaling in float32 (transposed for `fan_in_fan_out` layers and
-/// for embeddings), rounded to the weight's dtype, then added to the weight and rounded again; scaling is
+/// for embeddings), added to the weight in float32 and rounded once to the weight's dtype; scaling is
 /// lora_alpha / r, or lora_alpha / √r with `use_rslora`, with `alpha_pattern` and `rank_pattern` per module.
 /// Modules the adapter saves whole (`modules_to_save`) replace the base's. DoRA, LoRA biases and other PEFT
 /// methods are refused: applying them as plain LoRA would give other weights.
@@ -85,8 +85,8 @@ public final class LoRAAppliedSource: TensorSource {
         } else {
             for k in product.indices { delta[k] = product[k] * d.scaling }
         }
-        // PEFT rounds ΔW to the weight's dtype, then adds (in float32 on the CPU) and rounds the sum.
-        FloatCodec.quantize(&delta, to: w.dtype)
+        // PEFT (merge_and_unload, safe_merge off) keeps ΔW in float32 (adapter factors are upcast to float32 on load)
+        // and adds it in place: the sum is rounded to the weight's dtype once.
         var values = try FloatCodec.decode(w, name: "\(sourceName): \(name)")
         for k in values.indices { values[k] += delta[k] }
         return try encode(values, shape: w.shape, dtype: w.dtype, name: name)

@@ -111,9 +111,15 @@ public enum LoRACombination {
 
     /// `svd`: the best rank-`rank` approximation of the combined ΔW.
     public static func svd(_ adapters: [Adapter], weights: [Float], rank: Int) throws -> Factors {
-        let dW = try deltaWeight(adapters, weights: weights)
-        let m = adapters[0].outFeatures, n = adapters[0].inFeatures
+        try factorize(try deltaWeight(adapters, weights: weights), outFeatures: adapters[0].outFeatures, inFeatures: adapters[0].inFeatures, rank: rank)
+    }
+
+    /// The best rank-`rank` factors of a ΔW [outFeatures, inFeatures] (row-major).
+    public static func factorize(_ dW: [Float], outFeatures m: Int, inFeatures n: Int, rank: Int) throws -> Factors {
         let k = min(m, n)
+        guard dW.count == m * n, k > 0 else {
+            throw TesseraError(.shapeMismatch, "a ΔW of \(dW.count) values is not \(m) × \(n)", hint: "check the adapters' shapes")
+        }
         guard rank >= 1, rank <= k else {
             throw TesseraError(.invalidParameter, "svd rank \(rank) is outside 1...\(k) for a \(m)×\(n) ΔW", hint: "choose a rank between 1 and \(k)")
         }

@@ -26,10 +26,24 @@ public struct ResolvedCheckpoint {
     public var sideFiles: CheckpointFolder?
 }
 
+extension ResolvedCheckpoint {
+    /// The PEFT adapter this checkpoint is (a folder with adapter_config.json and adapter_model.safetensors), read
+    /// and checked; one line saying why not otherwise.
+    public func adapterFolder() throws -> AdapterFolder {
+        guard layout == .adapter, let folder = sideFiles else {
+            throw TesseraError(.invalidParameter, "\(name) is not a PEFT adapter folder",
+                               hint: "name a folder with adapter_config.json and adapter_model.safetensors")
+        }
+        let bytes = try folder.read(CheckpointFolderLayout.adapterConfigName, limit: 16 << 20)
+        return try AdapterFolder(configBytes: bytes, tensors: source, name: name)
+    }
+}
+
 /// Resolves what users name as checkpoints, the same way for every command:
 /// - a safetensors file (told from its bytes, whatever its name), or a tracked file's manifest in the worktree;
 /// - a Hugging Face folder: `model.safetensors`, or `model.safetensors.index.json` and its shards, or a PEFT adapter
 ///   (`adapter_model.safetensors` + `adapter_config.json`);
+/// - `BASE+ADAPTER` (mergekit's form): the adapter applied to the model;
 /// - a shard index file itself;
 /// - `REV:path` of a tracked file and `REV:folder` (the same folder layouts, read from git and the object store with
 ///   no checkout; missing objects are fetched from the remote first).
@@ -78,21 +92,35 @@ public final class CheckpointResolver {
             }
             return ResolvedCheckpoint(name: spec, source: try openFile(spec, format: format), layout: .file, isFolder: false, sideFiles: beside)
         }
+        if let applied = try appliedAdapter(spec) { return applied }
         if spec.contains(":") {
             guard let revisions else {
                 throw TesseraError(.usage, "\(spec): no such file, and REV:path needs a git repository", hint: "run inside the repository (or -C DIR), or name a file")
             }
             return try revisions.checkpoint(spec, resolver: self)
         }
-        if spec.contains("+") {
-            throw TesseraError(.unsupported, "\(spec): no such file or folder (mergekit's MODEL+LORA form is read in merge configs only)",
-                               hint: "use it as a config's model: (tessera merge --config), merge the LoRA into its model first, or name the adapter folder itself")
-        }
         if ModelCard.hubID(spec) != nil && !spec.hasSuffix(".safetensors") {
             throw TesseraError(.notFound, "\(spec): no such file or folder (tessera reads local checkpoints; it does not download from the Hugging Face Hub)",
                                hint: "download the model into a folder (e.g. `hf download \(spec) --local-dir DIR`) and name the folder")
         }
         throw TesseraError(.notFound, "\(spec): no such file or folder", hint: "name a safetensors file, a model folder, or REV:path (e.g. HEAD~1:model.safetensors)")
+    }
+
+    /// mergekit's `BASE+ADAPTER`: a PEFT adapter folder applied to its base as PEFT's `merge_and_unload` does (read
+    /// lazily, tensor by tensor); the side files are the base's. Nil when `spec` is not of that form.
+    func appliedAdapter(_ spec: String) throws -> ResolvedCheckpoint? {
+        let parts = spec.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { return nil }
+        let base = try checkpoint(parts[0])
+        let adapter = try checkpoint(parts[1])
+        guard base.layout != .adapter else {
+            throw TesseraError(.invalidParameter, "\(spec): '\(parts[0])' is an adapter, not a model", hint: "write BASE+ADAPTER: the model first, then the adapter folder")
+        }
+        let folder = try adapter.adapterFolder()
+        var applied = base
+        applied.name = spec
+        applied.source = try LoRAAppliedSource(base: base.source, adapter: folder.tensors, adapterConfig: folder.configBytes, name: spec)
+        return applied
     }
 
     /// A checkpoint folder (on disk or at a revision) as one source.

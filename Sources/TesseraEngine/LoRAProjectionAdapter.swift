@@ -8,9 +8,12 @@ import TesseraMath
 /// (GPT-2, `fan_in_fan_out`) has the same A and B: only its stored base weight is transposed, which the engine
 /// undid at load, so the delta of the output is the same product.
 ///
-/// Per call: the A factors of every part are stacked into one [Σr, inputs] matrix, so `A · x` for all parts is one
-/// product, then one product per part adds `s · B · (A·x)` into its rows. The [rows, Σr] intermediate lives in a
-/// scratch buffer kept across calls (grown to the largest row count seen); a second thread calling while it is in
+/// Per call, two products whatever the number of parts: the A factors of every part stacked into one [Σr, inputs]
+/// matrix give `h = x · Aᵀ` for all parts at once, then one [span, Σr] matrix holding each part's `s · B` in its rows
+/// and rank columns (zeros elsewhere) adds every part's delta to the rows they cover (`y[:, span] += h · Bᵀ`). A
+/// product per part would triple the BLAS calls of a fused q/k/v projection, and each call costs a synchronisation of
+/// OpenBLAS's threads that, on a loaded machine, outweighs its few multiply-adds. The [rows, Σr] intermediate lives
+/// in a scratch buffer kept across calls (grown to the largest row count seen); a second thread calling while it is in
 /// use gets a buffer of its own for that call.
 ///
 /// `@unchecked Sendable`: the factors are immutable after `init`; the scratch buffer is guarded by `lock`.
@@ -45,8 +48,10 @@ public final class LoRAProjectionAdapter: ProjectionAdapter, @unchecked Sendable
     public let totalRank: Int
     /// Every part's A, stacked: [totalRank, inputs].
     private let stackedA: [Float]
-    /// Where each part's rows start in `stackedA`.
-    private let rankOffsets: [Int]
+    /// The output rows some part covers (from the lowest to the highest).
+    public let span: Range<Int>
+    /// [span.count, totalRank]: part p's `scaling · B` at rows `p.rows - span.lowerBound`, columns of its rank.
+    private let combinedB: [Float]
 
     private let lock = NSLock()
     private var scratch: UnsafeMutablePointer<Float>?
@@ -81,11 +86,22 @@ public final class LoRAProjectionAdapter: ProjectionAdapter, @unchecked Sendable
         self.outputs = outputs
         self.parts = parts
         totalRank = total
-        rankOffsets = offsets
         var stacked: [Float] = []
         stacked.reserveCapacity(total * inputs)
         for p in parts { stacked += p.a }
         stackedA = stacked
+        let low = parts.map(\.rows.lowerBound).min() ?? 0, high = parts.map(\.rows.upperBound).max() ?? 0
+        span = low..<high
+        // Rows are within the projection's outputs (checked above) and every part's factors exist, so this is at most
+        // outputs × Σr of values already held.
+        var b = [Float](repeating: 0, count: span.count * total)
+        for (p, offset) in zip(parts, offsets) {
+            for r in 0..<p.rows.count {
+                let row = (p.rows.lowerBound + r - low) * total + offset
+                for k in 0..<p.rank { b[row + k] = p.scaling * p.b[r * p.rank + k] }
+            }
+        }
+        combinedB = b
     }
 
     deinit { scratch?.deallocate() }
@@ -121,16 +137,14 @@ public final class LoRAProjectionAdapter: ProjectionAdapter, @unchecked Sendable
                 Linalg.sgemm(transposeB: true, m: rows, n: totalRank, k: inputs, input, lda: inputStride, a, ldb: inputs, h, ldc: totalRank)
             }
         }
-        for (p, offset) in zip(parts, rankOffsets) {
-            p.b.withUnsafeBufferPointer { b in
-                guard let b = b.baseAddress else { return }
-                // y[:, rows] += s · h[:, part] · Bᵀ
-                if rows == 1 {
-                    Linalg.matvec(b, h + offset, output + p.rows.lowerBound, rows: p.rows.count, cols: p.rank, alpha: p.scaling, beta: 1)
-                } else {
-                    Linalg.sgemm(transposeB: true, m: rows, n: p.rows.count, k: p.rank, alpha: p.scaling, h + offset, lda: totalRank,
-                                 b, ldb: p.rank, beta: 1, output + p.rows.lowerBound, ldc: outputStride)
-                }
+        combinedB.withUnsafeBufferPointer { b in
+            guard let b = b.baseAddress else { return }
+            // y[:, span] += h · (s·B)ᵀ
+            if rows == 1 {
+                Linalg.matvec(b, h, output + span.lowerBound, rows: span.count, cols: totalRank, beta: 1)
+            } else {
+                Linalg.sgemm(transposeB: true, m: rows, n: span.count, k: totalRank, h, lda: totalRank, b, ldb: totalRank, beta: 1,
+                             output + span.lowerBound, ldc: outputStride)
             }
         }
     }

@@ -129,23 +129,39 @@ public final class LoRAProjectionAdapter: ProjectionAdapter, @unchecked Sendable
     private func add(_ output: UnsafeMutablePointer<Float>, _ outputStride: Int, _ input: UnsafePointer<Float>, _ inputStride: Int,
                      _ rows: Int, intermediate h: UnsafeMutablePointer<Float>) {
         stackedA.withUnsafeBufferPointer { a in
-            guard let a = a.baseAddress else { return }
-            // h [rows, Σr] = x · Aᵀ
+          combinedB.withUnsafeBufferPointer { b in
+            guard let a = a.baseAddress, let b = b.baseAddress else { return }
             if rows == 1 {
-                Linalg.matvec(a, input, h, rows: totalRank, cols: inputs)
-            } else {
-                Linalg.sgemm(transposeB: true, m: rows, n: totalRank, k: inputs, input, lda: inputStride, a, ldb: inputs, h, ldc: totalRank)
+                // One token (decoding): a few thousand multiply-adds, less than what waking OpenBLAS's threads for
+                // sgemv costs, so they run here on the calling thread.
+                for k in 0..<totalRank { h[k] = Self.dot(a + k * inputs, input, count: inputs) }
+                let y = output + span.lowerBound
+                for o in 0..<span.count { y[o] += Self.dot(b + o * totalRank, h, count: totalRank) }
+                return
             }
+            // h [rows, Σr] = x · Aᵀ ; y[:, span] += h · (s·B)ᵀ
+            Linalg.sgemm(transposeB: true, m: rows, n: totalRank, k: inputs, input, lda: inputStride, a, ldb: inputs, h, ldc: totalRank)
+            Linalg.sgemm(transposeB: true, m: rows, n: span.count, k: totalRank, h, lda: totalRank, b, ldb: totalRank, beta: 1,
+                         output + span.lowerBound, ldc: outputStride)
+          }
         }
-        combinedB.withUnsafeBufferPointer { b in
-            guard let b = b.baseAddress else { return }
-            // y[:, span] += h · (s·B)ᵀ
-            if rows == 1 {
-                Linalg.matvec(b, h, output + span.lowerBound, rows: span.count, cols: totalRank, beta: 1)
-            } else {
-                Linalg.sgemm(transposeB: true, m: rows, n: span.count, k: totalRank, h, lda: totalRank, b, ldb: totalRank, beta: 1,
-                             output + span.lowerBound, ldc: outputStride)
-            }
+    }
+
+    /// Σ a[i]·b[i] in eight float32 lanes.
+    @inline(__always)
+    private static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
+        var lanes = SIMD8<Float>()
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        var i = 0
+        while i + 8 <= count {
+            lanes += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            i += 8
         }
+        var sum = lanes.sum()
+        while i < count {
+            sum += a[i] * b[i]
+            i += 1
+        }
+        return sum
     }
 }

@@ -24,10 +24,14 @@ struct BenchEngineCommand: ParsableCommand {
     @Option(help: "ARC-Easy test questions to score (0 skips).") var arc: Int = 0
     @Option(help: "Threads for matrix products (default: $OPENBLAS_NUM_THREADS, else the number of cores).") var threads: Int = Linalg.defaultThreads
     @Option(help: "Where the data is (default: the project's data/).") var dataDir: String?
+    @Option(name: .customLong("adapter"), help: "A PEFT LoRA adapter folder to run unmerged (bench/bench_adapter.py). Repeatable.")
+    var adapters: [String] = []
 
     func run() throws {
         Linalg.setThreads(threads)
-        let resolved = try ResolvedModel.resolve(model, resolver: CheckpointResolver(directory: ".", hashesFileInputs: false))
+        let resolver = CheckpointResolver(directory: ".", hashesFileInputs: false)
+        let adapters = try self.adapters.map { try EvalAdapter.resolve($0, resolver: resolver).input }
+        let resolved = try ResolvedModel.resolve(model, resolver: resolver, adapters: adapters)
         guard case let .causal(lm, tokenizer) = resolved.kind, let decoder = lm as? any DecoderArchitecture else {
             throw TesseraError(.usage, "\(model) is not a decoder language model")
         }

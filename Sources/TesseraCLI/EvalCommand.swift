@@ -21,10 +21,15 @@ struct EvalCommand: ParsableCommand {
         REV:path of a tracked checkpoint or REV:folder (config.json and tokenizer.json
         from the same folder of the same revision), REV (its one tracked checkpoint or
         checkpoint folder), or a .gguf file.
+        --adapter DIR (or REV:DIR) runs a PEFT LoRA adapter unmerged on every model
+        (W·x + s·B·(A·x) in each adapted layer, equal to evaluating the applied weights);
+        several --adapter add their updates. Results record each adapter's path and
+        content hash.
         Examples:
           tessera eval main merged --task wikitext:20 --task arc-easy:50
           tessera eval HEAD~1:model HEAD:model --task arc-easy:100 --chart arc.svg
           tessera eval minilm/ --task sst2 --json
+          tessera eval base/ --adapter lora/ --task wikitext:20
         """
     )
 
@@ -33,6 +38,9 @@ struct EvalCommand: ParsableCommand {
 
     @Option(name: .customLong("task"), help: "A task: NAME[:N] or a JSONL task file[:N]. Repeatable.")
     var tasks: [String]
+
+    @Option(name: .customLong("adapter"), help: "A PEFT LoRA adapter folder (DIR or REV:DIR) to run unmerged on the models. Repeatable: the updates add.")
+    var adapters: [String] = []
 
     @Option(help: "Where the built-in tasks' data is (default: the project's data/ folder, or $TESSERA_DATA_DIR).")
     var dataDir: String?
@@ -74,15 +82,25 @@ struct EvalCommand: ParsableCommand {
         // Every task's data is read and checked before any model is loaded.
         let prepared = try EvalRunner.prepare(try tasks.map { try EvalTaskRegistry.task($0, options: options) }, data: data)
         let resolver = CheckpointResolver(directory: directory, hashesFileInputs: false)
+        let adapters = try self.adapters.map { try EvalAdapter.resolve($0, resolver: resolver) }
         var results: [EvalResult] = []
         for target in targets {
-            let model = try ResolvedModel.resolve(target, resolver: resolver)
+            let model = try ResolvedModel.resolve(target, resolver: resolver, adapters: adapters.map(\.input))
             let applicable = prepared.filter { $0.requirement == model.requirement }
             if applicable.isEmpty {
                 throw TesseraError(.usage, "\(target) is a \(model.requirement == .causalLanguageModel ? "language model" : "sentence encoder"); none of the tasks apply to it",
                                    hint: "language models: wikitext, arc-easy, arc-challenge, selfinstruct; encoders: sst2")
             }
-            results += try EvalRunner.run(applicable, models: model.models, revision: target)
+            // The label names the adapters too, so the table tells the base from the adapted model.
+            let label = ([target] + adapters.map(\.record.path)).joined(separator: " + ")
+            results += try EvalRunner.run(applicable, models: model.models, revision: label).map {
+                var r = $0
+                r.adapters = adapters.map(\.record)
+                return r
+            }
+        }
+        if !json {
+            for a in adapters { print("adapter: \(a.record.path) sha256:\(a.record.sha256)") }
         }
         let report = EvalReport(results)
         if json { print(report.json()) } else { print(report.table()) }

@@ -36,32 +36,33 @@ struct ResolvedModel {
     static let sideFiles = ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
                             "sentence_bert_config.json"]
 
-    static func resolve(_ spec: String, resolver: CheckpointResolver) throws -> ResolvedModel {
+    /// `adapters` are attached, unmerged, to the loaded model (`LoRAAdapterAttachment`).
+    static func resolve(_ spec: String, resolver: CheckpointResolver, adapters: [LoRAAdapterInput] = []) throws -> ResolvedModel {
         var st = stat()
         if stat(spec, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG,
            CheckpointFileFormat.detect(prefix: DiskCheckpointFolder.prefix(spec, count: 32)) == .gguf {
-            return try fromGGUF(spec)
+            return try fromGGUF(spec, adapters: adapters)
         }
         let checkpoint = try resolver.checkpoint(orRevision: spec)
         if checkpoint.layout == .adapter {
-            throw TesseraError(.unsupported, "\(spec) is a PEFT adapter, not a whole model: the engine evaluates models",
-                               hint: "merge the adapter into its base model first, then evaluate that")
+            throw TesseraError(.unsupported, "\(spec) is a PEFT adapter, not a whole model",
+                               hint: "evaluate it on its base model: tessera eval BASE --adapter \(spec)")
         }
         if let disk = checkpoint.sideFiles as? DiskCheckpointFolder {
-            return try fromFolder(weights: checkpoint.source, folder: disk.directory, label: spec)
+            return try fromFolder(weights: checkpoint.source, folder: disk.directory, label: spec, adapters: adapters)
         }
         // Side files from the revision's folder, else (for REV:path) from the same folder in the worktree.
         let tmp = NSTemporaryDirectory() + "tessera-eval-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: tmp) }
         try checkpoint.copySideFiles(sideFiles, into: tmp, limit: sideFileLimit, worktree: resolver.repository?.git.workdir)
-        return try fromFolder(weights: checkpoint.source, folder: tmp, label: spec)
+        return try fromFolder(weights: checkpoint.source, folder: tmp, label: spec, adapters: adapters)
     }
 
     /// Config and tokenizer files are read whole; real ones are at most tens of megabytes.
     static let sideFileLimit = 512 << 20
 
-    static func fromFolder(weights: TensorSource, folder: String, label: String) throws -> ResolvedModel {
+    static func fromFolder(weights: TensorSource, folder: String, label: String, adapters: [LoRAAdapterInput] = []) throws -> ResolvedModel {
         let configPath = folder + "/config.json"
         guard let data = FileManager.default.contents(atPath: configPath) else {
             throw TesseraError(.notFound, "\(label): no config.json beside the weights", hint: "commit the model's config.json in the same folder as the checkpoint")
@@ -72,6 +73,7 @@ struct ResolvedModel {
         }
         if config["model_type"]?.stringValue == "bert" {
             let model = try BERTModel(config: BERTConfig(configJSON: configPath), weights: weights)
+            if !adapters.isEmpty { try LoRAAdapterAttachment.attach(adapters, to: model) }
             return ResolvedModel(label: label, kind: .embedder(SentenceEmbedder(model: model, tokenizer: try WordPieceTokenizer.load(directory: folder))))
         }
         guard FileManager.default.fileExists(atPath: folder + "/tokenizer.json") else {
@@ -79,10 +81,11 @@ struct ResolvedModel {
         }
         let tokenizer = try BPETokenizer(tokenizerJSONPath: folder + "/tokenizer.json")
         let lm = try loadCausalLM(source: weights, config: config, tokenizer: tokenizer)
+        if !adapters.isEmpty { try LoRAAdapterAttachment.attach(adapters, to: lm) }
         return ResolvedModel(label: label, kind: .causal(lm, tokenizer))
     }
 
-    static func fromGGUF(_ path: String) throws -> ResolvedModel {
+    static func fromGGUF(_ path: String, adapters: [LoRAAdapterInput] = []) throws -> ResolvedModel {
         let gguf = try GGUFFile(path: path)
         let json = try GGUFImport.huggingFaceTokenizerJSON(from: gguf)
         let tokens = gguf["tokenizer.ggml.tokens"]?.arrayValue?.compactMap(\.stringValue) ?? []
@@ -90,6 +93,7 @@ struct ResolvedModel {
         let tokenizer = try BPETokenizer(tokenizerJSON: Array(json.serialized().utf8), bosToken: token("tokenizer.ggml.bos_token_id"),
                                          eosToken: token("tokenizer.ggml.eos_token_id"), source: path)
         let lm = try loadCausalLM(source: gguf, tokenizer: tokenizer)
+        if !adapters.isEmpty { try LoRAAdapterAttachment.attach(adapters, to: lm) }
         return ResolvedModel(label: path, kind: .causal(lm, tokenizer))
     }
 }

@@ -11,14 +11,29 @@ public struct EvalResult: Sendable, Equatable {
     public var count: Int
     /// The revision label the model was loaded from (`HEAD`, `main~2:model.safetensors`, a file name).
     public var revision: String
+    /// LoRA adapters the model ran with, unmerged (`tessera eval --adapter`), so that the score can be reproduced.
+    public var adapters: [EvalAdapterRecord]
 
-    public init(task: String, metric: String, value: Double, stderr: Double? = nil, count: Int, revision: String) {
+    public init(task: String, metric: String, value: Double, stderr: Double? = nil, count: Int, revision: String,
+                adapters: [EvalAdapterRecord] = []) {
         self.task = task
         self.metric = metric
         self.value = value
         self.stderr = stderr
         self.count = count
         self.revision = revision
+        self.adapters = adapters
+    }
+}
+
+/// An adapter a result was computed with: the folder as named, and a hash of its content.
+public struct EvalAdapterRecord: Sendable, Equatable {
+    public var path: String
+    public var sha256: String
+
+    public init(path: String, sha256: String) {
+        self.path = path
+        self.sha256 = sha256
     }
 }
 

@@ -1,0 +1,205 @@
+import Foundation
+import TesseraCore
+import TesseraIO
+
+/// A PEFT LoRA adapter to run unmerged: its parsed config and modules, the source of its factors, and its name for
+/// messages (the folder as the user named it).
+public struct LoRAAdapterInput {
+    public var adapter: LoRAAdapter
+    public var tensors: TensorSource
+    public var name: String
+
+    public init(adapter: LoRAAdapter, tensors: TensorSource, name: String) {
+        self.adapter = adapter
+        self.tensors = tensors
+        self.name = name
+    }
+}
+
+/// Attaches LoRA adapters to a loaded model (Llama, GPT-2, GPT-Neo, BERT) without merging: each adapter module is
+/// matched to the projection whose slice was loaded from that module's weight, and the projection gets a
+/// `LoRAProjectionAdapter` adding `s · B · (A · x)` to that slice's rows.
+///
+/// Module names are PEFT's (`base_model.model.` stripped by `LoRAAdapter`), i.e. the Hugging Face names of the
+/// base's weights; for a Llama loaded from a GGUF they are translated through `LlamaTensorNames`, and B's rows of
+/// q_proj and k_proj are put in llama.cpp's RoPE row order, as the GGUF's own Q/K rows are. `transformer.` (GPT-2,
+/// GPT-Neo) and `bert.` (BERT task models) prefixes match with or without.
+///
+/// Several adapters add their deltas (as PEFT does with several active adapters). Everything is checked before any
+/// projection is changed: a module the engine does not run (an embedding LoRA, a tied or absent `lm_head`, a layer of
+/// another model), saved whole (`modules_to_save`), or with factors whose shapes do not fit its layer is refused with
+/// one line naming it.
+public enum LoRAAdapterAttachment {
+    public struct Summary: Sendable, Equatable {
+        /// Adapter modules attached (over all adapters).
+        public var modules: Int
+        /// Projections that got an adapter.
+        public var projections: Int
+
+        public init(modules: Int, projections: Int) {
+            self.modules = modules
+            self.projections = projections
+        }
+    }
+
+    /// A range of a projection's output rows loaded from one checkpoint tensor.
+    struct Target {
+        let projection: Projection
+        let rows: Range<Int>
+        /// For a GGUF Llama's Q and K: the head count whose rows llama.cpp permuted.
+        let ggufRoPEHeads: Int?
+    }
+
+    /// Every projection of `model` an adapter can target (the output head only when it is not tied to the embedding:
+    /// a tied head's tensor is the embedding, which an adapter on it would mean differently).
+    public static func projections(of model: AnyObject) throws -> [Projection] {
+        if let llama = model as? LlamaModel {
+            return llama.layers.flatMap { [$0.attention.qkv, $0.attention.output, $0.mlp.gateUp, $0.mlp.down] }
+                + (llama.config.tiedEmbeddings ? [] : [llama.head])
+        }
+        let layers: [LayerNormDecoderLayer]
+        if let gpt2 = model as? GPT2Model {
+            layers = gpt2.layers
+        } else if let neo = model as? GPTNeoModel {
+            layers = neo.layers
+        } else if let bert = model as? BERTModel {
+            return bert.layers.flatMap { [$0.attention.qkv, $0.attention.output, $0.mlp.up, $0.mlp.down] }
+        } else {
+            throw TesseraError(.unsupported, "LoRA adapters run on Llama, GPT-2, GPT-Neo and BERT models, not on \(type(of: model))",
+                               hint: "apply the adapter with `tessera lora apply` and evaluate the result")
+        }
+        return layers.flatMap { [$0.attention.qkv, $0.attention.output, $0.mlp.up, $0.mlp.down] }
+    }
+
+    /// Checkpoint tensor name → the rows loaded from it, with the other spellings a PEFT module may use.
+    static func targets(of model: AnyObject) throws -> [String: Target] {
+        var table: [String: Target] = [:]
+        for p in try projections(of: model) {
+            // Slices from one tensor (GPT-2's c_attn: query, key, value) are consecutive: one range.
+            var order: [String] = [], ranges: [String: Range<Int>] = [:]
+            for s in p.slices {
+                if let r = ranges[s.tensor] {
+                    ranges[s.tensor] = min(r.lowerBound, s.rows.lowerBound)..<max(r.upperBound, s.rows.upperBound)
+                } else {
+                    ranges[s.tensor] = s.rows
+                    order.append(s.tensor)
+                }
+            }
+            for tensor in order { if let rows = ranges[tensor] { table[tensor] = Target(projection: p, rows: rows, ggufRoPEHeads: nil) } }
+        }
+        if let llama = model as? LlamaModel, table.keys.contains(where: { $0.hasPrefix("blk.") }) {
+            // GGUF names; adapters name the Hugging Face ones.
+            let gguf = LlamaTensorNames(convention: .gguf), hf = LlamaTensorNames(convention: .huggingFace)
+            var aliased: [String: Target] = [:]
+            for i in 0..<llama.config.layers {
+                for tensor in LlamaTensorNames.LayerTensor.allCases {
+                    guard let t = table[gguf.name(tensor, layer: i)] else { continue }
+                    let heads = tensor == .query ? llama.config.heads : tensor == .key ? llama.config.kvHeads : nil
+                    aliased[hf.name(tensor, layer: i)] = Target(projection: t.projection, rows: t.rows, ggufRoPEHeads: heads)
+                }
+            }
+            if let head = table[gguf.output] { aliased[hf.output] = head }
+            table = aliased
+        }
+        for (name, target) in table {
+            for prefix in ["transformer.", "bert."] {
+                let other = name.hasPrefix(prefix) ? String(name.dropFirst(prefix.count)) : prefix + name
+                if table[other] == nil { table[other] = target }
+            }
+        }
+        return table
+    }
+
+    /// Attaches `inputs` to `model` (replacing any adapters it had). Throws, changing nothing, if any module does not
+    /// fit.
+    @discardableResult
+    public static func attach(_ inputs: [LoRAAdapterInput], to model: AnyObject) throws -> Summary {
+        let table = try targets(of: model)
+        var parts: [ObjectIdentifier: (projection: Projection, parts: [LoRAProjectionAdapter.Part])] = [:]
+        var order: [ObjectIdentifier] = []
+        var modules = 0
+        for input in inputs {
+            let name = input.name, adapter = input.adapter
+            if let r = adapter.replacements.first {
+                throw TesseraError(.unsupported, "\(name): the adapter saves '\(r.tensor)' whole (modules_to_save), which the engine does not run unmerged",
+                                   hint: "apply the adapter with `tessera lora apply BASE \(name) -o DIR` and evaluate DIR")
+            }
+            if let m = adapter.modules.first(where: \.isEmbedding) {
+                throw TesseraError(.unsupported, "\(name): '\(m.name)' is an embedding LoRA, which the engine does not run unmerged",
+                                   hint: "apply the adapter with `tessera lora apply BASE \(name) -o DIR` and evaluate DIR")
+            }
+            let unmatched = adapter.modules.filter { table[$0.target] == nil }
+            if let first = unmatched.first {
+                let more = unmatched.count > 1 ? " (and \(unmatched.count - 1) more of its \(adapter.modules.count) modules)" : ""
+                let base = adapter.config.baseModel.map { " (it names base model '\($0)')" } ?? ""
+                throw TesseraError(.notFound, "\(name): module '\(first.name)'\(more) matches no linear layer the engine runs in this model",
+                                   hint: "evaluate the adapter on the model it was made for\(base); an lm_head or embedding LoRA needs `tessera lora apply`")
+            }
+            guard !adapter.modules.isEmpty else {
+                throw TesseraError(.invalidParameter, "\(name): the adapter has no LoRA modules", hint: "name a PEFT LoRA adapter folder")
+            }
+            for m in adapter.modules {
+                guard let target = table[m.target] else { continue }
+                let projection = target.projection
+                guard m.inFeatures == projection.inputs, m.outFeatures == target.rows.count else {
+                    throw TesseraError(.shapeMismatch,
+                                       "\(name): the LoRA factors of '\(m.name)' are A [\(m.rank), \(m.inFeatures)] and B [\(m.outFeatures), \(m.rank)], but that layer maps \(projection.inputs) inputs to \(target.rows.count) outputs",
+                                       hint: "the adapter was made for another model")
+                }
+                let (aCount, o1) = m.rank.multipliedReportingOverflow(by: m.inFeatures)
+                let (bCount, o2) = m.rank.multipliedReportingOverflow(by: m.outFeatures)
+                let a = try input.tensors.floats(m.aName), b = try input.tensors.floats(m.bName)
+                guard !o1, !o2, a.count == aCount, b.count == bCount else {
+                    throw TesseraError(.shapeMismatch, "\(name): the LoRA factors of '\(m.name)' do not hold the values their shapes declare",
+                                       hint: "the adapter file is malformed")
+                }
+                guard a.allSatisfy(\.isFinite), b.allSatisfy(\.isFinite) else {
+                    throw TesseraError(.invalidParameter, "\(name): the LoRA factors of '\(m.name)' hold NaN or infinite values",
+                                       hint: "the adapter is corrupt (or its training diverged)")
+                }
+                let rowsB = try target.ggufRoPEHeads.map { try ggufRowOrder(b, rows: m.outFeatures, cols: m.rank, heads: $0, module: m.name, adapter: name) } ?? b
+                let part = LoRAProjectionAdapter.Part(label: "\(name): \(m.name)", rows: target.rows, rank: m.rank, a: a, b: rowsB,
+                                                      scaling: Float(m.scaling))
+                let key = ObjectIdentifier(projection)
+                if parts[key] == nil { order.append(key); parts[key] = (projection, []) }
+                parts[key]?.parts.append(part)
+                modules += 1
+            }
+        }
+        var adapters: [(Projection, LoRAProjectionAdapter)] = []
+        for key in order {
+            guard let entry = parts[key] else { continue }
+            let p = entry.projection
+            adapters.append((p, try LoRAProjectionAdapter(inputs: p.inputs, outputs: p.outputs, parts: entry.parts, name: p.name)))
+        }
+        try detach(from: model)
+        for (p, adapter) in adapters { p.adapter = adapter }
+        return Summary(modules: modules, projections: adapters.count)
+    }
+
+    /// Removes every adapter from `model`'s projections.
+    public static func detach(from model: AnyObject) throws {
+        for p in try projections(of: model) { p.adapter = nil }
+        if let llama = model as? LlamaModel { llama.head.adapter = nil }
+    }
+
+    /// B's rows (Hugging Face order) in a GGUF's Q/K row order: within each head, GGUF row 2i+h holds HF row
+    /// h·(headDim/2)+i (see `GGUFImport.unpermuteRoPERows`).
+    static func ggufRowOrder(_ b: [Float], rows: Int, cols: Int, heads: Int, module: String, adapter: String) throws -> [Float] {
+        guard heads > 0, rows % heads == 0, (rows / heads) % 2 == 0 else {
+            throw TesseraError(.shapeMismatch, "\(adapter): '\(module)' has \(rows) output rows, not \(heads) heads of an even size",
+                               hint: "the adapter was made for another model")
+        }
+        let headDim = rows / heads, half = headDim / 2
+        var out = [Float](repeating: 0, count: b.count)
+        for head in 0..<heads {
+            for i in 0..<half {
+                for h in 0..<2 {
+                    let gguf = (head * headDim + 2 * i + h) * cols, hf = (head * headDim + h * half + i) * cols
+                    for j in 0..<cols { out[gguf + j] = b[hf + j] }
+                }
+            }
+        }
+        return out
+    }
+}

@@ -116,6 +116,7 @@ public struct Repack {
         switch segment {
         case let .header(b, e, _): return .header(begin: b, end: e, stored)
         case let .tensor(n, d, sh, b, e, _): return .tensor(name: n, dtype: d, shape: sh, begin: b, end: e, stored)
+        case let .blocks(n, t, sh, b, e, _): return .blocks(name: n, type: t, shape: sh, begin: b, end: e, stored)
         case let .blob(b, e, _): return .blob(begin: b, end: e, stored)
         case let .gap(b, e, .object): return .gap(begin: b, end: e, .object(stored))
         case .gap: return segment
@@ -124,6 +125,7 @@ public struct Repack {
 
     private func segmentName(_ segment: Manifest.Segment) -> String {
         if case let .tensor(name, _, _, _, _, _) = segment { return "tensor '\(name)'" }
+        if case let .blocks(name, _, _, _, _, _) = segment { return "tensor '\(name)'" }
         return "segment at byte \(segment.begin)"
     }
 }

@@ -41,6 +41,9 @@ public struct StoreVerification {
     public let objectIDs: [String]
     /// What needs each object (see `Report.usage`).
     let usage: [String: String]
+    /// For each delta a manifest line names: that line, and the dependencies it names (the whole chain, since chains
+    /// exist: what lets a clone of one branch fetch everything its checkout needs).
+    let namedChains: [String: (what: String, ids: Set<String>)]
 
     /// Plans the verification of what is reachable (with `includeUnreachable`, of every object in the store too).
     public init(repository: Repository, includeUnreachable: Bool) throws {
@@ -49,6 +52,7 @@ public struct StoreVerification {
         var claims: [String: (length: Int, raw: String)] = [:]
         var inconsistent: [(String, String)] = []
         var usage: [String: String] = [:]
+        var namedChains: [String: (what: String, ids: Set<String>)] = [:]
         for (origin, m) in reachability.manifests {
             let file = origin.split(separator: ":", maxSplits: 1).last.map(String.init) ?? origin
             for segment in m.segments {
@@ -58,6 +62,10 @@ public struct StoreVerification {
                 if usage[st.objectID] == nil { usage[st.objectID] = what }
                 for dependency in Manifest.baseObjects(encoding: st.encoding) where usage[dependency.id] == nil {
                     usage[dependency.id] = "a delta base of \(what)"
+                }
+                let named = Manifest.baseObjects(encoding: st.encoding)
+                if !named.isEmpty, namedChains[st.objectID] == nil {
+                    namedChains[st.objectID] = (what, Set(named.map(\.id)))
                 }
                 let claim = (segment.end - segment.begin, st.rawSHA256)
                 if let known = claims[st.objectID], known != claim {
@@ -69,6 +77,7 @@ public struct StoreVerification {
         }
         self.claims = claims
         self.inconsistent = inconsistent
+        self.namedChains = namedChains
         // Dependencies the objects' trailers name are checked too, even ones no manifest names.
         let (reachable, dependentOf) = reachability.objectIDsWithDependencies(in: repository.store)
         var ids = reachable
@@ -109,6 +118,10 @@ public struct StoreVerification {
             case .present:
                 do {
                     try store.verify(id, expectedLength: claims[id]?.length, expectedRawSHA256: claims[id]?.raw, decoder: decoder)
+                    if let named = namedChains[id], let chain = try? store.dependencyChain(of: id),
+                       let unnamed = chain.objectIDs.first(where: { !named.ids.contains($0) }) {
+                        report.corrupt.append((id, "the manifest line of \(named.what) does not name object \(unnamed.prefix(12)) of its delta chain (a clone of one branch could not fetch it; `tessera repack` stores the current version whole)"))
+                    }
                 } catch let e as TesseraError where e.code == .objectMissing {
                     // A dependency is missing: reported on its own line (every dependency is in the plan).
                     if !planHasMissing { report.corrupt.append((id, e.message)) }

@@ -77,14 +77,14 @@ import TesseraTestSupport
         for id in chain { #expect(FileManager.default.fileExists(atPath: s.path("\(repo)/.git/tessera/objects/\(id.prefix(2))/\(id.dropFirst(2))"))) }
         try s.run("rm model.safetensors && git checkout -- model.safetensors && \"$T\" fsck", in: repo)
         #expect(Array(try s.bytes("\(repo)/model.safetensors")) == Self.version(4))
-        // A new commit on the clone extends the chain up to the maximum depth, then starts a new one; every version
-        // checks out byte for byte in a second clone.
+        // New commits on the clone start a new chain (version 4 is at the default maximum depth, 4) and extend it up
+        // to the maximum; every version checks out byte for byte in a second clone.
         for k in 5...10 {
             try Data(Self.version(k)).write(to: URL(fileURLWithPath: s.path("clone/model.safetensors")))
             try s.run("git commit -qam v\(k)", in: "clone")
         }
         let depths = try (5...10).map { try dependencies(s, "clone", "HEAD~\(10 - $0)", tensor: "layers.0.weight").count }
-        #expect(depths == [5, 6, 7, 8, 0, 1], "\(depths)")
+        #expect(depths == [0, 1, 2, 3, 4, 0], "\(depths)")
         try s.run("git push -q origin main", in: "clone")
         try s.run("git clone -q --single-branch -b main \"file://$PWD/remote.git\" second")
         for k in [4, 8, 9, 10] {
@@ -118,11 +118,11 @@ import TesseraTestSupport
     @Test func repackStoresTheStagedVersionWholeAndHistoryStaysReadable() throws {
         let s = try Sandbox()
         let repo = try s.makeRepository()
-        for k in 0...5 {
+        for k in 0...4 {
             try Data(Self.version(k)).write(to: URL(fileURLWithPath: s.path("\(repo)/model.safetensors")))
             try s.run("git add model.safetensors && git commit -qm v\(k)", in: repo)
         }
-        #expect(try dependencies(s, repo, "HEAD", tensor: "layers.0.weight").count == 5)
+        #expect(try dependencies(s, repo, "HEAD", tensor: "layers.0.weight").count == 4)
         let history = try s.run("git log --format=%H -- model.safetensors", in: repo).stdout.split(separator: "\n").map(String.init)
         // A dry run changes nothing; --max-depth keeps chains up to that depth.
         #expect(try s.run("\"$T\" repack --dry-run", in: repo).stdout.contains("would store 3 object(s) whole in 1 file(s)"))
@@ -136,8 +136,8 @@ import TesseraTestSupport
         try s.run("git commit -qm repack", in: repo)
         #expect(try s.run("\"$T\" repack", in: repo).stdout.contains("nothing to repack"))
         // The next fine-tune is a delta on the whole version.
-        try Data(Self.version(6)).write(to: URL(fileURLWithPath: s.path("\(repo)/model.safetensors")))
-        try s.run("git commit -qam v6", in: repo)
+        try Data(Self.version(5)).write(to: URL(fileURLWithPath: s.path("\(repo)/model.safetensors")))
+        try s.run("git commit -qam v5", in: repo)
         #expect(try dependencies(s, repo, "HEAD", tensor: "layers.0.weight").count == 1)
         // gc after the repack deletes nothing history names, and every version checks out byte for byte.
         try s.run("\"$T\" gc --prune now && \"$T\" fsck", in: repo)
@@ -145,5 +145,28 @@ import TesseraTestSupport
             try s.run("git checkout -q \(commit) -- model.safetensors", in: repo)
             #expect(Array(try s.bytes("\(repo)/model.safetensors")) == Self.version(k), "version \(k)")
         }
+    }
+
+    @Test func aManifestNamingOnlyDirectBasesKeepsItsChainThroughTrailersAndFsckSaysSo() throws {
+        let s = try Sandbox()
+        let repo = try s.makeRepository()
+        for k in 0...3 {
+            try Data(Self.version(k)).write(to: URL(fileURLWithPath: s.path("\(repo)/model.safetensors")))
+            try s.run("git add model.safetensors && git commit -qm v\(k)", in: repo)
+        }
+        let chain = try dependencies(s, repo, "HEAD", tensor: "layers.0.weight")
+        #expect(chain.count == 3)
+        // A manifest that names only each delta's direct base (damaged, or hand-made), alone in the history: only
+        // the objects' trailers name the rest of the chain.
+        try s.run(#"git show HEAD:model.safetensors | sed -E 's/(@[0-9a-f]{64}:[0-9]+)(,[0-9a-f]{64}:[0-9]+)+/\1/' > ../trimmed.txt"#, in: repo)
+        try s.run("git checkout -q --orphan solo && blob=$(git hash-object -w ../trimmed.txt) && git update-index --cacheinfo 100644,$blob,model.safetensors && git commit -qm trimmed", in: repo)
+        #expect(try dependencies(s, repo, "HEAD", tensor: "layers.0.weight") == [chain[0]])
+        try s.run("git branch -q -D main && git reflog expire --expire=now --all && rm -rf .git/tessera/statcache && \"$T\" gc --prune now", in: repo)
+        for id in chain { #expect(FileManager.default.fileExists(atPath: s.path("\(repo)/.git/tessera/objects/\(id.prefix(2))/\(id.dropFirst(2))"))) }
+        try s.run("rm model.safetensors && git checkout -- model.safetensors", in: repo)
+        #expect(Array(try s.bytes("\(repo)/model.safetensors")) == Self.version(3))
+        // fsck decodes it, and says which line does not name its whole chain.
+        let r = try s.run("\"$T\" fsck", in: repo, check: false)
+        #expect(r.status != 0 && r.stdout.contains("tensor 'layers.0.weight' does not name object \(chain[1].prefix(12))"), "\(r.stdout)")
     }
 }

@@ -96,7 +96,8 @@ import TesseraTestSupport
         let hostile = try plant(bytes, in: store)
         let e = try #require(throws: TesseraError.self) { try store.readAll(hostile) }
         #expect(e.message.contains("different length"))
-        // Pointing at itself-a-delta (a chain): refused too.
+        // Pointing at another delta of the same length (a chain, but not the base it was encoded against): the
+        // decoded bytes do not match the recorded raw value, refused too.
         bytes.replaceSubrange(baseField..<(baseField + 32), with: [UInt8](hex: delta.objectID)!)
         let chained = try plant(bytes, in: store)
         #expect(throws: TesseraError.self) { try store.readAll(chained) }

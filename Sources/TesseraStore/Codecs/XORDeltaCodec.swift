@@ -3,8 +3,8 @@ import TesseraIO
 
 /// XOR with a base object's raw bytes (the previous version of the same tensor), then byte-grouped zstd (code 3,
 /// manifest name `xor+bgW+zstd@BASE:SIZE`): a fine-tune changes low mantissa bits, so the XOR is mostly zero in the
-/// planes of sign and exponent. The base is its one dependency, exactly as long as the object's raw bytes, and not
-/// itself a delta (chains have depth one: `ObjectStore` checks).
+/// planes of sign and exponent. The base is its one dependency, exactly as long as the object's raw bytes; it may
+/// itself be a delta (a chain of bounded depth: `ObjectStore` decodes and checks it, `EncodingPolicy` bounds it).
 public final class XORDeltaCodec: ObjectCodec {
     public static let code: UInt8 = 3
     public static let dependencies: ClosedRange<Int> = 1...1

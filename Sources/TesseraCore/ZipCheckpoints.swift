@@ -59,10 +59,18 @@ public final class TorchCheckpoint: TensorSource, @unchecked Sendable {
     private let storageRanges: [String: Range<Int>]
     private let index: [String: Int]
 
+    /// Whether the zip archive at `path` holds a `data.pkl` (a torch.save checkpoint, not an .npz). Throws if it is
+    /// not a readable zip archive.
+    public static func isTorchArchive(path: String) throws -> Bool {
+        try ZipArchiveFile(path: path).entries.contains(where: isPickleEntry)
+    }
+
+    static func isPickleEntry(_ e: ZipRecords.CentralEntry) -> Bool { e.name == "data.pkl" || e.name.hasSuffix("/data.pkl") }
+
     public init(path: String) throws {
         self.path = path
         archive = try ZipArchiveFile(path: path)
-        guard let pkl = archive.entries.first(where: { $0.name == "data.pkl" || $0.name.hasSuffix("/data.pkl") }) else {
+        guard let pkl = archive.entries.first(where: TorchCheckpoint.isPickleEntry) else {
             throw TesseraError(.invalidCheckpoint, "\(path): a zip archive without data.pkl: not a PyTorch checkpoint", hint: "name a torch.save file")
         }
         let prefix = String(pkl.name.dropLast("data.pkl".count))

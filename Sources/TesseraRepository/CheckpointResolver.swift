@@ -164,9 +164,7 @@ public final class CheckpointResolver {
             return file
         case .zip:
             // A PyTorch checkpoint (its pickle read without executing anything), else a NumPy .npz.
-            do { return try TorchCheckpoint(path: path) } catch let e as TesseraError where e.message.contains("without data.pkl") {
-                return try NumpyArchive(path: path)
-            }
+            return try TorchCheckpoint.isTorchArchive(path: path) ? try TorchCheckpoint(path: path) : try NumpyArchive(path: path)
         default:
             throw CheckpointFileFormat.unsupportedError(format, file: path)
                 ?? TesseraError(.invalidCheckpoint, "\(path) is not a checkpoint", hint: "name a safetensors file or a model folder")

@@ -21,10 +21,10 @@ struct EvalCommand: ParsableCommand {
         REV:path of a tracked checkpoint or REV:folder (config.json and tokenizer.json
         from the same folder of the same revision), REV (its one tracked checkpoint or
         checkpoint folder), or a .gguf file.
-        --adapter DIR (or REV:DIR) runs a PEFT LoRA adapter unmerged on every model
-        (W·x + s·B·(A·x) in each adapted layer, equal to evaluating the applied weights);
-        several --adapter add their updates. Results record each adapter's path and
-        content hash.
+        --adapter DIR (or REV:DIR) runs a PEFT LoRA adapter unmerged on every model:
+        W·x + s·B·(A·x) in each adapted layer, equal to evaluating the applied
+        weights; several --adapter add their updates. Results record each
+        adapter's path and content hash.
         Examples:
           tessera eval main merged --task wikitext:20 --task arc-easy:50
           tessera eval HEAD~1:model HEAD:model --task arc-easy:100 --chart arc.svg

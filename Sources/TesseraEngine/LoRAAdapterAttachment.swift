@@ -66,7 +66,7 @@ public enum LoRAAdapterAttachment {
             return bert.layers.flatMap { [$0.attention.qkv, $0.attention.output, $0.mlp.up, $0.mlp.down] }
         } else {
             throw TesseraError(.unsupported, "LoRA adapters run on Llama, GPT-2, GPT-Neo and BERT models, not on \(type(of: model))",
-                               hint: "apply the adapter with `tessera lora apply` and evaluate the result")
+                               hint: "merge the adapter into its base first (PEFT's merge_and_unload) and evaluate the result")
         }
         return layers.flatMap { [$0.attention.qkv, $0.attention.output, $0.mlp.up, $0.mlp.down] }
     }
@@ -122,18 +122,18 @@ public enum LoRAAdapterAttachment {
             let name = input.name, adapter = input.adapter
             if let r = adapter.replacements.first {
                 throw TesseraError(.unsupported, "\(name): the adapter saves '\(r.tensor)' whole (modules_to_save), which the engine does not run unmerged",
-                                   hint: "apply the adapter with `tessera lora apply BASE \(name) -o DIR` and evaluate DIR")
+                                   hint: "merge the adapter into its base first (PEFT's merge_and_unload) and evaluate the result")
             }
             if let m = adapter.modules.first(where: \.isEmbedding) {
                 throw TesseraError(.unsupported, "\(name): '\(m.name)' is an embedding LoRA, which the engine does not run unmerged",
-                                   hint: "apply the adapter with `tessera lora apply BASE \(name) -o DIR` and evaluate DIR")
+                                   hint: "merge the adapter into its base first (PEFT's merge_and_unload) and evaluate the result")
             }
             let unmatched = adapter.modules.filter { table[$0.target] == nil }
             if let first = unmatched.first {
                 let more = unmatched.count > 1 ? " (and \(unmatched.count - 1) more of its \(adapter.modules.count) modules)" : ""
                 let base = adapter.config.baseModel.map { " (it names base model '\($0)')" } ?? ""
                 throw TesseraError(.notFound, "\(name): module '\(first.name)'\(more) matches no linear layer the engine runs in this model",
-                                   hint: "evaluate the adapter on the model it was made for\(base); an lm_head or embedding LoRA needs `tessera lora apply`")
+                                   hint: "evaluate the adapter on the model it was made for\(base); an lm_head LoRA on a tied head must be merged into its base first")
             }
             guard !adapter.modules.isEmpty else {
                 throw TesseraError(.invalidParameter, "\(name): the adapter has no LoRA modules", hint: "name a PEFT LoRA adapter folder")

@@ -70,10 +70,10 @@ def scenario(tool, work, label, base, changed):
     growth = tool.store(repo) - before
     run("git commit -qm changed", repo, env)
     os.remove(path)
-    co_old, _, _, _ = run("git checkout -q HEAD~1 -- model.safetensors", repo, env)
+    co_old, co_old_cpu, _, _ = run("git checkout -q HEAD~1 -- model.safetensors", repo, env)
     exact_old = subprocess.run(["cmp", "-s", path, base]).returncode == 0
     os.remove(path)
-    co_new, _, _, _ = run("git checkout -q HEAD -- model.safetensors", repo, env)
+    co_new, co_new_cpu, _, _ = run("git checkout -q HEAD -- model.safetensors", repo, env)
     exact_new = subprocess.run(["cmp", "-s", path, changed]).returncode == 0
     encodings = {}
     if tool.name == "tessera":
@@ -84,6 +84,7 @@ def scenario(tool, work, label, base, changed):
                 encodings[enc] = encodings.get(enc, 0) + 1
     shutil.rmtree(repo, ignore_errors=True)
     return dict(add_s=add_s, add_cpu_s=add_cpu, growth=growth, checkout_old_s=co_old, checkout_new_s=co_new,
+                checkout_old_cpu_s=co_old_cpu, checkout_new_cpu_s=co_new_cpu,
                 exact=exact_old and exact_new, encodings=encodings)
 
 def main():
@@ -125,7 +126,7 @@ def main():
             if name == "lowrank": extra = f"growth {r['growth'] / 2**20:.2f} MiB (target <= 5)"
             if name == "sparse": extra = f"growth/changed tensors' raw {r['growth'] / sparse_raw:.4f} (target <= 0.03)"
             print(f"{dt} {name:8s} {tool.name:8s} add {r['add_s']:.2f}s (cpu {r['add_cpu_s']:.2f}s) checkout old {r['checkout_old_s']:.2f}s "
-                  f"new {r['checkout_new_s']:.2f}s growth {r['growth']:,} B exact={r['exact']} {extra} {r['encodings'] or ''}", flush=True)
+                  f"(cpu {r['checkout_old_cpu_s']:.2f}s) new {r['checkout_new_s']:.2f}s (cpu {r['checkout_new_cpu_s']:.2f}s) growth {r['growth']:,} B exact={r['exact']} {extra} {r['encodings'] or ''}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

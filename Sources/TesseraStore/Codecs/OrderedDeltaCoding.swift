@@ -33,7 +33,8 @@ struct BinaryRangeEncoder {
         if count < capacity { out[count] = byte; count += 1 } else { overflowed = true }
     }
 
-    @inline(__always) private mutating func shiftLow() {
+    // Out of line: it runs once per output byte, and inlined its state crowded the coding loop's registers.
+    @inline(never) private mutating func shiftLow() {
         if low < 0xFF00_0000 || low >= 0x1_0000_0000 {
             let carry = UInt8(truncatingIfNeeded: low >> 32)
             var byte = cache
@@ -58,7 +59,8 @@ struct BinaryRangeEncoder {
         low &+= bit ? UInt64(bound) : 0
         range = bit ? range &- bound : bound
         p = bit ? down : up
-        while range < (1 << 24) {
+        // One step of at least 31/4096 leaves the range ≥ 2^24 · 31/4096 > 2^16: one shift restores it.
+        if range < (1 << 24) {
             range <<= 8
             shiftLow()
         }
@@ -103,7 +105,7 @@ struct BinaryRangeDecoder {
         code &-= bit ? bound : 0
         range = bit ? range &- bound : bound
         p = bit ? down : up
-        while range < (1 << 24) {
+        if range < (1 << 24) {
             range <<= 8
             code = (code << 8) | UInt32(next())
         }
@@ -234,10 +236,13 @@ enum OrderedDeltaCoder {
     /// Elements of a chunk of `count` in lane `lane`.
     static func laneCount(_ count: Int, lane: Int) -> Int { (count - lane + 1) / 2 }
 
-    static func treeDepth(bits: Int) -> Int { bits == 32 ? 6 : 5 }
+    /// The class tree's depth: its leaves are k = 0 ... 2^depth − 1, the last one also standing for k = bits (one
+    /// more decision tells them apart: bit lengths of 32 or 16 are rare, and a level less is a decision less for
+    /// every element).
+    static func treeDepth(bits: Int) -> Int { bits == 32 ? 5 : 4 }
 
-    /// One lane's tables: the class trees of every exponent context, then the top-bit tree of every class.
-    static func tableSize(bits: Int) -> Int { exponentContexts * (1 << treeDepth(bits: bits)) + (bits + 1) * 2 }
+    /// One lane's tables: the class trees of every exponent context, the top bit of every class, the escape.
+    static func tableSize(bits: Int) -> Int { exponentContexts * (1 << treeDepth(bits: bits)) + (bits + 1) * 2 + 1 }
 
     /// `orderedInteger` of a `bits`-wide pattern held in a UInt32 (the coder's loops are not generic: a generic
     /// element function was not inlined into them, and that cost half the speed).
@@ -254,14 +259,16 @@ enum OrderedDeltaCoder {
         let m = d.magnitude
         let k = m == 0 ? 0 : 64 - m.leadingZeroBitCount
         let context = tables + Int((b >> UInt32(bits - 9)) & 0xFF) &* classNodes
+        let leaf = min(k, classNodes - 1)
         var node = 1
         var level = depth - 1
         while level >= 0 {
-            let bit = (k >> level) & 1
+            let bit = (leaf >> level) & 1
             rc.encode(bit != 0, &context[node])
             node = node &* 2 &+ bit
             level -= 1
         }
+        if leaf == classNodes - 1 { rc.encode(k == bits, &tables[exponentContexts &* classNodes &+ (bits + 1) &* 2]) }
         if k == 0 { return }
         rw.put(d < 0 ? 1 : 0, 1)
         if k == 1 { return }
@@ -290,19 +297,19 @@ enum OrderedDeltaCoder {
         if T.bitWidth == 32 {
             let nw = UnsafeRawPointer(new).assumingMemoryBound(to: UInt32.self), bw = UnsafeRawPointer(base).assumingMemoryBound(to: UInt32.self)
             while i + 1 < count {
-                encodeElement(nw[i], bw[i], bits: 32, rc: &rc0, rw: &rw, tables: t0, depth: 6)
-                encodeElement(nw[i + 1], bw[i + 1], bits: 32, rc: &rc1, rw: &rw, tables: t1, depth: 6)
+                encodeElement(nw[i], bw[i], bits: 32, rc: &rc0, rw: &rw, tables: t0, depth: 5)
+                encodeElement(nw[i + 1], bw[i + 1], bits: 32, rc: &rc1, rw: &rw, tables: t1, depth: 5)
                 i += 2
             }
-            if i < count { encodeElement(nw[i], bw[i], bits: 32, rc: &rc0, rw: &rw, tables: t0, depth: 6) }
+            if i < count { encodeElement(nw[i], bw[i], bits: 32, rc: &rc0, rw: &rw, tables: t0, depth: 5) }
         } else {
             let nw = UnsafeRawPointer(new).assumingMemoryBound(to: UInt16.self), bw = UnsafeRawPointer(base).assumingMemoryBound(to: UInt16.self)
             while i + 1 < count {
-                encodeElement(UInt32(nw[i]), UInt32(bw[i]), bits: 16, rc: &rc0, rw: &rw, tables: t0, depth: 5)
-                encodeElement(UInt32(nw[i + 1]), UInt32(bw[i + 1]), bits: 16, rc: &rc1, rw: &rw, tables: t1, depth: 5)
+                encodeElement(UInt32(nw[i]), UInt32(bw[i]), bits: 16, rc: &rc0, rw: &rw, tables: t0, depth: 4)
+                encodeElement(UInt32(nw[i + 1]), UInt32(bw[i + 1]), bits: 16, rc: &rc1, rw: &rw, tables: t1, depth: 4)
                 i += 2
             }
-            if i < count { encodeElement(UInt32(nw[i]), UInt32(bw[i]), bits: 16, rc: &rc0, rw: &rw, tables: t0, depth: 5) }
+            if i < count { encodeElement(UInt32(nw[i]), UInt32(bw[i]), bits: 16, rc: &rc0, rw: &rw, tables: t0, depth: 4) }
         }
         rc0.finish()
         rc1.finish()
@@ -318,7 +325,8 @@ enum OrderedDeltaCoder {
         let context = tables + Int((b >> UInt32(bits - 9)) & 0xFF) &* classNodes
         var node = 1
         for _ in 0..<depth { node = node &* 2 &+ (rc.decode(&context[node]) ? 1 : 0) }
-        let k = node - classNodes
+        var k = node - classNodes
+        if k == classNodes - 1 && rc.decode(&tables[exponentContexts &* classNodes &+ (bits + 1) &* 2]) { k = bits }
         if k == 0 { return b }
         if k > bits { bad = true; return b }
         let negative = rr.take(1) == 1
@@ -352,20 +360,20 @@ enum OrderedDeltaCoder {
             let bw = UnsafeRawPointer(base).assumingMemoryBound(to: UInt32.self)
             let ow = UnsafeMutableRawPointer(out).assumingMemoryBound(to: UInt32.self)
             while i + 1 < count {
-                ow[i] = decodeElement(bw[i], bits: 32, rc: &rc0, rr: &rr, tables: t0, depth: 6, bad: &bad)
-                ow[i + 1] = decodeElement(bw[i + 1], bits: 32, rc: &rc1, rr: &rr, tables: t1, depth: 6, bad: &bad)
+                ow[i] = decodeElement(bw[i], bits: 32, rc: &rc0, rr: &rr, tables: t0, depth: 5, bad: &bad)
+                ow[i + 1] = decodeElement(bw[i + 1], bits: 32, rc: &rc1, rr: &rr, tables: t1, depth: 5, bad: &bad)
                 i += 2
             }
-            if i < count { ow[i] = decodeElement(bw[i], bits: 32, rc: &rc0, rr: &rr, tables: t0, depth: 6, bad: &bad) }
+            if i < count { ow[i] = decodeElement(bw[i], bits: 32, rc: &rc0, rr: &rr, tables: t0, depth: 5, bad: &bad) }
         } else {
             let bw = UnsafeRawPointer(base).assumingMemoryBound(to: UInt16.self)
             let ow = UnsafeMutableRawPointer(out).assumingMemoryBound(to: UInt16.self)
             while i + 1 < count {
-                ow[i] = UInt16(truncatingIfNeeded: decodeElement(UInt32(bw[i]), bits: 16, rc: &rc0, rr: &rr, tables: t0, depth: 5, bad: &bad))
-                ow[i + 1] = UInt16(truncatingIfNeeded: decodeElement(UInt32(bw[i + 1]), bits: 16, rc: &rc1, rr: &rr, tables: t1, depth: 5, bad: &bad))
+                ow[i] = UInt16(truncatingIfNeeded: decodeElement(UInt32(bw[i]), bits: 16, rc: &rc0, rr: &rr, tables: t0, depth: 4, bad: &bad))
+                ow[i + 1] = UInt16(truncatingIfNeeded: decodeElement(UInt32(bw[i + 1]), bits: 16, rc: &rc1, rr: &rr, tables: t1, depth: 4, bad: &bad))
                 i += 2
             }
-            if i < count { ow[i] = UInt16(truncatingIfNeeded: decodeElement(UInt32(bw[i]), bits: 16, rc: &rc0, rr: &rr, tables: t0, depth: 5, bad: &bad)) }
+            if i < count { ow[i] = UInt16(truncatingIfNeeded: decodeElement(UInt32(bw[i]), bits: 16, rc: &rc0, rr: &rr, tables: t0, depth: 4, bad: &bad)) }
         }
         return !bad && !rc0.overran && !rc1.overran && !rr.overran && rr.consumedAll
     }

@@ -225,6 +225,9 @@ import TesseraTestSupport
         let tau = try readF32Tensors(s.path("tau.safetensors")), base = try readF32Tensors(Self.fixtures + "/base/model.safetensors")
         let q = "model.layers.0.self_attn.q_proj.weight"
         #expect(tau[q]! == zip(want[q]!, base[q]!).map { $0 - $1 })
+        // An adapter folder itself is not a model: a task vector of its factors is refused, pointing at BASE+ADAPTER.
+        let factors = try s.run("\"$T\" taskvec compute --base '\(Self.fixtures)/adapters/b' --finetuned '\(Self.fixtures)/adapters/a' -o tau2.safetensors", check: false)
+        #expect(factors.status != 0 && factors.stderr.contains("BASE+ADAPTER") && factors.stderr.split(separator: "\n").count == 1, "\(factors.stderr)")
     }
 
     /// `lora extract` writes mergekit-extract-lora's adapter (ΔW within float32 SVD rounding).

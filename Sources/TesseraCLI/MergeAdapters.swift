@@ -16,7 +16,9 @@ extension MergeCommand {
         let resolved = models.map { try? resolver.checkpoint($0) }
         let adapters = resolved.filter { $0?.layout == .adapter }.count
         if adapters == 0 {
-            if combination != nil { throw ValidationError("--combination combines PEFT adapter folders; the models are not adapters") }
+            if combination != nil {
+                throw TesseraError(.usage, "--combination combines PEFT adapter folders, and the models are not adapters", hint: "use --method for models")
+            }
             return false
         }
         guard adapters == models.count else {
@@ -25,18 +27,19 @@ extension MergeCommand {
                                hint: "apply the adapters first (tessera lora apply), or merge adapter folders only")
         }
         guard method == nil, base == nil, densities == nil, dtype == nil else {
-            throw ValidationError("adapter folders merge with --combination (and --weights, --param density=, svd_rank=, majority_sign_method=, seed=); --method, --base, --densities and --dtype are for models")
+            throw TesseraError(.usage, "adapter folders merge on ΔW with --combination (default cat, exact), not with --method, --base, --densities or --dtype (a model method would average A and B separately)",
+                               hint: "e.g. tessera merge A B --weights 0.5,0.5 -o OUT (or --combination svd|ties_svd|linear ...; --param density=, svd_rank=)")
         }
         guard case .folder = target else {
             throw TesseraError(.usage, "-o \(target.path): a merged adapter is a PEFT folder", hint: "name a folder (-o merged-adapter/)")
         }
         let name = combination ?? "cat"
         guard let kind = AdapterCombination(rawValue: name) else {
-            throw ValidationError("unknown combination '\(name)': use one of \(AdapterCombination.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw TesseraError(.usage, "unknown combination '\(name)'", hint: "use one of \(AdapterCombination.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         var parameters: [(String, String)] = []
         for p in parameterOptions.parameters {
-            guard let eq = p.firstIndex(of: "=") else { throw ValidationError("--param takes name=value, got '\(p)'") }
+            guard let eq = p.firstIndex(of: "=") else { throw TesseraError(.usage, "--param takes name=value, got '\(p)'", hint: "e.g. --param density=0.5") }
             parameters.append((String(p[..<eq]), String(p[p.index(after: eq)...])))
         }
         var options = AdapterCombinationOptions(combination: kind)
@@ -47,7 +50,7 @@ extension MergeCommand {
             case "svd_rank" where number.map({ $0 >= 1 && $0 < 0x1p20 && $0 == $0.rounded() }) == true: options.svdRank = Int(number!)
             case "seed" where number.map({ $0 >= 0 && $0 < 0x1p53 && $0 == $0.rounded() }) == true: options.seed = UInt64(number!)
             case "majority_sign_method" where text == "total" || text == "frequency": options.majoritySignByFrequency = text == "frequency"
-            default: throw ValidationError("--param \(key)=\(text): adapter combinations take density, svd_rank, majority_sign_method (total|frequency) and seed")
+            default: throw TesseraError(.usage, "--param \(key)=\(text) is not a parameter of adapter combinations", hint: "they take density, svd_rank (an integer ≥ 1), majority_sign_method (total|frequency) and seed")
             }
         }
         let weights = try Self.list(self.weights, count: models.count, name: "--weights") ?? Array(repeating: 1, count: models.count)

@@ -36,6 +36,12 @@ struct TextconvCommand: ParsableCommand {
             print(lines.joined(separator: "\n"))
             return
         }
+        // A PEFT adapter's config (tessera's diff pairs it with the weights; git log -p shows it as the text it is).
+        if (file as NSString).lastPathComponent == "adapter_config.json" || head.first == UInt8(ascii: "{"),
+           let bytes = try? FileSystem.readFile(file, limit: 1 << 20), (try? JSONParser.parse(bytes)) != nil {
+            print(String(decoding: bytes, as: UTF8.self), terminator: bytes.last == 0x0A ? "" : "\n")
+            return
+        }
         // Anything else: its size and hash (a file stored whole).
         print("file \(FileSystem.fileStat(file)?.size ?? 0) bytes sha256:\(try FileSystem.sha256(ofFile: file))")
     }

@@ -334,6 +334,19 @@ public enum AdapterMerge {
             outB = try elementwise(bList, weights: wB, combination: combination, options: options, rng: &rng)
             return (outA, outB)
         }
+        if combination == .svd {
+            // Σ wᵢ·ΔWᵢ is the product of the concatenated factors: its SVD comes from two thin SVDs of the factors,
+            // O((d_out + d_in)·k²) instead of a dense SVD (which on an exactly low-rank ΔW also grinds through
+            // denormal singular values).
+            var rng2 = rng
+            let (ca, cb) = try combineModule(terms, combination: .cat, rank: terms.reduce(0) { $0 + $1.1.rank },
+                                             options: AdapterCombinationOptions(combination: .cat), rng: &rng2)
+            let k = terms.reduce(0) { $0 + $1.1.rank }
+            let f = try factoredSVD(a: ca, b: cb, rank: k, inFeatures: dIn, outFeatures: dOut, keep: rank)
+            for r in 0..<f.rank { for j in 0..<dIn { outA[r * dIn + j] = f.a[r * dIn + j] } }
+            for o in 0..<dOut { for r in 0..<f.rank { outB[o * rank + r] = f.b[o * f.rank + r] } }
+            return (outA, outB)
+        }
         // On ΔW (B·A layout, [d_out, d_in]; the elementwise steps do not depend on the layout).
         var deltas: [[Float]] = []
         for (f, m, _) in terms {
@@ -358,6 +371,35 @@ public enum AdapterMerge {
         for r in 0..<k { for j in 0..<dIn { outA[r * dIn + j] = f.a[r * dIn + j] } }
         for o in 0..<dOut { for r in 0..<k { outB[o * rank + r] = f.b[o * k + r] } }
         return (outA, outB)
+    }
+
+    /// The best rank-`keep` factors of B·A (B [m, k], A [k, n]) without forming it: B = U_b·S_b·V_bᵀ (thin), then
+    /// C = S_b·V_bᵀ·A = U_c·S_c·V_cᵀ (thin), so B·A = (U_b·U_c)·S_c·V_cᵀ is the SVD of B·A. Returns at most
+    /// min(keep, m, n, k) components: A' = V_cᵀ[:r], B' = (U_b·U_c)[:, :r]·S_c[:r].
+    static func factoredSVD(a: [Float], b: [Float], rank k: Int, inFeatures n: Int, outFeatures m: Int, keep: Int) throws -> LoRACombination.Factors {
+        func thinSVD(_ x: [Float], _ rows: Int, _ cols: Int) throws -> (u: [Float], s: [Float], vt: [Float], k: Int) {
+            let kk = min(rows, cols)
+            var work = x, s = [Float](repeating: 0, count: kk), u = [Float](repeating: 0, count: rows * kk), vt = [Float](repeating: 0, count: kk * cols)
+            let info = work.withUnsafeMutableBufferPointer { wp in s.withUnsafeMutableBufferPointer { sp in u.withUnsafeMutableBufferPointer { up in
+                vt.withUnsafeMutableBufferPointer { vp in Linalg.svd(wp.baseAddress!, m: rows, n: cols, s: sp.baseAddress!, u: up.baseAddress!, vt: vp.baseAddress!) }
+            } } }
+            guard info == 0 else {
+                throw TesseraError(.invalidParameter, "the SVD of the combined ΔW did not converge (LAPACK info \(info))", hint: "check the adapters for NaN or infinite values")
+            }
+            return (u, s, vt, kk)
+        }
+        guard m > 0, n > 0, k > 0 else { return LoRACombination.Factors(a: [], b: [], rank: 0, inFeatures: n, outFeatures: m) }
+        let sb = try thinSVD(b, m, k)                                                    // U_b [m, kb], V_bᵀ [kb, k]
+        var svt = sb.vt
+        for i in 0..<sb.k { for j in 0..<k { svt[i * k + j] *= sb.s[i] } }
+        let c = LoRACombination.matmul(svt, a, m: sb.k, k: k, n: n)                      // C [kb, n]
+        let sc = try thinSVD(c, sb.k, n)                                                 // U_c [kb, kc], V_cᵀ [kc, n]
+        let u = LoRACombination.matmul(sb.u, sc.u, m: m, k: sb.k, n: sc.k)               // [m, kc]
+        let r = min(keep, sc.k)
+        var outA = [Float](repeating: 0, count: r * n), outB = [Float](repeating: 0, count: m * r)
+        for i in 0..<r { for j in 0..<n { outA[i * n + j] = sc.vt[i * n + j] } }
+        for o in 0..<m { for i in 0..<r { outB[o * r + i] = u[o * sc.k + i] * sc.s[i] } }
+        return LoRACombination.Factors(a: outA, b: outB, rank: r, inFeatures: n, outFeatures: m)
     }
 
     /// PEFT's merge_utils on equally shaped tensors: task_arithmetic (`linear`), `ties`, `dare_linear`, `dare_ties`,

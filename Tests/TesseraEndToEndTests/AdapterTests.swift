@@ -178,6 +178,21 @@ import TesseraTestSupport
         #expect(ls.contains("scaling=1"), "\(ls)")
     }
 
+    /// When the branches' configs differ, the merged config is not defined by the weights: the merge stops with one
+    /// line and leaves our version (no factor averaging, no guess).
+    @Test func gitMergeRefusesDifferingConfigs() throws {
+        let s = try Sandbox()
+        let repo = try repositoryWithAdapter(s)
+        try s.run("git switch -q -c theirs && cp '\(Self.fixtures)/adapters/b/adapter_model.safetensors' adapters/x/ && sed -i 's/\"lora_alpha\": 8,/\"lora_alpha\": 32,/' adapters/x/adapter_config.json && git commit -qam theirs", in: repo)
+        try s.run("git switch -q main && cp '\(Self.fixtures)/adapters/c/adapter_model.safetensors' adapters/x/ && git commit -qam ours", in: repo)
+        let ours = try readF32Tensors(s.path("\(repo)/adapters/x/adapter_model.safetensors"))
+        let r = try s.run("git merge --no-edit theirs </dev/null", in: repo, check: false)
+        #expect(r.status != 0)
+        let line = r.stderr.split(separator: "\n").filter { $0.hasPrefix("tessera:") }
+        #expect(line.count == 1 && line[0].contains("adapter_config.json differ"), "\(r.stderr)")
+        #expect(try readF32Tensors(s.path("\(repo)/adapters/x/adapter_model.safetensors")) == ours)
+    }
+
     /// `tessera merge` of adapter folders writes a PEFT folder equal on ΔW to PEFT's add_weighted_adapter.
     @Test(arguments: [("cat_abc", "a b c --weights 1,-0.5,2"), ("ties_svd_ab", "a b --weights 0.7,0.5 --combination ties_svd --param density=0.5")])
     func mergeOfAdapterFolders(name: String, arguments: String) throws {
@@ -210,6 +225,9 @@ import TesseraTestSupport
         let tau = try readF32Tensors(s.path("tau.safetensors")), base = try readF32Tensors(Self.fixtures + "/base/model.safetensors")
         let q = "model.layers.0.self_attn.q_proj.weight"
         #expect(tau[q]! == zip(want[q]!, base[q]!).map { $0 - $1 })
+        // An adapter folder itself is not a model: a task vector of its factors is refused, pointing at BASE+ADAPTER.
+        let factors = try s.run("\"$T\" taskvec compute --base '\(Self.fixtures)/adapters/b' --finetuned '\(Self.fixtures)/adapters/a' -o tau2.safetensors", check: false)
+        #expect(factors.status != 0 && factors.stderr.contains("BASE+ADAPTER") && factors.stderr.split(separator: "\n").count == 1, "\(factors.stderr)")
     }
 
     /// `lora extract` writes mergekit-extract-lora's adapter (ΔW within float32 SVD rounding).

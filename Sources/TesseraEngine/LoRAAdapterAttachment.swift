@@ -203,3 +203,19 @@ public enum LoRAAdapterAttachment {
         return out
     }
 }
+
+extension LoRAAdapterInput {
+    /// The adapter without the tensors it saves whole (`modules_to_save`) that equal the base's own: replacing a tensor
+    /// by an identical one changes nothing, and mergekit's extract-lora saves embeddings and norms whole whether or not
+    /// the fine-tune changed them. Replacements that differ stay (and `attach` refuses them).
+    public func droppingUnchangedReplacements(base: TensorSource) throws -> LoRAAdapterInput {
+        var copy = self
+        copy.adapter.replacements = try adapter.replacements.filter { r in
+            guard let b = base.tensorInfo(r.target), let t = tensors.tensorInfo(r.tensor), b.dtype == t.dtype, b.shape == t.shape else {
+                return true
+            }
+            return try base.rawTensor(r.target).bytes != tensors.rawTensor(r.tensor).bytes
+        }
+        return copy
+    }
+}

@@ -429,6 +429,32 @@ private final class HuggingFaceView: TensorSource {
         expectOneLine(try refusal(TestAdapter(modules: []), extra: [saved[0]], model: model), mentions: "modules_to_save", "only a saved module")
     }
 
+    /// mergekit's extract-lora saves embeddings and norms whole whether or not they changed: a saved tensor equal to the
+    /// base's changes nothing and is skipped; one that differs is still refused.
+    @Test func savedModulesEqualToTheBaseAreSkipped() throws {
+        let model = try Self.tinyLlama()
+        let base = try SafetensorsFile(path: EngineFixtures.fixtures + "/tiny_llama/model.safetensors")
+        let norm = try base.rawTensor("model.norm.weight")
+        let folder = try EngineFixtures.temporaryDirectory("lora-saved")
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try TestAdapter(modules: [("model.layers.0.mlp.up_proj", 64, 128)])
+            .write(to: folder, extra: [("base_model.model.model.norm.modules_to_save.default.weight", norm)])
+        let input = try TestAdapter.load(folder)
+        #expect(input.adapter.replacements.count == 1)
+        let kept = try input.droppingUnchangedReplacements(base: base)
+        #expect(kept.adapter.replacements.isEmpty, "an identical saved norm is dropped")
+        try LoRAAdapterAttachment.attach([kept], to: model)
+        #expect(model.layers[0].mlp.gateUp.adapter != nil)
+        try LoRAAdapterAttachment.detach(from: model)
+        var changed = norm
+        changed.bytes[0] ^= 1
+        try TestAdapter(modules: [("model.layers.0.mlp.up_proj", 64, 128)])
+            .write(to: folder, extra: [("base_model.model.model.norm.modules_to_save.default.weight", changed)])
+        let other = try TestAdapter.load(folder).droppingUnchangedReplacements(base: base)
+        #expect(other.adapter.replacements.count == 1, "a changed saved norm stays, and attach refuses it")
+        #expect(throws: TesseraError.self) { try LoRAAdapterAttachment.attach([other], to: model) }
+    }
+
     @Test func nonFiniteFactors() throws {
         let model = try Self.tinyLlama()
         var adapter = TestAdapter(modules: [("model.layers.0.mlp.gate_proj", 64, 128)])

@@ -41,6 +41,25 @@ public enum Linalg {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), alpha, a, Int32(lda ?? cols), x, 1, beta, y, 1)
     }
 
+    /// The thin SVD of a row-major [m×n] matrix given as an array (left untouched): s [k] descending, u [m×k],
+    /// vt [k×n], k = min(m, n); nil when LAPACK does not converge.
+    public static func svd(_ matrix: [Float], m: Int, n: Int) -> (s: [Float], u: [Float], vt: [Float])? {
+        let k = min(m, n)
+        precondition(matrix.count == m * n && k > 0, "svd: a [\(m)×\(n)] matrix")
+        var work = matrix
+        var s = [Float](repeating: 0, count: k), u = [Float](repeating: 0, count: m * k), vt = [Float](repeating: 0, count: k * n)
+        let info = work.withUnsafeMutableBufferPointer { wp in
+            s.withUnsafeMutableBufferPointer { sp in
+                u.withUnsafeMutableBufferPointer { up in
+                    vt.withUnsafeMutableBufferPointer { vp in
+                        svd(wp.baseAddress!, m: m, n: n, s: sp.baseAddress!, u: up.baseAddress!, vt: vp.baseAddress!)
+                    }
+                }
+            }
+        }
+        return info == 0 ? (s, u, vt) : nil
+    }
+
     /// The thin SVD of a row-major [m×n] matrix (LAPACK sgesdd, job 'S'): `a` is overwritten, `s` receives min(m, n)
     /// singular values (descending), `u` [m×k] and `vt` [k×n], k = min(m, n). Returns LAPACK's info (0: success,
     /// > 0: did not converge).

@@ -378,15 +378,10 @@ public enum AdapterMerge {
     /// min(keep, m, n, k) components: A' = V_cᵀ[:r], B' = (U_b·U_c)[:, :r]·S_c[:r].
     static func factoredSVD(a: [Float], b: [Float], rank k: Int, inFeatures n: Int, outFeatures m: Int, keep: Int) throws -> LoRACombination.Factors {
         func thinSVD(_ x: [Float], _ rows: Int, _ cols: Int) throws -> (u: [Float], s: [Float], vt: [Float], k: Int) {
-            let kk = min(rows, cols)
-            var work = x, s = [Float](repeating: 0, count: kk), u = [Float](repeating: 0, count: rows * kk), vt = [Float](repeating: 0, count: kk * cols)
-            let info = work.withUnsafeMutableBufferPointer { wp in s.withUnsafeMutableBufferPointer { sp in u.withUnsafeMutableBufferPointer { up in
-                vt.withUnsafeMutableBufferPointer { vp in Linalg.svd(wp.baseAddress!, m: rows, n: cols, s: sp.baseAddress!, u: up.baseAddress!, vt: vp.baseAddress!) }
-            } } }
-            guard info == 0 else {
-                throw TesseraError(.invalidParameter, "the SVD of the combined ΔW did not converge (LAPACK info \(info))", hint: "check the adapters for NaN or infinite values")
+            guard let r = Linalg.svd(x, m: rows, n: cols) else {
+                throw TesseraError(.invalidParameter, "the SVD of the combined ΔW did not converge", hint: "check the adapters for NaN or infinite values")
             }
-            return (u, s, vt, kk)
+            return (r.u, r.s, r.vt, min(rows, cols))
         }
         guard m > 0, n > 0, k > 0 else { return LoRACombination.Factors(a: [], b: [], rank: 0, inFeatures: n, outFeatures: m) }
         let sb = try thinSVD(b, m, k)                                                    // U_b [m, kb], V_bᵀ [kb, k]

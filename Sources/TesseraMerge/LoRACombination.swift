@@ -123,22 +123,8 @@ public enum LoRACombination {
         guard rank >= 1, rank <= k else {
             throw TesseraError(.invalidParameter, "svd rank \(rank) is outside 1...\(k) for a \(m)×\(n) ΔW", hint: "choose a rank between 1 and \(k)")
         }
-        var work = dW
-        var s = [Float](repeating: 0, count: k)
-        var u = [Float](repeating: 0, count: m * k)
-        var vt = [Float](repeating: 0, count: k * n)
-        let info = work.withUnsafeMutableBufferPointer { wp in
-            s.withUnsafeMutableBufferPointer { sp in
-                u.withUnsafeMutableBufferPointer { up in
-                    vt.withUnsafeMutableBufferPointer { vp in
-                        Linalg.svd(wp.baseAddress!, m: m, n: n, s: sp.baseAddress!, u: up.baseAddress!, vt: vp.baseAddress!)
-                    }
-                }
-            }
-        }
-        guard info == 0 else {
-            throw TesseraError(.invalidParameter, "the SVD of the combined ΔW did not converge (LAPACK info \(info))",
-                               hint: "check the adapters for NaN or infinite values")
+        guard let (s, u, vt) = Linalg.svd(dW, m: m, n: n) else {
+            throw TesseraError(.invalidParameter, "the SVD of the combined ΔW did not converge", hint: "check the adapters for NaN or infinite values")
         }
         var a = [Float](repeating: 0, count: rank * n)
         var b = [Float](repeating: 0, count: m * rank)

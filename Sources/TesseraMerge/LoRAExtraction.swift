@@ -110,19 +110,8 @@ public enum LoRAExtraction {
     static func decompose(_ tau: [Float], outFeatures m: Int, inFeatures n: Int, maxRank: Int, name: String) throws -> (a: [Float], b: [Float], rank: Int) {
         let k = min(m, n)
         let r = min(maxRank, k)
-        var work = tau
-        var s = [Float](repeating: 0, count: k), u = [Float](repeating: 0, count: m * k), vt = [Float](repeating: 0, count: k * n)
-        let info = work.withUnsafeMutableBufferPointer { wp in
-            s.withUnsafeMutableBufferPointer { sp in
-                u.withUnsafeMutableBufferPointer { up in
-                    vt.withUnsafeMutableBufferPointer { vp in
-                        Linalg.svd(wp.baseAddress!, m: m, n: n, s: sp.baseAddress!, u: up.baseAddress!, vt: vp.baseAddress!)
-                    }
-                }
-            }
-        }
-        guard info == 0 else {
-            throw TesseraError(.invalidParameter, "the SVD of '\(name)'s difference did not converge (LAPACK info \(info))", hint: "check the checkpoints for NaN or infinite values")
+        guard let (s, u, vt) = Linalg.svd(tau, m: m, n: n) else {
+            throw TesseraError(.invalidParameter, "the SVD of '\(name)'s difference did not converge", hint: "check the checkpoints for NaN or infinite values")
         }
         var a = [Float](repeating: 0, count: r * n), b = [Float](repeating: 0, count: m * r)
         for i in 0..<r {

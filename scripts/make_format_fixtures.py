@@ -12,9 +12,10 @@ writers, never by Tessera, for the per-tensor tracking of GGUF, PyTorch zip chec
 `expected.json` lists, for every fixture, its tensors (name, dtype, shape) and the SHA-256 of each tensor's
 row-major bytes as the writer's library computes them (what a reader of the file must serve).
 
-Run:
-    /work/wt-engine10/bench/out/venv-mergekit/bin/python -m pip install --target .build-py gguf   # once
-    PYTHONPATH=.build-py /work/wt-engine10/bench/out/venv-mergekit/bin/python scripts/make_format_fixtures.py
+Run with an interpreter that has torch (the CPU wheel) and numpy, with gguf-py beside it, e.g.
+    python3 -m venv t && t/bin/pip install "$TORCH_WHEEL" numpy
+    t/bin/python -m pip install --target .build-py gguf   # once (.build-py is git-ignored)
+    PYTHONPATH=.build-py t/bin/python scripts/make_format_fixtures.py
 """
 import collections
 import hashlib

@@ -1,8 +1,10 @@
 """Builds Tests/Fixtures/peft/: a tiny Llama-shaped base model, PEFT LoRA adapters of it, and what PEFT 0.21 and
 mergekit 0.1.5 compute from them, for the Swift tests of adapter merging, applying and extracting.
 
-Run with the interpreter that has peft 0.21.2, torch, transformers and mergekit 0.1.5 installed:
-    /work/wt-engine10/bench/out/venv-mergekit/bin/python scripts/make_peft_fixtures.py
+Run with the interpreter that has peft 0.21.2, torch, transformers and mergekit 0.1.5 installed (the CPU torch wheel
+first, so pip does not pull CUDA's: see bench/bench_merge.py's venv), e.g.
+    python3 -m venv mk && mk/bin/pip install "$TORCH_WHEEL" && mk/bin/pip install mergekit==0.1.5 peft==0.21.2
+    mk/bin/python scripts/make_peft_fixtures.py
 Re-runnable and deterministic: every random tensor is seeded, the outputs are rewritten whole, and JSON is written
 with sorted keys (PEFT writes target_modules from a set).
 

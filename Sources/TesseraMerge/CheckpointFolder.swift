@@ -30,13 +30,17 @@ public enum CheckpointFolderLayout: Equatable, Sendable {
     case single(weights: String)
     /// `model.safetensors.index.json` and the shards it names.
     case sharded(index: String)
-    /// A PEFT adapter: `adapter_model.safetensors` with `adapter_config.json`.
+    /// A PEFT adapter: `adapter_model.safetensors` (or PEFT's older `adapter_model.bin`, a `torch.save` zip) with
+    /// `adapter_config.json`.
     case adapter(weights: String, config: String)
 
     public static let singleName = "model.safetensors"
     public static let indexName = "model.safetensors.index.json"
     public static let adapterName = "adapter_model.safetensors"
     public static let adapterConfigName = "adapter_config.json"
+    /// PEFT's weights file before safetensors (`safe_serialization=False`): read by `TorchCheckpoint`, which executes
+    /// nothing.
+    public static let adapterBinName = "adapter_model.bin"
 
     /// The files tessera copies from an input folder into an output folder beside the weights: the model's config,
     /// generation settings, tokenizer and chat template (what transformers' `from_pretrained` reads besides weights).
@@ -64,12 +68,12 @@ public enum CheckpointFolderLayout: Equatable, Sendable {
         }
         if hasSingle { return .single(weights: singleName) }
         if hasIndex { return .sharded(index: indexName) }
-        if present.contains(adapterName) {
+        if let weights = [adapterName, adapterBinName].first(where: present.contains) {
             guard present.contains(adapterConfigName) else {
-                throw TesseraError(.invalidCheckpoint, "\(folder.name) holds \(adapterName) but no \(adapterConfigName)",
-                                   hint: "a PEFT adapter folder has both; name the .safetensors file itself to read its tensors")
+                throw TesseraError(.invalidCheckpoint, "\(folder.name) holds \(weights) but no \(adapterConfigName)",
+                                   hint: "a PEFT adapter folder has both; name the weights file itself to read its tensors")
             }
-            return .adapter(weights: adapterName, config: adapterConfigName)
+            return .adapter(weights: weights, config: adapterConfigName)
         }
         throw notACheckpoint(folder: folder.name, files: files)
     }

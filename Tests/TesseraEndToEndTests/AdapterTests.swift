@@ -91,6 +91,21 @@ import TesseraTestSupport
         }
     }
 
+    /// PEFT's older `adapter_model.bin` (a torch.save zip, scripts/make_peft_bin_fixture.py) is read without executing
+    /// its pickle and serves what the safetensors file of the same adapter serves: the same ls, and a merge with it
+    /// gives the same adapter as a merge with the safetensors folder.
+    @Test func binAdapterFolderReadsLikeItsSafetensors() throws {
+        let s = try Sandbox()
+        try s.run("cp -r '\(Self.fixtures)/adapters-bin/a' bin && cp -r '\(Self.fixtures)/adapters/a' st && cp -r '\(Self.fixtures)/adapters/b' b")
+        let fromBin = try s.run("\"$T\" ls bin --json").stdout
+        let fromSafetensors = try s.run("\"$T\" ls st --json").stdout
+        #expect(fromBin.contains("\"delta_norm\""), "\(fromBin)")
+        #expect(fromBin.replacingOccurrences(of: "\"bin\"", with: "\"st\"") == fromSafetensors)
+        // The same names in both merges: the output's provenance names its inputs.
+        try s.run("mkdir x y && cp -r bin x/a && cp -r st y/a && cp -r b x/b && cp -r b y/b")
+        try s.run("cd x && \"$T\" merge a b -o m && cd ../y && \"$T\" merge a b -o m && cmp ../x/m/adapter_model.safetensors m/adapter_model.safetensors")
+    }
+
     /// A config-only change is a ΔW change: doubling lora_alpha shows every module's ΔW doubling (rel = 1), in a
     /// commit diff and in the worktree diff; and .gitattributes sends adapter_config.json through tessera's diff.
     @Test func diffShowsADoubledAlpha() throws {

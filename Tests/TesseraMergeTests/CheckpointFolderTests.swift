@@ -129,7 +129,8 @@ final class ScratchFolder {
         (["model.safetensors", "model.safetensors.index.json"], "ambiguous"),
         (["pytorch_model.bin", "config.json"], "not supported yet: convert it to safetensors"),
         (["pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json"], "not supported yet: convert it to safetensors"),
-        (["adapter_model.bin", "adapter_config.json"], "not supported yet: convert it to safetensors"),
+        (["adapter_model.bin", "adapter_config.json"], "adapter.bin"),
+        (["adapter_model.bin"], "no adapter_config.json"),
         (["diffusion_pytorch_model.safetensors"], "name the file itself"),
         (["model.Q4_K_M.gguf"], "GGUF"),
         (["tf_model.h5"], "not supported yet"),
@@ -143,6 +144,7 @@ final class ScratchFolder {
         case "single": #expect(try CheckpointFolderLayout.detect(in: f) == .single(weights: "model.safetensors"))
         case "sharded": #expect(try CheckpointFolderLayout.detect(in: f) == .sharded(index: "model.safetensors.index.json"))
         case "adapter": #expect(try CheckpointFolderLayout.detect(in: f) == .adapter(weights: "adapter_model.safetensors", config: "adapter_config.json"))
+        case "adapter.bin": #expect(try CheckpointFolderLayout.detect(in: f) == .adapter(weights: "adapter_model.bin", config: "adapter_config.json"))
         default:
             let e = try #require(throws: TesseraError.self) { try CheckpointFolderLayout.detect(in: f) }
             #expect(e.description.contains(expected) && e.message.hasPrefix("dir") && !e.description.contains("\n"), "\(e)")

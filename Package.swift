@@ -10,6 +10,7 @@
 //   TesseraMerge                  merge methods and task vectors behind a registry
 //   TesseraEngine                 CPU inference engine (OpenBLAS)
 //   TesseraEval                   evaluation tasks and metrics
+//   TesseraTraining               backward passes through the engine's models, LoRA training, Fisher information
 //   TesseraRepository             the repository layer: addresses (REV:path) and checkpoint names, reachability and
 //                                 gc, push and fetch plans, history, the merge driver's and the hooks' work
 //   TesseraCLI                    every command (parse, call, print), as a library so tests can drive it
@@ -64,12 +65,13 @@ let package = Package(
         .target(name: "TesseraMerge", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMath", "Yams"], swiftSettings: swiftSettings),
         .target(name: "TesseraEngine", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "CKernels"], swiftSettings: swiftSettings),
         .target(name: "TesseraEval", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
+        .target(name: "TesseraTraining", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "TesseraEngine", "TesseraEval"], swiftSettings: swiftSettings),
         .target(name: "TesseraRepository", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge"], swiftSettings: swiftSettings),
         .target(
             name: "TesseraCLI",
             dependencies: [
                 "TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMath", "TesseraMerge", "TesseraEngine", "TesseraEval",
-                "TesseraRepository", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "TesseraTraining", "TesseraRepository", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -91,6 +93,7 @@ let package = Package(
         // The tessera binary driven by real git and git-lfs, in sandboxes.
         .testTarget(name: "TesseraEndToEndTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath", "TesseraTestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraTrainingTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath", "TesseraEval", "TesseraTraining", "TesseraTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval", "TesseraTestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
     ]
 )

@@ -37,6 +37,17 @@ struct DiffDriverCommand: ParsableCommand {
                 return
             }
         }
+        let oldFormat = try FormatDiffSide.open(arguments[1], label: "a/\(path)", repository: repository)
+        let newFormat = try FormatDiffSide.open(arguments[4], label: "b/\(path)", repository: repository)
+        if oldFormat != nil || newFormat != nil {
+            print("diff --tessera a/\(path) b/\(path)")
+            for l in FormatDiffSide.metadataLines(old: oldFormat?.metadata ?? [], new: newFormat?.metadata ?? []) { print("  " + l) }
+            // The other version may be a safetensors file (a path whose format changed).
+            let old = try oldFormat?.side ?? CheckpointVersion.open(path: arguments[1], store: repository.store, label: "a/\(path)")
+            let new = try newFormat?.side ?? CheckpointVersion.open(path: arguments[4], store: repository.store, label: "b/\(path)")
+            try printTensorChanges(ManifestDiff(old: old, new: new, numericSummaries: true))
+            return
+        }
         let old = try CheckpointVersion.open(path: arguments[1], store: repository.store, label: "a/\(path)")
         let new = try CheckpointVersion.open(path: arguments[4], store: repository.store, label: "b/\(path)")
         print("diff --tessera a/\(path) b/\(path)")
@@ -44,7 +55,10 @@ struct DiffDriverCommand: ParsableCommand {
             print("  (not checkpoints: contents differ)")
             return
         }
-        let diff = try ManifestDiff(old: old, new: new, numericSummaries: true)
+        try printTensorChanges(ManifestDiff(old: old, new: new, numericSummaries: true))
+    }
+
+    func printTensorChanges(_ diff: ManifestDiff) {
         for c in diff.changes where c.kind != .unchanged { print("  " + Self.line(c)) }
         let renamed = diff.count(.renamed) > 0 ? ", \(diff.count(.renamed)) renamed" : ""
         print("  \(diff.count(.changed)) changed, \(diff.count(.added)) added, \(diff.count(.removed)) removed\(renamed), \(diff.count(.unchanged)) unchanged")

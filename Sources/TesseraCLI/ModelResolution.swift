@@ -43,6 +43,11 @@ struct ResolvedModel {
            CheckpointFileFormat.detect(prefix: DiskCheckpointFolder.prefix(spec, count: 32)) == .gguf {
             return try fromGGUF(spec, adapters: adapters)
         }
+        // A GGUF tracked by tessera, at a revision: rebuilt from its objects for the engine, which maps a file.
+        if spec.contains(":"), let repository = resolver.repository, let manifest = try? repository.manifestBlob(spec, name: spec),
+           manifest.format == .gguf {
+            return try MaterializedFile.open(manifest, name: spec, repository: repository) { try fromGGUF($0, label: spec, adapters: adapters) }
+        }
         let checkpoint = try resolver.checkpoint(orRevision: spec)
         if checkpoint.layout == .adapter {
             throw TesseraError(.unsupported, "\(spec) is a PEFT adapter, not a whole model",
@@ -86,7 +91,7 @@ struct ResolvedModel {
         return ResolvedModel(label: label, kind: .causal(lm, tokenizer))
     }
 
-    static func fromGGUF(_ path: String, adapters: [LoRAAdapterInput] = []) throws -> ResolvedModel {
+    static func fromGGUF(_ path: String, label: String? = nil, adapters: [LoRAAdapterInput] = []) throws -> ResolvedModel {
         let gguf = try GGUFFile(path: path)
         let json = try GGUFImport.huggingFaceTokenizerJSON(from: gguf)
         let tokens = gguf["tokenizer.ggml.tokens"]?.arrayValue?.compactMap(\.stringValue) ?? []
@@ -95,6 +100,6 @@ struct ResolvedModel {
                                          eosToken: token("tokenizer.ggml.eos_token_id"), source: path)
         let lm = try loadCausalLM(source: gguf, tokenizer: tokenizer)
         if !adapters.isEmpty { try LoRAAdapterAttachment.attach(adapters, to: lm) }
-        return ResolvedModel(label: path, kind: .causal(lm, tokenizer))
+        return ResolvedModel(label: label ?? path, kind: .causal(lm, tokenizer))
     }
 }

@@ -7,20 +7,21 @@ struct ZipArchiveFile {
     let data: Data
     let entries: [ZipRecords.CentralEntry]
 
-    init(path: String) throws {
-        self.path = path
+    /// `name`, when given, is what messages call the file (a `REV:path` rebuilt into a temporary file).
+    init(path: String, name: String? = nil) throws {
+        self.path = name ?? path
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
         } catch {
-            throw TesseraError(.io, "\(path): cannot read the file", hint: "check that it exists and is readable", underlying: error)
+            throw TesseraError(.io, "\(self.path): cannot read the file", hint: "check that it exists and is readable", underlying: error)
         }
         let tailStart = max(0, data.count - (65_536 + 22 + 56 + 20))
         let tail = Array(data[(data.startIndex + tailStart)...])
-        let (offset, size) = try ZipRecords.locateCentralDirectory(tail: tail[...], tailOffset: tailStart, fileSize: data.count, file: path)
+        let (offset, size) = try ZipRecords.locateCentralDirectory(tail: tail[...], tailOffset: tailStart, fileSize: data.count, file: self.path)
         let directory = Array(data[(data.startIndex + offset)..<(data.startIndex + offset + size)])
-        let (entries, end) = try ZipRecords.centralDirectory(directory[...], file: path)
+        let (entries, end) = try ZipRecords.centralDirectory(directory[...], file: self.path)
         guard end == size else {
-            throw TesseraError(.invalidCheckpoint, "\(path): invalid zip central directory: it holds something else than entries", hint: "the archive is corrupt; re-save it")
+            throw TesseraError(.invalidCheckpoint, "\(self.path): invalid zip central directory: it holds something else than entries", hint: "the archive is corrupt; re-save it")
         }
         self.entries = entries
     }
@@ -67,24 +68,25 @@ public final class TorchCheckpoint: TensorSource, @unchecked Sendable {
 
     static func isPickleEntry(_ e: ZipRecords.CentralEntry) -> Bool { e.name == "data.pkl" || e.name.hasSuffix("/data.pkl") }
 
-    public init(path: String) throws {
-        self.path = path
-        archive = try ZipArchiveFile(path: path)
+    /// `name`, when given, is what messages and `sourceName` call the file (a `REV:path` rebuilt into a temporary file).
+    public init(path: String, name: String? = nil) throws {
+        self.path = name ?? path
+        archive = try ZipArchiveFile(path: path, name: name)
         guard let pkl = archive.entries.first(where: TorchCheckpoint.isPickleEntry) else {
-            throw TesseraError(.invalidCheckpoint, "\(path): a zip archive without data.pkl: not a PyTorch checkpoint", hint: "name a torch.save file")
+            throw TesseraError(.invalidCheckpoint, "\(self.path): a zip archive without data.pkl: not a PyTorch checkpoint", hint: "name a torch.save file")
         }
         let prefix = String(pkl.name.dropLast("data.pkl".count))
-        pickle = try TorchPickle(archive.bytes(try archive.storedRange(pkl)), file: path)
+        pickle = try TorchPickle(archive.bytes(try archive.storedRange(pkl)), file: self.path)
         var byName: [String: ZipRecords.CentralEntry] = [:]
         for e in archive.entries where byName[e.name] == nil { byName[e.name] = e }
         var ranges: [String: Range<Int>] = [:]
         for s in pickle.storages {
             guard let e = byName[prefix + "data/" + s.key] else {
-                throw TesseraError(.invalidCheckpoint, "\(path): storage \(s.key) is missing from the archive", hint: "the checkpoint is incomplete; re-save it")
+                throw TesseraError(.invalidCheckpoint, "\(self.path): storage \(s.key) is missing from the archive", hint: "the checkpoint is incomplete; re-save it")
             }
             let r = try archive.storedRange(e)
             guard r.count == s.dtype.byteCount(elements: s.count) else {
-                throw TesseraError(.invalidCheckpoint, "\(path): storage \(s.key) holds \(r.count) bytes, but the pickle declares \(s.count) \(s.dtype.rawValue) elements",
+                throw TesseraError(.invalidCheckpoint, "\(self.path): storage \(s.key) holds \(r.count) bytes, but the pickle declares \(s.count) \(s.dtype.rawValue) elements",
                                    hint: "the checkpoint is corrupt; re-save it")
             }
             ranges[s.key] = r
@@ -150,9 +152,10 @@ public final class NumpyArchive: TensorSource, @unchecked Sendable {
     /// Entries that are not served, with the reason.
     public private(set) var skipped: [(name: String, reason: String)] = []
 
-    public init(path: String) throws {
-        self.path = path
-        archive = try ZipArchiveFile(path: path)
+    /// `name`, when given, is what messages and `sourceName` call the file (a `REV:path` rebuilt into a temporary file).
+    public init(path: String, name: String? = nil) throws {
+        self.path = name ?? path
+        archive = try ZipArchiveFile(path: path, name: name)
         for e in archive.entries {
             let name = e.name.hasSuffix(".npy") ? String(e.name.dropLast(4)) : e.name
             guard e.method == 0 else { skipped.append((name, "compressed")); continue }

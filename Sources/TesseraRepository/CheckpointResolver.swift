@@ -172,9 +172,23 @@ public final class CheckpointResolver {
     }
 
     func stored(_ manifest: Manifest, name: String, repository: Repository) throws -> TensorSource {
-        guard manifest.format == .safetensors else {
-            throw TesseraError(.unsupported, "\(name) is tracked by tessera but is not a safetensors checkpoint (stored whole)",
-                               hint: "name a safetensors checkpoint")
+        switch manifest.format {
+        case .safetensors: break
+        case .pytorch, .npz:
+            // Their readers map a file: rebuilt from the objects; the tensors' hashes are the manifest's.
+            let source: TensorSource = try MaterializedFile.open(manifest, name: name, repository: repository) { path in
+                manifest.format == .pytorch ? try TorchCheckpoint(path: path, name: name) as TensorSource : try NumpyArchive(path: path, name: name)
+            }
+            var byName: [String: String] = [:]
+            for t in manifest.tensors { byName[t.name] = t.stored.rawSHA256 }
+            hashes[ObjectIdentifier(source)] = { byName[$0] }
+            return source
+        case .gguf:
+            throw TesseraError(.unsupported, "\(name) is a GGUF file: `tessera eval` and `tessera ls` read it, but merges and task vectors read safetensors",
+                               hint: "`tessera import` writes a GGUF as a Hugging Face folder (check it out first)")
+        case .opaque:
+            throw TesseraError(.unsupported, "\(name) is tracked by tessera but is not a checkpoint it can read (stored whole)",
+                               hint: "name a safetensors, PyTorch or NumPy checkpoint")
         }
         try repository.fetchMissingObjects(of: [manifest], forFile: name)
         let checkpoint = try StoredCheckpoint(manifest: manifest, store: repository.store, name: name)

@@ -76,6 +76,48 @@ import TesseraTestSupport
         #expect(try s.bytes("\(repo)/model.gguf") == original)
         try s.run("git checkout -q HEAD -- model.gguf", in: repo)
         #expect(Array(try s.bytes("\(repo)/model.gguf")) == changed)
+
+        // git diff names the metadata change, and every tensor is unchanged.
+        let diff = try s.run("git diff HEAD~1 HEAD -- model.gguf", in: repo).stdout
+        #expect(diff.contains("metadata  general.name: Smollm2 135M 8k Lc100K Mix1 Ep2 -> smollm2 135M 8k Lc100K Mix1 Ep2"), "\(diff)")
+        #expect(diff.contains("0 changed, 0 added, 0 removed, 272 unchanged"), "\(diff)")
+        // A revision of the GGUF is evaluated with no checkout, as the file itself is.
+        try s.run("git rm -q --cached model.gguf && rm model.gguf", in: repo)
+        let atRevision = try s.run("\"$T\" eval HEAD~1:model.gguf --task wikitext:1 --json", in: repo).stdout
+        let onDisk = try s.run("\"$T\" eval \"\(Self.smolLM2)\" --task wikitext:1 --json", in: repo).stdout
+        func perplexity(_ json: String) -> String? { json.range(of: #""perplexity"[^,}]*"#, options: .regularExpression).map { String(json[$0]) } }
+        #expect(perplexity(atRevision) != nil && perplexity(atRevision) == perplexity(onDisk), "\(atRevision) vs \(onDisk)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: s.path("\(repo)/.git/tessera/tmp")).isEmpty, "no rebuilt file is left behind")
+    }
+
+    /// PyTorch and NumPy files at a revision are read with no checkout (merges, `ls`), and `git diff` compares their
+    /// tensors.
+    @Test func pytorchAndNumpyRevisionsAreReadWithoutACheckout() throws {
+        let s = try Sandbox()
+        let repo = try trackingRepository(s)
+        try FileManager.default.copyItem(atPath: "\(Self.formats)/torch_f32.pt", toPath: s.path("\(repo)/w.pt"))
+        try FileManager.default.copyItem(atPath: "\(Self.formats)/arrays.npz", toPath: s.path("\(repo)/a.npz"))
+        try s.run("git add . && git commit -qm v1", in: repo)
+        try FileManager.default.removeItem(atPath: s.path("\(repo)/w.pt"))
+        try FileManager.default.copyItem(atPath: "\(Self.formats)/torch_f16_bf16.pt", toPath: s.path("\(repo)/w.pt"))
+        try s.run("git commit -qam v2", in: repo)
+
+        let diff = try s.run("git diff HEAD~1 HEAD -- w.pt", in: repo).stdout
+        #expect(diff.contains("added     a.weight  F16 [8,4]") && diff.contains("removed   embed.weight  F32 [16,8]"), "\(diff)")
+        // A merge of a revision with itself gives its tensors back: the diff against the file there shows no change.
+        try s.run("\"$T\" merge --method linear HEAD~1:w.pt HEAD~1:w.pt -o merged.safetensors >/dev/null", in: repo)
+        try s.run("\"$T\" merge --method linear HEAD:a.npz HEAD:a.npz -o merged-npz.safetensors >/dev/null", in: repo)
+        let same = try s.run("\"$T\" diff-driver w.pt merged.safetensors - - \"\(Self.formats)/torch_f32.pt\" - -", in: repo).stdout
+        #expect(same.contains("0 changed, 0 added, 0 removed, 4 unchanged"), "\(same)")
+        let sameNpz = try s.run("\"$T\" diff-driver a.npz merged-npz.safetensors - - \"\(Self.formats)/arrays.npz\" - -", in: repo).stdout
+        #expect(sameNpz.contains("0 changed, 0 added, 0 removed"), "\(sameNpz)")
+        #expect(try s.run("\"$T\" ls HEAD~1:w.pt", in: repo).stdout.contains("embed.weight"))
+        // A GGUF at a revision is refused by merges with one line that says what reads it.
+        try FileManager.default.copyItem(atPath: "\(Self.formats)/tiny_q8_0.gguf", toPath: s.path("\(repo)/m.gguf"))
+        try s.run("git add m.gguf && git commit -qm gguf", in: repo)
+        let refused = try s.run("\"$T\" merge --method linear HEAD:m.gguf HEAD:m.gguf -o x.safetensors", in: repo, check: false)
+        #expect(refused.status != 0 && refused.stderr.contains("is a GGUF file: `tessera eval` and `tessera ls` read it"), "\(refused.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: s.path("\(repo)/.git/tessera/tmp")).isEmpty)
     }
 
     @Test func hostileCheckpointsAreRefusedByGitAddWithOneLine() throws {

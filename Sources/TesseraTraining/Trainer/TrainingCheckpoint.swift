@@ -46,7 +46,24 @@ public enum TrainingCheckpoint {
         do { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) } catch {
             throw TesseraError(.io, "\(folder): cannot create the checkpoint folder", hint: "check that the output folder is writable", underlying: error)
         }
-        try AtomicFile.write(Data(bytes), to: path)
+        try writeAtomically(bytes, to: path)
+    }
+
+    /// The temporary name a file is written under before it is renamed into place (this process's, so that a
+    /// killed run's leftover is recognisably tessera's and removable).
+    public static func temporaryName(_ path: String) -> String { path + ".tessera-tmp-\(ProcessInfo.processInfo.processIdentifier)" }
+
+    /// Written beside, then renamed: a kill leaves the previous file whole (and at worst a temporary file).
+    public static func writeAtomically(_ bytes: [UInt8], to path: String) throws {
+        let tmp = temporaryName(path)
+        guard FileManager.default.createFile(atPath: tmp, contents: Data(bytes)) else {
+            throw TesseraError(.io, "\(path): cannot write the file", hint: "check free disk space and permissions")
+        }
+        guard rename(tmp, path) == 0 else {
+            let why = String(cString: strerror(errno))
+            unlink(tmp)
+            throw TesseraError(.io, "cannot rename \(tmp) to \(path): \(why)", hint: "check the output folder's permissions")
+        }
     }
 
     /// Reads a checkpoint back into `trainer`; nil when there is none. A checkpoint of another run (another

@@ -421,6 +421,183 @@ def gradients():
     print("tiny_llama.gguf holds the same weights as tiny_llama/model.safetensors:", same)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Optimizer and schedules
+
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+
+
+def adamw_gradients():
+    """Three small parameters and five gradients each, seeded, with cases that exercise the formula: a zero gradient
+    (only decay and momentum move the weight), gradients far below eps, a sign flip, a large gradient."""
+    g = torch.Generator().manual_seed(400)
+    params = {"matrix": torch.randn(2, 3, generator=g), "vector": torch.randn(4, generator=g), "scalar": torch.tensor([0.75])}
+    steps = []
+    for k in range(5):
+        step = {n: torch.randn(p.shape, generator=g) for n, p in params.items()}
+        steps.append(step)
+    steps[1]["vector"] = torch.zeros(4)
+    steps[2]["vector"] = torch.tensor([1e-10, -1e-10, 3e-9, 0.0])
+    steps[3]["matrix"] = -steps[2]["matrix"]
+    steps[4]["scalar"] = torch.tensor([1e4])
+    return params, steps
+
+
+def run_adamw(params, steps, schedule):
+    live = {n: torch.nn.Parameter(p.clone()) for n, p in params.items()}
+    opt = torch.optim.AdamW(list(live.values()), **ADAMW)
+    sched = schedule(opt) if schedule else None
+    lrs, after = [], []
+    for grads in steps:
+        opt.zero_grad()
+        for n, p in live.items():
+            p.grad = grads[n].clone()
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if sched:
+            sched.step()
+        after.append({n: p.detach().tolist() for n, p in live.items()})
+    return lrs, after
+
+
+def check_adamw_formula(params, steps, lrs, after):
+    """The README's statement of AdamW, in float64, agrees with torch's float32 steps."""
+    b1, b2, eps, wd = ADAMW["betas"][0], ADAMW["betas"][1], ADAMW["eps"], ADAMW["weight_decay"]
+    for n, p0 in params.items():
+        p = p0.double().clone()
+        m = torch.zeros_like(p)
+        v = torch.zeros_like(p)
+        for t, (grads, lr) in enumerate(zip(steps, lrs), start=1):
+            g = grads[n].double()
+            p = p * (1 - lr * wd)
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            p = p - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+            want = torch.tensor(after[t - 1][n], dtype=torch.float64)
+            assert float((p - want).abs().max()) <= 1e-6 * max(1.0, float(want.abs().max())), (n, t)
+
+
+def optimizer():
+    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                              get_linear_schedule_with_warmup)
+
+    out = os.path.join(OUT, "optimizer")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    params, steps = adamw_gradients()
+    cases = {
+        "constant": None,
+        "linear_warmup_3_total_10": lambda o: get_linear_schedule_with_warmup(o, num_warmup_steps=3, num_training_steps=10),
+    }
+    result = {
+        "hyperparameters": {"lr": ADAMW["lr"], "beta1": ADAMW["betas"][0], "beta2": ADAMW["betas"][1], "eps": ADAMW["eps"],
+                            "weight_decay": ADAMW["weight_decay"], "amsgrad": False},
+        "shapes": {n: list(p.shape) for n, p in params.items()},
+        "initial": {n: p.tolist() for n, p in params.items()},
+        "gradients": [{n: g.tolist() for n, g in step.items()} for step in steps],
+        "cases": {},
+    }
+    for name, schedule in cases.items():
+        lrs, after = run_adamw(params, steps, schedule)
+        check_adamw_formula(params, steps, lrs, after)
+        result["cases"][name] = {"lr": lrs, "after_step": after}
+    write_json(os.path.join(out, "adamw.json"), result, compact=True)
+
+    schedules = {}
+    warmup, total = 3, 10
+    makers = {
+        "linear": lambda o: get_linear_schedule_with_warmup(o, num_warmup_steps=warmup, num_training_steps=total),
+        "cosine": lambda o: get_cosine_schedule_with_warmup(o, num_warmup_steps=warmup, num_training_steps=total),
+        "constant_with_warmup": lambda o: get_constant_schedule_with_warmup(o, num_warmup_steps=warmup),
+    }
+    for name, make in makers.items():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make(opt)
+        multipliers = []
+        for _ in range(total + 3):
+            multipliers.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        schedules[name] = {"warmup": warmup, "total": total, "multipliers": multipliers}
+    schedules["cosine"]["num_cycles"] = 0.5
+    write_json(os.path.join(out, "schedules.json"), schedules)
+    for name, s in schedules.items():
+        print(name, [round(m, 6) for m in s["multipliers"]])
+    print("adamw constant, scalar after 5 steps:", result["cases"]["constant"]["after_step"][-1]["scalar"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A short LoRA training run
+
+CURVE = dict(rank=4, alpha=8, targets=["q_proj", "k_proj", "v_proj", "o_proj"], lr=1e-3, weight_decay=0.0,
+             warmup=2, steps=20, batch=4, length=16, seed=500)
+
+
+def train_curve(dtype, adapter_dir, base_dir, batch):
+    """The loop the README states: per step, zero_grad, forward (mean over the batch's counted targets), backward,
+    AdamW step, scheduler step."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True).to(dtype)
+    trainable = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert all(p.requires_grad for p in trainable) and not any(
+        p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    opt = torch.optim.AdamW(trainable, lr=CURVE["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=CURVE["weight_decay"])
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=CURVE["warmup"], num_training_steps=CURVE["steps"])
+    losses, lrs = [], []
+    for _ in range(CURVE["steps"]):
+        opt.zero_grad()
+        loss_sum, count = causal_loss_sum(model, batch)
+        loss = loss_sum / count
+        losses.append(float(loss.detach()))
+        lrs.append(opt.param_groups[0]["lr"])
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model, losses, lrs
+
+
+def curve():
+    from transformers import AutoModelForCausalLM
+
+    torch.use_deterministic_algorithms(True)
+    out = os.path.join(OUT, "curve")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    base_dir = os.path.join(ENGINE_FIXTURES, "tiny_llama")
+    base_rel = os.path.relpath(base_dir, ROOT)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    torch.manual_seed(CURVE["seed"])  # PEFT's init of A; B stays zero, as PEFT makes it
+    peft_model = get_peft_model(model, LoraConfig(r=CURVE["rank"], lora_alpha=CURVE["alpha"], lora_dropout=0.0,
+                                                  bias="none", target_modules=CURVE["targets"]))
+    initial = os.path.join(out, "initial_adapter")
+    save_adapter(peft_model, initial, base_rel)
+    rng = np.random.default_rng(CURVE["seed"])
+    tokens = [[int(x) for x in rng.integers(0, model.config.vocab_size, size=CURVE["length"])] for _ in range(CURVE["batch"])]
+    batch = {"tokens": tokens, "targets": [s[1:] + [-1] for s in tokens]}
+    write_json(os.path.join(out, "batch.json"), batch, compact=True)
+
+    trained, losses, lrs = train_curve(torch.float64, initial, base_dir, batch)
+    trained.to(torch.float32)
+    save_adapter(trained, os.path.join(out, "final_adapter"), base_rel)
+    _, losses32, _ = train_curve(torch.float32, initial, base_dir, batch)
+    drift = max(abs(a - b) / abs(a) for a, b in zip(losses, losses32))
+    write_json(os.path.join(out, "losses.json"), {
+        "precision": "float64",
+        "steps": CURVE["steps"], "warmup": CURVE["warmup"], "schedule": "linear", "lr": CURVE["lr"],
+        "weight_decay": CURVE["weight_decay"], "betas": [0.9, 0.999], "eps": 1e-8,
+        "rank": CURVE["rank"], "alpha": CURVE["alpha"], "target_modules": CURVE["targets"], "dropout": 0.0,
+        "count": sum(1 for s in batch["targets"] for t in s if t != -1),
+        "losses": losses, "lr_per_step": lrs,
+        "losses_float32": losses32,
+    })
+    print("curve losses:", [round(x, 5) for x in losses])
+    print("lr per step:", lrs)
+    print(f"float32 torch vs float64, max relative loss difference over 20 steps: {drift:.2e}")
+
+
 if __name__ == "__main__":
     parts = sys.argv[1:] or ["gradients", "optimizer", "curve"]
     os.makedirs(OUT, exist_ok=True)

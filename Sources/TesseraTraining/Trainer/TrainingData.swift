@@ -89,9 +89,10 @@ public enum TrainingData {
     }
 
     /// The token generation stops at after an answer: the chat template's `<|im_end|>` when it is one token the
-    /// tokenizer stops at, else the smallest stop id (the end-of-sequence token), else nothing.
+    /// tokenizer stops at, else the tokenizer's end-of-sequence token, else its smallest stop id, else nothing.
     static func endOfTurn(tokenizer: any TextTokenizer, chat: Bool) throws -> [Int] {
         if chat, let ids = try? tokenizer.encode("<|im_end|>"), ids.count == 1, tokenizer.stopTokenIDs.contains(ids[0]) { return ids }
+        if let eos = (tokenizer as? BPETokenizer)?.eosTokenID { return [eos] }
         return tokenizer.stopTokenIDs.min().map { [$0] } ?? []
     }
 

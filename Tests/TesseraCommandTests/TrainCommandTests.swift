@@ -10,50 +10,6 @@ import TesseraTestSupport
 /// test beside it): the PEFT folder and its provenance, `tessera ls` and `eval --adapter` reading it, the same bytes
 /// for the same seed, a finished output kept unless --force, REV:path provenance.
 @Suite(.serialized) struct TrainCommandTests {
-    /// GPT-2's byte-to-character map (bytes_to_unicode): printable bytes stand for themselves, the others are moved
-    /// above U+0100.
-    static func byteCharacters() -> [Character] {
-        var printable = Array(33...126) + Array(161...172) + Array(174...255)
-        var chars = printable.map { Character(Unicode.Scalar(UInt8($0))) }
-        var n = 0
-        for b in 0..<256 where !printable.contains(b) {
-            printable.append(b)
-            chars.append(Character(Unicode.Scalar(UInt32(256 + n))!))
-            n += 1
-        }
-        var out = [Character](repeating: " ", count: 256)
-        for (b, c) in zip(printable, chars) { out[b] = c }
-        return out
-    }
-
-    /// A model folder: the tiny Llama (vocabulary 260) and a byte-level BPE tokenizer with no merges (ids 0-255 the
-    /// bytes, 256 `<|endoftext|>`, 257 `<|im_start|>`, 258 `<|im_end|>`).
-    static func modelFolder(_ sandbox: Sandbox, _ name: String = "tiny") throws -> String {
-        let folder = sandbox.path(name)
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let source = packageRoot + "/Tests/TesseraEngineTests/Fixtures/tiny_llama"
-        for file in ["config.json", "model.safetensors"] {
-            try FileManager.default.copyItem(atPath: source + "/" + file, toPath: folder + "/" + file)
-        }
-        var vocab: [(String, JSONValue)] = byteCharacters().enumerated().map { (String($0.element), .int($0.offset)) }
-        let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        for (k, s) in specials.enumerated() { vocab.append((s, .int(256 + k))) }
-        let added = specials.enumerated().map { k, s in
-            JSONValue.object([("id", .int(256 + k)), ("content", .string(s)), ("single_word", .bool(false)), ("lstrip", .bool(false)),
-                              ("rstrip", .bool(false)), ("normalized", .bool(false)), ("special", .bool(true))])
-        }
-        let tokenizer = JSONValue.object([
-            ("version", .string("1.0")), ("truncation", .null), ("padding", .null), ("added_tokens", .array(added)), ("normalizer", .null),
-            ("pre_tokenizer", .object([("type", .string("ByteLevel")), ("add_prefix_space", .bool(false)), ("trim_offsets", .bool(true)),
-                                       ("use_regex", .bool(true))])),
-            ("post_processor", .null), ("decoder", .object([("type", .string("ByteLevel"))])),
-            ("model", .object([("type", .string("BPE")), ("vocab", .object(vocab)), ("merges", .array([]))])),
-        ])
-        try tokenizer.serialized().write(toFile: folder + "/tokenizer.json", atomically: true, encoding: .utf8)
-        try #"{"eos_token": "<|endoftext|>"}"#.write(toFile: folder + "/tokenizer_config.json", atomically: true, encoding: .utf8)
-        return folder
-    }
-
     static func task(_ sandbox: Sandbox, _ name: String = "task.jsonl", lines: [String]? = nil) throws -> String {
         let path = sandbox.path(name)
         let rows = lines ?? ([#"{"tessera_task": 1, "type": "multiple_choice", "name": "colours"}"#] + (0..<12).map { i in
@@ -131,7 +87,7 @@ import TesseraTestSupport
 
     @Test func trainsAPEFTAdapterWithItsProvenance() throws {
         let sandbox = try Sandbox()
-        let model = try Self.modelFolder(sandbox)
+        let model = try sandbox.tinyLlamaFolder()
         let task = try Self.task(sandbox)
         let out = sandbox.path("out")
         let common = [model, "--task", task, "--steps", "6", "--batch-size", "4", "--micro-batch-size", "2", "--rank", "4",
@@ -184,7 +140,7 @@ import TesseraTestSupport
 
     @Test func theBestEvaluatedAdapterIsWritten() throws {
         let sandbox = try Sandbox()
-        let model = try Self.modelFolder(sandbox)
+        let model = try sandbox.tinyLlamaFolder()
         let task = try Self.task(sandbox)
         let held = try Self.task(sandbox, "held.jsonl", lines: [#"{"tessera_task": 1, "type": "perplexity", "name": "held"}"#,
                                                                 #"{"text": "the sky is blue and the grass is green"}"#])
@@ -203,7 +159,7 @@ import TesseraTestSupport
     @Test func aBaseAtARevisionRecordsItsCommitAndObjects() throws {
         let sandbox = try Sandbox()
         let repo = try sandbox.makeRepository()
-        _ = try Self.modelFolder(sandbox, repo + "/tiny")
+        _ = try sandbox.tinyLlamaFolder(repo + "/tiny")
         try sandbox.run("git add tiny && git commit -qm tiny", in: repo)
         let head = try sandbox.run("git rev-parse HEAD", in: repo).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let task = try Self.task(sandbox)

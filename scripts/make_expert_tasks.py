@@ -13,7 +13,8 @@ Tasks (the prompt formats are the ones the built-in evaluation tasks use, where 
 - arc-easy: multiple choice, "Question: {q}\\nAnswer:" / " {choice}" (lm-eval-harness). Train: ARC-Easy train
   (2,251). Held-out: ARC-Easy validation (570).
 - sst2: multiple choice by label words, "Review: {text}\\nSentiment:" / " negative" | " positive". Train: 3,000 rows of
-  SST-2 train (1,500 per label, sentences of 6 to 40 words). Held-out: SST-2 dev (872).
+  SST-2 train (1,500 per label, sentences of 6 to 40 words). Held-out: SST-2 dev (872). The same rows as a
+  classification task (sst2-classification-train.jsonl) train MiniLM's head (`tessera train head`).
 - clinc150: generation, the intent's name (underscores as spaces) answered in the chat template. Train: 20 requests
   per intent of CLINC150 train (3,000). Held-out: 4 per intent of CLINC150 test (600).
 - cnn-dailymail: generation, TL;DR summaries (P3 template), Rouge-L. Train: the first 160 of 200. Held-out: the last 40.
@@ -95,6 +96,11 @@ def sst2(source, out):
     header = {"tessera_task": 1, "type": "multiple_choice", "name": "sst2",
               "description": "SST-2 (GLUE) sentiment by label words"}
     write_task(os.path.join(out, "sst2-train.jsonl"), header, [example(t, l) for t, l in chosen])
+    # The same rows as a classification task for a sentence encoder's head (`tessera train head`); its "head" is the
+    # one data/ ships for the built-in sst2 task.
+    classification = {"tessera_task": 1, "type": "classification", "name": "sst2-head", "labels": ["negative", "positive"],
+                      "head": "../minilm_sst2_head.safetensors", "description": "SST-2 (GLUE) train rows for a MiniLM head"}
+    write_task(os.path.join(out, "sst2-classification-train.jsonl"), classification, [{"text": t, "label": l} for t, l in chosen])
     write_task(os.path.join(out, "sst2-heldout.jsonl"), header, [example(t, l) for t, l in rows("sst2_dev.tsv")])
 
 

@@ -22,17 +22,17 @@ struct TrainHeadCommand: ParsableCommand {
         SHA-256, every setting, the final loss and the training accuracy.
         Example:
           tessera train head minilm --task sst2-train.jsonl -o sst2_head.safetensors
-          tessera eval minilm --task sst2 --sst2-head sst2_head.safetensors
+          tessera eval minilm --task sst2 --head sst2_head.safetensors
         """
     )
 
     @Argument(help: "The sentence encoder: a Hugging Face folder or REV:folder (BERT).") var model: String
     @Option(name: .customLong("task"), help: "A classification task file (JSONL).") var task: String
     @Option(name: [.customShort("o"), .long], help: "The output head (.safetensors).") var output: String
-    @Option(help: "Optimizer steps (each over every example).") var steps: Int = 300
+    @Option(help: "Optimizer steps (each over every example).") var steps: Int = 100
     @Option(help: "AdamW's learning rate.") var lr: Double = 0.05
     @Option(help: "AdamW's decoupled weight decay.") var weightDecay: Double = 0
-    @Option(help: "Threads for matrix products (default: $OPENBLAS_NUM_THREADS, else the number of cores).") var threads: Int?
+    @Option(help: "Threads for matrix products (default: $OPENBLAS_NUM_THREADS, else the number of cores).") var threads: Int = Linalg.defaultThreads
     @Flag(help: "Replace an existing output file.") var force = false
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Option(name: [.customShort("C")], help: "Run as if tessera was started in this directory.") var directory: String = "."
@@ -76,11 +76,11 @@ struct TrainHeadCommand: ParsableCommand {
             ("final_loss", .double(result.losses.last ?? .nan)), ("training_accuracy", .double(result.trainingAccuracy)),
         ])
         let classes = taskFile.labelNames.count, dim = result.weight.count / classes
-        let entries = SafetensorsLayout.contiguous([("weight", .f32, [classes, dim]), ("bias", .f32, [classes])])
-        guard var bytes = SafetensorsLayout.encode(entries, metadata: [("tessera_training", provenance.serialized())]) else {
+        let entries = SafetensorsHeader.contiguous([("weight", DType.f32, [classes, dim]), ("bias", DType.f32, [classes])])
+        guard var bytes = SafetensorsHeader.encode(entries, metadata: [("tessera_training", provenance.serialized())]) else {
             throw TesseraError(.io, "internal error: the head's header could not be encoded")
         }
-        for values in [result.weight, result.bias] { values.withUnsafeBytes { bytes += $0 } }
+        for values in [result.weight, result.bias] { values.withUnsafeBytes { bytes += Array($0) } }
         let parent = (output as NSString).deletingLastPathComponent
         try FileSystem.writeAtomically(bytes, to: output, tmpDir: parent.isEmpty ? "." : parent)
         if json {

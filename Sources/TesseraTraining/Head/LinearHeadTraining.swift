@@ -11,7 +11,7 @@ public enum LinearHeadTraining {
         public var learningRate: Double
         public var adamW: AdamWSettings
 
-        public init(steps: Int = 300, learningRate: Double = 0.05, adamW: AdamWSettings = AdamWSettings()) {
+        public init(steps: Int = 100, learningRate: Double = 0.05, adamW: AdamWSettings = AdamWSettings()) {
             self.steps = steps
             self.learningRate = learningRate
             self.adamW = adamW

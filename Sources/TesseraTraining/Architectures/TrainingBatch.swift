@@ -102,8 +102,10 @@ final class LoRASites {
                 guard seen.insert(site.module.name).inserted else {
                     throw TesseraError(.invalidParameter, "LoRA module '\(m.module.name)' is given twice", hint: "attach each module once")
                 }
-                guard m.rank > 0, m.module.inputs == site.module.inputs, m.module.outputs == site.module.outputs,
-                      m.a.count == m.rank * site.module.inputs, m.b.count == site.module.outputs * m.rank,
+                let (aCount, o1) = m.rank.multipliedReportingOverflow(by: site.module.inputs)
+                let (bCount, o2) = m.rank.multipliedReportingOverflow(by: site.module.outputs)
+                guard m.rank > 0, !o1, !o2, m.module.inputs == site.module.inputs, m.module.outputs == site.module.outputs,
+                      m.a.count == aCount, m.b.count == bCount,
                       m.gradientA.count == m.a.count, m.gradientB.count == m.b.count else {
                     throw TesseraError(.shapeMismatch,
                                        "LoRA module '\(m.module.name)' has rank \(m.rank) and factors of \(m.a.count) and \(m.b.count) values, which do not fit a layer of \(site.module.inputs) inputs and \(site.module.outputs) outputs",

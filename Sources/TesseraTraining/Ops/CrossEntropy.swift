@@ -6,12 +6,14 @@ import TesseraMath
 /// dx = lossScale · (softmax(logits) − onehot(target)) · W. Chunks bound the logits buffer (rows × vocabulary).
 enum SoftmaxCrossEntropy {
     static let chunkRows = 256
+    /// At most this many logits at once (64 MB), whatever the vocabulary.
+    static let chunkLogits = 1 << 24
 
     /// Σ of the rows' cross-entropies (nats); writes dx [rows, dim] when given.
     static func lossAndGradient(_ x: UnsafePointer<Float>, rows: Int, dim: Int, head: UnsafePointer<Float>, vocabulary: Int, targets: [Int],
                                 lossScale: Float, dx: UnsafeMutablePointer<Float>?) -> Double {
         guard rows > 0 else { return 0 }
-        let chunk = min(rows, chunkRows)
+        let chunk = max(1, min(rows, chunkRows, chunkLogits / max(1, vocabulary)))
         let logits = TrainingBuffer(chunk * vocabulary)
         var total = 0.0
         var losses = [Double](repeating: 0, count: chunk)

@@ -41,15 +41,15 @@ final class Workspace {
     private var used: [TrainingBuffer] = []
     private var rows = -1
 
-    /// Starts a pass over `rows` token rows: the previous pass's buffers become free if it had as many rows.
+    /// Starts a pass over `rows` token rows: the previous pass's buffers become free if it had as many rows; any
+    /// other buffer is released, so what is held never exceeds one pass's worth.
     func begin(rows: Int) {
-        if rows != self.rows {
-            free = [:]
-            used = []
-            self.rows = rows
+        free = [:]
+        if rows == self.rows {
+            for b in used { free[b.count, default: []].append(b) }
         }
-        for b in used { free[b.count, default: []].append(b) }
         used = []
+        self.rows = rows
     }
 
     func take(_ count: Int, zeroed: Bool = false) -> TrainingBuffer {

@@ -149,3 +149,8 @@ public final class GPT2Model: DecoderArchitecture, @unchecked Sendable {
         return LayerNormDecoder.forward(tokens, state: state, layout: layout, logitRows: logitRows, shape: shape, weights: weights)
     }
 }
+
+extension GPT2Model {
+    /// Embeddings, final norm and attention scale, read-only (valid while the model lives).
+    public var globals: LayerNormDecoderGlobals { LayerNormDecoderGlobals(weights, shape) }
+}

@@ -163,3 +163,8 @@ public final class GPTNeoModel: DecoderArchitecture, @unchecked Sendable {
         return LayerNormDecoder.forward(tokens, state: state, layout: layout, logitRows: logitRows, shape: shape, weights: weights)
     }
 }
+
+extension GPTNeoModel {
+    /// Embeddings, final norm and attention scale, read-only (valid while the model lives).
+    public var globals: LayerNormDecoderGlobals { LayerNormDecoderGlobals(weights, shape) }
+}

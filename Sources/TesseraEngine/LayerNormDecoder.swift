@@ -113,3 +113,33 @@ enum LayerNormDecoder {
         return logits
     }
 }
+
+// Read-only views of the frozen weights a backward pass reads (TesseraTraining), valid while the model lives.
+extension LayerNormDecoderLayer {
+    public var norm1Weights: UnsafePointer<Float> { norm1Weight.p }
+    public var norm1Biases: UnsafePointer<Float> { norm1Bias.p }
+    public var norm2Weights: UnsafePointer<Float> { norm2Weight.p }
+    public var norm2Biases: UnsafePointer<Float> { norm2Bias.p }
+}
+
+/// The frozen weights of a GPT-2 or GPT-Neo model outside its layers, read-only (TesseraTraining's backward pass).
+public struct LayerNormDecoderGlobals {
+    /// [vocabulary, hidden], also the tied output head.
+    public let tokenEmbedding: UnsafePointer<Float>
+    /// [positions, hidden].
+    public let positionEmbedding: UnsafePointer<Float>
+    public let finalNormWeight: UnsafePointer<Float>
+    public let finalNormBias: UnsafePointer<Float>
+    public let layerNormEps: Float
+    /// 1/√headDim (GPT-2) or 1 (GPT-Neo).
+    public let attentionScale: Float
+
+    init(_ w: LayerNormDecoderWeights, _ s: LayerNormDecoderShape) {
+        tokenEmbedding = w.tokenEmbedding.p
+        positionEmbedding = w.positionEmbedding.p
+        finalNormWeight = w.finalNormWeight.p
+        finalNormBias = w.finalNormBias.p
+        layerNormEps = s.eps
+        attentionScale = s.attentionScale
+    }
+}

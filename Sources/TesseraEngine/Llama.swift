@@ -354,3 +354,18 @@ public final class LlamaModel: DecoderArchitecture, @unchecked Sendable {
         return logits
     }
 }
+
+// Read-only views of the frozen weights a backward pass reads (TesseraTraining), valid while the model lives.
+extension LlamaLayer {
+    /// The attention RMSNorm's weights [hidden].
+    public var attentionNormWeights: UnsafePointer<Float> { attentionNorm.p }
+    /// The MLP RMSNorm's weights [hidden].
+    public var mlpNormWeights: UnsafePointer<Float> { mlpNorm.p }
+}
+
+extension LlamaModel {
+    /// The token embedding [vocabulary, hidden].
+    public var embeddingWeights: UnsafePointer<Float> { embedding.p }
+    /// The final RMSNorm's weights [hidden].
+    public var finalNormWeights: UnsafePointer<Float> { finalNorm.p }
+}

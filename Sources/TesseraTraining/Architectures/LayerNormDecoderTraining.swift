@@ -1,0 +1,169 @@
+import Foundation
+import TesseraEngine
+import TesseraIO
+import TesseraMath
+
+/// Backward passes through the pre-LayerNorm decoder GPT-2 and GPT-Neo share (see `GPT2Training`,
+/// `GPTNeoTraining`): learned positions, LN → fused Q/K/V → attention → output projection, LN → FC → GELU (tanh) →
+/// projection, final LN, head tied to the token embedding. Same memory plan as `LlamaTraining`: per layer the input,
+/// Q/K/V, the attention output, the residual after attention and the FC output are kept; norms, GELU and attention
+/// probabilities are recomputed.
+public class LayerNormDecoderTraining: TrainableLanguageModel {
+    struct Layer {
+        let qkv: LoRALinear, output: LoRALinear, up: LoRALinear, down: LoRALinear
+        let norm1Weight: UnsafePointer<Float>, norm1Bias: UnsafePointer<Float>
+        let norm2Weight: UnsafePointer<Float>, norm2Bias: UnsafePointer<Float>
+        let window: Int?
+        var linears: [LoRALinear] { [qkv, output, up, down] }
+    }
+
+    final class Tape {
+        let input: TrainingBuffer, qkv: TrainingBuffer, attention: TrainingBuffer, middle: TrainingBuffer, up: TrainingBuffer
+        var qkvTape = LinearTape(), outputTape = LinearTape(), upTape = LinearTape(), downTape = LinearTape()
+
+        init(rows n: Int, hidden d: Int, inner: Int) {
+            input = TrainingBuffer(n * d)
+            qkv = TrainingBuffer(n * 3 * d)
+            attention = TrainingBuffer(n * d)
+            middle = TrainingBuffer(n * d)
+            up = TrainingBuffer(n * inner)
+        }
+    }
+
+    /// The engine's model (kept alive: the weights read here are its buffers).
+    public let engineModel: AnyObject
+    public let vocabularySize: Int
+    public let maxSequenceLength: Int
+    private let hidden: Int, heads: Int, inner: Int
+    private let globals: LayerNormDecoderGlobals
+    private let head: Projection
+    private let layers: [Layer]
+    private let sites: LoRASites
+
+    init(engineModel: AnyObject, layers engineLayers: [LayerNormDecoderLayer], globals: LayerNormDecoderGlobals, head: Projection,
+         vocabularySize: Int, maxSequenceLength: Int, hidden: Int, heads: Int, inner: Int) {
+        self.engineModel = engineModel
+        self.vocabularySize = vocabularySize
+        self.maxSequenceLength = maxSequenceLength
+        self.hidden = hidden
+        self.heads = heads
+        self.inner = inner
+        self.globals = globals
+        self.head = head
+        let sites = LoRASites(prefixes: ["transformer."])
+        var layers: [Layer] = []
+        for l in engineLayers {
+            let layer = Layer(qkv: LoRALinear(l.attention.qkv), output: LoRALinear(l.attention.output), up: LoRALinear(l.mlp.up),
+                              down: LoRALinear(l.mlp.down), norm1Weight: l.norm1Weights, norm1Bias: l.norm1Biases,
+                              norm2Weight: l.norm2Weights, norm2Bias: l.norm2Biases, window: l.window)
+            // One module per checkpoint tensor (GPT-2's c_attn is one tensor over Q, K and V; GPT-Neo's are three).
+            for linear in layer.linears {
+                var order: [String] = [], ranges: [String: Range<Int>] = [:]
+                for s in linear.projection.slices {
+                    if let r = ranges[s.tensor] {
+                        ranges[s.tensor] = min(r.lowerBound, s.rows.lowerBound)..<max(r.upperBound, s.rows.upperBound)
+                    } else {
+                        ranges[s.tensor] = s.rows
+                        order.append(s.tensor)
+                    }
+                }
+                for tensor in order {
+                    var name = tensor.hasSuffix(".weight") ? String(tensor.dropLast(".weight".count)) : tensor
+                    if !name.hasPrefix("transformer.") { name = "transformer." + name }
+                    sites.add(name, linear: linear, rows: ranges[tensor])
+                }
+            }
+            layers.append(layer)
+        }
+        self.layers = layers
+        self.sites = sites
+    }
+
+    public var adaptableModules: [AdaptableModule] { sites.modules }
+
+    public func attach(_ parameters: LoRAParameters?) throws { try sites.attach(parameters) }
+
+    public func accumulateGradients(_ batch: [TrainingSequence], lossScale: Float, dropoutSeed: UInt64) throws -> LossSum {
+        guard lossScale.isFinite else {
+            throw TesseraError(.invalidParameter, "loss scale \(lossScale) is not finite", hint: "scale the loss by a finite number")
+        }
+        return run(try TrainingBatch(batch, vocabularySize: vocabularySize, maxSequenceLength: maxSequenceLength), lossScale: lossScale,
+                   dropout: sites.dropout(seed: dropoutSeed), backward: true)
+    }
+
+    public func loss(_ batch: [TrainingSequence]) throws -> LossSum {
+        run(try TrainingBatch(batch, vocabularySize: vocabularySize, maxSequenceLength: maxSequenceLength), lossScale: 1, dropout: nil, backward: false)
+    }
+
+    private func run(_ batch: TrainingBatch, lossScale: Float, dropout: DropoutMasks?, backward: Bool) -> LossSum {
+        let n = batch.rows, d = hidden, ffn = inner, eps = globals.layerNormEps
+        let counted = batch.countedRows.count
+        guard n > 0, counted > 0 else { return LossSum(sum: 0, count: 0) }
+        let lowest = layers.firstIndex { $0.linears.contains { !$0.bindings.isEmpty } }
+        let keep = backward && lowest != nil
+        func shape(_ layer: Layer) -> CausalAttention.Shape {
+            CausalAttention.Shape(heads: heads, kvHeads: heads, headDim: d / heads, scale: globals.attentionScale, window: layer.window,
+                                  ld: 3 * d, qOffset: 0, kOffset: d, vOffset: 2 * d, ldo: d)
+        }
+        let scratch = TrainingBuffer(CausalAttention.scratchCount(maxLength: batch.longest))
+        let x = TrainingBuffer(n * d), normed = TrainingBuffer(n * d), activated = TrainingBuffer(n * ffn)
+        for row in 0..<n {
+            let out = x.p + row * d, te = globals.tokenEmbedding + batch.tokens[row] * d, pe = globals.positionEmbedding + batch.positions[row] * d
+            for j in 0..<d { out[j] = te[j] + pe[j] }
+        }
+        var tapes: [Tape] = []
+        var shared: Tape?
+        for (l, layer) in layers.enumerated() {
+            let tape: Tape
+            if keep && l >= (lowest ?? 0) {
+                tape = Tape(rows: n, hidden: d, inner: ffn)
+                tapes.append(tape)
+            } else {
+                if shared == nil { shared = Tape(rows: n, hidden: d, inner: ffn) }
+                tape = shared!
+            }
+            tape.input.p.update(from: x.p, count: n * d)
+            LayerNormOp.forward(x.p, weight: layer.norm1Weight, bias: layer.norm1Bias, normed.p, rows: n, dim: d, eps: eps)
+            tape.qkvTape = layer.qkv.forward(normed.p, rows: n, into: tape.qkv.p, dropout: dropout)
+            CausalAttention.forward(tape.qkv.p, out: tape.attention.p, sequences: batch.sequences, shape: shape(layer), scratch: scratch.p)
+            tape.outputTape = layer.output.forward(tape.attention.p, rows: n, into: x.p, accumulate: true, dropout: dropout)
+            tape.middle.p.update(from: x.p, count: n * d)
+            LayerNormOp.forward(x.p, weight: layer.norm2Weight, bias: layer.norm2Bias, normed.p, rows: n, dim: d, eps: eps)
+            tape.upTape = layer.up.forward(normed.p, rows: n, into: tape.up.p, dropout: dropout)
+            GELUOp.forward(tape.up.p, activated.p, count: n * ffn, .tanh)
+            tape.downTape = layer.down.forward(activated.p, rows: n, into: x.p, accumulate: true, dropout: dropout)
+        }
+        let final = TrainingBuffer(counted * d), finalNormed = TrainingBuffer(counted * d)
+        for (i, row) in batch.countedRows.enumerated() { (final.p + i * d).update(from: x.p + row * d, count: d) }
+        LayerNormOp.forward(final.p, weight: globals.finalNormWeight, bias: globals.finalNormBias, finalNormed.p, rows: counted, dim: d, eps: eps)
+        let dFinalNormed = keep ? TrainingBuffer(counted * d) : nil
+        let sum = SoftmaxCrossEntropy.lossAndGradient(finalNormed.p, rows: counted, dim: d, head: head.weightPointer, vocabulary: vocabularySize,
+                                                      targets: batch.countedTargets, lossScale: lossScale, dx: dFinalNormed?.p)
+        guard keep, let dFinalNormed, let lowest else { return LossSum(sum: sum, count: counted) }
+
+        LayerNormOp.backward(final.p, weight: globals.finalNormWeight, dy: dFinalNormed.p, dx: finalNormed.p, rows: counted, dim: d, eps: eps,
+                             accumulate: false)
+        let dx = TrainingBuffer(n * d)
+        for (i, row) in batch.countedRows.enumerated() { (dx.p + row * d).update(from: finalNormed.p + i * d, count: d) }
+        let dNormed = TrainingBuffer(n * d), dActivated = TrainingBuffer(n * ffn), dUp = TrainingBuffer(n * ffn)
+        let dAttention = TrainingBuffer(n * d), dQKV = TrainingBuffer(n * 3 * d)
+        for l in stride(from: layers.count - 1, through: lowest, by: -1) {
+            let layer = layers[l], tape = tapes[l - lowest]
+            GELUOp.forward(tape.up.p, activated.p, count: n * ffn, .tanh)
+            layer.down.backward(dx.p, input: activated.p, rows: n, tape: tape.downTape, dropout: dropout, dx: dActivated.p, accumulate: false)
+            GELUOp.backward(tape.up.p, dy: dActivated.p, dx: dUp.p, count: n * ffn, .tanh)
+            LayerNormOp.forward(tape.middle.p, weight: layer.norm2Weight, bias: layer.norm2Bias, normed.p, rows: n, dim: d, eps: eps)
+            layer.up.backward(dUp.p, input: normed.p, rows: n, tape: tape.upTape, dropout: dropout, dx: dNormed.p, accumulate: false)
+            LayerNormOp.backward(tape.middle.p, weight: layer.norm2Weight, dy: dNormed.p, dx: dx.p, rows: n, dim: d, eps: eps, accumulate: true)
+            layer.output.backward(dx.p, input: tape.attention.p, rows: n, tape: tape.outputTape, dropout: dropout, dx: dAttention.p, accumulate: false)
+            CausalAttention.backward(tape.qkv.p, dOut: dAttention.p, dqkv: dQKV.p, sequences: batch.sequences, shape: shape(layer), scratch: scratch.p)
+            LayerNormOp.forward(tape.input.p, weight: layer.norm1Weight, bias: layer.norm1Bias, normed.p, rows: n, dim: d, eps: eps)
+            let below = l > lowest
+            layer.qkv.backward(dQKV.p, input: normed.p, rows: n, tape: tape.qkvTape, dropout: dropout, dx: below ? dNormed.p : nil, accumulate: false)
+            if below {
+                LayerNormOp.backward(tape.input.p, weight: layer.norm1Weight, dy: dNormed.p, dx: dx.p, rows: n, dim: d, eps: eps, accumulate: true)
+            }
+        }
+        return LossSum(sum: sum, count: counted)
+    }
+}

@@ -1,0 +1,14 @@
+import TesseraEngine
+import TesseraIO
+
+/// The trainable wrapper of a model the engine loaded.
+public enum TrainableModels {
+    /// `model` (a `LlamaModel`, `GPT2Model` or `GPTNeoModel`) as a `TrainableLanguageModel`.
+    public static func make(_ model: AnyObject) throws -> any TrainableLanguageModel {
+        if let llama = model as? LlamaModel { return LlamaTraining(llama) }
+        if let gpt2 = model as? GPT2Model { return GPT2Training(gpt2) }
+        if let neo = model as? GPTNeoModel { return GPTNeoTraining(neo) }
+        throw TesseraError(.unsupported, "training runs on Llama, GPT-2 and GPT-Neo language models, not on \(type(of: model))",
+                           hint: "load a Llama, GPT-2 or GPT-Neo checkpoint")
+    }
+}

@@ -1,0 +1,125 @@
+import Foundation
+import TesseraMath
+
+/// Causal multi-head attention with grouped key/value heads (query head h reads KV head h / (heads / kvHeads)), over
+/// Q, K and V held in one row-major buffer [tokens, ·] at column offsets; optional local window (GPT-Neo: query t
+/// sees keys t − window + 1 … t). Every product is an sgemm over a block of query rows and only the keys that block
+/// can see, so the causal mask costs about half of the full square. Probabilities are not stored: the backward
+/// recomputes each block's scores (one product) from Q and K.
+enum CausalAttention {
+    struct Shape {
+        var heads: Int
+        var kvHeads: Int
+        var headDim: Int
+        var scale: Float
+        var window: Int?
+        /// Row stride of the Q/K/V buffer and column offsets of Q, K, V in it.
+        var ld: Int
+        var qOffset: Int, kOffset: Int, vOffset: Int
+        /// Row stride of the output [tokens, heads · headDim].
+        var ldo: Int
+        /// Bidirectional (BERT): every query sees every key of its sequence.
+        var bidirectional = false
+    }
+
+    /// Query rows per block.
+    static let block = 64
+
+    /// Floats of scratch one call needs for sequences up to `maxLength` tokens.
+    static func scratchCount(maxLength: Int) -> Int { 2 * block * max(1, maxLength) }
+
+    /// The keys rows r0..<r1 may see, and for one row its own visible range.
+    @inline(__always)
+    static func keyRange(_ r0: Int, _ r1: Int, length: Int, _ s: Shape) -> Range<Int> {
+        if s.bidirectional { return 0..<length }
+        let low = s.window.map { max(0, r0 - $0 + 1) } ?? 0
+        return low..<r1
+    }
+
+    @inline(__always)
+    static func visible(_ t: Int, length: Int, _ s: Shape) -> Range<Int> {
+        if s.bidirectional { return 0..<length }
+        let low = s.window.map { max(0, t - $0 + 1) } ?? 0
+        return low..<(t + 1)
+    }
+
+    /// out[t, h·hd ..< (h+1)·hd] for every token of each sequence (`sequences`: row ranges of the buffers).
+    static func forward(_ qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, sequences: [Range<Int>], shape s: Shape,
+                        scratch: UnsafeMutablePointer<Float>) {
+        let group = s.heads / s.kvHeads, hd = s.headDim
+        for sequence in sequences {
+            let T = sequence.count
+            let base = qkv + sequence.lowerBound * s.ld, o = out + sequence.lowerBound * s.ldo
+            for h in 0..<s.heads {
+                let g = h / group
+                var r0 = 0
+                while r0 < T {
+                    let r1 = min(T, r0 + block), keys = keyRange(r0, r1, length: T, s), nk = keys.count
+                    let p = scratch
+                    Linalg.sgemm(transposeB: true, m: r1 - r0, n: nk, k: hd, alpha: s.scale, base + r0 * s.ld + s.qOffset + h * hd, lda: s.ld,
+                                 base + keys.lowerBound * s.ld + s.kOffset + g * hd, ldb: s.ld, p, ldc: nk)
+                    softmaxRows(p, rows: r0..<r1, keys: keys, length: T, s)
+                    Linalg.sgemm(m: r1 - r0, n: hd, k: nk, p, lda: nk, base + keys.lowerBound * s.ld + s.vOffset + g * hd, ldb: s.ld,
+                                 o + r0 * s.ldo + h * hd, ldc: s.ldo)
+                    r0 = r1
+                }
+            }
+        }
+    }
+
+    /// Masked softmax of a block's score rows in place (entries outside a row's visible keys become 0).
+    static func softmaxRows(_ p: UnsafeMutablePointer<Float>, rows: Range<Int>, keys: Range<Int>, length: Int, _ s: Shape) {
+        let nk = keys.count
+        for t in rows {
+            let row = p + (t - rows.lowerBound) * nk
+            let v = visible(t, length: length, s)
+            let lo = v.lowerBound - keys.lowerBound, hi = v.upperBound - keys.lowerBound
+            for j in 0..<lo { row[j] = 0 }
+            for j in hi..<nk { row[j] = 0 }
+            VectorKernels.softmaxInPlace(row + lo, count: hi - lo)
+        }
+    }
+
+    /// dqkv's Q, K and V columns (zeroed here) receive the gradients for `dOut` [tokens, heads · hd].
+    static func backward(_ qkv: UnsafePointer<Float>, dOut: UnsafePointer<Float>, dqkv: UnsafeMutablePointer<Float>, sequences: [Range<Int>],
+                         shape s: Shape, scratch: UnsafeMutablePointer<Float>) {
+        let group = s.heads / s.kvHeads, hd = s.headDim
+        for sequence in sequences {
+            let T = sequence.count
+            let base = qkv + sequence.lowerBound * s.ld, dbase = dqkv + sequence.lowerBound * s.ld
+            let dO = dOut + sequence.lowerBound * s.ldo
+            for t in 0..<T {
+                (dbase + t * s.ld + s.qOffset).update(repeating: 0, count: s.heads * hd)
+                (dbase + t * s.ld + s.kOffset).update(repeating: 0, count: s.kvHeads * hd)
+                (dbase + t * s.ld + s.vOffset).update(repeating: 0, count: s.kvHeads * hd)
+            }
+            for h in 0..<s.heads {
+                let g = h / group
+                let q = base + s.qOffset + h * hd, k = base + s.kOffset + g * hd, v = base + s.vOffset + g * hd
+                let dq = dbase + s.qOffset + h * hd, dk = dbase + s.kOffset + g * hd, dv = dbase + s.vOffset + g * hd
+                var r0 = 0
+                while r0 < T {
+                    let r1 = min(T, r0 + block), rows = r1 - r0, keys = keyRange(r0, r1, length: T, s), nk = keys.count
+                    let p = scratch, dp = scratch + block * nk
+                    let k0 = keys.lowerBound * s.ld
+                    Linalg.sgemm(transposeB: true, m: rows, n: nk, k: hd, alpha: s.scale, q + r0 * s.ld, lda: s.ld, k + k0, ldb: s.ld, p, ldc: nk)
+                    softmaxRows(p, rows: r0..<r1, keys: keys, length: T, s)
+                    // dV += Pᵀ · dO ; dP = dO · Vᵀ
+                    Linalg.sgemm(transposeA: true, m: nk, n: hd, k: rows, p, lda: nk, dO + r0 * s.ldo + h * hd, ldb: s.ldo, beta: 1, dv + k0, ldc: s.ld)
+                    Linalg.sgemm(transposeB: true, m: rows, n: nk, k: hd, dO + r0 * s.ldo + h * hd, lda: s.ldo, v + k0, ldb: s.ld, dp, ldc: nk)
+                    // dS = scale · P ⊙ (dP − Σ P ⊙ dP), in dp
+                    for i in 0..<rows {
+                        let pr = p + i * nk, dr = dp + i * nk
+                        var dot: Float = 0
+                        for j in 0..<nk { dot += pr[j] * dr[j] }
+                        for j in 0..<nk { dr[j] = s.scale * pr[j] * (dr[j] - dot) }
+                    }
+                    // dQ = dS · K ; dK += dSᵀ · Q
+                    Linalg.sgemm(m: rows, n: hd, k: nk, dp, lda: nk, k + k0, ldb: s.ld, dq + r0 * s.ld, ldc: s.ld)
+                    Linalg.sgemm(transposeA: true, m: nk, n: hd, k: rows, dp, lda: nk, q + r0 * s.ld, ldb: s.ld, beta: 1, dk + k0, ldc: s.ld)
+                    r0 = r1
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+import Foundation
+import TesseraMath
+
+/// Softmax cross-entropy through a frozen output head, over the counted positions only (ignored targets never get
+/// logits): logits = x · Wᵀ in chunks of rows, loss = logsumexp(logits) − logits[target], and
+/// dx = lossScale · (softmax(logits) − onehot(target)) · W. Chunks bound the logits buffer (rows × vocabulary).
+enum SoftmaxCrossEntropy {
+    static let chunkRows = 256
+
+    /// Σ of the rows' cross-entropies (nats); writes dx [rows, dim] when given.
+    static func lossAndGradient(_ x: UnsafePointer<Float>, rows: Int, dim: Int, head: UnsafePointer<Float>, vocabulary: Int, targets: [Int],
+                                lossScale: Float, dx: UnsafeMutablePointer<Float>?) -> Double {
+        guard rows > 0 else { return 0 }
+        let chunk = min(rows, chunkRows)
+        let logits = TrainingBuffer(chunk * vocabulary)
+        var total = 0.0
+        var losses = [Double](repeating: 0, count: chunk)
+        var r0 = 0
+        while r0 < rows {
+            let n = min(chunk, rows - r0)
+            Linalg.matmulTransposedB(x + r0 * dim, head, logits.p, m: n, n: vocabulary, k: dim)
+            losses.withUnsafeMutableBufferPointer { lossBuffer in
+                guard let out = lossBuffer.baseAddress else { return }
+                RowParallel.forRows(n, minimum: 2) { range in
+                    for i in range {
+                        let row = logits.p + i * vocabulary, target = targets[r0 + i]
+                        var maxValue = -Float.infinity
+                        for j in 0..<vocabulary where row[j] > maxValue { maxValue = row[j] }
+                        let targetLogit = row[target]
+                        for j in 0..<vocabulary { row[j] -= maxValue }
+                        FastMath.expInPlace(row, count: vocabulary)
+                        var sum = 0.0
+                        for j in 0..<vocabulary { sum += Double(row[j]) }
+                        out[i] = log(sum) + Double(maxValue) - Double(targetLogit)
+                        let k = lossScale / Float(sum)
+                        for j in 0..<vocabulary { row[j] *= k }
+                        row[target] -= lossScale
+                    }
+                }
+            }
+            for i in 0..<n { total += losses[i] }
+            if let dx {
+                Linalg.matmul(logits.p, head, dx + r0 * dim, m: n, n: dim, k: vocabulary)
+            }
+            r0 += n
+        }
+        return total
+    }
+}

@@ -119,10 +119,7 @@ struct TrainLoraCommand: ParsableCommand {
             throw TesseraError(.unsupported, "\(base) is a sentence encoder; `train lora` trains causal language models",
                                hint: "name a Llama, GPT-2 or GPT-Neo model")
         }
-        guard let model = lm as? any TrainableLanguageModel else {
-            throw TesseraError(.unsupported, "\(base): this model's architecture cannot be trained yet (no backward pass)",
-                               hint: "train a Llama (SmolLM2), GPT-2 or GPT-Neo model")
-        }
+        let model = try TrainableModels.make(lm)
         let maxLength = self.maxLength ?? min(512, model.maxSequenceLength)
         guard maxLength <= model.maxSequenceLength else {
             throw TesseraError(.usage, "--max-length \(maxLength) is longer than the model's window (\(model.maxSequenceLength) tokens)",

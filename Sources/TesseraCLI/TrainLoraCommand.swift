@@ -157,15 +157,8 @@ struct TrainLoraCommand: ParsableCommand {
         trainer.saveCheckpoint = { try TrainingCheckpoint.save($0, fingerprint: fingerprint, to: checkpointPath) }
         let progress = TrainingProgress(total: totalSteps, done: trainer.state.step)
         trainer.onStep = { state, tokens in progress.step(state, tokens: tokens) }
-        if let stop = ProcessInfo.processInfo.environment["TESSERA_TRAIN_STOP_AFTER"].flatMap(Int.init), stop > 0 {
-            trainer.stopAfterSteps = stop  // tests of resumption: end as a kill would, after N steps, checkpoint written
-        }
         let outcome = try trainer.run()
         progress.finish()
-        if outcome.state.step < totalSteps {
-            print("stopped at step \(outcome.state.step)/\(totalSteps); re-run the same command to resume")
-            return
-        }
 
         let wall = outcome.wallSeconds
         var provenance: [(String, JSONValue)] = [
@@ -303,8 +296,14 @@ final class TrainingProgress {
         guard enabled else { return }
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         // The rate and ETA count this process's steps only (a resumed run starts its clock at the resume).
-        var line = ProgressReporter.render(label: "train", done: state.step - startDone, total: total - startDone, elapsedSeconds: elapsed)
-        line = line.replacingOccurrences(of: "] \(state.step - startDone)/\(total - startDone)", with: "] \(state.step)/\(total)")
+        let done = state.step - startDone
+        var line = ProgressReporter.render(label: "train", done: done, total: total - startDone, elapsedSeconds: elapsed)
+        line = line.replacingOccurrences(of: "] \(done)/\(total - startDone)", with: "] \(state.step)/\(total)")
+        // Steps of real models take seconds: say seconds per step rather than "0.0/s".
+        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        if rate > 0, rate < 1 {
+            line = line.replacingOccurrences(of: "  \(String(format: "%.1f", rate))/s", with: String(format: "  %.1f s/step", 1 / rate))
+        }
         line += String(format: "  loss %.4f  %.0f tok/s", state.losses.last ?? .nan, elapsed > 0 ? Double(tokens) / elapsed : 0)
         FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
         drew = true

@@ -353,3 +353,19 @@ public final class BERTModel: @unchecked Sendable {
         return (x, t)
     }
 }
+
+// Read-only views of the frozen weights a backward pass reads (TesseraTraining), valid while the model lives.
+extension BERTLayer {
+    public var attentionNormWeights: UnsafePointer<Float> { attentionNormWeight.p }
+    public var attentionNormBiases: UnsafePointer<Float> { attentionNormBias.p }
+    public var outputNormWeights: UnsafePointer<Float> { outputNormWeight.p }
+    public var outputNormBiases: UnsafePointer<Float> { outputNormBias.p }
+}
+
+extension BERTModel {
+    /// Word [vocabulary, H], position [positions, H] and token-type [types, H] embeddings, and the embedding
+    /// LayerNorm's weight and bias [H].
+    public var embeddingTables: (word: [Float], position: [Float], tokenType: [Float], normWeight: [Float], normBias: [Float]) {
+        (wordEmbeddings, positionEmbeddings, tokenTypeEmbeddings, embeddingNormWeight, embeddingNormBias)
+    }
+}

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TesseraCore
 import TesseraEngine
+import TesseraIO
 import TesseraTestSupport
 import TesseraTraining
 
@@ -95,5 +96,68 @@ struct GradientCheck {
         try model.attach(nil)
         let base = try model.loss([TrainingSequence(text: ids)])
         #expect(abs(base.sum - want) / want > 1e-3, "the adapter changes the loss")
+    }
+}
+
+/// The same finite-difference check on the BERT classifier (the torchref fixture's tiny BertForSequenceClassification),
+/// over LoRA factors of every module kind and the head's weight and bias, with a softmax head (2 classes) and with a
+/// logistic one (1 output).
+@Suite struct BERTGradientCheckTests {
+    @Test(arguments: [2, 1])
+    func finiteDifferencesAgree(classes: Int) throws {
+        let model = try TrainableModels.makeClassifier(try BERTModel.load(directory: TrainingFixtures.trainingFixtures + "/bert/model"))
+        let h = model.pooledSize
+        let head = LinearHeadParameters(outputs: classes, inputs: h, weight: (0..<(classes * h)).map { Float(($0 * 37) % 11) / 5 - 1 },
+                                        bias: (0..<classes).map { Float($0) * 0.3 - 0.1 })
+        try model.attachHead(head)
+        let parameters = LoRAParameters(modules: model.adaptableModules.enumerated().map { i, m in
+            LoRAModuleParameters(module: m, rank: 2, scaling: 2, a: (0..<(2 * m.inputs)).map { Float(($0 * 13 + i) % 17) / 17 - 0.5 },
+                                 b: (0..<(m.outputs * 2)).map { Float(($0 * 7 + i) % 19) / 19 - 0.5 })
+        })
+        try model.attach(parameters)
+        let batch = [ClassificationExample(tokens: [5, 9, 13, 2, 77, 41], label: 1), ClassificationExample(tokens: [8, 3, 60], label: 0),
+                     ClassificationExample(tokens: [31, 12, 99, 4], label: classes == 1 ? 1 : 1)]
+        parameters.zeroGradients()
+        head.zeroGradients()
+        _ = try model.accumulateGradients(batch, lossScale: 1, dropoutSeed: 0)
+        let step: Float = 1e-2
+        var checked = 0
+        func check(_ label: String, _ analytic: Float, _ set: (Float) -> Void, _ value: Float) throws {
+            set(value + step)
+            let plus = try model.loss(batch).sum
+            set(value - step)
+            let minus = try model.loss(batch).sum
+            set(value)
+            let numeric = Float((plus - minus) / Double(2 * step))
+            #expect(GradientCheck.relativeError(analytic, numeric) < 0.03, "\(label): backward \(analytic), finite differences \(numeric)")
+            #expect(GradientCheck.relativeError(-analytic, numeric) > 0.5, "\(label): the check would catch a sign error")
+            checked += 1
+        }
+        for m in parameters.modules {
+            let i = m.gradientA.indices.max { abs(m.gradientA[$0]) < abs(m.gradientA[$1]) } ?? 0
+            try check("\(m.module.name).A[\(i)]", m.gradientA[i], { m.a[i] = $0 }, m.a[i])
+            let j = m.gradientB.indices.max { abs(m.gradientB[$0]) < abs(m.gradientB[$1]) } ?? 0
+            try check("\(m.module.name).B[\(j)]", m.gradientB[j], { m.b[j] = $0 }, m.b[j])
+        }
+        let w = head.gradientWeight.indices.max { abs(head.gradientWeight[$0]) < abs(head.gradientWeight[$1]) } ?? 0
+        try check("head.weight[\(w)]", head.gradientWeight[w], { head.weight[w] = $0 }, head.weight[w])
+        try check("head.bias[0]", head.gradientBias[0], { head.bias[0] = $0 }, head.bias[0])
+        #expect(checked == 2 * parameters.modules.count + 2)
+    }
+
+    @Test func badExamplesAndHeadsAreRefused() throws {
+        let model = try TrainableModels.makeClassifier(try BERTModel.load(directory: TrainingFixtures.trainingFixtures + "/bert/model"))
+        let h = model.pooledSize
+        #expect(throws: TesseraError.self) { _ = try model.loss([ClassificationExample(tokens: [1, 2], label: 0)]) }  // no head yet
+        #expect(throws: TesseraError.self) {
+            try model.attachHead(LinearHeadParameters(outputs: 2, inputs: h + 1, weight: .init(repeating: 0, count: 2 * h + 2), bias: [0, 0]))
+        }
+        try model.attachHead(LinearHeadParameters(outputs: 2, inputs: h, weight: .init(repeating: 0.1, count: 2 * h), bias: [0, 0]))
+        for bad in [[ClassificationExample(tokens: [1, 2], label: 2)], [ClassificationExample(tokens: [1, 2], label: -1)],
+                    [ClassificationExample(tokens: [1, Int32(model.vocabularySize)], label: 0)], [ClassificationExample(tokens: [], label: 0)],
+                    [ClassificationExample(tokens: [Int32](repeating: 1, count: model.maxSequenceLength + 1), label: 0)]] {
+            #expect(throws: TesseraError.self) { _ = try model.accumulateGradients(bad, lossScale: 1, dropoutSeed: 0) }
+        }
+        #expect(throws: TesseraError.self) { _ = try TrainableModels.makeClassifier(NSObject()) }
     }
 }

@@ -11,6 +11,11 @@ enum TrainingFixtures {
 
     /// LoRA parameters read from a PEFT adapter folder (A and B as PEFT stores them, its scalings).
     static func parameters(adapterFolder folder: String, dropout: Float = 0) throws -> LoRAParameters {
+        try parametersAndKeys(adapterFolder: folder, dropout: dropout).parameters
+    }
+
+    /// The same, with each module's A and B tensor names in the adapter file.
+    static func parametersAndKeys(adapterFolder folder: String, dropout: Float = 0) throws -> (parameters: LoRAParameters, keys: [(a: String, b: String)]) {
         let tensors = try SafetensorsFile(path: folder + "/adapter_model.safetensors")
         let config = Array(try Data(contentsOf: URL(fileURLWithPath: folder + "/adapter_config.json")))
         let adapter = try LoRAAdapter(configBytes: config, tensors: tensors, name: folder)
@@ -18,7 +23,7 @@ enum TrainingFixtures {
             LoRAModuleParameters(module: AdaptableModule(name: m.name, outputs: m.outFeatures, inputs: m.inFeatures), rank: m.rank,
                                  scaling: Float(m.scaling), a: try tensors.floats(m.aName), b: try tensors.floats(m.bName))
         }
-        return LoRAParameters(modules: modules, dropout: dropout)
+        return (LoRAParameters(modules: modules, dropout: dropout), adapter.modules.map { ($0.aName, $0.bName) })
     }
 
     /// Seeded LoRA parameters on every adaptable module (`only`: those whose short name is listed), B non-zero so

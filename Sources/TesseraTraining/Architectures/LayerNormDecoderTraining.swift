@@ -21,12 +21,12 @@ public class LayerNormDecoderTraining: TrainableLanguageModel {
         let input: TrainingBuffer, qkv: TrainingBuffer, attention: TrainingBuffer, middle: TrainingBuffer, up: TrainingBuffer
         var qkvTape = LinearTape(), outputTape = LinearTape(), upTape = LinearTape(), downTape = LinearTape()
 
-        init(rows n: Int, hidden d: Int, inner: Int) {
-            input = TrainingBuffer(n * d)
-            qkv = TrainingBuffer(n * 3 * d)
-            attention = TrainingBuffer(n * d)
-            middle = TrainingBuffer(n * d)
-            up = TrainingBuffer(n * inner)
+        init(rows n: Int, hidden d: Int, inner: Int, space: Workspace) {
+            input = space.take(n * d)
+            qkv = space.take(n * 3 * d)
+            attention = space.take(n * d)
+            middle = space.take(n * d)
+            up = space.take(n * inner)
         }
     }
 
@@ -39,6 +39,7 @@ public class LayerNormDecoderTraining: TrainableLanguageModel {
     private let head: Projection
     private let layers: [Layer]
     private let sites: LoRASites
+    private let space = Workspace()
 
     init(engineModel: AnyObject, layers engineLayers: [LayerNormDecoderLayer], globals: LayerNormDecoderGlobals, head: Projection,
          vocabularySize: Int, maxSequenceLength: Int, hidden: Int, heads: Int, inner: Int) {
@@ -99,14 +100,15 @@ public class LayerNormDecoderTraining: TrainableLanguageModel {
         let n = batch.rows, d = hidden, ffn = inner, eps = globals.layerNormEps
         let counted = batch.countedRows.count
         guard n > 0, counted > 0 else { return LossSum(sum: 0, count: 0) }
+        space.begin(rows: n)
         let lowest = layers.firstIndex { $0.linears.contains { !$0.bindings.isEmpty } }
         let keep = backward && lowest != nil
         func shape(_ layer: Layer) -> CausalAttention.Shape {
             CausalAttention.Shape(heads: heads, kvHeads: heads, headDim: d / heads, scale: globals.attentionScale, window: layer.window,
                                   ld: 3 * d, qOffset: 0, kOffset: d, vOffset: 2 * d, ldo: d)
         }
-        let scratch = TrainingBuffer(CausalAttention.scratchCount(maxLength: batch.longest))
-        let x = TrainingBuffer(n * d), normed = TrainingBuffer(n * d), activated = TrainingBuffer(n * ffn)
+        let scratch = space.take(CausalAttention.scratchCount(sequences: batch.sequences, heads: heads))
+        let x = space.take(n * d), normed = space.take(n * d), activated = space.take(n * ffn)
         for row in 0..<n {
             let out = x.p + row * d, te = globals.tokenEmbedding + batch.tokens[row] * d, pe = globals.positionEmbedding + batch.positions[row] * d
             for j in 0..<d { out[j] = te[j] + pe[j] }
@@ -116,10 +118,10 @@ public class LayerNormDecoderTraining: TrainableLanguageModel {
         for (l, layer) in layers.enumerated() {
             let tape: Tape
             if keep && l >= (lowest ?? 0) {
-                tape = Tape(rows: n, hidden: d, inner: ffn)
+                tape = Tape(rows: n, hidden: d, inner: ffn, space: space)
                 tapes.append(tape)
             } else {
-                if shared == nil { shared = Tape(rows: n, hidden: d, inner: ffn) }
+                if shared == nil { shared = Tape(rows: n, hidden: d, inner: ffn, space: space) }
                 tape = shared!
             }
             tape.input.p.update(from: x.p, count: n * d)
@@ -133,20 +135,20 @@ public class LayerNormDecoderTraining: TrainableLanguageModel {
             GELUOp.forward(tape.up.p, activated.p, count: n * ffn, .tanh)
             tape.downTape = layer.down.forward(activated.p, rows: n, into: x.p, accumulate: true, dropout: dropout)
         }
-        let final = TrainingBuffer(counted * d), finalNormed = TrainingBuffer(counted * d)
+        let final = space.take(counted * d), finalNormed = space.take(counted * d)
         for (i, row) in batch.countedRows.enumerated() { (final.p + i * d).update(from: x.p + row * d, count: d) }
         LayerNormOp.forward(final.p, weight: globals.finalNormWeight, bias: globals.finalNormBias, finalNormed.p, rows: counted, dim: d, eps: eps)
-        let dFinalNormed = keep ? TrainingBuffer(counted * d) : nil
+        let dFinalNormed = keep ? space.take(counted * d) : nil
         let sum = SoftmaxCrossEntropy.lossAndGradient(finalNormed.p, rows: counted, dim: d, head: head.weightPointer, vocabulary: vocabularySize,
                                                       targets: batch.countedTargets, lossScale: lossScale, dx: dFinalNormed?.p)
         guard keep, let dFinalNormed, let lowest else { return LossSum(sum: sum, count: counted) }
 
         LayerNormOp.backward(final.p, weight: globals.finalNormWeight, dy: dFinalNormed.p, dx: finalNormed.p, rows: counted, dim: d, eps: eps,
                              accumulate: false)
-        let dx = TrainingBuffer(n * d)
+        let dx = space.take(n * d, zeroed: true)
         for (i, row) in batch.countedRows.enumerated() { (dx.p + row * d).update(from: finalNormed.p + i * d, count: d) }
-        let dNormed = TrainingBuffer(n * d), dActivated = TrainingBuffer(n * ffn), dUp = TrainingBuffer(n * ffn)
-        let dAttention = TrainingBuffer(n * d), dQKV = TrainingBuffer(n * 3 * d)
+        let dNormed = space.take(n * d), dActivated = space.take(n * ffn), dUp = space.take(n * ffn)
+        let dAttention = space.take(n * d), dQKV = space.take(n * 3 * d)
         for l in stride(from: layers.count - 1, through: lowest, by: -1) {
             let layer = layers[l], tape = tapes[l - lowest]
             GELUOp.forward(tape.up.p, activated.p, count: n * ffn, .tanh)

@@ -16,6 +16,7 @@ public final class LlamaTraining: TrainableLanguageModel {
     private let config: LlamaConfig
     private let layers: [Layer]
     private let sites: LoRASites
+    private let space = Workspace()
     private let ropeCos: [Float], ropeSin: [Float]
 
     struct Layer {
@@ -29,12 +30,12 @@ public final class LlamaTraining: TrainableLanguageModel {
         let input: TrainingBuffer, qkv: TrainingBuffer, attention: TrainingBuffer, middle: TrainingBuffer, gateUp: TrainingBuffer
         var qkvTape = LinearTape(), outputTape = LinearTape(), gateUpTape = LinearTape(), downTape = LinearTape()
 
-        init(rows n: Int, hidden d: Int, qkvDim: Int, queryDim: Int, ffn: Int) {
-            input = TrainingBuffer(n * d)
-            qkv = TrainingBuffer(n * qkvDim)
-            attention = TrainingBuffer(n * queryDim)
-            middle = TrainingBuffer(n * d)
-            gateUp = TrainingBuffer(n * 2 * ffn)
+        init(rows n: Int, hidden d: Int, qkvDim: Int, queryDim: Int, ffn: Int, space: Workspace) {
+            input = space.take(n * d)
+            qkv = space.take(n * qkvDim)
+            attention = space.take(n * queryDim)
+            middle = space.take(n * d)
+            gateUp = space.take(n * 2 * ffn)
         }
     }
 
@@ -88,14 +89,15 @@ public final class LlamaTraining: TrainableLanguageModel {
         let qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim, qkvDim = qd + 2 * kvd, ffn = c.intermediateSize
         let counted = batch.countedRows.count
         guard n > 0, counted > 0 else { return LossSum(sum: 0, count: 0) }
+        space.begin(rows: n)
         // The lowest layer with a LoRA module: backward stops there (nothing below it is trained).
         let lowest = layers.firstIndex { $0.linears.contains { !$0.bindings.isEmpty } }
         let keep = backward && lowest != nil
         let shape = CausalAttention.Shape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scale: 1 / Float(c.headDim).squareRoot(),
                                           window: nil, ld: qkvDim, qOffset: 0, kOffset: qd, vOffset: qd + kvd, ldo: qd)
         let layout: VectorKernels.RoPELayout = c.ropeRotatesAdjacentPairs ? .adjacentPairs : .splitHalves
-        let scratch = TrainingBuffer(CausalAttention.scratchCount(maxLength: batch.longest))
-        let x = TrainingBuffer(n * d), normed = TrainingBuffer(n * d), hidden = TrainingBuffer(n * ffn)
+        let scratch = space.take(CausalAttention.scratchCount(sequences: batch.sequences, heads: c.heads))
+        let x = space.take(n * d), normed = space.take(n * d), hidden = space.take(n * ffn)
         for (row, token) in batch.tokens.enumerated() { (x.p + row * d).update(from: model.embeddingWeights + token * d, count: d) }
 
         var tapes: [Tape] = []
@@ -119,10 +121,10 @@ public final class LlamaTraining: TrainableLanguageModel {
               for (l, layer) in layers.enumerated() {
                   let tape: Tape
                   if keep && l >= (lowest ?? 0) {
-                      tape = Tape(rows: n, hidden: d, qkvDim: qkvDim, queryDim: qd, ffn: ffn)
+                      tape = Tape(rows: n, hidden: d, qkvDim: qkvDim, queryDim: qd, ffn: ffn, space: space)
                       tapes.append(tape)
                   } else {
-                      if shared == nil { shared = Tape(rows: n, hidden: d, qkvDim: qkvDim, queryDim: qd, ffn: ffn) }
+                      if shared == nil { shared = Tape(rows: n, hidden: d, qkvDim: qkvDim, queryDim: qd, ffn: ffn, space: space) }
                       tape = shared!
                   }
                   tape.input.p.update(from: x.p, count: n * d)
@@ -138,10 +140,10 @@ public final class LlamaTraining: TrainableLanguageModel {
                   tape.downTape = layer.down.forward(hidden.p, rows: n, into: x.p, accumulate: true, dropout: dropout)
               }
               // Final norm and the output head on the counted rows.
-              let final = TrainingBuffer(counted * d), finalNormed = TrainingBuffer(counted * d)
+              let final = space.take(counted * d), finalNormed = space.take(counted * d)
               for (i, row) in batch.countedRows.enumerated() { (final.p + i * d).update(from: x.p + row * d, count: d) }
               RMSNormOp.forward(final.p, weight: model.finalNormWeights, finalNormed.p, rows: counted, dim: d, eps: c.rmsNormEps)
-              let dFinalNormed = keep ? TrainingBuffer(counted * d) : nil
+              let dFinalNormed = keep ? space.take(counted * d) : nil
               let sum = SoftmaxCrossEntropy.lossAndGradient(finalNormed.p, rows: counted, dim: d, head: model.head.weightPointer,
                                                             vocabulary: c.vocabularySize, targets: batch.countedTargets, lossScale: lossScale,
                                                             dx: dFinalNormed?.p)
@@ -150,10 +152,10 @@ public final class LlamaTraining: TrainableLanguageModel {
               // Backward: dx is the gradient with respect to the residual stream.
               RMSNormOp.backward(final.p, weight: model.finalNormWeights, dy: dFinalNormed.p, dx: finalNormed.p, rows: counted, dim: d,
                                  eps: c.rmsNormEps, accumulate: false)
-              let dx = TrainingBuffer(n * d)
+              let dx = space.take(n * d, zeroed: true)
               for (i, row) in batch.countedRows.enumerated() { (dx.p + row * d).update(from: finalNormed.p + i * d, count: d) }
-              let dNormed = TrainingBuffer(n * d), dHidden = TrainingBuffer(n * ffn), dGateUp = TrainingBuffer(n * 2 * ffn)
-              let dAttention = TrainingBuffer(n * qd), dQKV = TrainingBuffer(n * qkvDim)
+              let dNormed = space.take(n * d), dHidden = space.take(n * ffn), dGateUp = space.take(n * 2 * ffn)
+              let dAttention = space.take(n * qd), dQKV = space.take(n * qkvDim)
               for l in stride(from: layers.count - 1, through: lowest, by: -1) {
                   let layer = layers[l], tape = tapes[l - lowest]
                   // MLP: x = middle + down(swiglu(gateUp(norm(middle)))).

@@ -11,4 +11,10 @@ public enum TrainableModels {
         throw TesseraError(.unsupported, "training runs on Llama, GPT-2 and GPT-Neo language models, not on \(type(of: model))",
                            hint: "load a Llama, GPT-2 or GPT-Neo checkpoint")
     }
+
+    /// `model` (a `BERTModel`) as a `TrainableSequenceClassifier`.
+    public static func makeClassifier(_ model: AnyObject) throws -> any TrainableSequenceClassifier {
+        if let bert = model as? BERTModel { return BERTTraining(bert) }
+        throw TesseraError(.unsupported, "classifier training runs on BERT models, not on \(type(of: model))", hint: "load a BERT checkpoint")
+    }
 }

@@ -25,8 +25,10 @@ enum CausalAttention {
     /// Query rows per block.
     static let block = 64
 
-    /// Floats of scratch one call needs for sequences up to `maxLength` tokens.
-    static func scratchCount(maxLength: Int) -> Int { 2 * block * max(1, maxLength) }
+    /// Floats of scratch one call needs: each (sequence, head) work item gets two [block, length] score blocks.
+    static func scratchCount(sequences: [Range<Int>], heads: Int) -> Int {
+        2 * block * heads * sequences.reduce(0) { $0 + $1.count }
+    }
 
     /// The keys rows r0..<r1 may see, and for one row its own visible range.
     @inline(__always)
@@ -43,26 +45,47 @@ enum CausalAttention {
         return low..<(t + 1)
     }
 
+    /// Runs `body(sequence, group, scratch)` for every sequence and `groups` work items per sequence, spread over the
+    /// cores with OpenBLAS on one thread: a head's products ([64, 64] · [64, ≤ length]) are too small for BLAS's own
+    /// threads, whose hand-offs would cost more than they save.
+    static func forEachItem(_ sequences: [Range<Int>], groups: Int, scratch: UnsafeMutablePointer<Float>,
+                            _ body: (Range<Int>, Int, UnsafeMutablePointer<Float>) -> Void) {
+        var items: [(Range<Int>, Int, Int)] = []
+        var offset = 0
+        for sequence in sequences {
+            for g in 0..<groups {
+                items.append((sequence, g, offset))
+                offset += 2 * block * sequence.count
+            }
+        }
+        let threads = Linalg.threads
+        if threads > 1 { Linalg.setThreads(1) }
+        defer { if threads > 1 { Linalg.setThreads(threads) } }
+        let shared = SharedMutablePointer(scratch)
+        items.withUnsafeBufferPointer { list in
+            Parallel.forEach(list.count) { i in body(list[i].0, list[i].1, shared.base + list[i].2) }
+        }
+    }
+
     /// out[t, h·hd ..< (h+1)·hd] for every token of each sequence (`sequences`: row ranges of the buffers).
+    /// `scratch` holds `scratchCount` floats.
     static func forward(_ qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, sequences: [Range<Int>], shape s: Shape,
                         scratch: UnsafeMutablePointer<Float>) {
         let group = s.heads / s.kvHeads, hd = s.headDim
-        for sequence in sequences {
+        let output = SharedMutablePointer(out), input = SharedPointer(qkv)
+        forEachItem(sequences, groups: s.heads, scratch: scratch) { sequence, h, p in
             let T = sequence.count
-            let base = qkv + sequence.lowerBound * s.ld, o = out + sequence.lowerBound * s.ldo
-            for h in 0..<s.heads {
-                let g = h / group
-                var r0 = 0
-                while r0 < T {
-                    let r1 = min(T, r0 + block), keys = keyRange(r0, r1, length: T, s), nk = keys.count
-                    let p = scratch
-                    Linalg.sgemm(transposeB: true, m: r1 - r0, n: nk, k: hd, alpha: s.scale, base + r0 * s.ld + s.qOffset + h * hd, lda: s.ld,
-                                 base + keys.lowerBound * s.ld + s.kOffset + g * hd, ldb: s.ld, p, ldc: nk)
-                    softmaxRows(p, rows: r0..<r1, keys: keys, length: T, s)
-                    Linalg.sgemm(m: r1 - r0, n: hd, k: nk, p, lda: nk, base + keys.lowerBound * s.ld + s.vOffset + g * hd, ldb: s.ld,
-                                 o + r0 * s.ldo + h * hd, ldc: s.ldo)
-                    r0 = r1
-                }
+            let base = input.base + sequence.lowerBound * s.ld, o = output.base + sequence.lowerBound * s.ldo
+            let g = h / group
+            var r0 = 0
+            while r0 < T {
+                let r1 = min(T, r0 + block), keys = keyRange(r0, r1, length: T, s), nk = keys.count
+                Linalg.sgemm(transposeB: true, m: r1 - r0, n: nk, k: hd, alpha: s.scale, base + r0 * s.ld + s.qOffset + h * hd, lda: s.ld,
+                             base + keys.lowerBound * s.ld + s.kOffset + g * hd, ldb: s.ld, p, ldc: nk)
+                softmaxRows(p, rows: r0..<r1, keys: keys, length: T, s)
+                Linalg.sgemm(m: r1 - r0, n: hd, k: nk, p, lda: nk, base + keys.lowerBound * s.ld + s.vOffset + g * hd, ldb: s.ld,
+                             o + r0 * s.ldo + h * hd, ldc: s.ldo)
+                r0 = r1
             }
         }
     }
@@ -80,21 +103,22 @@ enum CausalAttention {
         }
     }
 
-    /// dqkv's Q, K and V columns (zeroed here) receive the gradients for `dOut` [tokens, heads · hd].
+    /// dqkv's Q, K and V columns (zeroed here) receive the gradients for `dOut` [tokens, heads · hd]. One work item per
+    /// (sequence, KV head): the query heads sharing a KV head add into its dK and dV, which no other item touches.
     static func backward(_ qkv: UnsafePointer<Float>, dOut: UnsafePointer<Float>, dqkv: UnsafeMutablePointer<Float>, sequences: [Range<Int>],
                          shape s: Shape, scratch: UnsafeMutablePointer<Float>) {
         let group = s.heads / s.kvHeads, hd = s.headDim
-        for sequence in sequences {
+        let input = SharedPointer(qkv), gradient = SharedPointer(dOut), output = SharedMutablePointer(dqkv)
+        forEachItem(sequences, groups: s.kvHeads, scratch: scratch) { sequence, g, scratch in
             let T = sequence.count
-            let base = qkv + sequence.lowerBound * s.ld, dbase = dqkv + sequence.lowerBound * s.ld
-            let dO = dOut + sequence.lowerBound * s.ldo
+            let base = input.base + sequence.lowerBound * s.ld, dbase = output.base + sequence.lowerBound * s.ld
+            let dO = gradient.base + sequence.lowerBound * s.ldo
             for t in 0..<T {
-                (dbase + t * s.ld + s.qOffset).update(repeating: 0, count: s.heads * hd)
-                (dbase + t * s.ld + s.kOffset).update(repeating: 0, count: s.kvHeads * hd)
-                (dbase + t * s.ld + s.vOffset).update(repeating: 0, count: s.kvHeads * hd)
+                (dbase + t * s.ld + s.qOffset + g * group * hd).update(repeating: 0, count: group * hd)
+                (dbase + t * s.ld + s.kOffset + g * hd).update(repeating: 0, count: hd)
+                (dbase + t * s.ld + s.vOffset + g * hd).update(repeating: 0, count: hd)
             }
-            for h in 0..<s.heads {
-                let g = h / group
+            for h in (g * group)..<((g + 1) * group) {
                 let q = base + s.qOffset + h * hd, k = base + s.kOffset + g * hd, v = base + s.vOffset + g * hd
                 let dq = dbase + s.qOffset + h * hd, dk = dbase + s.kOffset + g * hd, dv = dbase + s.vOffset + g * hd
                 var r0 = 0

@@ -32,3 +32,35 @@ enum RowParallel {
         }
     }
 }
+
+/// The buffers of the last pass, handed out again to the next pass of the same size: a step of SmolLM2 keeps about
+/// a gigabyte of activations, and fresh pages cost a fault and a clearing each. Passes of another size drop them.
+/// Buffers taken are not cleared (every pass overwrites what it reads) unless asked.
+final class Workspace {
+    private var free: [Int: [TrainingBuffer]] = [:]
+    private var used: [TrainingBuffer] = []
+    private var rows = -1
+
+    /// Starts a pass over `rows` token rows: the previous pass's buffers become free if it had as many rows.
+    func begin(rows: Int) {
+        if rows != self.rows {
+            free = [:]
+            used = []
+            self.rows = rows
+        }
+        for b in used { free[b.count, default: []].append(b) }
+        used = []
+    }
+
+    func take(_ count: Int, zeroed: Bool = false) -> TrainingBuffer {
+        let buffer: TrainingBuffer
+        if let reused = free[count]?.popLast() {
+            buffer = reused
+            if zeroed { buffer.zero() }
+        } else {
+            buffer = TrainingBuffer(count)
+        }
+        used.append(buffer)
+        return buffer
+    }
+}

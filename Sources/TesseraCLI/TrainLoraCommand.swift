@@ -62,6 +62,8 @@ struct TrainLoraCommand: ParsableCommand {
     @Option(help: "Clip the adapter's gradient norm to this (0: no clipping).") var maxGradNorm: Double = 0
     @Option(help: "Longest sequence in tokens (default: 512, or the model's window if shorter).") var maxLength: Int?
     @Option(help: "Seed of the initial adapter, the data order and the dropout masks.") var seed: UInt64 = 0
+    @Option(help: "Start from this PEFT adapter (DIR or REV:DIR) instead of PEFT's seeded initialisation; its modules, rank and scaling must be the run's.")
+    var initAdapter: String?
     @Option(help: "A task file to evaluate on (mean loss); the adapter with the lowest is written.") var evalTask: String?
     @Option(help: "Evaluate every N steps (and after the last).") var evalEvery: Int = 0
     @Option(help: "Save a resumable checkpoint every N steps (0: never).") var checkpointEvery: Int = 50
@@ -140,11 +142,18 @@ struct TrainLoraCommand: ParsableCommand {
             schedule: LearningRateSchedule(rawValue: schedule) ?? .linear, adamW: AdamWSettings(weightDecay: weightDecay),
             maxGradNorm: maxGradNorm, seed: seed, evalEvery: evalEvery, checkpointEvery: checkpointEvery)
         let parameters = try lora.initialParameters(for: model, seed: seed)
+        var initRecord = JSONValue.string("peft: A kaiming-uniform(a=sqrt(5)) from the seed, B zero")
+        if let initAdapter {
+            let folder = try resolver.checkpoint(initAdapter).adapterFolder()
+            try Self.load(folder, into: parameters)
+            initRecord = .object([("adapter", .string(initAdapter)),
+                                  ("sha256", .string(try EvalAdapter.contentHash(config: folder.configBytes, tensors: folder.tensors)))])
+        }
         let trainer = try LoRATrainer(model: model, data: data, evaluation: evaluation, parameters: parameters, settings: settings)
 
         let baseRecord = try Self.baseProvenance(base, resolver: resolver, resolved: resolved)
         let hyperparameters = Self.hyperparameters(lora: lora, settings: settings, maxLength: maxLength, epochs: epochs, warmup: warmup,
-                                                   modules: parameters.modules.map(\.module.name))
+                                                   modules: parameters.modules.map(\.module.name), initialization: initRecord)
         let dataRecord = JSONValue.array(dataHashes.map { .object([("path", .string($0.0)), ("sha256", .string($0.1))]) })
         // What a checkpoint must agree with to be resumed: the base, the data's bytes and every setting.
         let fingerprint = SHA256Hasher.hex(Array(JSONValue.object([
@@ -157,15 +166,8 @@ struct TrainLoraCommand: ParsableCommand {
         trainer.saveCheckpoint = { try TrainingCheckpoint.save($0, fingerprint: fingerprint, to: checkpointPath) }
         let progress = TrainingProgress(total: totalSteps, done: trainer.state.step)
         trainer.onStep = { state, tokens in progress.step(state, tokens: tokens) }
-        if let stop = ProcessInfo.processInfo.environment["TESSERA_TRAIN_STOP_AFTER"].flatMap(Int.init), stop > 0 {
-            trainer.stopAfterSteps = stop  // tests of resumption: end as a kill would, after N steps, checkpoint written
-        }
         let outcome = try trainer.run()
         progress.finish()
-        if outcome.state.step < totalSteps {
-            print("stopped at step \(outcome.state.step)/\(totalSteps); re-run the same command to resume")
-            return
-        }
 
         let wall = outcome.wallSeconds
         var provenance: [(String, JSONValue)] = [
@@ -187,11 +189,13 @@ struct TrainLoraCommand: ParsableCommand {
                                        checkpoint: checkpointPath)
         let totalWall = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         if json {
+            let rate = progress.rate(fallbackTokens: outcome.state.tokens, fallbackSteps: outcome.state.step, wall: wall)
             print(JSONValue.object([
                 ("output", .string(output)), ("steps", .int(outcome.state.step)), ("tokens", .int(outcome.state.tokens)),
                 ("final_loss", .double(outcome.finalLoss)), ("best_eval_loss", outcome.bestLoss.map { .double($0) } ?? .null),
                 ("best_step", outcome.bestStep.map { .int($0) } ?? .null),
-                ("tokens_per_second", .double(wall > 0 ? Double(outcome.state.tokens) / wall : 0)),
+                ("losses", .array(outcome.state.losses.map { .double($0) })),
+                ("tokens_per_second", .double(rate.tokensPerSecond)), ("seconds_per_step", .double(rate.secondsPerStep)),
                 ("wall_seconds", .double(wall)), ("resumed_from_step", resumedFrom.map { .int($0) } ?? .null),
             ]).serialized())
         } else {
@@ -202,13 +206,43 @@ struct TrainLoraCommand: ParsableCommand {
         }
     }
 
+    /// An adapter's factors as the starting point: the same modules, ranks and scalings as the run, finite values.
+    static func load(_ folder: AdapterFolder, into parameters: LoRAParameters) throws {
+        let adapter = folder.adapter
+        let hint = "give an adapter with the run's --targets, --rank and --alpha (or train without --init-adapter)"
+        guard adapter.replacements.isEmpty, !adapter.modules.contains(where: \.isEmbedding) else {
+            throw TesseraError(.unsupported, "\(folder.name): --init-adapter takes LoRA factors of linear layers only (no modules_to_save, no embeddings)", hint: hint)
+        }
+        let wanted = Set(parameters.modules.map(\.module.name))
+        if let extra = adapter.modules.first(where: { !wanted.contains($0.name) }) {
+            throw TesseraError(.invalidParameter, "\(folder.name) adapts \(extra.name), which the run does not train", hint: hint)
+        }
+        let byName = Dictionary(adapter.modules.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        for m in parameters.modules {
+            guard let given = byName[m.module.name] else {
+                throw TesseraError(.invalidParameter, "\(folder.name) has no factors for \(m.module.name)", hint: hint)
+            }
+            guard given.rank == m.rank, given.inFeatures == m.module.inputs, given.outFeatures == m.module.outputs,
+                  abs(given.scaling - Double(m.scaling)) <= 1e-6 * abs(given.scaling) else {
+                throw TesseraError(.invalidParameter, "\(folder.name): \(m.module.name) has rank \(given.rank), shape [\(given.outFeatures), \(given.inFeatures)] and scaling \(given.scaling); the run has rank \(m.rank), [\(m.module.outputs), \(m.module.inputs)] and \(m.scaling)", hint: hint)
+            }
+            let a = try folder.tensors.rawTensor(given.aName).floats(name: given.aName)
+            let b = try folder.tensors.rawTensor(given.bName).floats(name: given.bName)
+            guard a.count == m.a.count, b.count == m.b.count, a.allSatisfy(\.isFinite), b.allSatisfy(\.isFinite) else {
+                throw TesseraError(.invalidParameter, "\(folder.name): the factors of \(m.module.name) do not fit it or are not finite", hint: hint)
+            }
+            m.a = a
+            m.b = b
+        }
+    }
+
     static func fileRecord(_ f: TrainingDataSet.File) -> JSONValue {
         .object([("path", .string(f.path)), ("task", .string(f.taskName)), ("type", .string(f.kind.rawValue)), ("examples", .int(f.examples)),
                  ("sequences", .int(f.sequences)), ("truncated", .int(f.truncated)), ("dropped", .int(f.dropped))])
     }
 
     static func hyperparameters(lora: LoRASettings, settings: TrainingSettings, maxLength: Int, epochs: Int?, warmup: String,
-                                modules: [String]) -> JSONValue {
+                                modules: [String], initialization: JSONValue) -> JSONValue {
         .object([
             ("rank", .int(lora.rank)), ("alpha", .double(lora.alpha)), ("dropout", .double(Double(lora.dropout))),
             ("target_modules", .array(lora.targets.map { .string($0) })), ("modules", .int(modules.count)),
@@ -220,7 +254,7 @@ struct TrainLoraCommand: ParsableCommand {
                                    ("epsilon", .double(settings.adamW.epsilon)), ("weight_decay", .double(settings.adamW.weightDecay))])),
             ("max_grad_norm", .double(settings.maxGradNorm)), ("max_length", .int(maxLength)), ("seed", .string(String(settings.seed))),
             ("eval_every", .int(settings.evalEvery)), ("checkpoint_every", .int(settings.checkpointEvery)),
-            ("init", .string("peft: A kaiming-uniform(a=sqrt(5)) from the seed, B zero")),
+            ("init", initialization),
         ])
     }
 
@@ -313,6 +347,9 @@ final class TrainingProgress {
     let start = DispatchTime.now().uptimeNanoseconds
     var tokens = 0
     var drew = false
+    /// When each of this process's steps ended, and its tokens.
+    var ends: [UInt64] = []
+    var stepTokens: [Int] = []
 
     init(total: Int, done: Int, enabled: Bool = isatty(2) != 0) {
         self.total = total
@@ -322,11 +359,19 @@ final class TrainingProgress {
 
     func step(_ state: TrainingState, tokens stepTokens: Int) {
         tokens += stepTokens
+        ends.append(DispatchTime.now().uptimeNanoseconds)
+        self.stepTokens.append(stepTokens)
         guard enabled else { return }
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         // The rate and ETA count this process's steps only (a resumed run starts its clock at the resume).
-        var line = ProgressReporter.render(label: "train", done: state.step - startDone, total: total - startDone, elapsedSeconds: elapsed)
-        line = line.replacingOccurrences(of: "] \(state.step - startDone)/\(total - startDone)", with: "] \(state.step)/\(total)")
+        let done = state.step - startDone
+        var line = ProgressReporter.render(label: "train", done: done, total: total - startDone, elapsedSeconds: elapsed)
+        line = line.replacingOccurrences(of: "] \(done)/\(total - startDone)", with: "] \(state.step)/\(total)")
+        // Steps of real models take seconds: say seconds per step rather than "0.0/s".
+        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        if rate > 0, rate < 1 {
+            line = line.replacingOccurrences(of: "  \(String(format: "%.1f", rate))/s", with: String(format: "  %.1f s/step", 1 / rate))
+        }
         line += String(format: "  loss %.4f  %.0f tok/s", state.losses.last ?? .nan, elapsed > 0 ? Double(tokens) / elapsed : 0)
         FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
         drew = true
@@ -334,5 +379,16 @@ final class TrainingProgress {
 
     func finish() {
         if drew { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+
+    /// Tokens/s and seconds per step over this process's steps after its first (a warm-up: buffers, caches), when
+    /// there are two or more; else over the whole run.
+    func rate(fallbackTokens: Int, fallbackSteps: Int, wall: Double) -> (tokensPerSecond: Double, secondsPerStep: Double) {
+        if ends.count >= 2, let first = ends.first, let last = ends.last, last > first {
+            let seconds = Double(last - first) / 1e9
+            let tokens = stepTokens.dropFirst().reduce(0, +)
+            return (Double(tokens) / seconds, seconds / Double(ends.count - 1))
+        }
+        return (wall > 0 ? Double(fallbackTokens) / wall : 0, fallbackSteps > 0 ? wall / Double(fallbackSteps) : 0)
     }
 }

@@ -156,6 +156,30 @@ import TesseraTestSupport
         #expect(training["adapter_from_step"]?.intValue == best["step"]?.intValue)
     }
 
+    @Test func anInitialAdapterIsTheStartingPoint() throws {
+        let sandbox = try Sandbox()
+        let model = try sandbox.tinyLlamaFolder()
+        let task = try Self.task(sandbox)
+        let initial = PackagePaths.fixtures + "/training/curve/initial_adapter"  // PEFT's: r 4, alpha 8, q/k/v/o
+        let out = sandbox.path("out")
+        // One step at the warm-up's rate 0: the written factors are the initial adapter's, bit for bit.
+        let run = Self.train([model, "--task", task, "--init-adapter", initial, "--rank", "4", "--alpha", "8", "--steps", "1",
+                              "--warmup", "1", "--batch-size", "2", "--threads", "1", "-o", out, "--json"])
+        #expect(run.error == nil, "\(String(describing: run.error))")
+        let given = try SafetensorsTestReader(path: initial + "/adapter_model.safetensors")
+        let written = try SafetensorsTestReader(path: out + "/adapter_model.safetensors")
+        #expect(Set(given.names) == Set(written.names) && given.names.count == 16)
+        for name in given.names { #expect(try given.bytes(name) == (try written.bytes(name)), "\(name)") }
+        let training = try JSONParser.parse(Array(try Data(contentsOf: URL(fileURLWithPath: out + "/training.json"))))
+        #expect(training["hyperparameters"]?["init"]?["sha256"]?.stringValue?.count == 64)
+        // Another rank, or other modules, do not fit.
+        for extra in [["--rank", "8", "--alpha", "16"], ["--rank", "4", "--alpha", "4"], ["--rank", "4", "--alpha", "8", "--targets", "q_proj,v_proj"]] {
+            let refused = Self.train([model, "--task", task, "--init-adapter", initial, "--steps", "1", "-o", sandbox.path("no")] + extra)
+            #expect(refused.tesseraError?.code == .invalidParameter, "\(extra): \(String(describing: refused.error))")
+            #expect(!FileManager.default.fileExists(atPath: sandbox.path("no")))
+        }
+    }
+
     @Test func aBaseAtARevisionRecordsItsCommitAndObjects() throws {
         let sandbox = try Sandbox()
         let repo = try sandbox.makeRepository()
@@ -176,10 +200,18 @@ import TesseraTestSupport
 /// The tensor names and shapes of a safetensors file, read independently of the code under test.
 struct SafetensorsTestReader {
     let header: JSONValue
+    let data: [UInt8]
+    let start: Int
     init(path: String) throws {
-        let data = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        data = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
         let n = data.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
         header = try JSONParser.parse(Array(data[8..<(8 + n)]))
+        start = 8 + n
+    }
+    func bytes(_ name: String) throws -> [UInt8] {
+        guard let offsets = header[name]?["data_offsets"]?.arrayValue?.compactMap(\.intValue), offsets.count == 2,
+              offsets[0] <= offsets[1], start + offsets[1] <= data.count else { throw TesseraError(.notFound, "no tensor \(name)") }
+        return Array(data[(start + offsets[0])..<(start + offsets[1])])
     }
     var names: [String] { (header.objectValue ?? []).map(\.0).filter { $0 != "__metadata__" } }
     func shape(_ name: String) -> [Int]? { header[name]?["shape"]?.arrayValue?.compactMap(\.intValue) }

@@ -63,8 +63,9 @@ public struct EncodingPolicy: Sendable {
     /// of them on a sample: GGUF's Q4 blocks gain about 3%, for which zstd doubled the time of an add and of a checkout
     /// (decoding raw is a copy).
     public var rawUnlessZstdSaves = 0.05
-    /// Values smaller than this are not sampled: zstd is kept (what it costs is noise there).
-    public static let rawCandidateMinimum = 1 << 20
+    /// Values smaller than this are not sampled: zstd is kept (what it costs is noise there). SmolLM2's Q4_1
+    /// matrices are 0.5-1 MB.
+    public static let rawCandidateMinimum = 256 << 10
     static let rawSampleSlices = 4
     static let rawSampleSlice = 64 << 10
 
@@ -74,7 +75,7 @@ public struct EncodingPolicy: Sendable {
         guard width == 1, raw.count >= EncodingPolicy.rawCandidateMinimum, let start = raw.baseAddress else { return plain(width: width) }
         let compressor = ZstdCompressor(level: 1)
         var sampled = 0, compressed = 0
-        let slice = EncodingPolicy.rawSampleSlice, slices = EncodingPolicy.rawSampleSlices
+        let slices = EncodingPolicy.rawSampleSlices, slice = min(EncodingPolicy.rawSampleSlice, raw.count / slices)
         let step = (raw.count - slice) / (slices - 1)
         for k in 0..<slices {
             let piece = UnsafeRawBufferPointer(start: start + k * step, count: slice)

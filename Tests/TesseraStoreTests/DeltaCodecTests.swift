@@ -422,7 +422,7 @@ import TesseraTestSupport
             for _ in 0..<3 { let x = r.next(); for k in 0..<6 { quantised.append(UInt8(truncatingIfNeeded: x >> (8 * UInt64(k)))) } }
         }
         let text = [UInt8](String(repeating: "the same words again and again; ", count: 70_000).utf8)
-        let small = Array(quantised[0..<(512 << 10)])
+        let small = Array(quantised[0..<(200 << 10)])
         for (label, value, expected) in [("quantised", quantised, "raw"), ("text", text, "zstd"), ("small", small, "zstd")] {
             let stored = try value.withUnsafeBytes { try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: ObjectEncoder()) }
             #expect(stored.encoding == expected, "\(label)")

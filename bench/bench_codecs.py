@@ -127,6 +127,11 @@ def main():
             if name == "sparse": extra = f"growth/changed tensors' raw {r['growth'] / sparse_raw:.4f} (target <= 0.03)"
             print(f"{dt} {name:8s} {tool.name:8s} add {r['add_s']:.2f}s (cpu {r['add_cpu_s']:.2f}s) checkout old {r['checkout_old_s']:.2f}s "
                   f"(cpu {r['checkout_old_cpu_s']:.2f}s) new {r['checkout_new_s']:.2f}s (cpu {r['checkout_new_cpu_s']:.2f}s) growth {r['growth']:,} B exact={r['exact']} {extra} {r['encodings'] or ''}", flush=True)
+            # Throughput over the whole file (git and the filter together), by wall time and by CPU time (the CPU
+            # figure is the one that survives a loaded machine).
+            mbs = lambda s: raw / s / 1e6 if s > 0 else float("inf")
+            print(f"{dt} {name:8s} {tool.name:8s} MB/s: add {mbs(r['add_s']):.0f} wall, {mbs(r['add_cpu_s']):.0f} cpu; "
+                  f"checkout new {mbs(r['checkout_new_s']):.0f} wall, {mbs(r['checkout_new_cpu_s']):.0f} cpu", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -59,6 +59,7 @@ for label, oid, enc, path in rows:
     put("object", label.replace(":", "-").replace(".", "-") + "." + enc.replace("+", "-"), data)
 put("object", "empty-raw.raw", raw_object(b""))
 PY
+python3 Fuzz/tools/make_delta_seeds.py $c/object
 python3 Fuzz/tools/make_gguf.py $c/gguf
 cp Tests/TesseraEngineTests/Fixtures/quant_types.gguf $c/gguf/
 ls -la $c/*

@@ -177,7 +177,7 @@ public final class CheckpointCleaner: @unchecked Sendable {
                 switch piece {
                 case .header:
                     let stored = try bytes.withUnsafeBytes {
-                        try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: pipeline.mainEncoder)
+                        try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: pipeline.mainEncoder, batch: pipeline.batch)
                     }
                     segments.append(.header(begin: scanBegin + at, end: scanBegin + at + n, stored))
                 case .gap:
@@ -185,7 +185,7 @@ public final class CheckpointCleaner: @unchecked Sendable {
                         segments.append(.gap(begin: scanBegin + at, end: scanBegin + at + n, .inline(Array(bytes))))
                     } else {
                         let stored = try bytes.withUnsafeBytes {
-                            try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: pipeline.mainEncoder)
+                            try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: pipeline.mainEncoder, batch: pipeline.batch)
                         }
                         segments.append(.gap(begin: scanBegin + at, end: scanBegin + at + n, .object(stored)))
                     }

@@ -105,6 +105,10 @@ public final class PayloadReader {
     /// The current block: the buffer's first `blockLength` bytes. Owned by the decoder and reused across objects.
     let buffer: UnsafeMutableRawBufferPointer
     public private(set) var blockLength = 0
+    /// Where the caller will put the decoded value (exactly the raw length), when it is one buffer: a codec may
+    /// decode straight into it and hand `sink` pieces that point into it, in order. It is the caller's memory until the
+    /// decode returns; nothing may be read back from it (a piece is handed over once).
+    public internal(set) var destination: UnsafeMutableRawBufferPointer?
 
     init(file: FileDescriptor, payloadLength: Int, hasher: SHA256Hasher?, objectID: String, buffer: UnsafeMutableRawBufferPointer) {
         self.file = file

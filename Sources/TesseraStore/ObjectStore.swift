@@ -125,7 +125,7 @@ public final class ObjectStore: @unchecked Sendable {
 
     /// Stores raw bytes with no delta base: byte-grouped for elements of `width` bytes (width 1: plain zstd).
     public func put(raw: UnsafeRawBufferPointer, rawSHA256: String, width: Int, encoder: ObjectEncoder, batch: ObjectBatch? = nil) throws -> Manifest.Stored {
-        try put(raw: raw, rawSHA256: rawSHA256, choice: EncodingPolicy().plain(width: width), encoder: encoder, batch: batch)
+        try put(raw: raw, rawSHA256: rawSHA256, choice: EncodingPolicy().plain(raw: raw, width: width), encoder: encoder, batch: batch)
     }
 
     /// Starts an object whose raw bytes arrive in pieces (opaque files of any size): compressed as they come.
@@ -210,6 +210,14 @@ public final class ObjectStore: @unchecked Sendable {
     /// `checksObjectID`: hash the object file against its id even when the raw value is named (fsck does).
     public func read(_ id: String, expectedLength: Int? = nil, expectedRawSHA256: String? = nil, checksObjectID: Bool = false,
                      decoder: ObjectDecoder, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try read(id, expectedLength: expectedLength, expectedRawSHA256: expectedRawSHA256, checksObjectID: checksObjectID, decoder: decoder,
+                 destination: nil, sink: sink)
+    }
+
+    /// `read`, offering `destination` (exactly the raw length) to codecs that can decode in place: their pieces then
+    /// point into it, where the sink finds them already in place (no copy).
+    func read(_ id: String, expectedLength: Int? = nil, expectedRawSHA256: String? = nil, checksObjectID: Bool = false,
+              decoder: ObjectDecoder, destination: UnsafeMutableRawBufferPointer?, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let object = try open(id)
         let trailer = object.trailer
         if let expectedLength, expectedLength != trailer.rawCount {
@@ -233,7 +241,7 @@ public final class ObjectStore: @unchecked Sendable {
         let raw = SHA256Hasher()
         var produced = 0
         try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: trailer, dependencies: dependencies,
-                           storedHasher: stored, objectID: id) { piece in
+                           storedHasher: stored, objectID: id, destination: destination) { piece in
             raw.update(piece)
             produced += piece.count
             try sink(piece)
@@ -347,11 +355,14 @@ public final class ObjectStore: @unchecked Sendable {
         let raw: SHA256Hasher? = verified ? SHA256Hasher() : nil
         var at = 0
         try decoder.decode(file: object.file, payloadLength: object.payloadLength, trailer: object.trailer, dependencies: dependencies,
-                           storedHasher: stored, objectID: id) { piece in
+                           storedHasher: stored, objectID: id, destination: destination) { piece in
             guard at + piece.count <= destination.count else { throw corrupt(id, "it is longer than expected") }
             if piece.count == 0 { return }
             raw?.update(piece)
-            (destination.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            // A codec that decoded in place hands over the bytes where they already are.
+            if piece.baseAddress! != UnsafeRawPointer(destination.baseAddress! + at) {
+                (destination.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            }
             at += piece.count
         }
         guard at == destination.count else { throw corrupt(id, "it is shorter than expected") }
@@ -386,10 +397,12 @@ public final class ObjectStore: @unchecked Sendable {
                         decoder: ObjectDecoder = ObjectDecoder()) throws {
         var at = 0
         let capacity = destination.count
-        try read(id, expectedLength: capacity, expectedRawSHA256: expectedRawSHA256, decoder: decoder) { piece in
+        try read(id, expectedLength: capacity, expectedRawSHA256: expectedRawSHA256, decoder: decoder, destination: destination) { piece in
             guard at + piece.count <= capacity else { throw corrupt(id, "it is longer than expected") }
             if piece.count == 0 { return }
-            (destination.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            if piece.baseAddress! != UnsafeRawPointer(destination.baseAddress! + at) {
+                (destination.baseAddress! + at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            }
             at += piece.count
         }
         guard at == capacity else { throw corrupt(id, "it is shorter than expected") }
@@ -447,13 +460,15 @@ public final class ObjectDecoder {
     /// Decodes a payload whose trailer has been validated (`ObjectTrailer.decode`): every length below derives from
     /// the trailer's bounded raw length and the file's real size.
     func decode(file: FileDescriptor, payloadLength: Int, trailer: ObjectTrailer, dependencies: [LargeBuffer],
-                storedHasher: SHA256Hasher?, objectID: String, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+                storedHasher: SHA256Hasher?, objectID: String, destination: UnsafeMutableRawBufferPointer? = nil,
+                sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         guard let type = ObjectCodecs.codec(code: trailer.codec) else {
             throw TesseraError(.objectCorrupt, "object \(objectID.prefix(12)) has an unknown encoding \(trailer.codec)", hint: "upgrade tessera")
         }
         let codec: any ObjectCodec
         if let c = codecs[type.code] { codec = c } else { codec = type.init(); codecs[type.code] = codec }
         let payload = PayloadReader(file: file, payloadLength: payloadLength, hasher: storedHasher, objectID: objectID, buffer: input)
+        if let destination, destination.count == trailer.rawCount { payload.destination = destination }
         try codec.decode(payload, trailer: trailer, dependencies: dependencies, sink: sink)
     }
 }

@@ -122,4 +122,38 @@ import TesseraTestSupport
             #expect(text == manifest)
         }
     }
+
+    /// Objects written in a batch are flushed together at commit (one file-system flush, not one per object): until
+    /// then none is visible in objects/, only temporary files; after it every one reads back; an abandoned batch
+    /// leaves nothing, not even its temporary files.
+    @Test func aBatchMakesItsObjectsVisibleOnlyWhenCommitted() throws {
+        let (store, dir) = try temporaryStore()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func values(_ seed: UInt8) -> [[UInt8]] {
+            // One over the write-behind threshold, two under it.
+            [(0..<(300 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) }, [seed, 1, 2, 3], Array(repeating: seed, count: 5000)]
+        }
+        let temporaries = { (try? FileManager.default.contentsOfDirectory(atPath: store.tmpDirectory).count) ?? -1 }
+        for commits in [true, false] {
+            let batch = ObjectBatch(store: store)
+            let encoder = ObjectEncoder()
+            let input = values(commits ? 7 : 9)
+            let stored = try input.map { v in
+                try v.withUnsafeBytes { try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 1, encoder: encoder, batch: batch) }
+            }
+            for s in stored { #expect(!store.contains(s.objectID), "visible before the batch is committed") }
+            #expect(temporaries() == stored.count)
+            if commits {
+                try batch.commit()
+                for (s, v) in zip(stored, input) {
+                    #expect(try store.readAll(s.objectID, expectedLength: v.count, expectedRawSHA256: s.rawSHA256) == v)
+                    #expect(store.lookup(rawSHA256: s.rawSHA256)?.objectID == s.objectID)
+                }
+            } else {
+                batch.abandon()
+                for s in stored { #expect(!store.contains(s.objectID)) }
+            }
+            #expect(temporaries() == 0)
+        }
+    }
 }

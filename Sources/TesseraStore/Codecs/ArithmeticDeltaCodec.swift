@@ -7,8 +7,9 @@ import TesseraIO
 /// fine-tune's noise is a few ulps of each weight's own magnitude, so its bit length is predictable from the base's
 /// exponent; the XOR delta's byte planes cannot see that.
 ///
-/// Payload: `u8 version (1) | u8 log2(chunk elements) | chunks` (see `OrderedDeltaChunks`). Exact for any bit
-/// patterns (NaN payloads, infinities, ±0, subnormals).
+/// Payload: `u8 version | u8 log2(chunk elements) | chunks`: version 2 (written) is static tables then rANS chunks
+/// (`StaticDeltaChunks`), version 1 adaptive binary range-coded chunks (`OrderedDeltaChunks`), still read. Exact for
+/// any bit patterns (NaN payloads, infinities, ±0, subnormals).
 public final class ArithmeticDeltaCodec: ObjectCodec {
     public static let code: UInt8 = 4
     public static let dependencies: ClosedRange<Int> = 1...1
@@ -31,6 +32,11 @@ public final class ArithmeticDeltaCodec: ObjectCodec {
     }
 
     private let chunks = OrderedDeltaChunks()
+    private let staticChunks = StaticDeltaChunks()
+    /// The payload version written.
+    static let writtenVersion: UInt8 = 2
+    /// What this instance writes: version 1 only for tests that check old objects stay readable.
+    package var payloadVersion = ArithmeticDeltaCodec.writtenVersion
 
     public init() {}
 
@@ -39,11 +45,16 @@ public final class ArithmeticDeltaCodec: ObjectCodec {
         precondition(dependencies.count == 1 && dependencies[0].count == raw.count, "a delta has one base of the same length")
         precondition(ArithmeticDeltaCodec.widths.contains(width) && raw.count % width == 0, "adelta codes whole 2- or 4-byte elements")
         let log2 = ArithmeticDeltaCodec.chunkElementsLog2
-        try [1, log2].withUnsafeBytes { try sink($0) }
+        try [payloadVersion, log2].withUnsafeBytes { try sink($0) }
         guard raw.count > 0 else { return }
         let base = UnsafeRawPointer(dependencies[0].baseAddress!)
-        try chunks.encode(new: raw.baseAddress!, total: raw.count / width, chunkElements: 1 << Int(log2), width: width,
-                          base: { start, _, _ in base + start * width }, sink: sink)
+        if payloadVersion == 1 {
+            try chunks.encode(new: raw.baseAddress!, total: raw.count / width, chunkElements: 1 << Int(log2), width: width,
+                              base: { start, _, _ in base + start * width }, sink: sink)
+        } else {
+            try staticChunks.encode(new: raw.baseAddress!, total: raw.count / width, chunkElements: 1 << Int(log2), width: width,
+                                    base: { start, _, _ in base + start * width }, sink: sink)
+        }
     }
 
     public func decode(_ payload: PayloadReader, trailer: ObjectTrailer, dependencies: [LargeBuffer],
@@ -54,15 +65,20 @@ public final class ArithmeticDeltaCodec: ObjectCodec {
         let width = Int(trailer.width)
         let cursor = PayloadCursor(payload)
         let header = try cursor.readBytes(2)
-        guard header[0] == 1 else { throw payload.corrupt("its delta format version \(header[0]) is unknown") }
+        guard header[0] == 1 || header[0] == 2 else { throw payload.corrupt("its delta format version \(header[0]) is unknown") }
         guard ArithmeticDeltaCodec.chunkLog2Range.contains(header[1]) else {
             throw payload.corrupt("its chunk size 2^\(header[1]) is out of range")
         }
         let total = trailer.rawCount / width
         if total > 0 {
             let base = UnsafeRawPointer(dependencies[0].bytes.baseAddress!)
-            try chunks.decode(cursor, total: total, chunkElements: 1 << Int(header[1]), width: width,
-                              base: { start, _, _ in base + start * width }, sink: sink)
+            if header[0] == 2 {
+                try staticChunks.decode(cursor, total: total, chunkElements: 1 << Int(header[1]), width: width,
+                                        base: { start, _, _ in base + start * width }, into: payload.destination?.baseAddress, sink: sink)
+            } else {
+                try chunks.decode(cursor, total: total, chunkElements: 1 << Int(header[1]), width: width,
+                                  base: { start, _, _ in base + start * width }, sink: sink)
+            }
         }
         try cursor.expectEnd()
     }

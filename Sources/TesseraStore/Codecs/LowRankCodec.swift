@@ -13,8 +13,9 @@ import TesseraIO
 /// multiply-add), then base + acc. It depends on no library and no machine feature, so every machine decodes the
 /// same bits.
 ///
-/// Payload: `u8 version (1) | u32 rows | u32 columns | u8 rank | u32 rows per chunk | U (rows×rank f32 LE, row-major)
-/// | V (rank×columns f32 LE) | residual chunks` (see `OrderedDeltaChunks`, each chunk being whole rows).
+/// Payload: `u8 version (2; 1 still read) | u32 rows | u32 columns | u8 rank | u32 rows per chunk | U (rows×rank f32 LE, row-major)
+/// | V (rank×columns f32 LE) | residual chunks` (version 2: `StaticDeltaChunks`, version 1: `OrderedDeltaChunks`; each
+/// chunk being whole rows).
 public final class LowRankCodec: ObjectCodec {
     public static let code: UInt8 = 5
     public static let dependencies: ClosedRange<Int> = 1...1
@@ -36,6 +37,9 @@ public final class LowRankCodec: ObjectCodec {
     }
 
     private let chunks = OrderedDeltaChunks()
+    private let staticChunks = StaticDeltaChunks()
+    /// What this instance writes: version 1 only for tests that check old objects stay readable.
+    package var payloadVersion = ArithmeticDeltaCodec.writtenVersion
 
     public init() {}
 
@@ -60,7 +64,7 @@ public final class LowRankCodec: ObjectCodec {
         }
         let rowsPerChunk = max(1, min(rows, LowRankCodec.chunkElementTarget / max(columns, 1)))
         var header = [UInt8](repeating: 0, count: 14)
-        header[0] = 1
+        header[0] = payloadVersion
         storeU32(UInt32(rows), into: &header, at: 1)
         storeU32(UInt32(columns), into: &header, at: 5)
         header[9] = UInt8(factors.rank)
@@ -73,13 +77,17 @@ public final class LowRankCodec: ObjectCodec {
             try factors.v.withUnsafeBufferPointer { v in
                 let uBase = u.baseAddress, vBase = v.baseAddress
                 let rank = factors.rank
-                try chunks.encode(new: raw.baseAddress!, total: rows * columns, chunkElements: rowsPerChunk * columns, width: 4,
-                                  base: { start, count, scratch in
-                                      LowRankCodec.predictRows(base: base.assumingMemoryBound(to: Float.self), u: uBase, v: vBase, rank: rank,
-                                                               columns: columns, firstRow: start / columns, rowCount: count / columns,
-                                                               into: scratch.assumingMemoryBound(to: Float.self))
-                                      return UnsafeRawPointer(scratch)
-                                  }, sink: sink)
+                let predict: (Int, Int, UnsafeMutableRawPointer) -> UnsafeRawPointer = { start, count, scratch in
+                    LowRankCodec.predictRows(base: base.assumingMemoryBound(to: Float.self), u: uBase, v: vBase, rank: rank,
+                                             columns: columns, firstRow: start / columns, rowCount: count / columns,
+                                             into: scratch.assumingMemoryBound(to: Float.self))
+                    return UnsafeRawPointer(scratch)
+                }
+                if payloadVersion == 1 {
+                    try chunks.encode(new: raw.baseAddress!, total: rows * columns, chunkElements: rowsPerChunk * columns, width: 4, base: predict, sink: sink)
+                } else {
+                    try staticChunks.encode(new: raw.baseAddress!, total: rows * columns, chunkElements: rowsPerChunk * columns, width: 4, base: predict, sink: sink)
+                }
             }
         }
     }
@@ -119,7 +127,8 @@ public final class LowRankCodec: ObjectCodec {
         let cursor = PayloadCursor(payload)
         let header = try cursor.readBytes(14)
         func u32(_ i: Int) -> Int { Int(UInt32(header[i]) | UInt32(header[i + 1]) << 8 | UInt32(header[i + 2]) << 16 | UInt32(header[i + 3]) << 24) }
-        guard header[0] == 1 else { throw payload.corrupt("its low-rank format version \(header[0]) is unknown") }
+        let version = header[0]
+        guard version == 1 || version == 2 else { throw payload.corrupt("its low-rank format version \(header[0]) is unknown") }
         let rows = u32(1), columns = u32(5), rank = Int(header[9]), rowsPerChunk = u32(10)
         let (elements, overflow) = rows.multipliedReportingOverflow(by: columns)
         guard !overflow, elements == trailer.rawCount / 4 else {
@@ -144,13 +153,18 @@ public final class LowRankCodec: ObjectCodec {
             try u.withUnsafeBufferPointer { ub in
                 try v.withUnsafeBufferPointer { vb in
                     let uBase = ub.baseAddress, vBase = vb.baseAddress
-                    try chunks.decode(cursor, total: elements, chunkElements: rowsPerChunk * columns, width: 4,
-                                      base: { start, count, scratch in
-                                          LowRankCodec.predictRows(base: base.assumingMemoryBound(to: Float.self), u: uBase, v: vBase, rank: rank,
-                                                                   columns: columns, firstRow: start / columns, rowCount: count / columns,
-                                                                   into: scratch.assumingMemoryBound(to: Float.self))
-                                          return UnsafeRawPointer(scratch)
-                                      }, sink: sink)
+                    let predict: (Int, Int, UnsafeMutableRawPointer) -> UnsafeRawPointer = { start, count, scratch in
+                        LowRankCodec.predictRows(base: base.assumingMemoryBound(to: Float.self), u: uBase, v: vBase, rank: rank,
+                                                 columns: columns, firstRow: start / columns, rowCount: count / columns,
+                                                 into: scratch.assumingMemoryBound(to: Float.self))
+                        return UnsafeRawPointer(scratch)
+                    }
+                    if version == 2 {
+                        try staticChunks.decode(cursor, total: elements, chunkElements: rowsPerChunk * columns, width: 4, base: predict,
+                                                into: payload.destination?.baseAddress, sink: sink)
+                    } else {
+                        try chunks.decode(cursor, total: elements, chunkElements: rowsPerChunk * columns, width: 4, base: predict, sink: sink)
+                    }
                 }
             }
         }

@@ -554,6 +554,16 @@ final class PayloadCursor {
         return out
     }
 
+    func readU8() throws -> UInt8 {
+        if position == payload.blockLength {
+            position = 0
+            if try payload.nextBlock() == 0 { throw payload.corrupt("its data ends early") }
+        }
+        let byte = payload.withBlock { $0[position] }
+        position += 1
+        return byte
+    }
+
     func readU32() throws -> UInt32 {
         let b = try readBytes(4)
         return UInt32(b[0]) | UInt32(b[1]) << 8 | UInt32(b[2]) << 16 | UInt32(b[3]) << 24

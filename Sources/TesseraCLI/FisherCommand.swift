@@ -15,14 +15,16 @@ struct FisherCommand: ParsableCommand {
         commandName: "fisher",
         abstract: "Compute the diagonal Fisher information of a classification head on a task, for Fisher merging.",
         discussion: """
-        A classification task (docs/task-format.md) on a sentence encoder (BERT, e.g. all-MiniLM-L6-v2): the Fisher of
-        its head's `weight` and `bias` (the task's "head", or --head), F = mean over the task's texts of
-        Σ_y p(y|x) · (∂ log p(y|x)/∂θ)² — the exact expectation over the model's own predictive distribution, not the
-        "empirical" Fisher at the labels (the labels are not used). The output names its tensors as the head does, so
-        heads trained on different data merge with `tessera merge --method fisher` (a config's
+        A classification task (docs/task-format.md) on a sentence encoder (BERT,
+        e.g. all-MiniLM-L6-v2): the Fisher of its head's `weight` and `bias` (the
+        task's "head", or --head), F = mean over the task's texts of Σ_y p(y|x) · (∂
+        log p(y|x)/∂θ)² — the exact expectation over the model's own predictive
+        distribution, not the "empirical" Fisher at the labels (the labels are not
+        used). The output names its tensors as the head does, so heads trained on
+        different data merge with `tessera merge --method fisher` (a config's
         `parameters: {fisher: FILE}` per model).
         Example:
-          tessera fisher minilm --task sst2-train.jsonl --head head_a.safetensors -o fisher_a.safetensors
+          tessera fisher minilm --task train.jsonl -o fisher.safetensors
         """
     )
 

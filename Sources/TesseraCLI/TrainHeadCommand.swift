@@ -15,11 +15,13 @@ struct TrainHeadCommand: ParsableCommand {
         commandName: "head",
         abstract: "Train a classification head (weight [C, D], bias [C]) over a sentence encoder's embeddings.",
         discussion: """
-        The task file is a classification task (docs/task-format.md): its labels name the classes, in order. Each text
-        is embedded as `tessera eval` embeds it (mean pooling, L2 normalisation); the head is trained by full-batch
-        AdamW on the mean cross-entropy from zero weights, so a run is the same to the bit every time. The output is the
-        safetensors file a classification task's "head" names; its metadata records the encoder, the data file's
-        SHA-256, every setting, the final loss and the training accuracy.
+        The task file is a classification task (docs/task-format.md): its labels
+        name the classes, in order. Each text is embedded as `tessera eval` embeds
+        it (mean pooling, L2 normalisation); the head is trained by full-batch AdamW
+        on the mean cross-entropy from zero weights, so a run is the same to the bit
+        every time. The output is the safetensors file a classification task's
+        "head" names; its metadata records the encoder, the data file's SHA-256,
+        every setting, the final loss and the training accuracy.
         Example:
           tessera train head minilm --task sst2-train.jsonl -o sst2_head.safetensors
           tessera eval minilm --task sst2 --head sst2_head.safetensors

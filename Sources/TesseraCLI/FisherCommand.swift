@@ -38,28 +38,16 @@ struct FisherCommand: ParsableCommand {
 
     func run() throws {
         Linalg.setThreads(threads)
-        if FileManager.default.fileExists(atPath: output) && !force {
-            throw TesseraError(.conflict, "\(output) exists; nothing was written", hint: "choose another output (-o), or add --force to replace it")
-        }
-        let taskFile = try UserTask(path: task)
-        guard case let .classification(texts, _) = taskFile.examples else {
-            throw TesseraError(.unsupported, "\(task) is a \(taskFile.kind.rawValue) task; `tessera fisher` computes a classification head's Fisher",
-                               hint: "give a classification task (docs/task-format.md)")
-        }
-        guard let headPath = head ?? taskFile.headPath else {
+        try ClassificationHeadFiles.checkOutput(output, force: force)
+        let input = try ClassificationHeadFiles.embed(task: task, model: model, directory: directory, command: "fisher")
+        let resolver = input.resolver
+        defer { resolver.finish() }
+        guard let headPath = head ?? input.task.headPath else {
             throw TesseraError(.usage, "no head: the task file names none", hint: "give --head FILE")
         }
-        let resolver = CheckpointResolver(directory: directory, hashesFileInputs: false)
-        defer { resolver.finish() }
-        guard case let .embedder(embedder) = try ResolvedModel.resolve(model, resolver: resolver).kind else {
-            throw TesseraError(.unsupported, "\(model) is a causal language model; `tessera fisher` computes a sentence encoder's head's Fisher",
-                               hint: "name a BERT model (e.g. all-MiniLM-L6-v2)")
-        }
+        let embeddings = input.embeddings
         let headSource = try resolver.source(headPath)
         let classifier = try LinearClassificationHead(source: headSource)
-        let bar = ProgressReporter(label: "tessera: embedding \(texts.count) examples", total: texts.count)
-        let embeddings = try embedder.embed(texts, progress: { bar.update(completed: $0) })
-        bar.finish()
         guard embeddings.first?.count == classifier.inputSize else {
             throw TesseraError(.shapeMismatch, "\(headPath) classifies \(classifier.inputSize)-value embeddings, \(model) makes \(embeddings.first?.count ?? 0)",
                                hint: "the head was trained for another encoder")
@@ -70,15 +58,10 @@ struct FisherCommand: ParsableCommand {
             ("estimate", .string("exact expectation over the model's predictive distribution, mean over examples")),
             ("model", .string(model)), ("head", .string(headPath)),
             ("task", .object([("path", .string(task)), ("sha256", .string(try TrainLoraCommand.sha256(file: task)))])),
-            ("examples", .int(texts.count)),
+            ("examples", .int(embeddings.count)),
         ])
-        let entries = SafetensorsHeader.contiguous([("weight", DType.f32, [classifier.outputCount, classifier.inputSize]), ("bias", DType.f32, [classifier.outputCount])])
-        guard var bytes = SafetensorsHeader.encode(entries, metadata: [("tessera_fisher", provenance.serialized())]) else {
-            throw TesseraError(.io, "internal error: the Fisher's header could not be encoded")
-        }
-        for values in [fisher.weight, fisher.bias] { values.withUnsafeBytes { bytes += Array($0) } }
-        let parent = (output as NSString).deletingLastPathComponent
-        try FileSystem.writeAtomically(bytes, to: output, tmpDir: parent.isEmpty ? "." : parent)
-        print("Fisher of \(headPath) over \(texts.count) examples -> \(output)")
+        try ClassificationHeadFiles.write(output, weight: fisher.weight, bias: fisher.bias, classes: classifier.outputCount,
+                                          key: "tessera_fisher", provenance: provenance)
+        print("Fisher of \(headPath) over \(embeddings.count) examples -> \(output)")
     }
 }

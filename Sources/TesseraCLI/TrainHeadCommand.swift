@@ -47,23 +47,10 @@ struct TrainHeadCommand: ParsableCommand {
 
     func run() throws {
         Linalg.setThreads(threads)
-        if FileManager.default.fileExists(atPath: output) && !force {
-            throw TesseraError(.conflict, "\(output) exists; nothing was written", hint: "choose another output (-o), or add --force to replace it")
-        }
-        let taskFile = try UserTask(path: task)
-        guard case let .classification(texts, labels) = taskFile.examples else {
-            throw TesseraError(.usage, "\(task) is a \(taskFile.kind.rawValue) task; a head is trained on a classification task",
-                               hint: "see docs/task-format.md, \"classification\"")
-        }
-        let resolver = CheckpointResolver(directory: directory, hashesFileInputs: false)
-        defer { resolver.finish() }
-        guard case let .embedder(embedder) = try ResolvedModel.resolve(model, resolver: resolver).kind else {
-            throw TesseraError(.unsupported, "\(model) is a causal language model; `train head` trains a head over a sentence encoder (BERT)",
-                               hint: "train a causal model with `tessera train lora`")
-        }
-        let bar = ProgressReporter(label: "tessera: embedding \(texts.count) examples", total: texts.count)
-        let embeddings = try embedder.embed(texts, progress: { bar.update(completed: $0) })
-        bar.finish()
+        try ClassificationHeadFiles.checkOutput(output, force: force)
+        let input = try ClassificationHeadFiles.embed(task: task, model: model, directory: directory, command: "train head")
+        input.resolver.finish()
+        let taskFile = input.task, embeddings = input.embeddings, labels = input.labels
         let settings = LinearHeadTraining.Settings(steps: steps, learningRate: lr, adamW: AdamWSettings(weightDecay: weightDecay))
         let training = ProgressReporter(label: "tessera: training the head", total: steps)
         let result = try LinearHeadTraining.train(embeddings: embeddings, labels: labels, classes: taskFile.labelNames.count,
@@ -73,26 +60,21 @@ struct TrainHeadCommand: ParsableCommand {
         let provenance = JSONValue.object([
             ("format", .string("tessera-train-head-v1")), ("tessera_version", .string(TesseraVersion.string)),
             ("model", .string(model)), ("task", .object([("path", .string(task)), ("sha256", .string(try TrainLoraCommand.sha256(file: task)))])),
-            ("labels", .array(taskFile.labelNames.map { .string($0) })), ("examples", .int(texts.count)),
+            ("labels", .array(taskFile.labelNames.map { .string($0) })), ("examples", .int(labels.count)),
             ("steps", .int(steps)), ("lr", .double(lr)), ("weight_decay", .double(weightDecay)),
             ("final_loss", .double(result.losses.last ?? .nan)), ("training_accuracy", .double(result.trainingAccuracy)),
         ])
         let classes = taskFile.labelNames.count, dim = result.weight.count / classes
-        let entries = SafetensorsHeader.contiguous([("weight", DType.f32, [classes, dim]), ("bias", DType.f32, [classes])])
-        guard var bytes = SafetensorsHeader.encode(entries, metadata: [("tessera_training", provenance.serialized())]) else {
-            throw TesseraError(.io, "internal error: the head's header could not be encoded")
-        }
-        for values in [result.weight, result.bias] { values.withUnsafeBytes { bytes += Array($0) } }
-        let parent = (output as NSString).deletingLastPathComponent
-        try FileSystem.writeAtomically(bytes, to: output, tmpDir: parent.isEmpty ? "." : parent)
+        try ClassificationHeadFiles.write(output, weight: result.weight, bias: result.bias, classes: classes, key: "tessera_training",
+                                          provenance: provenance)
         if json {
             print(JSONValue.object([
-                ("output", .string(output)), ("examples", .int(texts.count)), ("classes", .int(classes)),
+                ("output", .string(output)), ("examples", .int(labels.count)), ("classes", .int(classes)),
                 ("final_loss", .double(result.losses.last ?? .nan)), ("training_accuracy", .double(result.trainingAccuracy)),
             ]).serialized())
         } else {
             print(String(format: "trained a head [%d, %d] on %d examples: loss %.4f, training accuracy %.4f -> ",
-                         classes, dim, texts.count, result.losses.last ?? .nan, result.trainingAccuracy) + output)
+                         classes, dim, labels.count, result.losses.last ?? .nan, result.trainingAccuracy) + output)
         }
     }
 }

@@ -77,6 +77,7 @@ public enum Linalg {
     /// Sets the number of OpenBLAS threads (benchmarks pin this to compare with other programs at equal threads).
     public static func setThreads(_ n: Int) {
         _ = configured
+        _ = quietIdleWorkers
         openblas_set_num_threads(Int32(n))
     }
 
@@ -96,14 +97,6 @@ public enum Linalg {
     /// the first product: the library's own re-initialisation (`gotoblas_dynamic_quit` then `gotoblas_dynamic_init`,
     /// looked up with dlsym, so another BLAS build is left alone) with OPENBLAS_CORETYPE set for that call only.
     static let configured: Void = {
-        chooseKernels()
-        // Restarting the worker pool is safe only before any product: a pool restarted while another thread's product
-        // runs on it can deadlock in blas_thread_shutdown_ (seen when a test process ran an in-process command beside
-        // a training test). Every product first waits for `configured`, so here no product has started yet.
-        _ = quietIdleWorkers
-    }()
-
-    private static func chooseKernels() {
         let environment = ProcessInfo.processInfo.environment
         guard environment["OPENBLAS_CORETYPE"] == nil else { return }
         let current = String(cString: openblas_get_corename()).lowercased()
@@ -124,7 +117,7 @@ public enum Linalg {
         unsafeBitCast(quit, to: (@convention(c) () -> Void).self)()
         unsafeBitCast(initialise, to: (@convention(c) () -> Void).self)()
         unsetenv("OPENBLAS_CORETYPE")
-    }
+    }()
 
     /// OpenBLAS's idle workers spin, calling sched_yield, for about 2^28 cycles after each product before they sleep.
     /// The engine's own parallel loops (attention, activations) run between products, and when there are as many

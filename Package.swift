@@ -11,6 +11,7 @@
 //   TesseraEngine                 CPU inference engine (OpenBLAS)
 //   TesseraEval                   evaluation tasks and metrics
 //   TesseraTraining               backward passes through the engine's models, LoRA training, Fisher information
+//   TesseraRouting                expert libraries and routers (Arrow, PhatGOOSE, Glider, uniform, oracle) in the forward pass
 //   TesseraRepository             the repository layer: addresses (REV:path) and checkpoint names, reachability and
 //                                 gc, push and fetch plans, history, the merge driver's and the hooks' work
 //   TesseraCLI                    every command (parse, call, print), as a library so tests can drive it
@@ -66,12 +67,13 @@ let package = Package(
         .target(name: "TesseraEngine", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "CKernels"], swiftSettings: swiftSettings),
         .target(name: "TesseraEval", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine"], swiftSettings: swiftSettings),
         .target(name: "TesseraTraining", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "TesseraEngine", "TesseraEval"], swiftSettings: swiftSettings),
+        .target(name: "TesseraRouting", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "TesseraEngine"], swiftSettings: swiftSettings),
         .target(name: "TesseraRepository", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge"], swiftSettings: swiftSettings),
         .target(
             name: "TesseraCLI",
             dependencies: [
                 "TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMath", "TesseraMerge", "TesseraEngine", "TesseraEval",
-                "TesseraTraining", "TesseraRepository", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "TesseraTraining", "TesseraRouting", "TesseraRepository", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -94,6 +96,7 @@ let package = Package(
         .testTarget(name: "TesseraEndToEndTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraEngineTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath", "TesseraTestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraTrainingTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath", "TesseraEval", "TesseraTraining", "TesseraTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraRoutingTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraMath", "TesseraRouting", "TesseraTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraEvalTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraEngine", "TesseraEval", "TesseraTestSupport"], exclude: ["Fixtures"], swiftSettings: swiftSettings),
     ]
 )

@@ -20,6 +20,13 @@ Tasks (the prompt formats are the ones the built-in evaluation tasks use, where 
 - cnn-dailymail: generation, TL;DR summaries (P3 template), Rouge-L. Train: the first 160 of 200. Held-out: the last 40.
 - shakespeare: perplexity, Tiny Shakespeare split at 90% of its lines into documents of about 1,500 characters
   (train: the first 90%, held-out: the rest).
+- arc-challenge: multiple choice, the arc-easy prompt. Only ARC-Challenge's test split is published here: its 1,172
+  questions shuffled (seeded), 900 train / the rest held-out. (A different task from ARC-Easy, whose held-out split
+  stays unseen by every expert: the routing comparison's held-out task.)
+- wikitext: perplexity, WikiText-2 (raw test file) articles cut into documents of about 1,500 characters at line
+  ends (train: the first 90% of the articles, held-out: the rest).
+- selfinstruct: generation, the 252 user-oriented instructions of Self-Instruct with their human-written outputs,
+  "{instruction}\n\n{input}" answered in the chat template, Rouge-L. Shuffled (seeded): 200 train / 52 held-out.
 """
 import argparse
 import hashlib
@@ -37,6 +44,9 @@ SOURCES = {
     "clinc150_data_full.json": "36923c3705a59e08fe9c3883d8bc2dd966ef93e22cb78ac41171782a698d56e0",
     "p3_cnn_dailymail_tldr_summary.jsonl": "56c029dbc69206ac005818d1c2f229b653406d35f0e3cf0647cba4693b26040d",
     "tinyshakespeare.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    "ARC-Challenge-test.jsonl": "c0e7635ee91b9ca47bf388f1f6cd5140fda083a71dccda44de72c364645df3f3",
+    "wikitext2_raw_test.txt": "4f3e427e4aff23acff917a8a51aeae21bf12832256e26914c8fc250dcef4103c",
+    "selfinstruct_user_oriented_instructions.jsonl": "81d60a117db495cecedecd9193504fd07c5b5a42f6699ef6b0f9da10fc22f42e",
 }
 
 
@@ -153,13 +163,78 @@ def shakespeare(source, out):
     write_task(os.path.join(out, "shakespeare-heldout.jsonl"), header, documents(lines[cut:]))
 
 
+def arc_challenge(source, out):
+    questions = []
+    for line in read_checked(source, "ARC-Challenge-test.jsonl").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        labels = row["choices"]["label"]
+        if row["answerKey"] not in labels:
+            continue
+        questions.append({"id": row["id"], "context": f"Question: {row['question']}\nAnswer:",
+                          "choices": row["choices"]["text"], "answer": labels.index(row["answerKey"])})
+    random.Random(0).shuffle(questions)
+    header = {"tessera_task": 1, "type": "multiple_choice", "name": "arc-challenge",
+              "description": "ARC-Challenge (AI2, CC BY-SA 4.0), lm-eval-harness prompt"}
+    write_task(os.path.join(out, "arc-challenge-train.jsonl"), header, questions[:900])
+    write_task(os.path.join(out, "arc-challenge-heldout.jsonl"), header, questions[900:])
+
+
+def wikitext(source, out):
+    articles, current = [], []
+    for line in read_checked(source, "wikitext2_raw_test.txt").replace("\r\n", "\n").split("\n"):
+        # An article starts at a top-level heading " = Title = " (not " = = Section = = ").
+        if line.startswith(" = ") and not line.startswith(" = = ") and current:
+            articles.append(current)
+            current = []
+        current.append(line)
+    if current:
+        articles.append(current)
+
+    def documents(part):
+        docs = []
+        for article in part:
+            chunk = []
+            for line in article:
+                chunk.append(line)
+                if sum(len(l) + 1 for l in chunk) >= 1500:
+                    docs.append("\n".join(chunk).strip())
+                    chunk = []
+            if "\n".join(chunk).strip():
+                docs.append("\n".join(chunk).strip())
+        return [{"text": d} for d in docs if d]
+
+    cut = int(len(articles) * 0.9)
+    header = {"tessera_task": 1, "type": "perplexity", "name": "wikitext",
+              "description": "WikiText-2 raw (CC BY-SA 3.0), articles in documents of ~1,500 characters"}
+    write_task(os.path.join(out, "wikitext-train.jsonl"), header, documents(articles[:cut]))
+    write_task(os.path.join(out, "wikitext-heldout.jsonl"), header, documents(articles[cut:]))
+
+
+def selfinstruct(source, out):
+    rows = [json.loads(l) for l in read_checked(source, "selfinstruct_user_oriented_instructions.jsonl").splitlines() if l.strip()]
+    examples = []
+    for r in rows:
+        instance = r["instances"][0]
+        prompt = r["instruction"].strip()
+        if instance["input"].strip():
+            prompt += "\n\n" + instance["input"].strip()
+        examples.append({"prompt": prompt, "reference": instance["output"].strip()})
+    random.Random(0).shuffle(examples)
+    header = {"tessera_task": 1, "type": "generation", "name": "selfinstruct", "max_new_tokens": 64,
+              "description": "Self-Instruct user-oriented instructions with human outputs (Apache-2.0)"}
+    write_task(os.path.join(out, "selfinstruct-train.jsonl"), header, examples[:200])
+    write_task(os.path.join(out, "selfinstruct-heldout.jsonl"), header, examples[200:])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="folder with the published data files")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "data", "experts"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    for make in (arc, sst2, clinc, cnn, shakespeare):
+    for make in (arc, sst2, clinc, cnn, shakespeare, arc_challenge, wikitext, selfinstruct):
         make(args.source, args.out)
 
 

@@ -110,15 +110,24 @@ public enum LoRAAdapterAttachment {
         return table
     }
 
-    /// Attaches `inputs` to `model` (replacing any adapters it had). Throws, changing nothing, if any module does not
-    /// fit.
-    @discardableResult
-    public static func attach(_ inputs: [LoRAAdapterInput], to model: AnyObject) throws -> Summary {
+    /// One adapter module resolved onto a projection of the model: which input it came from, its PEFT module name,
+    /// and its factors as the projection runs them (B's rows in the projection's order).
+    public struct ResolvedPart {
+        /// Index into the `inputs` given to `resolve`.
+        public var input: Int
+        /// The PEFT module name (`model.layers.0.self_attn.q_proj`).
+        public var module: String
+        public var part: LoRAProjectionAdapter.Part
+    }
+
+    /// Every adapter module of `inputs` matched to its projection of `model`, read and checked (shapes, finite
+    /// values), grouped by projection in the model's order of first use. Throws on the first module that does not fit;
+    /// changes nothing.
+    public static func resolve(_ inputs: [LoRAAdapterInput], on model: AnyObject) throws -> [(projection: Projection, parts: [ResolvedPart])] {
         let table = try targets(of: model)
-        var parts: [ObjectIdentifier: (projection: Projection, parts: [LoRAProjectionAdapter.Part])] = [:]
+        var parts: [ObjectIdentifier: (projection: Projection, parts: [ResolvedPart])] = [:]
         var order: [ObjectIdentifier] = []
-        var modules = 0
-        for input in inputs {
+        for (index, input) in inputs.enumerated() {
             let name = input.name, adapter = input.adapter
             if let r = adapter.replacements.first {
                 throw TesseraError(.unsupported, "\(name): the adapter saves '\(r.tensor)' whole (modules_to_save), which the engine does not run unmerged",
@@ -162,19 +171,24 @@ public enum LoRAAdapterAttachment {
                                                       scaling: Float(m.scaling))
                 let key = ObjectIdentifier(projection)
                 if parts[key] == nil { order.append(key); parts[key] = (projection, []) }
-                parts[key]?.parts.append(part)
-                modules += 1
+                parts[key]?.parts.append(ResolvedPart(input: index, module: m.name, part: part))
             }
         }
-        var adapters: [(Projection, LoRAProjectionAdapter)] = []
-        for key in order {
-            guard let entry = parts[key] else { continue }
-            let p = entry.projection
-            adapters.append((p, try LoRAProjectionAdapter(inputs: p.inputs, outputs: p.outputs, parts: entry.parts, name: p.name)))
+        return order.compactMap { parts[$0] }
+    }
+
+    /// Attaches `inputs` to `model` (replacing any adapters it had). Throws, changing nothing, if any module does not
+    /// fit.
+    @discardableResult
+    public static func attach(_ inputs: [LoRAAdapterInput], to model: AnyObject) throws -> Summary {
+        let resolved = try resolve(inputs, on: model)
+        let adapters = try resolved.map { entry in
+            (entry.projection, try LoRAProjectionAdapter(inputs: entry.projection.inputs, outputs: entry.projection.outputs,
+                                                         parts: entry.parts.map(\.part), name: entry.projection.name))
         }
         try detach(from: model)
         for (p, adapter) in adapters { p.adapter = adapter }
-        return Summary(modules: modules, projections: adapters.count)
+        return Summary(modules: resolved.reduce(0) { $0 + $1.parts.count }, projections: adapters.count)
     }
 
     /// Removes every adapter from `model`'s projections.

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraCore
+import TesseraIO
 import TesseraMath
 
 /// A hook on a projection's output, called after the base product: `y += delta(x)` for every row. LoRA adapters
@@ -73,6 +74,17 @@ public final class Projection: @unchecked Sendable {
             self.blocks = nil
             singleTokenKernel = .float32
         }
+    }
+
+    /// A float32 projection from its weights [outputs, inputs] row-major (and bias [outputs]): one slice named after
+    /// `tensor`. For layers built outside a checkpoint (a routed layer checked on its own, a head).
+    public convenience init(name: String, tensor: String, inputs: Int, outputs: Int, weights: [Float], bias: [Float]? = nil) throws {
+        guard inputs > 0, outputs > 0, weights.count == inputs * outputs, bias.map({ $0.count == outputs }) ?? true else {
+            throw TesseraError(.shapeMismatch, "\(name): \(weights.count) weights do not make a [\(outputs), \(inputs)] matrix",
+                               hint: "check the layer's shape")
+        }
+        self.init(name: name, inputs: inputs, outputs: outputs, slices: [Slice(name: name, rows: 0..<outputs, tensor: tensor)],
+                  weights: WeightBuffer(weights), bias: bias.map { WeightBuffer($0) }, blocks: nil)
     }
 
     /// The output rows of the slice named `name`.

@@ -60,6 +60,27 @@ public enum Linalg {
         return info == 0 ? (s, u, vt) : nil
     }
 
+    /// The thin SVD of a row-major [m×n] float64 matrix (LAPACK dgesdd): s [k] descending, u [m×k], vt [k×n],
+    /// k = min(m, n); nil when LAPACK does not converge. For small exact decompositions (Arrow prototypes).
+    public static func svd(_ matrix: [Double], m: Int, n: Int) -> (s: [Double], u: [Double], vt: [Double])? {
+        let k = min(m, n)
+        precondition(matrix.count == m * n && k > 0, "svd: a [\(m)×\(n)] matrix")
+        _ = configured
+        var work = matrix
+        var s = [Double](repeating: 0, count: k), u = [Double](repeating: 0, count: m * k), vt = [Double](repeating: 0, count: k * n)
+        let info = work.withUnsafeMutableBufferPointer { wp in
+            s.withUnsafeMutableBufferPointer { sp in
+                u.withUnsafeMutableBufferPointer { up in
+                    vt.withUnsafeMutableBufferPointer { vp in
+                        LAPACKE_dgesdd(LAPACK_ROW_MAJOR, Int8(UInt8(ascii: "S")), Int32(m), Int32(n), wp.baseAddress!, Int32(n), sp.baseAddress!,
+                                       up.baseAddress!, Int32(k), vp.baseAddress!, Int32(n))
+                    }
+                }
+            }
+        }
+        return info == 0 ? (s, u, vt) : nil
+    }
+
     /// The thin SVD of a row-major [m×n] matrix (LAPACK sgesdd, job 'S'): `a` is overwritten, `s` receives min(m, n)
     /// singular values (descending), `u` [m×k] and `vt` [k×n], k = min(m, n). Returns LAPACK's info (0: success,
     /// > 0: did not converge).

@@ -106,6 +106,27 @@ public final class CheckpointResolver {
         throw TesseraError(.notFound, "\(spec): no such file or folder", hint: "name a safetensors file, a model folder, or REV:path (e.g. HEAD~1:model.safetensors)")
     }
 
+    /// A folder as users name it (a directory, or `REV:folder` read from git and the store), for its small files
+    /// (configs, indexes) and the checkpoints in it. One line when it is neither.
+    public func folder(_ spec: String) throws -> CheckpointFolder {
+        var st = stat()
+        if stat(spec, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFDIR else {
+                throw TesseraError(.usage, "\(spec) is not a folder", hint: "name a folder, or REV:folder for one tracked in git")
+            }
+            return DiskCheckpointFolder(directory: spec) { [unowned self] in try self.openFile($0) }
+        }
+        guard spec.contains(":"), let revisions, let repository else {
+            throw TesseraError(.notFound, "\(spec): no such folder", hint: "name a folder, or REV:folder inside a git repository")
+        }
+        let trimmed = RevisionPath.trimmingSlashes(spec)
+        guard repository.git.objectKind(trimmed) == .folder else {
+            throw TesseraError(.notFound, "\(spec): no such folder at that revision", hint: "`git ls-tree REV` lists what the revision has")
+        }
+        let address = RevisionPath(trimmed)
+        return RevisionFolder(revisions: revisions, rev: address.rev, path: address.path)
+    }
+
     /// mergekit's `BASE+ADAPTER`: a PEFT adapter folder applied to its base as PEFT's `merge_and_unload` does (read
     /// lazily, tensor by tensor); the side files are the base's. Nil when `spec` is not of that form.
     func appliedAdapter(_ spec: String) throws -> ResolvedCheckpoint? {

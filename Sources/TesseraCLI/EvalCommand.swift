@@ -6,6 +6,7 @@ import TesseraEval
 import TesseraIO
 import TesseraMath
 import TesseraRepository
+import TesseraRouting
 
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,11 +26,18 @@ struct EvalCommand: ParsableCommand {
         W·x + s·B·(A·x) in each adapted layer, equal to evaluating the applied
         weights; several --adapter add their updates. Results record each
         adapter's path and content hash.
+        A router folder (router.json, `tessera route build`), on disk or
+        REV:folder, evaluates its routed checkout: the base and the library it
+        names, read at the same revision. --experts LIB --router METHOD routes
+        an ad-hoc library (arrow, uniform, oracle; phatgoose and glider read
+        gates and descriptions from a built router).
         Examples:
           tessera eval main merged --task wikitext:20 --task arc-easy:50
           tessera eval HEAD~1:model HEAD:model --task arc-easy:100 --chart arc.svg
           tessera eval minilm/ --task sst2 --json
           tessera eval base/ --adapter lora/ --task wikitext:20
+          tessera eval HEAD:routers/arrow --task data/experts/sst2-heldout.jsonl
+          tessera eval smollm2 --experts experts --router uniform --task arc-easy
         """
     )
 
@@ -41,6 +49,18 @@ struct EvalCommand: ParsableCommand {
 
     @Option(name: .customLong("adapter"), help: "A PEFT LoRA adapter folder (DIR or REV:DIR) to run unmerged on the models. Repeatable: the updates add.")
     var adapters: [String] = []
+
+    @Option(help: "An expert library (DIR or REV:DIR) to route on every model (with --router).")
+    var experts: String?
+
+    @Option(help: "With --experts: the routing method (arrow, uniform, oracle).")
+    var router: String?
+
+    @Option(help: "With --router: experts kept per token and module (0: all; default 2 for arrow, else 0).")
+    var topK: Int?
+
+    @Option(help: "With --router: merge-after (mix outputs) or merge-before (mix parameters).")
+    var mixing: String = "merge-after"
 
     @Option(help: "Where the built-in tasks' data is (default: the project's data/ folder, or $TESSERA_DATA_DIR).")
     var dataDir: String?
@@ -62,6 +82,13 @@ struct EvalCommand: ParsableCommand {
 
     func validate() throws {
         if tasks.isEmpty { throw ValidationError("name at least one --task (wikitext, arc-easy, arc-challenge, sst2, selfinstruct, or a .jsonl file)") }
+        if (experts == nil) != (router == nil) { throw ValidationError("--experts and --router go together") }
+        if let router, !["arrow", "uniform", "oracle"].contains(router) {
+            throw ValidationError("--router \(router): ad-hoc routing is arrow, uniform or oracle; build a phatgoose or glider router with `tessera route build`")
+        }
+        if let topK, topK < 0 { throw ValidationError("--top-k must be 0 (all) or more") }
+        if ExpertMixing(rawValue: mixing) == nil { throw ValidationError("--mixing is merge-after or merge-before") }
+        if experts != nil, !adapters.isEmpty { throw ValidationError("--adapter and --experts do not go together: add the adapter to the library") }
     }
 
     /// The data folder shipped with tessera: data/ beside the package (the binary lives in .build/<config>/).
@@ -84,18 +111,31 @@ struct EvalCommand: ParsableCommand {
         let resolver = CheckpointResolver(directory: directory, hashesFileInputs: false)
         let adapters = try self.adapters.map { try EvalAdapter.resolve($0, resolver: resolver) }
         var results: [EvalResult] = []
+        let adHoc = try experts.map { try adHocRouting(library: $0, resolver: resolver) }
         for target in targets {
-            let model = try ResolvedModel.resolve(target, resolver: resolver, adapters: adapters.map(\.input))
+            // A router folder names its base and library; anything else is a model (routed when --experts is given).
+            var modelSpec = target, routing = adHoc
+            if adHoc == nil, RoutedEvaluation.isRouterFolder(target, resolver: resolver) {
+                let opened = try RoutedEvaluation.open(router: target, resolver: resolver)
+                (modelSpec, routing) = (opened.base, opened.routing)
+            }
+            let model = try ResolvedModel.resolve(modelSpec, resolver: resolver, adapters: adapters.map(\.input), routing: routing)
             let applicable = prepared.filter { $0.requirement == model.requirement }
             if applicable.isEmpty {
                 throw TesseraError(.usage, "\(target) is a \(model.requirement == .causalLanguageModel ? "language model" : "sentence encoder"); none of the tasks apply to it",
                                    hint: "language models: wikitext, arc-easy, arc-challenge, selfinstruct; encoders: sst2")
             }
             // The label names the adapters too, so the table tells the base from the adapted model.
-            let label = ([target] + adapters.map(\.record.path)).joined(separator: " + ")
+            let label = ([target] + adapters.map(\.record.path) + (adHoc.map { ["\($0.config.method) over \($0.library.spec)"] } ?? [])).joined(separator: " + ")
+            let records = adapters.map(\.record) + (routing.map { r in
+                zip(r.library.index.experts, r.library.experts).map { EvalAdapterRecord(path: ExpertLibraryFiles.path(r.library.spec, $0.name), sha256: $1.record.sha256) }
+            } ?? [])
+            if let routing, !json {
+                printError("routing \(target): \(routing.config.method), top-k \(routing.config.topK == 0 ? "all" : String(routing.config.topK)), \(routing.config.mixing.rawValue), \(routing.library.experts.count) experts of \(routing.library.spec) on \(modelSpec)")
+            }
             results += try EvalRunner.run(applicable, models: model.models, revision: label).map {
                 var r = $0
-                r.adapters = adapters.map(\.record)
+                r.adapters = records
                 return r
             }
         }
@@ -113,6 +153,19 @@ struct EvalCommand: ParsableCommand {
                 if !json { print("chart: \(path)") }
             }
         }
+    }
+}
+
+extension EvalCommand {
+    /// `--experts LIB --router METHOD`: a router computed here from the library alone.
+    func adHocRouting(library spec: String, resolver: CheckpointResolver) throws -> RoutedEvaluation {
+        let library = try ExpertLibraryFiles.load(spec, resolver: resolver)
+        let method = router ?? "uniform"
+        let config = RouterConfig(method: method, mixing: ExpertMixing(rawValue: mixing) ?? .mergeAfter, topK: topK ?? (method == "arrow" ? 2 : 0),
+                                  library: spec, base: library.index.base, experts: RouterBuilding.configExperts(library))
+        let weights: TensorSource? = method == "arrow" ? InMemoryTensors(try RouterBuilding.arrowPrototypes(library).tensors()) : nil
+        return RoutedEvaluation(library: library, config: config, router: try RouterRegistry.make(config, weights: weights), globalScorer: nil,
+                                label: "\(method) over \(spec)")
     }
 }
 

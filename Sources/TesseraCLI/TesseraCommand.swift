@@ -19,7 +19,7 @@ public struct TesseraCommand: ParsableCommand {
         subcommands: [
             InstallCommand.self, UninstallCommand.self, TrackCommand.self, UntrackCommand.self,
             LsCommand.self, LogCommand.self, FsckCommand.self, GcCommand.self, RepackCommand.self, FetchCommand.self, PushCommand.self, PullCommand.self,
-            MergeCommand.self, TaskVectorCommand.self, LoraCommand.self, TrainCommand.self, FisherCommand.self, ResolveCommand.self, EvalCommand.self, ImportCommand.self,
+            MergeCommand.self, TaskVectorCommand.self, LoraCommand.self, ExpertsCommand.self, RouteCommand.self, TrainCommand.self, FisherCommand.self, ResolveCommand.self, EvalCommand.self, ImportCommand.self,
             MergeDriverCommand.self, BenchEngineCommand.self,
             FilterProcessCommand.self, HookCommand.self, HookScriptCommand.self, DiffDriverCommand.self, TextconvCommand.self,
         ]

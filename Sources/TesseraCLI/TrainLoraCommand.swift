@@ -112,7 +112,9 @@ struct TrainLoraCommand: ParsableCommand {
         let resume = try TrainingOutputFolder.prepare(output, force: force)
         // Every task file is read and checked before the model is loaded.
         for path in tasks + (evalTask.map { [$0] } ?? []) { _ = try UserTask(path: path) }
-        let dataHashes = try (tasks + (evalTask.map { [$0] } ?? [])).map { ($0, try Self.sha256(file: $0)) }
+        let dataHashes = try (tasks + (evalTask.map { [$0] } ?? [])).enumerated().map {
+            ($0.element, try Self.sha256(file: $0.element), try UserTask(path: $0.element).name, $0.offset < tasks.count ? "train" : "eval")
+        }
 
         let resolver = CheckpointResolver(directory: directory, hashesFileInputs: false)
         defer { resolver.finish() }
@@ -154,7 +156,8 @@ struct TrainLoraCommand: ParsableCommand {
         let baseRecord = try Self.baseProvenance(base, resolver: resolver, resolved: resolved)
         let hyperparameters = Self.hyperparameters(lora: lora, settings: settings, maxLength: maxLength, epochs: epochs, warmup: warmup,
                                                    modules: parameters.modules.map(\.module.name), initialization: initRecord)
-        let dataRecord = JSONValue.array(dataHashes.map { .object([("path", .string($0.0)), ("sha256", .string($0.1))]) })
+        // Each file's task name too: an expert library reads what an expert was trained on from here.
+        let dataRecord = JSONValue.array(dataHashes.map { .object([("path", .string($0.0)), ("sha256", .string($0.1)), ("task", .string($0.2)), ("role", .string($0.3))]) })
         // What a checkpoint must agree with to be resumed: the base, the data's bytes and every setting.
         let fingerprint = SHA256Hasher.hex(Array(JSONValue.object([
             ("base", .string(base)), ("base_record", baseRecord), ("data", dataRecord), ("hyperparameters", hyperparameters),

@@ -16,6 +16,9 @@ public struct EvalModels {
     public var languageModel: (any CausalLanguageModel)?
     public var tokenizer: (any TextTokenizer)?
     public var embedder: SentenceEmbedder?
+    /// Called with each task's name before it runs (a routed model's oracle learns the task of the examples that
+    /// follow).
+    public var taskWillStart: ((String) -> Void)?
 
     public init(languageModel: (any CausalLanguageModel)? = nil, tokenizer: (any TextTokenizer)? = nil, embedder: SentenceEmbedder? = nil) {
         self.languageModel = languageModel
@@ -129,6 +132,7 @@ public enum EvalRunner {
         var results: [EvalResult] = []
         for task in prepared {
             // Two revisions evaluated one after the other must have bars that say which is which.
+            models.taskWillStart?(task.taskName)
             let reporter = progress("\(revision) \(task.taskName)", task.exampleCount)
             let metrics = try task.run(models: models, progress: reporter)
             reporter.finish()

@@ -36,9 +36,11 @@ public struct RouterConfig: Sendable, Equatable {
     public var experts: [Expert]
     /// Glider: each expert's task description (library order).
     public var descriptions: [String]?
+    /// Glider: the sentence embedder (a MiniLM folder) that embedded the descriptions and embeds each input.
+    public var embedder: String?
 
     public init(method: String, mixing: ExpertMixing, topK: Int, temperature: Double? = nil, alpha: Double? = nil, library: String,
-                base: String?, experts: [Expert], descriptions: [String]? = nil) {
+                base: String?, experts: [Expert], descriptions: [String]? = nil, embedder: String? = nil) {
         self.method = method
         self.mixing = mixing
         self.topK = topK
@@ -48,6 +50,7 @@ public struct RouterConfig: Sendable, Equatable {
         self.base = base
         self.experts = experts
         self.descriptions = descriptions
+        self.embedder = embedder
     }
 
     public init(bytes: [UInt8], name: String) throws {
@@ -80,7 +83,8 @@ public struct RouterConfig: Sendable, Equatable {
             throw TesseraError(.invalidParameter, "\(name): \(descriptions.count) descriptions for \(experts.count) experts", hint: "rebuild it with `tessera route build`")
         }
         self.init(method: method, mixing: mixing, topK: k, temperature: json["temperature"]?.doubleValue, alpha: json["alpha"]?.doubleValue,
-                  library: library, base: json["base"]?.stringValue, experts: experts, descriptions: descriptions)
+                  library: library, base: json["base"]?.stringValue, experts: experts, descriptions: descriptions,
+                  embedder: json["embedder"]?.stringValue)
     }
 
     public func encoded() -> [UInt8] {
@@ -89,7 +93,9 @@ public struct RouterConfig: Sendable, Equatable {
         var out = "{\n  \"format\": \"\(Self.format)\",\n  \"version\": 1,\n"
         out += "  \"method\": \(string(method)),\n  \"mixing\": \(string(mixing.rawValue)),\n  \"top_k\": \(topK),\n"
         out += "  \"temperature\": \(number(temperature)),\n"
-        if method == "glider" { out += "  \"alpha\": \(number(alpha)),\n" }
+        if method == "glider" {
+            out += "  \"alpha\": \(number(alpha)),\n  \"embedder\": \(embedder.map(string) ?? "null"),\n"
+        }
         out += "  \"library\": \(string(library)),\n  \"base\": \(base.map(string) ?? "null"),\n  \"experts\": ["
         for (i, e) in experts.enumerated() {
             out += (i == 0 ? "\n" : ",\n") + "    {\"name\": \(string(e.name)), \"sha256\": \(string(e.sha256)), \"tasks\": [\(e.tasks.map(string).joined(separator: ", "))]}"

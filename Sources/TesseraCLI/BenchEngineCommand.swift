@@ -6,6 +6,7 @@ import TesseraEval
 import TesseraIO
 import TesseraMath
 import TesseraRepository
+import TesseraRouting
 
 /// Timings of the engine on one model, for bench/bench_engine.py (which runs PyTorch on the same model beside it).
 struct BenchEngineCommand: ParsableCommand {
@@ -26,6 +27,9 @@ struct BenchEngineCommand: ParsableCommand {
     @Option(help: "Where the data is (default: the project's data/).") var dataDir: String?
     @Option(name: .customLong("adapter"), help: "A PEFT LoRA adapter folder to run unmerged (bench/bench_adapter.py). Repeatable.")
     var adapters: [String] = []
+    @Option(help: "An expert library to route (bench/bench_routing.py), with --router.") var experts: String?
+    @Option(help: "With --experts: a router folder, or arrow|uniform (computed here).") var router: String?
+    @Option(help: "With --router arrow: experts per token and module.") var topK: Int = 2
 
     func run() throws {
         Linalg.setThreads(threads)
@@ -34,6 +38,16 @@ struct BenchEngineCommand: ParsableCommand {
         let resolved = try ResolvedModel.resolve(model, resolver: resolver, adapters: adapters)
         guard case let .causal(lm, tokenizer) = resolved.kind, let decoder = lm as? any DecoderArchitecture else {
             throw TesseraError(.usage, "\(model) is not a decoder language model")
+        }
+        if let experts {
+            // The routed adapters sit on the model's projections; the decoder is timed as it is.
+            let routing: RoutedEvaluation
+            if let router, RoutedEvaluation.isRouterFolder(router, resolver: resolver) {
+                routing = try RoutedEvaluation.open(router: router, resolver: resolver).routing
+            } else {
+                routing = try RoutedEvaluation.adHoc(library: experts, method: router ?? "arrow", topK: topK, mixing: .mergeAfter, resolver: resolver)
+            }
+            _ = try routing.attach(lm, tokenizer: tokenizer)
         }
         let clock = ContinuousClock()
         var pairs: [(String, JSONValue)] = [("model", .string(model)), ("threads", .int(threads))]

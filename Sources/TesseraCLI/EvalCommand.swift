@@ -111,7 +111,9 @@ struct EvalCommand: ParsableCommand {
         let resolver = CheckpointResolver(directory: directory, hashesFileInputs: false)
         let adapters = try self.adapters.map { try EvalAdapter.resolve($0, resolver: resolver) }
         var results: [EvalResult] = []
-        let adHoc = try experts.map { try adHocRouting(library: $0, resolver: resolver) }
+        let adHoc = try experts.map {
+            try RoutedEvaluation.adHoc(library: $0, method: router ?? "uniform", topK: topK, mixing: ExpertMixing(rawValue: mixing) ?? .mergeAfter, resolver: resolver)
+        }
         for target in targets {
             // A router folder names its base and library; anything else is a model (routed when --experts is given).
             var modelSpec = target, routing = adHoc
@@ -153,19 +155,6 @@ struct EvalCommand: ParsableCommand {
                 if !json { print("chart: \(path)") }
             }
         }
-    }
-}
-
-extension EvalCommand {
-    /// `--experts LIB --router METHOD`: a router computed here from the library alone.
-    func adHocRouting(library spec: String, resolver: CheckpointResolver) throws -> RoutedEvaluation {
-        let library = try ExpertLibraryFiles.load(spec, resolver: resolver)
-        let method = router ?? "uniform"
-        let config = RouterConfig(method: method, mixing: ExpertMixing(rawValue: mixing) ?? .mergeAfter, topK: topK ?? (method == "arrow" ? 2 : 0),
-                                  library: spec, base: library.index.base, experts: RouterBuilding.configExperts(library))
-        let weights: TensorSource? = method == "arrow" ? InMemoryTensors(try RouterBuilding.arrowPrototypes(library).tensors()) : nil
-        return RoutedEvaluation(library: library, config: config, router: try RouterRegistry.make(config, weights: weights), globalScorer: nil,
-                                label: "\(method) over \(spec)")
     }
 }
 

@@ -28,7 +28,7 @@ struct RouteBuildCommand: ParsableCommand {
         Examples:
           tessera route build --method arrow --experts experts -o routers/arrow
           tessera route build --method phatgoose --experts experts -o routers/pg
-          tessera route build --method glider --experts experts --embedder minilm -o routers/glider
+          tessera route build --method glider --experts lib --embedder minilm -o g
         """
     )
 
@@ -71,9 +71,12 @@ struct RouteBuildCommand: ParsableCommand {
                                   alpha: method == "glider" ? (alpha ?? 1) : nil, library: experts, base: base ?? library.index.base,
                                   experts: RouterBuilding.configExperts(library))
         var tensors: [(String, RawTensor)] = []
+        var computeSeconds: Double?
         switch method {
         case "arrow":
+            let t0 = DispatchTime.now().uptimeNanoseconds
             tensors = try RouterBuilding.arrowPrototypes(library).tensors()
+            computeSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         case "phatgoose", "glider":
             tensors = try RouterBuilding.gates(library, folder: gates, resolver: resolver).tensors()
         default:
@@ -117,7 +120,8 @@ struct RouteBuildCommand: ParsableCommand {
         if json {
             printJSON(.object([("router", .string(output)), ("method", .string(method)), ("experts", .number(Double(library.experts.count), text: "\(library.experts.count)")),
                                ("top_k", .number(Double(k), text: "\(k)")), ("mixing", .string(mixing)), ("tensors", .number(Double(modules), text: "\(modules)")),
-                               ("seconds", .number(seconds, text: String(format: "%.3f", seconds)))]))
+                               ("seconds", .number(seconds, text: String(format: "%.3f", seconds))),
+                               ("prototype_seconds", computeSeconds.map { .number($0, text: String(format: "%.3f", $0)) } ?? .null)]))
         } else {
             print("wrote \(output): \(method) over \(library.experts.count) experts of \(experts), top-k \(k == 0 ? "all" : String(k)), \(mixing), \(modules) tensors (\(String(format: "%.2f", seconds)) s)")
         }

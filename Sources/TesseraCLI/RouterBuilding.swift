@@ -78,6 +78,17 @@ final class RoutedEvaluation {
         self.label = label
     }
 
+    /// A router computed on the spot from the library alone (arrow, uniform, oracle): `eval --experts --router`,
+    /// `bench-engine --experts`.
+    static func adHoc(library spec: String, method: String, topK: Int?, mixing: ExpertMixing, resolver: CheckpointResolver) throws -> RoutedEvaluation {
+        let library = try ExpertLibraryFiles.load(spec, resolver: resolver)
+        let config = RouterConfig(method: method, mixing: mixing, topK: topK ?? (method == "arrow" ? 2 : 0), library: spec, base: library.index.base,
+                                  experts: RouterBuilding.configExperts(library))
+        let weights: TensorSource? = method == "arrow" ? InMemoryTensors(try RouterBuilding.arrowPrototypes(library).tensors()) : nil
+        return RoutedEvaluation(library: library, config: config, router: try RouterRegistry.make(config, weights: weights), globalScorer: nil,
+                                label: "\(method) over \(spec)")
+    }
+
     /// Whether `spec` is a router folder (router.json in it).
     static func isRouterFolder(_ spec: String, resolver: CheckpointResolver) -> Bool {
         guard let folder = try? resolver.folder(spec), let names = try? folder.fileNames() else { return false }

@@ -116,15 +116,15 @@ public final class RoutedLoRAAdapter: ProjectionAdapter, @unchecked Sendable {
     public func addDelta(to output: UnsafeMutablePointer<Float>, outputStride: Int, input: UnsafePointer<Float>, inputStride: Int,
                          rows: Int, projection: Projection) {
         guard rows > 0, projection.inputs == inputs, projection.outputs == outputs else { return }
+        if rows == 1 {
+            addDeltaOneToken(to: output, input: input)
+            return
+        }
         let h = UnsafeMutablePointer<Float>.allocate(capacity: rows * totalRank)
         defer { h.deallocate() }
         stackedA.withUnsafeBufferPointer { a in
             guard let a = a.baseAddress else { return }
-            if rows == 1 {
-                for k in 0..<totalRank { h[k] = RoutingMath.dot(a + k * inputs, input, count: inputs) }
-            } else {
-                Linalg.sgemm(transposeB: true, m: rows, n: totalRank, k: inputs, input, lda: inputStride, a, ldb: inputs, h, ldc: totalRank)
-            }
+            Linalg.sgemm(transposeB: true, m: rows, n: totalRank, k: inputs, input, lda: inputStride, a, ldb: inputs, h, ldc: totalRank)
         }
         for (gi, g) in groups.enumerated() {
             let e = g.experts.count
@@ -136,13 +136,51 @@ public final class RoutedLoRAAdapter: ProjectionAdapter, @unchecked Sendable {
         }
         combinedB.withUnsafeBufferPointer { b in
             guard let b = b.baseAddress else { return }
-            if rows == 1 {
-                let y = output + span.lowerBound
-                for o in 0..<span.count { y[o] += RoutingMath.dot(b + o * totalRank, h, count: totalRank) }
-            } else {
-                Linalg.sgemm(transposeB: true, m: rows, n: span.count, k: totalRank, h, lda: totalRank, b, ldb: totalRank, beta: 1,
-                             output + span.lowerBound, ldc: outputStride)
+            Linalg.sgemm(transposeB: true, m: rows, n: span.count, k: totalRank, h, lda: totalRank, b, ldb: totalRank, beta: 1,
+                         output + span.lowerBound, ldc: outputStride)
+        }
+    }
+
+    /// One token (decoding): the router first, then only the experts it chose (top-k leaves the others at weight 0),
+    /// on the calling thread: a few thousand multiply-adds per chosen expert, less than waking OpenBLAS's threads.
+    private func addDeltaOneToken(to output: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>) {
+        stackedA.withUnsafeBufferPointer { aBuffer in
+          combinedB.withUnsafeBufferPointer { bBuffer in
+            guard let a = aBuffer.baseAddress, let b = bBuffer.baseAddress else { return }
+            var weights = [Float](), h = [Float](), mixed = [Float]()
+            for (gi, g) in groups.enumerated() {
+                let e = g.experts.count, cols = columns[gi]
+                weights = [Float](repeating: 0, count: e)
+                weights.withUnsafeMutableBufferPointer { w in
+                    if let w = w.baseAddress { router.route(input, stride: inputs, rows: 1, module: g.module, context: context, into: w) }
+                }
+                let chosen = (0..<e).filter { weights[$0] != 0 }
+                guard !chosen.isEmpty else { continue }
+                // h for the chosen experts only: each expert's rank rows of A against x.
+                h = [Float](repeating: 0, count: totalRank)
+                for j in chosen {
+                    for k in 0..<g.experts[j].rank { h[cols[j] + k] = RoutingMath.dot(a + (cols[j] + k) * inputs, input, count: inputs) }
+                }
+                switch mixing {
+                case .mergeAfter:
+                    for j in chosen { for k in 0..<g.experts[j].rank { h[cols[j] + k] *= weights[j] } }
+                case .mergeBefore:
+                    let r = maxRank[gi]
+                    mixed = [Float](repeating: 0, count: r)
+                    for j in chosen { for k in 0..<g.experts[j].rank { mixed[k] += weights[j] * h[cols[j] + k] } }
+                    for j in chosen { for k in 0..<g.experts[j].rank { h[cols[j] + k] = weights[j] * mixed[k] } }
+                }
+                h.withUnsafeBufferPointer { hp in
+                    guard let hp = hp.baseAddress else { return }
+                    for o in g.rows {
+                        let row = b + (o - span.lowerBound) * totalRank
+                        var sum: Float = 0
+                        for j in chosen { sum += RoutingMath.dot(row + cols[j], hp + cols[j], count: g.experts[j].rank) }
+                        output[o] += sum
+                    }
+                }
             }
+          }
         }
     }
 

@@ -45,7 +45,7 @@ import TesseraTestSupport
 
     /// A 16×16 layer with the three experts behind `router`; returns the outputs for route.x, example by example (each
     /// example its own forward, as the oracle needs its task).
-    func routedOutputs(_ router: ExpertRouter, mixing: ExpertMixing, tasks: [String?] = [nil, nil]) throws -> [Float] {
+    func routedOutputs(_ router: ExpertRouter, mixing: ExpertMixing, tasks: [String?] = [nil, nil], oneTokenAtATime: Bool = false) throws -> [Float] {
         let w0 = try reference.floats("route.base_weight"), x = try reference.floats("route.x")
         let projection = try Projection(name: "layer", tensor: "layer.weight", inputs: d, outputs: d, weights: w0)
         let module = RoutedModule(name: "layer", inputs: d, experts: [0, 1, 2])
@@ -63,7 +63,14 @@ import TesseraTestSupport
             context.task = tasks[example]
             x.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
-                    projection.apply(xp.baseAddress! + example * tokens * d, rows: tokens, into: yp.baseAddress! + example * tokens * d)
+                    if oneTokenAtATime {
+                        // Decoding: the single-token path computes only the chosen experts.
+                        for t in 0..<tokens {
+                            projection.apply(xp.baseAddress! + (example * tokens + t) * d, rows: 1, into: yp.baseAddress! + (example * tokens + t) * d)
+                        }
+                    } else {
+                        projection.apply(xp.baseAddress! + example * tokens * d, rows: tokens, into: yp.baseAddress! + example * tokens * d)
+                    }
                 }
             }
         }
@@ -154,6 +161,18 @@ import TesseraTestSupport
         #expect(close(before, expected, relative: 1e-5))
         let after = try routedOutputs(router, mixing: .mergeAfter)
         #expect(!close(before, after, relative: 1e-3))
+    }
+
+    @Test func oneTokenAtATimeGivesTheSameOutputs() throws {
+        for (router, name) in [(try arrow(topK: 2) as ExpertRouter, "route.arrow_top2_mergeafter.output"),
+                               (try phatgoose(), "route.phatgoose_top2_mergeafter.output"), (UniformRouter(), "route.uniform_mergeafter.output")] {
+            #expect(close(try routedOutputs(router, mixing: .mergeAfter, oneTokenAtATime: true), try reference.floats(name)), "\(name)")
+        }
+        let router = try arrow(topK: 2)
+        #expect(close(try routedOutputs(router, mixing: .mergeBefore, oneTokenAtATime: true), try routedOutputs(router, mixing: .mergeBefore), relative: 1e-5))
+        let oracle = OracleRouter(expertTasks: [["task0"], ["task1"], ["task2"]])
+        #expect(close(try routedOutputs(oracle, mixing: .mergeAfter, tasks: ["task1", "task2"], oneTokenAtATime: true),
+                      try reference.floats("route.oracle_task1_task2.output")))
     }
 
     @Test func topKZeroKeepsEveryExpertWithASoftmaxOverAll() throws {

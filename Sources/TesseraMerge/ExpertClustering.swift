@@ -240,7 +240,8 @@ public enum ExpertClustering {
         for _ in 0..<max(1, restarts) {
             let centers = kMeansPlusPlus(points, k: k, rng: &rng)
             let run = lloyd(points, centers: centers, maxIterations: maxIterations, tol: tol)
-            if best == nil || run.inertia < best!.inertia { best = run }
+            if let kept = best, !(run.inertia < kept.inertia) { continue }
+            best = run
         }
         return best ?? KMeansResult(labels: [], centers: [], inertia: 0, iterations: 0)
     }

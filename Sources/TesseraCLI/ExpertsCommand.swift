@@ -16,6 +16,7 @@ struct ExpertsCommand: ParsableCommand {
           tessera experts show HEAD~1:experts sst2
           tessera experts cluster experts --k 3 --sparsity 0.5
         """,
-        subcommands: [ExpertsListCommand.self, ExpertsShowCommand.self, ExpertsAddCommand.self, ExpertsRemoveCommand.self]
+        subcommands: [ExpertsListCommand.self, ExpertsShowCommand.self, ExpertsAddCommand.self, ExpertsRemoveCommand.self,
+                      ExpertsClusterCommand.self, ExpertsMergeCommand.self]
     )
 }

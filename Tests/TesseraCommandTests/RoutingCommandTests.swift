@@ -164,4 +164,47 @@ import TesseraTestSupport
         let json = try JSONParser.parse(sandbox.run("$T experts show experts e2 --json", in: repo).stdout)
         #expect(json["name"]?.stringValue == "e2" && json["sha256"] == json["sha256_now"])
     }
+
+    @Test func clusterPrintsAndSavesAPartitionOfTheLibrary() throws {
+        let sandbox = try Sandbox()
+        let repo = try library(sandbox)
+        // e2 has rank 2, the others 4: MBC compares factors entry by entry, so mixed ranks are refused in one line.
+        var r = try sandbox.run("$T experts cluster experts --k 2", in: repo, check: false)
+        #expect(r.status != 0 && r.stderr.contains("rank") && r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
+        try sandbox.run("$T experts remove experts e2", in: repo)
+        // A copy of e0 (the same seed): e0 and its copy cluster together, apart from e1.
+        try Self.writeAdapter(sandbox.path("adapters/e0copy"), seed: 1)
+        try sandbox.run("$T experts add experts ../adapters/e0copy --task t0", in: repo)
+        let out = try sandbox.run("$T experts cluster experts --k 2 --sparsity 0.5 --seed 3", in: repo).stdout
+        #expect(out.contains("cluster 0: e0 e0copy") && out.contains("cluster 1: e1"), "\(out)")
+        let saved = try JSONParser.parse(Array(sandbox.bytes(repo + "/experts/clusters.json")))
+        #expect(saved["labels"]?.arrayValue?.count == 3 && saved["clusters"]?.arrayValue?.count == 2)
+        r = try sandbox.run("$T experts cluster experts --k 9", in: repo, check: false)
+        #expect(r.status != 0 && r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
+    }
+
+    @Test func mergedCheckoutsOfALibrary() throws {
+        let sandbox = try Sandbox()
+        let repo = try sandbox.makeRepository()
+        _ = try sandbox.tinyLlamaFolder(repo + "/tiny")
+        try Self.writeAdapter(sandbox.path("adapters/only"), seed: 5)
+        try Self.writeTask(sandbox.path("t.jsonl"), name: "t")
+        try sandbox.run("$T experts add one ../adapters/only --base tiny --task t", in: repo)
+        let task = sandbox.path("t.jsonl")
+        // The average of a one-expert library is that expert: as a full checkpoint, and as a full-rank adapter.
+        try sandbox.run("$T experts merge one --method average -o merged/", in: repo)
+        try sandbox.run("$T experts merge one --method average --rank 4 -o merged-adapter", in: repo)
+        let plain = try #require(Self.nll(sandbox.run("$T eval tiny --adapter ../adapters/only --task \(task) --json", in: repo).stdout).values.first)
+        let merged = try #require(Self.nll(sandbox.run("$T eval merged --task \(task) --json", in: repo).stdout).values.first)
+        let adapter = try #require(Self.nll(sandbox.run("$T eval tiny --adapter merged-adapter --task \(task) --json", in: repo).stdout).values.first)
+        #expect(abs(merged - plain) <= 1e-5 * abs(plain), "\(merged) vs \(plain)")
+        #expect(abs(adapter - plain) <= 1e-5 * abs(plain), "\(adapter) vs \(plain)")
+        // TIES over three experts; bad parameters are one line.
+        let other = try Sandbox()
+        let lib = try library(other)
+        try other.run("$T experts merge experts --method ties --density 0.5 --rank 4 -o ties", in: lib)
+        #expect(FileManager.default.fileExists(atPath: other.path(lib + "/ties/adapter_config.json")))
+        let r = try other.run("$T experts merge experts --method weighted --weights 1,2 -o w", in: lib, check: false)
+        #expect(r.status != 0 && r.stderr.contains("3 numbers"), "\(r.stderr)")
+    }
 }

@@ -5,18 +5,19 @@ import TesseraEngine
 import TesseraRouting
 import TesseraTestSupport
 
-/// Routers against mttl 1.0.2 on one routed linear layer (Tests/Fixtures/routing, see its README): Arrow prototypes
+/// Routers against mttl 1.0.2 on one routed linear layer (Tests/Fixtures/reference/merge: inputs/lora_experts and
+/// mttl/mttl_reference, see its README): Arrow prototypes
 /// and σ₁², and the per-token weights and outputs of Arrow top-2, PhatGOOSE top-2, uniform and oracle routing with
 /// merge-after; merge-before against its definition on the same data.
 @Suite struct MTTLReferenceTests {
-    static let folder = PackagePaths.fixtures + "/routing"
+    static let folder = PackagePaths.fixtures + "/reference/merge"
     let inputs: SafetensorsFile
     let reference: SafetensorsFile
     let experts = 3, rank = 4, d = 16, scaling: Float = 2
 
     init() throws {
-        inputs = try SafetensorsFile(path: Self.folder + "/lora_experts.safetensors")
-        reference = try SafetensorsFile(path: Self.folder + "/mttl_reference.safetensors")
+        inputs = try SafetensorsFile(path: Self.folder + "/inputs/lora_experts.safetensors")
+        reference = try SafetensorsFile(path: Self.folder + "/mttl/mttl_reference.safetensors")
     }
 
     func factors(_ e: Int) throws -> (a: [Float], b: [Float]) {

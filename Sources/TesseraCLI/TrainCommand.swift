@@ -12,6 +12,6 @@ struct TrainCommand: ParsableCommand {
         Example:
           tessera train lora smollm2 --task arc-train.jsonl --steps 200 -o arc-lora
         """,
-        subcommands: [TrainLoraCommand.self, TrainHeadCommand.self]
+        subcommands: [TrainLoraCommand.self, TrainHeadCommand.self, TrainGatesCommand.self]
     )
 }

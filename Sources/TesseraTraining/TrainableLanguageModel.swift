@@ -67,6 +67,10 @@ public final class LoRAModuleParameters {
     public var b: [Float]
     public var gradientA: [Float]
     public var gradientB: [Float]
+    /// A PhatGOOSE gate [inputs] scaling each token's delta by σ(g · x_t) (nil: no gate); see `GateParameters`.
+    public var gate: GateParameters?
+    /// A and B get no gradient (a frozen expert whose gate trains).
+    public var frozen = false
 
     public init(module: AdaptableModule, rank: Int, scaling: Float, a: [Float], b: [Float]) {
         precondition(a.count == rank * module.inputs && b.count == module.outputs * rank, "LoRA factor sizes")
@@ -82,6 +86,7 @@ public final class LoRAModuleParameters {
     public func zeroGradients() {
         for i in gradientA.indices { gradientA[i] = 0 }
         for i in gradientB.indices { gradientB[i] = 0 }
+        gate?.zeroGradient()
     }
 }
 

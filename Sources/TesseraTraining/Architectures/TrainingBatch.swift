@@ -114,7 +114,14 @@ final class LoRASites {
                 guard m.scaling.isFinite else {
                     throw TesseraError(.invalidParameter, "LoRA module '\(m.module.name)' has a scaling that is not finite", hint: "check rank and alpha")
                 }
-                plan.append((site.linear, LoRABinding(parameters: m, rows: site.rows, ropeHeads: site.ropeHeads, stream: UInt64(index))))
+                if let gate = m.gate {
+                    guard gate.values.count == site.module.inputs, gate.gradient.count == site.module.inputs, gate.values.allSatisfy(\.isFinite) else {
+                        throw TesseraError(.shapeMismatch, "the gate of LoRA module '\(m.module.name)' has \(gate.values.count) values, not the layer's \(site.module.inputs) inputs, or values that are not finite",
+                                           hint: "a gate has one finite value per input of its layer")
+                    }
+                }
+                plan.append((site.linear, LoRABinding(parameters: m, rows: site.rows, ropeHeads: site.ropeHeads, stream: UInt64(index),
+                                                      gate: m.gate, frozen: m.frozen)))
             }
         }
         for site in sites { site.linear.bindings = [] }

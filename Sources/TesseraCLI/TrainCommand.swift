@@ -4,7 +4,7 @@ import ArgumentParser
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train LoRA adapters (and classification heads) with the embedded CPU engine.",
+        abstract: "Train LoRA adapters, PhatGOOSE gates and classification heads with the embedded CPU engine.",
         discussion: """
         The data are `tessera eval` task files (docs/task-format.md). The output
         is a PEFT adapter folder with its provenance (training.json), ready to

@@ -72,19 +72,33 @@ public enum TopKSoftmax {
     public static func apply(_ logits: UnsafeMutablePointer<Float>, count: Int, k: Int) {
         guard count > 0 else { return }
         if k <= 0 || k >= count {
-            softmax(logits, count: count, keep: nil)
+            softmax(logits, count: count) { _ in true }
+            return
+        }
+        if count <= 64 {
+            // Per token and module in the forward pass: a bit mask, no allocation. Each pass takes the largest logit
+            // not yet kept (the first on a tie), as a stable descending sort would.
+            var kept: UInt64 = 0
+            for _ in 0..<k {
+                var best = -1
+                for i in 0..<count where kept & (1 << UInt64(i)) == 0 {
+                    if best < 0 || logits[i] > logits[best] || (logits[best].isNaN && !logits[i].isNaN) { best = i }
+                }
+                if best >= 0 { kept |= 1 << UInt64(best) }
+            }
+            softmax(logits, count: count) { kept & (1 << UInt64($0)) != 0 }
             return
         }
         var order = Array(0..<count)
         order.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
         var keep = [Bool](repeating: false, count: count)
         for i in order.prefix(k) { keep[i] = true }
-        softmax(logits, count: count, keep: keep)
+        softmax(logits, count: count) { keep[$0] }
     }
 
-    private static func softmax(_ v: UnsafeMutablePointer<Float>, count: Int, keep: [Bool]?) {
+    private static func softmax(_ v: UnsafeMutablePointer<Float>, count: Int, keep: (Int) -> Bool) {
         var high = -Float.infinity
-        for i in 0..<count where keep?[i] ?? true { high = max(high, v[i]) }
+        for i in 0..<count where keep(i) { high = max(high, v[i]) }
         guard high.isFinite else {
             // Every logit NaN or infinite: no expert can be preferred; the base model alone.
             for i in 0..<count { v[i] = 0 }
@@ -92,7 +106,7 @@ public enum TopKSoftmax {
         }
         var sum: Float = 0
         for i in 0..<count {
-            if keep?[i] ?? true {
+            if keep(i) {
                 v[i] = Foundation.exp(v[i] - high)
                 sum += v[i]
             } else {

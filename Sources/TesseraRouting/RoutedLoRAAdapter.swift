@@ -144,43 +144,42 @@ public final class RoutedLoRAAdapter: ProjectionAdapter, @unchecked Sendable {
     /// One token (decoding): the router first, then only the experts it chose (top-k leaves the others at weight 0),
     /// on the calling thread: a few thousand multiply-adds per chosen expert, less than waking OpenBLAS's threads.
     private func addDeltaOneToken(to output: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>) {
-        stackedA.withUnsafeBufferPointer { aBuffer in
-          combinedB.withUnsafeBufferPointer { bBuffer in
-            guard let a = aBuffer.baseAddress, let b = bBuffer.baseAddress else { return }
-            var weights = [Float](), h = [Float](), mixed = [Float]()
-            for (gi, g) in groups.enumerated() {
-                let e = g.experts.count, cols = columns[gi]
-                weights = [Float](repeating: 0, count: e)
-                weights.withUnsafeMutableBufferPointer { w in
-                    if let w = w.baseAddress { router.route(input, stride: inputs, rows: 1, module: g.module, context: context, into: w) }
-                }
-                let chosen = (0..<e).filter { weights[$0] != 0 }
-                guard !chosen.isEmpty else { continue }
-                // h for the chosen experts only: each expert's rank rows of A against x.
-                h = [Float](repeating: 0, count: totalRank)
-                for j in chosen {
-                    for k in 0..<g.experts[j].rank { h[cols[j] + k] = RoutingMath.dot(a + (cols[j] + k) * inputs, input, count: inputs) }
-                }
-                switch mixing {
-                case .mergeAfter:
-                    for j in chosen { for k in 0..<g.experts[j].rank { h[cols[j] + k] *= weights[j] } }
-                case .mergeBefore:
-                    let r = maxRank[gi]
-                    mixed = [Float](repeating: 0, count: r)
-                    for j in chosen { for k in 0..<g.experts[j].rank { mixed[k] += weights[j] * h[cols[j] + k] } }
-                    for j in chosen { for k in 0..<g.experts[j].rank { h[cols[j] + k] = weights[j] * mixed[k] } }
-                }
-                h.withUnsafeBufferPointer { hp in
-                    guard let hp = hp.baseAddress else { return }
+        let widest = groups.map(\.experts.count).max() ?? 0, deepest = maxRank.max() ?? 0
+        // Scratch on the stack of this call: weights, h (every expert's columns; only the chosen ones are read) and
+        // the merge-before mixture.
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: widest + totalRank + deepest) { scratch in
+            guard let base = scratch.baseAddress else { return }
+            let weights = base, h = base + widest, mixed = base + widest + totalRank
+            stackedA.withUnsafeBufferPointer { aBuffer in
+              combinedB.withUnsafeBufferPointer { bBuffer in
+                guard let a = aBuffer.baseAddress, let b = bBuffer.baseAddress else { return }
+                for (gi, g) in groups.enumerated() {
+                    let e = g.experts.count, cols = columns[gi]
+                    weights.update(repeating: 0, count: e)
+                    router.route(input, stride: inputs, rows: 1, module: g.module, context: context, into: weights)
+                    var any = false
+                    for j in 0..<e where weights[j] != 0 {
+                        any = true
+                        for k in 0..<g.experts[j].rank { h[cols[j] + k] = RoutingMath.dot(a + (cols[j] + k) * inputs, input, count: inputs) }
+                    }
+                    guard any else { continue }
+                    switch mixing {
+                    case .mergeAfter:
+                        for j in 0..<e where weights[j] != 0 { for k in 0..<g.experts[j].rank { h[cols[j] + k] *= weights[j] } }
+                    case .mergeBefore:
+                        mixed.update(repeating: 0, count: maxRank[gi])
+                        for j in 0..<e where weights[j] != 0 { for k in 0..<g.experts[j].rank { mixed[k] += weights[j] * h[cols[j] + k] } }
+                        for j in 0..<e where weights[j] != 0 { for k in 0..<g.experts[j].rank { h[cols[j] + k] = weights[j] * mixed[k] } }
+                    }
                     for o in g.rows {
                         let row = b + (o - span.lowerBound) * totalRank
                         var sum: Float = 0
-                        for j in chosen { sum += RoutingMath.dot(row + cols[j], hp + cols[j], count: g.experts[j].rank) }
+                        for j in 0..<e where weights[j] != 0 { sum += RoutingMath.dot(row + cols[j], h + cols[j], count: g.experts[j].rank) }
                         output[o] += sum
                     }
                 }
+              }
             }
-          }
         }
     }
 

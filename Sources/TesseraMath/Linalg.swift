@@ -98,7 +98,6 @@ public enum Linalg {
     /// Sets the number of OpenBLAS threads (benchmarks pin this to compare with other programs at equal threads).
     public static func setThreads(_ n: Int) {
         _ = configured
-        _ = quietIdleWorkers
         openblas_set_num_threads(Int32(n))
     }
 
@@ -138,23 +137,5 @@ public enum Linalg {
         unsafeBitCast(quit, to: (@convention(c) () -> Void).self)()
         unsafeBitCast(initialise, to: (@convention(c) () -> Void).self)()
         unsetenv("OPENBLAS_CORETYPE")
-    }()
-
-    /// OpenBLAS's idle workers spin, calling sched_yield, for about 2^28 cycles after each product before they sleep.
-    /// The engine's own parallel loops (attention, activations) run between products, and when there are as many
-    /// threads as cores the spinning workers take cores from them: on SmolLM2's 512-token prefill, attention took
-    /// 0.11 s beside spinning workers and 0.075 s without. OpenBLAS reads the spin time (OPENBLAS_THREAD_TIMEOUT, a
-    /// power of two from 4 to 30) only when it loads, so unless the user set it, it is set to the minimum here and the
-    /// worker pool is restarted (OpenBLAS starts it again on the next product). Waking a sleeping worker costs
-    /// microseconds, a few hundred times per forward pass. Both entry points are looked up, so another BLAS build
-    /// without them is left as it is.
-    private static let quietIdleWorkers: Void = {
-        guard ProcessInfo.processInfo.environment["OPENBLAS_THREAD_TIMEOUT"] == nil,
-              let library = dlopen(nil, RTLD_NOW),
-              let readEnvironment = dlsym(library, "openblas_read_env"),
-              let shutdownWorkers = dlsym(library, "blas_thread_shutdown_") else { return }
-        setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0)
-        unsafeBitCast(readEnvironment, to: (@convention(c) () -> Void).self)()
-        _ = unsafeBitCast(shutdownWorkers, to: (@convention(c) () -> Int32).self)()
     }()
 }

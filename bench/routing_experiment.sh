@@ -14,8 +14,10 @@
 #   bench/routing_experiment.sh                  # everything (hours on 2 cores at the defaults)
 #
 # Environment: TESSERA_ROUTING_DIR (work folder, default a new one in /tmp), STEPS (LoRA steps per expert, 30),
-# BATCH (8), MAX_LENGTH (192), GATE_STEPS (100), K (MBC clusters, 3), EVAL_N (examples per generation or
-# multiple-choice task, 100), PPL_N (documents per perplexity task, 30), THREADS (2), TESSERA_BIN (a built tessera),
+# BATCH (8), MAX_LENGTH (192), GATE_STEPS (100), GATE_LENGTH (max length of gate training, 128), K (MBC clusters, 3),
+# EVAL_N (examples per multiple-choice task and CLINC150, 100), LONG_N (CNN/DailyMail and Self-Instruct, whose answers
+# are long generations, 20), PPL_N (documents per perplexity task, 20), THREADS (2; the evaluation runs two processes
+# of THREADS/2 side by side), TESSERA_BIN (a built tessera),
 # PRETRAINED (a folder of already trained experts NAME/ to add instead of training them again: their training.json
 # says how they were made).
 set -euo pipefail
@@ -24,7 +26,7 @@ if [ -z "${TESSERA_BIN:-}" ]; then "$root/scripts/setup.sh"; fi
 T=${TESSERA_BIN:-"$root/.build/release/tessera"}
 tasks=(sst2 clinc150 cnn-dailymail shakespeare arc-challenge wikitext selfinstruct)
 steps=${STEPS:-30} batch=${BATCH:-8} max_length=${MAX_LENGTH:-192} gate_steps=${GATE_STEPS:-100} k=${K:-3}
-eval_n=${EVAL_N:-100} ppl_n=${PPL_N:-30} threads=${THREADS:-2}
+eval_n=${EVAL_N:-100} long_n=${LONG_N:-20} ppl_n=${PPL_N:-20} threads=${THREADS:-2} gate_length=${GATE_LENGTH:-128}
 work=${TESSERA_ROUTING_DIR:-$(mktemp -d /tmp/tessera-routing.XXXXXX)}
 mkdir -p "$work/logs"
 export GIT_AUTHOR_NAME="Tessera Routing" GIT_AUTHOR_EMAIL=routing@tessera.invalid GIT_COMMITTER_NAME="Tessera Routing" GIT_COMMITTER_EMAIL=routing@tessera.invalid
@@ -65,7 +67,7 @@ for t in "${tasks[@]}"; do
   [ -f "experts/$t/phatgoose_gates.safetensors" ] && continue
   t0=$(now)
   "$T" train gates smollm2 --adapter "experts/$t" --task "$root/data/experts/$t-train.jsonl" -o "experts/$t/phatgoose_gates.safetensors" \
-    --steps "$gate_steps" --max-length "$max_length" --threads "$threads" --json > "$work/logs/gates-$t.json"
+    --steps "$gate_steps" --max-length "$gate_length" --threads "$threads" --json > "$work/logs/gates-$t.json"
   echo "gates of $t in $(( $(now) - t0 )) s"
 done
 git add experts && git commit -qm "PhatGOOSE gates for every expert" || true
@@ -114,28 +116,34 @@ if [ ! -f merges/ties/adapter_config.json ]; then
   "$T" experts merge experts --method ties --density 0.5 --rank 16 -o merges/ties
   git add merges && git commit -qm "TIES merge of the library (density 0.5, rank 16 adapter)"
 fi
-git log --oneline | head -12
+git log --oneline -12
 
 step "Evaluation: every checkout on every expert's held-out task and on ARC-Easy (held out)"
 eval_tasks=()
 for t in "${tasks[@]}"; do
-  case $t in shakespeare|wikitext) n=$ppl_n;; cnn-dailymail|selfinstruct) n=$(( eval_n < 40 ? eval_n : 40 ));; *) n=$eval_n;; esac
+  case $t in shakespeare|wikitext) n=$ppl_n;; cnn-dailymail|selfinstruct) n=$long_n;; *) n=$eval_n;; esac
   eval_tasks+=(--task "$root/data/experts/$t-heldout.jsonl:$n")
 done
 eval_tasks+=(--task "$root/data/experts/arc-easy-heldout.jsonl:$eval_n")
 rev=$(git rev-parse --short HEAD)
 t0=$(now)
-if [ ! -f "$work/results-routed.json" ]; then
-  "$T" eval smollm2 HEAD:routers/oracle HEAD:routers/uniform HEAD:routers/arrow HEAD:routers/phatgoose HEAD:routers/glider \
-    HEAD:routers/mbc-arrow HEAD:routers/mbc-uniform "${eval_tasks[@]}" --threads "$threads" --json > "$work/results-routed.json"
-fi
-if [ ! -f "$work/results-ties.json" ]; then
-  "$T" eval smollm2 --adapter HEAD:merges/ties "${eval_tasks[@]}" --threads "$threads" --json > "$work/results-ties.json"
-fi
+# Two evaluation processes side by side (each checkout's results do not depend on the others').
+half=$(( threads > 1 ? threads / 2 : 1 ))
+evaluate() { # output, targets...
+  local out=$1; shift
+  if [ ! -f "$out" ]; then "$T" eval "$@" "${eval_tasks[@]}" --threads "$half" --json > "$out.tmp" && mv "$out.tmp" "$out"; fi
+}
+evaluate "$work/results-a.json" smollm2 HEAD:routers/oracle HEAD:routers/uniform HEAD:routers/arrow HEAD:routers/phatgoose &
+first=$!
+{ evaluate "$work/results-b.json" HEAD:routers/glider HEAD:routers/mbc-arrow HEAD:routers/mbc-uniform &&
+  evaluate "$work/results-ties.json" smollm2 --adapter HEAD:merges/ties; } &
+second=$!
+wait $first
+wait $second
 eval_s=$(( $(now) - t0 ))
 
 step "Table, chart and the notebook's findings (commit $rev)"
-python3 "$root/bench/routing_report.py" "$work/results-routed.json" "$work/results-ties.json" --chart "$work/routing.svg" \
+python3 "$root/bench/routing_report.py" "$work/results-a.json" "$work/results-b.json" "$work/results-ties.json" --chart "$work/routing.svg" \
   --out "$work/results.json" --commit "$rev" --heldout arc-easy "${tasks[@]}"
 echo
 echo "evaluation: ${eval_s} s; whole run: $(( $(now) - start )) s; work folder: $work (chart: $work/routing.svg)"

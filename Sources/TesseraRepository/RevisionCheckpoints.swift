@@ -40,8 +40,7 @@ final class RevisionCheckpoints {
             resolver.register(sharded)
             return ResolvedCheckpoint(name: spec, source: sharded, layout: .sharded(shards: sharded.shards.count), isFolder: false, sideFiles: beside)
         }
-        throw TesseraError(.notFound, "\(spec) is not tracked by tessera (git stores it as a plain file)",
-                           hint: "`tessera track PATTERN` tracks files matching PATTERN from the next `git add`")
+        throw RevisionCheckpoints.untracked(spec, bytes: bytes, hint: "`tessera track PATTERN` tracks files matching PATTERN from the next `git add`")
     }
 
     /// A file of a folder at a revision: its bytes from git (a small file tracked by tessera is rebuilt from the store).
@@ -64,12 +63,21 @@ final class RevisionCheckpoints {
         return out
     }
 
+    /// Why a file at a revision is not a checkpoint Tessera tracks: a Git LFS pointer (a .gitattributes rule, such as
+    /// the one Hugging Face folders carry, sent it to git-lfs) or a plain blob.
+    static func untracked(_ spec: String, bytes: [UInt8], hint: String) -> TesseraError {
+        if bytes.starts(with: Array("version https://git-lfs.github.com/spec/".utf8)) {
+            return TesseraError(.notFound, "\(spec) is a Git LFS pointer: a .gitattributes rule sent it to git-lfs, not to tessera",
+                                hint: "remove that rule (Hugging Face folders carry a .gitattributes of their own), then `git rm --cached` the file and `git add` it again")
+        }
+        return TesseraError(.notFound, "\(spec) is not tracked by tessera (git stores it as a plain file)", hint: hint)
+    }
+
     /// A tracked checkpoint of a folder at a revision.
     func openCheckpoint(_ spec: String) throws -> TensorSource {
         let bytes = try repository.git.blob(spec)
         guard Manifest.looksLikeManifest(bytes) else {
-            throw TesseraError(.notFound, "\(spec) is not tracked by tessera (git stores it as a plain file)",
-                               hint: "`tessera track '*.safetensors'` tracks checkpoints from the next `git add`")
+            throw Self.untracked(spec, bytes: bytes, hint: "`tessera track '*.safetensors'` tracks checkpoints from the next `git add`")
         }
         return try openStored(try Manifest.parse(String(decoding: bytes, as: UTF8.self), file: spec), spec)
     }

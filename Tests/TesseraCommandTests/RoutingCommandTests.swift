@@ -207,4 +207,31 @@ import TesseraTestSupport
         let r = try other.run("$T experts merge experts --method weighted --weights 1,2 -o w", in: lib, check: false)
         #expect(r.status != 0 && r.stderr.contains("3 numbers"), "\(r.stderr)")
     }
+
+    @Test func mixedRanksAndTargetSetsRoute() throws {
+        let sandbox = try Sandbox()
+        let repo = try sandbox.makeRepository()
+        _ = try sandbox.tinyLlamaFolder(repo + "/tiny")
+        try Self.writeAdapter(sandbox.path("adapters/all"), seed: 11, rank: 4)
+        // Rank 2, on two modules of one layer only.
+        try Self.writeAdapter(sandbox.path("adapters/some"), seed: 12, rank: 2,
+                              modules: [("model.layers.0.self_attn.q_proj", 64, 64), ("model.layers.0.self_attn.v_proj", 64, 32)])
+        try Self.writeTask(sandbox.path("t.jsonl"), name: "t")
+        try sandbox.run("$T experts add lib ../adapters/all --base tiny --task all && $T experts add lib ../adapters/some --task some", in: repo)
+        let task = sandbox.path("t.jsonl")
+        let base = try #require(Self.nll(sandbox.run("$T eval tiny --task \(task) --json", in: repo).stdout).values.first)
+        let all = try #require(Self.nll(sandbox.run("$T eval tiny --adapter ../adapters/all --task \(task) --json", in: repo).stdout).values.first)
+        for method in ["arrow", "uniform"] {
+            for mixing in ["merge-after", "merge-before"] {
+                try sandbox.run("$T route build --method \(method) --mixing \(mixing) --top-k 0 --experts lib -o r-\(method)-\(mixing)", in: repo)
+                let routed = try #require(Self.nll(sandbox.run("$T eval r-\(method)-\(mixing) --task \(task) --json", in: repo).stdout).values.first)
+                #expect(routed.isFinite && abs(routed - base) > 1e-4 && abs(routed - all) > 1e-6, "\(method) \(mixing): \(routed) (base \(base), all \(all))")
+            }
+        }
+        // The oracle on task "all" uses the full expert alone, whatever the other covers.
+        try sandbox.run("$T route build --method oracle --experts lib -o oracle", in: repo)
+        try Self.writeTask(sandbox.path("all.jsonl"), name: "all")
+        let oracle = try #require(Self.nll(sandbox.run("$T eval oracle --task \(sandbox.path("all.jsonl")) --json", in: repo).stdout).values.first)
+        #expect(abs(oracle - all) <= 1e-6 * abs(all), "\(oracle) vs \(all)")
+    }
 }

@@ -103,7 +103,10 @@ private final class OverriddenTensors: TensorSource {
         let difference = EngineFixtures.maxAbsDifference(adapted, merged)
         #expect(changed > 1e-2, "the adapter must change the logits (max change \(changed))")
         #expect(difference < 2e-5, "adapter vs merged weights: max |Δlogit| = \(difference)")
-        #expect(EngineFixtures.maxAbsDifference(try logits(model, ids), base) == 0, "removing the adapters restores the model")
+        // Not bit for bit: tests in this process change OpenBLAS's thread count (training's attention runs its products
+        // on one thread), and sgemm's partition of a product, hence its last bits, follows the thread count.
+        let restored = EngineFixtures.maxAbsDifference(try logits(model, ids), base)
+        #expect(restored < 1e-5, "removing the adapters restores the model (max |Δlogit| = \(restored))")
     }
 
     @Test func gpt2TransposedConvWeights() throws {

@@ -60,7 +60,9 @@ enum TrainingOutputFolder {
         return FileManager.default.fileExists(atPath: TrainingCheckpoint.path(in: path))
     }
 
-    static func isOwnTemporary(_ name: String) -> Bool { name.contains(".tessera-tmp-") }
+    /// A temporary file a killed run may have left: Tessera's own, or the one Foundation's atomic write
+    /// (`AtomicFile`, safetensors writes) creates beside its target (".dat.nosync…") before renaming it.
+    static func isOwnTemporary(_ name: String) -> Bool { name.contains(".tessera-tmp-") || name.hasPrefix(".dat.nosync") }
 
     /// Removes the run's checkpoint file and temporary files, then the folder if that left it empty.
     static func removeCheckpoint(in path: String) {

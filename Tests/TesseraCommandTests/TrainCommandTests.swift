@@ -67,6 +67,20 @@ import TesseraTestSupport
         #expect(try String(contentsOfFile: sandbox.path("file"), encoding: .utf8) == "a file")
     }
 
+    @Test func aKilledWritesTemporaryFileIsTheRunsOwn() throws {
+        let sandbox = try Sandbox()
+        let task = try Self.task(sandbox)
+        let model = try sandbox.tinyLlamaFolder()
+        // What a run killed while Foundation's atomic write was writing its checkpoint leaves behind.
+        let folder = sandbox.path("out/.checkpoint")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try Data("half".utf8).write(to: URL(fileURLWithPath: folder + "/.dat.nosync97C.q5CJ1F"))
+        let run = Self.train([model, "--task", task, "-o", sandbox.path("out"), "--steps", "2", "--threads", "1"])
+        #expect(run.error == nil, "\(String(describing: run.error))")
+        #expect(FileManager.default.fileExists(atPath: sandbox.path("out/training.json")))
+        #expect(!FileManager.default.fileExists(atPath: folder))
+    }
+
     @Test(arguments: [
         ("empty", [String](), "empty"),
         ("not-json", [#"{"tessera_task": 1, "type": "perplexity", "name": "p"}"#, #"{"text": "fine"}"#, "{oops"], ":3:"),

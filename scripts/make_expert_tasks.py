@@ -68,24 +68,26 @@ def write_task(path, header, examples):
     print(f"{path}: {len(examples)} examples", file=sys.stderr)
 
 
-def arc(source, out):
-    def load(name):
-        questions = []
-        for line in read_checked(source, name).splitlines():
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            labels = row["choices"]["label"]
-            if row["answerKey"] not in labels:
-                continue
-            questions.append({"id": row["id"], "context": f"Question: {row['question']}\nAnswer:",
-                              "choices": row["choices"]["text"], "answer": labels.index(row["answerKey"])})
-        return questions
+def arc_questions(source, name):
+    """ARC rows as multiple-choice examples in the lm-eval-harness prompt (rows whose answer is not a label skipped)."""
+    questions = []
+    for line in read_checked(source, name).splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        labels = row["choices"]["label"]
+        if row["answerKey"] not in labels:
+            continue
+        questions.append({"id": row["id"], "context": f"Question: {row['question']}\nAnswer:",
+                          "choices": row["choices"]["text"], "answer": labels.index(row["answerKey"])})
+    return questions
 
+
+def arc(source, out):
     header = {"tessera_task": 1, "type": "multiple_choice", "name": "arc-easy",
               "description": "ARC-Easy (AI2, CC BY-SA 4.0), lm-eval-harness prompt"}
-    write_task(os.path.join(out, "arc-easy-train.jsonl"), header, load("ARC-Easy-train.jsonl"))
-    write_task(os.path.join(out, "arc-easy-heldout.jsonl"), header, load("ARC-Easy-validation.jsonl"))
+    write_task(os.path.join(out, "arc-easy-train.jsonl"), header, arc_questions(source, "ARC-Easy-train.jsonl"))
+    write_task(os.path.join(out, "arc-easy-heldout.jsonl"), header, arc_questions(source, "ARC-Easy-validation.jsonl"))
 
 
 def sst2(source, out):
@@ -164,16 +166,7 @@ def shakespeare(source, out):
 
 
 def arc_challenge(source, out):
-    questions = []
-    for line in read_checked(source, "ARC-Challenge-test.jsonl").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        labels = row["choices"]["label"]
-        if row["answerKey"] not in labels:
-            continue
-        questions.append({"id": row["id"], "context": f"Question: {row['question']}\nAnswer:",
-                          "choices": row["choices"]["text"], "answer": labels.index(row["answerKey"])})
+    questions = arc_questions(source, "ARC-Challenge-test.jsonl")
     random.Random(0).shuffle(questions)
     header = {"tessera_task": 1, "type": "multiple_choice", "name": "arc-challenge",
               "description": "ARC-Challenge (AI2, CC BY-SA 4.0), lm-eval-harness prompt"}

@@ -113,7 +113,9 @@ struct EvalAdapterCommandTests {
         try sandbox.run("git add lora && git commit -qm adapter && git rm -rq lora", in: "repo")
         #expect(!FileManager.default.fileExists(atPath: repo + "/lora/adapter_model.safetensors"))
         let atHead = try Self.nll(tesseraSucceeds("eval", "-C", repo, Self.gguf, "--adapter", "HEAD:lora", "--task", task, "--json").stdout)
-        #expect(atHead.0 == onDisk.0)
+        // The same weights; not the same last bits necessarily: tests in this process set OpenBLAS's thread count, and
+        // sgemm's partition of a product follows it.
+        #expect(abs(atHead.0 - onDisk.0) <= 1e-6 * abs(onDisk.0), "\(atHead.0) vs \(onDisk.0)")
         #expect(atHead.1["adapters"]?.arrayValue?.first?["sha256"] == onDisk.1["adapters"]?.arrayValue?.first?["sha256"])
         #expect(atHead.1["adapters"]?.arrayValue?.first?["path"]?.stringValue == "HEAD:lora")
     }

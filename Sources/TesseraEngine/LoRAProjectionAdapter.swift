@@ -134,9 +134,13 @@ public final class LoRAProjectionAdapter: ProjectionAdapter, @unchecked Sendable
             if rows == 1 {
                 // One token (decoding): a few thousand multiply-adds, less than what waking OpenBLAS's threads for
                 // sgemv costs, so they run here on the calling thread.
-                for k in 0..<totalRank { h[k] = Self.dot(a + k * inputs, input, count: inputs) }
-                let y = output + span.lowerBound
-                for o in 0..<span.count { y[o] += Self.dot(b + o * totalRank, h, count: totalRank) }
+                VectorKernels.dotRows(a, lda: inputs, rows: totalRank, input, count: inputs, into: h)
+                let y = output + span.lowerBound, width = span.count
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: width) { delta in
+                    guard let delta = delta.baseAddress else { return }
+                    VectorKernels.dotRows(b, lda: totalRank, rows: width, h, count: totalRank, into: delta)
+                    for o in 0..<width { y[o] += delta[o] }
+                }
                 return
             }
             // h [rows, Σr] = x · Aᵀ ; y[:, span] += h · (s·B)ᵀ
@@ -145,23 +149,5 @@ public final class LoRAProjectionAdapter: ProjectionAdapter, @unchecked Sendable
                          output + span.lowerBound, ldc: outputStride)
           }
         }
-    }
-
-    /// Σ a[i]·b[i] in eight float32 lanes.
-    @inline(__always)
-    private static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
-        var lanes = SIMD8<Float>()
-        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
-        var i = 0
-        while i + 8 <= count {
-            lanes += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-            i += 8
-        }
-        var sum = lanes.sum()
-        while i < count {
-            sum += a[i] * b[i]
-            i += 1
-        }
-        return sum
     }
 }

@@ -4,6 +4,41 @@ import Foundation
 /// The elementwise and row-wise kernels the engine's architectures share: norms, activations, softmax, RoPE.
 /// Activations are row-major [rows, features]. Callers pass buffers of the sizes they name.
 public enum VectorKernels {
+    /// Σ a[i]·b[i] in eight float32 lanes: the per-token products of LoRA factors and router vectors, too small to
+    /// be worth a BLAS call.
+    @inlinable @inline(__always)
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
+        var lanes = SIMD8<Float>()
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        var i = 0
+        while i + 8 <= count {
+            lanes += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            i += 8
+        }
+        var sum = lanes.sum()
+        while i < count {
+            sum += a[i] * b[i]
+            i += 1
+        }
+        return sum
+    }
+
+    /// out[r] = a[r·lda ..< r·lda + n] · x for each of `rows` rows (CKernels, AVX-512 or AVX2 where present): one
+    /// token through stacked LoRA A rows or router vectors.
+    public static func dotRows(_ a: UnsafePointer<Float>, lda: Int, rows: Int, _ x: UnsafePointer<Float>, count n: Int,
+                               into out: UnsafeMutablePointer<Float>) {
+        guard rows > 0 else { return }
+        tessera_dot_rows(a, lda, rows, x, n, out)
+    }
+
+    /// y[i] += Σ_r coef[r]·b[r·ldb + i] for i in 0..<n (CKernels): a few scaled rows of a transposed LoRA B added
+    /// to one output row.
+    public static func axpyRows(_ b: UnsafePointer<Float>, ldb: Int, rows: Int, coefficients: UnsafePointer<Float>,
+                                into y: UnsafeMutablePointer<Float>, count n: Int) {
+        guard rows > 0, n > 0 else { return }
+        tessera_axpy_rows(b, ldb, rows, coefficients, y, n)
+    }
+
     /// RMSNorm: y = x / sqrt(mean(x²) + eps) · weight, per row (y may be x).
     public static func rmsNorm(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                                rows: Int, dim: Int, eps: Float) {

@@ -53,7 +53,9 @@ public final class RoutingContext: @unchecked Sendable {
 ///
 /// Routers are built once per model (everything they need checked then: `prepare`), and `route` runs inside the
 /// forward pass, where nothing can throw; a router that cannot route a row (the oracle with no expert for the task)
-/// writes zeros, i.e. the base model alone, and `prepare` or `RoutedLanguageModel` has said so beforehand.
+/// writes zeros, i.e. the base model alone, and `prepare` or `RoutedLanguageModel` has said so beforehand. `route`
+/// is called concurrently for different modules of one projection (decoding routes q, k and v on separate cores), so
+/// it reads only what `init` and `prepare` left and the context, and writes only `weights`.
 public protocol ExpertRouter: AnyObject {
     /// The method's name as `route build --method` and router.json spell it.
     var method: String { get }

@@ -10,7 +10,9 @@ import TesseraMath
 /// Per call, two products whatever the number of experts, as `LoRAProjectionAdapter` does: every expert's A of every
 /// module stacked gives h = x·Aᵀ for all of them at once; the router's weights then scale h's columns per row
 /// (merge-after: wₑ·hₑ; merge-before: each expert's columns become wₑ·Σ_f w_f·h_f, the mixed A applied), and one
-/// product with every expert's s·B adds the mixture to the rows each module covers.
+/// product with every expert's s·B adds the mixture to the rows each module covers. s·B is stored transposed,
+/// [Σ rank, rows]: one token then reads each chosen expert's B as `rank` contiguous rows (decoding is bound by
+/// memory traffic, and PEFT's [rows, rank] layout would fetch a cache line per output row for 32 bytes of it).
 public final class RoutedLoRAAdapter: ProjectionAdapter, @unchecked Sendable {
     /// One expert's factors on one module.
     public struct ExpertFactors: Sendable {
@@ -56,10 +58,16 @@ public final class RoutedLoRAAdapter: ProjectionAdapter, @unchecked Sendable {
     /// Per group, per expert: the first column of its rank in h.
     private let columns: [[Int]]
     private let maxRank: [Int]
+    /// Per group, per expert: its rank.
+    private let ranks: [[Int]]
+    /// One token's scratch: per group, where its weights (one per expert) and its merge-before mixture (max rank) start.
+    private let weightOffsets: [Int], weightCount: Int, mixedOffsets: [Int], mixedCount: Int
+    /// One token: the output rows (within `span`) each core adds the chosen experts to.
+    private let rowSlices: [Range<Int>]
     private let stackedA: [Float]
     private let span: Range<Int>
-    /// [span.count, totalRank]: each expert's s·B in its module's rows and its rank's columns.
-    private let combinedB: [Float]
+    /// [totalRank, span.count]: each expert's (s·B)ᵀ in its rank's rows and its module's columns, zero elsewhere.
+    private let transposedB: [Float]
 
     public init(inputs: Int, outputs: Int, groups: [Group], router: ExpertRouter, context: RoutingContext, mixing: ExpertMixing,
                 name: String) throws {
@@ -94,6 +102,12 @@ public final class RoutedLoRAAdapter: ProjectionAdapter, @unchecked Sendable {
         self.mixing = mixing
         self.columns = columns
         self.maxRank = maxRank
+        ranks = groups.map { $0.experts.map(\.rank) }
+        let counts = groups.map(\.experts.count)
+        weightOffsets = counts.indices.map { counts[..<$0].reduce(0, +) }
+        weightCount = counts.reduce(0, +)
+        mixedOffsets = maxRank.indices.map { maxRank[..<$0].reduce(0, +) }
+        mixedCount = maxRank.reduce(0, +)
         totalRank = total
         var stacked: [Float] = []
         stacked.reserveCapacity(total * inputs)
@@ -101,16 +115,20 @@ public final class RoutedLoRAAdapter: ProjectionAdapter, @unchecked Sendable {
         stackedA = stacked
         let low = groups.map(\.rows.lowerBound).min() ?? 0, high = groups.map(\.rows.upperBound).max() ?? 0
         span = low..<high
-        var b = [Float](repeating: 0, count: span.count * total)
+        // Slices of at least 128 rows (below that a slice costs more to hand over than to compute), one per core.
+        let cores = max(1, min(ProcessInfo.processInfo.activeProcessorCount, (high - low) / 128))
+        let size = ((high - low) + cores - 1) / cores
+        rowSlices = (0..<cores).map { c in min(high, low + c * size)..<min(high, low + (c + 1) * size) }.filter { !$0.isEmpty }
+        var b = [Float](repeating: 0, count: total * span.count)
         for (gi, g) in groups.enumerated() {
             for (ei, e) in g.experts.enumerated() {
-                for r in 0..<g.rows.count {
-                    let row = (g.rows.lowerBound + r - low) * total + columns[gi][ei]
-                    for k in 0..<e.rank { b[row + k] = e.scaling * e.b[r * e.rank + k] }
+                for k in 0..<e.rank {
+                    let row = (columns[gi][ei] + k) * span.count + g.rows.lowerBound - low
+                    for r in 0..<g.rows.count { b[row + r] = e.scaling * e.b[r * e.rank + k] }
                 }
             }
         }
-        combinedB = b
+        transposedB = b
     }
 
     public func addDelta(to output: UnsafeMutablePointer<Float>, outputStride: Int, input: UnsafePointer<Float>, inputStride: Int,
@@ -134,48 +152,56 @@ public final class RoutedLoRAAdapter: ProjectionAdapter, @unchecked Sendable {
             router.route(input, stride: inputStride, rows: rows, module: g.module, context: context, into: weights)
             mix(h, rows: rows, group: gi, weights: weights)
         }
-        combinedB.withUnsafeBufferPointer { b in
+        transposedB.withUnsafeBufferPointer { b in
             guard let b = b.baseAddress else { return }
-            Linalg.sgemm(transposeB: true, m: rows, n: span.count, k: totalRank, h, lda: totalRank, b, ldb: totalRank, beta: 1,
+            Linalg.sgemm(m: rows, n: span.count, k: totalRank, h, lda: totalRank, b, ldb: span.count, beta: 1,
                          output + span.lowerBound, ldc: outputStride)
         }
     }
 
-    /// One token (decoding): the router first, then only the experts it chose (top-k leaves the others at weight 0),
-    /// on the calling thread: a few thousand multiply-adds per chosen expert, less than waking OpenBLAS's threads.
+    /// One token (decoding): only the experts the router chose are computed (top-k leaves the others at weight 0), by
+    /// hand rather than through BLAS (a few thousand multiply-adds per chosen expert), in two parallel passes on the
+    /// engine's spinning workers: one module per iteration routes and forms its chosen experts' columns of h; then
+    /// each core adds, for a slice of the output rows, every chosen column times its row of (s·B)ᵀ. Decoding is
+    /// bound by memory traffic, and one core alone leaves the other spinning while it reads the experts.
     private func addDeltaOneToken(to output: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>) {
-        let widest = groups.map(\.experts.count).max() ?? 0, deepest = maxRank.max() ?? 0
-        // Scratch on the stack of this call: weights, h (every expert's columns; only the chosen ones are read) and
-        // the merge-before mixture.
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: widest + totalRank + deepest) { scratch in
+        // Scratch on the stack of this call: every group's weights and merge-before mixture, and h (every expert's
+        // columns; only the chosen ones are written and read).
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: weightCount + totalRank + mixedCount) { scratch in
             guard let base = scratch.baseAddress else { return }
-            let weights = base, h = base + widest, mixed = base + widest + totalRank
+            let allWeights = base, h = base + weightCount, allMixed = base + weightCount + totalRank
             stackedA.withUnsafeBufferPointer { aBuffer in
-              combinedB.withUnsafeBufferPointer { bBuffer in
+              transposedB.withUnsafeBufferPointer { bBuffer in
                 guard let a = aBuffer.baseAddress, let b = bBuffer.baseAddress else { return }
-                for (gi, g) in groups.enumerated() {
-                    let e = g.experts.count, cols = columns[gi]
+                Parallel.forEach(groups.count) { gi in
+                    let g = groups[gi], e = g.experts.count, cols = columns[gi], ranks = self.ranks[gi]
+                    let weights = allWeights + weightOffsets[gi]
                     weights.update(repeating: 0, count: e)
                     router.route(input, stride: inputs, rows: 1, module: g.module, context: context, into: weights)
-                    var any = false
                     for j in 0..<e where weights[j] != 0 {
-                        any = true
-                        for k in 0..<g.experts[j].rank { h[cols[j] + k] = RoutingMath.dot(a + (cols[j] + k) * inputs, input, count: inputs) }
+                        VectorKernels.dotRows(a + cols[j] * inputs, lda: inputs, rows: ranks[j], input, count: inputs, into: h + cols[j])
                     }
-                    guard any else { continue }
                     switch mixing {
                     case .mergeAfter:
-                        for j in 0..<e where weights[j] != 0 { for k in 0..<g.experts[j].rank { h[cols[j] + k] *= weights[j] } }
+                        for j in 0..<e where weights[j] != 0 { for k in 0..<ranks[j] { h[cols[j] + k] *= weights[j] } }
                     case .mergeBefore:
+                        let mixed = allMixed + mixedOffsets[gi]
                         mixed.update(repeating: 0, count: maxRank[gi])
-                        for j in 0..<e where weights[j] != 0 { for k in 0..<g.experts[j].rank { mixed[k] += weights[j] * h[cols[j] + k] } }
-                        for j in 0..<e where weights[j] != 0 { for k in 0..<g.experts[j].rank { h[cols[j] + k] = weights[j] * mixed[k] } }
+                        for j in 0..<e where weights[j] != 0 { for k in 0..<ranks[j] { mixed[k] += weights[j] * h[cols[j] + k] } }
+                        for j in 0..<e where weights[j] != 0 { for k in 0..<ranks[j] { h[cols[j] + k] = weights[j] * mixed[k] } }
                     }
-                    for o in g.rows {
-                        let row = b + (o - span.lowerBound) * totalRank
-                        var sum: Float = 0
-                        for j in 0..<e where weights[j] != 0 { sum += RoutingMath.dot(row + cols[j], h + cols[j], count: g.experts[j].rank) }
-                        output[o] += sum
+                }
+                let width = span.count, slices = rowSlices.count
+                Parallel.forEach(slices) { c in
+                    let slice = rowSlices[c]
+                    for (gi, g) in groups.enumerated() {
+                        let lo = max(g.rows.lowerBound, slice.lowerBound), hi = min(g.rows.upperBound, slice.upperBound)
+                        guard lo < hi else { continue }
+                        let weights = allWeights + weightOffsets[gi], cols = columns[gi], ranks = self.ranks[gi]
+                        for j in 0..<g.experts.count where weights[j] != 0 {
+                            VectorKernels.axpyRows(b + cols[j] * width + (lo - span.lowerBound), ldb: width, rows: ranks[j],
+                                                   coefficients: h + cols[j], into: output + lo, count: hi - lo)
+                        }
                     }
                 }
               }

@@ -1,23 +1,17 @@
 import Foundation
+import TesseraMath
 
 /// The small vector operations routers run per token.
 enum RoutingMath {
-    /// Σ a[i]·b[i] in eight float32 lanes.
-    @inline(__always)
-    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
-        var lanes = SIMD8<Float>()
-        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
-        var i = 0
-        while i + 8 <= count {
-            lanes += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-            i += 8
+    /// out[j] = x · vectors[experts[j]] (rows of `inputs` floats). A module's experts are usually a run of
+    /// consecutive library indices: their rows are then read together (`VectorKernels.dotRows`).
+    static func dots(_ x: UnsafePointer<Float>, vectors: UnsafePointer<Float>, inputs: Int, experts: [Int], into out: UnsafeMutablePointer<Float>) {
+        guard let first = experts.first, let last = experts.last else { return }
+        if last - first + 1 == experts.count {
+            VectorKernels.dotRows(vectors + first * inputs, lda: inputs, rows: experts.count, x, count: inputs, into: out)
+        } else {
+            for (j, expert) in experts.enumerated() { out[j] = VectorKernels.dot(x, vectors + expert * inputs, count: inputs) }
         }
-        var sum = lanes.sum()
-        while i < count {
-            sum += a[i] * b[i]
-            i += 1
-        }
-        return sum
     }
 
     /// LayerNorm without affine parameters: (v − mean) / √(var + eps), the biased variance (PyTorch's).

@@ -168,3 +168,49 @@ private func atEveryLevel(_ body: (String) throws -> Void) rethrows {
         #expect(total == [20_000, 20_000, 20_000])
     }
 }
+
+@Suite(.serialized) struct LoRARowKernelTests {
+    /// `dotRows` and `axpyRows` (one decoded token through LoRA factors and router vectors) against double loops:
+    /// row counts around the four-row blocks (1, 3, 4, 7, 16), widths around the vector lengths (5, 16, 33, 576), a
+    /// leading dimension past the width, at every kernel level.
+    @Test(arguments: [(1, 5), (3, 16), (4, 33), (7, 576), (16, 191)])
+    func rowKernelsMatchDoubleLoops(rows: Int, width n: Int) {
+        let ld = n + 3
+        let a = (0..<(rows * ld)).map { Float(sin(Double($0) * 0.37)) * 0.8 }
+        let x = (0..<n).map { Float(cos(Double($0) * 0.13)) }
+        let coefficients = (0..<rows).map { Float(0.5 - Double($0) * 0.21) }
+        let y0 = (0..<n).map { Float(sin(Double($0) * 0.05)) }
+        let wantDots = (0..<rows).map { r in (0..<n).reduce(0.0) { $0 + Double(a[r * ld + $1]) * Double(x[$1]) } }
+        let wantY = (0..<n).map { i in (0..<rows).reduce(Double(y0[i])) { $0 + Double(coefficients[$1]) * Double(a[$1 * ld + i]) } }
+        atEveryLevel { level in
+            var dots = [Float](repeating: .nan, count: rows)
+            var y = y0
+            a.withUnsafeBufferPointer { ap in
+                x.withUnsafeBufferPointer { xp in
+                    coefficients.withUnsafeBufferPointer { cp in
+                        VectorKernels.dotRows(ap.baseAddress!, lda: ld, rows: rows, xp.baseAddress!, count: n, into: &dots)
+                        VectorKernels.axpyRows(ap.baseAddress!, ldb: ld, rows: rows, coefficients: cp.baseAddress!, into: &y, count: n)
+                    }
+                }
+            }
+            let dotError = zip(dots, wantDots).map { abs(Double($0) - $1) }.max() ?? .nan
+            let axpyError = zip(y, wantY).map { abs(Double($0) - $1) }.max() ?? .nan
+            #expect(dotError < 1e-5 * Double(n).squareRoot(), "\(level) dotRows \(rows)×\(n): max |Δ| = \(dotError)")
+            #expect(axpyError < 1e-5, "\(level) axpyRows \(rows)×\(n): max |Δ| = \(axpyError)")
+        }
+    }
+
+    /// Padding past each row's width is never read: NaNs there leave every result finite.
+    @Test func rowKernelsReadOnlyTheirWidth() {
+        let rows = 6, n = 20, ld = 32
+        var a = [Float](repeating: .nan, count: rows * ld)
+        for r in 0..<rows { for i in 0..<n { a[r * ld + i] = Float(r + 1) * 0.01 * Float(i) } }
+        let x = [Float](repeating: 1, count: n), c = [Float](repeating: 1, count: rows)
+        atEveryLevel { level in
+            var dots = [Float](repeating: 0, count: rows), y = [Float](repeating: 0, count: n)
+            VectorKernels.dotRows(a, lda: ld, rows: rows, x, count: n, into: &dots)
+            VectorKernels.axpyRows(a, ldb: ld, rows: rows, coefficients: c, into: &y, count: n)
+            #expect(dots.allSatisfy(\.isFinite) && y.allSatisfy(\.isFinite), "\(level)")
+        }
+    }
+}

@@ -62,6 +62,12 @@ void tessera_attend_decode(size_t group, const float *q, const float *keys, cons
 extern "C" {
 #endif
 
+/// out[r] = a[r·lda ..< r·lda + n] · x for r in 0..<rows: one token through a few stacked rows (LoRA A factors,
+/// router vectors), several rows read at once.
+void tessera_dot_rows(const float *a, size_t lda, size_t rows, const float *x, size_t n, float *out);
+/// y[i] += Σ_r coef[r] · b[r·ldb + i] for i in 0..<n: a few scaled rows (LoRA B factors, transposed) added to one
+/// output, each 16-float chunk of y loaded and stored once per four rows.
+void tessera_axpy_rows(const float *b, size_t ldb, size_t rows, const float *coef, float *y, size_t n);
 /// SwiGLU's gating: out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].
 void tessera_silu_mul(const float *gate, const float *up, float *out, size_t n);
 /// o[i] = fma(x[i], w, o[i]): the fused accumulation of torch's addcmul_, one rounding per element.

@@ -35,9 +35,8 @@ public final class ArrowRouter: ExpertRouter {
             guard let p = p.baseAddress else { return }
             for t in 0..<rows {
                 let row = weights + t * e
-                for (j, expert) in module.experts.enumerated() {
-                    row[j] = abs(RoutingMath.dot(x + t * stride, p + expert * m.inputs, count: m.inputs)) / temperature
-                }
+                RoutingMath.dots(x + t * stride, vectors: p, inputs: m.inputs, experts: module.experts, into: row)
+                for j in 0..<e { row[j] = abs(row[j]) / temperature }
                 TopKSoftmax.apply(row, count: e, k: topK)
             }
         }

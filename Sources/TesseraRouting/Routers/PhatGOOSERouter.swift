@@ -1,4 +1,5 @@
 import Foundation
+import TesseraMath
 import TesseraCore
 import TesseraIO
 
@@ -51,9 +52,8 @@ public final class PhatGOOSERouter: ExpertRouter {
             guard let gp = gp.baseAddress else { return }
             for t in 0..<rows {
                 RoutingMath.layerNorm(x + t * stride, count: d, into: normalizedRow)
-                for (j, expert) in module.experts.enumerated() {
-                    logits[t * e + j] = RoutingMath.dot(normalizedRow, gp + expert * d, count: d) * scale
-                }
+                RoutingMath.dots(normalizedRow, vectors: gp, inputs: d, experts: module.experts, into: logits + t * e)
+                for j in 0..<e { logits[t * e + j] *= scale }
             }
         }
     }

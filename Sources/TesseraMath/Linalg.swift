@@ -15,6 +15,46 @@ public enum Linalg {
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
+    /// The same product as `sgemm`, split into one single-threaded OpenBLAS call per core on Tessera's own pool
+    /// (`Parallel.forEach`), each computing a band of C's columns (or rows, when C is narrow). For training's large
+    /// products at batches of a few hundred rows: OpenBLAS's own threads wait for each other between packing phases
+    /// with `sched_yield`, which took 12–15% of a training step's CPU time (a quarter of `train gates`'). OpenBLAS picks
+    /// its blocking from each call's shape, so a band's sums may round differently from the whole product's (float32
+    /// rounding, tested); products under 4M multiply-adds go to `sgemm` as they are.
+    public static func sgemmAcrossCores(transposeA: Bool = false, transposeB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
+                                        _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int, beta: Float = 0,
+                                        _ c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let parts = threads
+        guard parts > 1, m > 0, n > 0, k > 0, Double(m) * Double(n) * Double(k) >= 4_194_304, max(m, n) >= 64 * parts else {
+            sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a, lda: lda, b, ldb: ldb, beta: beta, c, ldc: ldc)
+            return
+        }
+        setThreads(1)
+        defer { setThreads(parts) }
+        let alongColumns = n >= m
+        let total = alongColumns ? n : m
+        // Bands in multiples of 16 columns (OpenBLAS's SkylakeX kernel width), so no band ends in a partial block.
+        let band = (total + parts - 1) / parts, size = (band + 15) / 16 * 16
+        let shared = (a: UnsafeRawPointer(a), b: UnsafeRawPointer(b), c: UnsafeMutableRawPointer(c))
+        Parallel.forEach(parts) { part in
+            let lo = min(total, part * size), hi = min(total, lo + size)
+            guard lo < hi else { return }
+            let a = shared.a.assumingMemoryBound(to: Float.self), b = shared.b.assumingMemoryBound(to: Float.self)
+            let c = shared.c.assumingMemoryBound(to: Float.self)
+            if alongColumns {
+                // Columns lo..<hi of op(B): rows of B when transposed, else columns.
+                let bPart = transposeB ? b + lo * ldb : b + lo
+                sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: hi - lo, k: k, alpha: alpha, a, lda: lda, bPart, ldb: ldb,
+                      beta: beta, c + lo, ldc: ldc)
+            } else {
+                // Rows lo..<hi of op(A): columns of A when transposed, else rows.
+                let aPart = transposeA ? a + lo : a + lo * lda
+                sgemm(transposeA: transposeA, transposeB: transposeB, m: hi - lo, n: n, k: k, alpha: alpha, aPart, lda: lda, b, ldb: ldb,
+                      beta: beta, c + lo * ldc, ldc: ldc)
+            }
+        }
+    }
+
     /// C[m×n] = alpha · A[m×k] · B[n×k]ᵀ + beta · C. This is the shape of a linear layer: x · Wᵀ with W [out, in].
     @inline(__always)
     public static func matmulTransposedB(

@@ -53,6 +53,34 @@ private func atEveryLevel(_ body: (String) throws -> Void) rethrows {
     }
 }
 
+@Suite(.serialized) struct SgemmAcrossCoresTests {
+    /// Every transpose combination, split along columns (wide C) and along rows (tall C), with leading dimensions
+    /// past the widths and beta = 1, against the one-call product at two OpenBLAS threads.
+    @Test(arguments: [(false, false), (false, true), (true, false), (true, true)])
+    func splitProductsMatchTheWholeProduct(transposeA: Bool, transposeB: Bool) {
+        let previous = Linalg.threads
+        Linalg.setThreads(2)
+        defer { Linalg.setThreads(previous) }
+        for (m, n, k) in [(37, 1500, 130), (900, 70, 128), (64, 129, 600)] {
+            let lda = (transposeA ? m : k) + 3, ldb = (transposeB ? k : n) + 5, ldc = n + 7
+            let a = (0..<((transposeA ? k : m) * lda)).map { Float(sin(Double($0) * 0.013)) }
+            let b = (0..<((transposeB ? n : k) * ldb)).map { Float(cos(Double($0) * 0.007)) }
+            let c0 = (0..<(m * ldc)).map { Float($0 % 13) * 0.25 }
+            var whole = c0, split = c0
+            Linalg.sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: 0.5, a, lda: lda, b, ldb: ldb, beta: 1, &whole, ldc: ldc)
+            Linalg.sgemmAcrossCores(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: 0.5, a, lda: lda, b, ldb: ldb,
+                                    beta: 1, &split, ldc: ldc)
+            var worst: Float = 0
+            for i in 0..<(m * ldc) { worst = max(worst, abs(whole[i] - split[i]) / max(1, abs(whole[i]))) }
+            // OpenBLAS picks its blocking from the product's shape, so a band's sums may round differently: float32
+            // rounding of up to 600 terms of magnitude about 1.
+            #expect(worst <= 1e-4, "\(m)×\(n)×\(k) transposeA \(transposeA) transposeB \(transposeB): max relative Δ \(worst)")
+            // The padding past n in each row of C is untouched.
+            for r in 0..<m { for j in n..<ldc { #expect(split[r * ldc + j] == c0[r * ldc + j]) } }
+        }
+    }
+}
+
 @Suite struct LinalgTests {
     /// Every transpose combination and leading dimension of the one sgemm wrapper against a double loop.
     @Test(arguments: [(false, false), (false, true), (true, false), (true, true)])

@@ -20,7 +20,7 @@ enum SoftmaxCrossEntropy {
         var r0 = 0
         while r0 < rows {
             let n = min(chunk, rows - r0)
-            Linalg.matmulTransposedB(x + r0 * dim, head, logits.p, m: n, n: vocabulary, k: dim)
+            Linalg.sgemmAcrossCores(transposeB: true, m: n, n: vocabulary, k: dim, x + r0 * dim, lda: dim, head, ldb: dim, logits.p, ldc: vocabulary)
             losses.withUnsafeMutableBufferPointer { lossBuffer in
                 guard let out = lossBuffer.baseAddress else { return }
                 RowParallel.forRows(n, minimum: 2) { range in
@@ -42,7 +42,7 @@ enum SoftmaxCrossEntropy {
             }
             for i in 0..<n { total += losses[i] }
             if let dx {
-                Linalg.matmul(logits.p, head, dx + r0 * dim, m: n, n: dim, k: vocabulary)
+                Linalg.sgemmAcrossCores(m: n, n: dim, k: vocabulary, logits.p, lda: vocabulary, head, ldb: dim, dx + r0 * dim, ldc: dim)
             }
             r0 += n
         }

@@ -44,7 +44,8 @@ final class LoRALinear {
                  dropout: DropoutMasks?) -> LinearTape {
         let tape = LinearTape()
         guard n > 0 else { return tape }
-        Linalg.matmulTransposedB(x, projection.weightPointer, y, m: n, n: outputs, k: inputs, beta: accumulate ? 1 : 0)
+        Linalg.sgemmAcrossCores(transposeB: true, m: n, n: outputs, k: inputs, x, lda: inputs, projection.weightPointer, ldb: inputs,
+                                beta: accumulate ? 1 : 0, y, ldc: outputs)
         if let bias = projection.biasPointer { VectorKernels.addBias(y, bias, rows: n, dim: outputs) }
         guard !bindings.isEmpty else { return tape }
         let dropped = dropout.map { _ in TrainingBuffer(n * inputs) }
@@ -83,7 +84,8 @@ final class LoRALinear {
                   dx: UnsafeMutablePointer<Float>?, accumulate: Bool) {
         guard n > 0 else { return }
         if let dx {
-            Linalg.sgemm(m: n, n: inputs, k: outputs, dy, lda: outputs, projection.weightPointer, ldb: inputs, beta: accumulate ? 1 : 0, dx, ldc: inputs)
+            Linalg.sgemmAcrossCores(m: n, n: inputs, k: outputs, dy, lda: outputs, projection.weightPointer, ldb: inputs,
+                                    beta: accumulate ? 1 : 0, dx, ldc: inputs)
         }
         guard !bindings.isEmpty else { return }
         let dropped = dropout.map { _ in TrainingBuffer(n * inputs) }

@@ -35,7 +35,8 @@ struct FisherCommand: ParsableCommand {
         (a config's `parameters: {fisher: FILE}` per model). The output is replaced
         only with --force.
         Examples:
-          tessera fisher smollm2 --task arc-easy-train.jsonl --examples 20 -o arc.fisher.safetensors
+          tessera fisher smollm2 --task arc-easy-train.jsonl --examples 20 \\
+              -o arc.fisher.safetensors
           tessera fisher minilm --task train.jsonl -o fisher.safetensors
         """
     )

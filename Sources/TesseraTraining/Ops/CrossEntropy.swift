@@ -3,15 +3,16 @@ import TesseraMath
 
 /// Softmax cross-entropy through a frozen output head, over the counted positions only (ignored targets never get
 /// logits): logits = x · Wᵀ in chunks of rows, loss = logsumexp(logits) − logits[target], and
-/// dx = lossScale · (softmax(logits) − onehot(target)) · W. Chunks bound the logits buffer (rows × vocabulary).
+/// dx = lossScale · (softmax(logits) − onehot(target)) · W, and, when asked, the head's own gradient
+/// dW += lossScale · (softmax − onehot)ᵀ · x. Chunks bound the logits buffer (rows × vocabulary).
 enum SoftmaxCrossEntropy {
     static let chunkRows = 256
     /// At most this many logits at once (64 MB), whatever the vocabulary.
     static let chunkLogits = 1 << 24
 
-    /// Σ of the rows' cross-entropies (nats); writes dx [rows, dim] when given.
+    /// Σ of the rows' cross-entropies (nats); writes dx [rows, dim] when given, adds to dHead [vocabulary, dim] when given.
     static func lossAndGradient(_ x: UnsafePointer<Float>, rows: Int, dim: Int, head: UnsafePointer<Float>, vocabulary: Int, targets: [Int],
-                                lossScale: Float, dx: UnsafeMutablePointer<Float>?) -> Double {
+                                lossScale: Float, dx: UnsafeMutablePointer<Float>?, dHead: UnsafeMutablePointer<Float>? = nil) -> Double {
         guard rows > 0 else { return 0 }
         let chunk = max(1, min(rows, chunkRows, chunkLogits / max(1, vocabulary)))
         let logits = TrainingBuffer(chunk * vocabulary)
@@ -43,6 +44,9 @@ enum SoftmaxCrossEntropy {
             for i in 0..<n { total += losses[i] }
             if let dx {
                 Linalg.sgemmAcrossCores(m: n, n: dim, k: vocabulary, logits.p, lda: vocabulary, head, ldb: dim, dx + r0 * dim, ldc: dim)
+            }
+            if let dHead {
+                Linalg.sgemm(transposeA: true, m: vocabulary, n: dim, k: n, logits.p, lda: vocabulary, x + r0 * dim, ldb: dim, beta: 1, dHead, ldc: dim)
             }
             r0 += n
         }

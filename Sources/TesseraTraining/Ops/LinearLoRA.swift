@@ -79,10 +79,22 @@ final class LoRALinear {
     }
 
     /// Adds the LoRA factors' gradients for `dy` [rows, outputs] and, when `dx` is given, writes (or adds) the
-    /// gradient with respect to x [rows, inputs].
+    /// gradient with respect to x [rows, inputs]. With `weightGradient` [outputs, inputs] (and `biasGradient`
+    /// [outputs]), the frozen weight's own gradient is added there too: dW += dyᵀ · x (x undropped: dropout only
+    /// feeds the LoRA term), one sgemm.
     func backward(_ dy: UnsafePointer<Float>, input x: UnsafePointer<Float>, rows n: Int, tape: LinearTape, dropout: DropoutMasks?,
-                  dx: UnsafeMutablePointer<Float>?, accumulate: Bool) {
+                  dx: UnsafeMutablePointer<Float>?, accumulate: Bool, weightGradient: UnsafeMutablePointer<Float>? = nil,
+                  biasGradient: UnsafeMutablePointer<Float>? = nil) {
         guard n > 0 else { return }
+        if let weightGradient {
+            Linalg.sgemm(transposeA: true, m: outputs, n: inputs, k: n, dy, lda: outputs, x, ldb: inputs, beta: 1, weightGradient, ldc: inputs)
+        }
+        if let biasGradient {
+            for t in 0..<n {
+                let row = dy + t * outputs
+                for j in 0..<outputs { biasGradient[j] += row[j] }
+            }
+        }
         if let dx {
             Linalg.sgemmAcrossCores(m: n, n: inputs, k: outputs, dy, lda: outputs, projection.weightPointer, ldb: inputs,
                                     beta: accumulate ? 1 : 0, dx, ldc: inputs)

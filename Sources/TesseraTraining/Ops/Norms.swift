@@ -30,6 +30,18 @@ enum RMSNormOp {
             }
         }
     }
+
+    /// dw += Σ_rows dy ⊙ x · r: the gradient of the norm's own weight (rows in order, one pass: dim is small).
+    static func weightGradient(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>, rows: Int, dim: Int,
+                               eps: Float) {
+        for r in 0..<rows {
+            let xr = x + r * dim, g = dy + r * dim
+            var squares: Float = 0
+            for j in 0..<dim { squares += xr[j] * xr[j] }
+            let inv = 1 / (squares / Float(dim) + eps).squareRoot()
+            for j in 0..<dim { dw[j] += g[j] * xr[j] * inv }
+        }
+    }
 }
 
 /// LayerNorm (GPT-2, GPT-Neo, BERT): y = x̂ · w + b with x̂ = (x − mean) · r, r = 1/√(var + eps) (biased variance).

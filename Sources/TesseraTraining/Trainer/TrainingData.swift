@@ -35,15 +35,12 @@ public enum TrainingData {
         var out = Rendered(sequences: [], truncated: 0, dropped: 0, examples: 0)
         func add(context: [Int], continuation: [Int]) {
             out.examples += 1
-            guard !continuation.isEmpty, !context.isEmpty || continuation.count > 1 else { out.dropped += 1; return }
-            var context = context, continuation = continuation
-            if context.count + continuation.count > maxLength {
-                out.truncated += 1
-                if continuation.count > maxLength - 1 { continuation = Array(continuation.prefix(maxLength - 1)) }
-                let room = maxLength - continuation.count
-                if context.count > room { context = Array(context.suffix(room)) }
+            guard let (sequence, truncated) = fitted(context: context, continuation: continuation, maxLength: maxLength) else {
+                out.dropped += 1
+                return
             }
-            out.sequences.append(pair(context: context, continuation: continuation))
+            if truncated { out.truncated += 1 }
+            out.sequences.append(sequence)
         }
         switch task.examples {
         case let .perplexity(texts):
@@ -52,12 +49,7 @@ public enum TrainingData {
                 let ids = try tokenizer.encode(text)
                 guard ids.count >= 2 else { out.dropped += 1; continue }
                 if ids.count > maxLength { out.truncated += 1 }
-                var start = 0
-                while start + 1 < ids.count {
-                    let end = min(ids.count, start + maxLength)
-                    out.sequences.append(TrainingSequence(text: ids[start..<end].map { Int32(truncatingIfNeeded: $0) }))
-                    start = end - 1
-                }
+                out.sequences += windows(ids, maxLength: maxLength)
             }
         case let .multipleChoice(questions):
             for q in questions {
@@ -74,18 +66,25 @@ public enum TrainingData {
         case let .generation(examples):
             let end = try endOfTurn(tokenizer: tokenizer, chat: task.template != nil)
             for example in examples {
-                let text = task.template.map { $0.prompt(user: example.prompt) } ?? example.prompt
-                let prompt = try tokenizer.encode(text)
-                let answer = try tokenizer.encode(example.references.first ?? "")
-                // The end token comes after the answer even when the answer is cut: the model learns to stop.
-                var continuation = answer + end
-                if prompt.count + continuation.count > maxLength, continuation.count > maxLength - 1, !end.isEmpty {
-                    continuation = Array(answer.prefix(maxLength - 1 - end.count)) + end
-                }
+                let (prompt, continuation) = try generationPair(example, task: task, tokenizer: tokenizer, end: end, maxLength: maxLength)
                 add(context: prompt, continuation: continuation)
             }
         }
         return out
+    }
+
+    /// A generation example's prompt (in the task's chat template) and its first reference followed by `end`.
+    static func generationPair(_ example: GenerationExample, task: UserTask, tokenizer: any TextTokenizer, end: [Int],
+                               maxLength: Int) throws -> (prompt: [Int], continuation: [Int]) {
+        let text = task.template.map { $0.prompt(user: example.prompt) } ?? example.prompt
+        let prompt = try tokenizer.encode(text)
+        let answer = try tokenizer.encode(example.references.first ?? "")
+        // The end token comes after the answer even when the answer is cut: the model learns to stop.
+        var continuation = answer + end
+        if prompt.count + continuation.count > maxLength, continuation.count > maxLength - 1, !end.isEmpty {
+            continuation = Array(answer.prefix(max(0, maxLength - 1 - end.count))) + end
+        }
+        return (prompt, continuation)
     }
 
     /// The token generation stops at after an answer: the chat template's `<|im_end|>` when it is one token the
@@ -94,6 +93,33 @@ public enum TrainingData {
         if chat, let ids = try? tokenizer.encode("<|im_end|>"), ids.count == 1, tokenizer.stopTokenIDs.contains(ids[0]) { return ids }
         if let eos = (tokenizer as? BPETokenizer)?.eosTokenID { return [eos] }
         return tokenizer.stopTokenIDs.min().map { [$0] } ?? []
+    }
+
+    /// The pair as one sequence cut to `maxLength` as described above (and whether it was cut), or nil when it
+    /// predicts nothing.
+    static func fitted(context: [Int], continuation: [Int], maxLength: Int) -> (TrainingSequence, truncated: Bool)? {
+        guard !continuation.isEmpty, !context.isEmpty || continuation.count > 1 else { return nil }
+        var context = context, continuation = continuation
+        let truncated = context.count + continuation.count > maxLength
+        if truncated {
+            if continuation.count > maxLength - 1 { continuation = Array(continuation.prefix(maxLength - 1)) }
+            let room = maxLength - continuation.count
+            if context.count > room { context = Array(context.suffix(room)) }
+        }
+        return (pair(context: context, continuation: continuation), truncated)
+    }
+
+    /// Plain text in windows of `maxLength` tokens overlapping by one, so that each token after the first is
+    /// predicted once (empty when the text has fewer than two tokens).
+    static func windows(_ ids: [Int], maxLength: Int) -> [TrainingSequence] {
+        var out: [TrainingSequence] = []
+        var start = 0
+        while start + 1 < ids.count {
+            let end = min(ids.count, start + maxLength)
+            out.append(TrainingSequence(text: ids[start..<end].map { Int32(truncatingIfNeeded: $0) }))
+            start = end - 1
+        }
+        return out
     }
 
     /// Context then continuation in one sequence; only the continuation's tokens are targets.

@@ -46,7 +46,7 @@ enum SoftmaxCrossEntropy {
                 Linalg.sgemmAcrossCores(m: n, n: dim, k: vocabulary, logits.p, lda: vocabulary, head, ldb: dim, dx + r0 * dim, ldc: dim)
             }
             if let dHead {
-                Linalg.sgemm(transposeA: true, m: vocabulary, n: dim, k: n, logits.p, lda: vocabulary, x + r0 * dim, ldb: dim, beta: 1, dHead, ldc: dim)
+                Linalg.sgemmAcrossCores(transposeA: true, m: vocabulary, n: dim, k: n, logits.p, lda: vocabulary, x + r0 * dim, ldb: dim, beta: 1, dHead, ldc: dim)
             }
             r0 += n
         }

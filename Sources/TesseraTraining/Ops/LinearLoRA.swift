@@ -87,7 +87,7 @@ final class LoRALinear {
                   biasGradient: UnsafeMutablePointer<Float>? = nil) {
         guard n > 0 else { return }
         if let weightGradient {
-            Linalg.sgemm(transposeA: true, m: outputs, n: inputs, k: n, dy, lda: outputs, x, ldb: inputs, beta: 1, weightGradient, ldc: inputs)
+            Linalg.sgemmAcrossCores(transposeA: true, m: outputs, n: inputs, k: n, dy, lda: outputs, x, ldb: inputs, beta: 1, weightGradient, ldc: inputs)
         }
         if let biasGradient {
             for t in 0..<n {

@@ -32,6 +32,7 @@ Usage: bench/bench_train.py [--tools torch,tessera] [--steps 21] [--python PY] [
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -202,6 +203,8 @@ def main():
         # Tessera sets its BLAS thread count itself (--threads default 2 here); OPENBLAS_NUM_THREADS would fight it.
         tess_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
         out_dir = os.path.join(train_dir, "tessera_adapter")
+        # The previous run's adapter: this script's own scratch (train lora refuses to overwrite a finished run).
+        shutil.rmtree(out_dir, ignore_errors=True)
         cmd = tessera_command(a.tessera, model, cfg["task"], cfg["init_adapter"], out_dir, a.steps, a.tessera_arg)
         print("$ " + " ".join(cmd), file=sys.stderr)
         out, wall, rss = run_measured(cmd, env=tess_env)

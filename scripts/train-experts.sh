@@ -6,7 +6,8 @@
 #   scripts/train-experts.sh [TASK ...]          # default: sst2 arc-easy clinc150 shakespeare
 #
 # Environment: TESSERA_EXPERTS_DIR (work folder; default a new one in /tmp), STEPS (optimizer steps per expert,
-# default 120), BATCH (sequences per step, 8), LR (1e-3), RANK (8), EVAL_N (held-out examples per task, 0 = all),
+# default 120), BATCH (sequences per step, 8), LR (1e-3), RANK (8), EVAL_N (held-out examples per task, 0 = all;
+# EVAL_N_<task>, e.g. EVAL_N_sst2=0, for one task),
 # THREADS (2), MAX_LENGTH (256). Installs what it needs (scripts/setup.sh) and builds tessera; TESSERA_BIN names
 # another tessera binary (then nothing is built).
 set -euo pipefail
@@ -56,7 +57,10 @@ models=(base:smollm2)
 for t in "${tasks[@]}"; do models+=("base:smollm2+expert/$t:experts/$t"); done
 task_args=()
 for t in "${tasks[@]}"; do
-  if [ "$eval_n" -gt 0 ]; then task_args+=(--task "$root/data/experts/$t-heldout.jsonl:$eval_n"); else task_args+=(--task "$root/data/experts/$t-heldout.jsonl"); fi
+  # EVAL_N_<task> (dashes as underscores) overrides EVAL_N for one task: a small margin (SST-2's) needs the whole
+  # split, a long document task (WikiText) a few documents.
+  override="EVAL_N_${t//-/_}"; n=${!override:-$eval_n}
+  if [ "$n" -gt 0 ]; then task_args+=(--task "$root/data/experts/$t-heldout.jsonl:$n"); else task_args+=(--task "$root/data/experts/$t-heldout.jsonl"); fi
 done
 t0=$(now)
 "$T" eval "${models[@]}" "${task_args[@]}" --threads "$threads" --chart "$work/chart" --json > "$work/results.json"

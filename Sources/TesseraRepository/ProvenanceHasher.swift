@@ -30,6 +30,9 @@ final class ProvenanceHasher: @unchecked Sendable {
     private var inFlight = 0
     private var stopped = false
     private var workersStarted = false
+    private var threads: [pthread_t] = []
+    /// No worker thread could be started: `submit` hashes on the caller.
+    private var inline = false
     /// The length a worker holding one large job waits for a partner of (pairs are of equal length, so both chains
     /// run to the end together); the other workers leave jobs of that length to it.
     private var partnerWanted: Int? = nil
@@ -47,11 +50,33 @@ final class ProvenanceHasher: @unchecked Sendable {
         defer { condition.unlock() }
         if !workersStarted {
             workersStarted = true
-            for k in 0..<workers {
-                let thread = Thread { [self] in work() }
-                thread.name = "tessera.provenance-hash.\(k)"
-                thread.start()
+            for _ in 0..<workers {
+                // POSIX threads, so that `stop` can join them: a worker still exiting when the process exits tears
+                // down its OpenSSL thread state while `exit`'s OPENSSL_cleanup frees the same state ("double free
+                // or corruption" at the end of a merge, a few runs in a hundred on a loaded machine).
+                var thread = pthread_t()
+                let context = Unmanaged.passRetained(self).toOpaque()
+                let started = pthread_create(&thread, nil, { context in
+                    guard let context else { return nil }
+                    Unmanaged<ProvenanceHasher>.fromOpaque(context).takeRetainedValue().work()
+                    return nil
+                }, context)
+                if started == 0 {
+                    threads.append(thread)
+                } else {
+                    Unmanaged<ProvenanceHasher>.fromOpaque(context).release()
+                }
             }
+            if threads.isEmpty {
+                // No thread could be started: hash on the submitting thread (stopped stays false; jobs run inline).
+                inline = true
+            }
+        }
+        if inline {
+            condition.unlock()
+            bytes { done(SHA256Hasher.hex($0)) }
+            condition.lock()
+            return
         }
         while queued.count >= maximumQueued && !stopped { condition.wait() }
         if stopped { return }
@@ -66,14 +91,18 @@ final class ProvenanceHasher: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Drops the queued jobs, waits for the ones being hashed, and ends the workers.
+    /// Drops the queued jobs, waits for the ones being hashed, and ends the workers (joined: none is left running
+    /// when this returns).
     func stop() {
         condition.lock()
         stopped = true
         queued.removeAll()
         condition.broadcast()
         while inFlight > 0 { condition.wait() }
+        let ending = threads
+        threads = []
         condition.unlock()
+        for thread in ending { pthread_join(thread, nil) }
     }
 
     /// The first queued job a worker may take: any, except one another worker is waiting to pair with.

@@ -239,9 +239,12 @@ public struct LFSTransport {
             watch.done.signal()
         }
         watcher.start()
-        let r = try Subprocess.run(arguments, directory: gitDirectoryForCommands, environment: ["GIT_LFS_PROGRESS": progressFile])
+        // The watcher is stopped and waited for on every way out, a failure to start git-lfs included: left
+        // running, it would poll a deleted file for the rest of the process.
+        let result = Result { try Subprocess.run(arguments, directory: gitDirectoryForCommands, environment: ["GIT_LFS_PROGRESS": progressFile]) }
         watch.stop = true
         watch.done.wait()
+        let r = try result.get()
         bar.finish()
         return (r, watch.reported)
     }

@@ -134,20 +134,30 @@ public struct ThreeWayMerge {
                 usable = []
             }
             guard !usable.isEmpty else { continue }
-            let usableNames = usable.map(\.string)
+            // Largest first: the writer thread hashes, encodes and stores a merged tensor while the next ones merge,
+            // so the one stored last is the one nothing overlaps. In name order that was GPT-2's embedding (a third of
+            // the model); now it is a norm. The result does not depend on the order (methods are per tensor, DARE's
+            // draws keyed by name), and the provenance below lists the tensors in name order as before.
+            let size = { (n: ExactName) in A.tensors[n].flatMap { elementCount($0.shape) } ?? 0 }
+            let bySize = usable.enumerated().sorted { (a, b) in
+                let (x, y) = (size(a.element), size(b.element))
+                return x != y ? x > y : a.offset < b.offset
+            }.map(\.element.string)
             let w = rule.weights ?? [1, 1]
-            let plan = try MergePlan(
-                method: rule.method,
-                base: type.baseUse == .required ? O.map { MergeInputModel(name: "base", source: SubsetSource($0.checkpoint, names: usableNames)) } : nil,
-                models: [MergeInputModel(name: "ours", source: SubsetSource(A.checkpoint, names: usableNames), parameters: ["weight": .number(w.first ?? 1)]),
-                         MergeInputModel(name: "theirs", source: SubsetSource(B.checkpoint, names: usableNames), parameters: ["weight": .number(w.count > 1 ? w[1] : 1)])],
-                parameters: rule.parameters).distributingModelDefaults()
-            let summary = try MergeDriver.run(plan) { name, tensor in
+            func plan(_ names: [String]) throws -> MergePlan {
+                try MergePlan(
+                    method: rule.method,
+                    base: type.baseUse == .required ? O.map { MergeInputModel(name: "base", source: SubsetSource($0.checkpoint, names: names)) } : nil,
+                    models: [MergeInputModel(name: "ours", source: SubsetSource(A.checkpoint, names: names), parameters: ["weight": .number(w.first ?? 1)]),
+                             MergeInputModel(name: "theirs", source: SubsetSource(B.checkpoint, names: names), parameters: ["weight": .number(w.count > 1 ? w[1] : 1)])],
+                    parameters: rule.parameters).distributingModelDefaults()
+            }
+            let summary = try MergeDriver.run(try plan(bySize)) { name, tensor in
                 writer.store(tensor.bytes, width: tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1, key: pending.count)
                 pending.append((ExactName(name), tensor.dtype, tensor.shape))
-                merged.append((name, rule.method))
             }
-            provenance += try MergeProvenance.metadata(plan: plan, summary: summary) { source, name in
+            merged += usable.map { ($0.string, rule.method) }
+            provenance += try MergeProvenance.metadata(plan: try plan(usable.map(\.string)), summary: summary) { source, name in
                 (source as? SubsetSource).flatMap { ($0.inner as? StoredCheckpoint)?.stored(name)?.rawSHA256 }
             }
         }

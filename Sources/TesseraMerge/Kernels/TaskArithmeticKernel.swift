@@ -123,10 +123,11 @@ enum TaskArithmeticKernel {
                 let all = SharedMutablePointer(db.baseAddress!)
                 let body = { (t: Int) in jobs[t].apply(&all.base[jobs[t].model], rescale: rescale, r) }
                 // One trim at a time when the tensor is small (its own loops stay serial there anyway), and when it
-                // is large: a trim that replays torch's tie order holds (magnitude, index) pairs for the whole tensor
-                // (300 MB for GPT-2's embedding), and two side by side would take peak memory past 1 GB.
-                // libdispatch's threads wait without spinning for the longer trim (Parallel's workers would spin).
-                let pairBytes = n * MemoryLayout<TorchSort.Pair>.stride * jobs.count
+                // is large: a trim that replays torch's tie order holds 4 bytes per element of the whole tensor
+                // (154 MB for GPT-2's embedding, 8 for breadcrumbs' two cuts), and two side by side would take peak
+                // memory past 1 GB. libdispatch's threads wait without spinning for the longer trim (Parallel's
+                // workers would spin).
+                let pairBytes = jobs.reduce(0) { $0 + ($1.topK != nil ? TorchSort.topKReplayBytes(n) : n * MemoryLayout<TorchSort.Pair>.stride) }
                 if n >= Parallel.minimumParallelCount && jobs.count > 1 && pairBytes <= Self.sideBySideTrimBytes {
                     let sendable = unsafeBitCast(body, to: (@Sendable (Int) -> Void).self)
                     DispatchQueue.concurrentPerform(iterations: jobs.count, execute: sendable)

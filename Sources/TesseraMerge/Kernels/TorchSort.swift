@@ -20,6 +20,37 @@ public enum TorchSort {
         var index: UInt32
     }
 
+    /// What the replay sorts and how it compares: libstdc++ only ever asks `less`, and the block partition reads the
+    /// keys of eight consecutive elements at once.
+    protocol Ordering {
+        associatedtype Element
+        func key(_ x: Element) -> Float
+        /// The keys of the eight elements from `p` on.
+        func keys8(_ p: UnsafeRawPointer) -> SIMD8<Float>
+    }
+
+    /// (key, index) pairs: 8 bytes per element.
+    struct PairOrdering: Ordering {
+        @inline(__always) func key(_ x: Pair) -> Float { x.key }
+        @inline(__always) func keys8(_ p: UnsafeRawPointer) -> SIMD8<Float> { p.loadUnaligned(as: SIMD16<Float>.self).evenHalf }
+    }
+
+    /// A top-k's 4-byte codes: an element whose magnitude is not the one tied at the cut is the bit pattern of its key
+    /// −|x| (sign bit set: −0 and NaN included); one tied at the cut is its index with the sign bit clear, and
+    /// compares as `tieKey`. Only the tied elements' identities are ever read back, so the others need none, and the
+    /// replay moves half the bytes of (key, index) pairs (GPT-2's embedding: 154 MB instead of 309 MB).
+    struct TieCodeOrdering: Ordering {
+        let tieKey: Float
+        @inline(__always) func key(_ x: UInt32) -> Float { x & 0x8000_0000 != 0 ? Float(bitPattern: x) : tieKey }
+        @inline(__always) func keys8(_ p: UnsafeRawPointer) -> SIMD8<Float> {
+            // Bit operations only: a lane-wise `replacing(with:where:)` compiled to a branch per lane.
+            let codes = p.loadUnaligned(as: SIMD8<UInt32>.self)
+            let keyLanes = unsafeBitCast(unsafeBitCast(codes, to: SIMD8<Int32>.self) &>> 31, to: SIMD8<UInt32>.self)
+            let bits = (codes & keyLanes) | (SIMD8<UInt32>(repeating: tieKey.bitPattern) & ~keyLanes)
+            return unsafeBitCast(bits, to: SIMD8<Float>.self)
+        }
+    }
+
     /// Indices of `keys` in the order torch's `sort(keys, descending:)` returns them (non-stable CPU sort).
     public static func order(_ keys: UnsafeBufferPointer<Float>, descending: Bool) -> [UInt32] {
         let n = keys.count
@@ -28,49 +59,48 @@ public enum TorchSort {
         // A descending sort compares a > b, which for the non-NaN magnitudes sorted here is −a < −b: one ascending
         // routine serves both.
         for i in 0..<n { pairs[i] = Pair(key: descending ? -keys[i] : keys[i], index: UInt32(truncatingIfNeeded: i)) }
-        sort(pairs, n)
+        sort(pairs, n, PairOrdering())
         return (0..<n).map { pairs[$0].index }
     }
 
     /// libstdc++'s `std::sort(first, first + n, less)`.
-    static func sort(_ a: UnsafeMutablePointer<Pair>, _ n: Int) {
+    static func sort<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ n: Int, _ o: O) {
         guard n > 1 else { return }
         var lg = 0
         while (1 << (lg + 1)) <= n { lg += 1 }
-        introsortLoop(a, 0, n, depth: 2 * lg)
+        introsortLoop(a, 0, n, depth: 2 * lg, o)
         if n > threshold {
-            insertionSort(a, 0, threshold)
-            for i in threshold..<n { linearInsert(a, i) }
+            insertionSort(a, 0, threshold, o)
+            for i in threshold..<n { linearInsert(a, i, o) }
         } else {
-            insertionSort(a, 0, n)
+            insertionSort(a, 0, n, o)
         }
     }
 
     static let threshold = 16
 
-    @inline(__always) static func less(_ x: Pair, _ y: Pair) -> Bool { x.key < y.key }
-
-    static func introsortLoop(_ a: UnsafeMutablePointer<Pair>, _ first: Int, _ last0: Int, depth depth0: Int) {
+    static func introsortLoop<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ first: Int, _ last0: Int, depth depth0: Int, _ o: O) {
         var last = last0, depth = depth0
         while last - first > threshold {
             if depth == 0 {
-                heapSort(a, first, last)
+                heapSort(a, first, last, o)
                 return
             }
             depth -= 1
             let mid = first + (last - first) / 2
-            moveMedianToFirst(a, first, first + 1, mid, last - 1)
-            let cut = unguardedPartition(a, first + 1, last, pivot: first)
-            introsortLoop(a, cut, last, depth: depth)
+            moveMedianToFirst(a, first, first + 1, mid, last - 1, o)
+            let cut = unguardedPartition(a, first + 1, last, pivot: first, o)
+            introsortLoop(a, cut, last, depth: depth, o)
             last = cut
         }
     }
 
-    @inline(__always) static func swapAt(_ a: UnsafeMutablePointer<Pair>, _ i: Int, _ j: Int) {
+    @inline(__always) static func swapAt<E>(_ a: UnsafeMutablePointer<E>, _ i: Int, _ j: Int) {
         let t = a[i]; a[i] = a[j]; a[j] = t
     }
 
-    static func moveMedianToFirst(_ a: UnsafeMutablePointer<Pair>, _ result: Int, _ x: Int, _ y: Int, _ z: Int) {
+    static func moveMedianToFirst<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ result: Int, _ x: Int, _ y: Int, _ z: Int, _ o: O) {
+        @inline(__always) func less(_ x: O.Element, _ y: O.Element) -> Bool { o.key(x) < o.key(y) }
         if less(a[x], a[y]) {
             if less(a[y], a[z]) { swapAt(a, result, y) } else if less(a[x], a[z]) { swapAt(a, result, z) } else { swapAt(a, result, x) }
         } else if less(a[x], a[z]) {
@@ -101,11 +131,13 @@ public enum TorchSort {
     /// swaps exactly the same pairs in the same order (every left block lies before every right block, so each pair
     /// is swapped by Hoare's loop too); the scalar loop then resumes after the last pair swapped, where Hoare's loop
     /// would be, and finds the crossing. The result is the scalar loop's, element for element.
-    static func unguardedPartition(_ a: UnsafeMutablePointer<Pair>, _ first0: Int, _ last0: Int, pivot: Int) -> Int {
+    static func unguardedPartition<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ first0: Int, _ last0: Int, pivot: Int, _ o: O) -> Int {
+        @inline(__always) func less(_ x: O.Element, _ y: O.Element) -> Bool { o.key(x) < o.key(y) }
         var first = first0, last = last0
         let p = a[pivot]
         if last0 - first0 >= 4 * block {
-            let pk = p.key
+            let pk = o.key(p)
+            let stride = MemoryLayout<O.Element>.stride
             let pivots = SIMD8<Float>(repeating: pk)
             let leftWeights = SIMD8<UInt32>(1, 2, 4, 8, 16, 32, 64, 128), rightWeights = SIMD8<UInt32>(128, 64, 32, 16, 8, 4, 2, 1)
             // Offsets are written eight bytes at a time, up to seven past the last kept one.
@@ -123,7 +155,7 @@ public enum TorchSort {
                     while i < 128 {
                         // Eight pairs at a time: the keys not less than the pivot, as a bit mask, and their offsets
                         // from a table (written whole; only the first popcount of them are kept).
-                        let keys = base.loadUnaligned(fromByteOffset: i &* 8, as: SIMD16<Float>.self).evenHalf
+                        let keys = o.keys8(base + i &* stride)
                         let bits = Int(SIMD8<UInt32>(repeating: 0).replacing(with: leftWeights, where: .!(keys .< pivots)).wrappedSum())
                         UnsafeMutableRawPointer(offL + numL).storeBytes(of: offsetTable[bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
                         numL &+= bits.nonzeroBitCount
@@ -136,7 +168,7 @@ public enum TorchSort {
                     var i = 0
                     while i < 128 {
                         // Lane l holds the element at offset i + 7 − l from the end: its bit is 7 − l.
-                        let keys = top.loadUnaligned(fromByteOffset: (120 &- i) &* 8, as: SIMD16<Float>.self).evenHalf
+                        let keys = o.keys8(top + (120 &- i) &* stride)
                         let bits = Int(SIMD8<UInt32>(repeating: 0).replacing(with: rightWeights, where: .!(pivots .< keys)).wrappedSum())
                         UnsafeMutableRawPointer(offR + numR).storeBytes(of: offsetTable[bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
                         numR &+= bits.nonzeroBitCount
@@ -174,29 +206,31 @@ public enum TorchSort {
         }
     }
 
-    static func linearInsert(_ a: UnsafeMutablePointer<Pair>, _ i: Int) {
+    static func linearInsert<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ i: Int, _ o: O) {
         let value = a[i]
+        let key = o.key(value)
         var j = i - 1
-        while less(value, a[j]) { a[j + 1] = a[j]; j -= 1 }
+        while key < o.key(a[j]) { a[j + 1] = a[j]; j -= 1 }
         a[j + 1] = value
     }
 
-    static func insertionSort(_ a: UnsafeMutablePointer<Pair>, _ first: Int, _ last: Int) {
+    static func insertionSort<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ first: Int, _ last: Int, _ o: O) {
         guard last - first > 1 else { return }
         for i in (first + 1)..<last {
-            if less(a[i], a[first]) {
+            if o.key(a[i]) < o.key(a[first]) {
                 let value = a[i]
                 var j = i
                 while j > first { a[j] = a[j - 1]; j -= 1 }
                 a[first] = value
             } else {
-                linearInsert(a, i)
+                linearInsert(a, i, o)
             }
         }
     }
 
     /// `std::__adjust_heap` followed by its `__push_heap` (a max-heap under `less`).
-    static func adjustHeap(_ a: UnsafeMutablePointer<Pair>, _ first: Int, _ hole0: Int, _ length: Int, _ value: Pair) {
+    static func adjustHeap<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ first: Int, _ hole0: Int, _ length: Int, _ value: O.Element, _ o: O) {
+        @inline(__always) func less(_ x: O.Element, _ y: O.Element) -> Bool { o.key(x) < o.key(y) }
         let top = hole0
         var hole = hole0, child = hole0
         while child < (length - 1) / 2 {
@@ -220,12 +254,12 @@ public enum TorchSort {
     }
 
     /// `std::__partial_sort(first, last, last)`: make_heap, then pop every element.
-    static func heapSort(_ a: UnsafeMutablePointer<Pair>, _ first: Int, _ last: Int) {
+    static func heapSort<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ first: Int, _ last: Int, _ o: O) {
         let n = last - first
         if n >= 2 {
             var parent = (n - 2) / 2
             while true {
-                adjustHeap(a, first, parent, n, a[first + parent])
+                adjustHeap(a, first, parent, n, a[first + parent], o)
                 if parent == 0 { break }
                 parent -= 1
             }
@@ -235,7 +269,7 @@ public enum TorchSort {
             end -= 1
             let value = a[end]
             a[end] = a[first]
-            adjustHeap(a, first, 0, end - first, value)
+            adjustHeap(a, first, 0, end - first, value, o)
         }
     }
 
@@ -290,86 +324,96 @@ public enum TorchSort {
     static func keepRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int, descending: Bool,
                           tie: MagnitudeSelect.Threshold? = nil) {
         let n = x.count
-        let (pairs, capacity) = PairScratch.take(max(n, 1))
-        defer { PairScratch.give(pairs, capacity: capacity) }
-        let out = SharedMutablePointer(pairs), values = SharedMutablePointer(x.baseAddress!)
         var lg = 0
         while (1 << (lg + 1)) <= n { lg += 1 }
-        if let tie, lower == 0 && descending && upper < n {
+        let values = SharedMutablePointer(x.baseAddress!)
+        if let tie, lower == 0 && descending && upper < n && n <= Int(Int32.max) {
             // A top-k: every magnitude above the one tied at the cut is kept and every one below it dropped, in the
-            // pass that builds the pairs (from the values before they are dropped), instead of scattered writes for
+            // pass that builds the codes (from the values before they are dropped), instead of scattered writes for
             // most of the tensor; of the tied ones, the before + ties − k that torch puts at ranks ≥ k are dropped.
-            let v = tie.value, tieKey = -Float(bitPattern: v)
+            let v = tie.value
+            let (raw, bytes) = ReplayScratch.take(max(n, 1) * MemoryLayout<UInt32>.stride)
+            defer { ReplayScratch.give(raw, bytes: bytes) }
+            let codes = raw.bindMemory(to: UInt32.self, capacity: max(n, 1))
+            let out = SharedMutablePointer(codes)
             Parallel.forChunks(n) { _, r in
                 for i in r {
                     let value = values[i]
-                    out[i] = Pair(key: -abs(value), index: UInt32(truncatingIfNeeded: i))
-                    values[i] = MagnitudeSelect.key(value) >= v ? value : 0
+                    let m = MagnitudeSelect.key(value)
+                    out[i] = m == v ? UInt32(truncatingIfNeeded: i) : (-abs(value)).bitPattern
+                    values[i] = m >= v ? value : 0
                 }
             }
-            select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
+            select(codes, 0, n, depth: 2 * lg, cuts: [lower, upper], TieCodeOrdering(tieKey: -Float(bitPattern: v)))
             var surplus = tie.before + tie.ties - upper
             var r = upper
             while surplus > 0 && r < n {
-                if pairs[r].key == tieKey { x[Int(pairs[r].index)] = 0; surplus -= 1 }
+                if codes[r] & 0x8000_0000 == 0 { x[Int(codes[r])] = 0; surplus -= 1 }
                 r += 1
             }
             return
         }
+        let (raw, bytes) = ReplayScratch.take(max(n, 1) * MemoryLayout<Pair>.stride)
+        defer { ReplayScratch.give(raw, bytes: bytes) }
+        let pairs = raw.bindMemory(to: Pair.self, capacity: max(n, 1))
+        let out = SharedMutablePointer(pairs)
         Parallel.forChunks(n) { _, r in
             for i in r { out[i] = Pair(key: descending ? -abs(values[i]) : abs(values[i]), index: UInt32(truncatingIfNeeded: i)) }
         }
-        select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper])
+        select(pairs, 0, n, depth: 2 * lg, cuts: [lower, upper], PairOrdering())
         for r in 0..<lower { x[Int(pairs[r].index)] = 0 }
         for r in upper..<n { x[Int(pairs[r].index)] = 0 }
     }
 
+    /// Bytes a top-k trim of `n` elements holds while it replays torch's order (the codes), at most.
+    public static func topKReplayBytes(_ n: Int) -> Int { n * MemoryLayout<UInt32>.stride }
+
     /// `introsortLoop` restricted to the ranges holding a cut (a cut c separates ranks c − 1 and c).
-    static func select(_ a: UnsafeMutablePointer<Pair>, _ first: Int, _ last0: Int, depth depth0: Int, cuts: [Int]) {
+    static func select<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ first: Int, _ last0: Int, depth depth0: Int, cuts: [Int], _ o: O) {
         var last = last0, depth = depth0
         func holdsCut(_ lo: Int, _ hi: Int) -> Bool { cuts.contains { $0 > lo && $0 < hi } }
         while last - first > threshold {
             if !holdsCut(first, last) { return }
             if depth == 0 {
-                heapSort(a, first, last)
+                heapSort(a, first, last, o)
                 return
             }
             depth -= 1
             let mid = first + (last - first) / 2
-            moveMedianToFirst(a, first, first + 1, mid, last - 1)
-            let cut = unguardedPartition(a, first + 1, last, pivot: first)
-            select(a, cut, last, depth: depth, cuts: cuts)
+            moveMedianToFirst(a, first, first + 1, mid, last - 1, o)
+            let cut = unguardedPartition(a, first + 1, last, pivot: first, o)
+            select(a, cut, last, depth: depth, cuts: cuts, o)
             last = cut
         }
-        if holdsCut(first, last) { insertionSort(a, first, last) }
+        if holdsCut(first, last) { insertionSort(a, first, last, o) }
     }
 }
 
-/// The replay's (value, index) buffers, kept for the next tensor: a merge trims tensor after tensor, two models at a
-/// time, and a fresh buffer of 8 bytes per entry costs the kernel a zeroed page every 4 KiB (as much time as the
-/// partitions, on a 124M-parameter model). At most two buffers of at most 2^23 pairs (64 MiB) are kept.
-enum PairScratch {
-    nonisolated(unsafe) private static var free: [(pointer: UnsafeMutablePointer<TorchSort.Pair>, capacity: Int)] = []
+/// The replay's buffers (codes or (value, index) pairs), kept for the next tensor: a merge trims tensor after
+/// tensor, two models at a time, and a fresh buffer costs the kernel a zeroed page every 4 KiB (as much time as the
+/// partitions, on a 124M-parameter model). At most two buffers of at most 64 MiB are kept.
+enum ReplayScratch {
+    nonisolated(unsafe) private static var free: [(pointer: UnsafeMutableRawPointer, bytes: Int)] = []
     private static let lock = NSLock()
-    static let largestKept = 1 << 23
+    static let largestKept = 64 << 20
 
-    /// A buffer of at least `count` pairs, and its capacity.
-    static func take(_ count: Int) -> (UnsafeMutablePointer<TorchSort.Pair>, Int) {
+    /// A buffer of at least `count` bytes, aligned for pairs, and its size.
+    static func take(_ count: Int) -> (UnsafeMutableRawPointer, Int) {
         lock.lock()
         defer { lock.unlock() }
-        if let i = free.firstIndex(where: { $0.capacity >= count }) {
+        if let i = free.firstIndex(where: { $0.bytes >= count }) {
             let kept = free.remove(at: i)
-            return (kept.pointer, kept.capacity)
+            return (kept.pointer, kept.bytes)
         }
-        return (.allocate(capacity: count), count)
+        return (.allocate(byteCount: count, alignment: 16), count)
     }
 
-    static func give(_ pointer: UnsafeMutablePointer<TorchSort.Pair>, capacity: Int) {
+    static func give(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
         lock.lock()
         defer { lock.unlock() }
-        guard capacity <= largestKept else { pointer.deallocate(); return }
-        free.append((pointer, capacity))
-        if free.count > 2, let smallest = free.indices.min(by: { free[$0].capacity < free[$1].capacity }) {
+        guard bytes <= largestKept else { pointer.deallocate(); return }
+        free.append((pointer, bytes))
+        if free.count > 2, let smallest = free.indices.min(by: { free[$0].bytes < free[$1].bytes }) {
             free.remove(at: smallest).pointer.deallocate()
         }
     }

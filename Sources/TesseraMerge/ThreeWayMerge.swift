@@ -152,7 +152,10 @@ public struct ThreeWayMerge {
                              MergeInputModel(name: "theirs", source: SubsetSource(B.checkpoint, names: names), parameters: ["weight": .number(w.count > 1 ? w[1] : 1)])],
                     parameters: rule.parameters).distributingModelDefaults()
             }
-            let summary = try MergeDriver.run(try plan(bySize)) { name, tensor in
+            let summary = try MergeDriver.run(try plan(bySize), float32Sink: { name, values, shape in
+                writer.store(values, width: DType.f32.byteWidth, key: pending.count)
+                pending.append((ExactName(name), .f32, shape))
+            }) { name, tensor in
                 writer.store(tensor.bytes, width: tensor.dtype.isFloatingPoint ? tensor.dtype.byteWidth : 1, key: pending.count)
                 pending.append((ExactName(name), tensor.dtype, tensor.shape))
             }

@@ -30,17 +30,20 @@ public final class BackgroundObjectWriter: @unchecked Sendable {
     }
 
     /// Queues `bytes` (elements of `width` bytes: the byte grouping's width; 1 for anything else) under `key`.
-    public func store(_ bytes: [UInt8], width: Int, key: Int) {
-        guard budget.reserve(bytes.count) else {
-            budget.release(bytes.count)
+    /// `values` are stored as their bytes (a merge's float32 results go in without a copy to bytes).
+    public func store<Element: BitwiseCopyable & Sendable>(_ values: [Element], width: Int, key: Int) {
+        let byteCount = values.count * MemoryLayout<Element>.stride
+        guard budget.reserve(byteCount) else {
+            budget.release(byteCount)
             return
         }
         queue.async(group: group) { [self] in
-            defer { budget.release(bytes.count) }
+            defer { budget.release(byteCount) }
             guard !budget.isStopped else { return }
             do {
-                let sha = SHA256Hasher.hex(bytes)
-                let stored = try bytes.withUnsafeBytes { try store.put(raw: $0, rawSHA256: sha, width: width, encoder: encoder, batch: batch) }
+                let stored = try values.withUnsafeBytes { raw in
+                    try store.put(raw: raw, rawSHA256: SHA256Hasher.hex(raw), width: width, encoder: encoder, batch: batch)
+                }
                 lock.withLock { results[key] = stored }
             } catch {
                 lock.withLock { if failure == nil { failure = error } }

@@ -68,6 +68,9 @@ void tessera_dot_rows(const float *a, size_t lda, size_t rows, const float *x, s
 /// y[i] += Σ_r coef[r] · b[r·ldb + i] for i in 0..<n: a few scaled rows (LoRA B factors, transposed) added to one
 /// output, each 16-float chunk of y loaded and stored once per four rows.
 void tessera_axpy_rows(const float *b, size_t ldb, size_t rows, const float *coef, float *y, size_t n);
+/// The largest of n floats; -infinity when n is 0. (A NaN among them may or may not be returned.)
+float tessera_max_f32(const float *x, size_t n);
+
 /// SwiGLU's gating: out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].
 void tessera_silu_mul(const float *gate, const float *up, float *out, size_t n);
 /// o[i] = fma(x[i], w, o[i]): the fused accumulation of torch's addcmul_, one rounding per element.

@@ -50,7 +50,8 @@ public class LayerNormDecoderTraining: TrainableLanguageModel, WeightGradientMod
     public let weightTensors: [WeightTensorSlot]
     public let weightCount: Int
 
-    /// A projection's weight block [outputs, inputs] and, when it has one, its bias block [outputs].
+    /// One layer's blocks in the flat gradient: each norm's weight and bias, each projection's weight [outputs, inputs]
+    /// and, when it has one, its bias [outputs].
     struct GradientOffsets {
         let norm1: Int, norm1Bias: Int, qkv: Int, qkvBias: Int?, output: Int, outputBias: Int?
         let norm2: Int, norm2Bias: Int, up: Int, upBias: Int?, down: Int, downBias: Int?

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Builds Tests/Fixtures/training/fisher/: the diagonal Fisher of every weight of the engine's tiny Llama
-(Tests/TesseraEngineTests/Fixtures/tiny_llama, read from there, not copied) computed with PyTorch autograd, for the
-Swift tests of `LanguageModelFisher` to compare against. Nothing here is computed by Tessera.
+"""Builds Tests/Fixtures/training/fisher/: the diagonal Fisher of every weight of the engine's tiny Llama, GPT-2 and
+GPT-Neo (Tests/TesseraEngineTests/Fixtures/tiny_{llama,gpt2,gptneo}, read from there, not copied) computed with
+PyTorch autograd, for the Swift tests of `LanguageModelFisher` to compare against. Nothing here is computed by
+Tessera.
 
 Run with an interpreter that has torch, transformers 5.x and safetensors (see scripts/make_training_fixtures.py), e.g.
     python scripts/make_fisher_fixtures.py
@@ -15,9 +16,15 @@ Deterministic: the token ids come from a seeded generator; re-running rewrites t
 - text.json / text.safetensors: 2 plain texts as token ids; the empirical Fisher, F = mean over texts of
   (d sum_t log p(x_t | x_<t) / d theta)^2, every token after the first counted.
 
-Each .safetensors holds one F32 tensor per model parameter, named as the checkpoint (tied head: only
-model.embed_tokens.weight, which gets both uses), and `log_likelihoods` (F64): the ll_c of every choice in order
-(multiple choice) or each text's sum of log-probabilities. float64 throughout from the float32 weights.
+- gpt2_multiple_choice.*, gpt2_text.*, gptneo_multiple_choice.*, gptneo_text.*: the same two estimates for the tiny
+  GPT-2 and GPT-Neo (vocabulary 100, 32 positions; their own seeded token ids, contexts long enough that GPT-Neo's
+  local layer, window 5, masks keys). GPT-2's Conv1D weights keep the checkpoint's [in, out] layout.
+
+Each .safetensors holds one F32 tensor per model parameter, named as the checkpoint (tied head: only the embedding,
+model.embed_tokens.weight or transformer.wte.weight, which gets both uses; GPT-2/GPT-Neo: wpe too), and
+`log_likelihoods` (F64): the ll_c of every choice in order (multiple choice) or each text's sum of log-probabilities.
+float64 throughout from the float32 weights (Hugging Face's GPT-Neo attention casts queries and keys to float32;
+here its scores stay in float64, same mask and softmax, no scaling).
 """
 import hashlib
 import json
@@ -28,7 +35,8 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = os.path.join(ROOT, "Tests", "TesseraEngineTests", "Fixtures", "tiny_llama")
+FIXTURES = os.path.join(ROOT, "Tests", "TesseraEngineTests", "Fixtures")
+MODEL = os.path.join(FIXTURES, "tiny_llama")
 OUT = os.path.join(ROOT, "Tests", "Fixtures", "training", "fisher")
 
 
@@ -63,15 +71,34 @@ def save(path, names, fisher, lls, metadata):
     os.chmod(path, 0o644)
 
 
-def main():
+def gpt_neo_attention_in_float64():
+    """GPT-Neo's eager attention with the scores kept in the model's dtype (Hugging Face casts queries and keys to
+    float32): unscaled q·k, the layer's causal (and, for a local layer, windowed) mask, softmax, times v."""
+    from transformers.models.gpt_neo import modeling_gpt_neo
+
+    def attention(self, query, key, value, attention_mask=None):
+        scores = torch.matmul(query, key.transpose(-1, -2))
+        q, k = query.size(-2), key.size(-2)
+        mask = self.bias[:, :, k - q:k, :k]
+        scores = scores.masked_fill(~mask, float("-inf"))
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        weights = torch.softmax(scores, dim=-1)
+        return torch.matmul(weights, value), weights
+
+    modeling_gpt_neo.GPTNeoSelfAttention._attn = attention
+
+
+def fishers(model_dir, prefix, seed):
+    """The two fixtures of one model: PREFIX_multiple_choice.* and PREFIX_text.* (the Llama's have no prefix)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="eager").eval().to(torch.float64)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval().to(torch.float64)
     names = [n for n, _ in model.named_parameters()]
     vocab = model.config.vocab_size
-    rng = np.random.default_rng(1300)
+    rng = np.random.default_rng(seed)
     os.makedirs(OUT, exist_ok=True)
-    model_path = os.path.relpath(os.path.join(MODEL, "model.safetensors"), ROOT)
+    model_path = os.path.relpath(os.path.join(model_dir, "model.safetensors"), ROOT)
     source = {"model": model_path, "model_sha256": sha256(os.path.join(ROOT, model_path)), "precision": "float64"}
 
     def ids(n):
@@ -92,8 +119,8 @@ def main():
             for f, g in zip(fisher, gradients(model, normalised[c])):
                 f += p[c] * g * g
     fisher = [f / len(examples) for f in fisher]
-    write_json(os.path.join(OUT, "multiple_choice.json"), {"examples": examples})
-    save(os.path.join(OUT, "multiple_choice.safetensors"), names, fisher, lls_out,
+    write_json(os.path.join(OUT, prefix + "multiple_choice.json"), {"examples": examples})
+    save(os.path.join(OUT, prefix + "multiple_choice.safetensors"), names, fisher, lls_out,
          dict(source, estimate="expectation_over_choices", examples=len(examples)))
 
     # Plain text: two texts of 10 and 7 tokens.
@@ -106,9 +133,16 @@ def main():
         for f, g in zip(fisher, gradients(model, ll)):
             f += g * g
     fisher = [f / len(texts) for f in fisher]
-    write_json(os.path.join(OUT, "text.json"), {"texts": texts})
-    save(os.path.join(OUT, "text.safetensors"), names, fisher, lls_out, dict(source, estimate="empirical", examples=len(texts)))
-    print("parameters:", names)
+    write_json(os.path.join(OUT, prefix + "text.json"), {"texts": texts})
+    save(os.path.join(OUT, prefix + "text.safetensors"), names, fisher, lls_out, dict(source, estimate="empirical", examples=len(texts)))
+    print(prefix or "llama_", "parameters:", names)
+
+
+def main():
+    fishers(MODEL, "", 1300)
+    fishers(os.path.join(FIXTURES, "tiny_gpt2"), "gpt2_", 1301)
+    gpt_neo_attention_in_float64()
+    fishers(os.path.join(FIXTURES, "tiny_gptneo"), "gptneo_", 1302)
 
 
 if __name__ == "__main__":

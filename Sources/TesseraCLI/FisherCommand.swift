@@ -10,15 +10,17 @@ import TesseraTraining
 
 /// `tessera fisher`: the diagonal Fisher information of a model on a task, written in the layout
 /// `tessera merge --method fisher` reads (the same tensor names as the parameters). Two forms: a causal language
-/// model (Llama: every weight tensor, `LanguageModelFisher`), or a sentence encoder's classification head.
+/// model (Llama, GPT-2, GPT-Neo: every weight tensor, `LanguageModelFisher`), or a sentence encoder's classification
+/// head.
 struct FisherCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fisher",
         abstract: "Compute the diagonal Fisher information of a model (or a classification head) on a task, for Fisher merging.",
         discussion: """
-        A causal language model (Llama, e.g. SmolLM2; a folder, a safetensors file,
-        REV:path or a .gguf): the Fisher of every weight tensor, named as the Hugging
-        Face checkpoint names it (a GGUF: as `tessera import` writes it). Estimate by
+        A causal language model (Llama, e.g. SmolLM2, GPT-2 or GPT-Neo; a folder, a
+        safetensors file, REV:path or a Llama .gguf): the Fisher of every weight
+        tensor, named and shaped as the Hugging Face checkpoint has it (GPT-2's Conv1D
+        weights [in, out]; a GGUF: as `tessera import` writes it). Estimate by
         task kind (docs/task-format.md):
           multiple_choice, classification (label words): the exact expectation over
             the model's distribution restricted to the choices, F = mean over
@@ -90,8 +92,8 @@ struct FisherCommand: ParsableCommand {
         guard case let .causal(lm, tokenizer) = resolved.kind else { return }
         let trainable = try TrainableModels.make(lm)
         guard let gradientModel = trainable as? any WeightGradientModel else {
-            throw TesseraError(.unsupported, "the Fisher of a language model's weights is computed for Llama models, not \(type(of: lm))",
-                               hint: "use a Llama checkpoint (e.g. SmolLM2)")
+            throw TesseraError(.unsupported, "the Fisher of a language model's weights is computed for Llama, GPT-2 and GPT-Neo models, not \(type(of: lm))",
+                               hint: "use a Llama, GPT-2 or GPT-Neo checkpoint")
         }
         let maxLength = self.maxLength ?? min(512, gradientModel.maxSequenceLength)
         guard maxLength <= gradientModel.maxSequenceLength else {

@@ -4,9 +4,10 @@ import TesseraCore
 import TesseraIO
 import TesseraTestSupport
 
-/// `tessera fisher` on a causal language model, end to end: the tiny Llama as a model folder (byte-level tokenizer
-/// written by the test), a multiple-choice and a plain-text task; the output names and shapes every tensor as the
-/// checkpoint does and `tessera merge --method fisher` of two models reads it; refusals in one line.
+/// `tessera fisher` on a causal language model, end to end: the tiny Llama and the tiny GPT-2 as model folders
+/// (tokenizers written by the test), a multiple-choice and a plain-text task; the output names and shapes every
+/// tensor as the checkpoint does (GPT-2's Conv1D weights [in, out]) and `tessera merge --method fisher` of two models
+/// reads it; refusals in one line.
 @Suite(.serialized) struct FisherCommandTests {
     static func write(_ sandbox: Sandbox, _ name: String, _ lines: [String]) throws -> String {
         let path = sandbox.path(name)
@@ -88,6 +89,84 @@ import TesseraTestSupport
         let fisherA = try SafetensorsFile(path: fa), fisherB = try SafetensorsFile(path: fb)
         var worst: Float = 0
         for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "model.norm.weight"] {
+            let ta = try model.floats(name), tb = try other.floats(name), f1 = try fisherA.floats(name), f2 = try fisherB.floats(name)
+            let got = try out.floats(name)
+            for k in got.indices {
+                let w1 = Double(max(f1[k], 1e-6)), w2 = Double(f2[k])
+                let want = Float((w1 * Double(ta[k]) + w2 * Double(tb[k])) / (w1 + w2))
+                worst = max(worst, abs(got[k] - want) / max(abs(want), 1e-6))
+            }
+            #expect(got != ta && got != tb, "\(name): a weighted mix of both")
+        }
+        #expect(worst < 1e-5)
+    }
+
+    /// The engine's tiny GPT-2 (vocabulary 100) as a model folder, with a byte-level BPE tokenizer written here over
+    /// the characters the tasks use: a-z, A-Z, space (Ġ), ",", ".", ":" and the digits (ids 0-65), then `<|endoftext|>` (66).
+    static func tinyGPT2Folder(_ sandbox: Sandbox, _ name: String) throws -> String {
+        let folder = sandbox.path(name)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let source = packageRoot + "/Tests/TesseraEngineTests/Fixtures/tiny_gpt2"
+        for file in ["config.json", "model.safetensors"] {
+            try FileManager.default.copyItem(atPath: source + "/" + file, toPath: folder + "/" + file)
+        }
+        let characters = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") + [Sandbox.byteCharacters()[32]] + Array(",.:0123456789")
+        var vocab: [(String, JSONValue)] = characters.enumerated().map { (String($0.element), .int($0.offset)) }
+        vocab.append(("<|endoftext|>", .int(characters.count)))
+        let added = JSONValue.object([("id", .int(characters.count)), ("content", .string("<|endoftext|>")), ("single_word", .bool(false)),
+                                      ("lstrip", .bool(false)), ("rstrip", .bool(false)), ("normalized", .bool(false)), ("special", .bool(true))])
+        let tokenizer = JSONValue.object([
+            ("version", .string("1.0")), ("truncation", .null), ("padding", .null), ("added_tokens", .array([added])), ("normalizer", .null),
+            ("pre_tokenizer", .object([("type", .string("ByteLevel")), ("add_prefix_space", .bool(false)), ("trim_offsets", .bool(true)),
+                                       ("use_regex", .bool(true))])),
+            ("post_processor", .null), ("decoder", .object([("type", .string("ByteLevel"))])),
+            ("model", .object([("type", .string("BPE")), ("vocab", .object(vocab)), ("merges", .array([]))])),
+        ])
+        try tokenizer.serialized().write(toFile: folder + "/tokenizer.json", atomically: true, encoding: .utf8)
+        try #"{"eos_token": "<|endoftext|>"}"#.write(toFile: folder + "/tokenizer_config.json", atomically: true, encoding: .utf8)
+        return folder
+    }
+
+    @Test func theFisherOfEveryGPT2WeightFeedsAFisherMerge() throws {
+        let sandbox = try Sandbox()
+        let a = try Self.tinyGPT2Folder(sandbox, "gpt2-a")
+        let b = try Self.otherModel(sandbox, from: a)
+        let fa = sandbox.path("a.fisher.safetensors"), fb = sandbox.path("b.fisher.safetensors")
+        let run = tesseraSucceeds("fisher", a, "--task", try Self.choices(sandbox), "-o", fa, "--json", "--threads", "1")
+        let summary = try JSONParser.parse(run.stdout)
+        #expect(summary["examples"]?.intValue == 4 && summary["estimate"]?.stringValue == "expectation_over_choices")
+        // A text longer than the 32 positions: cut into windows.
+        tesseraSucceeds("fisher", b, "--task", try Self.text(sandbox), "-o", fb, "--threads", "1")
+
+        // Every tensor of the checkpoint (wpe, every LayerNorm bias, Conv1D weights [in, out]), same name and shape,
+        // float32, non-negative, not all zero.
+        let model = try SafetensorsFile(path: a + "/model.safetensors")
+        #expect(model.tensorNames.contains("transformer.wpe.weight") && model.tensorNames.contains("transformer.h.1.ln_2.bias"))
+        for path in [fa, fb] {
+            let fisher = try SafetensorsFile(path: path)
+            #expect(Set(fisher.tensorNames) == Set(model.tensorNames))
+            for name in model.tensorNames {
+                #expect(fisher.layout.tensors.first { $0.name == name }?.shape == model.layout.tensors.first { $0.name == name }?.shape, "\(name)")
+                let values = try fisher.floats(name)
+                #expect(values.allSatisfy { $0 >= 0 && $0.isFinite } && values.contains { $0 > 0 }, "\(path) \(name)")
+            }
+        }
+        #expect(try SafetensorsFile(path: fa).layout.tensors.first { $0.name == "transformer.h.0.attn.c_attn.weight" }?.shape == [64, 192])
+
+        // The Fisher merge reads them, element by element in the checkpoint's layout.
+        let config = try Self.write(sandbox, "merge.yaml", [
+            "merge_method: fisher", "parameters: {normalize: false}", "models:",
+            "  - model: \(a)/model.safetensors", "    parameters: {fisher: \(fa)}",
+            "  - model: \(b)/model.safetensors", "    parameters: {fisher: \(fb)}",
+        ])
+        let merged = sandbox.path("merged.safetensors")
+        tesseraSucceeds("merge", "--config", config, "-o", merged)
+        let out = try SafetensorsFile(path: merged)
+        let other = try SafetensorsFile(path: b + "/model.safetensors")
+        let fisherA = try SafetensorsFile(path: fa), fisherB = try SafetensorsFile(path: fb)
+        var worst: Float = 0
+        for name in ["transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_proj.weight", "transformer.h.0.ln_1.bias", "transformer.wte.weight",
+                     "transformer.wpe.weight"] {
             let ta = try model.floats(name), tb = try other.floats(name), f1 = try fisherA.floats(name), f2 = try fisherB.floats(name)
             let got = try out.floats(name)
             for k in got.indices {

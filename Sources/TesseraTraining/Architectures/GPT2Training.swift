@@ -10,6 +10,7 @@ public final class GPT2Training: LayerNormDecoderTraining {
         self.model = model
         let c = model.config
         super.init(engineModel: model, layers: model.layers, globals: model.globals, head: model.head, vocabularySize: c.vocabularySize,
-                   maxSequenceLength: model.maxSequenceLength, hidden: c.hiddenSize, heads: c.heads, inner: c.innerSize)
+                   maxSequenceLength: model.maxSequenceLength, hidden: c.hiddenSize, heads: c.heads, inner: c.innerSize,
+                   transposedWeights: true)
     }
 }

@@ -5,7 +5,8 @@ import TesseraIO
 /// One tensor of the base checkpoint, by its Hugging Face name and shape, and where its gradient lies in the flat
 /// gradient vector a `WeightGradientModel` writes: rows `rows` of a row-major block of `columns` columns starting at
 /// `offset` (a fused projection holds several tensors; a GGUF Llama's q/k rows are in llama.cpp's RoPE order, put
-/// back in Hugging Face order by `values(of:from:)`).
+/// back in Hugging Face order by `values(of:from:)`; a GPT-2 Conv1D weight is stored [in, out], the transpose of
+/// its block, `transposed`).
 public struct WeightTensorSlot: Sendable, Equatable {
     public let name: String
     public let shape: [Int]
@@ -13,6 +14,8 @@ public struct WeightTensorSlot: Sendable, Equatable {
     let rows: Range<Int>
     let columns: Int
     let ropeHeads: Int?
+    /// The checkpoint holds the block's rows as columns: shape [columns, rows.count].
+    var transposed = false
 
     public var count: Int { rows.count * columns }
 }
@@ -32,11 +35,19 @@ public protocol WeightGradientModel: TrainableLanguageModel {
 }
 
 extension WeightGradientModel {
-    /// The values of one tensor taken out of a flat vector laid out as the gradient (rows in Hugging Face order).
+    /// The values of one tensor taken out of a flat vector laid out as the gradient (rows in Hugging Face order,
+    /// a transposed slot in the checkpoint's [in, out] order).
     public func values(of slot: WeightTensorSlot, from flat: UnsafePointer<Float>) -> [Float] {
         var out = [Float](repeating: 0, count: slot.count)
         out.withUnsafeMutableBufferPointer { o in
             guard let o = o.baseAddress else { return }
+            if slot.transposed {
+                let block = flat + slot.offset + slot.rows.lowerBound * slot.columns, rows = slot.rows.count
+                for r in 0..<rows {
+                    for c in 0..<slot.columns { o[c * rows + r] = block[r * slot.columns + c] }
+                }
+                return
+            }
             LoRALinear.permuteRows(from: flat + slot.offset + slot.rows.lowerBound * slot.columns, to: o, rows: slot.rows.count,
                                    cols: slot.columns, heads: slot.ropeHeads, toProjection: false)
         }
@@ -55,7 +66,8 @@ struct WeightLayout {
         return count
     }
 
-    mutating func name(_ name: String, shape: [Int], offset: Int, rows: Range<Int>, columns: Int, ropeHeads: Int? = nil) {
-        slots.append(WeightTensorSlot(name: name, shape: shape, offset: offset, rows: rows, columns: columns, ropeHeads: ropeHeads))
+    mutating func name(_ name: String, shape: [Int], offset: Int, rows: Range<Int>, columns: Int, ropeHeads: Int? = nil, transposed: Bool = false) {
+        slots.append(WeightTensorSlot(name: name, shape: shape, offset: offset, rows: rows, columns: columns, ropeHeads: ropeHeads,
+                                      transposed: transposed))
     }
 }

@@ -80,4 +80,23 @@ enum LayerNormOp {
             }
         }
     }
+
+    /// dw += Σ_rows dy ⊙ x̂ and db += Σ_rows dy: the gradients of the norm's own weight and bias (rows in order, one
+    /// pass: dim is small).
+    static func weightGradient(_ x: UnsafePointer<Float>, dy: UnsafePointer<Float>, weight dw: UnsafeMutablePointer<Float>,
+                               bias db: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
+        for r in 0..<rows {
+            let xr = x + r * dim, g = dy + r * dim
+            var mean: Float = 0
+            for j in 0..<dim { mean += xr[j] }
+            mean /= Float(dim)
+            var variance: Float = 0
+            for j in 0..<dim { let c = xr[j] - mean; variance += c * c }
+            let inv = 1 / (variance / Float(dim) + eps).squareRoot()
+            for j in 0..<dim {
+                dw[j] += g[j] * (xr[j] - mean) * inv
+                db[j] += g[j]
+            }
+        }
+    }
 }

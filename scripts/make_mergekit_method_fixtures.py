@@ -251,6 +251,11 @@ def case_list():
     variant("slerp-f16-compute-f32-out-f16", "slerp", slerp, "float16", "float32", "float16", base=B, params={"t": 0.3})
     variant("task_arithmetic-f32-out-f16", "task_arithmetic", [m(F1, weight=0.6), m(F2, weight=0.4)], "float32", "float32", "float16",
             base=B, params={"lambda": 0.8})
+    # arcee_fusion and ramplus_tl promote a 16-bit merge to float32 (a float32 mask; λ): out_dtype converts it back.
+    variant("arcee_fusion-bf16-out-bf16", "arcee_fusion", [m(B), m(F1)], "bfloat16", "bfloat16", "bfloat16", base=B)
+    variant("ramplus_tl-f16-out-f16", "ramplus_tl", [m(F1), m(F3)], "float16", "float16", "float16", base=B,
+            params={"r": 0.5, "alpha": 0.6, "epsilon": 0.002})
+    variant("ramplus_tl-bf16-nodtype", "ramplus_tl", [m(F1), m(F2), m(F3)], "bfloat16", None, None, base=B)
     # Configs mergekit refuses (its contracts and parameter checks): tessera must refuse them too.
     variant("error-ties-no-base", "ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.5)], "float32", "float32", None)
     variant("error-slerp-three-models", "slerp", [m(B), m(F1), m(F2)], "float32", "float32", None, base=B, params={"t": 0.5})

@@ -53,10 +53,8 @@ import TesseraTestSupport
         // model_stock, nearswap, ram and sce (select_topk 1) left it when they rounded each op to the 16-bit dtype.
         let topkTies = "select_topk ranks the variances rounded to the dtype, where many tie; torch.topk orders ties its own way, not replayed"
         for name in ["sce-bf16", "sce-f16"] { table[name] = topkTies }
-        // mergekit's arcee_fusion and ramplus_tl multiply by a float32 tensor (the fusion mask; λ), which promotes the
-        // result: they write float32 for bfloat16/float16 inputs.
-        let float32Result = "mergekit's result is promoted to float32 by a float32 mask or λ and written as float32; tessera writes the inputs' dtype"
-        for name in ["arcee_fusion-bf16", "arcee_fusion-f16", "ramplus_tl-bf16", "ramplus_tl-f16"] { table[name] = float32Result }
+        // arcee_fusion and ramplus_tl left it when their result dtype followed mergekit's (a float32 mask or λ promotes
+        // a 16-bit merge to float32, written so unless out_dtype is set) and arcee_fusion's gate was computed in the dtype.
         return table
     }()
 

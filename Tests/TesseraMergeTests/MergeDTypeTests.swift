@@ -133,6 +133,30 @@ import TesseraTestSupport
         }
     }
 
+    /// torch.topk's set (sce's select_topk) among tied keys, replayed: partial_sort below k·64 ≤ n, nth_element above.
+    @Test func topkKeepsTorchsTies() throws {
+        let file = try SafetensorsFile(path: Self.dir + "/topk.safetensors")
+        let sets: [String: [Int]] = ["tied": [1, 10, 78, 79, 1000, 2500, 4990], "few": [1, 3, 20, 39], "variance": [31, 32, 1986, 3000],
+                                     "distinct": [5, 47, 1500]]
+        for (set, ks) in sets {
+            let keys = try file.floats("\(set).keys")
+            for k in ks {
+                let expected = try file.floats("\(set).\(k)").map { Int($0) }
+                let got = keys.withUnsafeBufferPointer { TorchTopK.selectedIndices($0, k: k) }.sorted()
+                #expect(got == expected, "\(set) top \(k)")
+                var kept = keys
+                kept.withUnsafeMutableBufferPointer { TorchTopK.keepLargest($0, k: k) }
+                let wanted = Set(expected)
+                #expect(kept.indices.allSatisfy { wanted.contains($0) ? kept[$0] == keys[$0] : kept[$0] == 0 }, "\(set) keep \(k)")
+            }
+        }
+        // Lower index first, the rule before the replay, keeps another set on the tied keys: the check can fail.
+        let tied = try file.floats("tied.keys")
+        var byIndex = tied
+        byIndex.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: 1000) }
+        #expect(Set(byIndex.indices.filter { byIndex[$0] != 0 }) != Set(try file.floats("tied.1000").map { Int($0) }))
+    }
+
     /// arcee_fusion's float32 mask and ramplus_tl's float32 λ promote a 16-bit merge: the driver writes float32, as
     /// mergekit does, unless out_dtype converts it; ram (no λ) and ramplus_tl without other models stay 16-bit.
     @Test func promotingMethodsWriteTheirResultDType() throws {

@@ -174,11 +174,11 @@ final class MergeJob {
 
     static func isMergeable(_ d: DType) -> Bool { [.f32, .f16, .bf16, .f64].contains(d) }
 
-    /// What mergekit writes: `out_dtype`, else the method's result dtype (`resultDType`), else the merge dtype, else
-    /// what it loaded.
+    /// What mergekit writes: `out_dtype`, else the method's result dtype (`resultDType`; not for a plan that
+    /// `keepsLoadedDType`), else the merge dtype, else what it loaded.
     func outputDType(_ name: String) -> DType {
         if let d = plan.outDType { return d }
-        if let d = type.resultDType(computeDType: computeDType(name), nonBaseModels: nonBaseModels) { return d }
+        if !plan.keepsLoadedDType, let d = type.resultDType(computeDType: computeDType(name), nonBaseModels: nonBaseModels) { return d }
         if let d = plan.dtype { return d }
         let loaded = loadedDType(name)
         return MergeJob.isMergeable(loaded) ? loaded : .f32

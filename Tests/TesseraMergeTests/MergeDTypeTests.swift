@@ -181,6 +181,15 @@ import TesseraTestSupport
                 if method == "ramplus_tl" { #expect(try f32.floats().contains { TorchRounding.bf16($0) != $0 }, "\(shape)") }
             }
         }
+        // A merge into an existing checkpoint keeps the stored dtype: the float32 result rounded once.
+        var keeping = MergePlan(method: "ramplus_tl", base: base, models: [try input("m0"), try input("m1")])
+        keeping.keepsLoadedDType = true
+        let kept = try runMerge(keeping), promoted = try run("ramplus_tl", [try input("m0"), try input("m1")])
+        for shape in Self.shapes {
+            let k = try #require(kept["\(shape).weight"]), p = try #require(promoted["\(shape).weight"])
+            let keptValues = try k.floats(), promotedValues = try p.floats()
+            #expect(k.dtype == .bf16 && keptValues == promotedValues.map { TorchRounding.bf16($0) }, "\(shape)")
+        }
         #expect(try run("ram", [try input("m0"), try input("m1")])["matrix.weight"]?.dtype == .bf16)
         #expect(try run("ramplus_tl", [base])["matrix.weight"]?.dtype == .bf16)
         #expect(try run("arcee_fusion", [try input("m0")], dtype: .f32)["matrix.weight"]?.dtype == .f32)

@@ -48,7 +48,7 @@ public struct RamMerge: MergeMethod {
         let rounding = TorchRounding(input.computeDType)
         if !rounding.isIdentity && boost != nil {
             // ramplus_tl in a 16-bit dtype: the task vectors are 16-bit tensors, compared with epsilon in the dtype;
-            // from there on the float32 λ promotes the terms and the sum (`mergekit`'s result is float32).
+            // from there on the float32 λ promotes the terms and the sum (mergekit's result is float32).
             for i in 0..<m { rounding.round(&tvs[i]) }
             epsilon = rounding(epsilon)
         }

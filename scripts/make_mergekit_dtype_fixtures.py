@@ -10,6 +10,8 @@ config's `dtype:` is that dtype, and writes:
     Tests/Fixtures/mergekit-dtype/cases.json                     method, models, base, parameters per case
     Tests/Fixtures/mergekit-dtype/sort.safetensors               tied magnitudes and torch's argsort of them (the
                                                                  order mergekit's magnitude trims keep ties in)
+    Tests/Fixtures/mergekit-dtype/topk.safetensors               keys with ties and the set torch.topk returns (sce's
+                                                                 select_topk), for several k
     Tests/Fixtures/mergekit-dtype/reductions.safetensors         float32 vectors with torch's sum and vector_norm
 
 Run with the mergekit venv: /work/venvs/mergekit/bin/python scripts/make_mergekit_dtype_fixtures.py
@@ -95,6 +97,27 @@ def sort_fixture():
     save_file(out, os.path.join(OUT, "sort.safetensors"))
 
 
+TOPK_CASES = {"tied": (5000, 4.0, [1, 10, 78, 79, 1000, 2500, 4990]), "few": (40, 1.0, [1, 3, 20, 39]),
+              "variance": (3972, None, [31, 32, 1986, 3000]), "distinct": (3000, 0.0, [5, 47, 1500])}
+
+
+def topk_fixture():
+    """Non-negative keys with many ties, and the set torch.topk(keys, k) returns on CPU (as sce's select_topk calls
+    it), for k on both sides of its partial_sort / nth_element switch (k * 64 <= n)."""
+    g = torch.Generator().manual_seed(11)
+    out = {}
+    for name, (n, scale, ks) in TOPK_CASES.items():
+        x = torch.randn(n, generator=g)
+        if scale is None:  # bfloat16 variances of small task vectors: a few hundred distinct values
+            keys = (x * 0.01).square().to(torch.bfloat16).to(torch.float32)
+        else:
+            keys = (x * scale).round().abs() / max(scale, 1.0) if scale else x.abs()
+        out[f"{name}.keys"] = keys
+        for k in ks:
+            out[f"{name}.{k}"] = torch.topk(keys, k=k, largest=True).indices.sort().values.to(torch.float32)
+    save_file(out, os.path.join(OUT, "topk.safetensors"))
+
+
 def reductions_fixture():
     g = torch.Generator().manual_seed(7)
     out = {}
@@ -110,6 +133,7 @@ def reductions_fixture():
 def main():
     os.makedirs(OUT, exist_ok=True)
     sort_fixture()
+    topk_fixture()
     reductions_fixture()
     for dtype_name, dtype in DTYPES.items():
         tensors = inputs(dtype)

@@ -251,6 +251,33 @@ def case_list():
     variant("slerp-f16-compute-f32-out-f16", "slerp", slerp, "float16", "float32", "float16", base=B, params={"t": 0.3})
     variant("task_arithmetic-f32-out-f16", "task_arithmetic", [m(F1, weight=0.6), m(F2, weight=0.4)], "float32", "float32", "float16",
             base=B, params={"lambda": 0.8})
+    # arcee_fusion and ramplus_tl promote a 16-bit merge to float32 (a float32 mask; λ): out_dtype converts it back.
+    variant("arcee_fusion-bf16-out-bf16", "arcee_fusion", [m(B), m(F1)], "bfloat16", "bfloat16", "bfloat16", base=B)
+    variant("ramplus_tl-f16-out-f16", "ramplus_tl", [m(F1), m(F3)], "float16", "float16", "float16", base=B,
+            params={"r": 0.5, "alpha": 0.6, "epsilon": 0.002})
+    variant("ramplus_tl-bf16-nodtype", "ramplus_tl", [m(F1), m(F2), m(F3)], "bfloat16", None, None, base=B)
+    # modules: (mergekit's per-module merges). A Llama has one module, "default": as models: (the module's parameters
+    # between the config's and each model's own; a module filter that matches nothing falls through) and as slices:.
+    def module_case(name, method, modules, base=None, params=None):
+        cfg = {"merge_method": method}
+        if base:
+            cfg["base_model"] = base
+        cfg["modules"] = modules
+        if params:
+            cfg["parameters"] = params
+        cases.append(dict(name=name, method=method, body=cfg, models="float32", dtype="float32", out_dtype=None, random=None))
+
+    module_case("modules-models-f32", "task_arithmetic",
+                {"default": {"models": [m(F1, weight=0.6), m(F2)],
+                             "parameters": {"weight": 0.3, "lambda": [{"filter": "mlp", "value": 0.9}]}}}, base=B, params={"lambda": 0.5})
+    module_case("modules-slices-f32", "linear",
+                {"default": {"slices": [{"sources": [{"model": F1, "layer_range": [0, 2], "parameters": {"weight": 0.7}},
+                                                     {"model": F2, "layer_range": [1, 3]}]},
+                                        {"sources": [{"model": F3, "layer_range": [2, 3]}, {"model": F1, "layer_range": [0, 1]}]}],
+                             "parameters": {"weight": 0.4}}}, params={"normalize": True})
+    # A module a Llama does not have (a vision-language model's vision tower): mergekit fails, tessera refuses it.
+    module_case("error-modules-vision_tower", "linear",
+                {"default": {"models": [m(F1, weight=1.0)]}, "vision_tower": {"models": [m(F2, weight=1.0)]}})
     # Configs mergekit refuses (its contracts and parameter checks): tessera must refuse them too.
     variant("error-ties-no-base", "ties", [m(F1, weight=0.6, density=0.5), m(F2, weight=0.5, density=0.5)], "float32", "float32", None)
     variant("error-slerp-three-models", "slerp", [m(B), m(F1), m(F2)], "float32", "float32", None, base=B, params={"t": 0.5})
@@ -274,8 +301,14 @@ def config_text(case):
     body = json.loads(json.dumps(case["body"]))
     if "base_model" in body:
         body["base_model"] = path(body["base_model"])
-    for entry in body["models"]:
+    for entry in body.get("models", []):
         entry["model"] = path(entry["model"])
+    for module in body.get("modules", {}).values():
+        for entry in module.get("models", []):
+            entry["model"] = path(entry["model"])
+        for s in module.get("slices", []):
+            for src in s["sources"]:
+                src["model"] = path(src["model"])
     if case["dtype"]:
         body["dtype"] = case["dtype"]
     if case["out_dtype"]:
@@ -352,6 +385,7 @@ the models are seeded, and mergekit ran with `--random-seed 0`).
   same values are stored in float32, bfloat16 (rounded to nearest even) and float16.
 - `configs/NAME.yml`: one mergekit config per case, written by the script: every merge method in mergekit 0.1.5's
   registry, with non-default parameters, in the three dtypes, plus `out_dtype`, gradient-list and `filter` cases;
+  `modules:` cases (the one module, `default`, of a Llama, as models: and as slices:);
   `configs/error-*.yml` are configs mergekit refuses (its input contracts and parameter checks).
 - `expected/NAME.safetensors`: mergekit 0.1.5's output for `configs/NAME.yml` (its `mergekit-yaml` command run in
   process, CPU torch, `--no-write-model-card --no-copy-tokenizer --random-seed 0`), tensors exactly as written.

@@ -9,8 +9,12 @@ import TesseraIO
 /// `parameters`), top-level `parameters`, `dtype`, `out_dtype`, `name`, `tokenizer_source`,
 /// `tokenizer` (`source`; `tokens` and `pad_to_multiple_of` are refused) and `chat_template`. Parameter values may be
 /// scalars, gradient lists of numbers, or lists of `{filter, value}`. A per-model `fisher: PATH` parameter gives the
-/// Fisher for `fisher`. `modules` is refused with a clear "not supported" error; any other unknown key is an error
-/// too (a typo must not silently change a merge). Errors name the config's line.
+/// Fisher for `fisher`. `modules` (mergekit's per-module merges) is read for the one module Tessera's architectures
+/// have, which mergekit names `default`: `modules: {default: {models: [...] | slices: [...], parameters: {...}}}` is
+/// the `models:` or `slices:` config it holds, the module's parameters taking precedence over the config's (below a
+/// slice's and a model's own, as mergekit's scopes); any other module (a vision tower, an audio encoder) is refused
+/// in one line naming it. Any other unknown key is an error too (a typo must not silently change a merge). Errors
+/// name the config's line.
 public struct MergeConfig: Sendable, Equatable {
     public struct Model: Sendable, Equatable {
         public var model: String
@@ -79,9 +83,11 @@ public struct MergeConfig: Sendable, Equatable {
         self.chatTemplate = chatTemplate
     }
 
-    static let unsupportedKeys: [String: String] = [
-        "modules": "per-module configs (multi-module architectures) are not supported; use models: or slices:",
-    ]
+    static let unsupportedKeys: [String: String] = [:]
+
+    /// The module mergekit's architecture definitions give a single-module model (every architecture Tessera has:
+    /// Llama/Mistral, GPT-2, GPT-Neo, BERT), and the only one a `modules:` config can name here.
+    public static let singleModuleName = "default"
 
     /// " (line N)" for a node that knows its line.
     static func line(_ n: Node?) -> String {
@@ -194,6 +200,8 @@ public struct MergeConfig: Sendable, Equatable {
         var tokenizerSource: String?
         var tokenizerNode: Node?
         var chatTemplate: String?
+        var modulesKey: Node?
+        var moduleParameters: [String: ParameterSetting] = [:]
         for (k, v) in top {
             guard let key = k.string else { throw TesseraError(.invalidParameter, "\(file): a key is not a string\(line(k))", hint: "fix the config") }
             if let why = unsupportedKeys[key] {
@@ -204,6 +212,12 @@ public struct MergeConfig: Sendable, Equatable {
             case "base_model": base = try modelReference(v, "base_model", file)
             case "models": models = try modelList(v, "models", file)
             case "slices": slices = try sliceList(v, file)
+            case "modules":
+                modulesKey = k
+                let module = try moduleDefinition(v, file)
+                if let m = module.models { models = (models ?? []) + m }
+                if let s = module.slices { slices = (slices ?? []) + s }
+                moduleParameters = module.parameters
             case "parameters": parameters = try parameterMap(v, "parameters", file)
             case "dtype": dtype = try dtypeValue(v, "dtype", file)
             case "out_dtype": outDType = try dtypeValue(v, "out_dtype", file)
@@ -215,12 +229,18 @@ public struct MergeConfig: Sendable, Equatable {
             case "chat_template": chatTemplate = try string(v, "chat_template", file)
             default:
                 throw TesseraError(.invalidParameter, "\(file): unknown key '\(key)'\(line(k))",
-                                   hint: "supported: merge_method, base_model, models, slices, parameters, dtype, out_dtype, name, tokenizer_source, tokenizer, chat_template")
+                                   hint: "supported: merge_method, base_model, models, slices, modules, parameters, dtype, out_dtype, name, tokenizer_source, tokenizer, chat_template")
             }
         }
         if let tokenizerNode, top.keys.contains(where: { $0.string == "tokenizer_source" }) {
             throw TesseraError(.invalidParameter, "\(file): tokenizer and tokenizer_source are both set\(line(tokenizerNode))", hint: "keep one (as mergekit requires)")
         }
+        if let modulesKey, top.keys.contains(where: { $0.string == "models" || $0.string == "slices" }) {
+            throw TesseraError(.invalidParameter, "\(file): modules is given with models or slices\(line(modulesKey))",
+                               hint: "use exactly one of models:, slices: and modules: (as mergekit requires)")
+        }
+        // The module's parameters are the scope between the slices' (or models') and the config's.
+        for (k, v) in moduleParameters { parameters[k] = parameters[k].map { v.fallingBack(to: $0) } ?? v }
         guard let method else { throw TesseraError(.invalidParameter, "\(file): merge_method is missing\(line(root))", hint: "set merge_method, e.g. merge_method: ties") }
         _ = try MergeRegistry.method(named: method)
         switch (models, slices) {
@@ -235,6 +255,39 @@ public struct MergeConfig: Sendable, Equatable {
         }
         return MergeConfig(method: method, baseModel: base, models: models ?? [], slices: slices ?? [], parameters: parameters,
                            dtype: dtype, outDType: outDType, name: name, tokenizerSource: tokenizerSource, chatTemplate: chatTemplate)
+    }
+
+    /// `modules:`: a mapping of module names to `{models | slices, parameters}`, of which only `default` is supported.
+    static func moduleDefinition(_ v: Node, _ file: String) throws -> (models: [Model]?, slices: [Slice]?, parameters: [String: ParameterSetting]) {
+        guard let modules = v.mapping, !modules.isEmpty else {
+            throw TesseraError(.invalidParameter, "\(file): modules must be a non-empty mapping of module names\(line(v))",
+                               hint: "write modules: {default: {models: [...]}} (or use models: / slices:)")
+        }
+        for (name, _) in modules where name.string != singleModuleName {
+            throw TesseraError(.unsupported, "\(file): module '\(name.string ?? "?")' is not supported\(line(name))",
+                               hint: "Tessera's architectures (Llama/Mistral, GPT-2, GPT-Neo, BERT) have one module, which mergekit names '\(singleModuleName)'; merge other modules' tensors with models: or slices:")
+        }
+        let what = "modules.\(singleModuleName)"
+        guard let body = modules.first?.value, let map = body.mapping else {
+            throw TesseraError(.invalidParameter, "\(file): \(what) must be a mapping\(line(v))", hint: "write \(what): {models: [...]} or {slices: [...]}")
+        }
+        var models: [Model]?, slices: [Slice]?, parameters: [String: ParameterSetting] = [:]
+        for (k, mv) in map {
+            switch k.string ?? "" {
+            case "models": models = try modelList(mv, "\(what).models", file)
+            case "slices": slices = try sliceList(mv, file, prefix: "\(what).")
+            case "parameters": parameters = try parameterMap(mv, "\(what).parameters", file)
+            default:
+                throw TesseraError(.invalidParameter, "\(file): unknown key '\(k.string ?? "?")' in \(what)\(line(k))",
+                                   hint: "a module has models: or slices:, and optionally parameters:")
+            }
+        }
+        // mergekit: "Must specify either output slices or models to merge".
+        guard (models?.isEmpty == false) != (slices?.isEmpty == false) else {
+            throw TesseraError(.invalidParameter, "\(file): \(what) must have either models or slices\(line(body))",
+                               hint: "give the module exactly one non-empty list, models: or slices:")
+        }
+        return (models, slices, parameters)
     }
 
     static func modelList(_ v: Node, _ what: String, _ file: String) throws -> [Model] {
@@ -268,13 +321,13 @@ public struct MergeConfig: Sendable, Equatable {
         return models
     }
 
-    static func sliceList(_ v: Node, _ file: String) throws -> [Slice] {
+    static func sliceList(_ v: Node, _ file: String, prefix: String = "") throws -> [Slice] {
         guard let seq = v.sequence else {
-            throw TesseraError(.invalidParameter, "\(file): slices must be a list\(line(v))", hint: "write slices: - sources: [{model: PATH, layer_range: [0, 8]}]")
+            throw TesseraError(.invalidParameter, "\(file): \(prefix)slices must be a list\(line(v))", hint: "write slices: - sources: [{model: PATH, layer_range: [0, 8]}]")
         }
         var out: [Slice] = []
         for (i, entry) in seq.enumerated() {
-            let what = "slices[\(i)]"
+            let what = "\(prefix)slices[\(i)]"
             guard let map = entry.mapping else {
                 throw TesseraError(.invalidParameter, "\(file): \(what) must be a mapping with 'sources:'\(line(entry))", hint: "write - sources: [{model: PATH, layer_range: [0, 8]}]")
             }

@@ -65,10 +65,10 @@ public enum MergeDriver {
                 throw TesseraError(.shapeMismatch, "\(plan.method): produced \(out.count) values for tensor '\(name)' of shape \(shape)")
             }
             let dtype = job.outputDType(name)
-            // mergekit's methods return a tensor of the compute dtype, which `out_dtype` then converts: a 16-bit
-            // compute dtype rounds the result once more when the output dtype is another one.
-            let compute = job.computeDType(name)
-            if compute != .f32 && compute != dtype { FloatCodec.quantize(&out, to: compute) }
+            // mergekit's methods return a tensor of the compute dtype (or of the method's own result dtype), which
+            // `out_dtype` then converts: a 16-bit result rounds once more when the output dtype is another one.
+            let result = job.resultDType(name)
+            if result != .f32 && result != dtype { FloatCodec.quantize(&out, to: result) }
             let nonFinite = { (k: Int) in
                 TesseraError(.invalidParameter, "\(plan.method): the merge of tensor '\(name)' produced \(out[k]) at index \(k)",
                              hint: "check the inputs and parameters (zero weight sums, zero Fishers, NaN inputs); nothing was written for this tensor")
@@ -174,8 +174,12 @@ final class MergeJob {
 
     static func isMergeable(_ d: DType) -> Bool { [.f32, .f16, .bf16, .f64].contains(d) }
 
+    /// What mergekit writes: `out_dtype`, else the method's result dtype (`resultDType`; not for a plan that
+    /// `keepsLoadedDType`), else the merge dtype, else what it loaded.
     func outputDType(_ name: String) -> DType {
-        if let d = plan.outDType ?? plan.dtype { return d }
+        if let d = plan.outDType { return d }
+        if !plan.keepsLoadedDType, let d = type.resultDType(computeDType: computeDType(name), nonBaseModels: nonBaseModels) { return d }
+        if let d = plan.dtype { return d }
         let loaded = loadedDType(name)
         return MergeJob.isMergeable(loaded) ? loaded : .f32
     }
@@ -204,6 +208,16 @@ final class MergeJob {
     func computeDType(_ name: String) -> DType {
         computeDType(stored: loadedDType(name))
     }
+
+    /// The dtype the method's result is in before `out_dtype` converts it: the compute dtype, unless the method's
+    /// ops promote it (`MergeMethod.resultDType`).
+    func resultDType(_ name: String) -> DType {
+        let compute = computeDType(name)
+        return type.resultDType(computeDType: compute, nonBaseModels: nonBaseModels) ?? compute
+    }
+
+    /// The listed models that are not the base model.
+    var nonBaseModels: Int { isBase.filter { !$0 }.count }
 
     func globalParameters(_ name: String) throws -> MergeParameters {
         try MergeParameters.resolve(plan.parameters, definitions: type.globalParameters, tensor: name,

@@ -122,6 +122,12 @@ public protocol MergeMethod: Sendable {
 
     /// Extra provenance entries (DARE records its seed and generator).
     func provenance(parameters: MergeParameters) -> [(String, String)]
+
+    /// The dtype of the method's result when it computes in `computeDType` with `nonBaseModels` models besides the
+    /// base: mergekit writes a method's result in the dtype its torch ops leave it in unless the config sets
+    /// `out_dtype`, and a few methods' ops promote a 16-bit merge to float32 (a float32 mask or coefficient tensor).
+    /// nil (the default): the compute dtype.
+    static func resultDType(computeDType: DType, nonBaseModels: Int) -> DType?
 }
 
 extension MergeMethod {
@@ -132,6 +138,7 @@ extension MergeMethod {
     }
     public mutating func prepare(_ context: MergePreparation) throws {}
     public func provenance(parameters: MergeParameters) -> [(String, String)] { [] }
+    public static func resultDType(computeDType: DType, nonBaseModels: Int) -> DType? { nil }
 }
 
 /// What `prepare` may read: tensor names, and each tensor's full input (loaded on demand, one at a time).

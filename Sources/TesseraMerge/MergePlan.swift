@@ -37,6 +37,11 @@ public struct MergePlan {
     public var dtype: DType?
     /// mergekit's `out_dtype`.
     public var outDType: DType?
+    /// Without `outDType` and `dtype`, write each tensor in the dtype it was loaded in (promoted across the inputs),
+    /// even when the method's result is wider (`MergeMethod.resultDType`: arcee_fusion and ramplus_tl promote a
+    /// 16-bit merge to float32, which mergekit writes): for merges into an existing checkpoint, whose tensors keep
+    /// their dtype (a `git merge` of a bfloat16 model). The float32 result is then rounded once, as `out_dtype` does.
+    public var keepsLoadedDType = false
     /// Each tensor's position t in [0, 1] for gradient parameters, when the plan sets them (a slice of a
     /// frankenmerge: t runs over the slice's layers). nil: from the tensor names (`LayerPositions`).
     public var layerPositions: [String: Double]?

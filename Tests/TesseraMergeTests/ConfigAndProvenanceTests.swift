@@ -22,17 +22,85 @@ import TesseraTestSupport
         #expect(bf.dtype == .bf16)
     }
 
-    @Test(arguments: ["modules"])
-    func unsupportedKeysAreRefused(key: String) throws {
-        let yaml = """
-        merge_method: linear
-        models:
-          - model: a.safetensors
-        \(key): base
-        """
-        let e = #expect(throws: TesseraError.self) { try MergeConfig.parse(yaml: yaml) }
-        #expect(e?.code == .unsupported)
-        #expect(e?.message.contains(key) == true)
+    /// mergekit's `modules:` for the one module Tessera's architectures have (`default`): the models: or slices:
+    /// config it holds, the module's parameters between the config's and the slices'/models' own.
+    @Test func theDefaultModuleIsItsModelsOrSlices() throws {
+        let modules = try MergeConfig.parse(yaml: """
+        merge_method: task_arithmetic
+        base_model: base
+        modules:
+          default:
+            models:
+              - model: a
+                parameters: {weight: 0.6}
+              - model: b
+            parameters:
+              weight: 0.3
+              lambda:
+                - filter: mlp
+                  value: 0.9
+        parameters:
+          lambda: 0.5
+          normalize: false
+        dtype: float32
+        """)
+        #expect(modules.models.map(\.model) == ["a", "b"] && modules.slices.isEmpty)
+        #expect(modules.models[0].parameters["weight"] == .number(0.6) && modules.models[1].parameters.isEmpty)
+        #expect(modules.parameters["weight"] == .number(0.3) && modules.parameters["normalize"] == .bool(false))
+        // A module filter that matches nothing for a tensor falls through to the config's value.
+        let lambda = try #require(modules.parameters["lambda"])
+        #expect(lambda.evaluate(tensor: "model.layers.0.mlp.up_proj.weight", layerPosition: 0) == .number(0.9))
+        #expect(lambda.evaluate(tensor: "model.layers.0.self_attn.q_proj.weight", layerPosition: 0) == .number(0.5))
+
+        let slices = try MergeConfig.parse(yaml: """
+        merge_method: passthrough
+        modules:
+          default:
+            slices:
+              - sources:
+                  - model: a
+                    layer_range: [0, 2]
+              - sources:
+                  - model: a
+                    layer_range: [1, 3]
+        """)
+        #expect(slices.models.isEmpty && slices.slices.map { $0.sources[0].layers } == [0..<2, 1..<3])
+    }
+
+    /// Modules Tessera's architectures do not have (a vision-language model's vision tower) are refused in one line
+    /// naming the module; malformed modules: configs are errors, as in mergekit.
+    @Test func otherModulesAndMalformedModulesAreRefused() throws {
+        for yaml in ["""
+            merge_method: linear
+            modules:
+              vision_tower:
+                models:
+                  - model: a
+            """, """
+            merge_method: linear
+            modules:
+              default:
+                models:
+                  - model: a
+              vision_tower:
+                models:
+                  - model: a
+            """] {
+            let e = #expect(throws: TesseraError.self) { try MergeConfig.parse(yaml: yaml) }
+            #expect(e?.code == .unsupported && e?.message.contains("'vision_tower'") == true && e?.message.contains("\n") == false, "\(e?.message ?? "")")
+        }
+        let malformed = [
+            "merge_method: linear\nmodules: base\n",
+            "merge_method: linear\nmodules: {}\n",
+            "merge_method: linear\nmodels:\n  - model: a\nmodules:\n  default:\n    models:\n      - model: a\n",
+            "merge_method: linear\nmodules:\n  default:\n    models:\n      - model: a\n    slices:\n      - sources: [{model: a, layer_range: [0, 1]}]\n",
+            "merge_method: linear\nmodules:\n  default:\n    parameters: {weight: 1}\n",
+            "merge_method: linear\nmodules:\n  default:\n    models:\n      - model: a\n    base_model: a\n",
+        ]
+        for yaml in malformed {
+            let e = #expect(throws: TesseraError.self, "\(yaml)") { try MergeConfig.parse(yaml: yaml) }
+            #expect(e?.code == .invalidParameter && e?.message.contains("\n") == false, "\(yaml): \(e?.message ?? "")")
+        }
     }
 
     @Test func unknownKeysAndMethodsAreErrors() throws {

@@ -100,7 +100,9 @@ import TesseraTestSupport
         ("models:\n  - model: a\nslices:\n  - sources:\n      - {model: a, layer_range: [0, 2]}\nmerge_method: linear\n", "both given", 1),
         ("models:\n  - model: a\nmerge_method: linear\ntokenizer:\n  source: base\n  tokens: {x: {source: a}}\n", "tokenizer.tokens", 6),
         ("models:\n  - model: a\nmerge_method: linear\ntokenizer: {source: base}\ntokenizer_source: base\n", "both set", 4),
-        ("models:\n  - model: a\nmerge_method: linear\nmodules: {}\n", "'modules' is not supported", 4),
+        ("models:\n  - model: a\nmerge_method: linear\nmodules: {}\n", "modules must be a non-empty mapping", 4),
+        ("merge_method: linear\nmodules:\n  default:\n    models:\n      - model: a\n  vision_tower:\n    models:\n      - model: b\n",
+         "module 'vision_tower' is not supported", 6),
         ("models:\n  - model: a\nmerge_method: linear\nchat_template: [1]\n", "chat_template must be a string", 4),
     ])
     func badConfigsNameTheirLine(yaml: String, says: String, line: Int) throws {

@@ -133,6 +133,68 @@ import TesseraTestSupport
         }
     }
 
+    /// torch.topk's set (sce's select_topk) among tied keys, replayed: partial_sort below k·64 ≤ n, nth_element above.
+    @Test func topkKeepsTorchsTies() throws {
+        let file = try SafetensorsFile(path: Self.dir + "/topk.safetensors")
+        let sets: [String: [Int]] = ["tied": [1, 10, 78, 79, 1000, 2500, 4990], "few": [1, 3, 20, 39], "variance": [31, 32, 1986, 3000],
+                                     "distinct": [5, 47, 1500]]
+        for (set, ks) in sets {
+            let keys = try file.floats("\(set).keys")
+            for k in ks {
+                let expected = try file.floats("\(set).\(k)").map { Int($0) }
+                let got = keys.withUnsafeBufferPointer { TorchTopK.selectedIndices($0, k: k) }.sorted()
+                #expect(got == expected, "\(set) top \(k)")
+                var kept = keys
+                kept.withUnsafeMutableBufferPointer { TorchTopK.keepLargest($0, k: k) }
+                let wanted = Set(expected)
+                #expect(kept.indices.allSatisfy { wanted.contains($0) ? kept[$0] == keys[$0] : kept[$0] == 0 }, "\(set) keep \(k)")
+            }
+        }
+        // Lower index first, the rule before the replay, keeps another set on the tied keys: the check can fail.
+        let tied = try file.floats("tied.keys")
+        var byIndex = tied
+        byIndex.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: 1000) }
+        #expect(Set(byIndex.indices.filter { byIndex[$0] != 0 }) != Set(try file.floats("tied.1000").map { Int($0) }))
+    }
+
+    /// arcee_fusion's float32 mask and ramplus_tl's float32 λ promote a 16-bit merge: the driver writes float32, as
+    /// mergekit does, unless out_dtype converts it; ram (no λ) and ramplus_tl without other models stay 16-bit.
+    @Test func promotingMethodsWriteTheirResultDType() throws {
+        let file = try SafetensorsFile(path: Self.dir + "/inputs.bfloat16.safetensors")
+        func input(_ model: String) throws -> MergeInputModel {
+            MergeInputModel(name: model, source: FixtureSource(model, try Dictionary(uniqueKeysWithValues: Self.shapes.map {
+                ("\($0).weight", try file.tensor("\($0).\(model)")) })))
+        }
+        let base = try input("base")
+        func run(_ method: String, _ models: [MergeInputModel], dtype: DType? = nil, out: DType? = nil) throws -> [String: RawTensor] {
+            try runMerge(MergePlan(method: method, base: base, models: models, parameters: [:], dtype: dtype, outDType: out))
+        }
+        for (method, models) in [("arcee_fusion", [try input("m0")]), ("ramplus_tl", [try input("m0"), try input("m1")])] {
+            let promoted = try run(method, models)
+            let converted = try run(method, models, dtype: .bf16, out: .bf16)
+            for shape in Self.shapes {
+                let f32 = try #require(promoted["\(shape).weight"]), bf16 = try #require(converted["\(shape).weight"])
+                #expect(f32.dtype == .f32 && bf16.dtype == .bf16, "\(method) \(shape)")
+                // out_dtype rounds the float32 result once.
+                #expect(try bf16.floats() == f32.floats().map { TorchRounding.bf16($0) }, "\(method) \(shape)")
+                // The float32 values are not all bfloat16 values: the promotion is visible in the output.
+                if method == "ramplus_tl" { #expect(try f32.floats().contains { TorchRounding.bf16($0) != $0 }, "\(shape)") }
+            }
+        }
+        // A merge into an existing checkpoint keeps the stored dtype: the float32 result rounded once.
+        var keeping = MergePlan(method: "ramplus_tl", base: base, models: [try input("m0"), try input("m1")])
+        keeping.keepsLoadedDType = true
+        let kept = try runMerge(keeping), promoted = try run("ramplus_tl", [try input("m0"), try input("m1")])
+        for shape in Self.shapes {
+            let k = try #require(kept["\(shape).weight"]), p = try #require(promoted["\(shape).weight"])
+            let keptValues = try k.floats(), promotedValues = try p.floats()
+            #expect(k.dtype == .bf16 && keptValues == promotedValues.map { TorchRounding.bf16($0) }, "\(shape)")
+        }
+        #expect(try run("ram", [try input("m0"), try input("m1")])["matrix.weight"]?.dtype == .bf16)
+        #expect(try run("ramplus_tl", [base])["matrix.weight"]?.dtype == .bf16)
+        #expect(try run("arcee_fusion", [try input("m0")], dtype: .f32)["matrix.weight"]?.dtype == .f32)
+    }
+
     /// The trims take the radix-select fast path when no tie straddles the cut and the replay otherwise; both give
     /// the set torch's order gives.
     @Test func trimsKeepTorchsTies() throws {

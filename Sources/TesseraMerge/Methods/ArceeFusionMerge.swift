@@ -19,8 +19,14 @@ import TesseraMath
 /// mergekit's bit for bit. mergekit estimates the quantiles of a tensor of more than 1,000,000 entries from 1,000,000
 /// entries drawn with torch's generator; Tessera uses the exact quantiles of every entry (deterministic, and what
 /// mergekit computes for smaller tensors), so on such tensors the gate can differ from any one mergekit run near
-/// the threshold. mergekit's result is float32 whatever the inputs' dtype (its mask is float32), and it writes it so.
-/// No parameters; the base and exactly one other model.
+/// the threshold.
+///
+/// In a 16-bit merge dtype mergekit runs these ops on 16-bit tensors: each is rounded to the dtype as torch rounds it
+/// (`TorchRounding`: the softmax computed in float32 and rounded, + 1e-8, the ratio, the log, the products, the row
+/// sum accumulated in float32 and rounded once, |p − b|, the importance, q3 − q1, 1.5·that, the threshold), so the
+/// gate is mergekit's. Its mask is float32, which promotes the result: b + (p − b)·mask is a float32 tensor (of the
+/// 16-bit b and p − b) whatever the inputs' dtype, and mergekit writes it so unless `out_dtype` is set
+/// (`resultDType`). No parameters; the base and exactly one other model.
 public struct ArceeFusionMerge: MergeMethod {
     public static let name = "arcee_fusion"
     public static let summary = "take the other model's changes whose importance (|Δ|·KL) passes a dynamic IQR threshold"
@@ -30,6 +36,11 @@ public struct ArceeFusionMerge: MergeMethod {
         .number("weight", 1, help: "accepted and ignored (arcee_fusion does not weight models)"),
     ]
     public init() {}
+
+    /// float32: the float32 fusion mask promotes a 16-bit merge's result.
+    public static func resultDType(computeDType: DType, nonBaseModels: Int) -> DType? {
+        computeDType == .f16 || computeDType == .bf16 ? .f32 : nil
+    }
 
     public func merge(_ input: inout TensorMergeInput) throws -> [Float] {
         var base = try input.requireBase(Self.name)
@@ -48,6 +59,7 @@ public struct ArceeFusionMerge: MergeMethod {
         guard n > 0 else { return base }
         let rowLength = max(1, input.shape.last ?? n)
         let rows = n / rowLength
+        let r = TorchRounding(input.computeDType)
         // Importance, in float32: |p − b| times the row's KL divergence, computed as torch computes it (`TorchSoftmax`, `TorchReductions`).
         var importance = [Float](repeating: 0, count: n)
         importance.withUnsafeMutableBufferPointer { ib in
@@ -63,29 +75,41 @@ public struct ArceeFusionMerge: MergeMethod {
                             sp.withUnsafeMutableBufferPointer { TorchSoftmax.softmax(pp.base + lo, count: rowLength, into: $0.baseAddress!) }
                             sq.withUnsafeMutableBufferPointer { TorchSoftmax.softmax(bp.base + lo, count: rowLength, into: $0.baseAddress!) }
                             let eps = Float(1e-8)
-                            for j in 0..<rowLength {
-                                let a = sp[j] + eps, b = sq[j] + eps
-                                terms[j] = a * Float(log(Double(a / b)))
+                            if r.isIdentity {
+                                for j in 0..<rowLength {
+                                    let a = sp[j] + eps, b = sq[j] + eps
+                                    terms[j] = a * Float(log(Double(a / b)))
+                                }
+                                let kl = TorchReductions.sum(terms)
+                                for j in 0..<rowLength { out[lo + j] = abs(pp[lo + j] - bp[lo + j]) * kl }
+                            } else {
+                                // Each op of a 16-bit tensor rounded to the dtype; the row sum in float32, rounded once.
+                                for j in 0..<rowLength {
+                                    let a = r(r(sp[j]) + eps), b = r(r(sq[j]) + eps)
+                                    terms[j] = r(a * r(Float(log(Double(r(a / b))))))
+                                }
+                                let kl = r(TorchReductions.sum(terms))
+                                for j in 0..<rowLength { out[lo + j] = r(r(abs(pp[lo + j] - bp[lo + j])) * kl) }
                             }
-                            let kl = TorchReductions.sum(terms)
-                            for j in 0..<rowLength { out[lo + j] = abs(pp[lo + j] - bp[lo + j]) * kl }
                         }
                     }
                 }
             }
         }
-        let threshold = Self.threshold(importance)
+        let threshold = Self.threshold(importance, r)
         // b + (p − b)·mask for every entry, as mergekit writes it (a −0 base entry left by the gate becomes +0 when
-        // (p − b)·0 is +0, so the gated entries are not simply b).
+        // (p − b)·0 is +0, so the gated entries are not simply b). In a 16-bit merge p − b is rounded to the dtype;
+        // the product with the float32 mask and the sum are float32.
         for j in 0..<n {
             let mask: Float = importance[j] >= threshold ? 1 : 0
-            base[j] = base[j] + (p[j] - base[j]) * mask
+            base[j] = base[j] + r(p[j] - base[j]) * mask
         }
         return base
     }
 
-    /// median + 1.5·(q3 − q1), the quantiles at sorted index ⌊q·(n − 1)⌋, in float32.
-    static func threshold(_ importance: [Float]) -> Float {
+    /// median + 1.5·(q3 − q1), the quantiles at sorted index ⌊q·(n − 1)⌋, in float32 (each op rounded by `r` in a
+    /// 16-bit merge).
+    static func threshold(_ importance: [Float], _ r: TorchRounding = TorchRounding(.f32)) -> Float {
         let n = importance.count
         let positions = [(n - 1) / 4, (n - 1) / 2, 3 * (n - 1) / 4]
         var q: [Float]
@@ -98,6 +122,6 @@ public struct ArceeFusionMerge: MergeMethod {
             let sorted = importance.sorted()
             q = positions.map { sorted[$0] }
         }
-        return q[1] + Float(1.5) * (q[2] - q[0])
+        return r(q[1] + r(Float(1.5) * r(q[2] - q[0])))
     }
 }

@@ -43,8 +43,15 @@ public struct RamMerge: MergeMethod {
         guard !epsilonValue.isNaN else {
             throw TesseraError(.invalidParameter, "\(method): epsilon is NaN", hint: "use a small non-negative threshold, e.g. epsilon: 1e-5")
         }
-        let epsilon = Float(epsilonValue)
+        var epsilon = Float(epsilonValue)
         let m = tvs.count
+        let rounding = TorchRounding(input.computeDType)
+        if !rounding.isIdentity && boost != nil {
+            // ramplus_tl in a 16-bit dtype: the task vectors are 16-bit tensors, compared with epsilon in the dtype;
+            // from there on the float32 λ promotes the terms and the sum (mergekit's result is float32).
+            for i in 0..<m { rounding.round(&tvs[i]) }
+            epsilon = rounding(epsilon)
+        }
         // ramplus_tl: per model, the entries it shares with another model and the entries only it changes.
         var lambdas = [Float](repeating: 1, count: m)
         if let boost {
@@ -59,8 +66,7 @@ public struct RamMerge: MergeMethod {
             }
             for i in 0..<m { lambdas[i] = boost(shared[i], unique[i]) }
         }
-        let lambda = lambdas, boosted = boost != nil
-        let rounding = TorchRounding(input.computeDType)
+        let lambda = lambdas, boosted = boost != nil, threshold = epsilon
         if !rounding.isIdentity && !boosted {
             Self.mergeRounded(&base, &tvs, epsilon: epsilon, rounding)
             return base
@@ -74,14 +80,16 @@ public struct RamMerge: MergeMethod {
                     let t = tp.value
                     for j in r {
                         var c = 0
-                        for i in 0..<m where abs(t[i][j]) > epsilon { c += 1 }
+                        for i in 0..<m where abs(t[i][j]) > threshold { c += 1 }
                         let unique: Float = c == 1 ? 1 : 0, overlap: Float = c > 1 ? 1 : 0
                         let divisor = Float(max(c, 1))
                         var merged: Float = 0
                         for i in 0..<m {
-                            let z = t[i][j] * (abs(t[i][j]) > epsilon ? 1 : 0)
+                            let z = t[i][j] * (abs(t[i][j]) > threshold ? 1 : 0)
                             let own = boosted ? z * unique * lambda[i] : z * unique
-                            merged += own + z * overlap / divisor
+                            // The overlap share is a 16-bit tensor in a 16-bit ramplus_tl (rounding: the identity
+                            // otherwise); the float32 own term promotes the sum.
+                            merged += own + rounding(z * overlap / divisor)
                         }
                         out[j] = out[j] + merged
                     }

@@ -14,8 +14,8 @@ import TesseraMath
 ///
 /// Models carry no weights (a `weight` is accepted and ignored). Subtleties: the 1e-6 floor on the summed mean
 /// squares makes small task vectors (|τ| ≲ 1e-3) fall back to equal weights; with one model and select_topk < 1 the
-/// variance is zero everywhere, nothing is selected and the result is the base. Entries tied in variance at the
-/// cut are kept by lower flat index (torch's topk leaves the choice open). The mean squares are summed as torch sums
+/// variance is zero everywhere, nothing is selected and the result is the base. Of the entries tied in variance at
+/// the cut (many in float16 and bfloat16), those torch's CPU topk returns are kept (`TorchTopK`). The mean squares are summed as torch sums
 /// them (`TorchReductions`), so float32 results agree with mergekit's bit for bit (with one model the weight is 1 however
 /// it is summed).
 public struct SceMerge: MergeMethod {
@@ -125,8 +125,8 @@ public struct SceMerge: MergeMethod {
             for i in 0..<m { tvs[i] = [Float](repeating: 0, count: n) }
             return
         }
-        // The k largest variances (all non-zero, as k ≤ nonzero), ties by lower index.
-        variance.withUnsafeMutableBufferPointer { MagnitudeSelect.keepTopK($0, k: k) }
+        // The k largest variances (all non-zero, as k ≤ nonzero), ties at the cut kept as torch.topk keeps them.
+        variance.withUnsafeMutableBufferPointer { TorchTopK.keepLargest($0, k: k) }
         for i in 0..<m {
             for j in 0..<n where variance[j] == 0 { tvs[i][j] = 0 }
         }

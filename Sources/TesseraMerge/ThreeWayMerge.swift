@@ -145,12 +145,16 @@ public struct ThreeWayMerge {
             }.map(\.element.string)
             let w = rule.weights ?? [1, 1]
             func plan(_ names: [String]) throws -> MergePlan {
-                try MergePlan(
+                // The merged file is the same checkpoint, so each tensor keeps its stored dtype (ramplus_tl would
+                // otherwise turn a 16-bit tensor float32, as mergekit writes a new model).
+                var plan = try MergePlan(
                     method: rule.method,
                     base: type.baseUse == .required ? O.map { MergeInputModel(name: "base", source: SubsetSource($0.checkpoint, names: names)) } : nil,
                     models: [MergeInputModel(name: "ours", source: SubsetSource(A.checkpoint, names: names), parameters: ["weight": .number(w.first ?? 1)]),
                              MergeInputModel(name: "theirs", source: SubsetSource(B.checkpoint, names: names), parameters: ["weight": .number(w.count > 1 ? w[1] : 1)])],
                     parameters: rule.parameters).distributingModelDefaults()
+                plan.keepsLoadedDType = true
+                return plan
             }
             let summary = try MergeDriver.run(try plan(bySize), float32Sink: { name, values, shape in
                 writer.store(values, width: DType.f32.byteWidth, key: pending.count)

@@ -61,21 +61,22 @@ public enum TorchTopK {
     /// element under `less`; each later element less than the top replaces it.
     static func heapSelect(_ a: UnsafeMutablePointer<TorchSort.Pair>, _ first: Int, _ middle: Int, _ last: Int) {
         let length = middle - first
+        let order = TorchSort.PairOrdering()
         if length >= 2 {
             var parent = (length - 2) / 2
             while true {
-                TorchSort.adjustHeap(a, first, parent, length, a[first + parent])
+                TorchSort.adjustHeap(a, first, parent, length, a[first + parent], order)
                 if parent == 0 { break }
                 parent -= 1
             }
         }
         var i = middle
         while i < last {
-            if TorchSort.less(a[i], a[first]) {
+            if a[i].key < a[first].key {
                 // __pop_heap(first, middle, i): the top goes to i, i's element sifts down from the top.
                 let value = a[i]
                 a[i] = a[first]
-                TorchSort.adjustHeap(a, first, 0, length, value)
+                TorchSort.adjustHeap(a, first, 0, length, value, order)
             }
             i += 1
         }
@@ -84,6 +85,7 @@ public enum TorchTopK {
     /// libstdc++'s `__introselect(first, nth, last, depth)` (what `std::nth_element` runs).
     static func introselect(_ a: UnsafeMutablePointer<TorchSort.Pair>, _ first0: Int, _ nth: Int, _ last0: Int, depth depth0: Int) {
         var first = first0, last = last0, depth = depth0
+        let order = TorchSort.PairOrdering()
         while last - first > 3 {
             if depth == 0 {
                 heapSelect(a, first, nth + 1, last)
@@ -92,10 +94,10 @@ public enum TorchTopK {
             }
             depth -= 1
             let mid = first + (last - first) / 2
-            TorchSort.moveMedianToFirst(a, first, first + 1, mid, last - 1)
-            let cut = TorchSort.unguardedPartition(a, first + 1, last, pivot: first)
+            TorchSort.moveMedianToFirst(a, first, first + 1, mid, last - 1, order)
+            let cut = TorchSort.unguardedPartition(a, first + 1, last, pivot: first, order)
             if cut <= nth { first = cut } else { last = cut }
         }
-        TorchSort.insertionSort(a, first, last)
+        TorchSort.insertionSort(a, first, last, order)
     }
 }

@@ -58,6 +58,36 @@ public enum TorchReductions {
         return total.squareRoot()
     }
 
+    /// `vector_norm(a − b)` of contiguous float32 values, without the difference tensor (each entry the same float32
+    /// subtraction torch makes, then `norm`'s order).
+    static func normOfDifference(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count n: Int) -> Float {
+        var acc = SIMD8<Float>(repeating: 0)
+        let body = n - n % lanes
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        var d = 0
+        while d < body {
+            let v = ra.loadUnaligned(fromByteOffset: d * 4, as: SIMD8<Float>.self) - rb.loadUnaligned(fromByteOffset: d * 4, as: SIMD8<Float>.self)
+            acc = acc + v * v
+            d += lanes
+        }
+        var total = acc[0]
+        for l in 1..<lanes { total = total + acc[l] }
+        while d < n { let v = a[d] - b[d]; total = total + v * v; d += 1 }
+        return total.squareRoot()
+    }
+
+    /// `((a − o) * (c − o)).sum()` of contiguous float32 values in `sum`'s order, without the temporary tensors.
+    static func sumOfDifferenceProducts(_ a: UnsafePointer<Float>, _ c: UnsafePointer<Float>, _ o: UnsafePointer<Float>, count n: Int) -> Float {
+        let ra = UnsafeRawPointer(a), rc = UnsafeRawPointer(c), ro = UnsafeRawPointer(o)
+        return cascadeSum(
+            count: n,
+            vector: { v in
+                let base = ro.loadUnaligned(fromByteOffset: v * 32, as: SIMD8<Float>.self)
+                return (ra.loadUnaligned(fromByteOffset: v * 32, as: SIMD8<Float>.self) - base) * (rc.loadUnaligned(fromByteOffset: v * 32, as: SIMD8<Float>.self) - base)
+            },
+            scalar: { j in (a[j] - o[j]) * (c[j] - o[j]) })
+    }
+
     /// The sum of the tensor (x / a) · (y / b) (slerp's dot product of the normalised tensors), in `sum`'s order,
     /// without the temporary tensor torch makes: each entry is rounded as torch rounds it (two quotients, a product).
     static func sumOfQuotientProducts(_ x: UnsafeBufferPointer<Float>, _ y: UnsafeBufferPointer<Float>, _ a: Float, _ b: Float) -> Float {

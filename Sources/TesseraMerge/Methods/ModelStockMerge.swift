@@ -30,8 +30,7 @@ public struct ModelStockMerge: MergeMethod {
     public init() {}
 
     /// Inputs are read as views (file mappings), not copied into arrays: reading four models' tensors into fresh
-    /// memory cost about as much as the merge. The result goes to a fresh array, which also holds each row's
-    /// differences and products while t is found (it is overwritten by the blend only after).
+    /// memory cost about as much as the merge. The result goes to a fresh array.
     public static let readsViews = true
 
     public func merge(_ input: inout TensorMergeInput) throws -> [Float] {
@@ -47,9 +46,9 @@ public struct ModelStockMerge: MergeMethod {
         let filterWise = try input.parameters.bool("filter_wise")
         withReadOnlyPointers(models) { ws in
             base.withUnsafeMutableBufferPointer { bb in
-                // In place: the base's storage is the output, so the ratio needs scratch of its own.
+                // In place: the base's storage is the output.
                 Self.blend(into: bb.baseAddress!, base: UnsafePointer(bb.baseAddress!), ws, count: n, shape: input.shape,
-                           filterWise: filterWise, outputIsScratch: false, TorchRounding(input.computeDType))
+                           filterWise: filterWise, TorchRounding(input.computeDType))
             }
         }
         return base
@@ -70,7 +69,7 @@ public struct ModelStockMerge: MergeMethod {
         return [Float](unsafeUninitializedCapacity: n) { out, initialized in
             // Views are float32 merges (the driver maps only those): no rounding.
             Self.blend(into: out.baseAddress!, base: base.baseAddress!, ws, count: n, shape: views.shape,
-                       filterWise: filterWise, outputIsScratch: true, TorchRounding(.f32))
+                       filterWise: filterWise, TorchRounding(.f32))
             initialized = n
         }
     }
@@ -85,10 +84,9 @@ public struct ModelStockMerge: MergeMethod {
     }
 
     /// θ = t · (Σ_i w_i)/k + (1 − t) · w₀ into `out`, each row (or the whole tensor) with its own t. `base` may be `out`
-    /// itself (each entry of w₀ is read before it is overwritten); otherwise (`outputIsScratch`) the output row holds
-    /// the differences and products while t is found, instead of scratch memory of its own.
+    /// itself (each entry of w₀ is read before it is overwritten).
     static func blend(into out0: UnsafeMutablePointer<Float>, base w0p: UnsafePointer<Float>, _ ws0: [UnsafePointer<Float>],
-                      count n: Int, shape: [Int], filterWise: Bool, outputIsScratch: Bool, _ r: TorchRounding) {
+                      count n: Int, shape: [Int], filterWise: Bool, _ r: TorchRounding) {
         let rowLength = filterWise ? (shape.last ?? n) : n
         let rows = rowLength == 0 ? 0 : n / rowLength
         let count = ws0.count
@@ -101,7 +99,7 @@ public struct ModelStockMerge: MergeMethod {
         let work = { (row: Int, parallel: Bool) in
             let lo = row * rowLength
             let ws = inputs.value
-            let t = Self.ratio(ws.map { $0 + lo }, w0.base + lo, count: rowLength, scratch: outputIsScratch ? out.base + lo : nil, r)
+            let t = Self.ratio(ws.map { $0 + lo }, w0.base + lo, count: rowLength, r)
             let s = r(1 - t)
             // In a 16-bit merge dtype mergekit's every op rounds to it (`TorchRounding`); in float32 `r` is the identity.
             let blend = { (range: Range<Int>) in
@@ -130,39 +128,31 @@ public struct ModelStockMerge: MergeMethod {
 
     /// The interpolation ratio t of one row (or the whole tensor) of `n` entries, with float32 norms, dot products and
     /// means summed as torch sums them on one thread (`TorchReductions`): k·cos θ / (1 + (k − 1)·cos θ), 0 when singular.
-    /// `scratch`: room for `n` floats, or nil to allocate it.
     ///
     /// In a 16-bit merge dtype each elementwise op rounds to it, and the norms and sums (which torch accumulates in
     /// float32 and rounds once) are accumulated wide and rounded once (`roundedRatio`).
-    static func ratio(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, count n: Int, scratch given: UnsafeMutablePointer<Float>? = nil,
+    static func ratio(_ ws: [UnsafePointer<Float>], _ w0: UnsafePointer<Float>, count n: Int,
                       _ r: TorchRounding) -> Float {
         let k = ws.count
         if !r.isIdentity { return roundedRatio(ws, w0, count: n, r) }
-        var owned = given == nil ? [Float](repeating: 0, count: n) : []
-        var norms = [Float](repeating: 0, count: k)
-        var cosines: [Float] = []
-        owned.withUnsafeMutableBufferPointer { sb in
-            let x = SharedMutablePointer(given ?? sb.baseAddress!)
-            let inputs = UncheckedSendable(ws)
-            // The elementwise passes run over the cores (each entry is the same float32 operation wherever it runs);
-            // only the sums, whose order is torch's, stay on one.
-            for a in 0..<k {
-                Parallel.forChunks(n) { _, r in
-                    let wa = inputs.value[a]
-                    for j in r { x[j] = wa[j] - w0[j] }
-                }
-                norms[a] = TorchReductions.norm(UnsafeBufferPointer(start: x.base, count: n))
-            }
-            for a in 0..<k {
-                for c in (a + 1)..<k {
-                    Parallel.forChunks(n) { _, r in
-                        let wa = inputs.value[a], wc = inputs.value[c]
-                        for j in r { x[j] = (wa[j] - w0[j]) * (wc[j] - w0[j]) }
-                    }
-                    let dot = TorchReductions.sum(UnsafeBufferPointer(start: x.base, count: n))
-                    cosines.append(min(max(dot / max(norms[a] * norms[c], Float(1e-6)), -1), 1))
-                }
-            }
+        // The k norms and k(k − 1)/2 dot products, each a torch-ordered sum on one core (computed from the inputs,
+        // without difference tensors), side by side on the cores: they are independent.
+        let pairs = (0..<k).flatMap { a in ((a + 1)..<k).map { (a, $0) } }
+        let results = UnsafeMutablePointer<Float>.allocate(capacity: k + pairs.count)
+        defer { results.deallocate() }
+        let out = SharedMutablePointer(results), inputs = UncheckedSendable((ws, w0, pairs))
+        let reduce = { @Sendable (i: Int) in
+            let (ws, w0, pairs) = inputs.value
+            out[i] = i < k ? TorchReductions.normOfDifference(ws[i], w0, count: n)
+                : TorchReductions.sumOfDifferenceProducts(ws[pairs[i - k].0], ws[pairs[i - k].1], w0, count: n)
+        }
+        if n >= Parallel.minimumParallelCount {
+            DispatchQueue.concurrentPerform(iterations: k + pairs.count, execute: reduce)
+        } else {
+            for i in 0..<(k + pairs.count) { reduce(i) }
+        }
+        let cosines = pairs.enumerated().map { (p, pair) in
+            min(max(results[k + p] / max(results[pair.0] * results[pair.1], Float(1e-6)), -1), 1)
         }
         let cos = TorchReductions.sum(cosines) / Float(cosines.count)
         let kf = Float(k)

@@ -31,7 +31,8 @@ public enum MergeDriver {
         let type = try MergeRegistry.method(named: plan.method)
         let job = try MergeJob(plan: plan, type: type)
         var method = type.init()
-        try method.prepare(MergePreparation(tensorNames: job.floatTensorNames, loadInput: { try job.loadInput($0) }))
+        try method.prepare(MergePreparation(tensorNames: job.floatTensorNames.filter { !job.withoutFisher.contains($0) },
+                                            loadInput: { try job.loadInput($0) }))
         var parameterCount = 0
         for (done, name) in job.names.enumerated() {
             defer { progress?(done + 1, job.names.count) }
@@ -59,7 +60,7 @@ public enum MergeDriver {
                 var input = try job.loadInput(name)
                 shape = input.shape
                 count = input.elementCount
-                out = try method.merge(&input)
+                out = job.withoutFisher.contains(name) ? try Self.commonValues(input, method: plan.method) : try method.merge(&input)
             }
             guard out.count == count else {
                 throw TesseraError(.shapeMismatch, "\(plan.method): produced \(out.count) values for tensor '\(name)' of shape \(shape)")
@@ -97,6 +98,16 @@ public enum MergeDriver {
     }
 
     /// Merges into a safetensors file (tensors collected, then written atomically with provenance metadata).
+    /// The values every model holds for a tensor no Fisher covers, or an error naming it when they differ.
+    static func commonValues(_ input: TensorMergeInput, method: String) throws -> [Float] {
+        let first = input.models[0]
+        for m in input.models.dropFirst() where !m.elementsEqual(first, by: { $0.bitPattern == $1.bitPattern }) {
+            throw TesseraError(.notFound, "\(method): tensor '\(input.name)' has no Fisher in any model and its values differ between the models",
+                               hint: "estimate the Fisher for this tensor too, or merge it with another method (a config's per-tensor filter)")
+        }
+        return first
+    }
+
     /// For very large models prefer a sink that writes tensor by tensor.
     public static func mergeToFile(_ plan: MergePlan, path: String, metadata extra: [(String, String)] = [],
                                    tensorHash: ((TensorSource, String) -> String?)? = nil) throws -> MergeSummary {
@@ -116,6 +127,8 @@ final class MergeJob {
     let floatTensorNames: [String]
     let positions: LayerPositions
     let isBase: [Bool]
+    /// Tensors that no model's Fisher covers (see init).
+    let withoutFisher: Set<String>
 
     init(plan: MergePlan, type: any MergeMethod.Type) throws {
         self.plan = plan
@@ -153,12 +166,21 @@ final class MergeJob {
                                    hint: "merge checkpoints of the same architecture")
             }
         }
-        for m in plan.models {
-            if let f = m.fisher, let missing = names.first(where: { f.tensorInfo($0) == nil }) {
-                throw TesseraError(.notFound, "tensor '\(missing)' has no Fisher in '\(m.fisherName ?? f.sourceName)' (model '\(m.name)')",
-                                   hint: "estimate the Fisher for every tensor of the model")
+        // A tensor no model has a Fisher for is a buffer the Fisher does not cover (GPT-2's causal masks
+        // `h.N.attn.bias`, which `tessera fisher` does not estimate): it merges only where every model holds the same
+        // values. A Fisher missing from some models only is an error.
+        var lacking = Set<String>()
+        if type.needsFisher {
+            for n in names {
+                let without = plan.models.filter { $0.fisher?.tensorInfo(n) == nil }
+                if without.count == plan.models.count { lacking.insert(n); continue }
+                if let m = without.first, let f = m.fisher {
+                    throw TesseraError(.notFound, "tensor '\(n)' has no Fisher in '\(m.fisherName ?? f.sourceName)' (model '\(m.name)')",
+                                       hint: "estimate the Fisher for every tensor of the model")
+                }
             }
         }
+        withoutFisher = lacking
         positions = LayerPositions(tensorNames: names)
         floatTensorNames = names.filter { n in reference.source.tensorInfo(n).map { MergeJob.isMergeable($0.dtype) } ?? false }
     }
@@ -388,7 +410,7 @@ final class MergeJob {
                                                                layerPosition: t, method: type.name, scope: "model '\(m.name)'"))
         }
         var fishers: [[Float]]? = nil
-        if type.needsFisher {
+        if type.needsFisher && !withoutFisher.contains(name) {
             fishers = try plan.models.map { m in
                 let f = m.fisher!
                 let fi = try f.requireInfo(name)

@@ -107,6 +107,32 @@ import TesseraTestSupport
         #expect(e?.message.contains("'x'") == true)
     }
 
+    /// A tensor no model's Fisher covers (GPT-2's mask buffers) is taken as it is when every model holds the same
+    /// values, named when they differ; one covered by some Fishers only is still an error.
+    @Test func tensorsNoFisherCoversMergeOnlyWhenEqual() throws {
+        let mask: [Float] = [1, 0, 1, 1]
+        let a = try Self.source("a", [("x", [4], Self.w), ("mask", [4], mask)])
+        let b = try Self.source("b", [("x", [4], Self.w.map { $0 * 3 }), ("mask", [4], mask)])
+        let fa = try Self.source("fa", [("x", [4], [1, 1, 1, 1])])
+        let fb = try Self.source("fb", [("x", [4], [1, 1, 1, 1])])
+        let plan = MergePlan(method: "fisher", models: [
+            MergeInputModel(name: "a", source: a, fisher: fa), MergeInputModel(name: "b", source: b, fisher: fb),
+        ])
+        let out = try runMerge(plan)
+        #expect(try out["mask"]?.floats() == mask)
+        #expect(try out["x"]?.floats() == Self.w.map { $0 * 2 })
+        let c = try Self.source("c", [("x", [4], Self.w), ("mask", [4], [0, 0, 1, 1])])
+        let differs = Self.error(MergePlan(method: "fisher", models: [
+            MergeInputModel(name: "a", source: a, fisher: fa), MergeInputModel(name: "c", source: c, fisher: fb),
+        ]))
+        #expect(differs?.message.contains("'mask'") == true && differs?.message.contains("differ") == true, "\(String(describing: differs))")
+        let fc = try Self.source("fc", [("x", [4], [1, 1, 1, 1]), ("mask", [4], [1, 1, 1, 1])])
+        let partly = Self.error(MergePlan(method: "fisher", models: [
+            MergeInputModel(name: "a", source: a, fisher: fa), MergeInputModel(name: "b", source: b, fisher: fc),
+        ]))
+        #expect(partly?.message.contains("no Fisher in 'fa'") == true, "\(String(describing: partly))")
+    }
+
     @Test func fisherNeedsAFisherPerModel() throws {
         let a = try Self.source("a", [("x", [4], Self.w)])
         let e = Self.error(MergePlan(method: "fisher", models: [MergeInputModel(name: "a", source: a)]))

@@ -24,6 +24,8 @@ public class LayerNormDecoderTraining: TrainableLanguageModel, WeightGradientMod
     final class Tape {
         let input: TrainingBuffer, qkv: TrainingBuffer, attention: TrainingBuffer, middle: TrainingBuffer, up: TrainingBuffer
         var qkvTape = LinearTape(), outputTape = LinearTape(), upTape = LinearTape(), downTape = LinearTape()
+        /// The attention probabilities kept for the backward (layers that run it only).
+        var probabilities: TrainingBuffer?
 
         init(rows n: Int, hidden d: Int, inner: Int, space: Workspace) {
             input = space.take(n * d)
@@ -208,6 +210,7 @@ public class LayerNormDecoderTraining: TrainableLanguageModel, WeightGradientMod
             let tape: Tape
             if keep && l >= (lowest ?? 0) {
                 tape = Tape(rows: n, hidden: d, inner: ffn, space: space)
+                tape.probabilities = space.take(CausalAttention.probabilityCount(sequences: batch.sequences, shape(layer)))
                 tapes.append(tape)
             } else {
                 if shared == nil { shared = Tape(rows: n, hidden: d, inner: ffn, space: space) }
@@ -216,7 +219,8 @@ public class LayerNormDecoderTraining: TrainableLanguageModel, WeightGradientMod
             tape.input.p.update(from: x.p, count: n * d)
             LayerNormOp.forward(x.p, weight: layer.norm1Weight, bias: layer.norm1Bias, normed.p, rows: n, dim: d, eps: eps)
             tape.qkvTape = layer.qkv.forward(normed.p, rows: n, into: tape.qkv.p, dropout: dropout)
-            CausalAttention.forward(tape.qkv.p, out: tape.attention.p, sequences: batch.sequences, shape: shape(layer), scratch: scratch.p)
+            CausalAttention.forward(tape.qkv.p, out: tape.attention.p, sequences: batch.sequences, shape: shape(layer), scratch: scratch.p,
+                                    probabilities: tape.probabilities?.p)
             tape.outputTape = layer.output.forward(tape.attention.p, rows: n, into: x.p, accumulate: true, dropout: dropout)
             tape.middle.p.update(from: x.p, count: n * d)
             LayerNormOp.forward(x.p, weight: layer.norm2Weight, bias: layer.norm2Bias, normed.p, rows: n, dim: d, eps: eps)
@@ -257,7 +261,8 @@ public class LayerNormDecoderTraining: TrainableLanguageModel, WeightGradientMod
             LayerNormOp.backward(tape.middle.p, weight: layer.norm2Weight, dy: dNormed.p, dx: dx.p, rows: n, dim: d, eps: eps, accumulate: true)
             layer.output.backward(dx.p, input: tape.attention.p, rows: n, tape: tape.outputTape, dropout: dropout, dx: dAttention.p, accumulate: false,
                                   weightGradient: gradient(at.output), biasGradient: gradient(at.outputBias))
-            CausalAttention.backward(tape.qkv.p, dOut: dAttention.p, dqkv: dQKV.p, sequences: batch.sequences, shape: shape(layer), scratch: scratch.p)
+            CausalAttention.backward(tape.qkv.p, dOut: dAttention.p, dqkv: dQKV.p, sequences: batch.sequences, shape: shape(layer), scratch: scratch.p,
+                                     probabilities: tape.probabilities?.p)
             LayerNormOp.forward(tape.input.p, weight: layer.norm1Weight, bias: layer.norm1Bias, normed.p, rows: n, dim: d, eps: eps)
             // The base's gradient needs dx below the lowest layer too (the embeddings' rows).
             let below = l > lowest || grads != nil

@@ -43,6 +43,8 @@ public final class LlamaTraining: TrainableLanguageModel, WeightGradientModel {
     final class Tape {
         let input: TrainingBuffer, qkv: TrainingBuffer, attention: TrainingBuffer, middle: TrainingBuffer, gateUp: TrainingBuffer
         var qkvTape = LinearTape(), outputTape = LinearTape(), gateUpTape = LinearTape(), downTape = LinearTape()
+        /// The attention probabilities kept for the backward (layers that run it only).
+        var probabilities: TrainingBuffer?
 
         init(rows n: Int, hidden d: Int, qkvDim: Int, queryDim: Int, ffn: Int, space: Workspace) {
             input = space.take(n * d)
@@ -187,6 +189,7 @@ public final class LlamaTraining: TrainableLanguageModel, WeightGradientModel {
                   let tape: Tape
                   if keep && l >= (lowest ?? 0) {
                       tape = Tape(rows: n, hidden: d, qkvDim: qkvDim, queryDim: qd, ffn: ffn, space: space)
+                      tape.probabilities = space.take(CausalAttention.probabilityCount(sequences: batch.sequences, shape))
                       tapes.append(tape)
                   } else {
                       if shared == nil { shared = Tape(rows: n, hidden: d, qkvDim: qkvDim, queryDim: qd, ffn: ffn, space: space) }
@@ -196,7 +199,8 @@ public final class LlamaTraining: TrainableLanguageModel, WeightGradientModel {
                   RMSNormOp.forward(x.p, weight: layer.attentionNorm, normed.p, rows: n, dim: d, eps: c.rmsNormEps)
                   tape.qkvTape = layer.qkv.forward(normed.p, rows: n, into: tape.qkv.p, dropout: dropout)
                   rope(tape.qkv.p, forward: true)
-                  CausalAttention.forward(tape.qkv.p, out: tape.attention.p, sequences: batch.sequences, shape: shape, scratch: scratch.p)
+                  CausalAttention.forward(tape.qkv.p, out: tape.attention.p, sequences: batch.sequences, shape: shape, scratch: scratch.p,
+                                          probabilities: tape.probabilities?.p)
                   tape.outputTape = layer.output.forward(tape.attention.p, rows: n, into: x.p, accumulate: true, dropout: dropout)
                   tape.middle.p.update(from: x.p, count: n * d)
                   RMSNormOp.forward(x.p, weight: layer.mlpNorm, normed.p, rows: n, dim: d, eps: c.rmsNormEps)
@@ -241,7 +245,8 @@ public final class LlamaTraining: TrainableLanguageModel, WeightGradientModel {
                   // Attention: middle = input + output(attention(rope(qkv(norm(input))))).
                   layer.output.backward(dx.p, input: tape.attention.p, rows: n, tape: tape.outputTape, dropout: dropout, dx: dAttention.p, accumulate: false,
                                         weightGradient: gradient(at.output))
-                  CausalAttention.backward(tape.qkv.p, dOut: dAttention.p, dqkv: dQKV.p, sequences: batch.sequences, shape: shape, scratch: scratch.p)
+                  CausalAttention.backward(tape.qkv.p, dOut: dAttention.p, dqkv: dQKV.p, sequences: batch.sequences, shape: shape, scratch: scratch.p,
+                                           probabilities: tape.probabilities?.p)
                   rope(dQKV.p, forward: false)
                   RMSNormOp.forward(tape.input.p, weight: layer.attentionNorm, normed.p, rows: n, dim: d, eps: c.rmsNormEps)
                   // The base's gradient needs dx below the lowest layer too (the embedding's rows).

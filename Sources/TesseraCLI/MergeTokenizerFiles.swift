@@ -138,7 +138,12 @@ enum TokenizerFiles {
         }
         func vocabSize(_ ref: String) throws -> Int? {
             guard let bytes = try? checkpoint(ref).sideFiles?.read("config.json", limit: 16 << 20), let json = try? JSONParser.parse(bytes) else { return nil }
-            return json["vocab_size"]?.intValue
+            guard let size = json["vocab_size"]?.intValue else { return nil }
+            guard size > 0, size <= TokenizerVocabulary.maxTokens else {
+                throw TesseraError(.invalidParameter, "\(file): '\(ref)' declares vocab_size \(size) in its config.json",
+                                   hint: "a vocab_size is the number of embedding rows, 1 to \(TokenizerVocabulary.maxTokens)")
+            }
+            return size
         }
         var list: [(name: String, vocabulary: TokenizerVocabulary?, vocabSize: Int?)] = []
         for ref in inputs { list.append((ref, try vocabulary(ref), try vocabSize(ref))) }

@@ -153,12 +153,23 @@ import TesseraTestSupport
         (#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "added_tokens": [{"content": "x"}]}"#, "without content or a token id"),
         (#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 500}, "merges": []}}"#, "past its vocab_size"),
         (#"{"model": "nothing"}"#, "no vocabulary"),
+        ("vocab_size -5", "declares vocab_size -5"),
     ])
     func hostileTokenizersAreErrors(tokenizerJSON: String, says: String) throws {
         let s = try Sandbox()
         try FileManager.default.copyItem(atPath: Self.fixtures + "/models/ft_other", toPath: s.path("hostile"))
+        if tokenizerJSON.hasPrefix("vocab_size ") {
+            // The tokenizer as it is, config.json's vocab_size hostile instead.
+            let config = try String(contentsOfFile: s.path("hostile/config.json"), encoding: .utf8)
+            try config.replacingOccurrences(of: "\"vocab_size\": 24", with: "\"vocab_size\": -5").write(toFile: s.path("hostile/config.json"), atomically: true, encoding: .utf8)
+            return try runHostile(s, says: says)
+        }
         try FileManager.default.removeItem(atPath: s.path("hostile/tokenizer.json"))
         try tokenizerJSON.write(toFile: s.path("hostile/tokenizer.json"), atomically: true, encoding: .utf8)
+        try runHostile(s, says: says)
+    }
+
+    func runHostile(_ s: Sandbox, says: String) throws {
         let yaml = "models:\n  - model: \(Self.fixtures)/models/base\n  - model: \(s.path("hostile"))\nmerge_method: linear\nparameters: {weight: 1.0}\n"
             + "base_model: \(Self.fixtures)/models/base\ntokenizer_source: union\n"
         try yaml.write(toFile: s.path("c.yml"), atomically: true, encoding: .utf8)

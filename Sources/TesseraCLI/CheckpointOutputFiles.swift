@@ -40,6 +40,8 @@ final class OutputCheckpoint {
     var extraSideFiles: [(name: String, bytes: [UInt8])] = []
     /// Whether `extraSideFiles` hold another model's tokenizer: the reference's tokenizer files are then left out.
     var replacesTokenizer = false
+    /// The output's vocabulary rows when a merge across vocabularies changed them (config.json's vocab_size).
+    var vocabularySize: Int?
 
     init(options: CheckpointOutputOptions, target: CheckpointOutputTarget, reference: ResolvedCheckpoint?, dtype: DType?,
          headerReserve: Int) throws {
@@ -76,11 +78,24 @@ final class OutputCheckpoint {
             var bytes = try folder.read(name, limit: ResolvedModel.sideFileLimit)
             if name == "config.json", let dtype { bytes = Self.settingDType(dtype, inConfig: bytes) }
             if name == "config.json", let layerOrigins { bytes = Self.settingLayers(layerOrigins, inConfig: bytes) }
+            if name == "config.json", let vocabularySize { bytes = Self.setting("vocab_size", to: vocabularySize, inConfig: bytes) }
             if extraSideFiles.contains(where: { $0.name == name }) { continue }
             if replacesTokenizer, name != "config.json", name != "generation_config.json" { continue }
             out.append((name, bytes))
         }
         return out + extraSideFiles
+    }
+
+    /// config.json with an integer key set (added at the end when missing), as mergekit's `set_config_value` does.
+    static func setting(_ key: String, to value: Int, inConfig bytes: [UInt8]) -> [UInt8] {
+        guard case var .object(pairs)? = try? JSONParser.parse(bytes) else { return bytes }
+        if let k = pairs.firstIndex(where: { $0.0 == key }) {
+            guard pairs[k].1.intValue != value else { return bytes }
+            pairs[k].1 = .int(value)
+        } else {
+            pairs.append((key, .int(value)))
+        }
+        return Array((prettyJSON(.object(pairs)) + "\n").utf8)
     }
 
     /// config.json with every layer-count key it has (`num_hidden_layers`, `n_layer`, `num_layers`, `n_layers`) set

@@ -225,6 +225,10 @@ struct MergeCommand: ParsableCommand {
                 return resolved[spec]!
             }
         }
+        if let vocabulary = tokenizer.vocabulary {
+            // Inputs whose vocabularies differ: their embedding rows are permuted onto the output vocabulary as read.
+            program.segments = program.segments.map(vocabulary.remapping)
+        }
         let started = Date()
         let shapes = program.outputShapes
         // Provenance lists each input's tensor hashes: about 70 bytes per tensor and input, plus the names.
@@ -236,6 +240,7 @@ struct MergeCommand: ParsableCommand {
         output.layerOrigins = program.outputLayerOrigins
         output.extraSideFiles = tokenizer.files
         output.replacesTokenizer = tokenizer.replacesTokenizer
+        output.vocabularySize = tokenizer.vocabulary?.rows
         // A bar over the tensors on a terminal (a merge of a large model takes a while); quiet when piped.
         let bar = ProgressReporter(label: "tessera: merging (\(plan.method))", total: shapes.count)
         var summary: MergeSummary?

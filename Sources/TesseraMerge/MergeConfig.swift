@@ -7,7 +7,7 @@ import TesseraIO
 /// Supported keys: `merge_method`, `base_model`, either `models` (each `model:` and optional `parameters:`) or
 /// `slices` (each `sources:` of `{model, layer_range, parameters}`, with optional per-slice `base_model` and
 /// `parameters`), top-level `parameters`, `dtype`, `out_dtype`, `name`, `tokenizer_source`,
-/// `tokenizer` (`source`; `tokens` and `pad_to_multiple_of` are refused) and `chat_template`. Parameter values may be
+/// `tokenizer` (`source`, `tokens`, `pad_to_multiple_of`) and `chat_template`. Parameter values may be
 /// scalars, gradient lists of numbers, or lists of `{filter, value}`. A per-model `fisher: PATH` parameter gives the
 /// Fisher for `fisher`. `modules` (mergekit's per-module merges) is read for the one module Tessera's architectures
 /// have, which mergekit names `default`: `modules: {default: {models: [...] | slices: [...], parameters: {...}}}` is
@@ -68,6 +68,33 @@ public struct MergeConfig: Sendable, Equatable {
     public var tokenizerSource: String?
     /// `chat_template`: "auto", a template name, or a Jinja template.
     public var chatTemplate: String?
+    /// `tokenizer.tokens`: where chosen tokens' embedding rows come from, in the config's order.
+    public var tokenizerTokens: [TokenEmbedding] = []
+    /// `tokenizer.pad_to_multiple_of`: the output vocabulary's rows rounded up to a multiple of it.
+    public var padToMultipleOf: Int?
+
+    /// One entry of mergekit's `tokenizer.tokens`: the token, where its row comes from, and whether every model
+    /// takes that row even where it has the token (`force`).
+    public struct TokenEmbedding: Sendable, Equatable {
+        public enum Source: Sendable, Equatable {
+            /// The token's own row in that model.
+            case model(String)
+            /// A zero row.
+            case zero
+            /// Another token's row in a model, by token or by id (exactly one is set).
+            case modelToken(model: String, token: String?, id: Int?)
+            /// No source given (mergekit fails if a row is then needed).
+            case none
+        }
+        public var token: String
+        public var source: Source
+        public var force: Bool
+        public init(token: String, source: Source, force: Bool = false) {
+            self.token = token
+            self.source = source
+            self.force = force
+        }
+    }
 
     public init(method: String, baseModel: String? = nil, models: [Model], slices: [Slice] = [], parameters: [String: ParameterSetting] = [:],
                 dtype: DType? = nil, outDType: DType? = nil, name: String? = nil, tokenizerSource: String? = nil, chatTemplate: String? = nil) {
@@ -200,6 +227,8 @@ public struct MergeConfig: Sendable, Equatable {
         var tokenizerSource: String?
         var tokenizerNode: Node?
         var chatTemplate: String?
+        var tokenizerTokens: [TokenEmbedding] = []
+        var padToMultipleOf: Int?
         var modulesKey: Node?
         var moduleParameters: [String: ParameterSetting] = [:]
         for (k, v) in top {
@@ -225,7 +254,7 @@ public struct MergeConfig: Sendable, Equatable {
             case "tokenizer_source": tokenizerSource = try modelReference(v, "tokenizer_source", file)
             case "tokenizer":
                 tokenizerNode = k
-                tokenizerSource = try tokenizerSettings(v, file)
+                (tokenizerSource, tokenizerTokens, padToMultipleOf) = try tokenizerSettings(v, file)
             case "chat_template": chatTemplate = try string(v, "chat_template", file)
             default:
                 throw TesseraError(.invalidParameter, "\(file): unknown key '\(key)'\(line(k))",
@@ -253,8 +282,11 @@ public struct MergeConfig: Sendable, Equatable {
         case let (nil, s?):
             guard !s.isEmpty else { throw TesseraError(.invalidParameter, "\(file): slices is empty\(line(root))", hint: "list the slices to stack") }
         }
-        return MergeConfig(method: method, baseModel: base, models: models ?? [], slices: slices ?? [], parameters: parameters,
-                           dtype: dtype, outDType: outDType, name: name, tokenizerSource: tokenizerSource, chatTemplate: chatTemplate)
+        var config = MergeConfig(method: method, baseModel: base, models: models ?? [], slices: slices ?? [], parameters: parameters,
+                                 dtype: dtype, outDType: outDType, name: name, tokenizerSource: tokenizerSource, chatTemplate: chatTemplate)
+        config.tokenizerTokens = tokenizerTokens
+        config.padToMultipleOf = padToMultipleOf
+        return config
     }
 
     /// `modules:`: a mapping of module names to `{models | slices, parameters}`, of which only `default` is supported.
@@ -397,29 +429,108 @@ public struct MergeConfig: Sendable, Equatable {
         return Slice.Source(model: ref, layers: range, parameters: params)
     }
 
-    /// mergekit's `tokenizer:` mapping: its `source` is kept; added tokens and vocabulary padding, which change the
-    /// embedding matrices, are refused.
-    static func tokenizerSettings(_ n: Node, _ file: String) throws -> String {
+    /// mergekit's `tokenizer:` mapping: `source` (default `union`), `tokens` and `pad_to_multiple_of`.
+    static func tokenizerSettings(_ n: Node, _ file: String) throws -> (String, [TokenEmbedding], Int?) {
         guard let map = n.mapping else {
             throw TesseraError(.invalidParameter, "\(file): tokenizer must be a mapping\(line(n))", hint: "write tokenizer: {source: base}")
         }
         var source = "union"
+        var tokens: [TokenEmbedding] = []
+        var pad: Int?
         for (k, v) in map {
             switch k.string ?? "" {
             case "source": source = try modelReference(v, "tokenizer.source", file)
             case "tokens":
                 if case .scalar = v, v.null != nil { continue }
-                throw TesseraError(.unsupported, "\(file): tokenizer.tokens is not supported\(line(k))",
-                                   hint: "added or re-sourced token embeddings change the vocabulary; tessera merges models that share one")
+                guard let entries = v.mapping else {
+                    throw TesseraError(.invalidParameter, "\(file): tokenizer.tokens must be a mapping of tokens\(line(v))",
+                                       hint: "write tokens: {TOKEN: {source: MODEL}}")
+                }
+                for (tk, tv) in entries {
+                    guard let token = tk.string else {
+                        throw TesseraError(.invalidParameter, "\(file): a token in tokenizer.tokens is not a string\(line(tk))", hint: "quote the token")
+                    }
+                    tokens.append(try tokenEmbedding(token, tv, file))
+                }
             case "pad_to_multiple_of":
                 if case .scalar = v, v.null != nil { continue }
-                throw TesseraError(.unsupported, "\(file): tokenizer.pad_to_multiple_of is not supported\(line(k))",
-                                   hint: "padding the vocabulary resizes the embeddings; tessera keeps the inputs' vocabulary")
+                guard case let .number(d) = try scalarValue(v, "tokenizer.pad_to_multiple_of", file), d == d.rounded(), d >= 0, d <= Double(1 << 20) else {
+                    throw TesseraError(.invalidParameter, "\(file): tokenizer.pad_to_multiple_of must be a whole number from 0 to \(1 << 20)\(line(v))",
+                                       hint: "write pad_to_multiple_of: 64")
+                }
+                pad = d == 0 ? nil : Int(d)  // 0 pads nothing, as in mergekit
             default:
                 throw TesseraError(.invalidParameter, "\(file): unknown key '\(k.string ?? "?")' in tokenizer\(line(k))", hint: "tokenizer has source:, tokens:, pad_to_multiple_of:")
             }
         }
-        return source
+        return (source, tokens, pad)
+    }
+
+    /// One `tokens:` entry: `{source: MODEL | {kind: zero} | {kind: model_token, model, token | token_id}, force}`.
+    static func tokenEmbedding(_ token: String, _ n: Node, _ file: String) throws -> TokenEmbedding {
+        let what = "tokenizer.tokens.\(token)"
+        if case .scalar = n, n.null != nil { return TokenEmbedding(token: token, source: .none) }
+        guard let map = n.mapping else {
+            throw TesseraError(.invalidParameter, "\(file): \(what) must be a mapping with source: and force:\(line(n))", hint: "write \(token): {source: MODEL}")
+        }
+        var entry = TokenEmbedding(token: token, source: .none)
+        for (k, v) in map {
+            switch k.string ?? "" {
+            case "force":
+                guard case let .bool(b) = try scalarValue(v, "\(what).force", file) else {
+                    throw TesseraError(.invalidParameter, "\(file): \(what).force must be true or false\(line(v))", hint: "write force: true")
+                }
+                entry.force = b
+            case "source":
+                if case .scalar = v, v.null != nil { continue }
+                if case .scalar = v {
+                    entry.source = .model(try string(v, "\(what).source", file))
+                    continue
+                }
+                guard let s = v.mapping else {
+                    throw TesseraError(.invalidParameter, "\(file): \(what).source must be a model or {kind: ...}\(line(v))", hint: "write source: MODEL or source: {kind: zero}")
+                }
+                var kind: String?, model: String?, tok: String?, id: Int?
+                for (sk, sv) in s {
+                    switch sk.string ?? "" {
+                    case "kind": kind = try string(sv, "\(what).source.kind", file)
+                    case "model": model = try modelReference(sv, "\(what).source.model", file)
+                    case "token": tok = try string(sv, "\(what).source.token", file)
+                    case "token_id":
+                        guard case let .number(d) = try scalarValue(sv, "\(what).source.token_id", file), d == d.rounded(), d >= 0, d < Double(1 << 31) else {
+                            throw TesseraError(.invalidParameter, "\(file): \(what).source.token_id must be a token id\(line(sv))", hint: "write token_id: 5")
+                        }
+                        id = Int(d)
+                    default:
+                        throw TesseraError(.invalidParameter, "\(file): unknown key '\(sk.string ?? "?")' in \(what).source\(line(sk))",
+                                           hint: "a token source has kind: (zero or model_token), and model:, token: or token_id: for model_token")
+                    }
+                }
+                switch kind {
+                case "zero": entry.source = .zero
+                case "model_token":
+                    guard let model, (tok == nil) != (id == nil) else {
+                        throw TesseraError(.invalidParameter, "\(file): \(what).source needs model: and exactly one of token: and token_id:\(line(v))",
+                                           hint: "write {kind: model_token, model: MODEL, token: TOKEN}")
+                    }
+                    entry.source = .modelToken(model: model, token: tok, id: id)
+                default:
+                    throw TesseraError(.invalidParameter, "\(file): \(what).source.kind must be zero or model_token\(line(v))",
+                                       hint: "write {kind: zero} or {kind: model_token, model: MODEL, token: TOKEN}")
+                }
+            default:
+                throw TesseraError(.invalidParameter, "\(file): unknown key '\(k.string ?? "?")' in \(what)\(line(k))", hint: "a token entry has source: and force:")
+            }
+        }
+        return entry
+    }
+
+    /// The models the config merges (base, models, slice sources), each once, in order: mergekit's
+    /// `referenced_models`, which a tokenizer source does not join.
+    public var inputModels: [String] {
+        var c = self
+        c.tokenizerSource = nil
+        return c.referencedModels
     }
 
     /// Every model the config names (base, models, slice sources, a tokenizer source), each once, in order.

@@ -191,7 +191,7 @@ final class MergeJob {
     /// The name a model's parameter filters see: the tensor's name in that model (mergekit filters each input's
     /// parameters by the input tensor's name, which a slice's renumbering changes).
     func inputName(_ m: MergeInputModel, _ name: String) -> String {
-        (m.source as? LayerSliceSource)?.originalName(name) ?? name
+        (((m.source as? VocabularyRemappedSource)?.inner ?? m.source) as? LayerSliceSource)?.originalName(name) ?? name
     }
 
     static func isMergeable(_ d: DType) -> Bool { [.f32, .f16, .bf16, .f64].contains(d) }

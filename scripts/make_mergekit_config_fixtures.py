@@ -22,6 +22,21 @@ CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</
 NEW_TEMPLATE = "{% for message in messages %}[{{ message['role'] }}] {{ message['content'] }}\n{% endfor %}"
 
 CONFIGS = {
+    # A base_model not listed among the models: mergekit appends it to the inputs with the top-level parameters, so
+    # linear averages it too.
+    "linear-base.yml": """models:
+  - model: models/ft_a
+    parameters:
+      weight: 0.5
+  - model: models/ft_b
+    parameters:
+      weight: 0.3
+base_model: models/base
+merge_method: linear
+parameters:
+  weight: 0.2
+dtype: float32
+""",
     # Layer stacking: overlapping ranges of one model, copied.
     "stack.yml": """slices:
   - sources:

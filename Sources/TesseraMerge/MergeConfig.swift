@@ -561,9 +561,19 @@ public struct MergeConfig: Sendable, Equatable {
             return s
         }
         let base = try baseModel.map { MergeInputModel(name: $0, source: try source($0)) }
-        let inputs = try models.map { m in
+        var inputs = try models.map { m in
             MergeInputModel(name: m.model, source: try source(m.model), parameters: m.parameters,
                             fisher: try m.fisher.map { try source($0) }, fisherName: m.fisher)
+        }
+        // mergekit appends a base_model that `models` does not list to the inputs, with the config's own parameters:
+        // for linear, which has no use for a base, that makes it one more model of the average.
+        if method == LinearMerge.name, let b = baseModel, !models.contains(where: { $0.model == b }) {
+            guard parameters["weight"] != nil else {
+                throw TesseraError(.invalidParameter,
+                                   "linear: base_model '\(b)' is not listed in models, so it is averaged in too (as mergekit does), but it has no weight",
+                                   hint: "list it among the models with a weight, give a top-level parameters: {weight: ...}, or remove base_model (linear uses none)")
+            }
+            inputs.append(MergeInputModel(name: b, source: try source(b)))
         }
         return MergePlan(method: method, base: base, models: inputs, parameters: parameters, dtype: dtype, outDType: outDType)
     }

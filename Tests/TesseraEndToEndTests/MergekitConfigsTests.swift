@@ -9,7 +9,7 @@ import TesseraTestSupport
 /// runs each unchanged, from the fixture folder, and gives mergekit's tensors to float32 rounding.
 @Suite struct MergekitConfigsTests {
     static let fixtures = PackagePaths.fixtures + "/mergekit-configs"
-    static let configs = ["chatml", "fallthrough", "franken", "gpt2-franken", "gradients", "neo-stack", "lora", "lora-rslora", "multi", "slerp-slices", "stack", "steps", "tokenizer", "tokenizer-base", "uneven"]
+    static let configs = ["chatml", "fallthrough", "franken", "gpt2-franken", "gradients", "linear-base", "neo-stack", "lora", "lora-rslora", "multi", "slerp-slices", "stack", "steps", "tokenizer", "tokenizer-base", "uneven"]
 
     static func json(_ path: String) throws -> [String: Any] {
         try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])

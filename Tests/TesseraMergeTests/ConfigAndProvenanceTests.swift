@@ -103,6 +103,23 @@ import TesseraTestSupport
         }
     }
 
+    /// mergekit appends a base_model that `models` does not list to the inputs with the top-level parameters: linear
+    /// averages it in (checked against mergekit by the `linear-base` config fixture); without a weight it is an error,
+    /// as in mergekit.
+    @Test func anUnlistedBaseIsAveragedByLinear() throws {
+        let sources = try ["a": MemorySource("a", floats: [("x", [2], [1, 2])]), "b": MemorySource("b", floats: [("x", [2], [3, 4])]),
+                           "base": MemorySource("base", floats: [("x", [2], [10, 20])])]
+        let resolve = { (ref: String) throws -> TensorSource in try #require(sources[ref]) }
+        let withWeight = try MergeConfig.parse(yaml: "merge_method: linear\nbase_model: base\nparameters: {weight: 1}\nmodels:\n  - model: a\n  - model: b\n")
+        let plan = try withWeight.plan(resolver: resolve).distributingModelDefaults()
+        #expect(plan.models.map(\.name) == ["a", "b", "base"])
+        #expect(try runMerge(plan)["x"]?.floats() == [14.0 / 3, 26.0 / 3])
+        let noWeight = try MergeConfig.parse(yaml: "merge_method: linear\nbase_model: base\nmodels:\n  - model: a\n    parameters: {weight: 1}\n")
+        #expect(throws: TesseraError.self) { try noWeight.plan(resolver: resolve) }
+        let listed = try MergeConfig.parse(yaml: "merge_method: linear\nbase_model: base\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: base\n    parameters: {weight: 1}\n")
+        #expect(try listed.plan(resolver: resolve).models.map(\.name) == ["a", "base"])
+    }
+
     @Test func unknownKeysAndMethodsAreErrors() throws {
         #expect(throws: TesseraError.self) { try MergeConfig.parse(yaml: "merge_method: linear\nmodels:\n  - model: a\nnormalise: true\n") }
         let e = #expect(throws: TesseraError.self) { try MergeConfig.parse(yaml: "merge_method: linaer\nmodels:\n  - model: a\n") }

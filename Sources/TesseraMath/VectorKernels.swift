@@ -51,17 +51,24 @@ public enum VectorKernels {
         }
     }
 
+    /// One row's LayerNorm statistics: its mean and 1 / sqrt(biased variance + eps), as PyTorch's. The forward and
+    /// both backward passes (training) compute them this one way, so they agree to the bit.
+    @inline(__always)
+    public static func layerNormStatistics(_ row: UnsafePointer<Float>, dim: Int, eps: Float) -> (mean: Float, inverseDeviation: Float) {
+        var mean: Float = 0
+        for j in 0..<dim { mean += row[j] }
+        mean /= Float(dim)
+        var variance: Float = 0
+        for j in 0..<dim { let c = row[j] - mean; variance += c * c }
+        return (mean, 1 / (variance / Float(dim) + eps).squareRoot())
+    }
+
     /// LayerNorm: y = (x − mean) / sqrt(var + eps) · weight + bias, per row, biased variance as PyTorch (y may be x).
     public static func layerNorm(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>,
                                  _ y: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
         for r in 0..<rows {
             let xr = x + r * dim, yr = y + r * dim
-            var mean: Float = 0
-            for j in 0..<dim { mean += xr[j] }
-            mean /= Float(dim)
-            var variance: Float = 0
-            for j in 0..<dim { let c = xr[j] - mean; variance += c * c }
-            let inv = 1 / (variance / Float(dim) + eps).squareRoot()
+            let (mean, inv) = layerNormStatistics(xr, dim: dim, eps: eps)
             for j in 0..<dim { yr[j] = (xr[j] - mean) * inv * weight[j] + bias[j] }
         }
     }

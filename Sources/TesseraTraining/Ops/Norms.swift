@@ -59,12 +59,7 @@ enum LayerNormOp {
         RowParallel.forRows(rows) { range in
             for r in range {
                 let xr = x + r * dim, g = dy + r * dim, out = dx + r * dim
-                var mean: Float = 0
-                for j in 0..<dim { mean += xr[j] }
-                mean /= Float(dim)
-                var variance: Float = 0
-                for j in 0..<dim { let c = xr[j] - mean; variance += c * c }
-                let inv = 1 / (variance / Float(dim) + eps).squareRoot()
+                let (mean, inv) = VectorKernels.layerNormStatistics(xr, dim: dim, eps: eps)
                 var gMean: Float = 0, gxMean: Float = 0
                 for j in 0..<dim {
                     let gh = weight[j] * g[j]
@@ -87,12 +82,7 @@ enum LayerNormOp {
                                bias db: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
         for r in 0..<rows {
             let xr = x + r * dim, g = dy + r * dim
-            var mean: Float = 0
-            for j in 0..<dim { mean += xr[j] }
-            mean /= Float(dim)
-            var variance: Float = 0
-            for j in 0..<dim { let c = xr[j] - mean; variance += c * c }
-            let inv = 1 / (variance / Float(dim) + eps).squareRoot()
+            let (mean, inv) = VectorKernels.layerNormStatistics(xr, dim: dim, eps: eps)
             for j in 0..<dim {
                 dw[j] += g[j] * (xr[j] - mean) * inv
                 db[j] += g[j]

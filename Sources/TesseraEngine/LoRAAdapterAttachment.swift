@@ -75,17 +75,7 @@ public enum LoRAAdapterAttachment {
     static func targets(of model: AnyObject) throws -> [String: Target] {
         var table: [String: Target] = [:]
         for p in try projections(of: model) {
-            // Slices from one tensor (GPT-2's c_attn: query, key, value) are consecutive: one range.
-            var order: [String] = [], ranges: [String: Range<Int>] = [:]
-            for s in p.slices {
-                if let r = ranges[s.tensor] {
-                    ranges[s.tensor] = min(r.lowerBound, s.rows.lowerBound)..<max(r.upperBound, s.rows.upperBound)
-                } else {
-                    ranges[s.tensor] = s.rows
-                    order.append(s.tensor)
-                }
-            }
-            for tensor in order { if let rows = ranges[tensor] { table[tensor] = Target(projection: p, rows: rows, ggufRoPEHeads: nil) } }
+            for (tensor, rows) in p.tensorRows { table[tensor] = Target(projection: p, rows: rows, ggufRoPEHeads: nil) }
         }
         if let llama = model as? LlamaModel, table.keys.contains(where: { $0.hasPrefix("blk.") }) {
             // GGUF names; adapters name the Hugging Face ones.

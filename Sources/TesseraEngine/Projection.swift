@@ -51,6 +51,21 @@ public final class Projection: @unchecked Sendable {
     public let slices: [Slice]
     public let singleTokenKernel: Kernel
     public var hasBias: Bool { bias != nil }
+
+    /// Each checkpoint tensor the projection holds, in order, with the output rows it fills (the slices of one tensor,
+    /// e.g. GPT-2's c_attn as query, key and value, are consecutive: one range).
+    public var tensorRows: [(tensor: String, rows: Range<Int>)] {
+        var order: [String] = [], ranges: [String: Range<Int>] = [:]
+        for s in slices {
+            if let r = ranges[s.tensor] {
+                ranges[s.tensor] = min(r.lowerBound, s.rows.lowerBound)..<max(r.upperBound, s.rows.upperBound)
+            } else {
+                ranges[s.tensor] = s.rows
+                order.append(s.tensor)
+            }
+        }
+        return order.compactMap { t in ranges[t].map { (t, $0) } }
+    }
     /// Called after the base product of every forward pass; nil by default.
     public var adapter: (any ProjectionAdapter)?
 

@@ -121,25 +121,15 @@ public class LayerNormDecoderTraining: TrainableLanguageModel, WeightGradientMod
         // fused bias splits by rows the same way).
         func projection(_ linear: LoRALinear) -> (Int, Int?) {
             let p = linear.projection
-            var order: [String] = [], ranges: [String: Range<Int>] = [:]
-            for s in p.slices {
-                if let r = ranges[s.tensor] {
-                    ranges[s.tensor] = min(r.lowerBound, s.rows.lowerBound)..<max(r.upperBound, s.rows.upperBound)
-                } else {
-                    ranges[s.tensor] = s.rows
-                    order.append(s.tensor)
-                }
-            }
+            let tensors = p.tensorRows
             let weight = layout.block(rows: p.outputs, columns: p.inputs)
-            for tensor in order {
-                let rows = ranges[tensor] ?? 0..<p.outputs
+            for (tensor, rows) in tensors {
                 layout.name(tensor, shape: transposedWeights ? [p.inputs, rows.count] : [rows.count, p.inputs], offset: weight, rows: rows,
                             columns: p.inputs, transposed: transposedWeights)
             }
             guard p.hasBias else { return (weight, nil) }
             let bias = layout.block(rows: p.outputs, columns: 1)
-            for tensor in order {
-                let rows = ranges[tensor] ?? 0..<p.outputs
+            for (tensor, rows) in tensors {
                 let name = tensor.hasSuffix(".weight") ? String(tensor.dropLast(".weight".count)) + ".bias" : tensor + ".bias"
                 layout.name(name, shape: [rows.count], offset: bias, rows: rows, columns: 1)
             }

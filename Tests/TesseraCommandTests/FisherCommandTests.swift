@@ -9,6 +9,21 @@ import TesseraTestSupport
 /// tensor as the checkpoint does (GPT-2's Conv1D weights [in, out]) and `tessera merge --method fisher` of two models
 /// reads it; refusals in one line.
 @Suite(.serialized) struct FisherCommandTests {
+    /// `tessera merge --config` of two model folders with their Fishers (no normalisation): the merged file, the second
+    /// model and the two Fishers, to check the merge's formula against.
+    static func fisherMerge(_ sandbox: Sandbox, _ a: String, _ fa: String, _ b: String, _ fb: String) throws
+        -> (SafetensorsFile, SafetensorsFile, SafetensorsFile, SafetensorsFile) {
+        let config = try write(sandbox, "merge.yaml", [
+            "merge_method: fisher", "parameters: {normalize: false}", "models:",
+            "  - model: \(a)/model.safetensors", "    parameters: {fisher: \(fa)}",
+            "  - model: \(b)/model.safetensors", "    parameters: {fisher: \(fb)}",
+        ])
+        let merged = sandbox.path("merged.safetensors")
+        tesseraSucceeds("merge", "--config", config, "-o", merged)
+        return (try SafetensorsFile(path: merged), try SafetensorsFile(path: b + "/model.safetensors"),
+                try SafetensorsFile(path: fa), try SafetensorsFile(path: fb))
+    }
+
     static func write(_ sandbox: Sandbox, _ name: String, _ lines: [String]) throws -> String {
         let path = sandbox.path(name)
         try lines.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
@@ -77,16 +92,7 @@ import TesseraTestSupport
 
         // The Fisher merge of the two models reads them: without normalisation, each weight is
         // (max(Fa, 1e-6)·θa + Fb·θb) / (max(Fa, 1e-6) + Fb).
-        let config = try Self.write(sandbox, "merge.yaml", [
-            "merge_method: fisher", "parameters: {normalize: false}", "models:",
-            "  - model: \(a)/model.safetensors", "    parameters: {fisher: \(fa)}",
-            "  - model: \(b)/model.safetensors", "    parameters: {fisher: \(fb)}",
-        ])
-        let merged = sandbox.path("merged.safetensors")
-        tesseraSucceeds("merge", "--config", config, "-o", merged)
-        let out = try SafetensorsFile(path: merged)
-        let other = try SafetensorsFile(path: b + "/model.safetensors")
-        let fisherA = try SafetensorsFile(path: fa), fisherB = try SafetensorsFile(path: fb)
+        let (out, other, fisherA, fisherB) = try Self.fisherMerge(sandbox, a, fa, b, fb)
         var worst: Float = 0
         for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "model.norm.weight"] {
             let ta = try model.floats(name), tb = try other.floats(name), f1 = try fisherA.floats(name), f2 = try fisherB.floats(name)
@@ -154,16 +160,7 @@ import TesseraTestSupport
         #expect(try SafetensorsFile(path: fa).layout.tensors.first { $0.name == "transformer.h.0.attn.c_attn.weight" }?.shape == [64, 192])
 
         // The Fisher merge reads them, element by element in the checkpoint's layout.
-        let config = try Self.write(sandbox, "merge.yaml", [
-            "merge_method: fisher", "parameters: {normalize: false}", "models:",
-            "  - model: \(a)/model.safetensors", "    parameters: {fisher: \(fa)}",
-            "  - model: \(b)/model.safetensors", "    parameters: {fisher: \(fb)}",
-        ])
-        let merged = sandbox.path("merged.safetensors")
-        tesseraSucceeds("merge", "--config", config, "-o", merged)
-        let out = try SafetensorsFile(path: merged)
-        let other = try SafetensorsFile(path: b + "/model.safetensors")
-        let fisherA = try SafetensorsFile(path: fa), fisherB = try SafetensorsFile(path: fb)
+        let (out, other, fisherA, fisherB) = try Self.fisherMerge(sandbox, a, fa, b, fb)
         var worst: Float = 0
         for name in ["transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_proj.weight", "transformer.h.0.ln_1.bias", "transformer.wte.weight",
                      "transformer.wpe.weight"] {

@@ -10,7 +10,7 @@ Rows for model_stock, DELLA (random drops: compared by the fraction of entries k
 run mergekit-yaml on the same checkpoints as Hugging Face GPT-2 folders.
 Usage: bench/bench_merge.py [--workdir DIR] [--repeat N] [--baseline BIN]
 """
-import argparse, json, os, shutil, struct, subprocess, sys, time
+import argparse, json, os, shutil, struct, subprocess, sys, tempfile, time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,6 +26,14 @@ def timed(cmd, cwd=None, env=None):
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr[-2000:]}")
     rss_kb = int(p.stderr.strip().splitlines()[-1])
     return wall, rss_kb / 1024
+
+def cold(cmd, **kw):
+    """A tessera merge timed as the first merge of its inputs: with an empty cache of input hashes (tessera remembers
+    the SHA-256 of unchanged input files' tensors for the provenance, in $XDG_CACHE_HOME). Every timed row uses it,
+    so that no row gains from an earlier one; `warm` times the same merge with the cache filled."""
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-cache-") as cache:
+        env = dict(kw.pop("env", None) or os.environ, XDG_CACHE_HOME=cache)
+        return timed(cmd, env=env, **kw)
 
 def repeated(run, times):
     """Median wall time and largest peak RSS over `times` runs. On this VM the first run after a pause pays for
@@ -132,16 +140,22 @@ def yaml_row(work, name, cfg, random_draws, mergekit_yaml, a):
     with open(cfg_path, "w") as f:
         yaml.safe_dump(cfg, f)
     out_t, out_m = os.path.join(work, f"out-tessera-{name}"), os.path.join(work, f"out-mergekit-{name}")
-    def run(cmd, out):
+    def run(cmd, out, timer=timed):
         def go():
             shutil.rmtree(out, ignore_errors=True)
             subprocess.run(["sync"])
-            return timed(cmd)
+            return timer(cmd)
         return go
-    tw, tr = repeated(run([TESSERA, "merge", "--config", cfg_path, "-o", out_t], out_t), a.repeat)
+    tessera_cmd = [TESSERA, "merge", "--config", cfg_path, "-o", out_t]
+    tw, tr = repeated(run(tessera_cmd, out_t, cold), a.repeat)
+    # The same merge again with the input hashes remembered (a user tuning a config merges the same inputs again).
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-cache-") as cache:
+        warm_env = dict(os.environ, XDG_CACHE_HOME=cache)
+        run(tessera_cmd, out_t, lambda c: timed(c, env=warm_env))()
+        ww, _ = repeated(run(tessera_cmd, out_t, lambda c: timed(c, env=warm_env)), a.repeat)
     mw, mr = repeated(run([mergekit_yaml, cfg_path, out_m, "--no-copy-tokenizer", "--no-write-model-card"], out_m), a.repeat)
     t, m = load_output(out_t), load_output(out_m)
-    row = dict(merge=name, tessera_s=tw, tessera_rss_mb=tr, mergekit_s=mw, mergekit_rss_mb=mr)
+    row = dict(merge=name, tessera_s=tw, tessera_rss_mb=tr, mergekit_s=mw, mergekit_rss_mb=mr, tessera_again_s=ww)
     if set(t) != set(m):
         row["max_rel_diff"] = float("inf")
     elif random_draws:
@@ -185,7 +199,7 @@ def main():
                 if os.path.exists(out):
                     os.remove(out)  # both tools write a new output (mergekit's folder is removed below too)
                 subprocess.run(["sync"])
-                return timed([binary, "merge", "--config", cfg_path, "-o", out])
+                return cold([binary, "merge", "--config", cfg_path, "-o", out])
             if a.baseline:
                 # Interleaved, new then baseline, so that load from other sessions hits both alike.
                 out_b = os.path.join(work, f"out-baseline-{method}-{n}.safetensors")
@@ -260,7 +274,8 @@ def main():
     same = load(os.path.join(repo, "model.safetensors")) .keys() == load(os.path.join(work, "offline.safetensors")).keys()
     equal = all(np.array_equal(x, y) for x, y in zip(load(os.path.join(repo, "model.safetensors")).values(), load(os.path.join(work, "offline.safetensors")).values())) if same else False
 
-    print(f"wall times: median of {a.repeat} runs of each tool; RSS: the largest peak of those runs")
+    print(f"wall times: median of {a.repeat} runs of each tool (tessera's with an empty input-hash cache: each a first merge "
+          f"of its inputs); RSS: the largest peak of those runs")
     print(f"{'merge':12}{'tessera s':>11}{'RSS MB':>9}{'mergekit s':>12}{'RSS MB':>9}{'ratio':>8}{'max rel diff':>14}")
     checks = []
     for r in rows:
@@ -271,6 +286,10 @@ def main():
         else:
             print(f"{r['merge']:12}{r['tessera_s']:11.2f}{r['tessera_rss_mb']:9.0f}{'-':>12}{'-':>9}")
         checks.append((f"{r['merge']}: tessera peak RSS GB", r["tessera_rss_mb"] / 1024, 1.0))
+    again = [r for r in rows if "tessera_again_s" in r]
+    if again:
+        print("tessera merging the same inputs again (input hashes remembered; not a target): "
+              + ", ".join(f"{r['merge']} {r['tessera_again_s']:.2f} s ({r['tessera_again_s'] / r['mergekit_s']:.3f} of mergekit's)" for r in again))
     if a.baseline:
         print(f"{'merge':12}{'tessera s':>11}{'baseline s':>12}{'ratio':>8}{'RSS MB':>9}{'baseline':>10}  identical output")
         for r in rows:

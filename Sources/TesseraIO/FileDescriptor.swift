@@ -96,6 +96,14 @@ public final class FileDescriptor {
         return Int(st.st_size)
     }
 
+    /// The open file's stat data (size, times, inode, device): the file this descriptor reads, whatever its path
+    /// names now.
+    public func fileStat() throws -> FileSystem.Stat {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw FileDescriptor.posixError("cannot stat \(path)") }
+        return FileSystem.Stat(st)
+    }
+
     public static func posixError(_ what: String, _ code: Int32 = errno) -> TesseraError {
         let text = String(cString: strerror(code))
         if code == ENOSPC || code == EDQUOT || code == EFBIG {
@@ -231,14 +239,18 @@ public enum FileSystem {
             self.inode = inode
             self.device = device
         }
+
+        init(_ st: Glibc.stat) {
+            self.init(size: Int(st.st_size),
+                      mtimeNanoseconds: Int(st.st_mtim.tv_sec) * 1_000_000_000 + Int(st.st_mtim.tv_nsec),
+                      ctimeNanoseconds: Int(st.st_ctim.tv_sec) * 1_000_000_000 + Int(st.st_ctim.tv_nsec),
+                      inode: UInt64(st.st_ino), device: UInt64(st.st_dev))
+        }
     }
 
     public static func fileStat(_ path: String) -> Stat? {
         var st = Glibc.stat()
         guard fstatat(AT_FDCWD, path, &st, 0) == 0 else { return nil }
-        return Stat(size: Int(st.st_size),
-                    mtimeNanoseconds: Int(st.st_mtim.tv_sec) * 1_000_000_000 + Int(st.st_mtim.tv_nsec),
-                    ctimeNanoseconds: Int(st.st_ctim.tv_sec) * 1_000_000_000 + Int(st.st_ctim.tv_nsec),
-                    inode: UInt64(st.st_ino), device: UInt64(st.st_dev))
+        return Stat(st)
     }
 }

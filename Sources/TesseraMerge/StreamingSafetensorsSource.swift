@@ -47,6 +47,9 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
         return out
     }
 
+    /// The stat data of the file this source reads (the open file, not whatever its path names now).
+    public func fileStat() throws -> FileSystem.Stat { try file.fileStat() }
+
     public var sourceName: String { path }
     /// pread has no shared file offset, and the layout is immutable.
     public var allowsConcurrentReads: Bool { true }

@@ -56,6 +56,10 @@ public final class CheckpointResolver {
     /// Hashes file inputs' tensors for provenance (shared by every file this resolver opens, so that the same tensor
     /// of two inputs is hashed as a pair).
     private let hasher = ProvenanceHasher()
+    /// Input hashes remembered from earlier merges of the same unchanged files (nil: no cache folder).
+    private let hashCache: TensorHashCache?
+    /// Every hashing file source opened, to remember their hashes at `finish`.
+    private var hashingSources: [HashingSource] = []
     private lazy var revisions: RevisionCheckpoints? = repository.map { repository in
         RevisionCheckpoints(repository: repository) { [unowned self] manifest, name in try self.stored(manifest, name: name, repository: repository) }
     }
@@ -64,9 +68,10 @@ public final class CheckpointResolver {
     public let hashesFileInputs: Bool
 
     /// Resolves names inside the repository holding `directory`, if any.
-    public init(directory: String, hashesFileInputs: Bool = true) {
+    public init(directory: String, hashesFileInputs: Bool = true, hashCache: TensorHashCache? = nil) {
         repository = try? Repository(directory: directory)
         self.hashesFileInputs = hashesFileInputs
+        self.hashCache = hashesFileInputs ? (hashCache ?? TensorHashCache.user()) : nil
     }
 
     public func source(_ spec: String) throws -> TensorSource { try checkpoint(spec).source }
@@ -180,8 +185,9 @@ public final class CheckpointResolver {
         case .safetensors:
             let plain = try StreamingSafetensorsSource(path: path)
             guard hashesFileInputs else { return plain }
-            let file = HashingSource(plain, hasher: hasher)
+            let file = HashingSource(plain, hasher: hasher, cache: hashCache)
             hashes[ObjectIdentifier(file)] = { name in file.hash(of: name) }
+            hashingSources.append(file)
             return file
         case .zip:
             // A PyTorch checkpoint (its pickle read without executing anything), else a NumPy .npz.
@@ -229,6 +235,7 @@ public final class CheckpointResolver {
     /// that no thread is still reading a tensor when the process exits.
     public func finish() {
         hasher.stop()
+        for file in hashingSources { file.rememberHashes() }
     }
 
     /// The exact SHA-256 of a tensor's bytes in a source this resolver opened (for provenance).
@@ -248,9 +255,39 @@ public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, 
     private var submitted = Set<String>()
     private let lock = NSLock()
 
-    init(_ inner: StreamingSafetensorsSource, hasher: ProvenanceHasher) {
+    private let cache: TensorHashCache?
+    /// The file's stat data and the time (ns since 1970) when it was opened, for the cache; nil when unknown.
+    private let opened: (stat: FileSystem.Stat, at: Int)?
+    /// Whether the hashes came from the cache (nothing to remember then).
+    private let cached: Bool
+
+    init(_ inner: StreamingSafetensorsSource, hasher: ProvenanceHasher, cache: TensorHashCache? = nil) {
         self.inner = inner
         self.hasher = hasher
+        self.cache = cache
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let opened = (try? inner.fileStat()).map { (stat: $0, at: Int(now.tv_sec) * 1_000_000_000 + Int(now.tv_nsec)) }
+        self.opened = opened
+        if let cache, let opened, let known = cache.lookup(inner.path, stat: opened.stat, tensorNames: inner.tensorNames) {
+            hashes = known
+            submitted = Set(known.keys)
+            cached = true
+        } else {
+            cached = false
+        }
+    }
+
+    /// Writes the file's hashes to the cache when every tensor was hashed and the file is unchanged since it was
+    /// opened (the cache checks that it had settled before).
+    func rememberHashes() {
+        guard let cache, let opened, !cached else { return }
+        let names = inner.tensorNames
+        lock.lock()
+        let complete = names.compactMap { n in hashes[n].map { (n, $0) } }
+        lock.unlock()
+        guard complete.count == names.count else { return }
+        cache.record(inner.path, opened: opened.stat, openedAt: opened.at, current: FileSystem.fileStat(inner.path), hashes: complete)
     }
 
     public var sourceName: String { inner.sourceName }

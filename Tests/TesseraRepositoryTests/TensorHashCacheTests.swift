@@ -24,18 +24,23 @@ import TesseraTestSupport
         Dictionary(uniqueKeysWithValues: checkpoint.entries.map { ($0.name, SHA256Hasher.hex($0.bytes)) })
     }
 
-    @Test func remembersHashesOfAnUnchangedFileAndDropsThemWhenItChanges() throws {
-        let s = try Sandbox()
+    /// A small model file whose hashes were read once through a cache that remembers at once: the file, the model,
+    /// the cache and its one entry.
+    static func remembered(in s: Sandbox) throws -> (String, TestCheckpoint, TensorHashCache, String) {
         let file = s.path("model.safetensors")
-        let v1 = smallModel(layers: 2)
-        try v1.write(to: file)
+        let model = smallModel(layers: 2)
+        try model.write(to: file)
         let cache = TensorHashCache(directory: s.path("cache"), settledInterval: 0)
-        #expect(try Self.hashes(file, cache: cache, in: s) == Self.expected(v1))
+        #expect(try Self.hashes(file, cache: cache, in: s) == Self.expected(model))
         let entries = FileSystem.list(cache.directory).filter { $0.hasSuffix(".json") }
         try #require(entries.count == 1)
+        return (file, model, cache, cache.directory + "/" + entries[0])
+    }
 
+    @Test func remembersHashesOfAnUnchangedFileAndDropsThemWhenItChanges() throws {
+        let s = try Sandbox()
+        let (file, v1, cache, entry) = try Self.remembered(in: s)
         // The next read takes the hashes from the entry: an entry edited to another digest shows through.
-        let entry = cache.directory + "/" + entries[0]
         let name = v1.entries[0].name, real = Self.expected(v1)[name]!
         let edited = String(decoding: try FileSystem.readFile(entry), as: UTF8.self).replacingOccurrences(of: real, with: String(repeating: "a", count: 64))
         try FileSystem.writeAtomically(Array(edited.utf8), to: entry, tmpDir: s.path("."))
@@ -50,12 +55,7 @@ import TesseraTestSupport
 
     @Test func ignoresDamagedEntries() throws {
         let s = try Sandbox()
-        let file = s.path("model.safetensors")
-        let model = smallModel(layers: 2)
-        try model.write(to: file)
-        let cache = TensorHashCache(directory: s.path("cache"), settledInterval: 0)
-        _ = try Self.hashes(file, cache: cache, in: s)
-        let entry = cache.directory + "/" + FileSystem.list(cache.directory)[0]
+        let (file, model, cache, entry) = try Self.remembered(in: s)
         for damaged in ["{", "", "{\"format\":\"tessera-tensor-hashes 1\"}", String(repeating: "x", count: 300)] {
             try FileSystem.writeAtomically(Array(damaged.utf8), to: entry, tmpDir: s.path("."))
             #expect(try Self.hashes(file, cache: cache, in: s) == Self.expected(model))

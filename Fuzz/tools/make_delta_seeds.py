@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Writes seed objects of the codecs that code against a base (adelta4, adelta2, lowrank4: payload version 2, static
-tables and rANS) into a corpus directory, each with its base in front ("BASE", u32 length, base object, object: the
-layout FuzzObject reads). The objects are made by the real filter: two versions of a small checkpoint committed in a
-throw-away repository (isolated HOME, no system config), the second a fine-tune, a bf16 fine-tune and a rank-2 update.
+"""Writes seed objects of the codecs that code against a base (adelta4, adelta2, lowrank4: static tables and rANS, in
+the payload version the filter writes, 3 now; the committed corpus keeps version 2 seeds as v2-*.EXT and this script's
+version 3 output as v2-*-payload3.EXT) into a corpus directory, each with its base in front ("BASE", u32 length, base
+object, object: the layout FuzzObject reads). The objects are made by the real filter: two versions of a small
+checkpoint committed in a throw-away repository (isolated HOME, no system config), the second a fine-tune, a bf16
+fine-tune and a rank-2 update.
 
     TESSERA_BIN=.build/release/tessera Fuzz/tools/make_delta_seeds.py Fuzz/Corpus/object
 """

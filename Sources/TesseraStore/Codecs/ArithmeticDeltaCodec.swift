@@ -7,9 +7,10 @@ import TesseraIO
 /// fine-tune's noise is a few ulps of each weight's own magnitude, so its bit length is predictable from the base's
 /// exponent; the XOR delta's byte planes cannot see that.
 ///
-/// Payload: `u8 version | u8 log2(chunk elements) | chunks`: version 2 (written) is static tables then rANS chunks
-/// (`StaticDeltaChunks`), version 1 adaptive binary range-coded chunks (`OrderedDeltaChunks`), still read. Exact for
-/// any bit patterns (NaN payloads, infinities, ±0, subnormals).
+/// Payload: `u8 version | u8 log2(chunk elements) | chunks`: versions 3 (written) and 2 are static tables then rANS
+/// chunks (`StaticDeltaChunks`; version 3's symbols hold two bits below a difference's leading one, version 2's one:
+/// `DeltaSymbols`), version 1 adaptive binary range-coded chunks (`OrderedDeltaChunks`). Every version stays readable.
+/// Exact for any bit patterns (NaN payloads, infinities, ±0, subnormals).
 public final class ArithmeticDeltaCodec: ObjectCodec {
     public static let code: UInt8 = 4
     public static let dependencies: ClosedRange<Int> = 1...1
@@ -34,8 +35,10 @@ public final class ArithmeticDeltaCodec: ObjectCodec {
     private let chunks = OrderedDeltaChunks()
     private let staticChunks = StaticDeltaChunks()
     /// The payload version written.
-    static let writtenVersion: UInt8 = 2
-    /// What this instance writes: version 1 only for tests that check old objects stay readable.
+    static let writtenVersion: UInt8 = 3
+    /// The payload versions read.
+    static let readVersions: ClosedRange<UInt8> = 1...3
+    /// What this instance writes: an older version only for tests that check old objects stay readable.
     package var payloadVersion = ArithmeticDeltaCodec.writtenVersion
 
     public init() {}
@@ -53,7 +56,7 @@ public final class ArithmeticDeltaCodec: ObjectCodec {
                               base: { start, _, _ in base + start * width }, sink: sink)
         } else {
             try staticChunks.encode(new: raw.baseAddress!, total: raw.count / width, chunkElements: 1 << Int(log2), width: width,
-                                    base: { start, _, _ in base + start * width }, sink: sink)
+                                    model: .of(version: payloadVersion), base: { start, _, _ in base + start * width }, sink: sink)
         }
     }
 
@@ -65,15 +68,15 @@ public final class ArithmeticDeltaCodec: ObjectCodec {
         let width = Int(trailer.width)
         let cursor = PayloadCursor(payload)
         let header = try cursor.readBytes(2)
-        guard header[0] == 1 || header[0] == 2 else { throw payload.corrupt("its delta format version \(header[0]) is unknown") }
+        guard ArithmeticDeltaCodec.readVersions.contains(header[0]) else { throw payload.corrupt("its delta format version \(header[0]) is unknown") }
         guard ArithmeticDeltaCodec.chunkLog2Range.contains(header[1]) else {
             throw payload.corrupt("its chunk size 2^\(header[1]) is out of range")
         }
         let total = trailer.rawCount / width
         if total > 0 {
             let base = UnsafeRawPointer(dependencies[0].bytes.baseAddress!)
-            if header[0] == 2 {
-                try staticChunks.decode(cursor, total: total, chunkElements: 1 << Int(header[1]), width: width,
+            if header[0] >= 2 {
+                try staticChunks.decode(cursor, total: total, chunkElements: 1 << Int(header[1]), width: width, model: .of(version: header[0]),
                                         base: { start, _, _ in base + start * width }, into: payload.destination?.baseAddress, sink: sink)
             } else {
                 try chunks.decode(cursor, total: total, chunkElements: 1 << Int(header[1]), width: width,

@@ -13,9 +13,9 @@ import TesseraIO
 /// multiply-add), then base + acc. It depends on no library and no machine feature, so every machine decodes the
 /// same bits.
 ///
-/// Payload: `u8 version (2; 1 still read) | u32 rows | u32 columns | u8 rank | u32 rows per chunk | U (rows×rank f32 LE, row-major)
-/// | V (rank×columns f32 LE) | residual chunks` (version 2: `StaticDeltaChunks`, version 1: `OrderedDeltaChunks`; each
-/// chunk being whole rows).
+/// Payload: `u8 version (3; 2 and 1 still read) | u32 rows | u32 columns | u8 rank | u32 rows per chunk | U (rows×rank f32
+/// LE, row-major) | V (rank×columns f32 LE) | residual chunks` (versions 3 and 2: `StaticDeltaChunks` with that version's
+/// symbols, version 1: `OrderedDeltaChunks`; each chunk being whole rows). The versions are the arithmetic delta's.
 public final class LowRankCodec: ObjectCodec {
     public static let code: UInt8 = 5
     public static let dependencies: ClosedRange<Int> = 1...1
@@ -86,7 +86,8 @@ public final class LowRankCodec: ObjectCodec {
                 if payloadVersion == 1 {
                     try chunks.encode(new: raw.baseAddress!, total: rows * columns, chunkElements: rowsPerChunk * columns, width: 4, base: predict, sink: sink)
                 } else {
-                    try staticChunks.encode(new: raw.baseAddress!, total: rows * columns, chunkElements: rowsPerChunk * columns, width: 4, base: predict, sink: sink)
+                    try staticChunks.encode(new: raw.baseAddress!, total: rows * columns, chunkElements: rowsPerChunk * columns, width: 4,
+                                            model: .of(version: payloadVersion), base: predict, sink: sink)
                 }
             }
         }
@@ -128,7 +129,7 @@ public final class LowRankCodec: ObjectCodec {
         let header = try cursor.readBytes(14)
         func u32(_ i: Int) -> Int { Int(UInt32(header[i]) | UInt32(header[i + 1]) << 8 | UInt32(header[i + 2]) << 16 | UInt32(header[i + 3]) << 24) }
         let version = header[0]
-        guard version == 1 || version == 2 else { throw payload.corrupt("its low-rank format version \(header[0]) is unknown") }
+        guard ArithmeticDeltaCodec.readVersions.contains(version) else { throw payload.corrupt("its low-rank format version \(header[0]) is unknown") }
         let rows = u32(1), columns = u32(5), rank = Int(header[9]), rowsPerChunk = u32(10)
         let (elements, overflow) = rows.multipliedReportingOverflow(by: columns)
         guard !overflow, elements == trailer.rawCount / 4 else {
@@ -159,8 +160,9 @@ public final class LowRankCodec: ObjectCodec {
                                                  into: scratch.assumingMemoryBound(to: Float.self))
                         return UnsafeRawPointer(scratch)
                     }
-                    if version == 2 {
-                        try staticChunks.decode(cursor, total: elements, chunkElements: rowsPerChunk * columns, width: 4, base: predict,
+                    if version >= 2 {
+                        try staticChunks.decode(cursor, total: elements, chunkElements: rowsPerChunk * columns, width: 4,
+                                                model: .of(version: version), base: predict,
                                                 into: payload.destination?.baseAddress, sink: sink)
                     } else {
                         try chunks.decode(cursor, total: elements, chunkElements: rowsPerChunk * columns, width: 4, base: predict, sink: sink)

@@ -13,7 +13,8 @@ byte, prints bits per element of:
            the other bits raw: m1 is the model of payload version 2, m2 and m4 finer ones
   v2       m1 with version 2's real tables: contexts under 1024 elements pooled, frequencies rounded to 1/4096,
            plus the serialised tables, 8-byte chunk headers and 16 bytes of rANS states per 2^20-element chunk
-  v3       the same for version 3 (m2 with the same tables); --v3-precision and --v3-bits-below try other models
+  v3       the same for version 3: m2 with the same kind of tables, or v2's coding when that is smaller (version 3's
+           encoder chooses per object; + its 1-byte choice); --v3-precision and --v3-bits-below try other models
   actual   the object's size in the store (`tessera ls --json REV:model.safetensors` in --repo), trailer included
 Totals are also given as x raw (bits / 32), the unit of bench_git's `dense fine-tune growth / raw`.
 
@@ -148,6 +149,7 @@ def analyse(b_bytes, n_bytes, v3_precision, v3_bits_below):
         if j == v3_bits_below:
             cb, tb = coded_bits(h, v3_precision, table_bytes)
             out["v3"] = cb + raw + 8 * (tb + 2 + chunks * (8 + 16))
+    out["v3"] = min(out["v3"], out["v2"]) + 8
     out["H(d|c)~"] = out["m6"]
     return out
 

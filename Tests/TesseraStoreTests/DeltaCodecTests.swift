@@ -436,6 +436,35 @@ import TesseraTestSupport
         }
     }
 
+    /// Version 3 chooses per object between one and two bits below the leading one: on small tensors, whose tables
+    /// weigh more than the finer symbols save, it is version 2's payload plus its symbols byte; on large ones smaller.
+    @Test func versionThreeIsNeverLargerThanVersionTwoButForItsSymbolsByte() throws {
+        var r = Numbers(state: 29)
+        for n in [1, 300, 4096, 65536, 1 << 20] {
+            let base = (0..<n).map { _ in r.gaussian() * 0.02 }
+            let meanMagnitude = base.reduce(0) { $0 + abs($1) } / Float(n)
+            for format in Format.allCases {
+                // Noise of a few ulps: 1e-3 of the mean |x| in float32, 1e-2 in the 2-byte formats.
+                let new = base.map { $0 + (format == .f32 ? 1e-3 : 1e-2) * meanMagnitude * r.gaussian() }
+                var sizes: [UInt8: Int] = [:]
+                for version in [UInt8(2), 3] {
+                    let codec = ArithmeticDeltaCodec()
+                    codec.payloadVersion = version
+                    var size = 0
+                    try format.bytes(new).withUnsafeBytes { nb in
+                        try format.bytes(base).withUnsafeBytes { bb in
+                            try codec.encode(raw: nb, width: format.width, chunkLog2: ObjectTrailer.defaultChunkLog2, shape: [], dependencies: [bb]) { size += $0.count }
+                        }
+                    }
+                    sizes[version] = size
+                }
+                let two = try #require(sizes[2]), three = try #require(sizes[3])
+                #expect(three <= two + 1, "\(format), \(n) elements: version 3 \(three) bytes, version 2 \(two)")
+                if format == .f32 && n == 1 << 20 { #expect(three < two - 1000, "\(format), \(n) elements: version 3 \(three) bytes, version 2 \(two)") }
+            }
+        }
+    }
+
     /// The point of version 3 (issue 12): on a dense fine-tune as bench/bench_git.py makes it (every element plus
     /// Gaussian noise of 1e-3 × the tensor's mean |x|, in float32), its payload spends at least 0.01 bit per element
     /// less than version 2's above the noise's own entropy (Σ log2(σ / ulp(base)) + log2 √(2πe) over the elements:
@@ -465,24 +494,29 @@ import TesseraTestSupport
         #expect(three < two - 0.01 && three < 0.025, "bits per element above the entropy: version 2 \(two), version 3 \(three)")
     }
 
-    /// The static tables of a version 2 or 3 payload are checked before use: frequencies that do not sum to 4096, a
-    /// symbol beyond the version's alphabet, contexts out of order, chunk lengths no chunk can have, and a stream whose
-    /// states do not come back to where the encoder started are each refused with one line.
-    @Test(arguments: [UInt8(2), 3])
-    func staticTablesThatLieAreRefused(_ version: UInt8) throws {
+    /// The static tables of a version 2 or 3 payload are checked before use: a version 3 symbols byte other than 1 or
+    /// 2, frequencies that do not sum to 4096, a symbol beyond the alphabet, contexts out of order, chunk lengths no
+    /// chunk can have, and a stream whose states do not come back to where the encoder started are each refused with
+    /// one line. Version 3 is tried with both of its symbol sets.
+    @Test(arguments: [(UInt8(2), UInt8(1)), (3, 1), (3, 2)])
+    func staticTablesThatLieAreRefused(_ version: UInt8, _ below: UInt8) throws {
         let (store, dir) = try temporaryStore()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let value = Format.f32.bytes((0..<1000).map { Float($0) })
         let baseRaw = Format.f32.bytes((0..<1000).map { Float($0) + 0.5 })
         let base = try baseRaw.withUnsafeBytes { try store.put(raw: $0, rawSHA256: SHA256Hasher.hex($0), width: 4, encoder: ObjectEncoder()) }
         func u32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) } }
-        // One pooled table: symbols first…last, then LEB128 frequencies.
-        let header: [UInt8] = [version, 20]
+        // Version 3: the symbols byte. Then one pooled table: symbols first…last, then LEB128 frequencies.
+        let header: [UInt8] = version == 2 ? [2, 20] : [3, 20, below]
         let oneSymbol: [UInt8] = [0, 0, 0, 0x80, 0x20]    // no own table; symbol 0 with frequency 4096
-        // Symbols of 32-bit elements: 64 in version 2 (bit length and one bit below), 124 in version 3 (two bits).
-        let alphabet: UInt8 = version == 2 ? 64 : 124
+        // Symbols of 32-bit elements: 64 with one bit below the leading one, 124 with two.
+        let alphabet: UInt8 = below == 1 ? 64 : 124
         func refuse(_ payload: [UInt8], _ words: String) throws {
             expectRefused(store, try hostile(store, ArithmeticDeltaCodec.self, width: 4, payload: payload, value: value, base: base), saying: words)
+        }
+        if version == 3 {
+            for wrong: UInt8 in [0, 3, 255] { try refuse([3, 20, wrong] + oneSymbol, "bits below the leading one") }
+            try refuse([3, 20], "ends early")
         }
         try refuse(header + [0, alphabet, alphabet, 0x80, 0x20], "outside")           // the first symbol past the alphabet
         try refuse(header + [0, 0, 255] + [UInt8](repeating: 0x10, count: 256), "outside")

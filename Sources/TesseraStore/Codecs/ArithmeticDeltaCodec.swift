@@ -8,8 +8,9 @@ import TesseraIO
 /// exponent; the XOR delta's byte planes cannot see that.
 ///
 /// Payload: `u8 version | u8 log2(chunk elements) | chunks`: versions 3 (written) and 2 are static tables then rANS
-/// chunks (`StaticDeltaChunks`; version 3's symbols hold two bits below a difference's leading one, version 2's one:
-/// `DeltaSymbols`), version 1 adaptive binary range-coded chunks (`OrderedDeltaChunks`). Every version stays readable.
+/// chunks (`StaticDeltaChunks`; version 2's symbols hold one bit below a difference's leading one, version 3's one or
+/// two, whichever costs less: `DeltaSymbols`), version 1 adaptive binary range-coded chunks (`OrderedDeltaChunks`).
+/// Every version stays readable.
 /// Exact for any bit patterns (NaN payloads, infinities, ±0, subnormals).
 public final class ArithmeticDeltaCodec: ObjectCodec {
     public static let code: UInt8 = 4
@@ -56,7 +57,7 @@ public final class ArithmeticDeltaCodec: ObjectCodec {
                               base: { start, _, _ in base + start * width }, sink: sink)
         } else {
             try staticChunks.encode(new: raw.baseAddress!, total: raw.count / width, chunkElements: 1 << Int(log2), width: width,
-                                    model: .of(version: payloadVersion), base: { start, _, _ in base + start * width }, sink: sink)
+                                    version: payloadVersion, base: { start, _, _ in base + start * width }, sink: sink)
         }
     }
 
@@ -76,7 +77,7 @@ public final class ArithmeticDeltaCodec: ObjectCodec {
         if total > 0 {
             let base = UnsafeRawPointer(dependencies[0].bytes.baseAddress!)
             if header[0] >= 2 {
-                try staticChunks.decode(cursor, total: total, chunkElements: 1 << Int(header[1]), width: width, model: .of(version: header[0]),
+                try staticChunks.decode(cursor, total: total, chunkElements: 1 << Int(header[1]), width: width, version: header[0],
                                         base: { start, _, _ in base + start * width }, into: payload.destination?.baseAddress, sink: sink)
             } else {
                 try chunks.decode(cursor, total: total, chunkElements: 1 << Int(header[1]), width: width,

@@ -87,7 +87,7 @@ public final class LowRankCodec: ObjectCodec {
                     try chunks.encode(new: raw.baseAddress!, total: rows * columns, chunkElements: rowsPerChunk * columns, width: 4, base: predict, sink: sink)
                 } else {
                     try staticChunks.encode(new: raw.baseAddress!, total: rows * columns, chunkElements: rowsPerChunk * columns, width: 4,
-                                            model: .of(version: payloadVersion), base: predict, sink: sink)
+                                            version: payloadVersion, base: predict, sink: sink)
                 }
             }
         }
@@ -162,7 +162,7 @@ public final class LowRankCodec: ObjectCodec {
                     }
                     if version >= 2 {
                         try staticChunks.decode(cursor, total: elements, chunkElements: rowsPerChunk * columns, width: 4,
-                                                model: .of(version: version), base: predict,
+                                                version: version, base: predict,
                                                 into: payload.destination?.baseAddress, sink: sink)
                     } else {
                         try chunks.decode(cursor, total: elements, chunkElements: rowsPerChunk * columns, width: 4, base: predict, sink: sink)

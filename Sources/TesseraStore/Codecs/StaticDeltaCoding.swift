@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import TesseraCore
 import TesseraIO
 
@@ -7,10 +8,11 @@ import TesseraIO
 // first pass counts, per base-exponent context, the symbol (bit length and the bits just below the leading one) of
 // every element; the tables go in the payload, and each element then costs one rANS step plus its raw bits. Decoding
 // is a table lookup, a multiply and an add per element (no division, no per-bit decision), which made it several
-// times faster. The versions differ only in how many bits below the leading one the symbol holds (`DeltaSymbols`):
-// one in version 2, two in version 3, which halves the width of the uniform steps the raw bits assume: on a dense
-// fine-tune's Gaussian differences, 0.011 bit per element above their conditional entropy instead of 0.028
-// (bench/dense_entropy.py).
+// times faster. The versions differ in how many bits below the leading one the symbol holds (`DeltaSymbols`): one in
+// version 2; in version 3 one or two, the encoder's choice per object (a byte before the tables), whichever codes it
+// in fewer bits with its tables. Two halve the width of the uniform steps the raw bits assume: on a dense fine-tune's
+// Gaussian differences, 0.011 bit per element above their conditional entropy instead of 0.028
+// (bench/dense_entropy.py); but their tables are twice as long, which a small tensor does not pay back.
 
 /// How a difference d is split into a coded symbol and raw bits: with k the bit length of |d| and `below` the bits
 /// under the leading one that the symbol holds, |d| itself when k ≤ below + 1, else (k − below) · 2^below + those
@@ -18,13 +20,18 @@ import TesseraIO
 struct DeltaSymbols: Sendable {
     let below: Int
 
-    /// Payload version 2: the bit below the leading one.
-    static let version2 = DeltaSymbols(below: 1)
-    /// Payload version 3: the two bits below it.
-    static let version3 = DeltaSymbols(below: 2)
+    /// The bit below the leading one: payload version 2's symbols, and version 3's when they cost less.
+    static let oneBitBelow = DeltaSymbols(below: 1)
+    /// The two bits below it: version 3's other symbols.
+    static let twoBitsBelow = DeltaSymbols(below: 2)
+    /// The values of version 3's symbols byte.
+    static let choices: ClosedRange<UInt8> = 1...2
 
-    /// The symbols of the payload version `version` (2 or 3).
-    static func of(version: UInt8) -> DeltaSymbols { version == 2 ? .version2 : .version3 }
+    /// The symbol standing for the magnitudes whose leading bits are those of `m` (m > 0).
+    func symbol(ofMagnitude m: UInt64) -> Int {
+        let k = 64 - m.leadingZeroBitCount
+        return k <= below + 1 ? Int(m) : (k - below) << below | Int((m >> UInt64(k - 1 - below)) & ((1 << UInt64(below)) - 1))
+    }
 
     /// Symbols for `bits`-wide elements: up to bit length `bits` (version 2: 64 for 32-bit elements, 32 for 16-bit;
     /// version 3: 124 and 60). Under 128: a decoding table entry holds a symbol in 7 bits.
@@ -385,6 +392,9 @@ final class EncodingTables: @unchecked Sendable {
     let entries: UnsafeMutablePointer<UInt32>
     /// The serialised form (what the decoder reads).
     let bytes: [UInt8]
+    /// What coding the counted symbols with these tables costs: their rANS bits at these frequencies, their raw bits
+    /// and the tables' own bytes.
+    let codedBits: Double
 
     /// Tables for the symbol counts `histogram` (contexts × the alphabet of `model`).
     init(histogram: UnsafeBufferPointer<UInt32>, bits: Int, model: DeltaSymbols) {
@@ -408,12 +418,15 @@ final class EncodingTables: @unchecked Sendable {
         }
         entries = .allocate(capacity: tableCount * a)
         var out: [UInt8] = [UInt8(own.count)] + own.map { UInt8($0) }
+        var bits = 0.0
         for t in 0..<tableCount {
             let f = counts.withUnsafeBufferPointer { StaticDeltaCoder.normalise(UnsafeBufferPointer(rebasing: $0[(t * a)..<((t + 1) * a)])) }
             var cum = 0
             for s in 0..<a {
                 entries[t * a + s] = UInt32(f[s]) | UInt32(cum) << 16
                 cum += f[s]
+                let n = Double(counts[t * a + s])
+                if n > 0 { bits += n * (Double(StaticDeltaCoder.scaleBits) - log2(Double(f[s])) + Double(model.rawBits(ofSymbol: s))) }
             }
             let first = f.firstIndex { $0 > 0 } ?? 0, last = f.lastIndex { $0 > 0 } ?? 0
             out.append(UInt8(first))
@@ -425,6 +438,7 @@ final class EncodingTables: @unchecked Sendable {
             }
         }
         bytes = out
+        codedBits = bits + Double(8 * out.count)
     }
 
     deinit { tableOfContext.deallocate(); entries.deallocate() }
@@ -488,8 +502,9 @@ final class DecodingTables: @unchecked Sendable {
     deinit { tableOfContext.deallocate(); slots.deallocate(); magnitudeHigh.deallocate(); rawCount.deallocate() }
 }
 
-/// The version 2 and 3 payloads after a codec's own header: `tables | chunks`, each chunk
-/// `u32 stream length | u32 raw length | rANS stream | raw bits`, coded two at a time on two cores.
+/// The version 2 and 3 payloads after a codec's own header: `[version 3: u8 bits below the leading one in a symbol, 1
+/// or 2] | tables | chunks`, each chunk `u32 stream length | u32 raw length | rANS stream | raw bits`, coded two at a
+/// time on two cores.
 final class StaticDeltaChunks {
     private final class Slot {
         var stream: UnsafeMutableRawBufferPointer = .init(start: nil, count: 0)
@@ -515,13 +530,15 @@ final class StaticDeltaChunks {
 
     private let slots = (0..<OrderedDeltaChunks.parallelism).map { _ in Slot() }
 
-    /// Encodes elements [0, total) of `new` in chunks of `chunkElements` (see `OrderedDeltaChunks.encode`) with the
-    /// symbols of `model` (the payload version's): the symbol counts of every chunk first, then the tables, then the
-    /// chunks.
-    func encode(new: UnsafeRawPointer, total: Int, chunkElements: Int, width: Int, model: DeltaSymbols,
+    /// Encodes elements [0, total) of `new` in chunks of `chunkElements` (see `OrderedDeltaChunks.encode`) as payload
+    /// `version` (2 or 3): the symbol counts of every chunk first, then (version 3) the symbols that cost less with
+    /// their tables, then the tables, then the chunks.
+    func encode(new: UnsafeRawPointer, total: Int, chunkElements: Int, width: Int, version: UInt8,
                 base: (Int, Int, UnsafeMutableRawPointer) -> UnsafeRawPointer,
                 sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let bits = width * 8
+        // Counted in the finer symbols: the coarser ones' counts follow from them.
+        let model: DeltaSymbols = version == 2 ? .oneBitBelow : .twoBitsBelow
         let a = model.alphabet(bits: bits)
         let histogramSize = StaticDeltaCoder.contexts * a
         let chunkCount = (total + chunkElements - 1) / chunkElements
@@ -552,7 +569,19 @@ final class StaticDeltaChunks {
         for slot in slots.dropFirst() {
             for i in 0..<histogramSize { slots[0].histogram[i] &+= slot.histogram[i] }
         }
-        let tables = EncodingTables(histogram: UnsafeBufferPointer(slots[0].histogram), bits: bits, model: model)
+        var tables = EncodingTables(histogram: UnsafeBufferPointer(slots[0].histogram), bits: bits, model: model)
+        if version >= 3 {
+            let coarse = DeltaSymbols.oneBitBelow
+            let ca = coarse.alphabet(bits: bits)
+            let coarser = (0..<a).map { $0 == 0 ? 0 : coarse.symbol(ofMagnitude: model.magnitudeHigh(ofSymbol: $0)) }
+            var histogram = [UInt32](repeating: 0, count: StaticDeltaCoder.contexts * ca)
+            for c in 0..<StaticDeltaCoder.contexts {
+                for s in 0..<a { histogram[c * ca + coarser[s]] &+= slots[0].histogram[c * a + s] }
+            }
+            let other = histogram.withUnsafeBufferPointer { EncodingTables(histogram: $0, bits: bits, model: coarse) }
+            if other.codedBits < tables.codedBits { tables = other }
+            try [UInt8(tables.model.below)].withUnsafeBytes { try sink($0) }
+        }
         try tables.bytes.withUnsafeBytes { try sink($0) }
         // Pass 2: the chunks, two at a time.
         var start = 0
@@ -590,14 +619,22 @@ final class StaticDeltaChunks {
         }
     }
 
-    /// Decodes elements [0, total) from `cursor`, coded with the symbols of `model`. With `into` (exactly total × width
+    /// Decodes elements [0, total) of payload `version` (2 or 3) from `cursor`. With `into` (exactly total × width
     /// bytes), each chunk is decoded in place there and `sink` gets that part of it; otherwise chunks go through a
     /// scratch buffer.
-    func decode(_ cursor: PayloadCursor, total: Int, chunkElements: Int, width: Int, model: DeltaSymbols,
+    func decode(_ cursor: PayloadCursor, total: Int, chunkElements: Int, width: Int, version: UInt8,
                 base: (Int, Int, UnsafeMutableRawPointer) -> UnsafeRawPointer,
                 into destination: UnsafeMutableRawPointer? = nil,
                 sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let bits = width * 8
+        var model = DeltaSymbols.oneBitBelow
+        if version >= 3 {
+            let below = try cursor.readU8()
+            guard DeltaSymbols.choices.contains(below) else {
+                throw cursor.payload.corrupt("its delta symbols hold \(below) bits below the leading one, not 1 or 2")
+            }
+            model = DeltaSymbols(below: Int(below))
+        }
         let tables = try DecodingTables(cursor, bits: bits, model: model)
         var start = 0
         while start < total {

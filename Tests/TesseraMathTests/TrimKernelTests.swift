@@ -3,7 +3,8 @@ import Testing
 import TesseraMath
 
 /// The magnitude trims' kernels against plain restatements: the radix select's threshold (whose long-buffer path
-/// reads the data once when a sample guesses the bucket, and falls back to a second pass otherwise) against a sort.
+/// reads the data once when a sample guesses the bucket, and falls back to a second pass otherwise) against a sort,
+/// and the task-arithmetic combination applying a trim from a threshold against the same trim applied beforehand.
 @Suite struct TrimKernelTests {
     /// A deterministic generator for the inputs.
     struct Generator {
@@ -56,6 +57,53 @@ import TesseraMath
                 #expect([Int(got.value), got.before, got.ties] == Self.sortedThreshold(x, rank: rank, descending: descending),
                         "\(layout) rank \(rank) descending \(descending)")
             }
+        }
+    }
+
+    /// `keepFrom` trims inside the combination exactly as zeroing the entries below each model's key first: same
+    /// bits out, for every consensus, with entries at the threshold, signed zeros, and negative weights.
+    @Test(arguments: [MergeKernels.Consensus.sum, .count, .none])
+    func combinationTrimsAsAPriorPass(consensus: MergeKernels.Consensus) {
+        let n = 5_003, m = 3
+        var g = Generator(state: 5)
+        var deltas = (0..<m).map { _ in (0..<n).map { _ in (g.uniform() - 0.5) / 8 } }
+        let thresholds: [UInt32] = [MagnitudeSelect.key(0.03), 0, MagnitudeSelect.key(0.06)]
+        for i in 0..<m {
+            for j in stride(from: i, to: n, by: 97) { deltas[i][j] = j % 2 == 0 ? Float(bitPattern: thresholds[i]) : -Float(bitPattern: thresholds[i]) }
+            for j in stride(from: i + 5, to: n, by: 89) { deltas[i][j] = j % 2 == 0 ? 0 : -0.0 }
+        }
+        let trimmed = (0..<m).map { i in deltas[i].map { MagnitudeSelect.key($0) >= thresholds[i] ? $0 : 0 } }
+        #expect(trimmed[0].filter { $0 == 0 }.count > n / 3)  // the trim drops entries: the masks matter
+        let weights: [Float] = [1, -0.5, 0.7]
+        let base = (0..<n).map { _ in g.uniform() - 0.5 }
+        for normalize in [true, false] {
+            func combine(_ d: [[Float]], keepFrom: [UInt32]?) -> [Float] {
+                var out = base
+                var arrays = d
+                let pointers = UnsafeMutablePointer<UnsafeMutablePointer<Float>>.allocate(capacity: m)
+                defer { pointers.deallocate() }
+                for i in 0..<m { pointers[i] = arrays[i].withUnsafeMutableBufferPointer { UnsafeMutablePointer(mutating: $0.baseAddress!) } }
+                arrays.withUnsafeMutableBufferPointer { _ in
+                    out.withUnsafeMutableBufferPointer { o in
+                        weights.withUnsafeBufferPointer { w in
+                            if let keepFrom {
+                                keepFrom.withUnsafeBufferPointer { k in
+                                    MergeKernels.taskArithmetic(0..<n, out: o.baseAddress!, deltas: pointers, weights: w.baseAddress!, models: m,
+                                                                consensus: consensus, normalize: normalize, lambda: 0.9, divisor: 1.2,
+                                                                keepFrom: k.baseAddress!)
+                                }
+                            } else {
+                                MergeKernels.taskArithmetic(0..<n, out: o.baseAddress!, deltas: pointers, weights: w.baseAddress!, models: m,
+                                                            consensus: consensus, normalize: normalize, lambda: 0.9, divisor: 1.2)
+                            }
+                        }
+                    }
+                }
+                return out
+            }
+            let masked = combine(deltas, keepFrom: thresholds), zeroedFirst = combine(trimmed, keepFrom: nil)
+            #expect(masked.map(\.bitPattern) == zeroedFirst.map(\.bitPattern), "normalize \(normalize)")
+            #expect(masked != combine(deltas, keepFrom: nil), "normalize \(normalize)")
         }
     }
 }

@@ -77,22 +77,33 @@ public enum MergeKernels {
     ///
     /// Works in blocks that stay in L1 cache, looping models outside and elements inside, so the inner loops are
     /// branch-free and vectorise whatever the number of models. Sums run over models in order, as mergekit's do.
+    ///
+    /// `keepFrom`: per model, the magnitude key (`MagnitudeSelect.key`) from which its entries count, the others as
+    /// zeros: a magnitude trim applied here, block by block, instead of in a pass of its own over each delta.
     @inline(never)
     public static func taskArithmetic(_ r: Range<Int>, out: UnsafeMutablePointer<Float>, deltas d: UnsafePointer<UnsafeMutablePointer<Float>>,
                                       weights w: UnsafePointer<Float>, models m: Int, consensus: Consensus, normalize: Bool,
-                                      lambda: Float, divisor: Float) {
+                                      lambda: Float, divisor: Float, keepFrom: UnsafePointer<UInt32>? = nil) {
         let block = 2048
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 3 * block)
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: (keepFrom == nil ? 3 : 3 + m) * block)
         defer { scratch.deallocate() }
-        let vote = scratch, mixed = scratch + block, agreeing = scratch + 2 * block
+        let vote = scratch, mixed = scratch + block, agreeing = scratch + 2 * block, trimmed = scratch + 3 * block
         var start = r.lowerBound
         while start < r.upperBound {
             let len = min(block, r.upperBound - start)
             let o = out + start
+            if let keepFrom {
+                for i in 0..<m {
+                    let di = d[i] + start, ti = trimmed + i * block, from = keepFrom[i]
+                    for j in 0..<len { ti[j] = di[j].bitPattern & 0x7FFF_FFFF >= from ? di[j] : 0 }
+                }
+            }
+            // Model i's deltas in this block.
+            func delta(_ i: Int) -> UnsafeMutablePointer<Float> { keepFrom == nil ? d[i] + start : trimmed + i * block }
             mixed.update(repeating: 0, count: len)
             if consensus == .none {
                 for i in 0..<m {
-                    let di = d[i] + start, wi = w[i]
+                    let di = delta(i), wi = w[i]
                     for j in 0..<len { mixed[j] += di[j] * wi }
                 }
                 if normalize { for j in 0..<len { mixed[j] /= divisor } }
@@ -100,7 +111,7 @@ public enum MergeKernels {
                 vote.update(repeating: 0, count: len)
                 agreeing.update(repeating: 0, count: len)
                 for i in 0..<m {
-                    let di = d[i] + start, wi = w[i]
+                    let di = delta(i), wi = w[i]
                     if consensus == .sum {
                         for j in 0..<len { vote[j] += di[j] * wi }
                     } else {
@@ -108,7 +119,7 @@ public enum MergeKernels {
                     }
                 }
                 for i in 0..<m {
-                    let di = d[i] + start, wi = w[i]
+                    let di = delta(i), wi = w[i]
                     for j in 0..<len {
                         let v = di[j] * wi
                         let agrees = vote[j] >= 0 ? v > 0 : v < 0   // an exact zero vote elects +1; zeros never agree

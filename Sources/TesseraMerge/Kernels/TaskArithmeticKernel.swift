@@ -117,11 +117,20 @@ enum TaskArithmeticKernel {
             }
             deltas.append(d)
         }
+        // A top-k trim without a rescale after it is applied in the float32 combination below (entries from a
+        // magnitude key on, per model) rather than by a pass zeroing the rest of each delta.
+        let masked = r.isIdentity && !rescale
+        let keepFrom = UnsafeMutablePointer<UInt32>.allocate(capacity: max(deltas.count, 1))
+        defer { keepFrom.deallocate() }
+        keepFrom.initialize(repeating: 0, count: max(deltas.count, 1))
         if !trims.isEmpty {
             let jobs = trims
             deltas.withUnsafeMutableBufferPointer { db in
                 let all = SharedMutablePointer(db.baseAddress!)
-                let body = { (t: Int) in jobs[t].apply(&all.base[jobs[t].model], rescale: rescale, r) }
+                let thresholds = SharedMutablePointer(keepFrom)
+                let body = { (t: Int) in
+                    thresholds[jobs[t].model] = jobs[t].apply(&all.base[jobs[t].model], rescale: rescale, r, masked: masked)
+                }
                 // One trim at a time when the tensor is small (its own loops stay serial there anyway), and when it
                 // is large: a trim that replays torch's tie order holds 4 bytes per element of the whole tensor
                 // (154 MB for GPT-2's embedding, 8 for breadcrumbs' two cuts), and two side by side would take peak
@@ -161,9 +170,11 @@ enum TaskArithmeticKernel {
                 let out = bp.baseAddress ?? UnsafeMutablePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
                 let kernelConsensus: MergeKernels.Consensus = consensus == .none ? .none : (consensus == .sum ? .sum : .count)
                 if r.isIdentity {
+                    let trimmed = masked && !trims.isEmpty ? UnsafePointer(keepFrom) : nil
                     Parallel.forChunks(n) { _, range in
                         MergeKernels.taskArithmetic(range, out: out, deltas: deltaPointers, weights: weightPointer, models: m,
-                                                    consensus: kernelConsensus, normalize: normalize, lambda: lambda, divisor: divisor)
+                                                    consensus: kernelConsensus, normalize: normalize, lambda: lambda, divisor: divisor,
+                                                    keepFrom: trimmed)
                     }
                 } else {
                     let shared = UncheckedSendable((out, deltaPointers, weightPointer))
@@ -186,7 +197,10 @@ enum TaskArithmeticKernel {
         var lower: Int
         var upper: Int
 
-        func apply(_ d: inout [Float], rescale: Bool, _ r: TorchRounding) {
+        /// Returns the magnitude key from which the combination is to count `d`'s entries: with `masked`, a top-k
+        /// leaves the untied entries as they are and returns its threshold; otherwise `d` is trimmed here (0).
+        func apply(_ d: inout [Float], rescale: Bool, _ r: TorchRounding, masked: Bool) -> UInt32 {
+            if masked, let k = topK { return d.withUnsafeMutableBufferPointer { TorchSort.topKThreshold($0, k: k) } }
             let before = rescale ? l1(d, r) : 0
             if let k = topK {
                 d.withUnsafeMutableBufferPointer { TorchSort.keepTopK($0, k: k) }
@@ -194,6 +208,7 @@ enum TaskArithmeticKernel {
                 _ = d.withUnsafeMutableBufferPointer { TorchSort.keepAscendingRanks($0, lower: lower, upper: upper) }
             }
             if rescale { rescaleL1(&d, originalSum: before, r) }
+            return 0
         }
     }
 

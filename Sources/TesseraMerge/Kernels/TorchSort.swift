@@ -20,17 +20,38 @@ public enum TorchSort {
         var index: UInt32
     }
 
-    /// What the replay sorts and how it compares: libstdc++ only ever asks `less`, and the block partition reads the
-    /// keys of eight consecutive elements at once.
+    /// What the replay sorts and how it compares: libstdc++ only ever asks `less`, and the block partition compares
+    /// eight consecutive elements at once with a pivot prepared for it.
     protocol Ordering {
         associatedtype Element
+        associatedtype Pivot
+        func less(_ a: Element, _ b: Element) -> Bool
+        func pivot(_ p: Element) -> Pivot
+        /// Bit l set when element l of the eight from `p` on is not less than the pivot.
+        func notLessThanPivot(_ p: UnsafeRawPointer, _ pivot: Pivot) -> Int
+        /// Bit 7 − l set when the pivot is not less than element l of the eight from `p` on.
+        func pivotNotLessThan(_ p: UnsafeRawPointer, _ pivot: Pivot) -> Int
+    }
+
+    /// Eight lanes of 0 or 1 as an 8-bit mask, lane l at bit l (`ascending`) or at bit 7 − l. The lanes narrowed to
+    /// bytes are multiplied by a constant whose byte 7 − l is 2^l (resp. 2^(7−l)): each lane's product lands in the
+    /// top byte at its bit, every other product below it without carries. (Swift has no movemask, and a sum of
+    /// weighted lanes compiles to a shuffle per lane.)
+    @inline(__always) static func laneBits(_ lanes: SIMD8<UInt32>, ascending: Bool) -> Int {
+        let word = unsafeBitCast(SIMD8<UInt8>(truncatingIfNeeded: lanes), to: UInt64.self)
+        return Int(truncatingIfNeeded: (word &* (ascending ? 0x0102_0408_1020_4080 : 0x8040_2010_0804_0201)) >> 56)
+    }
+
+    /// Float keys, compared as floats (NaN compares false both ways).
+    protocol FloatKeyOrdering: Ordering where Pivot == SIMD8<Float> {
         func key(_ x: Element) -> Float
         /// The keys of the eight elements from `p` on.
         func keys8(_ p: UnsafeRawPointer) -> SIMD8<Float>
     }
 
     /// (key, index) pairs: 8 bytes per element.
-    struct PairOrdering: Ordering {
+    struct PairOrdering: FloatKeyOrdering {
+        typealias Element = Pair
         @inline(__always) func key(_ x: Pair) -> Float { x.key }
         @inline(__always) func keys8(_ p: UnsafeRawPointer) -> SIMD8<Float> { p.loadUnaligned(as: SIMD16<Float>.self).evenHalf }
     }
@@ -38,8 +59,10 @@ public enum TorchSort {
     /// A top-k's 4-byte codes: an element whose magnitude is not the one tied at the cut is the bit pattern of its key
     /// −|x| (sign bit set: −0 and NaN included); one tied at the cut is its index with the sign bit clear, and
     /// compares as `tieKey`. Only the tied elements' identities are ever read back, so the others need none, and the
-    /// replay moves half the bytes of (key, index) pairs (GPT-2's embedding: 154 MB instead of 309 MB).
-    struct TieCodeOrdering: Ordering {
+    /// replay moves half the bytes of (key, index) pairs (GPT-2's embedding: 154 MB instead of 309 MB). Compared as
+    /// floats, for tensors with NaN magnitudes; `TieCodeIntegerOrdering` compares the same codes otherwise.
+    struct TieCodeOrdering: FloatKeyOrdering {
+        typealias Element = UInt32
         let tieKey: Float
         @inline(__always) func key(_ x: UInt32) -> Float { x & 0x8000_0000 != 0 ? Float(bitPattern: x) : tieKey }
         @inline(__always) func keys8(_ p: UnsafeRawPointer) -> SIMD8<Float> {
@@ -48,6 +71,52 @@ public enum TorchSort {
             let keyLanes = unsafeBitCast(unsafeBitCast(codes, to: SIMD8<Int32>.self) &>> 31, to: SIMD8<UInt32>.self)
             let bits = (codes & keyLanes) | (SIMD8<UInt32>(repeating: tieKey.bitPattern) & ~keyLanes)
             return unsafeBitCast(bits, to: SIMD8<Float>.self)
+        }
+    }
+
+    /// `TieCodeOrdering`'s codes compared as integers: the same order as long as no magnitude is NaN (key −|x|
+    /// ascending is magnitude bits descending, −0 and +0 both 0; a tied code's magnitude is `tie`). The block
+    /// partition then needs one integer compare per lane and no key: a non-tied code is its magnitude with the sign
+    /// bit set, a tied one its index with the sign bit clear, so that with the sign bit flipped (or not) a signed
+    /// comparison orders the non-tied codes by magnitude and puts every tied code below (or above) them all. Which of
+    /// the two sorts the tied codes to the right side of the pivot depends only on `tie` against the pivot's
+    /// magnitude, once per partition.
+    struct TieCodeIntegerOrdering: Ordering {
+        /// The magnitude bits tied at the cut.
+        let tie: UInt32
+
+        @inline(__always) func magnitude(_ code: UInt32) -> UInt32 { code & 0x8000_0000 != 0 ? code & 0x7FFF_FFFF : tie }
+        @inline(__always) func less(_ a: UInt32, _ b: UInt32) -> Bool { magnitude(a) > magnitude(b) }
+
+        /// Per scan, a flip and a bound (signed): the left scan passes an element while (code ^ leftFlip) > leftBound
+        /// (its magnitude is above the pivot's), the right scan while rightBound > (code ^ rightFlip) (below it).
+        struct Pivot {
+            var leftFlip, leftBound, rightFlip, rightBound: SIMD8<Int32>
+        }
+
+        @inline(__always) func pivot(_ p: UInt32) -> Pivot {
+            let m = magnitude(p)
+            // Flipped, a non-tied code is its magnitude and a tied one is negative; not flipped, a non-tied code is
+            // negative (compared with m | sign it orders by magnitude) and a tied one is not. The left scan must pass
+            // the tied codes exactly when tie > m, the right scan exactly when tie < m.
+            let leftFlip: UInt32 = tie > m ? 0 : 0x8000_0000
+            let leftBound: UInt32 = tie > m ? m | 0x8000_0000 : m
+            let rightFlip: UInt32 = tie >= m ? 0 : 0x8000_0000
+            let rightBound: UInt32 = tie >= m ? m | 0x8000_0000 : m
+            func lanes(_ x: UInt32) -> SIMD8<Int32> { SIMD8(repeating: Int32(bitPattern: x)) }
+            return Pivot(leftFlip: lanes(leftFlip), leftBound: lanes(leftBound), rightFlip: lanes(rightFlip), rightBound: lanes(rightBound))
+        }
+
+        @inline(__always) func notLessThanPivot(_ p: UnsafeRawPointer, _ pivot: Pivot) -> Int {
+            let codes = p.loadUnaligned(as: SIMD8<Int32>.self) ^ pivot.leftFlip
+            let lessThanPivot = SIMD8<UInt32>(repeating: 0).replacing(with: 1, where: codes .> pivot.leftBound)
+            return laneBits(lessThanPivot, ascending: true) ^ 0xFF
+        }
+
+        @inline(__always) func pivotNotLessThan(_ p: UnsafeRawPointer, _ pivot: Pivot) -> Int {
+            let codes = p.loadUnaligned(as: SIMD8<Int32>.self) ^ pivot.rightFlip
+            let greaterThanPivot = SIMD8<UInt32>(repeating: 0).replacing(with: 1, where: pivot.rightBound .> codes)
+            return laneBits(greaterThanPivot, ascending: false) ^ 0xFF
         }
     }
 
@@ -100,7 +169,7 @@ public enum TorchSort {
     }
 
     static func moveMedianToFirst<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ result: Int, _ x: Int, _ y: Int, _ z: Int, _ o: O) {
-        @inline(__always) func less(_ x: O.Element, _ y: O.Element) -> Bool { o.key(x) < o.key(y) }
+        @inline(__always) func less(_ x: O.Element, _ y: O.Element) -> Bool { o.less(x, y) }
         if less(a[x], a[y]) {
             if less(a[y], a[z]) { swapAt(a, result, y) } else if less(a[x], a[z]) { swapAt(a, result, z) } else { swapAt(a, result, x) }
         } else if less(a[x], a[z]) {
@@ -115,15 +184,21 @@ public enum TorchSort {
     /// Elements per block of the block partition (its loops are written out for 128).
     static let block = 128
 
-    /// For each 8-bit mask, the positions of its set bits in ascending order, one per byte (the rest zero).
-    static let offsetTable: [UInt64] = (0..<256).map { mask in
-        var packed: UInt64 = 0, count: UInt64 = 0
-        for bit in 0..<8 where mask & (1 << bit) != 0 {
-            packed |= UInt64(bit) << (8 * count)
-            count += 1
+    /// For each 8-bit mask, at 2·mask the positions of its set bits in ascending order, one per byte (the rest zero),
+    /// and at 2·mask + 1 their number. Read through a pointer in the partition's loops (no bounds checks there).
+    nonisolated(unsafe) static let offsetTable: UnsafePointer<UInt64> = {
+        let table = UnsafeMutablePointer<UInt64>.allocate(capacity: 512)
+        for mask in 0..<256 {
+            var packed: UInt64 = 0, count: UInt64 = 0
+            for bit in 0..<8 where mask & (1 << bit) != 0 {
+                packed |= UInt64(bit) << (8 * count)
+                count += 1
+            }
+            table[2 * mask] = packed
+            table[2 * mask + 1] = count
         }
-        return packed
-    }
+        return UnsafePointer(table)
+    }()
 
     /// libstdc++'s `__unguarded_partition`: Hoare's scheme, which swaps the k-th element from the left that is not
     /// less than the pivot with the k-th from the right that the pivot is not less than, for k = 1, 2, … until the two
@@ -132,14 +207,13 @@ public enum TorchSort {
     /// is swapped by Hoare's loop too); the scalar loop then resumes after the last pair swapped, where Hoare's loop
     /// would be, and finds the crossing. The result is the scalar loop's, element for element.
     static func unguardedPartition<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ first0: Int, _ last0: Int, pivot: Int, _ o: O) -> Int {
-        @inline(__always) func less(_ x: O.Element, _ y: O.Element) -> Bool { o.key(x) < o.key(y) }
+        @inline(__always) func less(_ x: O.Element, _ y: O.Element) -> Bool { o.less(x, y) }
         var first = first0, last = last0
         let p = a[pivot]
         if last0 - first0 >= 4 * block {
-            let pk = o.key(p)
+            let pv = o.pivot(p)
+            let table = offsetTable
             let stride = MemoryLayout<O.Element>.stride
-            let pivots = SIMD8<Float>(repeating: pk)
-            let leftWeights = SIMD8<UInt32>(1, 2, 4, 8, 16, 32, 64, 128), rightWeights = SIMD8<UInt32>(128, 64, 32, 16, 8, 4, 2, 1)
             // Offsets are written eight bytes at a time, up to seven past the last kept one.
             let offsets = UnsafeMutablePointer<UInt8>.allocate(capacity: 2 * (block + 8))
             defer { offsets.deallocate() }
@@ -153,12 +227,11 @@ public enum TorchSort {
                     let base = UnsafeRawPointer(a + lb)
                     var i = 0
                     while i < 128 {
-                        // Eight pairs at a time: the keys not less than the pivot, as a bit mask, and their offsets
-                        // from a table (written whole; only the first popcount of them are kept).
-                        let keys = o.keys8(base + i &* stride)
-                        let bits = Int(SIMD8<UInt32>(repeating: 0).replacing(with: leftWeights, where: .!(keys .< pivots)).wrappedSum())
-                        UnsafeMutableRawPointer(offL + numL).storeBytes(of: offsetTable[bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
-                        numL &+= bits.nonzeroBitCount
+                        // Eight elements at a time: those not less than the pivot as a bit mask, and their offsets
+                        // from the table (written whole; only the first `count` of them are kept).
+                        let bits = o.notLessThanPivot(base + i &* stride, pv)
+                        UnsafeMutableRawPointer(offL + numL).storeBytes(of: table[2 &* bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
+                        numL &+= Int(truncatingIfNeeded: table[2 &* bits &+ 1])
                         i &+= 8
                     }
                 }
@@ -168,10 +241,9 @@ public enum TorchSort {
                     var i = 0
                     while i < 128 {
                         // Lane l holds the element at offset i + 7 − l from the end: its bit is 7 − l.
-                        let keys = o.keys8(top + (120 &- i) &* stride)
-                        let bits = Int(SIMD8<UInt32>(repeating: 0).replacing(with: rightWeights, where: .!(pivots .< keys)).wrappedSum())
-                        UnsafeMutableRawPointer(offR + numR).storeBytes(of: offsetTable[bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
-                        numR &+= bits.nonzeroBitCount
+                        let bits = o.pivotNotLessThan(top + (120 &- i) &* stride, pv)
+                        UnsafeMutableRawPointer(offR + numR).storeBytes(of: table[2 &* bits] &+ UInt64(i) &* 0x0101_0101_0101_0101, as: UInt64.self)
+                        numR &+= Int(truncatingIfNeeded: table[2 &* bits &+ 1])
                         i &+= 8
                     }
                 }
@@ -208,16 +280,15 @@ public enum TorchSort {
 
     static func linearInsert<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ i: Int, _ o: O) {
         let value = a[i]
-        let key = o.key(value)
         var j = i - 1
-        while key < o.key(a[j]) { a[j + 1] = a[j]; j -= 1 }
+        while o.less(value, a[j]) { a[j + 1] = a[j]; j -= 1 }
         a[j + 1] = value
     }
 
     static func insertionSort<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ first: Int, _ last: Int, _ o: O) {
         guard last - first > 1 else { return }
         for i in (first + 1)..<last {
-            if o.key(a[i]) < o.key(a[first]) {
+            if o.less(a[i], a[first]) {
                 let value = a[i]
                 var j = i
                 while j > first { a[j] = a[j - 1]; j -= 1 }
@@ -230,7 +301,7 @@ public enum TorchSort {
 
     /// `std::__adjust_heap` followed by its `__push_heap` (a max-heap under `less`).
     static func adjustHeap<O: Ordering>(_ a: UnsafeMutablePointer<O.Element>, _ first: Int, _ hole0: Int, _ length: Int, _ value: O.Element, _ o: O) {
-        @inline(__always) func less(_ x: O.Element, _ y: O.Element) -> Bool { o.key(x) < o.key(y) }
+        @inline(__always) func less(_ x: O.Element, _ y: O.Element) -> Bool { o.less(x, y) }
         let top = hole0
         var hole = hole0, child = hole0
         while child < (length - 1) / 2 {
@@ -294,6 +365,18 @@ public enum TorchSort {
         keepRanks(x, lower: 0, upper: k, descending: true, tie: t)
     }
 
+    /// The magnitude key from which mergekit's `magnitude` sparsifier keeps entries, for a caller that masks them
+    /// itself (an entry is kept when its `MagnitudeSelect.key` is at least the result) instead of a pass zeroing the
+    /// rest: only the tied entries torch puts past the cut are zeroed here (a zero is kept or dropped alike). `k` in
+    /// 1...count; 0 (every key) when all are kept.
+    public static func topKThreshold(_ x: UnsafeMutableBufferPointer<Float>, k: Int) -> UInt32 {
+        let n = x.count
+        if k >= n { return 0 }
+        let t = MagnitudeSelect.threshold(UnsafeBufferPointer(x), rank: k - 1, descending: true)
+        if t.before + t.ties > k { keepRanks(x, lower: 0, upper: k, descending: true, tie: t, zeroing: false) }
+        return t.value
+    }
+
     /// Keeps ranks `lower..<upper` of the ascending magnitude order as mergekit's `magnitude_outliers` (breadcrumbs)
     /// picks them (`sort(|x|).indices[lower:upper]`) and zeroes the rest, in place; returns the number kept.
     @discardableResult
@@ -320,9 +403,10 @@ public enum TorchSort {
     /// only past strictly greater ones, so it never carries one across a partition boundary. A range on one side of
     /// both cuts is left as it is; a leaf of at most 16 that holds a cut gets the final insertion sort (stable, as
     /// libstdc++'s is); a range that reaches the depth limit is heap-sorted whole, as torch does.
-    /// `tie`: for a top-k (lower 0, descending), the radix select's threshold at rank k − 1.
+    /// `tie`: for a top-k (lower 0, descending), the radix select's threshold at rank k − 1; `zeroing` false leaves
+    /// that top-k's untied entries as they are (see `topKThreshold`).
     static func keepRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int, descending: Bool,
-                          tie: MagnitudeSelect.Threshold? = nil) {
+                          tie: MagnitudeSelect.Threshold? = nil, zeroing: Bool = true) {
         let n = x.count
         var lg = 0
         while (1 << (lg + 1)) <= n { lg += 1 }
@@ -336,15 +420,36 @@ public enum TorchSort {
             defer { ReplayScratch.give(raw, bytes: bytes) }
             let codes = raw.bindMemory(to: UInt32.self, capacity: max(n, 1))
             let out = SharedMutablePointer(codes)
-            Parallel.forChunks(n) { _, r in
-                for i in r {
-                    let value = values[i]
-                    let m = MagnitudeSelect.key(value)
-                    out[i] = m == v ? UInt32(truncatingIfNeeded: i) : (-abs(value)).bitPattern
-                    values[i] = m >= v ? value : 0
+            // Per chunk: whether a magnitude is NaN (compared as integers it would have a place in the order; torch's
+            // float comparisons give it none, and the replay then compares floats as they do).
+            var nanSeen = [Bool](repeating: false, count: Parallel.chunkCount(n, minimum: Parallel.minimumParallelCount))
+            nanSeen.withUnsafeMutableBufferPointer { seen in
+                let flags = SharedMutablePointer(seen.baseAddress!)
+                Parallel.forChunks(n) { c, r in
+                    var largest: UInt32 = 0
+                    if zeroing {
+                        for i in r {
+                            let value = values[i]
+                            let m = MagnitudeSelect.key(value)
+                            out[i] = m == v ? UInt32(truncatingIfNeeded: i) : m | 0x8000_0000
+                            values[i] = m >= v ? value : 0
+                            largest = max(largest, m)
+                        }
+                    } else {
+                        for i in r {
+                            let m = MagnitudeSelect.key(values[i])
+                            out[i] = m == v ? UInt32(truncatingIfNeeded: i) : m | 0x8000_0000
+                            largest = max(largest, m)
+                        }
+                    }
+                    flags[c] = largest > 0x7F80_0000
                 }
             }
-            select(codes, 0, n, depth: 2 * lg, cuts: [lower, upper], TieCodeOrdering(tieKey: -Float(bitPattern: v)))
+            if nanSeen.contains(true) {
+                select(codes, 0, n, depth: 2 * lg, cuts: [lower, upper], TieCodeOrdering(tieKey: -Float(bitPattern: v)))
+            } else {
+                select(codes, 0, n, depth: 2 * lg, cuts: [lower, upper], TieCodeIntegerOrdering(tie: v))
+            }
             var surplus = tie.before + tie.ties - upper
             var r = upper
             while surplus > 0 && r < n {
@@ -386,6 +491,17 @@ public enum TorchSort {
             last = cut
         }
         if holdsCut(first, last) { insertionSort(a, first, last, o) }
+    }
+}
+
+extension TorchSort.FloatKeyOrdering {
+    @inline(__always) func less(_ a: Element, _ b: Element) -> Bool { key(a) < key(b) }
+    @inline(__always) func pivot(_ p: Element) -> SIMD8<Float> { SIMD8(repeating: key(p)) }
+    @inline(__always) func notLessThanPivot(_ p: UnsafeRawPointer, _ pivot: SIMD8<Float>) -> Int {
+        TorchSort.laneBits(SIMD8<UInt32>(repeating: 0).replacing(with: 1, where: .!(keys8(p) .< pivot)), ascending: true)
+    }
+    @inline(__always) func pivotNotLessThan(_ p: UnsafeRawPointer, _ pivot: SIMD8<Float>) -> Int {
+        TorchSort.laneBits(SIMD8<UInt32>(repeating: 0).replacing(with: 1, where: .!(pivot .< keys8(p))), ascending: false)
     }
 }
 

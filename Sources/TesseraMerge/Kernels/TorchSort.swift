@@ -404,7 +404,8 @@ public enum TorchSort {
     /// both cuts is left as it is; a leaf of at most 16 that holds a cut gets the final insertion sort (stable, as
     /// libstdc++'s is); a range that reaches the depth limit is heap-sorted whole, as torch does.
     /// `tie`: for a top-k (lower 0, descending), the radix select's threshold at rank k − 1; `zeroing` false leaves
-    /// that top-k's untied entries as they are (see `topKThreshold`).
+    /// that top-k's untied entries as they are (see `topKThreshold`; past Int32.max elements the pairs' replay zeroes
+    /// them all the same, which a caller masking from the threshold cannot tell apart).
     static func keepRanks(_ x: UnsafeMutableBufferPointer<Float>, lower: Int, upper: Int, descending: Bool,
                           tie: MagnitudeSelect.Threshold? = nil, zeroing: Bool = true) {
         let n = x.count

@@ -1,23 +1,12 @@
 import Foundation
 import Testing
 import TesseraMath
+import TesseraTestSupport
 
 /// The magnitude trims' kernels against plain restatements: the radix select's threshold (whose long-buffer path
 /// reads the data once when a sample guesses the bucket, and falls back to a second pass otherwise) against a sort,
 /// and the task-arithmetic combination applying a trim from a threshold against the same trim applied beforehand.
 @Suite struct TrimKernelTests {
-    /// A deterministic generator for the inputs.
-    struct Generator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            var x = state
-            x ^= x >> 33; x = x &* 0xff51afd7ed558ccd; x ^= x >> 33
-            return x
-        }
-        mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) }
-    }
-
     /// The threshold by sorting: the key at `rank`, how many keys come strictly before it, how many equal it.
     static func sortedThreshold(_ x: [Float], rank: Int, descending: Bool) -> [Int] {
         let keys = x.map { MagnitudeSelect.key($0) }
@@ -32,7 +21,7 @@ import TesseraMath
     @Test(arguments: ["spread", "fewDistinct", "misleadingSample", "halfEqual"])
     func thresholdMatchesASort(layout: String) {
         let n = 600_001
-        var g = Generator(state: 11)
+        var g = TestRNG(state: 11)
         var x = [Float](repeating: 0, count: n)
         switch layout {
         case "spread":
@@ -65,7 +54,7 @@ import TesseraMath
     @Test(arguments: [MergeKernels.Consensus.sum, .count, .none])
     func combinationTrimsAsAPriorPass(consensus: MergeKernels.Consensus) {
         let n = 5_003, m = 3
-        var g = Generator(state: 5)
+        var g = TestRNG(state: 5)
         var deltas = (0..<m).map { _ in (0..<n).map { _ in (g.uniform() - 0.5) / 8 } }
         let thresholds: [UInt32] = [MagnitudeSelect.key(0.03), 0, MagnitudeSelect.key(0.06)]
         for i in 0..<m {

@@ -3,6 +3,7 @@ import Testing
 import TesseraCore
 import TesseraMerge
 import TesseraIO
+import TesseraTestSupport
 
 /// The paths a merge of large file inputs takes and small in-memory tests do not: inputs of a million elements or
 /// more read concurrently from files, results handed over as floats by `float32Sink`, and parallel kernels split

@@ -22,22 +22,6 @@ func relativeError(_ a: [Float], _ b: [Float]) -> Double {
     return den == 0 ? num : num / den
 }
 
-/// A deterministic pseudo-random generator for test data (independent of the library's DropRNG).
-struct TestRNG {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state = state &* 6364136223846793005 &+ 1442695040888963407
-        var x = state
-        x ^= x >> 33; x = x &* 0xff51afd7ed558ccd; x ^= x >> 33
-        return x
-    }
-    mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) }
-    mutating func normal() -> Float {
-        let u1 = max(Double(uniform()), 1e-7), u2 = Double(uniform())
-        return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
-    }
-}
-
 /// Plain, slow restatements of the reference spec (spec_reference.py), used as independent oracles: sort-based,
 /// no radix select, no parallelism.
 enum NaiveSpec {

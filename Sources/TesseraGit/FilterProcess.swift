@@ -27,6 +27,10 @@ public final class FilterProcess {
     public init(input: Int32 = 0, output: Int32 = 1) throws {
         reader = PktLineReader(fd: input)
         writer = PktLineWriter(fd: output)
+        // The writer sends 1 MiB at a time and the reader asks for as much: pipes that hold that much let each side
+        // work while the other does (git collects the smudged file; the cleaner hashes and compresses).
+        FileSystem.growPipe(input, to: 1 << 20)
+        FileSystem.growPipe(output, to: 1 << 20)
         repository = try GitRepository(discovering: ".")
         store = try repository.objectStore()
         storeLock = try StoreLock(store: store, mode: .shared)

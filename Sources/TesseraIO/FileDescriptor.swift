@@ -114,6 +114,21 @@ public final class FileDescriptor {
 }
 
 public enum FileSystem {
+    /// Grows the pipe behind `fd` to `bytes` (Linux's F_SETPIPE_SZ; the kernel caps it at
+    /// /proc/sys/fs/pipe-max-size, 1 MiB by default). Returns whether it did: a file, a socket or another system
+    /// leaves it as it is. A checkpoint streamed through git's filter protocol otherwise crosses a 64 KiB pipe, one
+    /// context switch per 64 KiB each way.
+    @discardableResult
+    public static func growPipe(_ fd: Int32, to bytes: Int) -> Bool {
+        #if os(Linux)
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFIFO else { return false }
+        return fcntl(fd, 1031 /* F_SETPIPE_SZ */, Int32(clamping: bytes)) >= 0
+        #else
+        return false
+        #endif
+    }
+
     public static func exists(_ path: String) -> Bool {
         var st = Glibc.stat()
         return fstatat(AT_FDCWD, path, &st, 0) == 0

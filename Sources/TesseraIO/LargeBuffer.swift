@@ -16,6 +16,7 @@ public final class LargeBuffer: @unchecked Sendable {
     public private(set) var bytes: UnsafeMutableRawBufferPointer
     private var mapped: Bool
     static let mappingThreshold = 1 << 16
+    static let hugePageThreshold = 4 << 20
 
     public init(count: Int) throws {
         precondition(count >= 0)
@@ -72,6 +73,10 @@ public final class LargeBuffer: @unchecked Sendable {
         guard let p = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
             throw allocationError(count)
         }
+        // Transparent huge pages where the system offers them on request ("madvise", Debian's default): a tensor's
+        // buffer is written whole right away, and one fault per 2 MiB instead of per 4 KiB took 8-12% off a
+        // checkout's wall time here (GPT-2-small, whole and delta-encoded). A refusal leaves ordinary pages.
+        if count >= LargeBuffer.hugePageThreshold { _ = madvise(p, count, 14 /* MADV_HUGEPAGE */) }
         return UnsafeMutableRawBufferPointer(start: p, count: count)
     }
 

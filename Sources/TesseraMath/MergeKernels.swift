@@ -11,6 +11,13 @@ public enum MergeKernels {
         Parallel.forChunks(min(a.count, b.count)) { _, r in for j in r { x[j] -= y[j] } }
     }
 
+    /// out[i] = a[i] − b[i], over the shortest of the three (the same rounding as `subtract` in place).
+    public static func difference(_ out: UnsafeMutableBufferPointer<Float>, _ a: UnsafeBufferPointer<Float>, _ b: UnsafeBufferPointer<Float>) {
+        guard let op = out.baseAddress, let ap = a.baseAddress, let bp = b.baseAddress else { return }
+        let o = SharedMutablePointer(op), x = SharedPointer(ap), y = SharedPointer(bp)
+        Parallel.forChunks(min(out.count, a.count, b.count)) { _, r in for j in r { o[j] = x[j] - y[j] } }
+    }
+
     /// y[i] += a · x[i].
     public static func addScaled(_ y: UnsafeMutableBufferPointer<Float>, _ a: Float, _ x: UnsafeBufferPointer<Float>) {
         guard let yp = y.baseAddress, let xp = x.baseAddress else { return }

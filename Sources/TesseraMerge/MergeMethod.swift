@@ -36,6 +36,10 @@ public struct TensorMergeInput: Sendable {
     /// then computes in what it loaded). Methods that follow mergekit's torch ops round each op's result to it when it
     /// is float16 or bfloat16 (`TorchRounding`); values arrive already rounded to it.
     public var computeDType: DType = .f32
+    /// Per model: whether something outside this input still holds the model's array (the provenance hasher, until it
+    /// has hashed the tensor, or another model slot reading the same source). Writing such an array in place would
+    /// first copy it whole; `takeTaskVector` then writes the difference into new storage in one pass instead.
+    public var heldElsewhere: [Bool] = []
 
     public init(name: String, shape: [Int], base: [Float]?, models: [[Float]], isBaseModel: [Bool]? = nil,
                 modelParameters: [MergeParameters], parameters: MergeParameters, fishers: [[Float]]? = nil) {
@@ -61,6 +65,13 @@ public struct TensorMergeInput: Sendable {
         models[i] = []
         guard d.count == base.count else {
             throw TesseraError(.shapeMismatch, "\(method): tensor '\(name)' of model \(i) has \(d.count) values, the base has \(base.count)")
+        }
+        if i < heldElsewhere.count && heldElsewhere[i] {
+            let held = d
+            return [Float](unsafeUninitializedCapacity: held.count) { out, initialized in
+                held.withUnsafeBufferPointer { a in base.withUnsafeBufferPointer { b in MergeKernels.difference(out, a, b) } }
+                initialized = held.count
+            }
         }
         d.withUnsafeMutableBufferPointer { dp in base.withUnsafeBufferPointer { MergeKernels.subtract(dp, $0) } }
         return d

@@ -314,6 +314,9 @@ public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, 
         #endif
     }
 
+    /// The hasher holds each array it is given until it has hashed it (never when every hash came from the cache).
+    public var mayRetainReadArrays: Bool { !cached }
+
     public func mapFloat32(_ name: String) throws -> MappedFloat32? {
         guard let mapped = try inner.mapFloat32(name) else { return nil }
         // The mapping is the file's bytes; the hasher holds it until it is hashed.

@@ -121,6 +121,8 @@ extension ObjectStore {
     /// when their turn comes: a 2 GB opaque file then costs a chunk of memory, not 2 GB, and a manifest's declared
     /// length (a claim) never sizes an allocation.
     public static let bufferedSegmentLimit = 64 << 20
+    /// Free decode buffers a reconstruction keeps for reuse, at most (on top of its budget).
+    public static let reusedBufferLimit = 64 << 20
 
     /// Rebuilds a file like `reconstruct`, decoding up to two objects at once on other threads while the caller's
     /// thread hands finished ones to `sink` in file order. Decoded bytes waiting to be written, and delta bases, count
@@ -148,6 +150,9 @@ extension ObjectStore {
             return (s.end - s.begin) * (dependencies == 0 ? 1 : dependencies == 1 ? 2 : 4)
         }
         let budget = ByteBudget(limit: max(2 * (cost.max() ?? 0), 1))
+        // Buffers the writer is done with are decoded into again (same size: a model's layers repeat their shapes),
+        // so their pages are not faulted in, zeroed and unmapped once per tensor.
+        let pool = LargeBufferPool(limit: ObjectStore.reusedBufferLimit)
         let workers = DispatchSemaphore(value: 2)
         let group = DispatchGroup()
         let store = self
@@ -165,8 +170,8 @@ extension ObjectStore {
                 DispatchQueue.global().async(group: group) {
                     defer { workers.signal() }
                     do {
-                        let buffer = try LargeBuffer(count: segment.end - segment.begin)
-                        try store.readAll(stored.objectID, into: buffer.bytes, expectedRawSHA256: stored.rawSHA256)
+                        let buffer = try pool.take(count: segment.end - segment.begin)
+                        try store.readAll(stored.objectID, into: buffer.bytes, expectedRawSHA256: stored.rawSHA256, pool: pool)
                         slots[k].buffer = buffer
                     } catch let e as TesseraError {
                         slots[k].error = named(e, segment)
@@ -197,6 +202,7 @@ extension ObjectStore {
                 } else if let buffer = slots[k].buffer {
                     try sink(UnsafeRawBufferPointer(buffer.bytes))
                     slots[k].buffer = nil
+                    pool.give(buffer)
                 }
                 budget.release(cost[k])
             }

@@ -103,6 +103,16 @@ import TesseraTestSupport
         var inPlace = [UInt8](repeating: 0xA5, count: new.count)
         try inPlace.withUnsafeMutableBytes { try store.readAll(stored.objectID, into: $0, expectedRawSHA256: stored.rawSHA256) }
         #expect(inPlace == new, "\(label): read in place")
+        // With a pool lending a used buffer (other bytes in it) for the base, as a checkout's reconstruction does: the
+        // base is decoded over it whole, and the buffer goes back to the pool.
+        let pool = LargeBufferPool(limit: 1 << 30)
+        let used = try LargeBuffer(count: base.count)
+        used.bytes.initializeMemory(as: UInt8.self, repeating: 0x5A)
+        pool.give(used)
+        var pooled = [UInt8](repeating: 0xA5, count: new.count)
+        try pooled.withUnsafeMutableBytes { try store.readAll(stored.objectID, into: $0, expectedRawSHA256: stored.rawSHA256, pool: pool) }
+        #expect(pooled == new, "\(label): read with a pool")
+        #expect(pool.heldBytes == base.count, "\(label): the base's buffer went back to the pool")
         try store.verify(stored.objectID)
         return stored
     }

@@ -4,8 +4,8 @@ import Foundation
 /// a transformer's layers repeat the same shapes).
 ///
 /// A fresh `LargeBuffer` is a fresh mapping: the kernel faults in and zeroes every page on first write, and unmaps
-/// them on release, about a fifth of a checkout's system time here. A buffer taken from the pool has its pages
-/// already. Buffers are matched by exact size; the pool keeps at most `limit` bytes of free buffers (the oldest go
+/// them on release. A buffer taken from the pool has its pages already: a delta-encoded GPT-2-small checkout's
+/// system time went from 1.2-1.6 s to about 1.0 s here. Buffers are matched by exact size; the pool keeps at most `limit` bytes of free buffers (the oldest go
 /// first), so it adds at most that to a pipeline's memory bound.
 ///
 /// A reused buffer holds what it held before: callers must overwrite it whole before reading it (an object decode

@@ -60,7 +60,7 @@ let package = Package(
         // writes, mappings, large buffers, byte budgets for pipelines, progress on the terminal).
         .target(name: "TesseraIO", swiftSettings: swiftSettings),
         .target(name: "TesseraCore", dependencies: ["TesseraIO"], swiftSettings: swiftSettings),
-        .target(name: "TesseraStore", dependencies: ["TesseraIO", "TesseraCore", "CZstd", "CCrypto", "CSHA256"], swiftSettings: swiftSettings),
+        .target(name: "TesseraStore", dependencies: ["TesseraIO", "TesseraCore", "CZstd", "CCrypto", "CSHA256", "CKernels"], swiftSettings: swiftSettings),
         .target(name: "TesseraGit", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "CGit2"], swiftSettings: swiftSettings),
         .target(name: "TesseraMath", dependencies: ["TesseraIO", "TesseraCore", "COpenBLAS", "CKernels"], swiftSettings: numericKernelSettings),
         .target(name: "TesseraMerge", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMath", "Yams"], swiftSettings: swiftSettings),
@@ -84,7 +84,7 @@ let package = Package(
         .target(name: "TesseraTestSupport", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore"], path: "Tests/TesseraTestSupport",
                 swiftSettings: swiftSettings),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraTestSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraStoreTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraTestSupport", "CKernels"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraMathTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraMath", "TesseraTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraMergeTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraMerge", "TesseraTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraRepositoryTests", dependencies: ["TesseraIO", "TesseraCore", "TesseraStore", "TesseraGit", "TesseraMerge",

@@ -7,6 +7,7 @@
 // the GGUF's blocks: per row the blocks' f16 scales (Q4_1: then their f16 minimums), then their quants, same bytes.
 // y[r] = sum_c W[r, c] * x[c], added to y[r] when `accumulate` is non-zero.
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -85,6 +86,25 @@ void tessera_fma_accumulate(float *o, const float *x, float w, size_t n);
 void tessera_attend_tile(size_t rows, const float *const *q, float *const *out, const size_t *ranges,
                          const float *keys_t, size_t ld_keys_t, const float *values, size_t head_dim,
                          float scale, float *scores);
+
+/// An LSB-first bit writer's state (TesseraStore's PaddedBitWriter): fewer than 8 bits pending in `accumulator`,
+/// `position` bytes written to `out`, which has at least 8 bytes of room past everything written.
+typedef struct {
+    uint8_t *out;
+    uint64_t accumulator;
+    int64_t filled;
+    int64_t position;
+} tessera_bit_writer;
+
+/// The arithmetic delta encoder's symbols of n elements (`width` 2 or 4 bytes) against their base elements: each
+/// symbol (bit length and `below` bits under the leading one, 1 or 2) into `symbols`, each element's raw bits (sign,
+/// then the bits under the symbol's) appended to `writer`. TesseraStore's `DeltaSymbols.analyse` defines the values.
+void tessera_delta_split(const void *new_values, const void *base, size_t n, int width, int below,
+                         uint8_t *symbols, tessera_bit_writer *writer);
+/// Adds the symbols of n elements to `histogram`, indexed by context (the base element's 8 bits under its sign) ×
+/// `alphabet` + symbol.
+void tessera_delta_count(const void *new_values, const void *base, size_t n, int width, int below, size_t alphabet,
+                         uint32_t *histogram);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import TesseraCore
 import TesseraIO
+import CKernels
 
 // Versions 2 and 3 of the ordered-delta payload (`adeltaW` and `lowrank4` with version byte 2 or 3): the same
 // differences as version 1 (`OrderedDeltaCoder`), coded with static tables instead of adaptive binary decisions. A
@@ -55,25 +56,25 @@ struct DeltaSymbols: Sendable {
     }
 
     /// Symbol and raw bits (value, count) of the difference between two patterns, for symbols holding `below` bits
-    /// under the leading one. The encoder's loops call it with constant `bits` and `below` (`StaticDeltaCoder.split`
-    /// and `count`, specialised per element type and `SymbolModel`), so that its shifts compile for one model.
+    /// under the leading one: the definition. The encoder computes the same values in CKernels
+    /// (`tessera_delta_split`, `tessera_delta_count`), vectorised; `DeltaKernelTests` holds the two to each other.
     @inline(__always) static func analyse(_ n: UInt32, _ b: UInt32, bits: Int, below: Int) -> (symbol: Int, raw: UInt64, rawCount: Int) {
-        let d = OrderedDeltaCoder.ordered(n, bits: bits) - OrderedDeltaCoder.ordered(b, bits: bits)
-        let m = d.magnitude
-        if m == 0 { return (0, 0, 0) }
-        let k = 64 - m.leadingZeroBitCount
-        let sign: UInt64 = d < 0 ? 1 : 0
-        if k <= below + 1 { return (Int(m), sign, 1) }
-        let low = k - 1 - below
-        let symbol = (k - below) << below | Int((m >> UInt64(low)) & ((1 << UInt64(below)) - 1))
-        return (symbol, ((m & ((1 << UInt64(low)) &- 1)) << 1) | sign, low + 1)
+        // Without branches: the sign of a fine-tune's difference is a coin toss, and a branch on it was mispredicted
+        // half the time (the encoder's hottest instruction). Both ordered values fit in `bits` + 1 bits, so the
+        // subtraction cannot overflow.
+        let d = OrderedDeltaCoder.ordered(n, bits: bits) &- OrderedDeltaCoder.ordered(b, bits: bits)
+        let negative = d &>> 63
+        let m = UInt64(bitPattern: (d ^ negative) &- negative)
+        let sign = UInt64(bitPattern: negative) & 1
+        let k = 64 &- m.leadingZeroBitCount
+        let exact = k <= below &+ 1
+        let low = exact ? 0 : k &- 1 &- below
+        let coded = (k &- below) &<< below | Int(truncatingIfNeeded: (m &>> UInt64(low)) & ((1 &<< UInt64(below)) &- 1))
+        let symbol = exact ? Int(truncatingIfNeeded: m) : coded
+        let raw = ((m & ((1 &<< UInt64(low)) &- 1)) &<< 1) | sign
+        return (symbol, raw, m == 0 ? 0 : low &+ 1)
     }
 }
-
-/// `DeltaSymbols.below` as a type, for the encoder's specialised loops.
-protocol SymbolModel { static var below: Int { get } }
-enum OneBitBelow: SymbolModel { static var below: Int { 1 } }
-enum TwoBitsBelow: SymbolModel { static var below: Int { 2 } }
 
 /// The tables and the rANS steps of the static coder.
 enum StaticDeltaCoder {
@@ -134,14 +135,12 @@ enum StaticDeltaCoder {
                        raw: UnsafeMutableRawBufferPointer) -> (start: Int, length: Int, raw: Int)? {
         guard stream.count >= streamBound(count: count), count > 0 else { return nil }
         guard raw.count >= rawBound(count: count, width: bits / 8) + padding else { return nil }
-        var rw = PaddedBitWriter(out: raw.baseAddress!)
-        switch (bits, tables.model.below) {
-        case (32, 1): split(new: new, base: base, count: count, UInt32.self, OneBitBelow.self, symbols: symbols, raw: &rw)
-        case (32, _): split(new: new, base: base, count: count, UInt32.self, TwoBitsBelow.self, symbols: symbols, raw: &rw)
-        case (_, 1): split(new: new, base: base, count: count, UInt16.self, OneBitBelow.self, symbols: symbols, raw: &rw)
-        default: split(new: new, base: base, count: count, UInt16.self, TwoBitsBelow.self, symbols: symbols, raw: &rw)
-        }
-        let rawLength = rw.finish()
+        // Symbols and raw bits: CKernels (vectorised where the CPU allows), the values `DeltaSymbols.analyse` defines.
+        var writer = tessera_bit_writer(out: raw.baseAddress!.assumingMemoryBound(to: UInt8.self), accumulator: 0, filled: 0, position: 0)
+        tessera_delta_split(new, base, count, Int32(bits / 8), Int32(tables.model.below), symbols, &writer)
+        // The pending bits go out as a last partial byte.
+        (raw.baseAddress! + Int(writer.position)).storeBytes(of: writer.accumulator.littleEndian, as: UInt64.self)
+        let rawLength = Int(writer.position) + (writer.filled > 0 ? 1 : 0)
         // Words are written backwards from the end; the decoder reads them forwards.
         let words = stream.baseAddress!.assumingMemoryBound(to: UInt16.self)
         let capacity = stream.count / 2
@@ -200,31 +199,6 @@ enum StaticDeltaCoder {
         return (2 * at, 2 * (capacity - at), rawLength)
     }
 
-    /// A chunk's symbols into `symbols` and its raw bits into `rw`. Generic so that each (element, model) pair gets
-    /// its own compiled loop, with the width and the shifts constant.
-    static func split<Element: FixedWidthInteger & UnsignedInteger, Model: SymbolModel>(
-        new: UnsafeRawPointer, base: UnsafeRawPointer, count: Int, _: Element.Type, _: Model.Type,
-        symbols: UnsafeMutablePointer<UInt8>, raw rw: inout PaddedBitWriter) {
-        let nw = new.assumingMemoryBound(to: Element.self), bw = base.assumingMemoryBound(to: Element.self)
-        for i in 0..<count {
-            let a = DeltaSymbols.analyse(UInt32(truncatingIfNeeded: nw[i]), UInt32(truncatingIfNeeded: bw[i]), bits: Element.bitWidth, below: Model.below)
-            symbols[i] = UInt8(truncatingIfNeeded: a.symbol)
-            rw.put(a.raw, a.rawCount)
-        }
-    }
-
-    /// Adds a chunk's symbol counts to `histogram` (contexts × `alphabet`); generic as `split`.
-    static func count<Element: FixedWidthInteger & UnsignedInteger, Model: SymbolModel>(
-        new: UnsafeRawPointer, base: UnsafeRawPointer, count: Int, _: Element.Type, _: Model.Type,
-        alphabet a: Int, histogram h: UnsafeMutablePointer<UInt32>) {
-        let nw = new.assumingMemoryBound(to: Element.self), bw = base.assumingMemoryBound(to: Element.self)
-        for i in 0..<count {
-            let b = UInt32(truncatingIfNeeded: bw[i])
-            let s = DeltaSymbols.analyse(UInt32(truncatingIfNeeded: nw[i]), b, bits: Element.bitWidth, below: Model.below).symbol
-            h[context(b, bits: Element.bitWidth) &* a &+ s] &+= 1
-        }
-    }
-
     /// One rANS encoding step of a symbol whose table entry is `e` (`freq | cum << 16`): out one word if the state
     /// would leave its range, then x → (x / freq) · 4096 + x mod freq + cum.
     @inline(__always) static func put(_ x: inout UInt32, _ e: UInt32, _ words: UnsafeMutablePointer<UInt16>, _ at: inout Int) {
@@ -274,33 +248,6 @@ enum StaticDeltaCoder {
 
         /// Every bit read, and no whole byte left over.
         var consumedExactly: Bool { (bitPosition + 7) >> 3 == length }
-    }
-
-    /// The writing side: always stores 8 bytes, advances by the whole bytes filled.
-    struct PaddedBitWriter {
-        let out: UnsafeMutableRawPointer
-        private var accumulator: UInt64 = 0
-        private var filled = 0
-        private var position = 0
-
-        init(out: UnsafeMutableRawPointer) { self.out = out }
-
-        /// Appends the low `n` bits of `value` (n ≤ 32, value < 2^n).
-        @inline(__always) mutating func put(_ value: UInt64, _ n: Int) {
-            accumulator |= value &<< UInt64(filled)
-            filled &+= n
-            (out + position).storeBytes(of: accumulator.littleEndian, as: UInt64.self)
-            let bytes = filled &>> 3
-            position &+= bytes
-            accumulator = accumulator &>> UInt64(bytes &* 8)
-            filled &= 7
-        }
-
-        /// The length written (the last partial byte included).
-        mutating func finish() -> Int {
-            (out + position).storeBytes(of: accumulator.littleEndian, as: UInt64.self)
-            return position + (filled > 0 ? 1 : 0)
-        }
     }
 
     /// One element: its symbol from the state's low 12 bits in its context's table, the state advanced (a multiply and
@@ -556,13 +503,7 @@ final class StaticDeltaChunks {
                 let first = c * chunkElements, n = min(chunkElements, total - first)
                 let b = base(first, n, slot.prediction.baseAddress!)
                 let h = slot.histogram.baseAddress!
-                let nw = new + first * width
-                switch (bits, model.below) {
-                case (32, 1): StaticDeltaCoder.count(new: nw, base: b, count: n, UInt32.self, OneBitBelow.self, alphabet: a, histogram: h)
-                case (32, _): StaticDeltaCoder.count(new: nw, base: b, count: n, UInt32.self, TwoBitsBelow.self, alphabet: a, histogram: h)
-                case (_, 1): StaticDeltaCoder.count(new: nw, base: b, count: n, UInt16.self, OneBitBelow.self, alphabet: a, histogram: h)
-                default: StaticDeltaCoder.count(new: nw, base: b, count: n, UInt16.self, TwoBitsBelow.self, alphabet: a, histogram: h)
-                }
+                tessera_delta_count(new + first * width, b, n, Int32(width), Int32(model.below), a, h)
                 c += slots.count
             }
         }
@@ -677,5 +618,52 @@ final class StaticDeltaChunks {
             }
             start += starts.count * chunkElements
         }
+    }
+}
+
+/// The encoder's element analysis two ways, for `DeltaKernelTests`: by the definition (`DeltaSymbols.analyse`, raw
+/// bits appended one at a time) and by the CKernels functions the encoder calls.
+package enum DeltaSymbolsCheck {
+    package struct Output: Equatable {
+        package var symbols: [UInt8]
+        package var raw: [UInt8]
+        package var histogram: [UInt32]
+    }
+
+    /// `count` elements of `width` bytes (2 or 4) with symbols holding `below` bits (1 or 2) under the leading one.
+    package static func reference(new: UnsafeRawPointer, base: UnsafeRawPointer, count: Int, width: Int, below: Int) -> Output {
+        let bits = 8 * width
+        let alphabet = DeltaSymbols(below: below).alphabet(bits: bits)
+        var out = Output(symbols: [], raw: [], histogram: [UInt32](repeating: 0, count: StaticDeltaCoder.contexts * alphabet))
+        var bitCount = 0
+        for i in 0..<count {
+            let n = width == 4 ? new.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self) : UInt32(new.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+            let b = width == 4 ? base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self) : UInt32(base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+            let a = DeltaSymbols.analyse(n, b, bits: bits, below: below)
+            out.symbols.append(UInt8(a.symbol))
+            out.histogram[StaticDeltaCoder.context(b, bits: bits) * alphabet + a.symbol] += 1
+            for j in 0..<a.rawCount {
+                if bitCount % 8 == 0 { out.raw.append(0) }
+                out.raw[bitCount / 8] |= UInt8((a.raw >> UInt64(j)) & 1) << UInt8(bitCount % 8)
+                bitCount += 1
+            }
+        }
+        return out
+    }
+
+    /// The same through `tessera_delta_split` and `tessera_delta_count`, at whatever level CKernels runs.
+    package static func kernel(new: UnsafeRawPointer, base: UnsafeRawPointer, count: Int, width: Int, below: Int) -> Output {
+        let alphabet = DeltaSymbols(below: below).alphabet(bits: 8 * width)
+        var symbols = [UInt8](repeating: 0, count: count)
+        var raw = [UInt8](repeating: 0, count: StaticDeltaCoder.rawBound(count: count, width: width) + StaticDeltaCoder.padding)
+        var histogram = [UInt32](repeating: 0, count: StaticDeltaCoder.contexts * alphabet)
+        let length = raw.withUnsafeMutableBytes { rawBuffer -> Int in
+            var writer = tessera_bit_writer(out: rawBuffer.baseAddress!.assumingMemoryBound(to: UInt8.self), accumulator: 0, filled: 0, position: 0)
+            tessera_delta_split(new, base, count, Int32(width), Int32(below), &symbols, &writer)
+            (rawBuffer.baseAddress! + Int(writer.position)).storeBytes(of: writer.accumulator.littleEndian, as: UInt64.self)
+            return Int(writer.position) + (writer.filled > 0 ? 1 : 0)
+        }
+        tessera_delta_count(new, base, count, Int32(width), Int32(below), alphabet, &histogram)
+        return Output(symbols: symbols, raw: Array(raw[0..<length]), histogram: histogram)
     }
 }

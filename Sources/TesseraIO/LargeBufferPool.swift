@@ -20,7 +20,12 @@ public final class LargeBufferPool: @unchecked Sendable {
     public init(limit: Int) { self.limit = max(0, limit) }
 
     /// A buffer of exactly `count` bytes: one given back earlier when there is one, else a new one.
+    ///
+    /// A buffer larger than the limit (a model's embedding matrix) empties the pool first: a pipeline's memory peaks
+    /// on its largest values, and the small free buffers would only add to that peak (a dense fine-tune's `git add`
+    /// went 18 MB over bench_git's bound of twice the largest tensor + 64 MB with them).
     public func take(count: Int) throws -> LargeBuffer {
+        var dropped: [LargeBuffer] = []
         lock.lock()
         if let k = free.lastIndex(where: { $0.count == count }) {
             let buffer = free.remove(at: k)
@@ -28,7 +33,13 @@ public final class LargeBufferPool: @unchecked Sendable {
             lock.unlock()
             return buffer
         }
+        if count > limit {
+            dropped = free
+            free = []
+            freeBytes = 0
+        }
         lock.unlock()
+        dropped.removeAll()  // unmapped here, outside the lock, before the new buffer is mapped
         return try LargeBuffer(count: count)
     }
 

@@ -27,12 +27,26 @@ import TesseraIO
         let addresses = buffers.map(\.bytes.baseAddress)
         for b in buffers { pool.give(b) }
         #expect(pool.heldBytes == 300_000)
-        pool.give(try pool.take(count: 400_000).self)  // larger than the limit: dropped
-        #expect(pool.heldBytes == 300_000)
         // The first one given back was dropped; the three later ones come back, newest first.
         let taken = try (0..<3).map { _ in try pool.take(count: 100_000) }
         #expect(Set(taken.map(\.bytes.baseAddress)) == Set(addresses[1...]))
         #expect(pool.heldBytes == 0)
+    }
+
+    /// A take larger than the limit empties the pool (a pipeline's peak is its largest values: free small buffers
+    /// would only add to it), and that buffer is not kept when given back.
+    @Test func aBufferLargerThanTheLimitEmptiesThePool() throws {
+        let pool = LargeBufferPool(limit: 300_000)
+        for b in try (0..<2).map({ _ in try pool.take(count: 100_000) }) { pool.give(b) }
+        #expect(pool.heldBytes == 200_000)
+        let small = try pool.take(count: 50_000)  // within the limit: the pool keeps what it has
+        #expect(pool.heldBytes == 200_000)
+        let large = try pool.take(count: 400_000)
+        #expect(pool.heldBytes == 0)
+        pool.give(large)
+        #expect(pool.heldBytes == 0)
+        pool.give(small)
+        #expect(pool.heldBytes == 50_000)
     }
 
     /// Pipes grow to 1 MiB (F_SETPIPE_SZ); files are left alone.

@@ -5,7 +5,7 @@
 //
 // The difference is computed on the order-preserving unsigned keys of the two patterns (x ^ 0x80..0 for a positive
 // pattern, ~x for a negative one): u(n) − u(b) equals ordered(n) − ordered(b), and its magnitude, max − min, fits the
-// element's own width plus nothing, so 32-bit lanes hold every case. The portable loop and the AVX-512 one compute
+// element's width, so 32-bit lanes hold every case. The portable loop and the AVX-512 one compute
 // the same values bit for bit (tests compare them with the Swift definition on every kind of pattern).
 #include "tessera_kernels.h"
 #include "kernel_level.h"

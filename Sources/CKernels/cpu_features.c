@@ -10,7 +10,8 @@ static int cpu_level(void) {
         __builtin_cpu_init();
         const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
         const int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                           __builtin_cpu_supports("avx512cd");  // every CPU with BW/VL/DQ has CD (leading zeros)
         cached = avx512 ? TK_LEVEL_AVX512 : (avx2 ? TK_LEVEL_AVX2 : TK_LEVEL_PORTABLE);
     }
     return cached;

@@ -49,16 +49,14 @@ static void analyse_portable(const void *new_values, const void *base, size_t n,
 }
 
 #ifdef TK_X86
-#define TK_AVX512CD __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512cd,avx2")))
-
-TK_AVX512CD static inline __m512i order_key16(__m512i x, int bits) {
+TK_AVX512 static inline __m512i order_key16(__m512i x, int bits) {
     const __m512i top = _mm512_set1_epi32((int)(1u << (bits - 1)));
     const __m512i all = _mm512_set1_epi32(bits == 32 ? -1 : (int)((1u << bits) - 1));
     const __mmask16 negative = _mm512_test_epi32_mask(x, top);
     return _mm512_xor_si512(x, _mm512_mask_blend_epi32(negative, top, all));
 }
 
-TK_AVX512CD static void analyse_avx512(const void *new_values, const void *base, size_t n, int width, int below,
+TK_AVX512 static void analyse_avx512(const void *new_values, const void *base, size_t n, int width, int below,
                                        uint8_t *symbols, uint32_t *raw, uint8_t *counts) {
     const int bits = 8 * width;
     const __m512i one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
@@ -96,17 +94,12 @@ TK_AVX512CD static void analyse_avx512(const void *new_values, const void *base,
                                 symbols + i, raw + i, counts + i);
 }
 
-static int has_avx512cd(void) {
-    static int cached = -1;
-    if (cached < 0) { __builtin_cpu_init(); cached = __builtin_cpu_supports("avx512cd"); }
-    return cached;
-}
 #endif
 
 static void analyse(const void *new_values, const void *base, size_t n, int width, int below,
                     uint8_t *symbols, uint32_t *raw, uint8_t *counts) {
 #ifdef TK_X86
-    if (tk_level() >= TK_LEVEL_AVX512 && has_avx512cd()) { analyse_avx512(new_values, base, n, width, below, symbols, raw, counts); return; }
+    if (tk_level() >= TK_LEVEL_AVX512) { analyse_avx512(new_values, base, n, width, below, symbols, raw, counts); return; }
 #endif
     analyse_portable(new_values, base, n, width, below, symbols, raw, counts);
 }

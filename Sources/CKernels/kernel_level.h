@@ -11,7 +11,7 @@ int tk_level(void);
 #define TK_X86 1
 #include <immintrin.h>
 #define TK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define TK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define TK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512cd,avx2,fma,f16c")))
 #endif
 
 #endif

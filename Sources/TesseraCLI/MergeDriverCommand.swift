@@ -20,6 +20,8 @@ struct MergeDriverCommand: ParsableCommand {
     @Argument var path: String
 
     func run() throws {
+        // The driver merges tensor after tensor as `tessera merge` does: freed buffers stay in the heap for the next.
+        MemoryTuning.reuseLargeBuffers()
         if (path as NSString).lastPathComponent == AdapterVersions.weightsName {
             // A PEFT adapter merges on ΔW (never factor by factor); it always stops for the config to be added.
             do {

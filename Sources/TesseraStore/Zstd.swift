@@ -8,10 +8,13 @@ public final class ZstdCompressor {
     private let context: OpaquePointer
     private var output: [UInt8]
 
-    public init(level: Int32 = 1) {
+    /// `hashLog`: log2 of the match finder's table (zstd's default at level 1 is 14, for a 16 KB table); see
+    /// `ByteGroupedFrames`, which asks for 6.
+    public init(level: Int32 = 1, hashLog: Int32? = nil) {
         guard let ctx = ZSTD_createCCtx() else { fatalError("zstd could not allocate a compression context (out of memory)") }
         context = ctx
         ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, level)
+        if let hashLog { ZSTD_CCtx_setParameter(context, ZSTD_c_hashLog, hashLog) }
         output = [UInt8](repeating: 0, count: ZSTD_CStreamOutSize())
     }
 

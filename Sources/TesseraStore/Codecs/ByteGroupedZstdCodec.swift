@@ -13,7 +13,7 @@ public final class ByteGroupedZstdCodec: ObjectCodec {
         try ByteGroupedFrames.validateWidth(trailer)
     }
 
-    private let frames = ByteGroupedFrames()
+    private let frames = ByteGroupedFrames(hashLog: ByteGroupedFrames.planeHashLog)
 
     public init() {}
 
@@ -31,7 +31,18 @@ public final class ByteGroupedZstdCodec: ObjectCodec {
 /// The byte-grouped zstd stream both grouped codecs write, optionally XORed with another value of the same length
 /// first (the delta codec).
 final class ByteGroupedFrames {
-    private let compressor = ZstdCompressor(level: 1)
+    /// The match finder's table for byte planes: 2^6 entries instead of level 1's 2^14. A float tensor's planes are
+    /// noise (the low mantissa bytes, which zstd stores as they are whatever the table) and the sign-and-exponent
+    /// byte, whose few values zstd codes best as literals: with a large table it spends its time on short matches
+    /// that pay less than the literals' Huffman code. Measured on GPT-2-sized float32 (bench_merge's merged model,
+    /// planes of 1 MB chunks, one core): compression 745 → 1069 MB/s, decompression 2565 → 3197 MB/s, 0.3% smaller;
+    /// bfloat16 430 → 701 and 1729 → 2339 MB/s, 1.5% smaller. XORed planes (the XOR delta) gain nothing and keep the
+    /// default. The decoder is unchanged: these are ordinary zstd frames, and objects written before read as ever.
+    static let planeHashLog: Int32 = 6
+
+    private let compressor: ZstdCompressor
+
+    init(hashLog: Int32? = nil) { compressor = ZstdCompressor(level: 1, hashLog: hashLog) }
     private let stream = ZstdPayloadStream()
     private var grouped: [UInt8] = []
     private var plain: [UInt8] = []

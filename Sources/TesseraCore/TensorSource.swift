@@ -32,6 +32,19 @@ extension Float32Reading {
     public var mayRetainReadArrays: Bool { false }
 }
 
+/// A source whose tensors may be stored as deltas against other stored values (a checkpoint in the object store: a
+/// fine-tune committed after its base is stored against the base's tensors). A reader that already holds one of those
+/// values lends it, and the tensor is decoded against it instead of against a second decode of the same object: a
+/// merge of two fine-tunes with their base reads each base tensor once instead of three times.
+public protocol DeltaBaseSharing: Float32Reading {
+    /// The id of the object holding the tensor's value, and the ids of the objects its decode needs (its delta base
+    /// and that base's own, nearest first); nil when the tensor is not stored that way or not known.
+    func storedObject(_ name: String) -> (id: String, bases: [String])?
+    /// `readFloat32`, decoding against `lent` (object id → the raw bytes of that object's value, kept alive and
+    /// unchanged by the caller for the call) wherever the tensor's decode needs one of them.
+    func readFloat32(_ name: String, lending lent: [String: UnsafeRawBufferPointer]) throws -> [Float]?
+}
+
 extension TensorSource {
     public var allowsConcurrentReads: Bool { false }
 

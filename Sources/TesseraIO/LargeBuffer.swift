@@ -15,6 +15,9 @@ public final class LargeBuffer: @unchecked Sendable {
     // @unchecked: owned by one thread at a time (handed over whole between the reading and encoding threads).
     public private(set) var bytes: UnsafeMutableRawBufferPointer
     private var mapped: Bool
+    /// Memory someone else owns, lent for reading (a delta base the caller already holds): never freed, grown or
+    /// pooled here.
+    public let isBorrowed: Bool
     static let mappingThreshold = 1 << 16
     static let hugePageThreshold = 4 << 20
 
@@ -22,6 +25,7 @@ public final class LargeBuffer: @unchecked Sendable {
         precondition(count >= 0)
         bytes = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         mapped = false
+        isBorrowed = false
         if count == 0 { return }
         if count >= LargeBuffer.mappingThreshold {
             bytes = try LargeBuffer.map(count)
@@ -31,10 +35,19 @@ public final class LargeBuffer: @unchecked Sendable {
         }
     }
 
+    /// A buffer over `memory`, which the caller keeps alive, unchanged, for as long as this buffer is used. Only
+    /// for readers of the bytes (the codecs read their delta bases and never write them).
+    public init(borrowing memory: UnsafeRawBufferPointer) {
+        bytes = UnsafeMutableRawBufferPointer(mutating: memory)
+        mapped = false
+        isBorrowed = true
+    }
+
     public var count: Int { bytes.count }
 
     /// Grows the buffer to `newCount` bytes, keeping its contents (the mapping is moved by the kernel, not copied).
     public func grow(to newCount: Int) throws {
+        precondition(!isBorrowed, "a borrowed buffer is not grown")
         guard newCount > bytes.count else { return }
         if mapped {
             if let remap = LargeBuffer.mremap {
@@ -98,7 +111,7 @@ public final class LargeBuffer: @unchecked Sendable {
     }
 
     deinit {
-        if bytes.count == 0 { return }
+        if bytes.count == 0 || isBorrowed { return }
         if mapped { munmap(bytes.baseAddress, bytes.count) } else { bytes.deallocate() }
     }
 }

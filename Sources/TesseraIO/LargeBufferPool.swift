@@ -46,7 +46,7 @@ public final class LargeBufferPool: @unchecked Sendable {
     /// Keeps `buffer` for a later `take`, dropping the oldest free buffers beyond the limit. The caller must not use
     /// it afterwards.
     public func give(_ buffer: LargeBuffer) {
-        guard buffer.count > 0, buffer.count <= limit else { return }
+        guard buffer.count > 0, buffer.count <= limit, !buffer.isBorrowed else { return }
         lock.lock()
         free.append(buffer)
         freeBytes += buffer.count

@@ -343,10 +343,13 @@ final class MergeJob {
         }
     }
 
-    private func load(_ input: MergeInputModel, _ name: String, reference: (name: String, dtype: DType, shape: [Int])) throws -> [Float] {
+    private func load(_ input: MergeInputModel, _ name: String, reference: (name: String, dtype: DType, shape: [Int]),
+                      lending lent: [String: UnsafeRawBufferPointer] = [:]) throws -> [Float] {
         try check(input, name, reference: reference)
         var values: [Float]
-        if let direct = input.source as? Float32Reading, let v = try direct.readFloat32(name) {
+        if !lent.isEmpty, let sharing = input.source as? DeltaBaseSharing, let v = try sharing.readFloat32(name, lending: lent) {
+            values = v
+        } else if let direct = input.source as? Float32Reading, let v = try direct.readFloat32(name) {
             values = v
         } else {
             values = try FloatCodec.decode(try input.source.rawTensor(name), name: "\(input.name): \(name)")
@@ -360,7 +363,7 @@ final class MergeJob {
     /// on the merging thread. Only sources that allow concurrent reads take part (the base, when the method needs it,
     /// and each distinct model); the others are read in order by `loadInput`. Keys: model index, or -1 for the base.
     private func loadConcurrently(_ name: String, reference: (name: String, dtype: DType, shape: [Int]), needsBase: Bool) throws -> [Int: [Float]] {
-        guard (elementCount(reference.shape) ?? 0) >= 1 << 20 else { return [:] }
+        let large = (elementCount(reference.shape) ?? 0) >= 1 << 20
         var inputs: [(key: Int, model: MergeInputModel)] = []
         if needsBase, let b = plan.base, b.source.allowsConcurrentReads { inputs.append((-1, b)) }
         for (i, m) in plan.models.enumerated() where !isBase[i] && m.source.allowsConcurrentReads
@@ -368,6 +371,8 @@ final class MergeJob {
             inputs.append((i, m))
         }
         guard inputs.count >= 2 else { return [:] }
+        if let shared = try loadSharingTheBase(name, reference: reference, inputs: inputs, concurrently: large) { return shared }
+        guard large else { return [:] }
         var results = [Result<[Float], Error>?](repeating: nil, count: inputs.count)
         results.withUnsafeMutableBufferPointer { slots in
             let out = SharedMutablePointer(slots.baseAddress!)
@@ -379,6 +384,43 @@ final class MergeJob {
         }
         var loaded: [Int: [Float]] = [:]
         for (k, input) in inputs.enumerated() { loaded[input.key] = try results[k]!.get() }
+        return loaded
+    }
+
+    /// `loadConcurrently` when models are stored as deltas against the base's value of this tensor (fine-tunes
+    /// committed after their base, read from the object store): the base is read first, alone, and the models are
+    /// then decoded against its values, side by side, instead of each decoding the base's object again (two of
+    /// three decodes of every base tensor in a merge of two fine-tunes). Nil when no model is stored that way, or the
+    /// base's values as loaded are not its stored bytes (a merge dtype other than float32). Small tensors are read
+    /// one after another (`concurrently` false).
+    private func loadSharingTheBase(_ name: String, reference: (name: String, dtype: DType, shape: [Int]),
+                                    inputs: [(key: Int, model: MergeInputModel)], concurrently: Bool) throws -> [Int: [Float]]? {
+        guard plan.dtype == nil || plan.dtype == .f32, let lender = inputs.firstIndex(where: { $0.key == -1 }),
+              let base = inputs[lender].model.source as? DeltaBaseSharing, inputs[lender].model.source.tensorInfo(name)?.dtype == .f32,
+              let baseObject = base.storedObject(name)?.id else { return nil }
+        let others = inputs.indices.filter { $0 != lender }
+        let borrows = { (k: Int) in (inputs[k].model.source as? DeltaBaseSharing)?.storedObject(name)?.bases.contains(baseObject) == true }
+        guard others.contains(where: borrows) else { return nil }
+        let baseValues = try load(inputs[lender].model, name, reference: reference)
+        var results = [Result<[Float], Error>?](repeating: nil, count: others.count)
+        baseValues.withUnsafeBytes { bytes in
+            let lending = [baseObject: bytes]
+            results.withUnsafeMutableBufferPointer { slots in
+                let out = SharedMutablePointer(slots.baseAddress!)
+                let job = UncheckedSendable(self), work = UncheckedSendable((inputs, others, lending))
+                let read: @Sendable (Int) -> Void = { j in
+                    let (inputs, others, lending) = work.value
+                    out[j] = Result { try job.value.load(inputs[others[j]].model, name, reference: reference, lending: lending) }
+                }
+                if concurrently {
+                    DispatchQueue.concurrentPerform(iterations: others.count, execute: read)
+                } else {
+                    for j in others.indices { read(j) }
+                }
+            }
+        }
+        var loaded: [Int: [Float]] = [inputs[lender].key: baseValues]
+        for (j, k) in others.enumerated() { loaded[inputs[k].key] = try results[j]!.get() }
         return loaded
     }
 

@@ -4,7 +4,7 @@ import TesseraIO
 import TesseraStore
 
 /// A source restricted to some tensors of another (the merge methods see only the tensors being merged).
-public final class SubsetSource: TensorSource, Float32Reading {
+public final class SubsetSource: TensorSource, DeltaBaseSharing {
     public let inner: TensorSource
     public let tensorNames: [String]
     public init(_ inner: TensorSource, names: [String]) { self.inner = inner; tensorNames = names }
@@ -13,6 +13,11 @@ public final class SubsetSource: TensorSource, Float32Reading {
     public func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
     public func rawTensor(_ name: String) throws -> RawTensor { try inner.rawTensor(name) }
     public func readFloat32(_ name: String) throws -> [Float]? { try (inner as? Float32Reading)?.readFloat32(name) }
+    public func storedObject(_ name: String) -> (id: String, bases: [String])? { (inner as? DeltaBaseSharing)?.storedObject(name) }
+    public func readFloat32(_ name: String, lending lent: [String: UnsafeRawBufferPointer]) throws -> [Float]? {
+        guard let sharing = inner as? DeltaBaseSharing else { return try readFloat32(name) }
+        return try sharing.readFloat32(name, lending: lent)
+    }
     public var metadata: [(String, String)] { inner.metadata }
 }
 

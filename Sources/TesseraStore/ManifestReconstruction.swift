@@ -47,7 +47,7 @@ extension ObjectStore {
 
 /// A checkpoint read through its manifest from the object store, with no checkout: what `REV:path` means to merge,
 /// task vectors and the engine.
-public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Sendable {
+public final class StoredCheckpoint: TensorSource, DeltaBaseSharing, @unchecked Sendable {
     // @unchecked: immutable after init; the store is itself safe to share.
     public let sourceName: String
     public let manifest: Manifest
@@ -94,9 +94,18 @@ public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Se
                          bytes: try store.readAll(t.stored.objectID, expectedLength: length, expectedRawSHA256: t.stored.rawSHA256))
     }
 
+    public func storedObject(_ name: String) -> (id: String, bases: [String])? {
+        guard let stored = byName[ExactName(name)]?.stored, let encoding = try? ManifestEncoding(stored.encoding) else { return nil }
+        return (stored.objectID, encoding.dependencies.map(\.id))
+    }
+
     /// An F32 tensor decoded from its object straight into float storage (no intermediate byte array: half the
     /// memory and one copy fewer for a merge of stored revisions).
     public func readFloat32(_ name: String) throws -> [Float]? {
+        try readFloat32(name, lending: [:])
+    }
+
+    public func readFloat32(_ name: String, lending lent: [String: UnsafeRawBufferPointer]) throws -> [Float]? {
         #if _endian(little)
         guard let t = byName[ExactName(name)], t.dtype == .f32, let n = elementCount(t.shape), n > 0 else { return nil }
         // The object's trailer must agree with the manifest before n floats are allocated for it.
@@ -107,7 +116,8 @@ public final class StoredCheckpoint: TensorSource, Float32Reading, @unchecked Se
         }
         try LargeBuffer.checkFitsInMemory(4 * n, what: "\(sourceName): tensor '\(name)'")
         return try [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
-            try store.readAll(t.stored.objectID, into: UnsafeMutableRawBufferPointer(buffer), expectedRawSHA256: t.stored.rawSHA256)
+            try store.readAll(t.stored.objectID, into: UnsafeMutableRawBufferPointer(buffer), expectedRawSHA256: t.stored.rawSHA256,
+                              lentBases: lent)
             initialized = n
         }
         #else

@@ -217,9 +217,12 @@ public final class ObjectStore: @unchecked Sendable {
     /// `read`, offering `destination` (exactly the raw length) to codecs that can decode in place: their pieces then
     /// point into it, where the sink finds them already in place (no copy).
     /// `pool`, when given, supplies the delta bases' buffers and takes them back once the object is decoded.
+    /// `lentBases`: raw values of objects the caller already holds (object id → bytes), used instead of decoding
+    /// those objects again where this one is decoded against them; only by a read that names its raw value, which
+    /// proves the result whatever the bases were (see below).
     func read(_ id: String, expectedLength: Int? = nil, expectedRawSHA256: String? = nil, checksObjectID: Bool = false,
               decoder: ObjectDecoder, destination: UnsafeMutableRawBufferPointer?, pool: LargeBufferPool? = nil,
-              sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+              lentBases: [String: UnsafeRawBufferPointer] = [:], sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         let object = try open(id)
         let trailer = object.trailer
         if let expectedLength, expectedLength != trailer.rawCount {
@@ -238,7 +241,8 @@ public final class ObjectStore: @unchecked Sendable {
         // is allocated for a base.
         if !trailer.dependencies.isEmpty { _ = try dependencyChain(of: id, opened: object) }
         let dependencies = try dependencyBuffers(of: object, id: id, verified: !provenByRawValue,
-                                                 levelsLeft: ObjectStore.maximumChainDepth, decoder: decoder, pool: pool)
+                                                 levelsLeft: ObjectStore.maximumChainDepth, decoder: decoder, pool: pool,
+                                                 lent: provenByRawValue ? lentBases : [:])
         defer { if let pool { for d in dependencies { pool.give(d) } } }
         let stored: SHA256Hasher? = provenByRawValue ? nil : SHA256Hasher()
         let raw = SHA256Hasher()
@@ -334,13 +338,19 @@ public final class ObjectStore: @unchecked Sendable {
     /// besides the caller's (the base being decoded and the one it is decoded against). One decoder serves every
     /// level: a level's decode starts only once all its bases are done.
     private func dependencyBuffers(of object: OpenedObject, id: String, verified: Bool, levelsLeft: Int,
-                                   decoder: ObjectDecoder, pool: LargeBufferPool? = nil) throws -> [LargeBuffer] {
+                                   decoder: ObjectDecoder, pool: LargeBufferPool? = nil,
+                                   lent: [String: UnsafeRawBufferPointer] = [:]) throws -> [LargeBuffer] {
         var out: [LargeBuffer] = []
         for dependencyID in object.trailer.dependencyIDs {
             // Checked again while decoding (the trailers were walked once already) in case the store changed since.
             guard levelsLeft > 0 else { throw corrupt(id, "its delta chain is deeper than \(ObjectStore.maximumChainDepth) objects") }
+            if let bytes = lent[dependencyID] {
+                guard bytes.count == object.trailer.rawCount else { throw corrupt(id, "its delta base has a different length") }
+                out.append(LargeBuffer(borrowing: bytes))
+                continue
+            }
             out.append(try materialize(dependencyID, length: object.trailer.rawCount, dependent: id, verified: verified,
-                                       levelsLeft: levelsLeft - 1, decoder: decoder, pool: pool))
+                                       levelsLeft: levelsLeft - 1, decoder: decoder, pool: pool, lent: lent))
         }
         return out
     }
@@ -348,10 +358,11 @@ public final class ObjectStore: @unchecked Sendable {
     /// Decodes a delta base (exactly `length` raw bytes) into a buffer of its own. `verified`: check its object id
     /// and raw hash; otherwise only what is decoded from it proves it (see `read`).
     private func materialize(_ id: String, length: Int, dependent: String, verified: Bool, levelsLeft: Int,
-                             decoder: ObjectDecoder, pool: LargeBufferPool? = nil) throws -> LargeBuffer {
+                             decoder: ObjectDecoder, pool: LargeBufferPool? = nil, lent: [String: UnsafeRawBufferPointer] = [:]) throws -> LargeBuffer {
         let object = try open(id)
         guard object.trailer.rawCount == length else { throw corrupt(dependent, "its delta base has a different length") }
-        let dependencies = try dependencyBuffers(of: object, id: id, verified: verified, levelsLeft: levelsLeft, decoder: decoder, pool: pool)
+        let dependencies = try dependencyBuffers(of: object, id: id, verified: verified, levelsLeft: levelsLeft, decoder: decoder, pool: pool,
+                                                 lent: lent)
         defer { if let pool { for d in dependencies { pool.give(d) } } }
         let buffer = try pool?.take(count: length) ?? LargeBuffer(count: length)
         let destination = buffer.bytes
@@ -399,10 +410,12 @@ public final class ObjectStore: @unchecked Sendable {
     /// Decodes a whole object into `destination`, which must be exactly its raw length (verified; throws otherwise).
     /// `pool` lends the buffers of delta bases (see `read`).
     public func readAll(_ id: String, into destination: UnsafeMutableRawBufferPointer, expectedRawSHA256: String? = nil,
-                        decoder: ObjectDecoder = ObjectDecoder(), pool: LargeBufferPool? = nil) throws {
+                        decoder: ObjectDecoder = ObjectDecoder(), pool: LargeBufferPool? = nil,
+                        lentBases: [String: UnsafeRawBufferPointer] = [:]) throws {
         var at = 0
         let capacity = destination.count
-        try read(id, expectedLength: capacity, expectedRawSHA256: expectedRawSHA256, decoder: decoder, destination: destination, pool: pool) { piece in
+        try read(id, expectedLength: capacity, expectedRawSHA256: expectedRawSHA256, decoder: decoder, destination: destination, pool: pool,
+                 lentBases: lentBases) { piece in
             guard at + piece.count <= capacity else { throw corrupt(id, "it is longer than expected") }
             if piece.count == 0 { return }
             if piece.baseAddress! != UnsafeRawPointer(destination.baseAddress! + at) {

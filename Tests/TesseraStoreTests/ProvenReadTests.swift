@@ -109,4 +109,46 @@ import TesseraTestSupport
         let leftovers = (try? FileManager.default.contentsOfDirectory(atPath: store.tmpDirectory)) ?? []
         #expect(leftovers.isEmpty)
     }
+
+    /// A base the reader already holds is lent to the decode of a delta against it instead of being decoded again (a
+    /// merge of fine-tunes reads each base tensor once). The lent bytes are what the delta is decoded against: with
+    /// the base's file replaced by another value's object, the lent read still gives the value and a plain read
+    /// fails; a lent base that is not the base's value is caught by the raw hash the read names; one of another
+    /// length is refused; a read that names no value (fsck) ignores what is lent.
+    @Test func aLentBaseServesADeltaAndAWrongOneIsCaught() throws {
+        let (store, dir) = try temporaryStore()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let a = floats(4096) { Float($0) * 0.001 - 2 }
+        let b = floats(4096) { Float($0) * 0.001 - 2 + ($0 % 3 == 0 ? 1e-4 : 0) }
+        let other = floats(4096) { Float($0) * 0.002 }
+        let base = try put(a, store)
+        let delta = try b.withUnsafeBytes { nb in
+            try a.withUnsafeBytes {
+                try store.put(raw: nb, rawSHA256: SHA256Hasher.hex(nb),
+                              choice: EncodingPolicy.Choice(codec: ArithmeticDeltaCodec.self, width: 4, dependencies: [base]),
+                              dependencyRaw: [$0], encoder: encoder)
+            }
+        }
+        func read(lending lent: [UInt8]?) throws -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: b.count)
+            try out.withUnsafeMutableBytes { destination in
+                if let lent {
+                    try lent.withUnsafeBytes { try store.readAll(delta.objectID, into: destination, expectedRawSHA256: delta.rawSHA256, lentBases: [base.objectID: $0]) }
+                } else {
+                    try store.readAll(delta.objectID, into: destination, expectedRawSHA256: delta.rawSHA256)
+                }
+            }
+            return out
+        }
+        #expect(try read(lending: a) == b)
+        #expect(try read(lending: nil) == b)
+        let wrong = try #require(throws: TesseraError.self) { try read(lending: other) }
+        #expect(wrong.code == .objectCorrupt, "\(wrong.message)")
+        let short = try #require(throws: TesseraError.self) { try read(lending: Array(a.prefix(4000))) }
+        #expect(short.message.contains("different length"))
+        try overwrite(base.objectID, in: store, with: try objectBytes(store, try put(other, store).objectID))
+        #expect(try read(lending: a) == b)
+        #expect(throws: TesseraError.self) { try read(lending: nil) }
+        #expect(throws: TesseraError.self) { try store.verify(delta.objectID) }
+    }
 }

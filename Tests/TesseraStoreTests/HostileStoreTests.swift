@@ -169,6 +169,37 @@ import TesseraTestSupport
         #expect(e2.message.contains("another value"))
     }
 
+    /// A reconstruction of many segments that stops early (the sink fails, or a segment holds another value) returns
+    /// that error, with the decodes running ahead of the writer stopped, whatever follows; a whole one delivers every
+    /// segment in order, however few are decoded ahead at a time.
+    @Test func aReconstructionOfManySegmentsStopsCleanlyAndDeliversInOrder() throws {
+        let (store, dir, stored, raw) = try storeWithObject()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let n = raw.count, count = 12
+        let lie = Manifest.Stored(encoding: stored.encoding, rawSHA256: String(repeating: "0", count: 64), objectID: stored.objectID,
+                                  objectSize: stored.objectSize)
+        func manifest(lyingAt bad: Int?) -> Manifest {
+            Manifest(format: .opaque, size: count * n, segments: (0..<count).map { .blob(begin: $0 * n, end: ($0 + 1) * n, $0 == bad ? lie : stored) })
+        }
+        var whole: [UInt8] = []
+        try store.reconstructConcurrently(manifest(lyingAt: nil), file: "many") { whole += $0 }
+        #expect(whole == Array((0..<count).map { _ in raw }.joined()))
+        var pieces = 0
+        let full = try #require(throws: TesseraError.self) {
+            try store.reconstructConcurrently(manifest(lyingAt: nil), file: "many") { _ in
+                pieces += 1
+                if pieces == 3 { throw TesseraError(.io, "no space left on device") }
+            }
+        }
+        #expect(full.message == "no space left on device")
+        var received = 0
+        let lying = try #require(throws: TesseraError.self) {
+            try store.reconstructConcurrently(manifest(lyingAt: 6), file: "many") { received += $0.count }
+        }
+        #expect(lying.message.contains("another value"))
+        #expect(received == 6 * n)
+    }
+
     @Test func allocationsTheSystemRefusesAreErrors() throws {
         #expect(throws: TesseraError.self) { try LargeBuffer(count: 1 << 60) }
         let buffer = try LargeBuffer(count: 100)

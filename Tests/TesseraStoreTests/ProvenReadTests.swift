@@ -20,6 +20,17 @@ import TesseraTestSupport
         }
     }
 
+    /// Stores `new` as a delta of `codec` against `base` (whose raw bytes are `baseRaw`).
+    func putDelta(_ new: [UInt8], against base: Manifest.Stored, raw baseRaw: [UInt8], _ store: ObjectStore,
+                  codec: any ObjectCodec.Type) throws -> Manifest.Stored {
+        try new.withUnsafeBytes { nb in
+            try baseRaw.withUnsafeBytes {
+                try store.put(raw: nb, rawSHA256: SHA256Hasher.hex(nb),
+                              choice: EncodingPolicy.Choice(codec: codec, width: 4, dependencies: [base]), dependencyRaw: [$0], encoder: encoder)
+            }
+        }
+    }
+
     /// Puts `bytes` in the place of object `id` (its name unchanged), as a corrupted disk or a hostile hand would.
     func overwrite(_ id: String, in store: ObjectStore, with bytes: [UInt8]) throws {
         try Data(bytes).write(to: URL(fileURLWithPath: store.objectPath(id)))
@@ -37,13 +48,7 @@ import TesseraTestSupport
         b[100] ^= 4
         let other = floats(4096) { Float($0) * 0.002 }
         let base = try put(a, store)
-        let delta = try b.withUnsafeBytes { nb in
-            try a.withUnsafeBytes {
-                try store.put(raw: nb, rawSHA256: SHA256Hasher.hex(nb),
-                              choice: EncodingPolicy.Choice(codec: XORDeltaCodec.self, width: 4, dependencies: [base]),
-                              dependencyRaw: [$0], encoder: encoder)
-            }
-        }
+        let delta = try putDelta(b, against: base, raw: a, store, codec: XORDeltaCodec.self)
         #expect(try store.readAll(delta.objectID, expectedRawSHA256: delta.rawSHA256) == b)
         // The base's file now holds a valid object of the same length but another value: the base is decoded
         // without being hashed, and the delta's decoded bytes no longer hash to the value named.
@@ -122,13 +127,7 @@ import TesseraTestSupport
         let b = floats(4096) { Float($0) * 0.001 - 2 + ($0 % 3 == 0 ? 1e-4 : 0) }
         let other = floats(4096) { Float($0) * 0.002 }
         let base = try put(a, store)
-        let delta = try b.withUnsafeBytes { nb in
-            try a.withUnsafeBytes {
-                try store.put(raw: nb, rawSHA256: SHA256Hasher.hex(nb),
-                              choice: EncodingPolicy.Choice(codec: ArithmeticDeltaCodec.self, width: 4, dependencies: [base]),
-                              dependencyRaw: [$0], encoder: encoder)
-            }
-        }
+        let delta = try putDelta(b, against: base, raw: a, store, codec: ArithmeticDeltaCodec.self)
         func read(lending lent: [UInt8]?) throws -> [UInt8] {
             var out = [UInt8](repeating: 0, count: b.count)
             try out.withUnsafeMutableBytes { destination in

@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Tessera vs mergekit (mergekit-pytorch 0.1.5 on the CPU torch wheel), side by side in one run: merges of two and
 three GPT-2-small-shaped float32 checkpoints (124M parameters each) over a base, linear and TIES (density 0.5); plus a
-`git merge` of two fine-tuned branches (TIES through Tessera's merge driver) timed against the offline merge.
+`git merge` of two fine-tuned branches (TIES through Tessera's merge driver) timed against the offline merge of the
+same revisions: every timed `git merge` is a first merge (the store is restored to its files before the merge, so the
+merged tensors are hashed, encoded and stored each time, as in a user's merge), interleaved with the offline merges,
+and medians are compared (the driver's phase from git's trace2).
 Prints wall time (median of --repeat runs, default 3, for both tools) and peak RSS of each, the ratios, and checks
 that both tools' outputs agree.
 `--baseline BIN` times another tessera binary (the previous release) on the same merges in the same run, interleaved
 with this one, and checks that no merge got slower by more than 5%.
 Rows for model_stock, DELLA (random drops: compared by the fraction of entries kept) and a `slices` frankenmerge
 run mergekit-yaml on the same checkpoints as Hugging Face GPT-2 folders.
-Usage: bench/bench_merge.py [--workdir DIR] [--repeat N] [--baseline BIN]
+Usage: bench/bench_merge.py [--workdir DIR] [--repeat N] [--baseline BIN] [--git-merge-only]
+`--git-merge-only`: only the `git merge` against offline rows (about a minute; no mergekit needed).
 """
 import argparse, json, os, shutil, struct, subprocess, sys, tempfile, time
 import numpy as np

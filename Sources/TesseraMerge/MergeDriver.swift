@@ -373,18 +373,32 @@ final class MergeJob {
         guard inputs.count >= 2 else { return [:] }
         if let shared = try loadSharingTheBase(name, reference: reference, inputs: inputs, concurrently: large) { return shared }
         guard large else { return [:] }
-        var results = [Result<[Float], Error>?](repeating: nil, count: inputs.count)
+        let values = try read(name, from: inputs.map(\.model), reference: reference, concurrently: true)
+        var loaded: [Int: [Float]] = [:]
+        for (k, input) in inputs.enumerated() { loaded[input.key] = values[k] }
+        return loaded
+    }
+
+    /// The tensor `name` of each of `models`, read side by side (`concurrently`: one reader per model, each a
+    /// different source that allows concurrent reads, into its own slot) or one after another, each decoding against
+    /// `lent` where its value is stored against one of those objects.
+    private func read(_ name: String, from models: [MergeInputModel], reference: (name: String, dtype: DType, shape: [Int]),
+                      concurrently: Bool, lending lent: [String: UnsafeRawBufferPointer] = [:]) throws -> [[Float]] {
+        var results = [Result<[Float], Error>?](repeating: nil, count: models.count)
         results.withUnsafeMutableBufferPointer { slots in
             let out = SharedMutablePointer(slots.baseAddress!)
-            // Each iteration reads a different source (one that allows concurrent reads) into its own slot.
-            let job = UncheckedSendable(self), work = UncheckedSendable(inputs)
-            DispatchQueue.concurrentPerform(iterations: inputs.count) { k in
-                out[k] = Result { try job.value.load(work.value[k].model, name, reference: reference) }
+            let job = UncheckedSendable(self), work = UncheckedSendable((models, lent))
+            let readOne: @Sendable (Int) -> Void = { k in
+                let (models, lent) = work.value
+                out[k] = Result { try job.value.load(models[k], name, reference: reference, lending: lent) }
+            }
+            if concurrently {
+                DispatchQueue.concurrentPerform(iterations: models.count, execute: readOne)
+            } else {
+                for k in models.indices { readOne(k) }
             }
         }
-        var loaded: [Int: [Float]] = [:]
-        for (k, input) in inputs.enumerated() { loaded[input.key] = try results[k]!.get() }
-        return loaded
+        return try results.map { try $0!.get() }
     }
 
     /// `loadConcurrently` when models are stored as deltas against the base's value of this tensor (fine-tunes
@@ -402,25 +416,11 @@ final class MergeJob {
         let borrows = { (k: Int) in (inputs[k].model.source as? DeltaBaseSharing)?.storedObject(name)?.bases.contains(baseObject) == true }
         guard others.contains(where: borrows) else { return nil }
         let baseValues = try load(inputs[lender].model, name, reference: reference)
-        var results = [Result<[Float], Error>?](repeating: nil, count: others.count)
-        baseValues.withUnsafeBytes { bytes in
-            let lending = [baseObject: bytes]
-            results.withUnsafeMutableBufferPointer { slots in
-                let out = SharedMutablePointer(slots.baseAddress!)
-                let job = UncheckedSendable(self), work = UncheckedSendable((inputs, others, lending))
-                let read: @Sendable (Int) -> Void = { j in
-                    let (inputs, others, lending) = work.value
-                    out[j] = Result { try job.value.load(inputs[others[j]].model, name, reference: reference, lending: lending) }
-                }
-                if concurrently {
-                    DispatchQueue.concurrentPerform(iterations: others.count, execute: read)
-                } else {
-                    for j in others.indices { read(j) }
-                }
-            }
+        let values = try baseValues.withUnsafeBytes { bytes in
+            try read(name, from: others.map { inputs[$0].model }, reference: reference, concurrently: concurrently, lending: [baseObject: bytes])
         }
         var loaded: [Int: [Float]] = [inputs[lender].key: baseValues]
-        for (j, k) in others.enumerated() { loaded[inputs[k].key] = try results[j]!.get() }
+        for (j, k) in others.enumerated() { loaded[inputs[k].key] = values[j] }
         return loaded
     }
 

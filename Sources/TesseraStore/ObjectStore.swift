@@ -473,6 +473,14 @@ public final class ObjectDecoder {
 
     public init() {}
 
+    /// A decoder whose arithmetic deltas decode element by element (`StaticDeltaCoder.decodeReference`), the format's
+    /// definition: tests compare it with the vectorised decoder every other decoder uses.
+    package init(elementByElementDeltas: Bool) {
+        let delta = ArithmeticDeltaCodec()
+        delta.decodesElementByElement = elementByElementDeltas
+        codecs[ArithmeticDeltaCodec.code] = delta
+    }
+
     deinit { input.deallocate() }
 
     /// Decodes a payload whose trailer has been validated (`ObjectTrailer.decode`): every length below derives from

@@ -106,6 +106,17 @@ void tessera_delta_split(const void *new_values, const void *base, size_t n, int
 void tessera_delta_count(const void *new_values, const void *base, size_t n, int width, int below, size_t alphabet,
                          uint32_t *histogram);
 
+/// Decodes one chunk of the arithmetic delta (payload versions 2 and 3): `count` elements (`width` 2 or 4 bytes)
+/// against their base elements into `out`, from a rANS `stream` of four interleaved states and the `raw` bits, with
+/// symbols holding `below` bits (1 or 2) under the leading one. `table_of_context` maps a base element's 8 bits under
+/// its sign to a table; `slots` holds each table's 4096 slots (`freq | (slot - cum) << 13 | symbol << 25`, every
+/// symbol inside the alphabet). Both streams must be followed by 8 readable bytes. Returns 1 when the chunk decodes
+/// exactly (every word and raw bit used, every state back at its start, every value inside the type), else 0.
+/// TesseraStore's `StaticDeltaCoder.decodeReference` defines the result.
+int tessera_delta_decode(const void *base, void *out, size_t count, int width, int below,
+                         const uint8_t *table_of_context, const uint32_t *slots,
+                         const uint8_t *stream, size_t stream_length, const uint8_t *raw, size_t raw_length);
+
 #ifdef __cplusplus
 }
 #endif

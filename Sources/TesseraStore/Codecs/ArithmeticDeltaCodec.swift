@@ -44,6 +44,12 @@ public final class ArithmeticDeltaCodec: ObjectCodec {
 
     public init() {}
 
+    /// Decode element by element, as the format defines it, instead of with the vectorised kernel: for tests.
+    package var decodesElementByElement: Bool {
+        get { staticChunks.elementByElement }
+        set { staticChunks.elementByElement = newValue }
+    }
+
     public func encode(raw: UnsafeRawBufferPointer, width: Int, chunkLog2: UInt8, dependencies: [UnsafeRawBufferPointer],
                        sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         precondition(dependencies.count == 1 && dependencies[0].count == raw.count, "a delta has one base of the same length")

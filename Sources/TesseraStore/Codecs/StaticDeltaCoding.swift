@@ -271,9 +271,21 @@ enum StaticDeltaCoder {
     }
 
     /// Decodes `count` elements; false if the streams are corrupt (a stream that ends early or has bytes left over,
-    /// a state that does not return to its start, a value outside the type).
+    /// a state that does not return to its start, a value outside the type). CKernels' `tessera_delta_decode` (symbols
+    /// first, then values sixteen at a time), whose results `decodeReference` defines.
     static func decode(base: UnsafeRawPointer, out: UnsafeMutableRawPointer, count: Int, bits: Int, tables: DecodingTables,
                        stream: UnsafeRawBufferPointer, raw: UnsafeRawBufferPointer) -> Bool {
+        guard let input = stream.baseAddress else { return false }
+        // An empty raw stream is still read through its padding: any 8 readable bytes will do.
+        let rawStart = raw.baseAddress ?? input
+        return tessera_delta_decode(base, out, count, Int32(bits / 8), Int32(tables.below), tables.tableOfContext, tables.slots,
+                                    input.assumingMemoryBound(to: UInt8.self), stream.count,
+                                    rawStart.assumingMemoryBound(to: UInt8.self), raw.count) == 1
+    }
+
+    /// The decoder element by element, as the format defines it: what `decode` must compute, for tests.
+    static func decodeReference(base: UnsafeRawPointer, out: UnsafeMutableRawPointer, count: Int, bits: Int, tables: DecodingTables,
+                                        stream: UnsafeRawBufferPointer, raw: UnsafeRawBufferPointer) -> Bool {
         guard stream.count >= 4 * states, stream.count % 2 == 0, let input = stream.baseAddress else { return false }
         @inline(__always) func u32(_ at: Int) -> UInt32 { UInt32(littleEndian: (input + at).loadUnaligned(as: UInt32.self)) }
         var x0 = u32(0), x1 = u32(4), x2 = u32(8), x3 = u32(12)
@@ -398,11 +410,14 @@ final class DecodingTables: @unchecked Sendable {
     let slots: UnsafeMutablePointer<UInt32>
     let magnitudeHigh: UnsafeMutablePointer<UInt64>
     let rawCount: UnsafeMutablePointer<UInt8>
+    /// The bits under a difference's leading one that a symbol holds (`DeltaSymbols.below`).
+    let below: Int
 
     /// Reads the tables of `bits`-wide elements coded with `model`'s symbols; throws if they are malformed (a
     /// frequency sum other than 4096, a symbol outside the alphabet, a context named twice).
     init(_ cursor: PayloadCursor, bits: Int, model: DeltaSymbols) throws {
         let a = model.alphabet(bits: bits)
+        below = model.below
         let ownCount = Int(try cursor.readU8())
         let contexts = try cursor.readBytes(ownCount)
         tableOfContext = .allocate(capacity: StaticDeltaCoder.contexts)
@@ -476,6 +491,8 @@ final class StaticDeltaChunks {
     }
 
     private let slots = (0..<OrderedDeltaChunks.parallelism).map { _ in Slot() }
+    /// Decode with `StaticDeltaCoder.decodeReference` instead of the kernel: for tests that hold the two to each other.
+    package var elementByElement = false
 
     /// Encodes elements [0, total) of `new` in chunks of `chunkElements` (see `OrderedDeltaChunks.encode`) as payload
     /// `version` (2 or 3): the symbol counts of every chunk first, then (version 3) the symbols that cost less with
@@ -606,9 +623,11 @@ final class StaticDeltaChunks {
                 let n = min(chunkElements, total - first)
                 let b = base(first, n, slot.prediction.baseAddress!)
                 let out = destination.map { $0 + first * width } ?? slot.values.baseAddress!
-                slot.ok = StaticDeltaCoder.decode(base: b, out: out, count: n, bits: bits, tables: tables,
-                                                  stream: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(slot.stream)[0..<slot.lengths.stream]),
-                                                  raw: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(slot.raw)[0..<slot.lengths.raw]))
+                let stream = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(slot.stream)[0..<slot.lengths.stream])
+                let raw = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(slot.raw)[0..<slot.lengths.raw])
+                slot.ok = elementByElement
+                    ? StaticDeltaCoder.decodeReference(base: b, out: out, count: n, bits: bits, tables: tables, stream: stream, raw: raw)
+                    : StaticDeltaCoder.decode(base: b, out: out, count: n, bits: bits, tables: tables, stream: stream, raw: raw)
             }
             for s in 0..<starts.count {
                 guard slots[s].ok else { throw cursor.payload.corrupt("a delta chunk does not decode") }

@@ -12,7 +12,8 @@ Storage scenarios (issue 12), Tessera vs git-lfs vs git-theta in the same run, e
 checkpoint: a dense fine-tune (every tensor + Gaussian noise of 1e-3 x its mean |x|), a rank-8 change merged into the
 24 attention matrices (W + B.A) and a sparse update (1% of the entries of 10 tensors); the GGUF metadata change on
 SmolLM2's real GGUF is bench/bench_formats.py's (in place and with the header growing). Each prints the store growth (x raw, or MiB) against its
-target and every add / checkout time against git-lfs's. The chain scenario commits 8 successive fine-tunes and
+target and every add / checkout time against git-lfs's; the tools take turns at every add and every checkout run, so
+that they meet the machine (its page cache, its free memory) in the same state. The chain scenario commits 8 successive fine-tunes and
 reports the store growth and the checkout time of the oldest and newest, for several TESSERA_MAX_DELTA_DEPTH values
 (what the default depth was chosen from). The same scenarios run on SmolLM2-135M's real weights (the GGUF in
 .cache/models, imported with `tessera import` and written as bf16), Tessera vs git-lfs, reported.
@@ -188,51 +189,79 @@ def write_scenarios(base_path, out_dir, prefix, seed=12):
 
 CHECKOUT_RUNS = 3
 
-def storage_measure(tool, work, base, scenarios, env_extra=None, tag=""):
-    """One repository per tool: the base committed on main, then each scenario on its own branch from main: add
-    time, store growth, checkout time of the base and of the scenario's version (byte-exactness checked)."""
-    name = tool.name + tag
-    home = os.path.join(work, f"home-{name}")
-    os.makedirs(home, exist_ok=True)
-    env = base_env(home)
-    env.update(env_extra or {})
-    repo = os.path.join(work, f"repo-storage-{name}")
-    shutil.rmtree(repo, ignore_errors=True)
-    tool.setup(repo, env)
-    model = os.path.join(repo, "model.safetensors")
-    shutil.copyfile(base, model)
-    out = {}
+def storage_measure(tools, work, base, scenarios, env_extra=None, tag=""):
+    """Every tool side by side, one repository each: the base committed on main, then each scenario on its own branch
+    from main: add time, store growth, and the checkout times of the base and of the scenario's version
+    (byte-exactness checked). Returns {tool name: results}.
+
+    The tools take turns at every step (each add, each checkout run), so that they meet the machine in the same state.
+    Measured one tool after the other, they did not: with the page cache full of the files just written (little free
+    memory, so every allocation reclaims cache first), one and the same checkout's system time ranged from 0.75 to
+    1.6 s here, and whichever tool ran its first checkouts then paid for it."""
+    state = {}
+    for tool in tools:
+        name = tool.name + tag
+        home = os.path.join(work, f"home-{name}")
+        os.makedirs(home, exist_ok=True)
+        env = base_env(home)
+        env.update(env_extra or {})
+        repo = os.path.join(work, f"repo-storage-{name}")
+        shutil.rmtree(repo, ignore_errors=True)
+        tool.setup(repo, env)
+        state[tool.name] = (tool, env, repo, {})
+    failed = set()
+    def each(step):
+        """step(tool, env, repo, out) for every tool still running, in turn; a tool that fails is dropped."""
+        for name, (tool, env, repo, out) in state.items():
+            if name in failed:
+                continue
+            try:
+                step(tool, env, repo, out)
+            except SystemExit as e:
+                print(f"{name} failed: {e}", file=sys.stderr)
+                failed.add(name)
     # Wall time (the targets) and CPU time of git and the filter together (what a loaded machine does not distort).
-    def timed(key, cmd):
+    def timed(out, key, cmd, repo, env):
         wall, cpu, _, _ = run(cmd, repo, env)
         out[f"{key}_s"], out[f"{key}_cpu_s"] = wall, cpu
-    timed("add_base", "git add model.safetensors")
-    run("git commit -qm base", repo, env)
-    main = run("git symbolic-ref --short HEAD", repo, env)[3].strip()
+    def add_base(tool, env, repo, out):
+        shutil.copyfile(base, os.path.join(repo, "model.safetensors"))
+        timed(out, "add_base", "git add model.safetensors", repo, env)
+        run("git commit -qm base", repo, env)
+        out["_main"] = run("git symbolic-ref --short HEAD", repo, env)[3].strip()
+    each(add_base)
     for label, path in scenarios.items():
-        run(f"git checkout -q -B {label} {main}", repo, env)
-        before = tool.store(repo)
-        shutil.copyfile(path, model)
-        timed(f"add_{label}", "git add model.safetensors")
-        run(f"git commit -qm {label}", repo, env)
-        out[f"growth_{label}"] = tool.store(repo) - before
+        def add(tool, env, repo, out):
+            run(f"git checkout -q -B {label} {out['_main']}", repo, env)
+            before = tool.store(repo)
+            shutil.copyfile(path, os.path.join(repo, "model.safetensors"))
+            timed(out, f"add_{label}", "git add model.safetensors", repo, env)
+            run(f"git commit -qm {label}", repo, env)
+            out[f"growth_{label}"] = tool.store(repo) - before
+            out[f"exact_{label}"] = True
+        each(add)
         # Checkouts: the best of CHECKOUT_RUNS runs (the file removed before each). On this VM one and the same
         # checkout of either tool took 1.5 to 2.2 s within one run (page faults the host serves); a checkout leaves
         # nothing behind, so it can be repeated, where an add cannot without undoing its objects.
-        exact = True
-        for key, rev, expected in [(f"checkout_base_from_{label}", main, base), (f"checkout_{label}", label, path)]:
-            best = None
+        for key, rev, expected in [(f"checkout_base_from_{label}", None, base), (f"checkout_{label}", label, path)]:
             for _ in range(CHECKOUT_RUNS):
-                os.remove(model)
-                wall, cpu, _, _ = run(f"git checkout -q {rev} -- model.safetensors", repo, env)
-                best = (wall, cpu) if best is None or wall < best[0] else best
-                exact = exact and subprocess.run(["cmp", "-s", model, expected]).returncode == 0
-            out[f"{key}_s"], out[f"{key}_cpu_s"] = best
-        out[f"exact_{label}"] = exact
-    run(f"git checkout -q {main}", repo, env)
-    if not os.environ.get("BENCH_KEEP_REPOS"):
-        shutil.rmtree(repo, ignore_errors=True)
-    return out
+                def checkout(tool, env, repo, out):
+                    model = os.path.join(repo, "model.safetensors")
+                    os.remove(model)
+                    wall, cpu, _, _ = run(f"git checkout -q {rev or out['_main']} -- model.safetensors", repo, env)
+                    if f"{key}_s" not in out or wall < out[f"{key}_s"]:
+                        out[f"{key}_s"], out[f"{key}_cpu_s"] = wall, cpu
+                    out[f"exact_{label}"] = out[f"exact_{label}"] and subprocess.run(["cmp", "-s", model, expected]).returncode == 0
+                each(checkout)
+    results = {}
+    for name, (tool, env, repo, out) in state.items():
+        run(f"git checkout -q {out.get('_main', 'HEAD')}", repo, env, check=False)
+        if not os.environ.get("BENCH_KEEP_REPOS"):
+            shutil.rmtree(repo, ignore_errors=True)
+        if name not in failed:
+            out.pop("_main", None)
+            results[name] = out
+    return results
 
 def write_chain(base_path, out_dir, prefix, steps=8, seed=34):
     """`steps` successive dense fine-tunes, each from the one before."""
@@ -347,13 +376,8 @@ def storage_main(a, work, files, tools):
     report = {}
     base = files["base"]
     paths, info = write_scenarios(base, work, "gpt2")
-    results = {}
-    for t in tools:
-        print(f"-- storage scenarios: {t.name}", file=sys.stderr)
-        try:
-            results[t.name] = storage_measure(t, work, base, paths)
-        except SystemExit as e:
-            print(f"{t.name} failed: {e}", file=sys.stderr)
+    print(f"-- storage scenarios: {', '.join(t.name for t in tools)}, side by side", file=sys.stderr)
+    results = storage_measure(tools, work, base, paths)
     checks += storage_report("GPT-2-small f32", info["raw"], info, results)
     report["gpt2"] = {"raw": info["raw"], "sparse_raw": info["sparse_raw"], "results": results}
     # Chain depth: 8 successive fine-tunes; Tessera at several maximum depths.
@@ -391,12 +415,8 @@ def storage_main(a, work, files, tools):
         sm = smollm2_bf16(work)
         if sm:
             spaths, sinfo = write_scenarios(sm, work, "smollm2-bf16")
-            sres = {}
-            for t in tools:
-                if isinstance(t, GitTheta):
-                    continue
-                print(f"-- SmolLM2 bf16 scenarios: {t.name}", file=sys.stderr)
-                sres[t.name] = storage_measure(t, work, sm, spaths, tag="-smollm2")
+            print("-- SmolLM2 bf16 scenarios, side by side", file=sys.stderr)
+            sres = storage_measure([t for t in tools if not isinstance(t, GitTheta)], work, sm, spaths, tag="-smollm2")
             print("(SmolLM2 bf16: reported, the targets are for the GPT-2-shaped float32 checkpoint)")
             storage_report("SmolLM2-135M bf16", sinfo["raw"], sinfo, sres)
             report["smollm2_bf16"] = {"raw": sinfo["raw"], "sparse_raw": sinfo["sparse_raw"], "results": sres}

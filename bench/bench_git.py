@@ -189,6 +189,18 @@ def write_scenarios(base_path, out_dir, prefix, seed=12):
 
 CHECKOUT_RUNS = 3
 
+def tool_repository(tool, work, kind, env_extra=None, tag=""):
+    """A fresh repository for `tool` (work/repo-KIND-NAME), with a HOME of its own; returns (env, repo)."""
+    name = tool.name + tag
+    home = os.path.join(work, f"home-{name}")
+    os.makedirs(home, exist_ok=True)
+    env = base_env(home)
+    env.update(env_extra or {})
+    repo = os.path.join(work, f"repo-{kind}-{name}")
+    shutil.rmtree(repo, ignore_errors=True)
+    tool.setup(repo, env)
+    return env, repo
+
 def storage_measure(tools, work, base, scenarios, env_extra=None, tag=""):
     """Every tool side by side, one repository each: the base committed on main, then each scenario on its own branch
     from main: add time, store growth, and the checkout times of the base and of the scenario's version
@@ -200,14 +212,7 @@ def storage_measure(tools, work, base, scenarios, env_extra=None, tag=""):
     1.6 s here, and whichever tool ran its first checkouts then paid for it."""
     state = {}
     for tool in tools:
-        name = tool.name + tag
-        home = os.path.join(work, f"home-{name}")
-        os.makedirs(home, exist_ok=True)
-        env = base_env(home)
-        env.update(env_extra or {})
-        repo = os.path.join(work, f"repo-storage-{name}")
-        shutil.rmtree(repo, ignore_errors=True)
-        tool.setup(repo, env)
+        env, repo = tool_repository(tool, work, "storage", env_extra, tag)
         state[tool.name] = (tool, env, repo, {})
     failed = set()
     def each(step):
@@ -282,14 +287,7 @@ def write_chain(base_path, out_dir, prefix, steps=8, seed=34):
 def chain_measure(tool, work, base, chain, env_extra=None, tag=""):
     """Commits base, then the fine-tunes in order; store growth over the chain; checkout time of the oldest and the
     newest fine-tune (from the base's file, so every tool rewrites the whole file)."""
-    name = tool.name + tag
-    home = os.path.join(work, f"home-{name}")
-    os.makedirs(home, exist_ok=True)
-    env = base_env(home)
-    env.update(env_extra or {})
-    repo = os.path.join(work, f"repo-chain-{name}")
-    shutil.rmtree(repo, ignore_errors=True)
-    tool.setup(repo, env)
+    env, repo = tool_repository(tool, work, "chain", env_extra, tag)
     model = os.path.join(repo, "model.safetensors")
     shutil.copyfile(base, model)
     run("git add model.safetensors && git commit -qm base", repo, env)

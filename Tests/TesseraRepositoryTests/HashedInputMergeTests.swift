@@ -1,0 +1,81 @@
+import Foundation
+import Testing
+import TesseraCore
+import TesseraIO
+import TesseraMerge
+import TesseraRepository
+import TesseraStore
+import TesseraTestSupport
+
+/// A merge of file inputs hashes every tensor it reads for its provenance, on the hasher's threads, while it merges.
+/// The hasher holds each array it reads until it has hashed it; a task-vector method then writes the difference into
+/// new memory, and into the array itself once the hasher has let go of it. Either way the provenance names the
+/// file's bytes, and the merge is the one of sources that hash nothing.
+@Suite struct HashedInputMergeTests {
+    /// Base and two fine-tunes: one tensor above the size read side by side (2^20 elements), two small ones.
+    static func checkpoints(in s: Sandbox) throws -> [(String, TestCheckpoint)] {
+        try (0..<3).map { k in
+            var c = TestCheckpoint()
+            c.add("big", shape: [1024, 1030], seed: 1 + UInt64(k))
+            c.add("small.a", shape: [64, 48], seed: 11 + UInt64(k))
+            c.add("small.b", shape: [300], seed: 21 + UInt64(k))
+            let path = s.path("m\(k).safetensors")
+            try c.write(to: path)
+            return (path, c)
+        }
+    }
+
+    static func plan(_ sources: [TensorSource]) -> MergePlan {
+        MergePlan(method: "ties", base: MergeInputModel(name: "base", source: sources[0]),
+                  models: [MergeInputModel(name: "a", source: sources[1], parameters: ["weight": .number(0.7), "density": .number(0.4)]),
+                           MergeInputModel(name: "b", source: sources[2], parameters: ["weight": .number(0.5), "density": .number(0.6)])])
+    }
+
+    @Test func provenanceHashesNameTheFilesBytesAndTheMergeIsUnchanged() throws {
+        let s = try Sandbox()
+        let files = try Self.checkpoints(in: s)
+        let plain = try files.map { path, c in
+            try MemorySource(path, floats: c.entries.map { e in (e.name, e.shape, e.bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }) })
+        }
+        var expected: [String: RawTensor] = [:]
+        try MergeDriver.run(Self.plan(plain)) { expected[$0] = $1 }
+        // Several times: how far the hasher is behind the merge differs from run to run.
+        for _ in 0..<4 {
+            let resolver = CheckpointResolver(directory: s.path("."))
+            let sources = try files.map { try resolver.source($0.0) }
+            var got: [String: RawTensor] = [:]
+            try MergeDriver.run(Self.plan(sources)) { got[$0] = $1 }
+            for (name, e) in expected {
+                #expect(got[name]?.bytes == e.bytes, "tensor \(name)")
+            }
+            for (k, source) in sources.enumerated() {
+                for entry in files[k].1.entries {
+                    #expect(resolver.tensorHash(source, entry.name) == SHA256Hasher.hex(entry.bytes), "m\(k): \(entry.name)")
+                }
+            }
+            resolver.finish()
+        }
+    }
+
+    /// The array a file source handed out is let go once hashed (`letGo` waits for that): writing it then changes it
+    /// in place (no copy), and the hash is of the values as read.
+    @Test func aHashedArrayIsLetGoAndWritableInPlace() throws {
+        let s = try Sandbox()
+        let files = try Self.checkpoints(in: s)
+        let resolver = CheckpointResolver(directory: s.path("."))
+        defer { resolver.finish() }
+        let source = try resolver.source(files[0].0)
+        let reading = try #require(source as? Float32Reading)
+        var values = try #require(try reading.readFloat32("big"))
+        #expect(reading.letGo(of: "big", within: 10))
+        let before = values.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) }
+        let after = values.withUnsafeMutableBufferPointer { p -> UInt in
+            p[0] += 1
+            return UInt(bitPattern: p.baseAddress)
+        }
+        #expect(before == after, "the array was copied on write: something still held it")
+        #expect(resolver.tensorHash(source, "big") == SHA256Hasher.hex(files[0].1.entries[0].bytes))
+        // A tensor never read is not held: nothing to wait for.
+        #expect(reading.letGo(of: "small.a", within: 0))
+    }
+}

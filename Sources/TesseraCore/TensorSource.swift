@@ -26,15 +26,10 @@ public protocol Float32Reading {
     /// Whether the source may keep a reference to the arrays `readFloat32` returns after returning them (to hash
     /// them on another thread, say), so that a caller's in-place change would copy them first. Default: false.
     var mayRetainReadArrays: Bool { get }
-    /// Waits, at most `seconds`, until the source no longer holds the array its first `readFloat32(name)` returned;
-    /// true when it has let go (the caller's array is then its own to change in place). Default: whether the source
-    /// never retains arrays.
-    func letGo(of name: String, within seconds: Double) -> Bool
 }
 
 extension Float32Reading {
     public var mayRetainReadArrays: Bool { false }
-    public func letGo(of name: String, within seconds: Double) -> Bool { !mayRetainReadArrays }
 }
 
 /// A source whose tensors may be stored as deltas against other stored values (a checkpoint in the object store: a

@@ -140,10 +140,6 @@ public final class LayerSliceSource: TensorSource, Float32Reading, Float32Mappin
     public var allowsConcurrentReads: Bool { inner.allowsConcurrentReads }
 
     public var mayRetainReadArrays: Bool { (inner as? Float32Reading)?.mayRetainReadArrays == true }
-    public func letGo(of name: String, within seconds: Double) -> Bool {
-        guard let n = original[name], let reading = inner as? Float32Reading else { return true }
-        return reading.letGo(of: n, within: seconds)
-    }
 
     public func readFloat32(_ name: String) throws -> [Float]? {
         guard let n = original[name], let direct = inner as? Float32Reading else { return nil }

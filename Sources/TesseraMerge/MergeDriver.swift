@@ -194,10 +194,6 @@ final class MergeJob {
         (((m.source as? VocabularyRemappedSource)?.inner ?? m.source) as? LayerSliceSource)?.originalName(name) ?? name
     }
 
-    /// The longest a merge waits for the provenance hasher to let go of an input array before writing the task
-    /// vector into new memory instead: the hasher has at most a few tensors queued, hashed in well under a second.
-    static let hasherWait = 10.0
-
     static func isMergeable(_ d: DType) -> Bool { [.f32, .f16, .bf16, .f64].contains(d) }
 
     /// What mergekit writes: `out_dtype`, else the method's result dtype (`resultDType`; not for a plan that
@@ -442,7 +438,6 @@ final class MergeJob {
         }
         var models: [[Float]] = []
         var heldElsewhere: [Bool] = []
-        var letGo: [(@Sendable () -> Bool)?] = []
         var modelParameters: [MergeParameters] = []
         // Arrays a source may still hold after reading them: F32 tensors it read straight into float storage, not
         // rounded to a 16-bit merge dtype afterwards (which writes them, so copies them, already).
@@ -450,25 +445,19 @@ final class MergeJob {
             (self.plan.dtype == nil || self.plan.dtype == .f32) && m.source.tensorInfo(name)?.dtype == .f32
                 && (m.source as? Float32Reading)?.mayRetainReadArrays == true
         }
-        // Called when the array is about to be written (see `TensorMergeInput.letGo`).
-        let waitForSource = { (m: MergeInputModel) -> (@Sendable () -> Bool)? in
-            guard let reading = m.source as? Float32Reading else { return nil }
-            let source = UncheckedSendable(reading)
-            return { source.value.letGo(of: name, within: MergeJob.hasherWait) }
-        }
         for (i, m) in plan.models.enumerated() {
             if isBase[i], let base {
                 models.append(base) // shares storage with the base (copy on write)
                 heldElsewhere.append(true)
-                letGo.append(nil)
             } else if let j = plan.models[..<i].firstIndex(where: { $0.source === m.source }) {
                 models.append(models[j])
                 heldElsewhere.append(true)
-                letGo.append(nil)
-            } else {
-                models.append(try preloaded[i] ?? load(m, name, reference: reference))
+            } else if let values = preloaded[i] {
+                models.append(values)
                 heldElsewhere.append(retains(m))
-                letGo.append(retains(m) ? waitForSource(m) : nil)
+            } else {
+                models.append(try load(m, name, reference: reference))
+                heldElsewhere.append(retains(m))
             }
             modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: inputName(m, name),
                                                                layerPosition: t, method: type.name, scope: "model '\(m.name)'"))
@@ -489,7 +478,6 @@ final class MergeJob {
                                      modelParameters: modelParameters, parameters: try globalParameters(name), fishers: fishers)
         input.computeDType = computeDType(name)
         input.heldElsewhere = heldElsewhere
-        input.letGo = letGo
         return input
     }
 }

@@ -40,12 +40,6 @@ public struct TensorMergeInput: Sendable {
     /// has hashed the tensor, or another model slot reading the same source). Writing such an array in place would
     /// first copy it whole; `takeTaskVector` then writes the difference into new storage in one pass instead.
     public var heldElsewhere: [Bool] = []
-    /// Per model whose array is `heldElsewhere` only because its source may still hold it (the provenance hasher,
-    /// which lets go of each array once it has hashed it): waits for the source to let go; true if it did. Called
-    /// just before the array would be written. Waiting leaves the merging thread idle while the hasher's threads work
-    /// (on two cores, the same work in the same time), where writing into new memory costs fresh pages: three-model
-    /// TIES of GPT-2 from files peaked at 0.93-1.24 GB that way, 0.85-0.90 GB waiting, with a quarter fewer faults.
-    public var letGo: [(@Sendable () -> Bool)?] = []
 
     public init(name: String, shape: [Int], base: [Float]?, models: [[Float]], isBaseModel: [Bool]? = nil,
                 modelParameters: [MergeParameters], parameters: MergeParameters, fishers: [[Float]]? = nil) {
@@ -72,7 +66,7 @@ public struct TensorMergeInput: Sendable {
         guard d.count == base.count else {
             throw TesseraError(.shapeMismatch, "\(method): tensor '\(name)' of model \(i) has \(d.count) values, the base has \(base.count)")
         }
-        if i < heldElsewhere.count && heldElsewhere[i] && !(i < letGo.count && letGo[i]?() == true) {
+        if i < heldElsewhere.count && heldElsewhere[i] {
             let held = d
             return [Float](unsafeUninitializedCapacity: held.count) { out, initialized in
                 held.withUnsafeBufferPointer { a in base.withUnsafeBufferPointer { b in MergeKernels.difference(out, a, b) } }

@@ -155,10 +155,6 @@ public final class ShardedSource: TensorSource, Float32Reading, Float32Mapping, 
     }
 
     public var mayRetainReadArrays: Bool { shards.contains { ($0.source as? Float32Reading)?.mayRetainReadArrays == true } }
-    public func letGo(of name: String, within seconds: Double) -> Bool {
-        guard let reading = shardOf[ExactName(name)] as? Float32Reading else { return true }
-        return reading.letGo(of: name, within: seconds)
-    }
 
     public func readFloat32(_ name: String) throws -> [Float]? {
         guard let s = shardOf[ExactName(name)] as? Float32Reading else { return nil }

@@ -248,22 +248,12 @@ public final class CheckpointResolver {
 /// arrays it reads, or the file mappings it merges from), hashed by the resolver's `ProvenanceHasher` on worker
 /// threads while the merge goes on, instead of reading every input a second time at the end.
 public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, @unchecked Sendable {
-    // @unchecked: `hashes`, `submitted` and `held` are guarded by `lock`.
+    // @unchecked: `hashes` and `submitted` are guarded by `lock`.
     public let inner: StreamingSafetensorsSource
     private let hasher: ProvenanceHasher
     private var hashes: [String: String] = [:]
     private var submitted = Set<String>()
-    /// Arrays handed out by `readFloat32` that the hasher has not hashed yet, by tensor name.
-    private var held: [String: HeldArray] = [:]
-    /// Guards the fields above; signalled when the hasher lets go of an array (`letGo`).
-    private let lock = NSCondition()
-
-    /// An array the hasher reads, until it has hashed it.
-    private final class HeldArray: @unchecked Sendable {
-        // @unchecked: set once, read by one hashing worker, emptied under the source's lock after that read.
-        var values: [Float]?
-        init(_ values: [Float]) { self.values = values }
-    }
+    private let lock = NSLock()
 
     private let cache: TensorHashCache?
     /// The file's stat data and the time (ns since 1970) when it was opened, for the cache; nil when unknown.
@@ -319,26 +309,13 @@ public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, 
         #else
         guard let values = try inner.readFloat32(name) else { return nil }
         // Little-endian float32 storage is exactly the file's bytes; the array is immutable, so it is read uncopied.
-        // The hasher reaches it through a box that is emptied as soon as it is hashed: from then on the caller's
-        // array is its only reference, and a merge writes it in place instead of into new memory (`letGo`).
-        let box = HeldArray(values)
-        hashLater(name, count: 4 * values.count, holding: box) { body in box.values?.withUnsafeBytes(body) }
+        hashLater(name, count: 4 * values.count) { body in values.withUnsafeBytes(body) }
         return values
         #endif
     }
 
     /// The hasher holds each array it is given until it has hashed it (never when every hash came from the cache).
     public var mayRetainReadArrays: Bool { !cached }
-
-    /// Waits until the hasher has hashed the array `readFloat32(name)` returned and let go of it.
-    public func letGo(of name: String, within seconds: Double) -> Bool {
-        let deadline = Date(timeIntervalSinceNow: seconds)
-        lock.lock(); defer { lock.unlock() }
-        while held[name] != nil {
-            if !lock.wait(until: deadline) { return held[name] == nil }
-        }
-        return true
-    }
 
     public func mapFloat32(_ name: String) throws -> MappedFloat32? {
         guard let mapped = try inner.mapFloat32(name) else { return nil }
@@ -347,19 +324,13 @@ public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, 
         return mapped
     }
 
-    /// `holding`: the box through which `bytes` reaches an array the caller also has; emptied once it is hashed.
-    private func hashLater(_ name: String, count: Int, holding box: HeldArray? = nil, _ bytes: @escaping ProvenanceHasher.ByteAccess) {
+    private func hashLater(_ name: String, count: Int, _ bytes: @escaping ProvenanceHasher.ByteAccess) {
         lock.lock()
         let first = submitted.insert(name).inserted
-        if first, let box { held[name] = box }
         lock.unlock()
         guard first else { return }
         hasher.submit(count: count, bytes) { [self] digest in
-            lock.lock()
-            hashes[name] = digest
-            held.removeValue(forKey: name)?.values = nil
-            lock.broadcast()
-            lock.unlock()
+            lock.lock(); hashes[name] = digest; lock.unlock()
         }
     }
 

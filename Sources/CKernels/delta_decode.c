@@ -15,8 +15,7 @@
 // return value, which is 0 unless every word and raw bit was used exactly, every state returned to its start and every
 // value fits the type.
 #include "tessera_kernels.h"
-#include "kernel_level.h"
-#include <string.h>
+#include "delta_elements.h"
 
 #define TK_DECODE_BLOCK 1024
 #define TK_RANS_LOWER (1u << 16)
@@ -24,11 +23,6 @@
 static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint64_t load_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-
-static inline uint32_t base_element(const void *base, size_t i, int width) {
-    if (width == 4) { uint32_t v; memcpy(&v, (const uint8_t *)base + 4 * i, 4); return v; }
-    uint16_t v; memcpy(&v, (const uint8_t *)base + 2 * i, 2); return v;
-}
 
 typedef struct {
     const uint8_t *stream;
@@ -60,14 +54,14 @@ static inline __attribute__((always_inline)) void decode_symbols(uint32_t *x, co
     size_t j = 0;
     for (; j + 4 <= n; j += 4) {
         const size_t g = start + j;
-        symbols[j] = rans_step(&x0, base_element(base, g, width), shift, table_of_context, slots, &words);
-        symbols[j + 1] = rans_step(&x1, base_element(base, g + 1, width), shift, table_of_context, slots, &words);
-        symbols[j + 2] = rans_step(&x2, base_element(base, g + 2, width), shift, table_of_context, slots, &words);
-        symbols[j + 3] = rans_step(&x3, base_element(base, g + 3, width), shift, table_of_context, slots, &words);
+        symbols[j] = rans_step(&x0, tk_delta_element(base, g, width), shift, table_of_context, slots, &words);
+        symbols[j + 1] = rans_step(&x1, tk_delta_element(base, g + 1, width), shift, table_of_context, slots, &words);
+        symbols[j + 2] = rans_step(&x2, tk_delta_element(base, g + 2, width), shift, table_of_context, slots, &words);
+        symbols[j + 3] = rans_step(&x3, tk_delta_element(base, g + 3, width), shift, table_of_context, slots, &words);
     }
     for (; j < n; j++) {
         uint32_t *state = (j & 3) == 0 ? &x0 : (j & 3) == 1 ? &x1 : &x2;
-        symbols[j] = rans_step(state, base_element(base, start + j, width), shift, table_of_context, slots, &words);
+        symbols[j] = rans_step(state, tk_delta_element(base, start + j, width), shift, table_of_context, slots, &words);
     }
     x[0] = x0; x[1] = x1; x[2] = x2; x[3] = x3;
     *reader = words;
@@ -102,7 +96,7 @@ static inline uint32_t rebuild(uint32_t s, uint32_t b, int width, int below, bit
     const int bits = 8 * width;
     const uint32_t top = 1u << (bits - 1);
     const uint32_t all = bits == 32 ? 0xFFFFFFFFu : (1u << bits) - 1;
-    const uint32_t key = b ^ ((b & top) ? all : top);
+    const uint32_t key = tk_order_key(b, bits);
     const int64_t k = (int64_t)key + ((r & 1) ? -m : m);
     *bad |= (k < 0 || k > (int64_t)all) ? 1u : 0u;
     const uint32_t u = (uint32_t)k;
@@ -112,7 +106,7 @@ static inline uint32_t rebuild(uint32_t s, uint32_t b, int width, int below, bit
 static void rebuild_portable(const uint8_t *symbols, const void *base, void *out, size_t n, int width, int below,
                              bit_reader *rr, uint32_t *bad) {
     for (size_t i = 0; i < n; i++) {
-        const uint32_t v = rebuild(symbols[i], base_element(base, i, width), width, below, rr, bad);
+        const uint32_t v = rebuild(symbols[i], tk_delta_element(base, i, width), width, below, rr, bad);
         if (width == 4) memcpy((uint8_t *)out + 4 * i, &v, 4);
         else { const uint16_t h = (uint16_t)v; memcpy((uint8_t *)out + 2 * i, &h, 2); }
     }
@@ -167,8 +161,7 @@ TK_AVX512 static void rebuild_avx512(const uint8_t *symbols, const void *base, v
         __m512i b;
         if (width == 4) b = _mm512_loadu_si512((const uint8_t *)base + 4 * i);
         else b = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint8_t *)base + 2 * i)));
-        const __mmask16 base_negative = _mm512_test_epi32_mask(b, top);
-        const __m512i key = _mm512_xor_si512(b, _mm512_mask_blend_epi32(base_negative, top, all));
+        const __m512i key = tk_order_key16(b, bits);
         const __m512i sum = _mm512_add_epi32(key, m), difference = _mm512_sub_epi32(key, m);
         const __m512i k = _mm512_mask_blend_epi32(negative, sum, difference);
         // Outside the type: a subtraction below 0, or an addition past the largest key (a 32-bit carry for 4-byte
@@ -194,15 +187,17 @@ int tessera_delta_decode(const void *base, void *out, size_t count, int width, i
     if (stream_length < 16 || (stream_length & 1) || (width != 2 && width != 4) || below < 1 || below > 2) return 0;
     // Bit positions fit 32-bit lanes: raw bits are at most 30 per element.
     if (count > (1u << 24) || raw_length > (1u << 26)) return 0;
-    uint32_t x0 = load_u32(stream), x1 = load_u32(stream + 4), x2 = load_u32(stream + 8), x3 = load_u32(stream + 12);
-    if (x0 < TK_RANS_LOWER || x1 < TK_RANS_LOWER || x2 < TK_RANS_LOWER || x3 < TK_RANS_LOWER) return 0;
+    uint32_t x[4];
+    for (int s = 0; s < 4; s++) {
+        x[s] = load_u32(stream + 4 * s);
+        if (x[s] < TK_RANS_LOWER) return 0;
+    }
     word_reader words = { stream, 16, stream_length };
     bit_reader rr = { raw, raw_length, 0 };
     uint32_t bad = 0;
 #ifdef TK_X86
     const int wide = tk_level() >= TK_LEVEL_AVX512;
 #endif
-    uint32_t x[4] = { x0, x1, x2, x3 };
     uint8_t symbols[TK_DECODE_BLOCK];
     for (size_t start = 0; start < count; start += TK_DECODE_BLOCK) {
         const size_t n = count - start < TK_DECODE_BLOCK ? count - start : TK_DECODE_BLOCK;
@@ -216,9 +211,8 @@ int tessera_delta_decode(const void *base, void *out, size_t count, int width, i
 #endif
         rebuild_portable(symbols, block_base, block_out, n, width, below, &rr, &bad);
     }
-    x0 = x[0]; x1 = x[1]; x2 = x[2]; x3 = x[3];
     // The encoder started every state at the lower bound: a valid stream ends exactly there, with every word and raw
     // bit read.
-    return bad == 0 && words.position == words.end && x0 == TK_RANS_LOWER && x1 == TK_RANS_LOWER && x2 == TK_RANS_LOWER &&
-           x3 == TK_RANS_LOWER && (rr.bit_position + 7) >> 3 == raw_length;
+    return bad == 0 && words.position == words.end && x[0] == TK_RANS_LOWER && x[1] == TK_RANS_LOWER &&
+           x[2] == TK_RANS_LOWER && x[3] == TK_RANS_LOWER && (rr.bit_position + 7) >> 3 == raw_length;
 }

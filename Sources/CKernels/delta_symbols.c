@@ -8,23 +8,16 @@
 // element's width, so 32-bit lanes hold every case. The portable loop and the AVX-512 one compute
 // the same values bit for bit (tests compare them with the Swift definition on every kind of pattern).
 #include "tessera_kernels.h"
-#include "kernel_level.h"
-#include <string.h>
+#include "delta_elements.h"
 
 // Block of elements analysed at once before their raw bits are packed serially.
 #define TK_DELTA_BLOCK 256
-
-static inline uint32_t order_key(uint32_t x, int bits) {
-    const uint32_t top = 1u << (bits - 1);
-    const uint32_t all = bits == 32 ? 0xFFFFFFFFu : (1u << bits) - 1;
-    return x ^ ((x & top) ? all : top);
-}
 
 static inline int bit_length32(uint32_t m) { return m == 0 ? 0 : 32 - __builtin_clz(m); }
 
 // One element (portable): symbol, raw bits and their count.
 static inline void analyse_one(uint32_t n, uint32_t b, int bits, int below, uint8_t *symbol, uint32_t *raw, uint8_t *count) {
-    const uint32_t un = order_key(n, bits), ub = order_key(b, bits);
+    const uint32_t un = tk_order_key(n, bits), ub = tk_order_key(b, bits);
     const uint32_t m = un >= ub ? un - ub : ub - un;
     const uint32_t sign = un < ub;
     const int k = bit_length32(m);
@@ -36,26 +29,14 @@ static inline void analyse_one(uint32_t n, uint32_t b, int bits, int below, uint
     *count = (uint8_t)(m == 0 ? 0 : low + 1);
 }
 
-static inline uint32_t load_element(const void *p, size_t i, int width) {
-    if (width == 4) { uint32_t v; memcpy(&v, (const uint8_t *)p + 4 * i, 4); return v; }
-    uint16_t v; memcpy(&v, (const uint8_t *)p + 2 * i, 2); return v;
-}
-
 static void analyse_portable(const void *new_values, const void *base, size_t n, int width, int below,
                              uint8_t *symbols, uint32_t *raw, uint8_t *counts) {
     const int bits = 8 * width;
     for (size_t i = 0; i < n; i++)
-        analyse_one(load_element(new_values, i, width), load_element(base, i, width), bits, below, symbols + i, raw + i, counts + i);
+        analyse_one(tk_delta_element(new_values, i, width), tk_delta_element(base, i, width), bits, below, symbols + i, raw + i, counts + i);
 }
 
 #ifdef TK_X86
-TK_AVX512 static inline __m512i order_key16(__m512i x, int bits) {
-    const __m512i top = _mm512_set1_epi32((int)(1u << (bits - 1)));
-    const __m512i all = _mm512_set1_epi32(bits == 32 ? -1 : (int)((1u << bits) - 1));
-    const __mmask16 negative = _mm512_test_epi32_mask(x, top);
-    return _mm512_xor_si512(x, _mm512_mask_blend_epi32(negative, top, all));
-}
-
 TK_AVX512 static void analyse_avx512(const void *new_values, const void *base, size_t n, int width, int below,
                                        uint8_t *symbols, uint32_t *raw, uint8_t *counts) {
     const int bits = 8 * width;
@@ -72,7 +53,7 @@ TK_AVX512 static void analyse_avx512(const void *new_values, const void *base, s
             nv = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint8_t *)new_values + 2 * i)));
             bv = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint8_t *)base + 2 * i)));
         }
-        const __m512i un = order_key16(nv, bits), ub = order_key16(bv, bits);
+        const __m512i un = tk_order_key16(nv, bits), ub = tk_order_key16(bv, bits);
         const __m512i hi = _mm512_max_epu32(un, ub), lo = _mm512_min_epu32(un, ub);
         const __m512i m = _mm512_sub_epi32(hi, lo);
         const __mmask16 negative = _mm512_cmpneq_epu32_mask(hi, un);
@@ -142,7 +123,7 @@ void tessera_delta_count(const void *new_values, const void *base, size_t n, int
         const uint8_t *b = (const uint8_t *)base + width * start;
         analyse((const uint8_t *)new_values + width * start, b, len, width, below, symbols, raw, counts);
         for (size_t j = 0; j < len; j++) {
-            const uint32_t context = (load_element(b, j, width) >> shift) & 0xFF;
+            const uint32_t context = (tk_delta_element(b, j, width) >> shift) & 0xFF;
             histogram[context * alphabet + symbols[j]] += 1;
         }
     }

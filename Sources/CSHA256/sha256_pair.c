@@ -104,16 +104,16 @@ SHA_TARGET static void blocks_x2(uint32_t ha[8], uint32_t hb[8], const uint8_t *
 
 static const uint32_t H0[8] = {0x6a09e667,0xbb67ae85,0x3c6ef372,0xa54ff53a,0x510e527f,0x9b05688c,0x1f83d9ab,0x5be0cd19};
 
-// Padding and length: the last one or two blocks of a message.
-static size_t tail_blocks(const uint8_t *p, size_t n, uint8_t out[128]) {
-    size_t rest = n % 64;
+// Padding and length: the last one or two blocks of a message of `total` bytes whose last `rest` (< 64) bytes are
+// at `tail`.
+static size_t tail_blocks(const uint8_t *tail, size_t rest, uint64_t total, uint8_t out[128]) {
     memset(out, 0, 128);
-    memcpy(out, p + n - rest, rest);
+    memcpy(out, tail, rest);
     out[rest] = 0x80;
-    size_t total = rest + 9 <= 64 ? 64 : 128;
-    uint64_t bits = (uint64_t)n * 8;
-    for (int i = 0; i < 8; i++) out[total - 1 - i] = (uint8_t)(bits >> (8 * i));
-    return total / 64;
+    size_t blocks = rest + 9 <= 64 ? 1 : 2;
+    uint64_t bits = total * 8;
+    for (int i = 0; i < 8; i++) out[64 * blocks - 1 - i] = (uint8_t)(bits >> (8 * i));
+    return blocks;
 }
 
 static void finish(const uint32_t h[8], uint8_t digest[32]) {
@@ -138,14 +138,38 @@ void tessera_sha256_pair(const void *a, size_t na, const void *b, size_t nb, uns
     blocks_x1(ha, pa + 64 * both, fa - both);
     blocks_x1(hb, pb + 64 * both, fb - both);
     uint8_t ta[128], tb[128];
-    size_t ka = tail_blocks(pa, na, ta), kb = tail_blocks(pb, nb, tb);
+    size_t ka = tail_blocks(pa + 64 * fa, na % 64, na, ta), kb = tail_blocks(pb + 64 * fb, nb % 64, nb, tb);
     blocks_x1(ha, ta, ka); blocks_x1(hb, tb, kb);
     finish(ha, da); finish(hb, db);
+}
+
+void tessera_sha256_pair_begin(tessera_sha256_pair_state *state) {
+    memcpy(state->h, H0, 32); memcpy(state->h + 8, H0, 32);
+}
+
+void tessera_sha256_pair_blocks(tessera_sha256_pair_state *state, const void *a, const void *b, size_t blocks) {
+    blocks_x2(state->h, state->h + 8, a, b, blocks);
+}
+
+void tessera_sha256_pair_end(tessera_sha256_pair_state *state, const void *a, const void *b, size_t rest, uint64_t total,
+                             unsigned char da[32], unsigned char db[32]) {
+    uint8_t ta[128], tb[128];
+    size_t ka = tail_blocks(a, rest, total, ta), kb = tail_blocks(b, rest, total, tb);
+    blocks_x1(state->h, ta, ka); blocks_x1(state->h + 8, tb, kb);
+    finish(state->h, da); finish(state->h + 8, db);
 }
 
 #else
 int tessera_sha256_pair_available(void) { return 0; }
 void tessera_sha256_pair(const void *a, size_t na, const void *b, size_t nb, unsigned char da[32], unsigned char db[32]) {
     (void)a; (void)na; (void)b; (void)nb; (void)da; (void)db;
+}
+void tessera_sha256_pair_begin(tessera_sha256_pair_state *state) { (void)state; }
+void tessera_sha256_pair_blocks(tessera_sha256_pair_state *state, const void *a, const void *b, size_t blocks) {
+    (void)state; (void)a; (void)b; (void)blocks;
+}
+void tessera_sha256_pair_end(tessera_sha256_pair_state *state, const void *a, const void *b, size_t rest, uint64_t total,
+                             unsigned char da[32], unsigned char db[32]) {
+    (void)state; (void)a; (void)b; (void)rest; (void)total; (void)da; (void)db;
 }
 #endif

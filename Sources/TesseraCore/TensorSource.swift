@@ -23,13 +23,6 @@ public protocol TensorSource: AnyObject {
 public protocol Float32Reading {
     /// The tensor's values when it is stored as F32, nil for other dtypes (which go through `rawTensor`).
     func readFloat32(_ name: String) throws -> [Float]?
-    /// Whether the source may keep a reference to the arrays `readFloat32` returns after returning them (to hash
-    /// them on another thread, say), so that a caller's in-place change would copy them first. Default: false.
-    var mayRetainReadArrays: Bool { get }
-}
-
-extension Float32Reading {
-    public var mayRetainReadArrays: Bool { false }
 }
 
 /// A source whose tensors may be stored as deltas against other stored values (a checkpoint in the object store: a

@@ -139,8 +139,6 @@ public final class LayerSliceSource: TensorSource, Float32Reading, Float32Mappin
     public var metadata: [(String, String)] { inner.metadata }
     public var allowsConcurrentReads: Bool { inner.allowsConcurrentReads }
 
-    public var mayRetainReadArrays: Bool { (inner as? Float32Reading)?.mayRetainReadArrays == true }
-
     public func readFloat32(_ name: String) throws -> [Float]? {
         guard let n = original[name], let direct = inner as? Float32Reading else { return nil }
         return try direct.readFloat32(n)

@@ -439,12 +439,6 @@ final class MergeJob {
         var models: [[Float]] = []
         var heldElsewhere: [Bool] = []
         var modelParameters: [MergeParameters] = []
-        // Arrays a source may still hold after reading them: F32 tensors it read straight into float storage, not
-        // rounded to a 16-bit merge dtype afterwards (which writes them, so copies them, already).
-        let retains = { (m: MergeInputModel) in
-            (self.plan.dtype == nil || self.plan.dtype == .f32) && m.source.tensorInfo(name)?.dtype == .f32
-                && (m.source as? Float32Reading)?.mayRetainReadArrays == true
-        }
         for (i, m) in plan.models.enumerated() {
             if isBase[i], let base {
                 models.append(base) // shares storage with the base (copy on write)
@@ -454,10 +448,10 @@ final class MergeJob {
                 heldElsewhere.append(true)
             } else if let values = preloaded[i] {
                 models.append(values)
-                heldElsewhere.append(retains(m))
+                heldElsewhere.append(false)
             } else {
                 models.append(try load(m, name, reference: reference))
-                heldElsewhere.append(retains(m))
+                heldElsewhere.append(false)
             }
             modelParameters.append(try MergeParameters.resolve(m.parameters, definitions: type.modelParameters, tensor: inputName(m, name),
                                                                layerPosition: t, method: type.name, scope: "model '\(m.name)'"))

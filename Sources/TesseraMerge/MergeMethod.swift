@@ -36,9 +36,9 @@ public struct TensorMergeInput: Sendable {
     /// then computes in what it loaded). Methods that follow mergekit's torch ops round each op's result to it when it
     /// is float16 or bfloat16 (`TorchRounding`); values arrive already rounded to it.
     public var computeDType: DType = .f32
-    /// Per model: whether something outside this input still holds the model's array (the provenance hasher, until it
-    /// has hashed the tensor, or another model slot reading the same source). Writing such an array in place would
-    /// first copy it whole; `takeTaskVector` then writes the difference into new storage in one pass instead.
+    /// Per model: whether something outside this input still holds the model's array (the base, or another model slot
+    /// reading the same source). Writing such an array in place would first copy it whole; `takeTaskVector` then
+    /// writes the difference into new storage in one pass instead.
     public var heldElsewhere: [Bool] = []
 
     public init(name: String, shape: [Int], base: [Float]?, models: [[Float]], isBaseModel: [Bool]? = nil,

@@ -154,8 +154,6 @@ public final class ShardedSource: TensorSource, Float32Reading, Float32Mapping, 
         return try s.rawTensor(name)
     }
 
-    public var mayRetainReadArrays: Bool { shards.contains { ($0.source as? Float32Reading)?.mayRetainReadArrays == true } }
-
     public func readFloat32(_ name: String) throws -> [Float]? {
         guard let s = shardOf[ExactName(name)] as? Float32Reading else { return nil }
         return try s.readFloat32(name)

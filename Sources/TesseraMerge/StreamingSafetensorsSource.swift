@@ -47,6 +47,12 @@ public final class StreamingSafetensorsSource: TensorSource, Float32Reading, Flo
         return out
     }
 
+    /// The open file and the range of a tensor's bytes in it, for a reader that hashes them without being handed
+    /// the merge's arrays (the provenance hasher).
+    package func dataLocation(_ name: String) -> (file: FileDescriptor, offset: Int, count: Int)? {
+        index[ExactName(name)].map { (file, layout.dataStart + $0.begin, $0.byteCount) }
+    }
+
     /// The stat data of the file this source reads (the open file, not whatever its path names now).
     public func fileStat() throws -> FileSystem.Stat { try file.fileStat() }
 

@@ -244,9 +244,9 @@ public final class CheckpointResolver {
     }
 }
 
-/// A file source that records each tensor's SHA-256 (for provenance) from the bytes the merge reads anyway (the
-/// arrays it reads, or the file mappings it merges from), hashed by the resolver's `ProvenanceHasher` on worker
-/// threads while the merge goes on, instead of reading every input a second time at the end.
+/// A file source that records each tensor's SHA-256 (for provenance) as the merge reads it: the resolver's
+/// `ProvenanceHasher` hashes the tensor's bytes on worker threads while the merge goes on, from the page cache the
+/// merge's own read has just filled, instead of reading every input a second time at the end.
 public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, @unchecked Sendable {
     // @unchecked: `hashes` and `submitted` are guarded by `lock`.
     public let inner: StreamingSafetensorsSource
@@ -298,38 +298,30 @@ public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, 
 
     public func rawTensor(_ name: String) throws -> RawTensor {
         let t = try inner.rawTensor(name)
-        let bytes = t.bytes
-        hashLater(name, count: bytes.count) { body in bytes.withUnsafeBytes(body) }
+        hashLater(name)
         return t
     }
 
     public func readFloat32(_ name: String) throws -> [Float]? {
-        #if _endian(big)
-        return nil  // the floats' storage is not the file's bytes there: hash through rawTensor
-        #else
         guard let values = try inner.readFloat32(name) else { return nil }
-        // Little-endian float32 storage is exactly the file's bytes; the array is immutable, so it is read uncopied.
-        hashLater(name, count: 4 * values.count) { body in values.withUnsafeBytes(body) }
+        hashLater(name)
         return values
-        #endif
     }
-
-    /// The hasher holds each array it is given until it has hashed it (never when every hash came from the cache).
-    public var mayRetainReadArrays: Bool { !cached }
 
     public func mapFloat32(_ name: String) throws -> MappedFloat32? {
         guard let mapped = try inner.mapFloat32(name) else { return nil }
-        // The mapping is the file's bytes; the hasher holds it until it is hashed.
-        hashLater(name, count: 4 * mapped.values.count) { body in body(UnsafeRawBufferPointer(mapped.values)) }
+        hashLater(name)
         return mapped
     }
 
-    private func hashLater(_ name: String, count: Int, _ bytes: @escaping ProvenanceHasher.ByteAccess) {
+    /// Hands the tensor's range of the file to the hasher, once: it reads the bytes again from the page cache, so
+    /// the merge's arrays are its own (written in place) and freed as soon as the merge is done with them.
+    private func hashLater(_ name: String) {
         lock.lock()
         let first = submitted.insert(name).inserted
         lock.unlock()
-        guard first else { return }
-        hasher.submit(count: count, bytes) { [self] digest in
+        guard first, let location = inner.dataLocation(name) else { return }
+        hasher.submit(file: location.file, offset: location.offset, count: location.count) { [self] digest in
             lock.lock(); hashes[name] = digest; lock.unlock()
         }
     }
@@ -344,19 +336,10 @@ public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, 
         return (try? inner.rawTensor(name)).map { SHA256Hasher.hex($0.bytes) }
     }
 
-    /// Hands every tensor the merge never read to the hasher's workers (mapped where the file allows it), so that
-    /// they are hashed over the cores, two at a time where lengths match, instead of one by one on the calling
-    /// thread: a slices merge reads only some layers of each input, and hashing the rest serially at the end was a
-    /// fifth of its wall time. The queue's bound keeps memory to a few tensors.
+    /// Hands every tensor the merge never read to the hasher's workers, so that they are hashed over the cores, two
+    /// at a time where lengths match, instead of one by one on the calling thread: a slices merge reads only some
+    /// layers of each input, and hashing the rest serially at the end was a fifth of its wall time.
     private func hashUnread() {
-        for name in inner.tensorNames {
-            lock.lock(); let unread = !submitted.contains(name); lock.unlock()
-            guard unread else { continue }
-            if let mapped = try? mapFloat32(name) {
-                _ = mapped  // submitted by mapFloat32
-            } else {
-                _ = try? rawTensor(name)  // submitted by rawTensor
-            }
-        }
+        for name in inner.tensorNames { hashLater(name) }
     }
 }

@@ -63,6 +63,61 @@ public final class SHA256Hasher {
     }
 }
 
+/// The digests of two messages of equal length given piece by piece (each read in windows: neither needs to be in
+/// memory whole), computed together as `SHA256Hasher.hexPair` computes them, or one after the other through OpenSSL
+/// without the SHA extensions. Every piece but the last must be a whole number of 64-byte blocks.
+public final class SHA256PairStream {
+    private var state = tessera_sha256_pair_state()
+    private let single: (SHA256Hasher, SHA256Hasher)?
+    private var total = 0
+    /// The last piece's bytes after its whole blocks (at most 63 of each message), kept for the padding.
+    private var tailA: [UInt8] = []
+    private var tailB: [UInt8] = []
+    private var ended = false
+
+    public init() {
+        if SHA256Hasher.hashesPairsTogether {
+            single = nil
+            tessera_sha256_pair_begin(&state)
+        } else {
+            single = (SHA256Hasher(), SHA256Hasher())
+        }
+    }
+
+    public func update(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) {
+        precondition(a.count == b.count, "SHA256PairStream: pieces of the two messages must be of equal length")
+        precondition(!ended, "SHA256PairStream: a piece after one that was not a whole number of blocks")
+        total += a.count
+        ended = a.count % 64 != 0
+        if let single {
+            single.0.update(a)
+            single.1.update(b)
+            return
+        }
+        let blocks = a.count / 64
+        if blocks > 0, let pa = a.baseAddress, let pb = b.baseAddress {
+            tessera_sha256_pair_blocks(&state, pa, pb, blocks)
+        }
+        if ended {
+            tailA = Array(a[(64 * blocks)...])
+            tailB = Array(b[(64 * blocks)...])
+        }
+    }
+
+    /// Both digests as 64 lower-case hex characters (once: the stream is finished then).
+    public func finalizeHex() -> (String, String) {
+        if let single { return (single.0.finalizeHex(), single.1.finalizeHex()) }
+        var da = [UInt8](repeating: 0, count: 32), db = da
+        tailA.withUnsafeBytes { ta in
+            tailB.withUnsafeBytes { tb in
+                let empty = UnsafeRawPointer(bitPattern: 16)!  // never read when there is no tail
+                tessera_sha256_pair_end(&state, ta.baseAddress ?? empty, tb.baseAddress ?? empty, ta.count, UInt64(total), &da, &db)
+            }
+        }
+        return (da.hexString, db.hexString)
+    }
+}
+
 extension FileSystem {
     /// The SHA-256 of a regular file, read in 1 MiB pieces (objects can be larger than memory allows to hold).
     public static func sha256(ofFile path: String) throws -> String {

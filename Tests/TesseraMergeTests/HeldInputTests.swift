@@ -4,11 +4,11 @@ import TesseraCore
 import TesseraMerge
 import TesseraTestSupport
 
-/// Inputs whose arrays the source still holds after reading them (the provenance hasher holds every F32 array of a
-/// file input until it has hashed it): task-vector methods then write each difference into new storage instead of
-/// changing the array in place. The results must be the same, and the held arrays untouched.
+/// Inputs whose arrays something else still holds after the merge reads them (a source that keeps them, or another
+/// model slot reading the same source): a task-vector method's in-place difference must never change what the other
+/// holder sees, and the results must be those of inputs nobody holds.
 @Suite struct HeldInputTests {
-    /// A source that keeps every array it hands out, as the hasher does, and says so.
+    /// A source that keeps every array it hands out.
     final class HoldingSource: TensorSource, Float32Reading {
         let inner: MemorySource
         let holds: Bool
@@ -19,7 +19,6 @@ import TesseraTestSupport
         func tensorInfo(_ name: String) -> (dtype: DType, shape: [Int])? { inner.tensorInfo(name) }
         func rawTensor(_ name: String) throws -> RawTensor { try inner.rawTensor(name) }
         var metadata: [(String, String)] { [] }
-        var mayRetainReadArrays: Bool { holds }
         func readFloat32(_ name: String) throws -> [Float]? {
             let values = try inner.rawTensor(name).floats()
             if holds { handedOut.append((name, values)) }

@@ -6,16 +6,18 @@ import TesseraRepository
 import TesseraStore
 import TesseraTestSupport
 
-/// A merge of file inputs hashes every tensor it reads for its provenance, on the hasher's threads, while it merges.
-/// The hasher holds each array it reads until it has hashed it, and a task-vector method writes its differences
-/// into new memory meanwhile (`TensorMergeInput.heldElsewhere`): the provenance names the file's bytes, and the
-/// merge is the one of sources that hash nothing.
+/// A merge of file inputs hashes every tensor it reads for its provenance, on the hasher's threads, while it merges,
+/// reading the tensor's range of the file again in mapped windows while a task-vector method writes its differences
+/// into the arrays it read: the provenance names the file's bytes, and the merge is the one of sources that hash
+/// nothing.
 @Suite struct HashedInputMergeTests {
-    /// Base and two fine-tunes: one tensor above the size read side by side (2^20 elements), two small ones.
+    /// Base and two fine-tunes: one tensor above the size read side by side (2^20 elements), one above the hasher's
+    /// window (8 MiB, ending 32 bytes into a block), two small ones.
     static func checkpoints(in s: Sandbox) throws -> [(String, TestCheckpoint)] {
         try (0..<3).map { k in
             var c = TestCheckpoint()
             c.add("big", shape: [1024, 1030], seed: 1 + UInt64(k))
+            c.add("huge", shape: [2100, 1030], seed: 31 + UInt64(k))
             c.add("small.a", shape: [64, 48], seed: 11 + UInt64(k))
             c.add("small.b", shape: [300], seed: 21 + UInt64(k))
             let path = s.path("m\(k).safetensors")

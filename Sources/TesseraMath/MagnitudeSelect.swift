@@ -1,10 +1,13 @@
+import CKernels
+
 /// Exact rank selection by magnitude in O(n), without sorting and without a copy of the tensor.
 ///
 /// The magnitude key of a float is its bit pattern with the sign cleared: for every non-NaN float, ordering these
 /// unsigned keys is ordering |x| (+0 and -0 share key 0; NaN keys sort above infinity). A two-pass radix select
 /// finds the key at a given rank: pass 1 histograms the high 15 bits, pass 2 the low 16 bits of the elements in the
-/// bucket that holds the rank. Both passes run over two cores with per-thread histograms. On a long buffer pass 1
-/// also keeps the keys of the buckets a sample says hold the rank, and pass 2 reads only those when it does.
+/// bucket that holds the rank. Both passes run over two cores with per-thread histograms. On a long buffer a sample
+/// guesses the buckets that hold the rank first, and one pass counts the keys above them and keeps the keys in them
+/// (an AVX-512 kernel): both histograms then come from the kept keys.
 ///
 /// Ties are ordered by flat index (lower index first), the deterministic order the reference spec uses in place of
 /// torch's implementation-defined one, so "the k largest" is a set, not a choice.
@@ -24,10 +27,13 @@ public enum MagnitudeSelect {
     public static func threshold(_ x: UnsafeBufferPointer<Float>, rank requested: Int, descending: Bool) -> Threshold {
         guard !x.isEmpty else { return Threshold(value: 0, before: 0, ties: 0) }
         let rank = min(max(requested, 0), x.count - 1)
+        if x.count >= sampledMinimum, let window = sampledBuckets(x, rank: rank, descending: descending),
+           let found = threshold(x, rank: rank, descending: descending, inWindow: window) {
+            return found
+        }
+        // Pass 1: high 15 bits.
         let hiBins = 1 << 15, loBins = 1 << 16
-        // Pass 1: high 15 bits; on a long buffer the keys of the buckets a sample says the rank falls in are kept too.
-        let window = x.count >= sampledMinimum ? sampledBuckets(x, rank: rank, descending: descending) : nil
-        let (hist1, collected) = highHistogram(x, collecting: window)
+        let hist1 = histogram(x, bins: hiBins, highBitsOf: nil)
         var before = 0
         var bucket = 0
         if descending {
@@ -39,14 +45,17 @@ public enum MagnitudeSelect {
             while b < hiBins { if before + hist1[b] > rank { break }; before += hist1[b]; b += 1 }
             bucket = b
         }
-        // Pass 2: low 16 bits of the elements in that bucket, from the kept keys when the sample was right.
+        // Pass 2: low 16 bits of the elements in that bucket.
         let hi = UInt32(bucket) << 16
-        let hist2: [Int]
-        if let window, let collected, window.contains(bucket) {
-            hist2 = collected.lowHistogram(high: hi)
-        } else {
-            hist2 = histogram(x, bins: loBins, highBitsOf: hi)
-        }
+        let hist2 = histogram(x, bins: loBins, highBitsOf: hi)
+        return finish(hist2, high: hi, before: before, rank: rank, descending: descending)
+    }
+
+    /// The threshold from the low-bit histogram of the bucket holding the rank, `before` counting the elements ahead
+    /// of that bucket.
+    private static func finish(_ hist2: [Int], high: UInt32, before ahead: Int, rank: Int, descending: Bool) -> Threshold {
+        let loBins = 1 << 16
+        var before = ahead
         var lo = 0
         if descending {
             var b = loBins - 1
@@ -57,7 +66,7 @@ public enum MagnitudeSelect {
             while b < loBins { if before + hist2[b] > rank { break }; before += hist2[b]; b += 1 }
             lo = b
         }
-        return Threshold(value: hi | UInt32(lo), before: before, ties: hist2[lo])
+        return Threshold(value: high | UInt32(lo), before: before, ties: hist2[lo])
     }
 
     /// Buffers at least this long are read once instead of twice by `threshold` when a sample finds the bucket.
@@ -66,7 +75,7 @@ public enum MagnitudeSelect {
     /// The high-bit buckets that hold rank `rank` with near certainty, from a sample of 32,768 keys: 256 runs of 128
     /// consecutive elements (few cache lines) spread evenly over `x`; from the bucket of the sample rank five
     /// standard deviations of a sample quantile (plus 64, for tensors whose rows differ) before the rank's own to
-    /// that as far after it. A wrong guess costs the second pass it was meant to save, never a wrong threshold.
+    /// that as far after it. A wrong guess costs the two passes it was meant to save, never a wrong threshold.
     static func sampledBuckets(_ x: UnsafeBufferPointer<Float>, rank: Int, descending: Bool) -> ClosedRange<Int>? {
         let runs = 256, runLength = 128, samples = runs * runLength
         guard x.count >= samples else { return nil }
@@ -91,93 +100,60 @@ public enum MagnitudeSelect {
         return min(lowRankBucket, highRankBucket)...max(lowRankBucket, highRankBucket)
     }
 
-    /// Pass 1: the histogram of the high 15 key bits and, with `window`, the keys whose high bits fall in it (nil when
-    /// an eighth of a chunk's elements do: the window is then too coarse to be worth keeping).
-    private static func highHistogram(_ x: UnsafeBufferPointer<Float>, collecting window: ClosedRange<Int>?) -> ([Int], WindowKeys?) {
-        guard let window else { return (histogram(x, bins: 1 << 15, highBitsOf: nil), nil) }
-        let bins = 1 << 15
+    /// One pass over the data instead of two, when the sample's window of high-bit buckets holds the rank: the keys
+    /// above the window are counted and the keys in it kept (`tessera_magnitude_window`, CKernels), and both
+    /// histograms come from the kept keys. Nil when the rank's key is outside the window (the sample misled) or a
+    /// chunk had more keys in the window than an eighth of its length (the window is then too coarse to be worth
+    /// keeping): the caller then runs the two passes over the data.
+    static func threshold(_ x: UnsafeBufferPointer<Float>, rank: Int, descending: Bool, inWindow window: ClosedRange<Int>) -> Threshold? {
+        guard let src = x.baseAddress else { return nil }
         let ranges = Parallel.chunkRanges(x.count)
-        var partial = [UInt32](repeating: 0, count: bins * ranges.count)
-        let kept = WindowKeys(capacities: ranges.map { $0.count / 8 })
-        let src = x.baseAddress ?? UnsafePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!
-        partial.withUnsafeMutableBufferPointer { h in
-            let hp = SharedMutablePointer(h.baseAddress!), out = SharedMutablePointer(kept.keys)
-            let starts = kept.starts, capacities = kept.capacities, counts = SharedMutablePointer(kept.counts)
-            Parallel.forRanges(ranges) { c, range in
-                counts[c] = countChunk(src, range, into: hp.base + c * bins, keeping: window, in: out.base + starts[c], capacity: capacities[c])
-            }
-        }
-        var total = [Int](repeating: 0, count: bins)
-        for c in 0..<ranges.count {
-            for b in 0..<bins { total[b] += Int(partial[c * bins + b]) }
-        }
-        return (total, kept.complete ? kept : nil)
-    }
-
-    /// The keys pass 1 kept, one run per chunk.
-    private final class WindowKeys {
-        let capacities: [Int]
-        let starts: [Int]
-        let keys: UnsafeMutablePointer<UInt32>
-        /// Keys kept per chunk; a chunk that reached its capacity may have had more in the window.
-        let counts: UnsafeMutablePointer<Int>
-
-        init(capacities: [Int]) {
-            self.capacities = capacities
-            // Each run has one slot more than its capacity: `countChunk` writes every key at the next free slot.
-            var starts = [0]
-            for c in capacities { starts.append(starts[starts.count - 1] + c + 1) }
-            self.starts = starts
-            keys = .allocate(capacity: starts[starts.count - 1])
-            counts = .allocate(capacity: capacities.count)
-            counts.initialize(repeating: 0, count: capacities.count)
-        }
-
-        deinit {
-            keys.deallocate()
-            counts.deallocate()
-        }
-
-        var complete: Bool { capacities.indices.allSatisfy { counts[$0] < capacities[$0] } }
-
-        /// The histogram of the low 16 bits of the kept keys whose high bits are `high`.
-        func lowHistogram(high: UInt32) -> [Int] {
-            var hist = [Int](repeating: 0, count: 1 << 16)
-            for c in capacities.indices {
-                for k in UnsafeBufferPointer(start: keys + starts[c], count: counts[c]) where k & 0xFFFF_0000 == high {
-                    hist[Int(k & 0xFFFF)] += 1
+        let capacities = ranges.map { $0.count / 8 }
+        var starts = [0]
+        for c in capacities { starts.append(starts[starts.count - 1] + c) }
+        let keys = UnsafeMutablePointer<UInt32>.allocate(capacity: max(1, starts[starts.count - 1]))
+        defer { keys.deallocate() }
+        var counts = [Int](repeating: 0, count: ranges.count), aboves = counts
+        let low = UInt32(window.lowerBound), width = UInt32(window.upperBound - window.lowerBound)
+        counts.withUnsafeMutableBufferPointer { countsBuffer in
+            aboves.withUnsafeMutableBufferPointer { abovesBuffer in
+                let inside = SharedMutablePointer(countsBuffer.baseAddress!), over = SharedMutablePointer(abovesBuffer.baseAddress!)
+                let out = SharedMutablePointer(keys)
+                Parallel.forRanges(ranges) { c, range in
+                    var above = 0
+                    inside[c] = tessera_magnitude_window(src + range.lowerBound, range.count, low, width, out.base + starts[c],
+                                                         capacities[c], &above)
+                    over[c] = above
                 }
             }
-            return hist
         }
-    }
-
-    /// Pass 1 over one chunk, keeping the keys in the window: returns how many were kept, `capacity` when the window
-    /// held more than that (or exactly that many). Branch-free: every key is written at the next free slot
-    /// (`capacity` + 1 slots), which only advances past a key in the window.
-    @inline(never)
-    private static func countChunk(_ x: UnsafePointer<Float>, _ range: Range<Int>, into h: UnsafeMutablePointer<UInt32>, keeping window: ClosedRange<Int>,
-                                   in out: UnsafeMutablePointer<UInt32>, capacity: Int) -> Int {
-        let low = UInt32(window.lowerBound), width = UInt32(window.upperBound - window.lowerBound)
-        var count = 0
-        var i = range.lowerBound
-        while i + 2 <= range.upperBound {
-            let k0 = key(x[i]), k1 = key(x[i + 1])
-            h[Int(k0 >> 16)] &+= 1
-            h[Int(k1 >> 16)] &+= 1
-            out[count] = k0
-            count = min(count + ((k0 >> 16) &- low <= width ? 1 : 0), capacity)
-            out[count] = k1
-            count = min(count + ((k1 >> 16) &- low <= width ? 1 : 0), capacity)
-            i += 2
+        guard counts.indices.allSatisfy({ counts[$0] <= capacities[$0] }) else { return nil }
+        let kept = counts.reduce(0, +), above = aboves.reduce(0, +)
+        // The elements ahead of the window in the order asked for: those above it (descending) or below it.
+        var before = descending ? above : x.count - above - kept
+        guard rank >= before && rank < before + kept else { return nil }
+        var hist1 = [Int](repeating: 0, count: Int(width) + 1)
+        for c in ranges.indices {
+            for k in UnsafeBufferPointer(start: keys + starts[c], count: counts[c]) { hist1[Int((k >> 16) - low)] += 1 }
         }
-        if i < range.upperBound {
-            let k = key(x[i])
-            h[Int(k >> 16)] &+= 1
-            out[count] = k
-            count = min(count + ((k >> 16) &- low <= width ? 1 : 0), capacity)
+        var bucket = 0
+        if descending {
+            var b = Int(width)
+            while b >= 0 { if before + hist1[b] > rank { break }; before += hist1[b]; b -= 1 }
+            bucket = b
+        } else {
+            var b = 0
+            while b <= Int(width) { if before + hist1[b] > rank { break }; before += hist1[b]; b += 1 }
+            bucket = b
         }
-        return count
+        let high = (low + UInt32(bucket)) << 16
+        var hist2 = [Int](repeating: 0, count: 1 << 16)
+        for c in ranges.indices {
+            for k in UnsafeBufferPointer(start: keys + starts[c], count: counts[c]) where k & 0xFFFF_0000 == high {
+                hist2[Int(k & 0xFFFF)] += 1
+            }
+        }
+        return finish(hist2, high: high, before: before, rank: rank, descending: descending)
     }
 
     /// Per-thread histograms, summed: of the high 15 key bits (`high` nil), or of the low 16 bits of the keys whose

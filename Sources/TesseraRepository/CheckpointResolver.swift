@@ -310,18 +310,19 @@ public final class HashingSource: TensorSource, Float32Reading, Float32Mapping, 
 
     public func mapFloat32(_ name: String) throws -> MappedFloat32? {
         guard let mapped = try inner.mapFloat32(name) else { return nil }
-        hashLater(name)
+        hashLater(name, mapped: mapped)
         return mapped
     }
 
     /// Hands the tensor's range of the file to the hasher, once: it reads the bytes again from the page cache, so
-    /// the merge's arrays are its own (written in place) and freed as soon as the merge is done with them.
-    private func hashLater(_ name: String) {
+    /// the merge's arrays are its own (written in place) and freed as soon as the merge is done with them. A
+    /// read-only mapping the merge made is hashed as it is.
+    private func hashLater(_ name: String, mapped: MappedFloat32? = nil) {
         lock.lock()
         let first = submitted.insert(name).inserted
         lock.unlock()
         guard first, let location = inner.dataLocation(name) else { return }
-        hasher.submit(file: location.file, offset: location.offset, count: location.count) { [self] digest in
+        hasher.submit(file: location.file, offset: location.offset, count: location.count, mapped: mapped) { [self] digest in
             lock.lock(); hashes[name] = digest; lock.unlock()
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import TesseraIO
+import TesseraMerge
 import TesseraStore
 
 /// Hashes the tensors a merge reads, for its provenance record, on worker threads beside the merge, two at a time
@@ -20,6 +21,9 @@ final class ProvenanceHasher: @unchecked Sendable {
         let file: FileDescriptor
         let offset: Int
         let count: Int
+        /// The merge's own read-only mapping of those bytes, when it maps them: hashed from there (mapping them a
+        /// second time would only cost page-table work), and held until then.
+        let mapped: MappedFloat32?
         let done: @Sendable (String) -> Void
     }
 
@@ -54,8 +58,9 @@ final class ProvenanceHasher: @unchecked Sendable {
 
     /// Queues `count` bytes of `file` at `offset`; `done` receives their hex digest on a worker thread. Does nothing
     /// once stopped; `done` is never called when the bytes cannot be read (the file shrank, say).
-    func submit(file: FileDescriptor, offset: Int, count: Int, done: @escaping @Sendable (String) -> Void) {
-        let job = Job(file: file, offset: offset, count: count, done: done)
+    func submit(file: FileDescriptor, offset: Int, count: Int, mapped: MappedFloat32? = nil, done: @escaping @Sendable (String) -> Void) {
+        precondition(mapped == nil || mapped!.values.count * 4 == count)
+        let job = Job(file: file, offset: offset, count: count, mapped: mapped, done: done)
         condition.lock()
         defer { condition.unlock() }
         if !workersStarted {
@@ -159,6 +164,12 @@ final class ProvenanceHasher: @unchecked Sendable {
 
     /// Calls `body` with a function that maps the job's bytes `start..<start + count` (valid until its next call).
     private static func withWindows(_ job: Job, _ body: (_ window: (_ start: Int, _ count: Int) throws -> UnsafeRawBufferPointer) throws -> Void) throws {
+        if let mapped = job.mapped {
+            let bytes = UnsafeRawBufferPointer(mapped.values)
+            try body { start, count in UnsafeRawBufferPointer(rebasing: bytes[start..<(start + count)]) }
+            withExtendedLifetime(mapped) {}
+            return
+        }
         var current: MappedRegion? = nil
         try body { start, count in
             current = nil  // unmapped before the next window is mapped

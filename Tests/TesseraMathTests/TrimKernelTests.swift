@@ -17,9 +17,12 @@ import TesseraTestSupport
     }
 
     /// Long buffers (the sampled path) laid out so that the sample is right, is misled (the runs it reads hold the
-    /// smallest values: the second pass must run), and meets a bucket too full to keep (half the values equal).
-    @Test(arguments: ["spread", "fewDistinct", "misleadingSample", "halfEqual"])
-    func thresholdMatchesASort(layout: String) {
+    /// smallest values: the two passes must run), and meets a bucket too full to keep (half the values equal); with
+    /// the window pass's kernel at the CPU's level and forced portable.
+    @Test(arguments: ["spread", "fewDistinct", "misleadingSample", "halfEqual"], [false, true])
+    func thresholdMatchesASort(layout: String, portable: Bool) {
+        if portable { CPUKernels.forcePortable(true) }
+        defer { if portable { CPUKernels.forcePortable(false) } }
         let n = 600_001
         var g = TestRNG(state: 11)
         var x = [Float](repeating: 0, count: n)

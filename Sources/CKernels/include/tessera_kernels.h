@@ -117,6 +117,13 @@ int tessera_delta_decode(const void *base, void *out, size_t count, int width, i
                          const uint8_t *table_of_context, const uint32_t *slots,
                          const uint8_t *stream, size_t stream_length, const uint8_t *raw, size_t raw_length);
 
+/// Pass 1 of the magnitude select with a window of high-bit buckets (a key is a float's bits without the sign; its
+/// bucket the key's high 16 bits): counts into `above` the keys whose bucket is above low + width, and copies the keys
+/// whose bucket is in low...low + width to `out` in order, at most `capacity` of them. Returns how many keys were in
+/// the window (more than `capacity` when they did not all fit). TesseraMath's `MagnitudeSelect` defines the result.
+size_t tessera_magnitude_window(const float *x, size_t n, uint32_t low, uint32_t width, uint32_t *out, size_t capacity,
+                                size_t *above);
+
 #ifdef __cplusplus
 }
 #endif

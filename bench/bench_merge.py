@@ -204,7 +204,19 @@ def main():
                 if os.path.exists(out):
                     os.remove(out)  # both tools write a new output (mergekit's folder is removed below too)
                 subprocess.run(["sync"])
-                return cold([binary, "merge", "--config", cfg_path, "-o", out])
+                if binary == TESSERA:
+                    return cold([binary, "merge", "--config", cfg_path, "-o", out])
+                # The previous release can crash at exit (an OpenSSL thread-state race at process exit, fixed since:
+                # see ProvenanceHasher.swift); such a run is repeated, and said so.
+                for attempt in range(3):
+                    try:
+                        return cold([binary, "merge", "--config", cfg_path, "-o", out])
+                    except SystemExit as e:
+                        if attempt == 2 or "signal" not in str(e):
+                            raise
+                        print(f"baseline run crashed ({str(e).strip().splitlines()[-2:]}); run again", file=sys.stderr)
+                        if os.path.exists(out):
+                            os.remove(out)
             if a.baseline:
                 # Interleaved, new then baseline, so that load from other sessions hits both alike.
                 out_b = os.path.join(work, f"out-baseline-{method}-{n}.safetensors")

@@ -11,10 +11,13 @@ if [ "${FUZZ_ASAN:-0}" = 1 ]; then sanitize=fuzzer,address; scratch=.build-fuzz-
 flags=(-c release --package-path Fuzz --scratch-path "$scratch" -Xswiftc "-sanitize=$sanitize" -Xswiftc -parse-as-library)
 log=$(mktemp)
 echo "fuzz: building the fuzz targets ($scratch)" >&2
-# Tried three times: when only the main package's manifest changed (a target gained a dependency), SwiftPM may build
-# from the build plan it kept in $scratch, without the new edge, and fail once with "no such module"; the second build
-# plans afresh. A new C file in CKernels failed twice at the link ("undefined reference"), then linked.
-if ! swift build "${flags[@]}" >"$log" 2>&1 && ! swift build "${flags[@]}" >"$log" 2>&1 && ! swift build "${flags[@]}" >"$log" 2>&1; then
+# SwiftPM builds from the build plan it kept in $scratch, which does not notice new files or edges in the main package
+# (this package's dependency): a target that gained a dependency failed with "no such module", a new C file in
+# CKernels with "undefined reference" at the link, on every retry. After a failed build the kept plan
+# (release.yaml, release/description.json) is removed, so that the next build plans afresh; then once more.
+forget_plan() { rm -f "$scratch/release.yaml" "$scratch/release/description.json"; }
+if ! swift build "${flags[@]}" >"$log" 2>&1 && ! { forget_plan; swift build "${flags[@]}" >"$log" 2>&1; } \
+   && ! swift build "${flags[@]}" >"$log" 2>&1; then
   grep -E "error" "$log" >&2 || tail -30 "$log" >&2
   echo "fuzz: the build failed (full log: $log)" >&2
   exit 1

@@ -7,15 +7,20 @@ import TesseraIO
 /// merged tensor (about as much work as merging it) then overlap with the merge instead of following it. Used by the
 /// git merge driver and `tessera resolve`, whose merged tensors go to the store rather than to a file.
 ///
-/// Values wait in order, bounded by a byte budget (the caller blocks in `store` while the limit is held). The first
-/// failure stops the pipeline: later values are dropped and `finish` throws it.
+/// Values wait in order, bounded by a byte budget (the caller blocks in `store` while the limit is held), and two are
+/// stored at a time: hashing the raw bytes, encoding and hashing the stored bytes of a 498 MB checkpoint is about a
+/// second of CPU, and on one thread the merge driver finished merging well before its writer finished storing. The
+/// first failure stops the pipeline: later values are dropped and `finish` throws it.
 public final class BackgroundObjectWriter: @unchecked Sendable {
-    // @unchecked: `results` and `failure` are guarded by `lock`; the queue is serial.
+    // @unchecked: `results`, `failure` and `encoders` are guarded by `lock`.
     private let store: ObjectStore
-    private let queue = DispatchQueue(label: "tessera.background-object-writer")
+    private let queue = DispatchQueue(label: "tessera.background-object-writer", attributes: .concurrent)
     private let group = DispatchGroup()
     private let budget: ByteBudget
-    private let encoder = ObjectEncoder()
+    /// Values being stored at once.
+    private let inFlight = DispatchSemaphore(value: 2)
+    /// Encoders not in use (each keeps its scratch between objects).
+    private var encoders: [ObjectEncoder] = []
     /// Objects are flushed to disk on the batch's queue as they are written, and made visible together by `finish`.
     private let batch: ObjectBatch
     private let lock = NSLock()
@@ -37,9 +42,15 @@ public final class BackgroundObjectWriter: @unchecked Sendable {
             budget.release(byteCount)
             return
         }
+        inFlight.wait()
         queue.async(group: group) { [self] in
-            defer { budget.release(byteCount) }
+            defer {
+                budget.release(byteCount)
+                inFlight.signal()
+            }
             guard !budget.isStopped else { return }
+            let encoder = lock.withLock { encoders.popLast() } ?? ObjectEncoder()
+            defer { lock.withLock { encoders.append(encoder) } }
             do {
                 let stored = try values.withUnsafeBytes { raw in
                     try store.put(raw: raw, rawSHA256: SHA256Hasher.hex(raw), width: width, encoder: encoder, batch: batch)

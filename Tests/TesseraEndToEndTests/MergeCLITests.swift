@@ -82,8 +82,9 @@ import TesseraTestSupport
             """).stdout
     }
 
-    /// The provenance records each input tensor's SHA-256, hashed on a second core from the values the merge reads
-    /// (TIES reads arrays, linear maps the files); checked here against Python's hashlib over the files' bytes.
+    /// The provenance records each input tensor's SHA-256, hashed on a second core beside the merge (TIES reads arrays,
+    /// and the hasher reads the file's range again; linear maps the files, and the hasher reads that mapping); checked
+    /// here against Python's hashlib over the files' bytes.
     @Test(arguments: [("ties", "--base {i}/base.safetensors {i}/ft1.safetensors {i}/ft2.safetensors --densities 0.5,0.5", "3 9 0"),
                       ("linear", "{i}/ft1.safetensors {i}/ft2.safetensors", "2 6 0")])
     func provenanceHashesAreTheInputsSHA256(method: String, inputs: String, expected: String) throws {
